@@ -1,12 +1,116 @@
-# gpt.cu — one Makefile, two builds of the same sources (see README.md).
-#   CPU build (default for tests): g++ compiles every .cu/.cuh against dev/cudasim.h
-#   GPU build: nvcc for sm_80 + sm_90 (or the local GPU's arch)
+# gpt.cu — one Makefile, two builds of the same sources (README.md, docs/cpu-execution.md).
+#
+#   CPU build  (outputs in build/cpu/, programs named *_cpu): g++ compiles every .cu/.cuh against
+#              dev/cudasim.h, which runs CUDA kernels on the CPU, and OpenBLAS for cuBLAS.
+#   GPU build  (outputs in build/gpu/, programs without suffix): nvcc for the local GPU's arch, or a
+#              fat binary for sm_80 + sm_90 when there is none; links cuBLAS.
+#
+#   make train        prepare data, build, train the default model, print samples
+#   make test         CPU tests, GPU build of the tests (compile + link), GPU tests if a GPU exists
+#   make test-asan    CPU tests under AddressSanitizer + UBSan
+#   make clean
 .DEFAULT_GOAL := all
-BUILD    := build
-CXX      ?= g++
-CXXFLAGS ?= -std=c++20 -O2 -g -march=native -Wall -Wextra
-LDLIBS_CPU := -lpthread
-TEST_BINS_CPU :=
+SHELL := /bin/bash
 
-# Each component adds its own rules and appends to TEST_BINS_CPU.
-include tokenizer/tokenizer.mk
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+CXX       ?= g++
+BUILD     := build
+
+# ----------------------------------------------------------------------------
+# CPU build. SANITIZE=1 builds into build/asan with the sanitizers (fibers then use ucontext,
+# which tells AddressSanitizer about every stack switch).
+ifeq ($(SANITIZE),1)
+CPU          := $(BUILD)/asan
+CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined \
+                -DBOOST_USE_UCONTEXT -DBOOST_USE_ASAN
+CPU_LDFLAGS  := -fsanitize=address,undefined,bounds
+else
+CPU          := $(BUILD)/cpu
+CPU_OPT      := -O2 -g -march=native
+CPU_LDFLAGS  :=
+endif
+WARNINGS     := -Wall -Wextra
+CXXFLAGS     ?= -std=c++20 $(CPU_OPT) $(WARNINGS)
+GEN          := $(CPU)/gen
+REWRITE      := $(BUILD)/tools/cudasim_rewrite
+# Quoted includes resolve to rewritten copies in $(GEN); the real CUDA headers give the host types.
+CPU_CUDAFLAGS := -x c++ -include dev/cudasim.h -Idev/shadow -I$(GEN)$(CURDIR) -I. -isystem $(CUDA_HOME)/include
+CPU_LIBS     := -lboost_context -lopenblas -lpthread
+
+# ----------------------------------------------------------------------------
+# GPU build.
+GPU          := $(BUILD)/gpu
+GPU_CC       := $(shell nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d .)
+ifneq ($(GPU_CC),)
+NVCC_ARCH    ?= -gencode arch=compute_$(GPU_CC),code=sm_$(GPU_CC)
+else
+NVCC_ARCH    ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+endif
+NVCCFLAGS    ?= -std=c++20 -O3 -g -lineinfo $(NVCC_ARCH) -I. -Xcompiler -Wall,-Wextra -diag-suppress 20012
+GPU_LIBS     := -lcublas
+
+# Every header of the project: a change to one rebuilds what includes it (the tree is small).
+HEADERS      := $(wildcard *.cuh *.h dev/*.h dev/shadow/*.h dev/shadow/*/*.h test/*.h)
+
+# Test binaries, in both builds. Components append to these.
+TESTS        := test_cudasim
+TEST_BINS_CPU :=
+TEST_BINS_GPU :=
+
+# ----------------------------------------------------------------------------
+# Missing Debian packages are installed once (apt-get as root; otherwise a message naming them).
+DEPS_STAMP := $(BUILD)/.deps-ok
+$(DEPS_STAMP): dev/install_deps.sh
+	@bash dev/install_deps.sh
+	@mkdir -p $(@D) && touch $@
+
+$(REWRITE): dev/cudasim_rewrite.cpp dev/cudasim_rewrite.h | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CXX) -std=c++20 -O2 $(WARNINGS) $< -o $@
+
+# cudasim's implementation, compiled once per CPU build.
+$(CPU)/cudasim.o: dev/cudasim.h | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -x c++ -DCUDASIM_IMPLEMENTATION -Idev/shadow -isystem $(CUDA_HOME)/include -c $< -o $@
+
+# Any .cu in the CPU build: rewrite (chevrons, extern __shared__), then g++.
+$(CPU)/%.o: %.cu $(HEADERS) $(REWRITE) | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	@src=$$($(REWRITE) $< $(GEN) -I .) && echo "$(CXX) [cpu] $<" && \
+	  $(CXX) $(CXXFLAGS) $(CPU_CUDAFLAGS) -c $$src -o $@
+
+# Any .cu in the GPU build.
+$(GPU)/%.o: %.cu $(HEADERS) | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+# Test binaries: test/NAME.cu + the doctest main, in each build.
+$(CPU)/test/%: $(CPU)/test/%.o $(CPU)/test/test_main.o $(CPU)/cudasim.o
+	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
+$(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o
+	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
+.PRECIOUS: $(CPU)/%.o $(GPU)/%.o $(CPU)/test/% $(GPU)/test/%
+
+# ----------------------------------------------------------------------------
+# Components add their own rules.
+-include tokenizer/tokenizer.mk
+
+TEST_BINS_CPU += $(addprefix $(CPU)/test/,$(TESTS))
+TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
+
+.PHONY: all test test-cpu test-asan gpu-build-tests clean
+all: $(TEST_BINS_CPU)
+
+# CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
+test: $(TEST_BINS_CPU) $(TEST_BINS_GPU)
+	@bash test/run_tests.sh --cpu $(TEST_BINS_CPU) --gpu $(TEST_BINS_GPU)
+
+test-cpu: $(TEST_BINS_CPU)
+	@bash test/run_tests.sh --cpu $(TEST_BINS_CPU)
+
+test-asan:
+	@$(MAKE) --no-print-directory SANITIZE=1 test-cpu
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,154 @@
+// common.cuh — the few utilities every file of gpt.cu shares, one version of each:
+// the element type, error checks with file:line, checked file I/O, the RNG, a timer, device buffers.
+#pragma once
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// ----------------------------------------------------------------------------
+// The element type of activations and weights, in one place. fp32 today; the mixed-precision work
+// changes this alias (and keeps fp32 master weights), not every op.
+using floatX = float;
+
+// ----------------------------------------------------------------------------
+// Errors. Every CUDA and cuBLAS call is checked; a failure throws with the call, file and line, so a
+// test can catch it and a program's main prints it and exits non-zero.
+[[noreturn]] inline void throw_error(const std::string& what, const char* file, int line) {
+    throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + what);
+}
+inline void cuda_check_impl(cudaError_t e, const char* call, const char* file, int line) {
+    if (e != cudaSuccess)
+        throw_error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " + call, file, line);
+}
+inline void cublas_check_impl(cublasStatus_t s, const char* call, const char* file, int line) {
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw_error(std::string("cuBLAS error ") + cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ") in " + call, file, line);
+}
+#define cuda_check(call) cuda_check_impl((call), #call, __FILE__, __LINE__)
+#define cublas_check(call) cublas_check_impl((call), #call, __FILE__, __LINE__)
+
+template <class T>
+constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
+
+// ----------------------------------------------------------------------------
+// Checked file I/O: every failure says which file and what went wrong.
+struct File {
+    FILE* f = nullptr;
+    std::string path;
+    File(const std::string& p, const char* mode) : path(p) {
+        f = std::fopen(p.c_str(), mode);
+        if (!f) throw std::runtime_error(path + ": cannot open (" + std::strerror(errno) + ")");
+    }
+    File(const File&) = delete;
+    File& operator=(const File&) = delete;
+    ~File() { if (f) std::fclose(f); }
+    // Reads exactly `bytes` or throws, naming how much was there: a truncated file is an error.
+    void read(void* dst, size_t bytes, const char* what) {
+        size_t got = std::fread(dst, 1, bytes, f);
+        if (got != bytes)
+            throw std::runtime_error(path + ": truncated while reading " + what + " (wanted " + std::to_string(bytes) +
+                                     " bytes, got " + std::to_string(got) + ")");
+    }
+    void write(const void* src, size_t bytes) {
+        if (std::fwrite(src, 1, bytes, f) != bytes) throw std::runtime_error(path + ": write failed (" + std::strerror(errno) + ")");
+    }
+    // Flushes to disk and closes; a full disk shows up here rather than as a silently short file.
+    void close() {
+        if (std::fflush(f) != 0 || std::fclose(f) != 0) { f = nullptr; throw std::runtime_error(path + ": close failed (" + std::strerror(errno) + ")"); }
+        f = nullptr;
+    }
+    size_t size() {
+        long here = std::ftell(f);
+        std::fseek(f, 0, SEEK_END);
+        long end = std::ftell(f);
+        std::fseek(f, here, SEEK_SET);
+        return static_cast<size_t>(end);
+    }
+};
+
+// Writes a file so that a crash at any moment leaves either the old file or the new one, never a
+// partial one: write to PATH.tmp, flush, then rename over PATH (rename is atomic on POSIX).
+template <class WriteFn>
+void write_file_atomically(const std::string& path, WriteFn write_contents) {
+    std::string tmp = path + ".tmp";
+    {
+        File out(tmp, "wb");
+        write_contents(out);
+        out.close();
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+        throw std::runtime_error(path + ": cannot rename " + tmp + " into place (" + std::strerror(errno) + ")");
+}
+
+// ----------------------------------------------------------------------------
+// The project's one random number generator (SplitMix64 seeding a xoshiro256**): the same sequence
+// on every machine and in both builds, so initial weights and test inputs are reproducible.
+struct Rng {
+    uint64_t s[4];
+    explicit Rng(uint64_t seed = 1337) { reseed(seed); }
+    void reseed(uint64_t seed) {
+        for (auto& x : s) {  // SplitMix64
+            uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            x = z ^ (z >> 31);
+        }
+    }
+    static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+    uint64_t next_u64() {
+        uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+        s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 45);
+        return result;
+    }
+    float uniform() { return static_cast<float>(next_u64() >> 40) * (1.0f / 16777216.0f); }  // [0, 1), 24 bits
+    float uniform(float lo, float hi) { return lo + (hi - lo) * uniform(); }
+    uint32_t below(uint32_t n) { return static_cast<uint32_t>((next_u64() >> 32) * n >> 32); }  // [0, n)
+    float normal() {  // Box-Muller; one of the pair is dropped for simplicity
+        float u1 = uniform(), u2 = uniform();
+        return std::sqrt(-2.0f * std::log(1.0f - u1)) * std::cos(6.2831853071795864f * u2);
+    }
+};
+
+// ----------------------------------------------------------------------------
+// Wall-clock timer.
+struct Timer {
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    double elapsed_ms() const {
+        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    }
+};
+
+// ----------------------------------------------------------------------------
+// A device allocation that frees itself: used by tests, benchmarks and the programs' setup code.
+template <class T>
+struct DeviceBuffer {
+    T* ptr = nullptr;
+    size_t count = 0;
+    DeviceBuffer() = default;
+    explicit DeviceBuffer(size_t n) : count(n) { cuda_check(cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(T))); }
+    explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(o.ptr), count(o.count) { o.ptr = nullptr; o.count = 0; }
+    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept { std::swap(ptr, o.ptr); std::swap(count, o.count); return *this; }
+    ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
+    size_t bytes() const { return count * sizeof(T); }
+    void upload(const std::vector<T>& host) {
+        if (host.size() != count) throw std::runtime_error("DeviceBuffer::upload: size mismatch");
+        cuda_check(cudaMemcpy(ptr, host.data(), bytes(), cudaMemcpyHostToDevice));
+    }
+    std::vector<T> download() const {
+        std::vector<T> host(count);
+        cuda_check(cudaMemcpy(host.data(), ptr, bytes(), cudaMemcpyDeviceToHost));
+        return host;
+    }
+    operator T*() const { return ptr; }
+};

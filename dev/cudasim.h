@@ -1,0 +1,1144 @@
+// cudasim.h — the CUDA execution model on the CPU, so every kernel of gpt.cu runs (and can be stepped
+// through in gdb) on a machine without a GPU.
+//
+// How the CPU build uses it (see docs/cpu-execution.md):
+//   1. dev/cudasim_rewrite turns `kernel<<<grid, block, smem, stream>>>(args)` into
+//      `::cudasim::launch(kernel, "kernel", grid, block, smem, stream)(args)` and
+//      `extern __shared__ T buf[];` into a pointer to this worker's dynamic shared memory; nothing else
+//      in a source file changes, and `#line` keeps error messages and gdb on the original lines.
+//   2. g++ compiles the result with `-include dev/cudasim.h` and `-I dev/shadow` (CPU versions of the
+//      device-only headers such as <cooperative_groups.h>). The host half of the real CUDA headers
+//      (types, enums, error codes, cudaDeviceProp, dim3, float4, __nv_bfloat16 conversions) is used as is;
+//      this file defines the functions behind them.
+//   3. Exactly one translation unit defines CUDASIM_IMPLEMENTATION before including this file
+//      (the Makefile builds it once as build/cpu/cudasim.o).
+//
+// The execution model, in one paragraph: each CUDA thread of a block is a fiber (Boost.Context; ~4 ns
+// per switch) with its own small stack. A block's fibers run on one OS thread, one at a time, each until
+// it reaches a barrier (__syncthreads, a warp collective such as __shfl_sync) or returns; when every
+// thread of the block (or warp) has arrived, the barrier is released. `__shared__` variables are
+// `static thread_local`, which is exactly "one copy per block" because an OS thread runs one block at a
+// time. Blocks are spread over CUDASIM_THREADS OS threads (default: the number of cores).
+//
+// What it checks that a GPU would only get wrong silently: a barrier that some threads never reach
+// (abort with kernel name and coordinates, never a hang), a warp collective with a missing lane, launch
+// configurations the GPU rejects (returned as the GPU's error codes), device-pointer ranges in memcpy.
+// The order in which threads run between barriers is selectable (CUDASIM_ORDER=forward|reverse|random,
+// or cudasim::set_order), so a missing barrier changes the result under one of the orders.
+#ifndef GPTCU_CUDASIM_H
+#define GPTCU_CUDASIM_H
+#define CUDASIM 1
+
+#include <cuda_runtime.h>  // real CUDA host headers: they compile with g++ and give the exact types
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+#include <boost/context/fiber.hpp>
+
+// ----------------------------------------------------------------------------
+// Function and variable qualifiers. The CUDA headers define them as attributes g++ would warn about.
+#undef __global__
+#undef __device__
+#undef __host__
+#undef __shared__
+#undef __constant__
+#undef __managed__
+#undef __forceinline__
+#undef __noinline__
+#undef __launch_bounds__
+#undef __grid_constant__
+#define __global__
+#define __device__
+#define __host__
+#define __constant__
+#define __managed__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __grid_constant__
+// One copy per OS thread == one copy per block, because an OS thread runs one block at a time.
+#define __shared__ static thread_local
+
+namespace cudasim {
+
+enum class Order { forward, reverse, random };
+void set_order(Order order);  // the order threads run in between barriers (default: CUDASIM_ORDER or forward)
+Order get_order();
+
+// ----------------------------------------------------------------------------
+// State of one CUDA thread while its block runs.
+enum class Wait : uint8_t { run, block_barrier, warp_collective, done };
+enum class WarpOp : uint8_t { sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all };
+enum class BarrierKind : uint8_t { sync, count, and_, or_ };
+
+struct Thread {
+    uint3 idx;                      // threadIdx
+    unsigned linear;                // x + y·Dx + z·Dx·Dy, which fixes warp and lane as on the GPU
+    boost::context::fiber fiber;    // where this thread continues when it is resumed
+    Wait wait = Wait::run;
+    BarrierKind barrier = BarrierKind::sync;
+    WarpOp op = WarpOp::sync;
+    int predicate = 0;              // __syncthreads_count/and/or, ballot/any/all
+    unsigned mask = 0;              // warp collective: the lanes that take part
+    int arg = 0;                    // shfl: srcLane, delta or laneMask
+    int width = 32;                 // shfl: sub-warp width
+    uint64_t value = 0, result = 0; // shfl: the value given and the value received (up to 8 bytes)
+};
+
+struct Worker;                             // an OS thread that runs blocks (defined in the implementation)
+extern thread_local Worker* this_worker;   // set while the OS thread runs a block
+Thread& current_thread();
+void yield_to_scheduler();                 // the running fiber waits; the scheduler decides what runs next
+void* dynamic_shared_memory();             // this worker's `extern __shared__` buffer (fixed address)
+bool shared_declared(void* p, size_t bytes); // a static __shared__ variable: NaN-fill it at every block start
+[[noreturn]] void fatal(const char* fmt, ...);
+
+// ----------------------------------------------------------------------------
+// Kernel launch: what `kernel<<<grid, block, smem, stream>>>(args)` becomes.
+struct LaunchConfig {
+    const char* name;
+    const void* function;  // identifies the kernel for cudaFuncSetAttribute
+    dim3 grid, block;
+    size_t shared_bytes;
+};
+void run_grid(const LaunchConfig& config, const std::function<void()>& thread_body);
+
+template <class... Params>
+struct Launcher {
+    void (*kernel)(Params...);
+    LaunchConfig config;
+    template <class... Args>
+    void operator()(Args&&... args) const {
+        static_assert(sizeof...(Args) == sizeof...(Params), "kernel launched with the wrong number of arguments");
+        // Like the GPU, every thread gets its own copy of the parameters, converted to the kernel's types.
+        std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+        run_grid(config, [&] { std::apply(kernel, params); });
+    }
+};
+template <class... Params>
+Launcher<Params...> launch(void (*kernel)(Params...), const char* name, dim3 grid, dim3 block,
+                           size_t shared_bytes = 0, cudaStream_t = nullptr) {
+    return Launcher<Params...>{kernel, LaunchConfig{name, reinterpret_cast<const void*>(kernel), grid, block, shared_bytes}};
+}
+
+// ----------------------------------------------------------------------------
+// Collectives. The calling thread records what it brings and yields; the scheduler releases it when
+// all the threads that must take part have arrived, with `result` filled in.
+inline int block_barrier(BarrierKind kind, int predicate) {
+    Thread& t = current_thread();
+    t.wait = Wait::block_barrier;
+    t.barrier = kind;
+    t.predicate = predicate;
+    yield_to_scheduler();
+    return static_cast<int>(t.result);
+}
+
+template <class T>
+T warp_collective(WarpOp op, unsigned mask, T value, int arg, int width) {
+    static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "warp shuffles move at most 8 bytes");
+    Thread& t = current_thread();
+    t.wait = Wait::warp_collective;
+    t.op = op;
+    t.mask = mask;
+    t.value = 0;
+    std::memcpy(&t.value, &value, sizeof(T));
+    t.arg = arg;
+    t.width = width;
+    yield_to_scheduler();
+    T result;
+    std::memcpy(&result, &t.result, sizeof(T));
+    return result;
+}
+
+template <class T = void>
+struct unsupported {
+    static_assert(sizeof(T) == 0, "cudasim: this CUDA feature is not supported on the CPU");
+};
+
+}  // namespace cudasim
+
+// ----------------------------------------------------------------------------
+// Built-in variables. The scheduler sets them before it resumes a thread.
+inline thread_local uint3 threadIdx;
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
+constexpr int warpSize = 32;
+
+// ----------------------------------------------------------------------------
+// Synchronisation and warp intrinsics.
+inline void __syncthreads() { cudasim::block_barrier(cudasim::BarrierKind::sync, 0); }
+inline int __syncthreads_count(int p) { return cudasim::block_barrier(cudasim::BarrierKind::count, p != 0); }
+inline int __syncthreads_and(int p) { return cudasim::block_barrier(cudasim::BarrierKind::and_, p != 0); }
+inline int __syncthreads_or(int p) { return cudasim::block_barrier(cudasim::BarrierKind::or_, p != 0); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { cudasim::warp_collective(cudasim::WarpOp::sync, mask, 0, 0, 32); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+template <class T> T __shfl_sync(unsigned mask, T v, int src, int width = warpSize) {
+    return cudasim::warp_collective(cudasim::WarpOp::shfl_idx, mask, v, src, width);
+}
+template <class T> T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = warpSize) {
+    return cudasim::warp_collective(cudasim::WarpOp::shfl_up, mask, v, static_cast<int>(delta), width);
+}
+template <class T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = warpSize) {
+    return cudasim::warp_collective(cudasim::WarpOp::shfl_down, mask, v, static_cast<int>(delta), width);
+}
+template <class T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = warpSize) {
+    return cudasim::warp_collective(cudasim::WarpOp::shfl_xor, mask, v, lane_mask, width);
+}
+inline unsigned __ballot_sync(unsigned mask, int p) { return cudasim::warp_collective<unsigned>(cudasim::WarpOp::ballot, mask, p != 0, 0, 32); }
+inline int __any_sync(unsigned mask, int p) { return cudasim::warp_collective<int>(cudasim::WarpOp::any, mask, p != 0, 0, 32); }
+inline int __all_sync(unsigned mask, int p) { return cudasim::warp_collective<int>(cudasim::WarpOp::all, mask, p != 0, 0, 32); }
+unsigned __activemask();  // the lanes of the warp that have not returned
+
+// ----------------------------------------------------------------------------
+// Atomics. Threads of one block never run at the same time; blocks on other OS threads may, so these
+// are real atomic read-modify-writes.
+template <class T> T cudasim_atomic_add(T* a, T v) { return std::atomic_ref<T>(*a).fetch_add(v); }
+inline float atomicAdd(float* a, float v) { return cudasim_atomic_add(a, v); }
+inline double atomicAdd(double* a, double v) { return cudasim_atomic_add(a, v); }
+inline int atomicAdd(int* a, int v) { return cudasim_atomic_add(a, v); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) { return cudasim_atomic_add(a, v); }
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) { return cudasim_atomic_add(a, v); }
+inline int atomicSub(int* a, int v) { return std::atomic_ref<int>(*a).fetch_sub(v); }
+inline unsigned atomicSub(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_sub(v); }
+template <class T> T cudasim_atomic_exch(T* a, T v) { return std::atomic_ref<T>(*a).exchange(v); }
+inline int atomicExch(int* a, int v) { return cudasim_atomic_exch(a, v); }
+inline unsigned atomicExch(unsigned* a, unsigned v) { return cudasim_atomic_exch(a, v); }
+inline float atomicExch(float* a, float v) { return cudasim_atomic_exch(a, v); }
+inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { return cudasim_atomic_exch(a, v); }
+template <class T> T cudasim_atomic_cas(T* a, T expected, T desired) {
+    std::atomic_ref<T>(*a).compare_exchange_strong(expected, desired);
+    return expected;  // the old value, whether or not the swap happened
+}
+inline int atomicCAS(int* a, int c, int v) { return cudasim_atomic_cas(a, c, v); }
+inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) { return cudasim_atomic_cas(a, c, v); }
+inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) { return cudasim_atomic_cas(a, c, v); }
+template <class T, class F> T cudasim_atomic_update(T* a, F f) {
+    std::atomic_ref<T> ref(*a);
+    T old = ref.load();
+    while (!ref.compare_exchange_weak(old, f(old))) {}
+    return old;
+}
+inline int atomicMax(int* a, int v) { return cudasim_atomic_update(a, [v](int o) { return o > v ? o : v; }); }
+inline unsigned atomicMax(unsigned* a, unsigned v) { return cudasim_atomic_update(a, [v](unsigned o) { return o > v ? o : v; }); }
+inline long long atomicMax(long long* a, long long v) { return cudasim_atomic_update(a, [v](long long o) { return o > v ? o : v; }); }
+inline int atomicMin(int* a, int v) { return cudasim_atomic_update(a, [v](int o) { return o < v ? o : v; }); }
+inline unsigned atomicMin(unsigned* a, unsigned v) { return cudasim_atomic_update(a, [v](unsigned o) { return o < v ? o : v; }); }
+inline int atomicAnd(int* a, int v) { return std::atomic_ref<int>(*a).fetch_and(v); }
+inline int atomicOr(int* a, int v) { return std::atomic_ref<int>(*a).fetch_or(v); }
+inline int atomicXor(int* a, int v) { return std::atomic_ref<int>(*a).fetch_xor(v); }
+inline unsigned atomicAnd(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_and(v); }
+inline unsigned atomicOr(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_or(v); }
+inline unsigned atomicXor(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_xor(v); }
+
+// ----------------------------------------------------------------------------
+// Math and bit intrinsics: the fast-math versions are the exact ones here.
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __log2f(float x) { return log2f(x); }
+inline float __sinf(float x) { return sinf(x); }
+inline float __cosf(float x) { return cosf(x); }
+inline float __tanf(float x) { return tanf(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __exp10f(float x) { return powf(10.0f, x); }
+inline void __sincosf(float x, float* s, float* c) { *s = sinf(x); *c = cosf(x); }
+inline void sincosf(float x, float* s, float* c) { *s = sinf(x); *c = cosf(x); }
+inline float tanhf_approx(float x) { return tanhf(x); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline int __float2int_rn(float x) { return static_cast<int>(nearbyintf(x)); }
+inline int __float2int_rz(float x) { return static_cast<int>(x); }
+inline float __int2float_rn(int x) { return static_cast<float>(x); }
+inline int __float_as_int(float x) { int i; std::memcpy(&i, &x, 4); return i; }
+inline unsigned __float_as_uint(float x) { unsigned i; std::memcpy(&i, &x, 4); return i; }
+inline float __int_as_float(int i) { float x; std::memcpy(&x, &i, 4); return x; }
+inline float __uint_as_float(unsigned i) { float x; std::memcpy(&x, &i, 4); return x; }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline unsigned __brev(unsigned x) {
+    unsigned r = 0;
+    for (int i = 0; i < 32; i++) r |= ((x >> i) & 1u) << (31 - i);
+    return r;
+}
+// Cache-hinted loads and stores: plain memory accesses on the CPU.
+template <class T> T __ldg(const T* p) { return *p; }
+template <class T> T __ldcs(const T* p) { return *p; }
+template <class T> T __ldcg(const T* p) { return *p; }
+template <class T> T __ldca(const T* p) { return *p; }
+template <class T> T __ldlu(const T* p) { return *p; }
+template <class T> T __ldcv(const T* p) { return *p; }
+template <class T> void __stcs(T* p, T v) { *p = v; }
+template <class T> void __stcg(T* p, T v) { *p = v; }
+template <class T> void __stwb(T* p, T v) { *p = v; }
+template <class T> void __stwt(T* p, T v) { *p = v; }
+// CUDA's integer/float min and max overloads, usable from device code without std::.
+template <class A, class B, class = std::enable_if_t<std::is_arithmetic_v<A> && std::is_arithmetic_v<B>>>
+inline std::common_type_t<A, B> min(A a, B b) { using C = std::common_type_t<A, B>; return C(a) < C(b) ? C(a) : C(b); }
+template <class A, class B, class = std::enable_if_t<std::is_arithmetic_v<A> && std::is_arithmetic_v<B>>>
+inline std::common_type_t<A, B> max(A a, B b) { using C = std::common_type_t<A, B>; return C(a) < C(b) ? C(b) : C(a); }
+long long clock64();
+inline void __nanosleep(unsigned) {}
+
+// The C++ overloads <cuda_runtime.h> gives nvcc only: kernel attributes by function pointer.
+template <class... P>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, int value) {
+    return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
+
+// ----------------------------------------------------------------------------
+// Features with no CPU version fail to compile, naming themselves, instead of giving a wrong answer.
+// (Inline PTX `asm` is caught by the rewrite step; dynamic parallelism at launch.)
+template <class T = void> cudasim::unsupported<T> tex1Dfetch(...) { return {}; }
+template <class T = void> cudasim::unsupported<T> tex2D(...) { return {}; }
+template <class T = void> cudasim::unsupported<T> cudaCreateTextureObject(...) { return {}; }
+template <class T = void> cudasim::unsupported<T> cudaLaunchCooperativeKernel(...) { return {}; }
+
+// ----------------------------------------------------------------------------
+// cuBLAS on the CPU: the subset gpt.cu uses, on OpenBLAS (`cblas_sgemm` in column-major order takes
+// cuBLAS's arguments unchanged). Declarations come from <cublas_v2.h>; definitions are below.
+// Supported: cublasCreate/Destroy/SetStream/GetStream/SetMathMode/GetMathMode/SetWorkspace,
+// cublasSgemm, cublasSgemmStridedBatched, cublasGemmEx, cublasGemmStridedBatchedEx (fp32 and bf16
+// matrices, fp32 compute), cublasGetStatusString/Name.
+
+#endif  // GPTCU_CUDASIM_H
+
+// ============================================================================
+// Implementation: compiled once (build/cpu/cudasim.o).
+#if defined(CUDASIM_IMPLEMENTATION) && !defined(GPTCU_CUDASIM_IMPLEMENTED)
+#define GPTCU_CUDASIM_IMPLEMENTED
+#include <cblas.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdarg>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+
+namespace cudasim {
+
+// The device we pretend to be: limits as on an sm_80/sm_90 part, so launches fail where a GPU's would.
+constexpr int max_threads_per_block = 1024;
+constexpr size_t default_shared_bytes = 48 * 1024;   // dynamic shared memory without opt-in
+constexpr size_t max_shared_bytes_optin = 227 * 1024; // with cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+
+void fatal(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    std::fprintf(stderr, "cudasim: ");
+    std::vfprintf(stderr, fmt, ap);
+    std::fprintf(stderr, "\n");
+    va_end(ap);
+    std::fflush(stderr);
+    std::abort();
+}
+
+static const char* env_or(const char* name, const char* fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? v : fallback;
+}
+
+static Order parse_order() {
+    std::string s = env_or("CUDASIM_ORDER", "forward");
+    if (s == "forward") return Order::forward;
+    if (s == "reverse") return Order::reverse;
+    if (s == "random") return Order::random;
+    fatal("CUDASIM_ORDER=%s: expected forward, reverse or random", s.c_str());
+}
+static std::atomic<Order> g_order{parse_order()};
+void set_order(Order order) { g_order = order; }
+Order get_order() { return g_order; }
+
+// ----------------------------------------------------------------------------
+// One OS thread that runs blocks. Its fibers' stacks come from one mapping, each stack with a guard
+// page below it, so a kernel that overflows its stack faults instead of corrupting a neighbour.
+struct Worker {
+    std::vector<Thread> threads;
+    boost::context::fiber scheduler;  // while a fiber runs: where it returns to
+    Thread* current = nullptr;
+    const LaunchConfig* config = nullptr;
+    const std::function<void()>* body = nullptr;
+    char* stacks = nullptr;
+    size_t stack_bytes = 0;
+    std::mt19937 rng{1234};
+    std::vector<std::pair<void*, size_t>> static_shared;  // this OS thread's copies of __shared__ variables
+    alignas(128) unsigned char shared[max_shared_bytes_optin];  // `extern __shared__`
+
+    Worker() {
+        size_t kb = std::strtoul(env_or("CUDASIM_STACK_KB",
+#if defined(__SANITIZE_ADDRESS__)
+                                        "512"
+#else
+                                        "64"
+#endif
+                                        ), nullptr, 10);
+        size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+        stack_bytes = (kb * 1024 + page - 1) / page * page + page;  // + the guard page
+        size_t total = stack_bytes * max_threads_per_block;
+        void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) fatal("cannot map %zu bytes of fiber stacks", total);
+        stacks = static_cast<char*>(p);
+        for (int i = 0; i < max_threads_per_block; i++) mprotect(stacks + i * stack_bytes, page, PROT_NONE);
+        threads.resize(max_threads_per_block);
+    }
+    ~Worker() { munmap(stacks, stack_bytes * max_threads_per_block); }
+};
+thread_local Worker* this_worker = nullptr;
+
+// A Boost.Context stack allocator that hands out one slot of the worker's mapping and frees nothing.
+struct SlotStack {
+    boost::context::stack_context slot;
+    boost::context::stack_context allocate() { return slot; }
+    void deallocate(boost::context::stack_context&) noexcept {}
+};
+
+Thread& current_thread() {
+    if (!this_worker || !this_worker->current)
+        fatal("a device-side intrinsic (__syncthreads, __shfl_sync, ...) was called outside a kernel");
+    return *this_worker->current;
+}
+
+void yield_to_scheduler() {
+    Worker& w = *this_worker;
+    w.scheduler = std::move(w.scheduler).resume();
+}
+
+void* dynamic_shared_memory() {
+    static thread_local Worker* w = nullptr;  // pointer is fixed per OS thread: see Worker::shared
+    if (!w) w = this_worker;
+    if (!w) fatal("extern __shared__ memory used outside a kernel");
+    return w->shared;
+}
+
+bool shared_declared(void* p, size_t bytes) {
+    Worker* w = this_worker;
+    if (!w) fatal("a __shared__ variable was declared outside a kernel");
+    w->static_shared.emplace_back(p, bytes);
+    std::memset(p, 0xff, bytes);  // first use on this OS thread: poison now; later blocks: in run_block
+    return true;
+}
+
+unsigned __activemask_impl() {
+    Worker& w = *this_worker;
+    Thread& t = current_thread();
+    unsigned warp_base = t.linear / 32 * 32, n = blockDim.x * blockDim.y * blockDim.z, mask = 0;
+    for (unsigned lane = 0; lane < 32 && warp_base + lane < n; lane++)
+        if (w.threads[warp_base + lane].wait != Wait::done) mask |= 1u << lane;
+    return mask;
+}
+
+static void describe_thread(char* buf, size_t n, const Thread& t) {
+    std::snprintf(buf, n, "(%u,%u,%u)", t.idx.x, t.idx.y, t.idx.z);
+}
+
+static const char* op_name(WarpOp op) {
+    switch (op) {
+        case WarpOp::sync: return "__syncwarp";
+        case WarpOp::shfl_idx: return "__shfl_sync";
+        case WarpOp::shfl_up: return "__shfl_up_sync";
+        case WarpOp::shfl_down: return "__shfl_down_sync";
+        case WarpOp::shfl_xor: return "__shfl_xor_sync";
+        case WarpOp::ballot: return "__ballot_sync";
+        case WarpOp::any: return "__any_sync";
+        case WarpOp::all: return "__all_sync";
+    }
+    return "?";
+}
+
+static void resume(Worker& w, Thread& t) {
+    threadIdx = t.idx;
+    w.current = &t;
+    t.fiber = std::move(t.fiber).resume();
+    w.current = nullptr;
+}
+
+// Performs one warp collective for the lanes in `group` (indices into the block's threads), all of
+// which are waiting at the same operation with the same mask.
+static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned group) {
+    Thread* lanes[32] = {};
+    for (unsigned l = 0; l < 32; l++)
+        if (group >> l & 1u) lanes[l] = &w.threads[warp_base + l];
+    Thread& first = *lanes[__builtin_ctz(group)];
+    unsigned ballot = 0;
+    for (unsigned l = 0; l < 32; l++)
+        if (lanes[l] && lanes[l]->value) ballot |= 1u << l;  // ballot/any/all bring their predicate as the value
+    for (unsigned l = 0; l < 32; l++) {
+        Thread* t = lanes[l];
+        if (!t) continue;
+        switch (first.op) {
+            case WarpOp::sync: t->result = 0; break;
+            case WarpOp::ballot: t->result = ballot; break;
+            case WarpOp::any: t->result = ballot != 0; break;
+            case WarpOp::all: t->result = ballot == group; break;
+            default: {
+                int width = t->width, section = static_cast<int>(l) / width * width, src = static_cast<int>(l);
+                if (t->op == WarpOp::shfl_idx) src = section + (t->arg % width + width) % width;
+                if (t->op == WarpOp::shfl_up) src = static_cast<int>(l) - t->arg < section ? l : l - t->arg;
+                if (t->op == WarpOp::shfl_down) src = static_cast<int>(l) + t->arg >= section + width ? l : l + t->arg;
+                if (t->op == WarpOp::shfl_xor) src = (static_cast<int>(l) ^ t->arg) >= section + width ? l : (l ^ t->arg);
+                if (warp_base + src >= n) { t->result = t->value; break; }  // a lane that does not exist
+                if (!lanes[src]) {
+                    char who[48];
+                    describe_thread(who, sizeof who, *t);
+                    fatal("kernel '%s' block (%u,%u,%u): thread %s reads lane %d in %s, but lane %d is not in the mask 0x%08x",
+                          w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who, src, op_name(t->op), src, t->mask);
+                }
+                t->result = lanes[src]->value;
+            }
+        }
+    }
+    for (unsigned l = 0; l < 32; l++)
+        if (lanes[l]) lanes[l]->wait = Wait::run;
+}
+
+// Runs the lanes of one warp until none can go on inside the warp: each is done, waiting at a block
+// barrier, or waiting at a warp collective that cannot complete yet.
+static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<unsigned>& lane_order) {
+    unsigned base = warp * 32;
+    for (;;) {
+        for (unsigned lane : lane_order)
+            if (base + lane < n && w.threads[base + lane].wait == Wait::run) resume(w, w.threads[base + lane]);
+        unsigned waiting = 0, exists = 0;
+        for (unsigned l = 0; l < 32 && base + l < n; l++) {
+            exists |= 1u << l;
+            if (w.threads[base + l].wait == Wait::warp_collective) waiting |= 1u << l;
+        }
+        if (!waiting) return;
+        bool progressed = false;
+        for (unsigned l = 0; l < 32; l++) {
+            if (!(waiting >> l & 1u)) continue;
+            Thread& t = w.threads[base + l];
+            unsigned group = t.mask & exists;
+            bool complete = (group >> l & 1u);
+            for (unsigned m = 0; m < 32 && complete; m++) {
+                if (!(group >> m & 1u)) continue;
+                const Thread& o = w.threads[base + m];
+                complete = o.wait == Wait::warp_collective && o.mask == t.mask && o.op == t.op;
+            }
+            if (complete) {
+                perform_warp_op(w, base, n, group);
+                progressed = true;
+                break;
+            }
+        }
+        if (progressed) continue;
+        // Nothing can complete: name the first stuck collective and a lane that is missing from it.
+        Thread& t = w.threads[base + __builtin_ctz(waiting)];
+        unsigned group = t.mask & exists;
+        for (unsigned m = 0; m < 32; m++) {
+            if (!(group >> m & 1u)) continue;
+            const Thread& o = w.threads[base + m];
+            if (o.wait == Wait::warp_collective && o.mask == t.mask && o.op == t.op) continue;
+            char a[48], b[48];
+            describe_thread(a, sizeof a, t);
+            describe_thread(b, sizeof b, o);
+            const char* where = o.wait == Wait::done ? "has returned" :
+                                o.wait == Wait::block_barrier ? "waits at __syncthreads" : "waits at a different warp collective";
+            fatal("kernel '%s' block (%u,%u,%u): thread %s waits in %s (mask 0x%08x), but thread %s (lane %u) %s — "
+                  "a warp collective that not all lanes of its mask reach never completes on a GPU (deadlock or undefined result)",
+                  w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, a, op_name(t.op), t.mask, b, m, where);
+        }
+        fatal("kernel '%s': warp collective cannot complete", w.config->name);
+    }
+}
+
+static std::vector<unsigned> make_order(Worker& w, unsigned count) {
+    std::vector<unsigned> order(count);
+    std::iota(order.begin(), order.end(), 0u);
+    Order o = g_order;
+    if (o == Order::reverse) std::reverse(order.begin(), order.end());
+    if (o == Order::random) std::shuffle(order.begin(), order.end(), w.rng);
+    return order;
+}
+
+static void run_block(Worker& w, const LaunchConfig& config, unsigned long long linear_block) {
+    const dim3 g = config.grid, b = config.block;
+    blockIdx = uint3{static_cast<unsigned>(linear_block % g.x), static_cast<unsigned>(linear_block / g.x % g.y),
+                     static_cast<unsigned>(linear_block / g.x / g.y)};
+    blockDim = b;
+    gridDim = g;
+    const unsigned n = b.x * b.y * b.z, nwarps = (n + 31) / 32;
+    // Shared memory starts as NaN bytes in every block, so reading an element before it is written
+    // (a missing barrier, an off-by-one) shows up as NaN instead of a stale value from the last block.
+    std::memset(w.shared, 0xff, config.shared_bytes);
+    for (auto [p, bytes] : w.static_shared) std::memset(p, 0xff, bytes);
+    for (unsigned i = 0; i < n; i++) {
+        Thread& t = w.threads[i];
+        t.idx = uint3{i % b.x, i / b.x % b.y, i / b.x / b.y};
+        t.linear = i;
+        t.wait = Wait::run;
+        boost::context::stack_context slot;
+        slot.size = w.stack_bytes - static_cast<size_t>(sysconf(_SC_PAGESIZE));
+        slot.sp = w.stacks + (i + 1) * w.stack_bytes;  // stacks grow down from the top of the slot
+        t.fiber = boost::context::fiber(std::allocator_arg, SlotStack{slot}, [&w, &t](boost::context::fiber&& scheduler) {
+            w.scheduler = std::move(scheduler);
+            (*w.body)();
+            t.wait = Wait::done;
+            return std::move(w.scheduler);
+        });
+    }
+    std::vector<unsigned> warp_order = make_order(w, nwarps), lane_order = make_order(w, 32);
+    for (;;) {
+        for (unsigned warp : warp_order) run_warp(w, warp, n, lane_order);
+        unsigned done = 0, count = 0, first_done = n, first_waiting = n;
+        bool all_same = true;
+        BarrierKind kind = BarrierKind::sync;
+        for (unsigned i = 0; i < n; i++) {
+            const Thread& t = w.threads[i];
+            if (t.wait == Wait::done) { done++; first_done = std::min(first_done, i); continue; }
+            if (first_waiting == n) { first_waiting = i; kind = t.barrier; }
+            all_same = all_same && t.barrier == kind;
+            count += t.predicate != 0;
+        }
+        if (done == n) return;
+        if (done > 0) {
+            char a[48], c[48];
+            describe_thread(a, sizeof a, w.threads[first_waiting]);
+            describe_thread(c, sizeof c, w.threads[first_done]);
+            fatal("kernel '%s' block (%u,%u,%u): thread %s waits at __syncthreads, but %u of the block's %u threads "
+                  "(thread %s the first) returned without reaching it — a divergent barrier hangs or misbehaves on a GPU",
+                  config.name, blockIdx.x, blockIdx.y, blockIdx.z, a, done, n, c);
+        }
+        if (!all_same) fatal("kernel '%s' block (%u,%u,%u): threads wait at different kinds of block barrier "
+                             "(__syncthreads vs __syncthreads_count/and/or)", config.name, blockIdx.x, blockIdx.y, blockIdx.z);
+        unsigned long long result = kind == BarrierKind::count ? count : kind == BarrierKind::and_ ? count == n :
+                                    kind == BarrierKind::or_ ? count > 0 : 0;
+        for (unsigned i = 0; i < n; i++) {
+            w.threads[i].result = result;
+            w.threads[i].wait = Wait::run;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// The pool of OS threads. The launching thread works too; the others wait for the next grid.
+struct Pool {
+    std::mutex mutex;
+    std::condition_variable start, finished;
+    std::vector<std::thread> threads;
+    unsigned long long generation = 0;
+    int running = 0;
+    bool stopping = false;
+    const LaunchConfig* config = nullptr;
+    const std::function<void()>* body = nullptr;
+    std::atomic<unsigned long long> next_block{0};
+    unsigned long long blocks = 0;
+    int helpers = 0;  // how many pool threads take part in the current grid
+
+    static Worker& worker() {
+        static thread_local Worker w;
+        return w;
+    }
+    void work() {
+        Worker& w = worker();
+        w.config = config;
+        w.body = body;
+        this_worker = &w;
+        for (unsigned long long b; (b = next_block.fetch_add(1)) < blocks;) run_block(w, *config, b);
+        this_worker = nullptr;
+    }
+    void loop(int id) {
+        unsigned long long seen = 0;
+        for (;;) {
+            std::unique_lock<std::mutex> lock(mutex);
+            start.wait(lock, [&] { return stopping || (generation != seen && id < helpers); });
+            if (stopping) return;
+            seen = generation;
+            lock.unlock();
+            work();
+            lock.lock();
+            if (--running == 0) finished.notify_all();
+        }
+    }
+    void run(const LaunchConfig& c, const std::function<void()>& f, unsigned long long nblocks) {
+        static const int nthreads = [] {
+            int n = std::atoi(env_or("CUDASIM_THREADS", "0"));
+            return n > 0 ? n : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+        }();
+        config = &c;
+        body = &f;
+        blocks = nblocks;
+        next_block = 0;
+        int want = static_cast<int>(std::min<unsigned long long>(nthreads, nblocks)) - 1;
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            while (static_cast<int>(threads.size()) < want) {
+                int id = static_cast<int>(threads.size());
+                threads.emplace_back([this, id] { loop(id); });
+            }
+            helpers = want;
+            running = want;
+            generation++;
+        }
+        start.notify_all();
+        work();
+        std::unique_lock<std::mutex> lock(mutex);
+        finished.wait(lock, [&] { return running == 0; });
+    }
+    ~Pool() {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            stopping = true;
+        }
+        start.notify_all();
+        for (auto& t : threads) t.join();
+    }
+};
+static Pool& pool() {
+    static Pool p;
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// Runtime state: the last error, allocations, per-kernel attributes.
+static thread_local cudaError_t g_last_error = cudaSuccess;
+static std::mutex g_mutex;
+static std::map<uintptr_t, size_t> g_device_allocations;  // start -> bytes
+static std::map<const void*, int> g_max_dynamic_shared;    // kernel -> opt-in bytes
+static std::mutex g_launch_mutex;                         // one grid at a time, as on one stream
+
+static cudaError_t fail(cudaError_t code, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    std::fprintf(stderr, "cudasim: ");
+    std::vfprintf(stderr, fmt, ap);
+    std::fprintf(stderr, " (%s)\n", cudaGetErrorName(code));
+    va_end(ap);
+    g_last_error = code;
+    return code;
+}
+
+void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
+    if (this_worker) fatal("kernel '%s' launched from inside kernel '%s': dynamic parallelism is not supported on the CPU",
+                           c.name, this_worker->config->name);
+    const dim3 g = c.grid, b = c.block;
+    unsigned long long threads = 1ull * b.x * b.y * b.z, blocks = 1ull * g.x * g.y * g.z;
+    if (blocks == 0 || threads == 0) {
+        fail(cudaErrorInvalidConfiguration, "launch of '%s': grid (%u,%u,%u) x block (%u,%u,%u) is empty",
+             c.name, g.x, g.y, g.z, b.x, b.y, b.z);
+        return;
+    }
+    if (threads > max_threads_per_block || b.x > 1024 || b.y > 1024 || b.z > 64 || g.y > 65535 || g.z > 65535) {
+        fail(cudaErrorInvalidConfiguration, "launch of '%s': block (%u,%u,%u) has %llu threads (limit 1024; z <= 64) "
+             "or grid (%u,%u,%u) exceeds (2^31-1, 65535, 65535)", c.name, b.x, b.y, b.z, threads, g.x, g.y, g.z);
+        return;
+    }
+    size_t limit = default_shared_bytes;
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        auto it = g_max_dynamic_shared.find(c.function);
+        if (it != g_max_dynamic_shared.end()) limit = std::max(limit, static_cast<size_t>(it->second));
+    }
+    if (c.shared_bytes > limit) {
+        fail(cudaErrorInvalidValue, "launch of '%s': %zu bytes of dynamic shared memory, but the limit is %zu "
+             "(raise it up to %zu with cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))",
+             c.name, c.shared_bytes, limit, max_shared_bytes_optin);
+        return;
+    }
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    pool().run(c, body, blocks);
+}
+
+long long clock64_impl() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+static bool find_allocation(const void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto a = reinterpret_cast<uintptr_t>(p);
+    auto it = g_device_allocations.upper_bound(a);
+    if (it == g_device_allocations.begin()) return false;
+    --it;
+    return a >= it->first && a + bytes <= it->first + it->second;
+}
+
+static size_t physical_memory() { return static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+}  // namespace cudasim
+
+unsigned __activemask() { return cudasim::__activemask_impl(); }
+
+#if defined(__SANITIZE_ADDRESS__)
+// AddressSanitizer calls this when it finds a bad access: say which CUDA thread made it.
+extern "C" void __asan_on_error() {
+    cudasim::Worker* w = cudasim::this_worker;
+    if (w && w->current && w->config)
+        std::fprintf(stderr, "cudasim: the access below was made by kernel '%s', block (%u,%u,%u), thread (%u,%u,%u)\n",
+                     w->config->name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+}
+#endif
+long long clock64() { return cudasim::clock64_impl(); }
+
+// ----------------------------------------------------------------------------
+// CUDA runtime API (declared by <cuda_runtime_api.h>).
+using cudasim::fail;
+
+cudaError_t cudaGetLastError() { cudaError_t e = cudasim::g_last_error; cudasim::g_last_error = cudaSuccess; return e; }
+cudaError_t cudaPeekAtLastError() { return cudasim::g_last_error; }
+
+const char* cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+#define CASE(x) case x: return #x;
+        CASE(cudaSuccess) CASE(cudaErrorInvalidValue) CASE(cudaErrorMemoryAllocation) CASE(cudaErrorInitializationError)
+        CASE(cudaErrorInvalidConfiguration) CASE(cudaErrorInvalidSymbol) CASE(cudaErrorInvalidDevicePointer)
+        CASE(cudaErrorInvalidMemcpyDirection) CASE(cudaErrorNoDevice) CASE(cudaErrorInvalidDevice)
+        CASE(cudaErrorInvalidResourceHandle) CASE(cudaErrorNotReady) CASE(cudaErrorIllegalAddress)
+        CASE(cudaErrorLaunchOutOfResources) CASE(cudaErrorLaunchFailure) CASE(cudaErrorNotSupported)
+        CASE(cudaErrorInvalidDeviceFunction)
+#undef CASE
+        default: return "cudaErrorUnknown";
+    }
+}
+const char* cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+        case cudaSuccess: return "no error";
+        case cudaErrorInvalidValue: return "invalid argument";
+        case cudaErrorMemoryAllocation: return "out of memory";
+        case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+        case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+        case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+        case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+        case cudaErrorInvalidDevice: return "invalid device ordinal";
+        case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+        case cudaErrorNotSupported: return "operation not supported";
+        default: return "unknown error";
+    }
+}
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+    *p = nullptr;
+    if (bytes == 0) return cudaSuccess;
+    void* q = nullptr;  // exact size, so an address sanitizer sees the first byte past the end
+    if (posix_memalign(&q, 256, bytes) != 0) return fail(cudaErrorMemoryAllocation, "cudaMalloc of %zu bytes failed", bytes);
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    cudasim::g_device_allocations[reinterpret_cast<uintptr_t>(q)] = bytes;
+    *p = q;
+    return cudaSuccess;
+}
+cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned) { return cudaMalloc(p, bytes); }
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
+cudaError_t cudaFree(void* p) {
+    if (!p) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+        auto it = cudasim::g_device_allocations.find(reinterpret_cast<uintptr_t>(p));
+        if (it == cudasim::g_device_allocations.end()) goto invalid;
+        cudasim::g_device_allocations.erase(it);
+    }
+    std::free(p);
+    return cudaSuccess;
+invalid:
+    return fail(cudaErrorInvalidValue, "cudaFree(%p): not the start of a cudaMalloc allocation", p);
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+    *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    return *p || bytes == 0 ? cudaSuccess : fail(cudaErrorMemoryAllocation, "cudaMallocHost of %zu bytes failed", bytes);
+}
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) { return cudaMallocHost(p, bytes); }
+cudaError_t cudaFreeHost(void* p) { std::free(p); return cudaSuccess; }
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (bytes == 0) return cudaSuccess;
+    bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault)
+        return fail(cudaErrorInvalidMemcpyDirection, "cudaMemcpy: kind %d is not a cudaMemcpyKind", static_cast<int>(kind));
+    if (dst_device && !cudasim::find_allocation(dst, bytes))
+        return fail(cudaErrorInvalidValue, "cudaMemcpy: destination %p + %zu bytes is not inside one cudaMalloc allocation", dst, bytes);
+    if (src_device && !cudasim::find_allocation(src, bytes))
+        return fail(cudaErrorInvalidValue, "cudaMemcpy: source %p + %zu bytes is not inside one cudaMalloc allocation", src, bytes);
+    std::memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+    if (bytes && !cudasim::find_allocation(p, bytes))
+        return fail(cudaErrorInvalidValue, "cudaMemset: %p + %zu bytes is not inside one cudaMalloc allocation", p, bytes);
+    std::memset(p, value, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+cudaError_t cudaMemcpyToSymbol(const void* symbol, const void* src, size_t bytes, size_t offset, cudaMemcpyKind) {
+    std::memcpy(static_cast<char*>(const_cast<void*>(symbol)) + offset, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyFromSymbol(void* dst, const void* symbol, size_t bytes, size_t offset, cudaMemcpyKind) {
+    std::memcpy(dst, static_cast<const char*>(symbol) + offset, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+    *free_bytes = *total_bytes = cudasim::physical_memory();
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }  // every launch and copy is synchronous
+cudaError_t cudaDeviceReset() { return cudaSuccess; }
+cudaError_t cudaSetDevice(int device) {
+    return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice(%d): the CPU is device 0 and the only one", device);
+}
+cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
+cudaError_t cudaGetDeviceCount(int* count) { *count = 1; return cudaSuccess; }
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties(%d): only device 0 exists", device);
+    std::memset(prop, 0, sizeof *prop);
+    std::snprintf(prop->name, sizeof prop->name, "CPU (emulated by cudasim)");
+    prop->totalGlobalMem = cudasim::physical_memory();
+    prop->sharedMemPerBlock = cudasim::default_shared_bytes;
+    prop->sharedMemPerBlockOptin = cudasim::max_shared_bytes_optin;
+    prop->sharedMemPerMultiprocessor = cudasim::max_shared_bytes_optin + 1024;
+    prop->regsPerBlock = 65536;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    prop->maxThreadsPerMultiProcessor = 2048;
+    prop->maxThreadsDim[0] = prop->maxThreadsDim[1] = 1024;
+    prop->maxThreadsDim[2] = 64;
+    prop->maxGridSize[0] = 2147483647;
+    prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
+    prop->multiProcessorCount = static_cast<int>(std::thread::hardware_concurrency());
+    prop->l2CacheSize = 0;
+    prop->major = 8;
+    prop->minor = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+    cudaDeviceProp p;
+    if (cudaError_t e = cudaGetDeviceProperties(&p, device); e != cudaSuccess) return e;
+    switch (attr) {
+        case cudaDevAttrMultiProcessorCount: *value = p.multiProcessorCount; break;
+        case cudaDevAttrMaxThreadsPerBlock: *value = p.maxThreadsPerBlock; break;
+        case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(p.sharedMemPerBlockOptin); break;
+        case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(p.sharedMemPerBlock); break;
+        case cudaDevAttrWarpSize: *value = 32; break;
+        case cudaDevAttrComputeCapabilityMajor: *value = p.major; break;
+        case cudaDevAttrComputeCapabilityMinor: *value = p.minor; break;
+        case cudaDevAttrL2CacheSize: *value = 0; break;
+        default: return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute %d is not emulated", static_cast<int>(attr));
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;  // carve-out hints: nothing to do
+    if (value < 0 || static_cast<size_t>(value) > cudasim::max_shared_bytes_optin)
+        return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: %d bytes of dynamic shared memory (the device allows %zu)",
+                    value, cudasim::max_shared_bytes_optin);
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    cudasim::g_max_dynamic_shared[func] = value;
+    return cudaSuccess;
+}
+
+// Streams and events: every operation is synchronous, so a stream is only a handle and an event a time.
+struct CUstream_st { int unused; };
+struct CUevent_st { double ms; };
+cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st{}; return cudaSuccess; }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st{0.0}; return cudaSuccess; }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) { e->ms = cudasim::clock64_impl() * 1e-6; return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+    *ms = static_cast<float>(end->ms - start->ms);
+    return cudaSuccess;
+}
+
+// ----------------------------------------------------------------------------
+// cuBLAS on OpenBLAS.
+struct cublasContext {
+    cudaStream_t stream = nullptr;
+    cublasMath_t math = CUBLAS_DEFAULT_MATH;
+};
+cublasStatus_t cublasCreate_v2(cublasHandle_t* h) { *h = new cublasContext{}; return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasDestroy_v2(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->stream = s;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasGetStream_v2(cublasHandle_t h, cudaStream_t* s) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    *s = h->stream;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->math = mode;  // TF32 and reduced-precision modes compute in full fp32 here
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasGetMathMode(cublasHandle_t h, cublasMath_t* mode) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    *mode = h->math;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void*, size_t) { return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED; }
+const char* cublasGetStatusName(cublasStatus_t s) {
+    switch (s) {
+        case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+        case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+        case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+        case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+        case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+        default: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    }
+}
+const char* cublasGetStatusString(cublasStatus_t s) {
+    switch (s) {
+        case CUBLAS_STATUS_SUCCESS: return "success";
+        case CUBLAS_STATUS_NOT_INITIALIZED: return "the library was not initialized";
+        case CUBLAS_STATUS_INVALID_VALUE: return "an unsupported value or parameter was passed to the function";
+        case CUBLAS_STATUS_NOT_SUPPORTED: return "the functionality requested is not supported";
+        default: return "an internal operation failed";
+    }
+}
+
+namespace cudasim {
+// cuBLAS validates its arguments before it computes; the same checks, with a message saying which.
+static cublasStatus_t check_gemm(const char* fn, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                 int k, int lda, int ldb, int ldc, long long batch) {
+    if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+    auto bad = [&](const char* what) {
+        std::fprintf(stderr, "cudasim: %s: %s (m=%d n=%d k=%d lda=%d ldb=%d ldc=%d) (CUBLAS_STATUS_INVALID_VALUE)\n",
+                     fn, what, m, n, k, lda, ldb, ldc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    };
+    if (ta > CUBLAS_OP_C || tb > CUBLAS_OP_C) return bad("transa/transb is not CUBLAS_OP_N/T/C");
+    if (m < 0 || n < 0 || k < 0 || batch < 0) return bad("a negative size");
+    if (lda < std::max(1, ta == CUBLAS_OP_N ? m : k)) return bad("lda is smaller than the rows of op(A)'s storage");
+    if (ldb < std::max(1, tb == CUBLAS_OP_N ? k : n)) return bad("ldb is smaller than the rows of op(B)'s storage");
+    if (ldc < std::max(1, m)) return bad("ldc < m");
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+static CBLAS_TRANSPOSE to_cblas(cublasOperation_t op) { return op == CUBLAS_OP_N ? CblasNoTrans : CblasTrans; }
+
+// C = alpha·op(A)·op(B) + beta·C in column-major order, as cuBLAS defines it. With beta == 0, C is
+// only written, never read (cuBLAS's rule; it matters when C holds NaN).
+static void sgemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const float* A, int lda,
+                  const float* B, int ldb, float beta, float* C, int ldc) {
+    if (m == 0 || n == 0) return;
+    if (beta == 0.0f)
+        for (int j = 0; j < n; j++) std::fill(C + static_cast<size_t>(j) * ldc, C + static_cast<size_t>(j) * ldc + m, 0.0f);
+    if (k == 0 || alpha == 0.0f) {
+        if (beta != 0.0f && beta != 1.0f)
+            for (int j = 0; j < n; j++) for (int i = 0; i < m; i++) C[static_cast<size_t>(j) * ldc + i] *= beta;
+        return;
+    }
+    cblas_sgemm(CblasColMajor, to_cblas(ta), to_cblas(tb), m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+// A matrix of any supported cudaDataType, as fp32 (bf16 widened exactly).
+static std::vector<float> widen(const void* p, cudaDataType t, size_t count) {
+    std::vector<float> out(count);
+    if (t == CUDA_R_32F) std::memcpy(out.data(), p, count * 4);
+    else if (t == CUDA_R_16BF) for (size_t i = 0; i < count; i++) out[i] = __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    else for (size_t i = 0; i < count; i++) out[i] = __half2float(static_cast<const __half*>(p)[i]);
+    return out;
+}
+static size_t storage(int rows_of_op, int cols_of_op, cublasOperation_t op, int ld) {
+    int cols = op == CUBLAS_OP_N ? cols_of_op : rows_of_op;  // columns of the stored matrix
+    (void)rows_of_op;
+    return cols == 0 ? 0 : static_cast<size_t>(ld) * (cols - 1) + static_cast<size_t>(op == CUBLAS_OP_N ? rows_of_op : cols_of_op);
+}
+
+static cublasStatus_t gemm_ex(const char* fn, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                              int k, const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
+                              const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
+                              cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t compute) {
+    if (cublasStatus_t s = check_gemm(fn, h, ta, tb, m, n, k, lda, ldb, ldc, batch); s != CUBLAS_STATUS_SUCCESS) return s;
+    auto ok_type = [](cudaDataType t) { return t == CUDA_R_32F || t == CUDA_R_16BF || t == CUDA_R_16F; };
+    bool ok_compute = compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_FAST_TF32 ||
+                      compute == CUBLAS_COMPUTE_32F_FAST_16BF || compute == CUBLAS_COMPUTE_32F_FAST_16F ||
+                      compute == CUBLAS_COMPUTE_32F_PEDANTIC;
+    if (!ok_type(at) || !ok_type(bt) || !ok_type(ct) || !ok_compute) {
+        std::fprintf(stderr, "cudasim: %s: only fp32/bf16/fp16 matrices with fp32 compute are emulated "
+                     "(A %d, B %d, C %d, compute %d) (CUBLAS_STATUS_NOT_SUPPORTED)\n", fn, at, bt, ct, compute);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
+    size_t esz_a = at == CUDA_R_32F ? 4 : 2, esz_b = bt == CUDA_R_32F ? 4 : 2, esz_c = ct == CUDA_R_32F ? 4 : 2;
+    size_t na = storage(m, k, ta, lda), nb = storage(k, n, tb, ldb), nc = n == 0 ? 0 : static_cast<size_t>(ldc) * (n - 1) + m;
+    for (int i = 0; i < batch; i++) {
+        const char* Ai = static_cast<const char*>(A) + i * sa * esz_a;
+        const char* Bi = static_cast<const char*>(B) + i * sb * esz_b;
+        char* Ci = static_cast<char*>(C) + i * sc * esz_c;
+        if (at == CUDA_R_32F && bt == CUDA_R_32F && ct == CUDA_R_32F) {
+            sgemm(ta, tb, m, n, k, a, reinterpret_cast<const float*>(Ai), lda, reinterpret_cast<const float*>(Bi), ldb, b,
+                  reinterpret_cast<float*>(Ci), ldc);
+            continue;
+        }
+        std::vector<float> fa = widen(Ai, at, na), fb = widen(Bi, bt, nb), fc = b == 0.0f ? std::vector<float>(nc) : widen(Ci, ct, nc);
+        sgemm(ta, tb, m, n, k, a, fa.data(), lda, fb.data(), ldb, b, fc.data(), ldc);
+        for (int j = 0; j < n; j++)
+            for (int r = 0; r < m; r++) {
+                size_t idx = static_cast<size_t>(j) * ldc + r;
+                if (ct == CUDA_R_32F) reinterpret_cast<float*>(Ci)[idx] = fc[idx];
+                else if (ct == CUDA_R_16BF) reinterpret_cast<__nv_bfloat16*>(Ci)[idx] = __float2bfloat16(fc[idx]);
+                else reinterpret_cast<__half*>(Ci)[idx] = __float2half(fc[idx]);
+            }
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+}  // namespace cudasim
+
+cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                              const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta,
+                              float* C, int ldc) {
+    if (cublasStatus_t s = cudasim::check_gemm("cublasSgemm", h, ta, tb, m, n, k, lda, ldb, ldc, 1); s != CUBLAS_STATUS_SUCCESS) return s;
+    cudasim::sgemm(ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                         const float* alpha, const float* A, int lda, long long sa, const float* B, int ldb,
+                                         long long sb, const float* beta, float* C, int ldc, long long sc, int batch) {
+    if (cublasStatus_t s = cudasim::check_gemm("cublasSgemmStridedBatched", h, ta, tb, m, n, k, lda, ldb, ldc, batch); s != CUBLAS_STATUS_SUCCESS) return s;
+    for (int i = 0; i < batch; i++) cudasim::sgemm(ta, tb, m, n, k, *alpha, A + i * sa, lda, B + i * sb, ldb, *beta, C + i * sc, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* alpha,
+                            const void* A, cudaDataType at, int lda, const void* B, cudaDataType bt, int ldb, const void* beta,
+                            void* C, cudaDataType ct, int ldc, cublasComputeType_t compute, cublasGemmAlgo_t) {
+    return cudasim::gemm_ex("cublasGemmEx", h, ta, tb, m, n, k, alpha, A, at, lda, 0, B, bt, ldb, 0, beta, C, ct, ldc, 0, 1, compute);
+}
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                          const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
+                                          const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
+                                          cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t compute,
+                                          cublasGemmAlgo_t) {
+    return cudasim::gemm_ex("cublasGemmStridedBatchedEx", h, ta, tb, m, n, k, alpha, A, at, lda, sa, B, bt, ldb, sb, beta, C, ct,
+                            ldc, sc, batch, compute);
+}
+
+#endif  // CUDASIM_IMPLEMENTATION

@@ -1,0 +1,111 @@
+// cudasim_rewrite: prepares a CUDA source for the CPU build (see dev/cudasim_rewrite.h).
+//
+//   cudasim_rewrite INPUT OUT_ROOT [-I DIR]...
+//
+// Writes OUT_ROOT/<absolute path of INPUT> and, recursively, every file it includes with quotes
+// ("x.cuh", found next to the includer or under a -I DIR), so quoted includes resolve to rewritten
+// copies. Each output starts with `#line 1 "<original path>"`: compiler errors and gdb show the
+// original file and line. Prints the path of the rewritten INPUT. Files are rewritten only when their
+// content changes, so make and the compiler see stable timestamps.
+#include "cudasim_rewrite.h"
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+static std::string read_file(const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    if (!f) throw std::runtime_error("cannot read " + p.string());
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+static void write_if_changed(const fs::path& p, const std::string& text) {
+    std::error_code ec;
+    if (fs::exists(p, ec) && read_file(p) == text) return;
+    fs::create_directories(p.parent_path());
+    std::ofstream f(p, std::ios::binary);
+    f << text;
+    if (!f) throw std::runtime_error("cannot write " + p.string());
+}
+
+// Paths named in `#include "..."` lines (outside comments).
+static std::vector<std::string> quoted_includes(const std::string& s) {
+    std::vector<std::string> names;
+    std::istringstream in(s);
+    for (std::string line; std::getline(in, line);) {
+        size_t h = line.find_first_not_of(" \t");
+        if (h == std::string::npos || line[h] != '#') continue;
+        size_t inc = line.find_first_not_of(" \t", h + 1);
+        if (inc == std::string::npos || line.compare(inc, 7, "include") != 0) continue;
+        size_t open = line.find('"', inc + 7);
+        if (open == std::string::npos) continue;
+        size_t close = line.find('"', open + 1);
+        if (close != std::string::npos) names.push_back(line.substr(open + 1, close - open - 1));
+    }
+    return names;
+}
+
+struct Rewriter {
+    fs::path out_root;
+    std::vector<fs::path> include_dirs;
+    std::set<fs::path> done;
+
+    fs::path output_for(const fs::path& abs) const { return out_root / abs.relative_path(); }
+
+    void process(const fs::path& file, const std::string& shown_name) {
+        fs::path abs = fs::weakly_canonical(fs::absolute(file));
+        if (!done.insert(abs).second) return;
+        std::string src = read_file(abs);
+        std::string text;
+        try {
+            text = "#line 1 \"" + shown_name + "\"\n" + cudasim::rewrite_cuda_source(src);
+        } catch (const std::exception& e) {
+            throw std::runtime_error(shown_name + ": " + e.what());
+        }
+        write_if_changed(output_for(abs), text);
+        for (const std::string& name : quoted_includes(src)) {
+            std::vector<fs::path> candidates{abs.parent_path() / name};
+            for (const fs::path& d : include_dirs) candidates.push_back(d / name);
+            for (const fs::path& c : candidates) {
+                std::error_code ec;
+                if (fs::is_regular_file(c, ec)) {
+                    fs::path rel = fs::relative(fs::weakly_canonical(c), fs::current_path(), ec);
+                    std::string shown = !ec && !rel.empty() && rel.native().rfind("..", 0) != 0 ? rel.string()
+                                                                                                 : fs::weakly_canonical(c).string();
+                    process(c, shown);
+                    break;
+                }
+            }
+        }
+    }
+};
+
+int main(int argc, char** argv) {
+    if (argc < 3) {
+        std::cerr << "usage: cudasim_rewrite INPUT OUT_ROOT [-I DIR]...\n";
+        return 2;
+    }
+    try {
+        Rewriter r;
+        r.out_root = fs::absolute(argv[2]);
+        for (int i = 3; i < argc; i++) {
+            std::string a = argv[i];
+            if (a == "-I" && i + 1 < argc) r.include_dirs.push_back(fs::absolute(argv[++i]));
+            else if (a.rfind("-I", 0) == 0) r.include_dirs.push_back(fs::absolute(a.substr(2)));
+            else throw std::runtime_error("unknown argument " + a);
+        }
+        r.process(argv[1], argv[1]);
+        std::cout << r.output_for(fs::weakly_canonical(fs::absolute(argv[1]))).string() << "\n";
+    } catch (const std::exception& e) {
+        std::cerr << "cudasim_rewrite: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,2 @@
+// CPU build: threadIdx, blockIdx, blockDim, gridDim and warpSize are defined by dev/cudasim.h.
+#pragma once

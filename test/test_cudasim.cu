@@ -1,0 +1,452 @@
+// Tests of the CUDA execution model. The kernels here run in both builds: on a GPU they show that
+// the CPU emulation (dev/cudasim.h) gives what real hardware gives. The tests of what only the
+// emulator does (aborting on a stuck barrier, the source rewrite) are CPU-build only.
+#include <cooperative_groups.h>
+#include <cooperative_groups/reduce.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "test/test_util.h"
+#include "dev/cudasim_rewrite.h"
+
+namespace cg = cooperative_groups;
+
+// ----------------------------------------------------------------------------
+// Shared-memory tree reduction: one partial sum per block, then atomicAdd across blocks.
+__global__ void reduce_shared_kernel(const float* x, float* sum, int n) {
+    __shared__ float partial[256];
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int t = threadIdx.x;
+    partial[t] = i < n ? x[i] : 0.0f;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (t < stride) partial[t] += partial[t + stride];
+        __syncthreads();
+    }
+    if (t == 0) atomicAdd(sum, partial[0]);
+}
+
+// Integers make the expected result exact whatever the order of the additions.
+static std::vector<float> small_integers(int n, Rng& rng) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = static_cast<float>(static_cast<int>(rng.below(17)) - 8);
+    return v;
+}
+
+TEST_CASE("shared-memory tree reduction over many blocks") {
+    Rng rng(1);
+    for (int n : {1, 255, 256, 100003}) {
+        std::vector<float> x = small_integers(n, rng);
+        float expected = std::accumulate(x.begin(), x.end(), 0.0f);
+        for_each_thread_order([&] {
+            DeviceBuffer<float> dx(x), dsum(1);
+            cuda_check(cudaMemset(dsum, 0, 4));
+            reduce_shared_kernel<<<ceil_div(n, 256), 256>>>(dx, dsum, n);
+            cuda_check(cudaGetLastError());
+            CHECK(dsum.download()[0] == expected);
+        });
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Warp shuffles: xor and down reductions, an up-scan, an index broadcast, votes.
+__global__ void warp_ops_kernel(const int* x, int* out) {
+    int lane = threadIdx.x % 32, v = x[threadIdx.x];
+    int sum_xor = v, sum_down = v, scan = v;
+    for (int o = 16; o > 0; o /= 2) sum_xor += __shfl_xor_sync(0xffffffffu, sum_xor, o);
+    for (int o = 16; o > 0; o /= 2) sum_down += __shfl_down_sync(0xffffffffu, sum_down, o);
+    for (int o = 1; o < 32; o *= 2) {
+        int up = __shfl_up_sync(0xffffffffu, scan, o);
+        if (lane >= o) scan += up;
+    }
+    int from7 = __shfl_sync(0xffffffffu, v, 7);
+    int half_sum = v;  // width 16: two independent halves
+    for (int o = 8; o > 0; o /= 2) half_sum += __shfl_xor_sync(0xffffffffu, half_sum, o, 16);
+    unsigned ballot = __ballot_sync(0xffffffffu, v > 0);
+    int any = __any_sync(0xffffffffu, v == 3), all = __all_sync(0xffffffffu, v > -100);
+    int* o = out + threadIdx.x * 8;
+    o[0] = sum_xor; o[1] = lane == 0 ? sum_down : 0; o[2] = scan; o[3] = from7;
+    o[4] = half_sum; o[5] = static_cast<int>(ballot); o[6] = any; o[7] = all;
+}
+
+TEST_CASE("warp shuffles and votes match their definitions") {
+    Rng rng(2);
+    const int n = 64;  // two warps
+    std::vector<int> x(n);
+    for (auto& v : x) v = static_cast<int>(rng.below(11)) - 5;
+    std::vector<int> ref(n * 8);
+    for (int t = 0; t < n; t++) {
+        int w = t / 32 * 32, lane = t % 32, h = w + lane / 16 * 16;
+        int* r = &ref[t * 8];
+        r[0] = std::accumulate(&x[w], &x[w + 32], 0);
+        r[1] = lane == 0 ? r[0] : 0;
+        r[2] = std::accumulate(&x[w], &x[t + 1], 0);
+        r[3] = x[w + 7];
+        r[4] = std::accumulate(&x[h], &x[h + 16], 0);
+        unsigned b = 0;
+        bool any = false;
+        for (int l = 0; l < 32; l++) { b |= (x[w + l] > 0 ? 1u : 0u) << l; any = any || x[w + l] == 3; }
+        r[5] = static_cast<int>(b); r[6] = any; r[7] = 1;
+    }
+    for_each_thread_order([&] {
+        DeviceBuffer<int> dx(x), dout(n * 8);
+        cuda_check(cudaMemset(dout, 0xff, dout.bytes()));
+        warp_ops_kernel<<<1, n>>>(dx, dout);
+        cuda_check(cudaGetLastError());
+        CHECK(dout.download() == ref);
+    });
+}
+
+// ----------------------------------------------------------------------------
+// Dynamic shared memory: a block reverses its slice through `extern __shared__`.
+__global__ void reverse_dynamic_shared_kernel(const float* x, float* y, int per_block) {
+    extern __shared__ float tile[];
+    const float* src = x + blockIdx.x * per_block;
+    for (int i = threadIdx.x; i < per_block; i += blockDim.x) tile[i] = src[i];
+    __syncthreads();
+    for (int i = threadIdx.x; i < per_block; i += blockDim.x) y[blockIdx.x * per_block + i] = tile[per_block - 1 - i];
+}
+
+TEST_CASE("dynamic shared memory, with and without the opt-in above 48 KiB") {
+    Rng rng(3);
+    for (int per_block : {1000, 20000}) {  // 4 KB, and 80 KB which needs cudaFuncSetAttribute
+        const int blocks = 3;
+        std::vector<float> x = random_vector(per_block * blocks, rng), ref(x.size());
+        for (int b = 0; b < blocks; b++)
+            for (int i = 0; i < per_block; i++) ref[b * per_block + i] = x[b * per_block + per_block - 1 - i];
+        size_t bytes = per_block * sizeof(float);
+        if (bytes > 48 * 1024)
+            cuda_check(cudaFuncSetAttribute(reverse_dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        for_each_thread_order([&] {
+            DeviceBuffer<float> dx(x), dy(x.size());
+            poison(dy);
+            reverse_dynamic_shared_kernel<<<blocks, 128, bytes>>>(dx, dy, per_block);
+            cuda_check(cudaGetLastError());
+            CHECK(dy.download() == ref);
+        });
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Atomics from many blocks at once.
+__global__ void atomics_kernel(int* counter, int* maximum, unsigned* cas_sum, const int* x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    atomicAdd(counter, 1);
+    atomicMax(maximum, x[i]);
+    unsigned old = *cas_sum, assumed;  // an atomicAdd built from atomicCAS, the classic loop
+    do {
+        assumed = old;
+        old = atomicCAS(cas_sum, assumed, assumed + static_cast<unsigned>(x[i]));
+    } while (old != assumed);
+}
+
+TEST_CASE("atomicAdd, atomicMax and an atomicCAS loop across blocks") {
+    Rng rng(4);
+    const int n = 50000;
+    std::vector<int> x(n);
+    for (auto& v : x) v = static_cast<int>(rng.below(1000000));
+    DeviceBuffer<int> dx(x), counter(1), maximum(1);
+    DeviceBuffer<unsigned> cas_sum(1);
+    cuda_check(cudaMemset(counter, 0, 4));
+    cuda_check(cudaMemset(maximum, 0, 4));
+    cuda_check(cudaMemset(cas_sum, 0, 4));
+    atomics_kernel<<<ceil_div(n, 128), 128>>>(counter, maximum, cas_sum, dx, n);
+    cuda_check(cudaGetLastError());
+    unsigned expected_sum = 0;
+    for (int v : x) expected_sum += static_cast<unsigned>(v);
+    CHECK(counter.download()[0] == n);
+    CHECK(maximum.download()[0] == *std::max_element(x.begin(), x.end()));
+    CHECK(cas_sum.download()[0] == expected_sum);
+}
+
+// ----------------------------------------------------------------------------
+// Cooperative groups: cg::reduce over warp tiles of 32 and 16.
+__global__ void cg_reduce_kernel(const float* x, float* sums32, float* max16) {
+    cg::thread_block block = cg::this_thread_block();
+    cg::thread_block_tile<32> warp = cg::tiled_partition<32>(block);
+    cg::thread_block_tile<16> half = cg::tiled_partition<16>(block);
+    float v = x[block.thread_rank()];
+    float s = cg::reduce(warp, v, cg::plus<float>());
+    float m = cg::reduce(half, v, cg::greater<float>());
+    if (warp.thread_rank() == 0) sums32[warp.meta_group_rank()] = s;
+    if (half.thread_rank() == 0) max16[half.meta_group_rank()] = m;
+}
+
+TEST_CASE("cooperative groups: reduce over tiles of 32 (plus) and 16 (greater)") {
+    Rng rng(5);
+    const int n = 128;
+    std::vector<float> x = small_integers(n, rng), s32(n / 32), m16(n / 16);
+    for (int i = 0; i < n; i++) {
+        s32[i / 32] += x[i];
+        m16[i / 16] = i % 16 == 0 ? x[i] : std::max(m16[i / 16], x[i]);
+    }
+    for_each_thread_order([&] {
+        DeviceBuffer<float> dx(x), ds(n / 32), dm(n / 16);
+        poison(ds);
+        poison(dm);
+        cg_reduce_kernel<<<1, n>>>(dx, ds, dm);
+        cuda_check(cudaGetLastError());
+        CHECK(ds.download() == s32);
+        CHECK(dm.download() == m16);
+    });
+}
+
+// ----------------------------------------------------------------------------
+// Row softmax with two block barriers per reduction (max, then sum), one block per row.
+__global__ void softmax_two_barrier_kernel(const float* x, float* y, int C) {
+    __shared__ float scratch[32];
+    const float* row = x + blockIdx.x * C;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    float m = -INFINITY;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) m = fmaxf(m, row[c]);
+    for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) scratch[warp] = m;
+    __syncthreads();  // barrier 1: every warp's max is in scratch
+    m = scratch[0];
+    for (int w = 1; w < nwarps; w++) m = fmaxf(m, scratch[w]);
+    __syncthreads();  // barrier 2: everyone has read scratch before it is reused
+    float s = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) s += expf(row[c] - m);
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) scratch[warp] = s;
+    __syncthreads();
+    s = 0.0f;
+    for (int w = 0; w < nwarps; w++) s += scratch[w];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) y[blockIdx.x * C + c] = expf(row[c] - m) / s;
+}
+
+TEST_CASE("softmax with two barriers per reduction") {
+    Rng rng(6);
+    const int rows = 5, C = 333;
+    std::vector<float> x = random_vector(rows * C, rng, 4.0f), ref(x.size());
+    for (int r = 0; r < rows; r++) {
+        double m = -INFINITY, s = 0;
+        for (int c = 0; c < C; c++) m = std::max<double>(m, x[r * C + c]);
+        for (int c = 0; c < C; c++) s += std::exp(x[r * C + c] - m);
+        for (int c = 0; c < C; c++) ref[r * C + c] = static_cast<float>(std::exp(x[r * C + c] - m) / s);
+    }
+    for_each_thread_order([&] {
+        DeviceBuffer<float> dx(x), dy(x.size());
+        poison(dy);
+        softmax_two_barrier_kernel<<<rows, 128>>>(dx, dy, C);
+        cuda_check(cudaGetLastError());
+        check_close("softmax", dy.download(), ref, tolerance_fp32);
+    });
+}
+
+// ----------------------------------------------------------------------------
+// Launch validation: what a GPU rejects, rejected with the GPU's error codes.
+__global__ void noop_kernel(float*) {}
+
+TEST_CASE("launches a GPU rejects return its error codes") {
+    cudaGetLastError();
+    noop_kernel<<<1, 2048>>>(nullptr);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+    noop_kernel<<<0, 32>>>(nullptr);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+    noop_kernel<<<dim3(1, 70000), 32>>>(nullptr);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+    noop_kernel<<<1, 32, 200 * 1024>>>(nullptr);  // over 48 KiB without the opt-in
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+    noop_kernel<<<1, 32>>>(nullptr);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(cudaGetLastError() == cudaSuccess);  // reading the error clears it
+}
+
+// ----------------------------------------------------------------------------
+// cuBLAS against naive loops: every transpose combination, padded leading dimensions, batches.
+static float at(const std::vector<float>& M, int ld, cublasOperation_t op, int r, int c, size_t offset) {
+    return op == CUBLAS_OP_N ? M[offset + static_cast<size_t>(c) * ld + r] : M[offset + static_cast<size_t>(r) * ld + c];
+}
+
+TEST_CASE("cuBLAS sgemm, strided batched and GemmEx match naive column-major loops") {
+    Rng rng(7);
+    cublasHandle_t handle;
+    cublas_check(cublasCreate(&handle));
+    const int m = 7, n = 5, k = 9, batch = 3;
+    for (auto ta : {CUBLAS_OP_N, CUBLAS_OP_T})
+        for (auto tb : {CUBLAS_OP_N, CUBLAS_OP_T}) {
+            int lda = (ta == CUBLAS_OP_N ? m : k) + 2, ldb = (tb == CUBLAS_OP_N ? k : n) + 1, ldc = m + 3;
+            long long sa = static_cast<long long>(lda) * (ta == CUBLAS_OP_N ? k : m) + 5;
+            long long sb = static_cast<long long>(ldb) * (tb == CUBLAS_OP_N ? n : k) + 2;
+            long long sc = static_cast<long long>(ldc) * n + 1;
+            std::vector<float> A = random_vector(sa * batch, rng), B = random_vector(sb * batch, rng),
+                               C = random_vector(sc * batch, rng), ref = C;
+            const float alpha = 0.75f, beta = -0.5f;
+            for (int i = 0; i < batch; i++)
+                for (int c = 0; c < n; c++)
+                    for (int r = 0; r < m; r++) {
+                        double acc = 0;
+                        for (int p = 0; p < k; p++) acc += at(A, lda, ta, r, p, i * sa) * at(B, ldb, tb, p, c, i * sb);
+                        float& out = ref[i * sc + static_cast<size_t>(c) * ldc + r];
+                        out = static_cast<float>(alpha * acc + beta * out);
+                    }
+            CAPTURE(ta); CAPTURE(tb);
+            DeviceBuffer<float> dA(A), dB(B), dC(C);
+            cublas_check(cublasSgemmStridedBatched(handle, ta, tb, m, n, k, &alpha, dA, lda, sa, dB, ldb, sb, &beta, dC, ldc, sc, batch));
+            check_close("strided batched", dC.download(), ref, tolerance_fp32);
+            dC.upload(C);
+            cublas_check(cublasGemmStridedBatchedEx(handle, ta, tb, m, n, k, &alpha, dA, CUDA_R_32F, lda, sa, dB, CUDA_R_32F, ldb, sb,
+                                                    &beta, dC, CUDA_R_32F, ldc, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            check_close("GemmStridedBatchedEx", dC.download(), ref, tolerance_fp32);
+            dC.upload(C);
+            for (int i = 0; i < batch; i++)
+                cublas_check(cublasSgemm(handle, ta, tb, m, n, k, &alpha, dA + i * sa, lda, dB + i * sb, ldb, &beta, dC + i * sc, ldc));
+            check_close("sgemm", dC.download(), ref, tolerance_fp32);
+        }
+    // beta = 0: C is written, never read, so NaN in C must not leak into the result.
+    std::vector<float> A = random_vector(m * k, rng), B = random_vector(k * n, rng), ref(m * n);
+    for (int c = 0; c < n; c++)
+        for (int r = 0; r < m; r++) {
+            double acc = 0;
+            for (int p = 0; p < k; p++) acc += A[p * m + r] * B[c * k + p];
+            ref[c * m + r] = static_cast<float>(acc);
+        }
+    DeviceBuffer<float> dA(A), dB(B), dC(m * n);
+    poison(dC);
+    const float one = 1.0f, zero = 0.0f;
+    cublas_check(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA, m, dB, k, &zero, dC, m));
+    check_close("beta=0 over NaN", dC.download(), ref, tolerance_fp32);
+    // bf16 inputs, fp32 output: compare with the same loop over bf16-rounded inputs.
+    std::vector<__nv_bfloat16> A16(A.size()), B16(B.size());
+    std::vector<float> ref16(m * n);
+    for (size_t i = 0; i < A.size(); i++) A16[i] = __float2bfloat16(A[i]);
+    for (size_t i = 0; i < B.size(); i++) B16[i] = __float2bfloat16(B[i]);
+    for (int c = 0; c < n; c++)
+        for (int r = 0; r < m; r++) {
+            double acc = 0;
+            for (int p = 0; p < k; p++) acc += __bfloat162float(A16[p * m + r]) * __bfloat162float(B16[c * k + p]);
+            ref16[c * m + r] = static_cast<float>(acc);
+        }
+    DeviceBuffer<__nv_bfloat16> dA16(A16), dB16(B16);
+    cublas_check(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA16, CUDA_R_16BF, m, dB16, CUDA_R_16BF, k, &zero,
+                              dC, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    check_close("GemmEx bf16 -> fp32", dC.download(), ref16, 1e-6);
+    // cuBLAS's own argument checks
+    CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA, m - 1, dB, k, &zero, dC, m) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, -1, n, k, &one, dA, m, dB, k, &zero, dC, m) == CUBLAS_STATUS_INVALID_VALUE);
+    cublas_check(cublasDestroy(handle));
+}
+
+#if defined(CUDASIM)
+// ----------------------------------------------------------------------------
+// What only the emulator does.
+#include <fcntl.h>
+#include <csignal>
+#include <sys/wait.h>
+#include <unistd.h>
+
+// Runs `body` in a child process; returns (killed by SIGABRT, what it wrote to stderr).
+static std::pair<bool, std::string> run_in_child(const std::function<void()>& body) {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        signal(SIGABRT, SIG_DFL);  // not doctest's crash handler: the parent checks the signal
+        int null_fd = open("/dev/null", O_WRONLY);
+        dup2(null_fd, 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        body();
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string err;
+    char buf[4096];
+    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) err.append(buf, got);
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return {WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, err};
+}
+
+__global__ void divergent_barrier_kernel(float* x) {
+    if (threadIdx.x >= 40) return;  // threads 40.. never reach the barrier
+    x[threadIdx.x] = 1.0f;
+    __syncthreads();
+}
+__global__ void shuffle_missing_lane_kernel(float* x) {
+    float v = x[threadIdx.x];
+    if (threadIdx.x % 32 < 31) v += __shfl_down_sync(0xffffffffu, v, 1);  // lane 31 skips it
+    x[threadIdx.x] = v;
+}
+__global__ void missing_barrier_kernel(const float* x, float* y, int n) {
+    __shared__ float tile[128];
+    tile[threadIdx.x] = x[blockIdx.x * blockDim.x + threadIdx.x];
+    // missing __syncthreads(): reads a neighbour's element that may not be written yet
+    y[blockIdx.x * blockDim.x + threadIdx.x] = tile[threadIdx.x > 0 ? threadIdx.x - 1 : 0];
+    (void)n;
+}
+
+TEST_CASE("a barrier that some threads never reach aborts, naming kernel, block and thread") {
+    auto [aborted, err] = run_in_child([] {
+        DeviceBuffer<float> x(64);
+        divergent_barrier_kernel<<<2, 64>>>(x);
+    });
+    CHECK(aborted);
+    CHECK(err.find("divergent_barrier_kernel") != std::string::npos);
+    CHECK(err.find("__syncthreads") != std::string::npos);
+    CHECK(err.find("(40,0,0)") != std::string::npos);
+}
+
+TEST_CASE("a warp shuffle with a lane missing from its mask aborts") {
+    auto [aborted, err] = run_in_child([] {
+        DeviceBuffer<float> x(32);
+        cudaMemset(x, 0, x.bytes());
+        shuffle_missing_lane_kernel<<<1, 32>>>(x);
+    });
+    CHECK(aborted);
+    CHECK(err.find("__shfl_down_sync") != std::string::npos);
+    CHECK(err.find("lane 31") != std::string::npos);
+}
+
+TEST_CASE("a missing barrier gives a wrong answer under one of the two thread orders") {
+    const int n = 256;
+    Rng rng(8);
+    std::vector<float> x = random_vector(n, rng), ref(n);
+    for (int i = 0; i < n; i++) ref[i] = x[i % 128 > 0 ? i - 1 : i];
+    int wrong = 0;
+    for (auto order : {cudasim::Order::forward, cudasim::Order::reverse}) {
+        cudasim::set_order(order);
+        DeviceBuffer<float> dx(x), dy(n);
+        missing_barrier_kernel<<<2, 128>>>(dx, dy, n);
+        wrong += dy.download() != ref;
+    }
+    cudasim::set_order(cudasim::Order::forward);
+    // forward: thread t reads t-1, already written, and happens to work; reverse: t-1 runs after t and
+    // the read sees the NaN poison. Testing under both orders catches the missing barrier.
+    CHECK(wrong == 1);
+}
+
+TEST_CASE("memcpy outside an allocation and launches from a kernel are refused") {
+    DeviceBuffer<float> d(10);
+    std::vector<float> h(11);
+    CHECK(cudaMemcpy(d, h.data(), 11 * sizeof(float), cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
+    CHECK(cudaMemcpy(h.data(), d.ptr + 5, 6 * sizeof(float), cudaMemcpyDeviceToHost) == cudaErrorInvalidValue);
+    CHECK(cudaMemcpy(h.data(), d.ptr + 5, 5 * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess);
+    cudaGetLastError();
+}
+
+TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and strings") {
+    using cudasim::rewrite_cuda_source;
+    CHECK(rewrite_cuda_source("k<<<g, b>>>(x);") == "::cudasim::launch(k, \"k\", g, b)(x);");
+    CHECK(rewrite_cuda_source("ns::k<float, 4><<<dim3(f(a, b), 2), 64, 0, s>>>(p, q);") ==
+          "::cudasim::launch(ns::k<float, 4>, \"ns::k<float, 4>\", dim3(f(a, b), 2), 64, 0, s)(p, q);");
+    CHECK(rewrite_cuda_source("k<(N > 2)><<<g, b>>>(x);") == "::cudasim::launch(k<(N > 2)>, \"k<(N > 2)>\", g, b)(x);");
+    CHECK(rewrite_cuda_source("k<<<(a >> 1), b>>>(x);") == "::cudasim::launch(k, \"k\", (a >> 1), b)(x);");
+    CHECK(rewrite_cuda_source("// k<<<g, b>>>(x);\n") == "// k<<<g, b>>>(x);\n");
+    CHECK(rewrite_cuda_source("/* <<< */ s = \"<<<\"; c = '<';") == "/* <<< */ s = \"<<<\"; c = '<';");
+    CHECK(rewrite_cuda_source("k<<<g,\n   b>>>(x);\nnext") == "::cudasim::launch(k, \"k\", g,\n   b)(x);\nnext");  // lines kept
+    CHECK(rewrite_cuda_source("extern __shared__ __align__(16) float4 smem[];") ==
+          "static thread_local float4* const smem = reinterpret_cast<float4*>(::cudasim::dynamic_shared_memory());");
+    CHECK(rewrite_cuda_source("asm volatile(\"mov\");").find("GCC error") != std::string::npos);
+    CHECK(rewrite_cuda_source("int plasma = 1;") == "int plasma = 1;");
+    CHECK(rewrite_cuda_source("__shared__ float t[32][33];") == "__shared__ float t[32][33]; [[maybe_unused]] static thread_local "
+                              "const bool cudasim_shared_t = ::cudasim::shared_declared(&t, sizeof(t));");
+    CHECK_THROWS(rewrite_cuda_source("k<<<g, b(x);"));
+}
+#endif

@@ -1,0 +1,99 @@
+// test_util.h — what every kernel test needs: random non-zero inputs from the project's RNG, NaN
+// poisoning, the relative-error check, the thread orders to run under, finite differences.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+
+// Tolerances, named once per precision.
+// fp32 kernels vs an fp32 CPU reference: both round every op to fp32 but sum in different orders;
+// over reductions of up to ~10^4 terms the relative error of the whole tensor stays below 1e-5.
+constexpr double tolerance_fp32 = 1e-5;
+// CPU reference backward vs central finite differences in double precision: the truncation error
+// of a central difference with step 1e-4 on these smooth functions is ~1e-8; 1e-5 leaves room.
+constexpr double tolerance_finite_difference = 1e-5;
+
+// Random values in [-scale, scale] that are never (nearly) zero, so a dropped term always shows.
+inline std::vector<float> random_vector(size_t n, Rng& rng, float scale = 1.0f) {
+    std::vector<float> v(n);
+    for (auto& x : v) {
+        float u = rng.uniform(0.1f, 1.0f) * scale;
+        x = rng.uniform() < 0.5f ? -u : u;
+    }
+    return v;
+}
+
+// Fills a device buffer with NaN (all bits set), so an element a kernel forgot to write fails the check.
+template <class T>
+void poison(DeviceBuffer<T>& buf) { cuda_check(cudaMemset(buf.ptr, 0xff, buf.bytes())); }
+
+// ‖out − ref‖ / ‖ref‖ over the whole tensor (in double); NaN if any element of `out` is not finite.
+inline double rel_error(const std::vector<float>& out, const std::vector<float>& ref) {
+    REQUIRE(out.size() == ref.size());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < out.size(); i++) {
+        if (!std::isfinite(out[i])) return NAN;
+        double d = static_cast<double>(out[i]) - ref[i];
+        num += d * d;
+        den += static_cast<double>(ref[i]) * ref[i];
+    }
+    return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// Checks every element for NaN/Inf and the tensor's relative error; names the first bad element.
+inline void check_close(const std::string& what, const std::vector<float>& out, const std::vector<float>& ref, double tol) {
+    REQUIRE(out.size() == ref.size());
+    for (size_t i = 0; i < out.size(); i++)
+        if (!std::isfinite(out[i])) {
+            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i] << ") — unwritten or overflowed");
+            return;
+        }
+    double e = rel_error(out, ref);
+    INFO(what << ": relative error " << e << " (tolerance " << tol << ")");
+    CHECK(e <= tol);
+}
+
+// Runs `body` once per thread order the build offers: in the CPU build forward and reverse, so a
+// kernel missing a barrier reads unwritten shared memory under one of them; on a GPU, once.
+inline void for_each_thread_order(const std::function<void()>& body) {
+#if defined(CUDASIM)
+    for (auto order : {cudasim::Order::forward, cudasim::Order::reverse}) {
+        cudasim::set_order(order);
+        CAPTURE(order == cudasim::Order::forward ? "forward" : "reverse");
+        body();
+    }
+    cudasim::set_order(cudasim::Order::forward);
+#else
+    body();
+#endif
+}
+
+// Central finite differences of a scalar function f(x) at x, for every element (double precision).
+inline std::vector<double> finite_difference(const std::function<double(const std::vector<double>&)>& f,
+                                             std::vector<double> x, double step = 1e-4) {
+    std::vector<double> grad(x.size());
+    for (size_t i = 0; i < x.size(); i++) {
+        double keep = x[i];
+        x[i] = keep + step;
+        double up = f(x);
+        x[i] = keep - step;
+        double down = f(x);
+        x[i] = keep;
+        grad[i] = (up - down) / (2 * step);
+    }
+    return grad;
+}
+
+inline double rel_error(const std::vector<double>& out, const std::vector<double>& ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < out.size(); i++) {
+        num += (out[i] - ref[i]) * (out[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
