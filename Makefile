@@ -53,8 +53,9 @@ GPU_LIBS     := -lcublas
 # Every header of the project: a change to one rebuilds what includes it (the tree is small).
 HEADERS      := $(wildcard *.cuh *.h dev/*.h dev/shadow/*.h dev/shadow/*/*.h test/*.h)
 
-# Test binaries, in both builds. Components append to these.
-TESTS        := test_cudasim
+# Test binaries (every test/test_*.cu) and benchmarks (every dev/bench_*.cu), in both builds.
+TESTS        := $(filter-out test_main,$(notdir $(basename $(wildcard test/test_*.cu))))
+BENCHES      := $(notdir $(basename $(wildcard dev/bench_*.cu)))
 TEST_BINS_CPU :=
 TEST_BINS_GPU :=
 
@@ -90,7 +91,12 @@ $(CPU)/test/%: $(CPU)/test/%.o $(CPU)/test/test_main.o $(CPU)/cudasim.o
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
 $(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
-.PRECIOUS: $(CPU)/%.o $(GPU)/%.o $(CPU)/test/% $(GPU)/test/%
+# Benchmarks: dev/NAME.cu, in each build.
+$(CPU)/dev/%: $(CPU)/dev/%.o $(CPU)/cudasim.o
+	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
+$(GPU)/dev/%: $(GPU)/dev/%.o
+	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
+.PRECIOUS: $(CPU)/%.o $(GPU)/%.o $(CPU)/test/% $(GPU)/test/% $(CPU)/dev/% $(GPU)/dev/%
 
 # ----------------------------------------------------------------------------
 # Components add their own rules.
@@ -99,7 +105,7 @@ $(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o
 TEST_BINS_CPU += $(addprefix $(CPU)/test/,$(TESTS))
 TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 
-.PHONY: all test test-cpu test-asan gpu-build-tests clean
+.PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean
 all: $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
@@ -111,6 +117,13 @@ test-cpu: $(TEST_BINS_CPU)
 
 test-asan:
 	@$(MAKE) --no-print-directory SANITIZE=1 test-cpu
+
+# Benchmarks of every kernel: in the CPU build here; on a GPU with bench-gpu.
+bench: bench-cpu
+bench-cpu: $(addprefix $(CPU)/dev/,$(BENCHES))
+	@for b in $^; do echo "=== $$b"; $$b || exit 1; done
+bench-gpu: $(addprefix $(GPU)/dev/,$(BENCHES))
+	@for b in $^; do echo "=== $$b"; $$b || exit 1; done
 
 clean:
 	rm -rf $(BUILD)
