@@ -408,8 +408,9 @@ void Tokenizer::Impl::bpe_merge(std::string_view piece, std::vector<int>& out) c
         s.prev[i] = i - 1;                                  // -1 = start of list
     }
     auto push_pair = [&](int pos) {
+        if (pos < 0) return;                                // no left neighbour
         int right = s.next[pos];
-        if (pos < 0 || right >= n) return;
+        if (right >= n) return;
         const MergeSlot* m = find_merge(s.id[pos], s.id[right]);
         if (!m) return;
         s.heap.push_back({m->rank, pos, s.id[pos], s.id[right], m->merged});

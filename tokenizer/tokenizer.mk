@@ -52,10 +52,14 @@ $(BUILD)/fuzz/fuzz_%: tokenizer/fuzz_%.cpp $(TOK_FUZZ_SRCS) $(TOK_HEADERS)
 
 fuzz-build-tokenizer: $(TOK_FUZZ_BINS)
 
+TOK_FIXTURE := test/fixtures/tokenizer_small
+
+# One target after another (-jobs=1: the dev machine has 2 cores); corpora
+# persist in $(BUILD)/fuzz/corpus_*, seeded with the small fixture's files.
 fuzz: $(TOK_FUZZ_BINS)
 	@for f in $(TOK_FUZZ_TARGETS); do \
-	  mkdir -p $(BUILD)/fuzz/corpus_$$f; \
+	  c=$(BUILD)/fuzz/corpus_$$f; mkdir -p $$c; \
+	  cp $(TOK_FIXTURE)/encoder.json $$c/seed_encoder_json; cp $(TOK_FIXTURE)/vocab.bpe $$c/seed_vocab_bpe; \
 	  echo "== $$f ($(TOK_FUZZ_SECONDS) s)"; \
-	  $(BUILD)/fuzz/$$f -max_total_time=$(TOK_FUZZ_SECONDS) -jobs=1 -workers=1 -print_final_stats=1 \
-	    $(BUILD)/fuzz/corpus_$$f || exit 1; \
+	  $(BUILD)/fuzz/$$f -max_total_time=$(TOK_FUZZ_SECONDS) -print_final_stats=1 $$c || exit 1; \
 	done
