@@ -546,14 +546,21 @@ std::string_view Tokenizer::token_bytes(int id) const {
 }
 
 std::string Tokenizer::decode(std::span<const int> ids) const {
-    std::string out;
+    size_t bytes = 0;                                       // pass 1: check ids, size the output
     for (size_t i = 0; i < ids.size(); i++) {
         int id = ids[i];
         if (id < 0 || id >= vocab_size())
             fail("decode: id " + std::to_string(id) + " at position " + std::to_string(i) +
                  " is out of range: this vocabulary has ids 0.." + std::to_string(vocab_size() - 1) +
                  "; were the ids made with another tokenizer?");
-        out += impl_->tokens[id];
+        bytes += impl_->tokens[id].size();
+    }
+    std::string out(bytes, '\0');                           // pass 2: copy
+    char* p = out.data();
+    for (int id : ids) {
+        const std::string& t = impl_->tokens[id];
+        memcpy(p, t.data(), t.size());
+        p += t.size();
     }
     return out;
 }

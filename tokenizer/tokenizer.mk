@@ -8,7 +8,7 @@
 # Debian packages: nlohmann-json3-dev doctest-dev; for `make fuzz`: clang libclang-rt-14-dev
 # The library (no main) is $(TOK_LIB_OBJS); link it with -lpthread.
 # ----------------------------------------------------------------------------
-TOK_CXXFLAGS := $(CXXFLAGS) -O3
+TOK_CXXFLAGS  = $(CXXFLAGS) -O3
 TOK_HEADERS  := tokenizer/bpe.h tokenizer/pretokenize.h tokenizer/unicode_tables.inc
 TOK_LIB_OBJS := $(BUILD)/tokenizer/bpe.o $(BUILD)/tokenizer/unicode.o $(BUILD)/tokenizer/train.o \
                 $(BUILD)/tokenizer/shard.o
