@@ -69,8 +69,10 @@ void write_checkpoint(const std::string& path, const Config& config, const Token
         f.write(&n, 4);
         f.write(text.data(), text.size());
         f.write(params.data(), params.size() / 2 * sizeof(float));
-        // Test hook: die halfway through the write, as a kill or power cut would (test_train.cu).
-        if (const char* kill = std::getenv("GPTCU_TEST_DIE_DURING_CHECKPOINT"); kill && *kill == '1') {
+        // Test hook: GPTCU_TEST_DIE_DURING_CHECKPOINT=K dies halfway through this process's K-th
+        // checkpoint write, as a kill or a power cut would (test/test_train.cu).
+        static int writes = 0;
+        if (const char* k = std::getenv("GPTCU_TEST_DIE_DURING_CHECKPOINT"); k && ++writes == std::atoi(k)) {
             std::fflush(f.f);
             std::raise(SIGKILL);
         }

@@ -551,18 +551,22 @@ struct GPT {
         Ops::encoder_backward(g[WTE], g[WPE], dresidual, inputs, inputs_host.data(), B, T, C);
     }
 
+    // AdamW's moments start at zero; a resumed run overwrites them with the checkpoint's.
+    void ensure_optimizer_state() {
+        if (m_memory) return;
+        m_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
+        v_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
+        Ops::zero(m_memory, num_parameters * sizeof(float));
+        Ops::zero(v_memory, num_parameters * sizeof(float));
+    }
+
     // ‖grads‖₂ over all parameters.
     float grad_norm() const { return std::sqrt(Ops::global_norm_squared(grads_memory, num_parameters)); }
 
     // One AdamW step on every tensor; decay only where param_decays(). grad_scale multiplies the
     // gradients first (clipping: max_norm / norm when the norm exceeds max_norm).
     void update(float lr, float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale) {
-        if (!m_memory) {
-            m_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
-            v_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
-            Ops::zero(m_memory, num_parameters * sizeof(float));
-            Ops::zero(v_memory, num_parameters * sizeof(float));
-        }
+        ensure_optimizer_state();
         size_t offset = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (sizes[i])

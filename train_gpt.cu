@@ -16,6 +16,7 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <numeric>
 #include <sstream>
 
 #include "gpt.cuh"
@@ -352,8 +353,8 @@ static int train(const TrainOptions& o, const std::string& device_name) {
         Checkpoint ck = read_checkpoint(ckpt_path);
         check_compatible(ck, config, tok_info, ckpt_path);
         model.set_parameters(ck.params);
-        model.zero_grad();
-        model.update(0, 0, 0, 0, 0, 1, 0);  // allocates the moments
+        if (ck.m.empty()) throw std::runtime_error("checkpoint " + ckpt_path + " has no optimizer state: it cannot be resumed");
+        model.ensure_optimizer_state();
         Ops::to_backend(model.m_memory, ck.m.data(), ck.m.size() * sizeof(float));
         Ops::to_backend(model.v_memory, ck.v.data(), ck.v.size() * sizeof(float));
         start_step = ck.meta.at("step");
