@@ -981,7 +981,7 @@ attention_decode_partial_kernel(float* partial_o /*(B, NH, chunks, hs)*/, float*
 __global__ void attention_decode_combine_kernel(floatX* out /*(B, NH·hs)*/, const float* partial_o, const float* partial_ml,
                                                 const int* lengths, int NH, int hs, int chunks) {
     int h = blockIdx.x, b = blockIdx.y;
-    int used = ceil_div(lengths[b], attention_decode_chunk);
+    int used = (lengths[b] + attention_decode_chunk - 1) / attention_decode_chunk;  // chunks holding keys
     size_t part0 = (static_cast<size_t>(b) * NH + h) * chunks;
     float M = -INFINITY;
     for (int c = 0; c < used; c++) M = fmaxf(M, partial_ml[2 * (part0 + c)]);
