@@ -154,7 +154,12 @@ int main(int argc, char** argv) {
         const double NC = static_cast<double>(N) * C;
         auto shape = [](std::initializer_list<std::pair<const char*, long>> dims) {
             std::string s;
-            for (auto [k, v] : dims) s += (s.empty() ? "" : " ") + std::string(k) + "=" + std::to_string(v);
+            for (auto [k, v] : dims) {
+                if (!s.empty()) s += ' ';
+                s += k;
+                s += '=';
+                s += std::to_string(v);
+            }
             return s;
         };
         Bench bench(machine, iters);
