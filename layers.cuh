@@ -10,6 +10,7 @@
 // Nothing here uses float atomics: every reduction has a fixed order, so two runs give the same bits.
 // docs/layers.md derives every backward; test/test_layers.cu checks every kernel and every backward.
 #pragma once
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <type_traits>
@@ -187,18 +188,19 @@ __global__ void encoder_forward_kernel(floatX* out, const int* tokens, const flo
     out[i] = v;
 }
 
-// dwte without atomics. Block (n, channel slice): blockDim.x threads own channels blockIdx.y·blockDim.x + tid.
+// dwte without atomics. Block (n, channel slice): blockDim.x threads (a multiple of 32, up to 1024: the
+// launcher makes it cover C in one slice when C <= 1024) own channels blockIdx.y·blockDim.x + tid.
 // The block scans all N tokens in chunks of blockDim.x (thread tid tests position m0 + tid), compacts
 // the positions holding the same token as n into shared memory in increasing order (warp ballot, then
 // each warp's offset from the per-warp counts), and:
 //   - if the first matching position is before n, another block owns this token: the block returns
 //     (every thread reads the same shared value, so the whole block leaves together);
 //   - otherwise every thread adds dout[m, c] over the matches, in order: the same sum on every run.
-// Reads of dout rows are coalesced across the threads of the slice. Cost: N² token compares per
-// channel slice (the tokens stay in L1/L2: 32 KB at N = 8192) and 4·N·C bytes of dout read once.
+// Reads of dout rows are coalesced across the threads of the slice. Cost: N²/2 token compares on
+// average per channel slice (the tokens stay in L1/L2: 32 KB at N = 8192), 4·N·C bytes of dout read once.
 __global__ void encoder_backward_wte_kernel(floatX* dwte, const floatX* dout, const int* tokens, int N, int C) {
-    __shared__ int positions[256];  // this chunk's matching positions, increasing
-    __shared__ int warp_counts[8];
+    __shared__ int positions[1024];  // this chunk's matching positions, increasing
+    __shared__ int warp_counts[32];
     int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
     int n = blockIdx.x, c = blockIdx.y * blockDim.x + tid;
     int token = tokens[n];
@@ -249,7 +251,7 @@ inline void encoder_backward(floatX* dwte,          // (V, C), accumulated
                              const floatX* dout,    // (B, T, C)
                              const int* tokens,     // (B, T)
                              int B, int T, int C, cudaStream_t stream) {
-    const int block = 256;
+    const int block = std::min(1024, ceil_div(C, 32) * 32);  // one channel slice whenever C <= 1024
     dim3 grid(B * T, ceil_div(C, block));
     encoder_backward_wte_kernel<<<grid, block, 0, stream>>>(dwte, dout, tokens, B * T, C);
     cuda_check(cudaGetLastError());
@@ -505,7 +507,7 @@ inline void rmsnorm_backward(floatX* dinp,          // (N, C), accumulated
 //
 // Two backends, chosen at run time (set_matmul_backend):
 //   cublas: cublasSgemm with TF32 off (CUBLAS_DEFAULT_MATH: full fp32 products and sums), fast.
-//   tiled:  matmul_tiled_kernel below, written out to be read: shared-memory tiles, a 4×4 register
+//   tiled:  matmul_tiled_kernel below, written out to be read: shared-memory tiles, an 8×8 register
 //           block per thread, float4 loads. Deterministic too (fixed summation order).
 
 template <class Real>
@@ -577,25 +579,29 @@ inline MatmulBackend get_matmul_backend() { return matmul_backend_setting(); }
 //     backward  dinp   += dout · weight  : A = dout (k-contig., lda OC), B = weight (k-strided, ldb C)
 //     backward  dweight += doutᵀ · inp   : A = dout (k-strided, lda OC), B = inp (k-strided, ldb C)
 //
-// Work split: a block of 256 threads computes a 64×64 tile of out. It walks K in steps of 16: loads a
-// 64×16 tile of A and a 16×64 tile of B into shared memory (each thread one float4 of each: 1024
-// floats = 256 float4), syncs, and then each thread multiplies its 4 rows × 4 columns of the tile in
-// registers: per k, 4 + 4 shared-memory reads feed 16 FMAs (register blocking: 4× fewer shared reads per
-// FMA than one output per thread). Tiles are stored k-major (tile[k][i]) so those reads are float4s.
-// Loads are coalesced in both layouts: k-contiguous operands are read 4 threads × float4 per row
-// (64 consecutive bytes), k-strided ones 16 threads × float4 along a row (256 consecutive bytes).
+// Work split: a block of 256 threads (16 × 16) computes a 128×128 tile of out. It walks K in steps of
+// 8: stages a 128×8 slab of A and an 8×128 slab of B in shared memory (1024 floats each: one float4 per
+// thread per operand), syncs, and each thread then computes an 8×8 block of outputs in registers — rows
+// {ty·4 .. ty·4+3} and {64+ty·4 .. 64+ty·4+3}, columns likewise with tx. Per k it reads 2 float4 of A
+// and 2 of B from shared memory and does 64 FMAs (register blocking: 16× fewer shared-memory reads per
+// FMA than one output per thread). The two groups of 4 sit 64 apart rather than 8 adjacent rows, so the
+// 16 threads of a half-warp read 16 different float4 of a 64-float span: no bank conflicts. Slabs are
+// stored k-major (tile[k][i]) so those reads are float4s.
+// Loads are coalesced in both layouts: a k-contiguous operand is read 2 threads × float4 per row
+// (32 consecutive bytes = one sector), a k-strided one 32 threads × float4 along a row (512 bytes).
 // float4 loads need 16-byte alignment (ld % 4 == 0 and an aligned base pointer); otherwise, and at the
 // edges of the matrices (M, N, K not multiples of the tile), the loads are scalar and out-of-range
 // elements are zero, so any shape works.
-// Cost per block: (64·16 + 16·64)·4 bytes loaded per 64·64·16·2 FLOP = 16 FLOP per byte from L2/DRAM.
-constexpr int matmul_tile_m = 64, matmul_tile_n = 64, matmul_tile_k = 16, matmul_threads = 256;
+// Cost per block and K step: (128·8 + 8·128)·4 = 8 KB loaded for 128·128·8·2 FLOP: 32 FLOP per byte from
+// L2/DRAM, 8 FLOP per byte from shared memory.
+constexpr int matmul_tile = 128, matmul_tile_k = 8, matmul_threads = 256;
 
-// Loads the 64 × 16 tile rows [r0, r0+64) × k [k0, k0+16) of an operand into tile[k][r] (zeros outside).
+// Loads rows [r0, r0+128) × k [k0, k0+8) of an operand into tile[k][r] (zeros outside the matrix).
 template <bool K_CONTIGUOUS>
-__device__ inline void matmul_load_tile(float (*tile)[64], const floatX* x, int ld, int r0, int rows, int k0, int K,
+__device__ inline void matmul_load_tile(float (*tile)[matmul_tile], const floatX* x, int ld, int r0, int rows, int k0, int K,
                                         bool vector_ok, int tid) {
     if (K_CONTIGUOUS) {  // x(r, k) = x[r·ld + k]: thread reads 4 consecutive k of row r
-        int r = tid / 4, k = (tid % 4) * 4, gr = r0 + r, gk = k0 + k;
+        int r = tid / 2, k = (tid % 2) * 4, gr = r0 + r, gk = k0 + k;
         float v[4];
         if (vector_ok && gr < rows && gk + 3 < K) {
             float4 f = *reinterpret_cast<const float4*>(x + static_cast<size_t>(gr) * ld + gk);
@@ -605,7 +611,7 @@ __device__ inline void matmul_load_tile(float (*tile)[64], const floatX* x, int 
         }
         for (int q = 0; q < 4; q++) tile[k + q][r] = v[q];
     } else {  // x(r, k) = x[k·ld + r]: thread reads 4 consecutive r of row k
-        int k = tid / 16, r = (tid % 16) * 4, gr = r0 + r, gk = k0 + k;
+        int k = tid / 32, r = (tid % 32) * 4, gr = r0 + r, gk = k0 + k;
         float v[4];
         if (vector_ok && gk < K && gr + 3 < rows) {
             float4 f = *reinterpret_cast<const float4*>(x + static_cast<size_t>(gk) * ld + gr);
@@ -617,6 +623,10 @@ __device__ inline void matmul_load_tile(float (*tile)[64], const floatX* x, int 
     }
 }
 
+// Row (or column) of the tile that this thread's i-th register row holds: i < 4 in the first half, i ≥ 4
+// in the second, 64 further.
+__device__ inline int matmul_tile_offset(int t, int i) { return (i / 4) * 64 + t * 4 + i % 4; }
+
 template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
 __global__ void __launch_bounds__(matmul_threads)
 matmul_tiled_kernel(floatX* out,           // (M, N), leading dimension ldo
@@ -624,30 +634,34 @@ matmul_tiled_kernel(floatX* out,           // (M, N), leading dimension ldo
                     const floatX* b,       // B(k, j), see above
                     const floatX* bias,    // (N) or nullptr
                     int M, int N, int K, int lda, int ldb, int ldo, bool accumulate, bool a_vector_ok, bool b_vector_ok) {
-    __shared__ __align__(16) float a_tile[matmul_tile_k][matmul_tile_m];
-    __shared__ __align__(16) float b_tile[matmul_tile_k][matmul_tile_n];
-    int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;  // this thread: rows ty·4.., columns tx·4.. of the tile
-    int m0 = blockIdx.y * matmul_tile_m, n0 = blockIdx.x * matmul_tile_n;
-    float acc[4][4] = {};
+    __shared__ __align__(16) float a_tile[matmul_tile_k][matmul_tile];
+    __shared__ __align__(16) float b_tile[matmul_tile_k][matmul_tile];
+    int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    int m0 = blockIdx.y * matmul_tile, n0 = blockIdx.x * matmul_tile;
+    float acc[8][8] = {};
     for (int k0 = 0; k0 < K; k0 += matmul_tile_k) {
         matmul_load_tile<A_K_CONTIGUOUS>(a_tile, a, lda, m0, M, k0, K, a_vector_ok, tid);
         matmul_load_tile<B_K_CONTIGUOUS>(b_tile, b, ldb, n0, N, k0, K, b_vector_ok, tid);
         __syncthreads();
         for (int k = 0; k < matmul_tile_k; k++) {
-            float4 av = *reinterpret_cast<const float4*>(&a_tile[k][ty * 4]);
-            float4 bv = *reinterpret_cast<const float4*>(&b_tile[k][tx * 4]);
-            float ar[4] = {av.x, av.y, av.z, av.w}, br[4] = {bv.x, bv.y, bv.z, bv.w};
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) acc[i][j] += ar[i] * br[j];
+            float ar[8], br[8];
+            for (int half = 0; half < 2; half++) {
+                float4 av = *reinterpret_cast<const float4*>(&a_tile[k][half * 64 + ty * 4]);
+                float4 bv = *reinterpret_cast<const float4*>(&b_tile[k][half * 64 + tx * 4]);
+                ar[half * 4 + 0] = av.x; ar[half * 4 + 1] = av.y; ar[half * 4 + 2] = av.z; ar[half * 4 + 3] = av.w;
+                br[half * 4 + 0] = bv.x; br[half * 4 + 1] = bv.y; br[half * 4 + 2] = bv.z; br[half * 4 + 3] = bv.w;
+            }
+            for (int i = 0; i < 8; i++)
+                for (int j = 0; j < 8; j++) acc[i][j] += ar[i] * br[j];
         }
-        __syncthreads();  // the tiles are read before the next step overwrites them
+        __syncthreads();  // the slabs are read before the next step overwrites them
     }
-    for (int i = 0; i < 4; i++) {
-        int row = m0 + ty * 4 + i;
-        if (row >= M) break;
-        for (int j = 0; j < 4; j++) {
-            int col = n0 + tx * 4 + j;
-            if (col >= N) break;
+    for (int i = 0; i < 8; i++) {
+        int row = m0 + matmul_tile_offset(ty, i);
+        if (row >= M) continue;
+        for (int j = 0; j < 8; j++) {
+            int col = n0 + matmul_tile_offset(tx, j);
+            if (col >= N) continue;
             float v = acc[i][j] + (bias ? bias[col] : 0.0f);
             floatX* o = out + static_cast<size_t>(row) * ldo + col;
             *o = accumulate ? *o + v : v;
@@ -660,7 +674,7 @@ inline bool matmul_vector_ok(const floatX* p, int ld) { return ld % 4 == 0 && re
 template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
 void matmul_tiled(floatX* out, const floatX* a, const floatX* b, const floatX* bias, int M, int N, int K, int lda, int ldb,
                   int ldo, bool accumulate, cudaStream_t stream) {
-    dim3 grid(ceil_div(N, matmul_tile_n), ceil_div(M, matmul_tile_m));
+    dim3 grid(ceil_div(N, matmul_tile), ceil_div(M, matmul_tile));
     matmul_tiled_kernel<A_K_CONTIGUOUS, B_K_CONTIGUOUS><<<grid, matmul_threads, 0, stream>>>(
         out, a, b, bias, M, N, K, lda, ldb, ldo, accumulate, matmul_vector_ok(a, lda), matmul_vector_ok(b, ldb));
     cuda_check(cudaGetLastError());

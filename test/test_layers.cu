@@ -42,7 +42,7 @@ static void check_finite_differences(const std::string& what, const std::vector<
 TEST_CASE("encoder forward/backward: kernel matches CPU reference") {
     Rng rng(101);
     struct Shape { int B, T, C, V; };
-    for (Shape s : {Shape{1, 1, 7, 3}, Shape{2, 5, 33, 4}, Shape{3, 17, 96, 50}, Shape{2, 300, 40, 7}}) {
+    for (Shape s : {Shape{1, 1, 7, 3}, Shape{2, 5, 33, 4}, Shape{3, 17, 96, 50}, Shape{2, 300, 40, 7}, Shape{1, 3, 1100, 2}}) {
         for (bool with_wpe : {true, false}) {
             CAPTURE(s.B); CAPTURE(s.T); CAPTURE(s.C); CAPTURE(s.V); CAPTURE(with_wpe);
             const int N = s.B * s.T, maxT = s.T + 3;
@@ -232,7 +232,7 @@ TEST_CASE("matmul forward/backward: both backends match CPU reference") {
     BackendGuard guard;
     struct Shape { int N, C, OC; bool bias, dinp; };
     for (Shape s : {Shape{1, 7, 5, true, true}, Shape{33, 70, 130, true, true}, Shape{66, 64, 1000, false, true},
-                    Shape{17, 96, 200, true, false}, Shape{128, 128, 64, true, true}}) {
+                    Shape{17, 96, 200, true, false}, Shape{128, 128, 64, true, true}, Shape{300, 40, 260, true, true}}) {
         CAPTURE(s.N); CAPTURE(s.C); CAPTURE(s.OC); CAPTURE(s.bias); CAPTURE(s.dinp);
         MatmulCase mc(s.N, s.C, s.OC, s.bias, s.dinp, rng);
         MatmulResult ref = mc.run_cpu();
