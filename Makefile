@@ -48,7 +48,7 @@ else
 NVCC_ARCH    ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
 NVCCFLAGS    ?= -std=c++20 -O3 -g -lineinfo $(NVCC_ARCH) -I. -Xcompiler -Wall,-Wextra -diag-suppress 20012
-GPU_LIBS     := -lcublas
+GPU_LIBS     := -lcublas -lopenblas
 
 # Every header of the project: a change to one rebuilds what includes it (the tree is small).
 HEADERS      := $(wildcard *.cuh *.h dev/*.h dev/shadow/*.h dev/shadow/*/*.h test/*.h)
@@ -86,11 +86,41 @@ $(GPU)/%.o: %.cu $(HEADERS) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
+# Components add their own rules (the tokenizer library: $(TOK_LIB_OBJS)).
+include tokenizer/tokenizer.mk
+
 # Test binaries: test/NAME.cu + the doctest main, in each build.
-$(CPU)/test/%: $(CPU)/test/%.o $(CPU)/test/test_main.o $(CPU)/cudasim.o
+$(CPU)/test/%: $(CPU)/test/%.o $(CPU)/test/test_main.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
-$(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o
+$(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
+# test_train runs the CPU training program
+$(CPU)/test/test_train: train_gpt_cpu
+
+# ----------------------------------------------------------------------------
+# Programs: NAME (GPU build) and NAME_cpu (CPU build) at the top, as llm.c does.
+train_gpt_cpu: $(CPU)/train_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
+train_gpt: $(GPU)/train_gpt.o $(TOK_LIB_OBJS)
+	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
+
+# ----------------------------------------------------------------------------
+# make train: tokenize Tiny Shakespeare if needed, build, train the default model, print samples.
+# On a machine with a GPU: the GPU build and configs/shakespeare_gpu.json; else the CPU build.
+DATA_DIR     := data/shakespeare
+ifneq ($(GPU_CC),)
+TRAIN_BIN    ?= ./train_gpt
+TRAIN_CONFIG ?= configs/shakespeare_gpu.json
+else
+TRAIN_BIN    ?= ./train_gpt_cpu
+TRAIN_CONFIG ?= configs/shakespeare_cpu.json
+endif
+TRAIN_ARGS   ?=
+data: $(DATA_DIR)/train_000.bin
+$(DATA_DIR)/train_000.bin: | tokenizer/tok
+	bash dev/prepare_shakespeare.sh $(DATA_DIR)
+train: data $(TRAIN_BIN)
+	$(TRAIN_BIN) --config $(TRAIN_CONFIG) $(TRAIN_ARGS)
 # Benchmarks: dev/NAME.cu, in each build.
 $(CPU)/dev/%: $(CPU)/dev/%.o $(CPU)/cudasim.o
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
@@ -98,15 +128,11 @@ $(GPU)/dev/%: $(GPU)/dev/%.o
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
 .PRECIOUS: $(CPU)/%.o $(GPU)/%.o $(CPU)/test/% $(GPU)/test/% $(CPU)/dev/% $(GPU)/dev/%
 
-# ----------------------------------------------------------------------------
-# Components add their own rules.
--include tokenizer/tokenizer.mk
-
 TEST_BINS_CPU += $(addprefix $(CPU)/test/,$(TESTS))
 TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 
-.PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean
-all: $(TEST_BINS_CPU)
+.PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean train data
+all: train_gpt_cpu tokenizer/tok $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
 test: $(TEST_BINS_CPU) $(TEST_BINS_GPU)
@@ -126,4 +152,4 @@ bench-gpu: $(addprefix $(GPU)/dev/,$(BENCHES))
 	@for b in $^; do echo "=== $$b"; $$b || exit 1; done
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) train_gpt train_gpt_cpu tokenizer/tok

@@ -1,0 +1,582 @@
+// gpt.cuh — the model: one description of a GPT (GPT-2 or Llama family) that runs on two backends.
+//
+//   DeviceOps: the CUDA kernels of layers.cuh and attention.cuh (on a GPU; emulated by cudasim in the CPU build)
+//   HostOps:   the plain CPU reference ops (OpenBLAS for the matmuls), the fast path of the CPU build
+//
+// `GPT<Ops>` holds one contiguous buffer each for parameters, gradients and AdamW's two moments (so a
+// data-parallel all-reduce or a ZeRO shard is one pointer and a length), an activation buffer sized from
+// the config and the largest (B, T), and forward/backward/update written once against the Ops interface.
+//
+// PyTorch equivalents, block by block (GPT-2; Llama swaps the marked lines):
+//   x = wte[idx] + wpe[pos]                          (Llama: x = wte[idx]; positions enter through RoPE)
+//   for each layer:
+//     x = x + attn_proj(attention(qkv(ln_1(x))))    (Llama: rmsnorm, rope(q, k) inside, GQA)
+//     x = x + mlp_proj(gelu(fc(ln_2(x))))           (Llama: down(silu(gate(x)) * up(x)))
+//   logits = ln_f(x) @ wteᵀ                          (Llama: untied lm_head)
+//   loss = cross_entropy(logits, targets)
+#pragma once
+#include <array>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common.cuh"
+#include "layers.cuh"
+#include "attention.cuh"
+#include "layers_cpu_blas.h"
+
+// ----------------------------------------------------------------------------
+// Configuration
+enum class Arch : int { gpt2 = 0, llama = 1 };
+
+struct GPTConfig {
+    Arch arch = Arch::gpt2;
+    int max_seq_len = 1024;           // maxT: positions the model has (GPT-2: rows of wpe)
+    int vocab_size = 50257;           // V: tokens of the tokenizer
+    int padded_vocab_size = 50304;    // Vp: V rounded up (to 128) so the classifier matmul tiles well
+    int n_layer = 12;                 // L
+    int n_head = 12;                  // NH
+    int n_kv_head = 12;               // NKV: GQA when < NH, MQA when 1 (GPT-2: NKV == NH)
+    int n_embd = 768;                 // C
+    int ffn_hidden = 3072;            // H: GPT-2's MLP width 4C; Llama's SwiGLU hidden size
+    float rope_theta = 10000.0f;      // Llama only
+    float norm_eps = 1e-5f;           // LayerNorm / RMSNorm epsilon
+    bool tied_embeddings = true;      // logits = ln_f(x) · wteᵀ; Llama: a separate lm_head
+
+    int head_size() const { return n_embd / n_head; }                                   // hs
+    int qkv_channels() const { return (n_head + 2 * n_kv_head) * head_size(); }         // c_attn's output width
+    int fc_channels() const { return arch == Arch::gpt2 ? ffn_hidden : 2 * ffn_hidden; } // c_fc's output width
+    bool is_llama() const { return arch == Arch::llama; }
+
+    // Every rule the ops rely on, checked once, with a message that says what to change.
+    void validate() const {
+        auto fail = [](const std::string& m) { throw std::runtime_error("model config: " + m); };
+        if (n_layer < 1 || n_head < 1 || n_embd < 1 || vocab_size < 1 || max_seq_len < 1 || ffn_hidden < 1)
+            fail("n_layer, n_head, n_embd, vocab_size, max_seq_len and ffn_hidden must be positive");
+        if (n_embd % n_head) fail("n_embd (" + std::to_string(n_embd) + ") must be divisible by n_head (" + std::to_string(n_head) + ")");
+        if (n_kv_head < 1 || n_head % n_kv_head) fail("n_kv_head must divide n_head (got " + std::to_string(n_kv_head) + ")");
+        if (arch == Arch::gpt2 && n_kv_head != n_head) fail("GPT-2 has n_kv_head == n_head; use arch llama for GQA");
+        if (padded_vocab_size < vocab_size) fail("padded_vocab_size must be >= vocab_size");
+        if (is_llama() && head_size() % 2) fail("RoPE needs an even head size");
+    }
+};
+
+inline void to_json(nlohmann::json& j, const GPTConfig& c) {
+    j = {{"arch", c.arch == Arch::gpt2 ? "gpt2" : "llama"}, {"max_seq_len", c.max_seq_len}, {"vocab_size", c.vocab_size},
+         {"padded_vocab_size", c.padded_vocab_size}, {"n_layer", c.n_layer}, {"n_head", c.n_head}, {"n_kv_head", c.n_kv_head},
+         {"n_embd", c.n_embd}, {"ffn_hidden", c.ffn_hidden}, {"rope_theta", c.rope_theta}, {"norm_eps", c.norm_eps},
+         {"tied_embeddings", c.tied_embeddings}};
+}
+inline void from_json(const nlohmann::json& j, GPTConfig& c) {
+    std::string arch = j.value("arch", "gpt2");
+    if (arch != "gpt2" && arch != "llama") throw std::runtime_error("model config: arch '" + arch + "' is not gpt2 or llama");
+    c.arch = arch == "gpt2" ? Arch::gpt2 : Arch::llama;
+    c.max_seq_len = j.at("max_seq_len");
+    c.vocab_size = j.at("vocab_size");
+    c.padded_vocab_size = j.value("padded_vocab_size", (c.vocab_size + 127) / 128 * 128);
+    c.n_layer = j.at("n_layer");
+    c.n_head = j.at("n_head");
+    c.n_kv_head = j.value("n_kv_head", c.n_head);
+    c.n_embd = j.at("n_embd");
+    c.ffn_hidden = j.value("ffn_hidden", c.arch == Arch::gpt2 ? 4 * c.n_embd : 0);
+    c.rope_theta = j.value("rope_theta", 10000.0f);
+    c.norm_eps = j.value("norm_eps", 1e-5f);
+    c.tied_embeddings = j.value("tied_embeddings", c.arch == Arch::gpt2);
+}
+
+// ----------------------------------------------------------------------------
+// Parameters: one contiguous buffer, tensor after tensor in this order. A tensor the architecture
+// does not have has size 0 (GPT-2 has no lm_head when tied; Llama has no wpe, no biases).
+enum ParamIndex {
+    WTE, WPE, LN1W, LN1B, QKVW, QKVB, ATTPROJW, ATTPROJB, LN2W, LN2B, FCW, FCB, FCPROJW, FCPROJB, LNFW, LNFB, LMHEAD,
+    NUM_PARAM_TENSORS
+};
+// name, and whether AdamW decays it: matrices and embeddings decay; biases and norm gains do not.
+inline const char* param_name(int i) {
+    static const char* names[] = {"wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b",
+                                  "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb", "lm_head"};
+    return names[i];
+}
+inline bool param_decays(int i) { return i == WTE || i == WPE || i == QKVW || i == ATTPROJW || i == FCW || i == FCPROJW || i == LMHEAD; }
+
+inline std::array<size_t, NUM_PARAM_TENSORS> param_sizes(const GPTConfig& c) {
+    size_t Vp = c.padded_vocab_size, C = c.n_embd, L = c.n_layer, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
+    bool g = !c.is_llama();
+    return {
+        Vp * C,                   // wte      (Vp, C)  token embedding; rows V..Vp-1 stay zero
+        g ? c.max_seq_len * C : 0,// wpe      (maxT, C) learned positions (GPT-2)
+        L * C,                    // ln1w     (L, C)
+        g ? L * C : 0,            // ln1b     (L, C)
+        L * QKVC * C,              // qkvw     (L, QKVC, C)  rows: [q heads | k heads | v heads]
+        g ? L * QKVC : 0,          // qkvb     (L, QKVC)
+        L * C * C,                // attprojw (L, C, C)
+        g ? L * C : 0,            // attprojb (L, C)
+        L * C,                    // ln2w     (L, C)
+        g ? L * C : 0,            // ln2b     (L, C)
+        L * F * C,                // fcw      (L, F, C)  GPT-2: F = 4C; Llama: F = 2H, rows [gate | up]
+        g ? L * F : 0,            // fcb      (L, F)
+        L * C * H,                // fcprojw  (L, C, H)
+        g ? L * C : 0,            // fcprojb  (L, C)
+        C,                        // lnfw     (C)
+        g ? C : 0,                // lnfb     (C)
+        c.tied_embeddings ? 0 : Vp * C,  // lm_head (Vp, C) when not tied
+    };
+}
+
+struct ParameterTensors {
+    std::array<floatX*, NUM_PARAM_TENSORS> t{};
+    floatX* operator[](int i) const { return t[i]; }
+};
+inline ParameterTensors point_parameters(floatX* base, const std::array<size_t, NUM_PARAM_TENSORS>& sizes) {
+    ParameterTensors p;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        p.t[i] = sizes[i] ? base : nullptr;
+        base += sizes[i];
+    }
+    return p;
+}
+
+// ----------------------------------------------------------------------------
+// Activations kept from forward for backward, laid out for the largest (B, T); a smaller batch uses
+// the front of each tensor. Per-layer tensors are (L, ...) and layer l's slice starts at l·B·T·(width).
+enum ActIndex {
+    ENCODED, LN1, LN1_MEAN, LN1_RSTD, QKV, ATTY, ATT_LSE, ATTPROJ, RESIDUAL2, LN2, LN2_MEAN, LN2_RSTD, FCH, FCH_ACT,
+    FCPROJ, RESIDUAL3, LNF, LNF_MEAN, LNF_RSTD, LOGITS, LOSSES,
+    // gradient scratch for backward (one layer at a time)
+    DRESIDUAL, DLN, DQKV, DATTY, DFCH, DFCH_ACT,
+    NUM_ACT_TENSORS
+};
+inline std::array<size_t, NUM_ACT_TENSORS> activation_sizes(const GPTConfig& c, size_t B, size_t T) {
+    size_t N = B * T, C = c.n_embd, L = c.n_layer, NH = c.n_head, QKVC = c.qkv_channels(), F = c.fc_channels(),
+           G = c.ffn_hidden, Vp = c.padded_vocab_size;
+    return {
+        N * C,                                  // encoded   (B, T, C)
+        L * N * C, L * N, L * N,                // ln1 (L, B, T, C), ln1_mean, ln1_rstd (L, B, T)
+        L * N * QKVC,                            // qkv       (L, B, T, QKVC)  after RoPE for Llama
+        L * N * C,                              // atty      (L, B, T, C)
+        L * B * NH * T,                         // att_lse   (L, B, NH, T)
+        L * N * C,                              // attproj   (L, B, T, C)
+        L * N * C,                              // residual2 (L, B, T, C)
+        L * N * C, L * N, L * N,                // ln2, ln2_mean, ln2_rstd
+        L * N * F,                              // fch       (L, B, T, F)
+        L * N * G,                              // fch_act   (L, B, T, H)  gelu(fch) or swiglu(fch)
+        L * N * C,                              // fcproj    (L, B, T, C)
+        L * N * C,                              // residual3 (L, B, T, C)
+        N * C, N, N,                            // lnf (B, T, C), lnf_mean, lnf_rstd (B, T)
+        N * Vp,                                 // logits    (B, T, Vp); dlogits in place after the loss
+        N,                                      // losses    (B, T)
+        N * C, N * C, N * QKVC, N * C, N * F, N * G,  // dresidual, dln, dqkv, datty, dfch, dfch_act
+    };
+}
+
+// ----------------------------------------------------------------------------
+// The two backends. Each is a set of static functions with the same names; the model calls Ops::x.
+struct DeviceOps {
+    static constexpr const char* name = "cuda";
+    static void* alloc(size_t bytes) {
+        void* p = nullptr;
+        cuda_check(cudaMalloc(&p, bytes));
+        return p;
+    }
+    static void release(void* p) { cuda_check(cudaFree(p)); }
+    static void zero(void* p, size_t bytes) { cuda_check(cudaMemset(p, 0, bytes)); }
+    static void to_backend(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
+    static void to_host(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
+    static void copy(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
+    static void synchronize() { cuda_check(cudaDeviceSynchronize()); }
+
+    static void encoder_forward(floatX* out, const int* tok, const int* tok_host, const floatX* wte, const floatX* wpe, int B, int T, int C) {
+        (void)tok_host;
+        ::encoder_forward(out, tok, wte, wpe, B, T, C, 0);
+    }
+    static void encoder_backward(floatX* dwte, floatX* dwpe, const floatX* dout, const int* tok, const int* tok_host, int B, int T, int C) {
+        (void)tok_host;
+        ::encoder_backward(dwte, dwpe, dout, tok, B, T, C, 0);
+    }
+    static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* w, const floatX* b, int N, int C) {
+        ::layernorm_forward(out, mean, rstd, inp, w, b, N, C, 0);
+    }
+    static void layernorm_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w,
+                                   const float* mean, const float* rstd, int N, int C) {
+        ::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, 0);
+    }
+    static void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, const floatX* w, int N, int C, float eps) {
+        ::rmsnorm_forward(out, rstd, inp, w, N, C, eps, 0);
+    }
+    static void rmsnorm_backward(floatX* dinp, floatX* dw, const floatX* dout, const floatX* inp, const floatX* w, const float* rstd, int N, int C) {
+        ::rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C, 0);
+    }
+    static void matmul_forward(floatX* out, const floatX* inp, const floatX* w, const floatX* b, int N, int C, int OC) {
+        ::matmul_forward(out, inp, w, b, N, C, OC, 0);
+    }
+    static void matmul_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w, int N, int C, int OC) {
+        ::matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC, 0);
+    }
+    static void gelu_forward(floatX* out, const floatX* inp, int N) { ::gelu_forward(out, inp, N, 0); }
+    static void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N) { ::gelu_backward(dinp, inp, dout, N, 0); }
+    static void swiglu_forward(floatX* out, const floatX* inp, int N, int H) { ::swiglu_forward(out, inp, N, H, 0); }
+    static void swiglu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N, int H) { ::swiglu_backward(dinp, inp, dout, N, H, 0); }
+    static void residual_forward(floatX* out, const floatX* a, const floatX* b, int N) { ::residual_forward(out, a, b, N, 0); }
+    static void rope_forward(floatX* qkv, int B, int T, int NH, int NKV, int hs, float theta) { ::rope_forward(qkv, B, T, NH, NKV, hs, theta, 0); }
+    static void rope_backward(floatX* dqkv, int B, int T, int NH, int NKV, int hs, float theta) { ::rope_backward(dqkv, B, T, NH, NKV, hs, theta, 0); }
+    static void attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs) {
+        ::attention_forward(out, lse, qkv, B, T, NH, NKV, hs, 0);
+    }
+    static void attention_backward(floatX* dqkv, const floatX* dout, const floatX* out, const float* lse, const floatX* qkv, int B, int T,
+                                   int NH, int NKV, int hs) {
+        ::attention_backward(dqkv, dout, out, lse, qkv, B, T, NH, NKV, hs, 0);
+    }
+    static void fused_classifier(floatX* logits, float* losses, const int* targets, float dloss, int N, int V, int Vp, bool write_dlogits) {
+        ::fused_classifier(logits, losses, targets, dloss, N, V, Vp, write_dlogits, 0);
+    }
+    static float global_norm_squared(const float* g, size_t n) {
+        static DeviceBuffer<float> out(1);
+        ::global_norm_squared(out, g, n, 0);
+        return out.download()[0];
+    }
+    static void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps, float wd,
+                             int step, float grad_scale) {
+        ::adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, step, grad_scale, 0);
+    }
+};
+
+struct HostOps {
+    static constexpr const char* name = "cpu";
+    static void* alloc(size_t bytes) {
+        void* p = nullptr;
+        if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) throw std::runtime_error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+        return p;
+    }
+    static void release(void* p) { std::free(p); }
+    static void zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+    static void to_backend(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+    static void to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+    static void copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+    static void synchronize() {}
+
+    static void encoder_forward(floatX* out, const int* tok, const int*, const floatX* wte, const floatX* wpe, int B, int T, int C) {
+        encoder_forward_cpu(out, tok, wte, wpe, B, T, C);
+    }
+    static void encoder_backward(floatX* dwte, floatX* dwpe, const floatX* dout, const int* tok, const int*, int B, int T, int C) {
+        encoder_backward_cpu(dwte, dwpe, dout, tok, B, T, C);
+    }
+    static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* w, const floatX* b, int N, int C) {
+        layernorm_forward_cpu(out, mean, rstd, inp, w, b, N, C);
+    }
+    static void layernorm_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w,
+                                   const float* mean, const float* rstd, int N, int C) {
+        layernorm_backward_cpu(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+    }
+    static void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, const floatX* w, int N, int C, float eps) {
+        rmsnorm_forward_cpu(out, rstd, inp, w, N, C, eps);
+    }
+    static void rmsnorm_backward(floatX* dinp, floatX* dw, const floatX* dout, const floatX* inp, const floatX* w, const float* rstd, int N, int C) {
+        rmsnorm_backward_cpu(dinp, dw, dout, inp, w, rstd, N, C);
+    }
+    static void matmul_forward(floatX* out, const floatX* inp, const floatX* w, const floatX* b, int N, int C, int OC) {
+        matmul_forward_cpu_blas(out, inp, w, b, N, C, OC);
+    }
+    static void matmul_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w, int N, int C, int OC) {
+        matmul_backward_cpu_blas(dinp, dw, db, dout, inp, w, N, C, OC);
+    }
+    static void gelu_forward(floatX* out, const floatX* inp, int N) { gelu_forward_cpu(out, inp, N); }
+    static void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N) { gelu_backward_cpu(dinp, inp, dout, N); }
+    static void swiglu_forward(floatX* out, const floatX* inp, int N, int H) { swiglu_forward_cpu(out, inp, N, H); }
+    static void swiglu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N, int H) { swiglu_backward_cpu(dinp, inp, dout, N, H); }
+    static void residual_forward(floatX* out, const floatX* a, const floatX* b, int N) { residual_forward_cpu(out, a, b, N); }
+    static void rope_forward(floatX* qkv, int B, int T, int NH, int NKV, int hs, float theta) { rope_forward_cpu(qkv, B, T, NH, NKV, hs, theta); }
+    static void rope_backward(floatX* dqkv, int B, int T, int NH, int NKV, int hs, float theta) { rope_backward_cpu(dqkv, B, T, NH, NKV, hs, theta); }
+    static void attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs) {
+        attention_forward_cpu(out, lse, qkv, B, T, NH, NKV, hs);
+    }
+    static void attention_backward(floatX* dqkv, const floatX* dout, const floatX* out, const float* lse, const floatX* qkv, int B, int T,
+                                   int NH, int NKV, int hs) {
+        attention_backward_cpu(dqkv, dout, out, lse, qkv, B, T, NH, NKV, hs);
+    }
+    static void fused_classifier(floatX* logits, float* losses, const int* targets, float dloss, int N, int V, int Vp, bool write_dlogits) {
+        fused_classifier_cpu(logits, losses, targets, dloss, N, V, Vp, write_dlogits);
+    }
+    static float global_norm_squared(const float* g, size_t n) { return static_cast<float>(global_norm_squared_cpu(g, n)); }
+    static void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps, float wd,
+                             int step, float grad_scale) {
+        adamw_update_cpu(p, g, m, v, n, lr, b1, b2, eps, wd, step, grad_scale);
+    }
+};
+
+// ----------------------------------------------------------------------------
+// The model.
+template <class Ops>
+struct GPT {
+    GPTConfig config;
+    std::array<size_t, NUM_PARAM_TENSORS> sizes{};
+    size_t num_parameters = 0;
+    // One contiguous buffer each (master weights are fp32 while floatX is float).
+    floatX* params_memory = nullptr;  // (num_parameters)
+    floatX* grads_memory = nullptr;   // (num_parameters)
+    float* m_memory = nullptr;        // (num_parameters) AdamW first moment
+    float* v_memory = nullptr;        // (num_parameters) AdamW second moment
+    ParameterTensors params, grads;
+    // Activations for up to (max_B, max_T).
+    int max_B = 0, max_T = 0;
+    std::array<size_t, NUM_ACT_TENSORS> act_sizes{};
+    void* acts_memory = nullptr;
+    std::array<void*, NUM_ACT_TENSORS> acts{};
+    int* inputs = nullptr;   // (B, T) on the backend
+    int* targets = nullptr;  // (B, T) on the backend
+    std::vector<int> inputs_host, targets_host;
+    int B = 0, T = 0;        // the shape of the last forward
+    std::vector<float> losses_host;
+
+    explicit GPT(const GPTConfig& c) : config(c) {
+        config.validate();
+        sizes = param_sizes(config);
+        for (size_t s : sizes) num_parameters += s;
+        params_memory = static_cast<floatX*>(Ops::alloc(num_parameters * sizeof(floatX)));
+        params = point_parameters(params_memory, sizes);
+    }
+    GPT(const GPT&) = delete;
+    GPT& operator=(const GPT&) = delete;
+    ~GPT() {
+        for (void* p : {static_cast<void*>(params_memory), static_cast<void*>(grads_memory), static_cast<void*>(m_memory),
+                        static_cast<void*>(v_memory), acts_memory, static_cast<void*>(inputs), static_cast<void*>(targets)})
+            if (p) Ops::release(p);
+    }
+
+    template <class A = floatX> A* act(int i) const { return static_cast<A*>(acts[i]); }
+
+    // GPT-2 initialisation: N(0, 0.02) for matrices and embeddings, residual projections scaled by
+    // 1/sqrt(2L) (they add into the residual stream once per layer, twice per block), norms 1, biases 0.
+    void init_random(uint64_t seed) {
+        Rng rng(seed);
+        std::vector<floatX> host(num_parameters, 0.0f);
+        size_t offset = 0;
+        const float residual_std = 0.02f / std::sqrt(2.0f * config.n_layer);
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            floatX* p = host.data() + offset;
+            if (i == LN1W || i == LN2W || i == LNFW) for (size_t k = 0; k < sizes[i]; k++) p[k] = 1.0f;
+            else if (param_decays(i)) {
+                float stdev = (i == ATTPROJW || i == FCPROJW) ? residual_std : 0.02f;
+                // rows V..Vp-1 of the vocabulary are padding: zero, and they never receive a gradient
+                size_t count = (i == WTE || i == LMHEAD) ? static_cast<size_t>(config.vocab_size) * config.n_embd : sizes[i];
+                for (size_t k = 0; k < count; k++) p[k] = stdev * rng.normal();
+            }
+            offset += sizes[i];
+        }
+        set_parameters(host);
+    }
+    void set_parameters(const std::vector<floatX>& host) {
+        if (host.size() != num_parameters) throw std::runtime_error("set_parameters: expected " + std::to_string(num_parameters) + " values");
+        Ops::to_backend(params_memory, host.data(), num_parameters * sizeof(floatX));
+    }
+    std::vector<floatX> get(const floatX* p, size_t n) const {
+        std::vector<floatX> host(n);
+        Ops::to_host(host.data(), p, n * sizeof(floatX));
+        return host;
+    }
+    std::vector<floatX> get_parameters() const { return get(params_memory, num_parameters); }
+    std::vector<floatX> get_gradients() const { return get(grads_memory, num_parameters); }
+
+    void ensure_activations(int b, int t) {
+        if (t > config.max_seq_len)
+            throw std::runtime_error("sequence length " + std::to_string(t) + " exceeds the model's max_seq_len " + std::to_string(config.max_seq_len));
+        if (acts_memory && b <= max_B && t <= max_T) return;
+        if (acts_memory) { Ops::release(acts_memory); Ops::release(inputs); Ops::release(targets); }
+        max_B = std::max(b, max_B);
+        max_T = std::max(t, max_T);
+        act_sizes = activation_sizes(config, max_B, max_T);
+        size_t total = 0;
+        for (size_t s : act_sizes) total += s;
+        acts_memory = Ops::alloc(total * sizeof(float));
+        char* base = static_cast<char*>(acts_memory);
+        for (int i = 0; i < NUM_ACT_TENSORS; i++) {
+            acts[i] = base;
+            base += act_sizes[i] * sizeof(float);
+        }
+        inputs = static_cast<int*>(Ops::alloc(static_cast<size_t>(max_B) * max_T * sizeof(int)));
+        targets = static_cast<int*>(Ops::alloc(static_cast<size_t>(max_B) * max_T * sizeof(int)));
+    }
+
+    void norm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* w, const floatX* b, int N) {
+        if (config.is_llama()) Ops::rmsnorm_forward(out, rstd, inp, w, N, config.n_embd, config.norm_eps);
+        else Ops::layernorm_forward(out, mean, rstd, inp, w, b, N, config.n_embd);
+    }
+    void norm_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w, const float* mean,
+                       const float* rstd, int N) {
+        if (config.is_llama()) Ops::rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, config.n_embd);
+        else Ops::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, config.n_embd);
+    }
+
+    // Forward over tokens (B, T). With targets: returns the mean loss over targets != -1 and, when
+    // dloss > 0, leaves dlogits = dloss·(softmax − onehot) in the logits buffer, ready for backward()
+    // (the fused classifier computes both in one pass). Without targets: logits only, returns -1.
+    float forward(const int* tokens, const int* target_tokens, int b, int t, float dloss = 0.0f) {
+        ensure_activations(b, t);
+        B = b;
+        T = t;
+        const GPTConfig& c = config;
+        const int N = B * T, C = c.n_embd, NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size(), QKVC = c.qkv_channels(),
+                  F = c.fc_channels(), H = c.ffn_hidden, L = c.n_layer, Vp = c.padded_vocab_size, V = c.vocab_size;
+        for (int i = 0; i < N; i++)
+            if (tokens[i] < 0 || tokens[i] >= V)
+                throw std::runtime_error("token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                                         " is outside the vocabulary [0, " + std::to_string(V) + ")");
+        inputs_host.assign(tokens, tokens + N);
+        Ops::to_backend(inputs, tokens, N * sizeof(int));
+        const ParameterTensors& p = params;
+        Ops::encoder_forward(act(ENCODED), inputs, inputs_host.data(), p[WTE], p[WPE], B, T, C);
+        for (int l = 0; l < L; l++) {
+            floatX* residual = l == 0 ? act(ENCODED) : act(RESIDUAL3) + static_cast<size_t>(l - 1) * N * C;
+            floatX* ln1 = act(LN1) + static_cast<size_t>(l) * N * C;
+            float* ln1_mean = act<float>(LN1_MEAN) + static_cast<size_t>(l) * N;
+            float* ln1_rstd = act<float>(LN1_RSTD) + static_cast<size_t>(l) * N;
+            floatX* qkv = act(QKV) + static_cast<size_t>(l) * N * QKVC;
+            floatX* atty = act(ATTY) + static_cast<size_t>(l) * N * C;
+            float* lse = act<float>(ATT_LSE) + static_cast<size_t>(l) * N * NH;
+            floatX* attproj = act(ATTPROJ) + static_cast<size_t>(l) * N * C;
+            floatX* residual2 = act(RESIDUAL2) + static_cast<size_t>(l) * N * C;
+            floatX* ln2 = act(LN2) + static_cast<size_t>(l) * N * C;
+            float* ln2_mean = act<float>(LN2_MEAN) + static_cast<size_t>(l) * N;
+            float* ln2_rstd = act<float>(LN2_RSTD) + static_cast<size_t>(l) * N;
+            floatX* fch = act(FCH) + static_cast<size_t>(l) * N * F;
+            floatX* fch_act = act(FCH_ACT) + static_cast<size_t>(l) * N * H;
+            floatX* fcproj = act(FCPROJ) + static_cast<size_t>(l) * N * C;
+            floatX* residual3 = act(RESIDUAL3) + static_cast<size_t>(l) * N * C;
+            // x + attn(ln_1(x))
+            norm_forward(ln1, ln1_mean, ln1_rstd, residual, layer(p[LN1W], l, C), layer(p[LN1B], l, C), N);
+            Ops::matmul_forward(qkv, ln1, layer(p[QKVW], l, QKVC * C), layer(p[QKVB], l, QKVC), N, C, QKVC);
+            if (c.is_llama()) Ops::rope_forward(qkv, B, T, NH, NKV, hs, c.rope_theta);
+            Ops::attention_forward(atty, lse, qkv, B, T, NH, NKV, hs);
+            Ops::matmul_forward(attproj, atty, layer(p[ATTPROJW], l, C * C), layer(p[ATTPROJB], l, C), N, C, C);
+            Ops::residual_forward(residual2, residual, attproj, N * C);
+            // x + mlp(ln_2(x))
+            norm_forward(ln2, ln2_mean, ln2_rstd, residual2, layer(p[LN2W], l, C), layer(p[LN2B], l, C), N);
+            Ops::matmul_forward(fch, ln2, layer(p[FCW], l, F * C), layer(p[FCB], l, F), N, C, F);
+            if (c.is_llama()) Ops::swiglu_forward(fch_act, fch, N, H);
+            else Ops::gelu_forward(fch_act, fch, N * H);
+            Ops::matmul_forward(fcproj, fch_act, layer(p[FCPROJW], l, C * H), layer(p[FCPROJB], l, C), N, H, C);
+            Ops::residual_forward(residual3, residual2, fcproj, N * C);
+        }
+        floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
+        norm_forward(act(LNF), act<float>(LNF_MEAN), act<float>(LNF_RSTD), last, p[LNFW], p[LNFB], N);
+        Ops::matmul_forward(act(LOGITS), act(LNF), c.tied_embeddings ? p[WTE] : p[LMHEAD], nullptr, N, C, Vp);
+        if (!target_tokens) return -1.0f;
+        int valid = 0;
+        for (int i = 0; i < N; i++) {
+            if (target_tokens[i] < -1 || target_tokens[i] >= V)
+                throw std::runtime_error("target " + std::to_string(target_tokens[i]) + " is outside the vocabulary");
+            valid += target_tokens[i] != -1;
+        }
+        targets_host.assign(target_tokens, target_tokens + N);
+        Ops::to_backend(targets, target_tokens, N * sizeof(int));
+        Ops::fused_classifier(act(LOGITS), act<float>(LOSSES), targets, dloss, N, V, Vp, dloss > 0.0f);
+        losses_host.resize(N);
+        Ops::to_host(losses_host.data(), act<float>(LOSSES), N * sizeof(float));
+        double sum = 0;
+        for (float x : losses_host) sum += x;
+        return valid ? static_cast<float>(sum / valid) : 0.0f;
+    }
+
+    // The logits of row (b, t) of the last forward without targets: Vp values, the first V meaningful.
+    std::vector<float> logits_at(int b, int t) const {
+        std::vector<float> row(config.padded_vocab_size);
+        Ops::to_host(row.data(), act(LOGITS) + (static_cast<size_t>(b) * T + t) * config.padded_vocab_size, row.size() * sizeof(float));
+        return row;
+    }
+
+    void zero_grad() {
+        if (!grads_memory) {
+            grads_memory = static_cast<floatX*>(Ops::alloc(num_parameters * sizeof(floatX)));
+            grads = point_parameters(grads_memory, sizes);
+        }
+        Ops::zero(grads_memory, num_parameters * sizeof(floatX));
+    }
+
+    // Backward of the last forward (which must have had targets and dloss > 0). Gradients accumulate
+    // into grads_memory, so micro-batches add up; call zero_grad() once per optimizer step.
+    void backward() {
+        if (!grads_memory) zero_grad();
+        const GPTConfig& c = config;
+        const int N = B * T, C = c.n_embd, NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size(), QKVC = c.qkv_channels(),
+                  F = c.fc_channels(), H = c.ffn_hidden, L = c.n_layer, Vp = c.padded_vocab_size;
+        const ParameterTensors& p = params;
+        const ParameterTensors& g = grads;
+        floatX* dresidual = act(DRESIDUAL);  // d(loss)/d(residual stream), carried down through the layers
+        floatX *dln = act(DLN), *dqkv = act(DQKV), *datty = act(DATTY), *dfch = act(DFCH), *dfch_act = act(DFCH_ACT);
+        auto zero = [](floatX* x, size_t n) { Ops::zero(x, n * sizeof(floatX)); };
+        // logits = lnf · wteᵀ: the classifier left dlogits in place
+        zero(dln, static_cast<size_t>(N) * C);
+        Ops::matmul_backward(dln, c.tied_embeddings ? g[WTE] : g[LMHEAD], nullptr, act(LOGITS), act(LNF),
+                             c.tied_embeddings ? p[WTE] : p[LMHEAD], N, C, Vp);
+        zero(dresidual, static_cast<size_t>(N) * C);
+        floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
+        norm_backward(dresidual, g[LNFW], g[LNFB], dln, last, p[LNFW], act<float>(LNF_MEAN), act<float>(LNF_RSTD), N);
+        for (int l = L - 1; l >= 0; l--) {
+            floatX* residual = l == 0 ? act(ENCODED) : act(RESIDUAL3) + static_cast<size_t>(l - 1) * N * C;
+            floatX* ln1 = act(LN1) + static_cast<size_t>(l) * N * C;
+            float* ln1_mean = act<float>(LN1_MEAN) + static_cast<size_t>(l) * N;
+            float* ln1_rstd = act<float>(LN1_RSTD) + static_cast<size_t>(l) * N;
+            floatX* qkv = act(QKV) + static_cast<size_t>(l) * N * QKVC;
+            floatX* atty = act(ATTY) + static_cast<size_t>(l) * N * C;
+            float* lse = act<float>(ATT_LSE) + static_cast<size_t>(l) * N * NH;
+            floatX* residual2 = act(RESIDUAL2) + static_cast<size_t>(l) * N * C;
+            floatX* ln2 = act(LN2) + static_cast<size_t>(l) * N * C;
+            float* ln2_mean = act<float>(LN2_MEAN) + static_cast<size_t>(l) * N;
+            float* ln2_rstd = act<float>(LN2_RSTD) + static_cast<size_t>(l) * N;
+            floatX* fch = act(FCH) + static_cast<size_t>(l) * N * F;
+            floatX* fch_act = act(FCH_ACT) + static_cast<size_t>(l) * N * H;
+            // forward was: residual3 = residual2 + fcproj(fch_act); dresidual holds d residual3,
+            // which is also d residual2 (the skip) and d fcproj (the branch)
+            zero(dfch_act, static_cast<size_t>(N) * H);
+            Ops::matmul_backward(dfch_act, layer(g[FCPROJW], l, C * H), layer(g[FCPROJB], l, C), dresidual, fch_act,
+                                 layer(p[FCPROJW], l, C * H), N, H, C);
+            zero(dfch, static_cast<size_t>(N) * F);
+            if (c.is_llama()) Ops::swiglu_backward(dfch, fch, dfch_act, N, H);
+            else Ops::gelu_backward(dfch, fch, dfch_act, N * H);
+            zero(dln, static_cast<size_t>(N) * C);
+            Ops::matmul_backward(dln, layer(g[FCW], l, F * C), layer(g[FCB], l, F), dfch, ln2, layer(p[FCW], l, F * C), N, C, F);
+            norm_backward(dresidual, layer(g[LN2W], l, C), layer(g[LN2B], l, C), dln, residual2, layer(p[LN2W], l, C), ln2_mean, ln2_rstd, N);
+            // forward was: residual2 = residual + attproj(atty); dresidual now holds d residual2
+            zero(datty, static_cast<size_t>(N) * C);
+            Ops::matmul_backward(datty, layer(g[ATTPROJW], l, C * C), layer(g[ATTPROJB], l, C), dresidual, atty,
+                                 layer(p[ATTPROJW], l, C * C), N, C, C);
+            zero(dqkv, static_cast<size_t>(N) * QKVC);
+            Ops::attention_backward(dqkv, datty, atty, lse, qkv, B, T, NH, NKV, hs);
+            if (c.is_llama()) Ops::rope_backward(dqkv, B, T, NH, NKV, hs, c.rope_theta);
+            zero(dln, static_cast<size_t>(N) * C);
+            Ops::matmul_backward(dln, layer(g[QKVW], l, QKVC * C), layer(g[QKVB], l, QKVC), dqkv, ln1, layer(p[QKVW], l, QKVC * C), N, C, QKVC);
+            norm_backward(dresidual, layer(g[LN1W], l, C), layer(g[LN1B], l, C), dln, residual, layer(p[LN1W], l, C), ln1_mean, ln1_rstd, N);
+        }
+        Ops::encoder_backward(g[WTE], g[WPE], dresidual, inputs, inputs_host.data(), B, T, C);
+    }
+
+    // AdamW's moments start at zero; a resumed run overwrites them with the checkpoint's.
+    void ensure_optimizer_state() {
+        if (m_memory) return;
+        m_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
+        v_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
+        Ops::zero(m_memory, num_parameters * sizeof(float));
+        Ops::zero(v_memory, num_parameters * sizeof(float));
+    }
+
+    // ‖grads‖₂ over all parameters.
+    float grad_norm() const { return std::sqrt(Ops::global_norm_squared(grads_memory, num_parameters)); }
+
+    // One AdamW step on every tensor; decay only where param_decays(). grad_scale multiplies the
+    // gradients first (clipping: max_norm / norm when the norm exceeds max_norm).
+    void update(float lr, float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale) {
+        ensure_optimizer_state();
+        size_t offset = 0;
+        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+            if (sizes[i])
+                Ops::adamw_update(params_memory + offset, grads_memory + offset, m_memory + offset, v_memory + offset, sizes[i], lr,
+                                  beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
+            offset += sizes[i];
+        }
+    }
+
+private:
+    // Layer l's slice of an (L, per_layer) tensor; nullptr stays nullptr (a tensor the arch lacks).
+    static floatX* layer(floatX* base, int l, size_t per_layer) { return base ? base + static_cast<size_t>(l) * per_layer : nullptr; }
+};

@@ -1,0 +1,488 @@
+// train_gpt.cu — train a GPT (GPT-2 or Llama family) on token shards, on a GPU or on the CPU.
+//
+//   ./train_gpt_cpu --config configs/shakespeare_cpu.json      CPU build (reference ops + OpenBLAS)
+//   ./train_gpt     --config configs/shakespeare_gpu.json      GPU build (CUDA kernels)
+//   any key of the config file is also a flag: --batch-size 16 --max-steps 500 --learning-rate 1e-3 ...
+//   ./train_gpt_cpu --help                                     every flag with its default
+//
+// The loop, per step: load micro-batches until grad_accum_tokens tokens were seen (forward with the
+// fused classifier, backward, gradients accumulate); clip the gradient norm; AdamW with linear
+// warmup and cosine decay; now and then: val loss, a text sample, a checkpoint. Checkpoints hold
+// weights, AdamW moments, the data position and the RNGs, so --resume continues bit for bit.
+#include <cinttypes>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <numeric>
+#include <sstream>
+
+#include "gpt.cuh"
+#include "checkpoint.h"
+#include "tokenizer/bpe.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ----------------------------------------------------------------------------
+// Options: one table gives each option its JSON key, its flag and its help, so the config file and the
+// command line can never disagree. Flags are the keys with '-' for '_'.
+struct TrainOptions {
+    json model = {{"arch", "gpt2"}, {"n_layer", 4}, {"n_head", 4}, {"n_embd", 128}, {"max_seq_len", 128}};
+    std::string train_data = "data/shakespeare/train_*.bin";
+    std::string val_data = "data/shakespeare/val_*.bin";
+    std::string tokenizer = "../shared/data/gpt2";
+    std::string out_dir = "out/shakespeare";
+    std::string device = "auto";       // auto | cpu | cuda
+    std::string matmul = "cublas";     // cublas | tiled (the CUDA path's matmul)
+    int batch_size = 16;
+    int seq_len = 128;
+    long grad_accum_tokens = 0;        // tokens per optimizer step; 0 = one micro-batch (B·T)
+    int max_steps = 1000;
+    double learning_rate = 1e-3;
+    int warmup_steps = 50;
+    double min_lr_fraction = 0.1;
+    double weight_decay = 0.1;
+    double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
+    double grad_clip = 1.0;            // 0 = no clipping
+    int val_every = 100;
+    int val_batches = 10;
+    int sample_every = 500;            // 0 = only at the end
+    int sample_tokens = 96;
+    double temperature = 0.9;
+    int top_k = 40;
+    std::string sample_prompt = "";    // empty: start from <|endoftext|>
+    int checkpoint_every = 200;
+    bool resume = false;
+    uint64_t seed = 1337;
+    bool print_config = false;
+};
+
+struct OptionInfo {
+    const char* key;
+    const char* help;
+    std::function<void(TrainOptions&, const json&)> set;
+    std::function<json(const TrainOptions&)> get;
+};
+
+#define OPTION(field, help) \
+    OptionInfo{#field, help, [](TrainOptions& o, const json& v) { v.get_to(o.field); }, [](const TrainOptions& o) { return json(o.field); }}
+static const std::vector<OptionInfo>& option_table() {
+    static const std::vector<OptionInfo> table = {
+        OPTION(model, "the model: JSON object {arch, n_layer, n_head, n_kv_head, n_embd, ffn_hidden, max_seq_len, vocab_size, ...}"),
+        OPTION(train_data, "glob of training shards (.bin from `tokenizer/tok prepare`)"),
+        OPTION(val_data, "glob of validation shards"),
+        OPTION(tokenizer, "directory with encoder.json + vocab.bpe (for samples; recorded in the checkpoint)"),
+        OPTION(out_dir, "where checkpoint.bin, log.jsonl and loss.svg go"),
+        OPTION(device, "auto | cpu | cuda (auto: cuda on a GPU, else the CPU reference path)"),
+        OPTION(matmul, "cublas | tiled: which matmul the CUDA path uses"),
+        OPTION(batch_size, "B: sequences per micro-batch"),
+        OPTION(seq_len, "T: tokens per sequence"),
+        OPTION(grad_accum_tokens, "tokens per optimizer step (a multiple of B*T); 0 = B*T"),
+        OPTION(max_steps, "optimizer steps"),
+        OPTION(learning_rate, "peak learning rate"),
+        OPTION(warmup_steps, "linear warmup steps"),
+        OPTION(min_lr_fraction, "cosine decay ends at learning_rate * this"),
+        OPTION(weight_decay, "AdamW decoupled weight decay (matrices and embeddings only)"),
+        OPTION(beta1, "AdamW beta1"),
+        OPTION(beta2, "AdamW beta2"),
+        OPTION(adam_eps, "AdamW epsilon"),
+        OPTION(grad_clip, "clip the global gradient norm to this (0 = off)"),
+        OPTION(val_every, "steps between validation losses (0 = never)"),
+        OPTION(val_batches, "micro-batches per validation loss"),
+        OPTION(sample_every, "steps between text samples (0 = only at the end)"),
+        OPTION(sample_tokens, "tokens per sample"),
+        OPTION(temperature, "sampling temperature"),
+        OPTION(top_k, "sample from the k most likely tokens (0 = all)"),
+        OPTION(sample_prompt, "text the samples start from (empty: <|endoftext|>)"),
+        OPTION(checkpoint_every, "steps between checkpoints (0 = only at the end)"),
+        OPTION(resume, "continue from out_dir/checkpoint.bin"),
+        OPTION(seed, "seed of initialisation, data order and sampling"),
+        OPTION(print_config, "print the resolved options as JSON and exit"),
+    };
+    return table;
+}
+#undef OPTION
+
+static std::string flag_of(const std::string& key) {
+    std::string f = "--" + key;
+    for (char& c : f) if (c == '_') c = '-';
+    return f;
+}
+
+static void print_help() {
+    TrainOptions defaults;
+    std::printf("usage: train_gpt [--config FILE.json] [--FLAG VALUE]...\n"
+                "Flags override the config file, which overrides the defaults below.\n\n");
+    for (const auto& o : option_table())
+        std::printf("  %-22s %s (default: %s)\n", flag_of(o.key).c_str(), o.help, o.get(defaults).dump().c_str());
+}
+
+// Applies `--config FILE` first, then every other flag. Values are parsed as JSON when they parse
+// (numbers, true/false, objects), else taken as strings.
+static TrainOptions parse_options(int argc, char** argv) {
+    TrainOptions o;
+    std::map<std::string, const OptionInfo*> by_flag;
+    for (const auto& info : option_table()) by_flag[flag_of(info.key)] = &info;
+    auto apply = [&](const OptionInfo& info, const json& value, const std::string& where) {
+        try {
+            info.set(o, value);
+        } catch (const json::exception& e) {
+            throw std::runtime_error(where + ": " + info.key + " = " + value.dump() + " has the wrong type (" + e.what() + ")");
+        }
+    };
+    for (int i = 1; i < argc; i++)
+        if (std::string(argv[i]) == "--config") {
+            if (i + 1 >= argc) throw std::runtime_error("--config needs a file");
+            std::ifstream f(argv[i + 1]);
+            if (!f) throw std::runtime_error(std::string("config ") + argv[i + 1] + ": cannot open");
+            json j;
+            try { j = json::parse(f); } catch (const json::exception& e) {
+                throw std::runtime_error(std::string("config ") + argv[i + 1] + ": not valid JSON (" + e.what() + ")");
+            }
+            for (auto it = j.begin(); it != j.end(); ++it) {
+                auto found = by_flag.find(flag_of(it.key()));
+                if (found == by_flag.end()) throw std::runtime_error(std::string("config ") + argv[i + 1] + ": unknown key '" + it.key() + "'");
+                apply(*found->second, it.value(), std::string("config ") + argv[i + 1]);
+            }
+        }
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        if (a == "--config") { i++; continue; }
+        if (a == "--help" || a == "-h") { print_help(); std::exit(0); }
+        auto found = by_flag.find(a);
+        if (found == by_flag.end()) throw std::runtime_error("unknown flag " + a + " (see --help)");
+        bool is_bool = found->second->get(o).is_boolean();
+        std::string v = is_bool && (i + 1 >= argc || std::string(argv[i + 1]).rfind("--", 0) == 0) ? "true" : "";
+        if (v.empty()) {
+            if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+            v = argv[++i];
+        }
+        json value;
+        try { value = json::parse(v); } catch (const json::exception&) { value = v; }
+        if (found->second->get(o).is_string() && !value.is_string()) value = v;  // "--out-dir 123" is a string
+        apply(*found->second, value, a);
+    }
+    return o;
+}
+
+// ----------------------------------------------------------------------------
+// Data: token shards, deterministically shuffled. Each shard is cut into windows of B·T+1 tokens
+// (inputs are the first B·T, targets the last B·T); every epoch visits the shards in an order drawn
+// from (seed, epoch) and each shard's windows in an order drawn from (seed, epoch, shard). The
+// position (epoch, shard, window) is all a checkpoint needs to continue the same sequence.
+struct DataLoader {
+    std::vector<std::string> files;
+    int B = 0, T = 0;
+    bool shuffle = true;
+    uint64_t seed = 0;
+    int epoch = 0;
+    size_t shard_pos = 0, window_pos = 0;
+    std::vector<size_t> shard_order, window_order;
+    std::vector<int> tokens;  // the current shard
+    int loaded = -1;
+
+    DataLoader(const std::string& pattern, int b, int t, bool shuffled, uint64_t s) : B(b), T(t), shuffle(shuffled), seed(s) {
+        files = glob_files(pattern);
+        if (files.empty())
+            throw std::runtime_error("no data matches '" + pattern + "': run `make data` (tokenizes Tiny Shakespeare) or pass --train-data/--val-data");
+        begin_epoch(0);
+    }
+    static std::vector<std::string> glob_files(const std::string& pattern) {
+        fs::path p(pattern);
+        fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+        std::string name = p.filename().string();
+        std::vector<std::string> out;
+        std::error_code ec;
+        if (!fs::is_directory(dir, ec)) return out;
+        for (const auto& e : fs::directory_iterator(dir, ec))
+            if (wildcard_match(name.c_str(), e.path().filename().string().c_str())) out.push_back(e.path().string());
+        std::sort(out.begin(), out.end());
+        return out;
+    }
+    static bool wildcard_match(const char* pat, const char* s) {
+        if (!*pat) return !*s;
+        if (*pat == '*') return wildcard_match(pat + 1, s) || (*s && wildcard_match(pat, s + 1));
+        return *s && (*pat == '?' || *pat == *s) && wildcard_match(pat + 1, s + 1);
+    }
+    size_t windows_in_current() const { return (tokens.size() - 1) / (static_cast<size_t>(B) * T); }
+    static void permute(std::vector<size_t>& v, uint64_t s) {  // Fisher-Yates with the project RNG
+        Rng rng(s);
+        for (size_t i = v.size(); i > 1; i--) std::swap(v[i - 1], v[rng.below(static_cast<uint32_t>(i))]);
+    }
+    void begin_epoch(int e) {
+        epoch = e;
+        shard_order.resize(files.size());
+        std::iota(shard_order.begin(), shard_order.end(), 0);
+        if (shuffle) permute(shard_order, seed * 1000003u + e);
+        shard_pos = 0;
+        begin_shard(0);
+    }
+    void begin_shard(size_t pos) {
+        shard_pos = pos;
+        int index = static_cast<int>(shard_order[pos]);
+        if (index != loaded) {
+            tokens = bpe::read_shard(files[index]);
+            loaded = index;
+            size_t need = static_cast<size_t>(B) * T + 1;
+            if (tokens.size() < need)
+                throw std::runtime_error("shard " + files[index] + " has " + std::to_string(tokens.size()) + " tokens, but one batch needs B*T+1 = " +
+                                         std::to_string(need) + ": use a smaller --batch-size or --seq-len");
+        }
+        window_order.resize(windows_in_current());
+        std::iota(window_order.begin(), window_order.end(), 0);
+        if (shuffle) permute(window_order, (seed * 1000003u + epoch) * 7919u + index);
+        window_pos = 0;
+    }
+    // The next (inputs, targets), each B·T tokens.
+    void next(std::vector<int>& x, std::vector<int>& y) {
+        if (window_pos >= window_order.size()) {
+            if (shard_pos + 1 < shard_order.size()) begin_shard(shard_pos + 1);
+            else begin_epoch(epoch + 1);
+        }
+        size_t n = static_cast<size_t>(B) * T, start = window_order[window_pos++] * n;
+        x.assign(tokens.begin() + start, tokens.begin() + start + n);
+        y.assign(tokens.begin() + start + 1, tokens.begin() + start + n + 1);
+    }
+    void reset() { begin_epoch(0); }
+    json state() const { return {{"epoch", epoch}, {"shard_pos", shard_pos}, {"window_pos", window_pos}}; }
+    void restore(const json& s) {
+        begin_epoch(s.at("epoch"));
+        begin_shard(s.at("shard_pos"));
+        window_pos = s.at("window_pos");
+    }
+};
+
+// ----------------------------------------------------------------------------
+// Sampling from the logits of one position: temperature, then top-k, then a draw.
+static int sample_token(const std::vector<float>& logits, int V, float temperature, int top_k, Rng& rng) {
+    if (temperature <= 0.0f) return static_cast<int>(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
+    std::vector<std::pair<float, int>> cand(V);
+    for (int i = 0; i < V; i++) cand[i] = {logits[i] / temperature, i};
+    int k = top_k > 0 && top_k < V ? top_k : V;
+    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](auto& a, auto& b) { return a.first > b.first; });
+    double sum = 0;
+    for (int i = 0; i < k; i++) sum += std::exp(cand[i].first - cand[0].first);
+    double r = rng.uniform() * sum;
+    for (int i = 0; i < k; i++) {
+        r -= std::exp(cand[i].first - cand[0].first);
+        if (r <= 0) return cand[i].second;
+    }
+    return cand[k - 1].second;
+}
+
+// Generates text by recomputing the whole window each token (no KV cache: that is infer_gpt's job).
+template <class Ops>
+static std::string generate(GPT<Ops>& model, const bpe::Tokenizer& tok, const TrainOptions& o, Rng& rng) {
+    std::vector<int> ids = o.sample_prompt.empty() ? std::vector<int>{tok.eot_id() >= 0 ? tok.eot_id() : 0} : tok.encode_ordinary(o.sample_prompt);
+    size_t prompt = ids.size();
+    int maxT = std::min(model.config.max_seq_len, model.max_T > 0 ? std::max(model.max_T, o.seq_len) : o.seq_len);
+    bpe::StreamDecoder decoder(tok);
+    std::string text = o.sample_prompt;
+    for (int i = 0; i < o.sample_tokens; i++) {
+        size_t start = ids.size() > static_cast<size_t>(maxT) ? ids.size() - maxT : 0;
+        int t = static_cast<int>(ids.size() - start);
+        model.forward(ids.data() + start, nullptr, 1, t);
+        int next = sample_token(model.logits_at(0, t - 1), model.config.vocab_size, static_cast<float>(o.temperature), o.top_k, rng);
+        if (next == tok.eot_id()) break;
+        ids.push_back(next);
+        text += decoder.push(next);
+    }
+    (void)prompt;
+    return text + decoder.flush();
+}
+
+// ----------------------------------------------------------------------------
+static double lr_at(const TrainOptions& o, int step) {
+    if (step < o.warmup_steps) return o.learning_rate * (step + 1) / o.warmup_steps;
+    double span = std::max(1, o.max_steps - o.warmup_steps);
+    double ratio = std::min(1.0, (step - o.warmup_steps) / span);
+    double min_lr = o.learning_rate * o.min_lr_fraction;
+    return min_lr + 0.5 * (1.0 + std::cos(M_PI * ratio)) * (o.learning_rate - min_lr);
+}
+
+static std::string format_duration(double seconds) {
+    char buf[32];
+    int s = static_cast<int>(seconds);
+    if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", s / 3600, s / 60 % 60);
+    else std::snprintf(buf, sizeof buf, "%dm%02ds", s / 60, s % 60);
+    return buf;
+}
+
+// Peak fp32 (non-tensor-core) FLOP/s of common cards, for MFU: this trainer runs fp32 without TF32.
+static double peak_fp32_flops(const std::string& gpu) {
+    if (gpu.find("H100") != std::string::npos || gpu.find("H200") != std::string::npos) return gpu.find("PCIe") != std::string::npos ? 51e12 : 67e12;
+    if (gpu.find("A100") != std::string::npos) return 19.5e12;
+    if (gpu.find("L4") != std::string::npos) return 30.3e12;
+    if (gpu.find("4090") != std::string::npos) return 82.6e12;
+    return 0;
+}
+
+template <class Ops>
+static int train(const TrainOptions& o, const std::string& device_name) {
+    GPTConfig config = o.model.get<GPTConfig>();
+    bpe::Tokenizer tok = bpe::Tokenizer::load(o.tokenizer);
+    if (!o.model.contains("vocab_size")) {
+        config.vocab_size = tok.vocab_size();
+        config.padded_vocab_size = (config.vocab_size + 127) / 128 * 128;
+    }
+    if (config.vocab_size < tok.vocab_size())
+        throw std::runtime_error("the model's vocab_size " + std::to_string(config.vocab_size) + " is smaller than the tokenizer's " +
+                                 std::to_string(tok.vocab_size()));
+    if (o.seq_len > config.max_seq_len)
+        throw std::runtime_error("--seq-len " + std::to_string(o.seq_len) + " exceeds the model's max_seq_len " + std::to_string(config.max_seq_len));
+    const long tokens_per_micro = static_cast<long>(o.batch_size) * o.seq_len;
+    const long accum_tokens = o.grad_accum_tokens > 0 ? o.grad_accum_tokens : tokens_per_micro;
+    if (accum_tokens % tokens_per_micro)
+        throw std::runtime_error("--grad-accum-tokens " + std::to_string(accum_tokens) + " is not a multiple of B*T = " + std::to_string(tokens_per_micro));
+    const int micro_steps = static_cast<int>(accum_tokens / tokens_per_micro);
+
+    GPT<Ops> model(config);
+    DataLoader train_data(o.train_data, o.batch_size, o.seq_len, true, o.seed);
+    DataLoader val_data(o.val_data, o.batch_size, o.seq_len, false, o.seed);
+    Rng sample_rng(o.seed + 1);
+    fs::create_directories(o.out_dir);
+    const std::string ckpt_path = o.out_dir + "/checkpoint.bin", log_path = o.out_dir + "/log.jsonl";
+    TokenizerInfo tok_info = tokenizer_info(o.tokenizer, tok);
+
+    int start_step = 0;
+    int last_checkpoint_step = -1;
+    if (o.resume) {
+        Checkpoint ck = read_checkpoint(ckpt_path);
+        check_compatible(ck, config, tok_info, ckpt_path);
+        model.set_parameters(ck.params);
+        if (ck.m.empty()) throw std::runtime_error("checkpoint " + ckpt_path + " has no optimizer state: it cannot be resumed");
+        model.ensure_optimizer_state();
+        Ops::to_backend(model.m_memory, ck.m.data(), ck.m.size() * sizeof(float));
+        Ops::to_backend(model.v_memory, ck.v.data(), ck.v.size() * sizeof(float));
+        start_step = ck.meta.at("step");
+        train_data.restore(ck.meta.at("data"));
+        rng_from_json(sample_rng, ck.meta.at("sample_rng"));
+        last_checkpoint_step = start_step;
+        std::printf("resumed from %s at step %d\n", ckpt_path.c_str(), start_step);
+    } else {
+        model.init_random(o.seed);
+        std::ofstream(log_path, std::ios::trunc);  // a fresh run starts a fresh log
+    }
+    std::ofstream log(log_path, std::ios::app);
+
+    std::printf("model: %s, %d layers, %d heads (%d kv), C=%d, vocab %d (padded %d), %zu parameters (%.1f MB fp32)\n",
+                config.is_llama() ? "llama" : "gpt2", config.n_layer, config.n_head, config.n_kv_head, config.n_embd,
+                config.vocab_size, config.padded_vocab_size, model.num_parameters, model.num_parameters * 4 / 1e6);
+    std::printf("device: %s (%s); batch %d x %d, %d micro-steps = %ld tokens/step; %zu train shards\n", Ops::name,
+                device_name.c_str(), o.batch_size, o.seq_len, micro_steps, accum_tokens, train_data.files.size());
+
+    auto save = [&](int step) {
+        json meta = {{"step", step}, {"data", train_data.state()}, {"sample_rng", rng_to_json(sample_rng)}};
+        write_checkpoint(ckpt_path, config, tok_info, meta, model.get_parameters(), model.get(model.m_memory, model.num_parameters),
+                         model.get(model.v_memory, model.num_parameters));
+        last_checkpoint_step = step;
+    };
+    auto val_loss = [&]() {
+        val_data.reset();
+        std::vector<int> x, y;
+        double sum = 0;
+        int n = std::max(1, std::min<int>(o.val_batches, static_cast<int>(val_data.windows_in_current())));
+        for (int i = 0; i < n; i++) {
+            val_data.next(x, y);
+            sum += model.forward(x.data(), y.data(), o.batch_size, o.seq_len, 0.0f);
+        }
+        return sum / n;
+    };
+    auto print_sample = [&](int step) {
+        std::printf("--- sample at step %d ---\n%s\n---\n", step, generate(model, tok, o, sample_rng).c_str());
+        std::fflush(stdout);
+    };
+
+    const double peak = peak_fp32_flops(device_name);
+    std::vector<int> x, y;
+    Timer run_timer;
+    double ms_sum = 0;
+    int timed_steps = 0;
+    for (int step = start_step; step < o.max_steps; step++) {
+        if (o.val_every > 0 && step % o.val_every == 0) {
+            double v = val_loss();
+            std::printf("step %5d | val loss %.4f\n", step, v);
+            log << json{{"step", step}, {"val_loss", v}}.dump() << "\n" << std::flush;
+        }
+        if (o.sample_every > 0 && step > start_step && step % o.sample_every == 0) print_sample(step);
+
+        Timer step_timer;
+        model.zero_grad();
+        double loss = 0;
+        for (int micro = 0; micro < micro_steps; micro++) {
+            train_data.next(x, y);
+            loss += model.forward(x.data(), y.data(), o.batch_size, o.seq_len, 1.0f / static_cast<float>(accum_tokens));
+            model.backward();
+        }
+        loss /= micro_steps;
+        if (!std::isfinite(loss)) {
+            std::string where = last_checkpoint_step >= 0 ? ckpt_path + " (step " + std::to_string(last_checkpoint_step) + ")" : "none written yet";
+            throw std::runtime_error("step " + std::to_string(step) + ": the loss is " + std::to_string(loss) +
+                                     "; training stopped. Last good checkpoint: " + where + ". Try a lower --learning-rate.");
+        }
+        float norm = model.grad_norm();
+        float scale = o.grad_clip > 0 && norm > o.grad_clip ? static_cast<float>(o.grad_clip / norm) : 1.0f;
+        double lr = lr_at(o, step);
+        model.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.adam_eps),
+                     static_cast<float>(o.weight_decay), step + 1, scale);
+        Ops::synchronize();
+        double ms = step_timer.elapsed_ms();
+        if (step > start_step) { ms_sum += ms; timed_steps++; }  // the first step warms caches up
+        double mean_ms = timed_steps ? ms_sum / timed_steps : ms;
+        double tok_s = accum_tokens / (ms / 1000.0);
+        double model_flops = 6.0 * model.num_parameters * tok_s;
+        char mfu[48] = "";
+        if (peak > 0) std::snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * model_flops / peak);
+        else std::snprintf(mfu, sizeof mfu, " | %.1f GFLOP/s", model_flops / 1e9);
+        std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s%s | ETA %s\n", step + 1, o.max_steps, loss, lr,
+                    norm, ms, tok_s, mfu, format_duration(mean_ms * (o.max_steps - step - 1) / 1000.0).c_str());
+        std::fflush(stdout);
+        log << json{{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"norm", norm}, {"ms", ms}, {"tok_per_s", tok_s}}.dump() << "\n" << std::flush;
+        if (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0 && step + 1 < o.max_steps) save(step + 1);
+    }
+    if (o.max_steps > start_step) {
+        double v = val_loss();
+        std::printf("step %5d | val loss %.4f | %s total\n", o.max_steps, v, format_duration(run_timer.elapsed_ms() / 1000).c_str());
+        log << json{{"step", o.max_steps}, {"val_loss", v}}.dump() << "\n" << std::flush;
+        save(o.max_steps);
+        std::printf("checkpoint: %s\n", ckpt_path.c_str());
+    }
+    print_sample(o.max_steps);
+    return 0;
+}
+
+// True when CUDA kernels would run on a real GPU (not on cudasim's CPU emulation).
+static bool have_real_gpu(std::string& name) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) { cudaGetLastError(); name = "none"; return false; }
+    cudaDeviceProp prop;
+    cuda_check(cudaGetDeviceProperties(&prop, 0));
+    name = prop.name;
+    return name.find("cudasim") == std::string::npos;
+}
+
+int main(int argc, char** argv) {
+    try {
+        TrainOptions o = parse_options(argc, argv);
+        if (o.print_config) {
+            json j;
+            for (const auto& info : option_table()) j[info.key] = info.get(o);
+            std::printf("%s\n", j.dump(2).c_str());
+            return 0;
+        }
+        std::string gpu;
+        bool real_gpu = have_real_gpu(gpu);
+        std::string device = o.device == "auto" ? (real_gpu ? "cuda" : "cpu") : o.device;
+        if (o.matmul != "cublas" && o.matmul != "tiled") throw std::runtime_error("--matmul must be cublas or tiled");
+        set_matmul_backend(o.matmul == "tiled" ? MatmulBackend::tiled : MatmulBackend::cublas);
+        if (device == "cuda") return train<DeviceOps>(o, gpu);
+        if (device == "cpu") return train<HostOps>(o, "CPU reference ops + OpenBLAS");
+        throw std::runtime_error("--device must be auto, cpu or cuda (got '" + o.device + "')");
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "train_gpt: error: %s\n", e.what());
+        return 1;
+    }
+}
