@@ -31,12 +31,13 @@ CPU_OPT      := -O2 -g -march=native
 CPU_LDFLAGS  :=
 endif
 WARNINGS     := -Wall -Wextra
-CXXFLAGS     ?= -std=c++20 $(CPU_OPT) $(WARNINGS)
+# -fopenmp: the CPU reference ops split their outer loops over the cores (the CPU training path)
+CXXFLAGS     ?= -std=c++20 $(CPU_OPT) $(WARNINGS) -fopenmp
 GEN          := $(CPU)/gen
 REWRITE      := $(BUILD)/tools/cudasim_rewrite
 # Quoted includes resolve to rewritten copies in $(GEN); the real CUDA headers give the host types.
 CPU_CUDAFLAGS := -x c++ -include dev/cudasim.h -Idev/shadow -I$(GEN)$(CURDIR) -I. -isystem $(CUDA_HOME)/include
-CPU_LIBS     := -lboost_context -lopenblas -lpthread
+CPU_LIBS     := -lboost_context -lopenblas -lpthread -fopenmp
 
 # ----------------------------------------------------------------------------
 # GPU build.
@@ -47,8 +48,8 @@ NVCC_ARCH    ?= -gencode arch=compute_$(GPU_CC),code=sm_$(GPU_CC)
 else
 NVCC_ARCH    ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
-NVCCFLAGS    ?= -std=c++20 -O3 -g -lineinfo $(NVCC_ARCH) -I. -Xcompiler -Wall,-Wextra -diag-suppress 20012
-GPU_LIBS     := -lcublas -lopenblas
+NVCCFLAGS    ?= -std=c++20 -O3 -g -lineinfo $(NVCC_ARCH) -I. -Xcompiler -Wall,-Wextra,-fopenmp -diag-suppress 20012
+GPU_LIBS     := -lcublas -lopenblas -lgomp
 
 # Every header of the project: a change to one rebuilds what includes it (the tree is small).
 HEADERS      := $(wildcard *.cuh *.h dev/*.h dev/shadow/*.h dev/shadow/*/*.h test/*.h)

@@ -243,10 +243,12 @@ template <class Real>
 void attention_forward_cpu(Real* out /*(B, T, NH·hs)*/, Real* lse /*(B, NH, T)*/, const Real* qkv /*(B, T, (NH+2NKV)·hs)*/,
                            int B, int T, int NH, int NKV, int hs) {
     Real scale = 1 / std::sqrt(static_cast<Real>(hs));
-    std::vector<Real> p(T);
+    // (b, h) pairs write disjoint outputs: split them over the cores (the CPU training path runs this)
+#pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             int g = h / (NH / NKV);
+            std::vector<Real> p(T);
             for (int t = 0; t < T; t++) {
                 const Real* q = qkv + qkv_q_offset(b, t, h, T, NH, NKV, hs);
                 Real m = -std::numeric_limits<Real>::infinity();
@@ -279,9 +281,11 @@ void attention_backward_cpu(Real* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const Real
     (void)out;
     (void)lse;
     Real scale = 1 / std::sqrt(static_cast<Real>(hs));
-    std::vector<Real> p(T), dp(T);
+    // heads of one group add into the same dk, dv rows, so only sequences are split over the cores
+#pragma omp parallel for schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
+            std::vector<Real> p(T), dp(T);
             int g = h / (NH / NKV);
             for (int t = 0; t < T; t++) {
                 const Real* q = qkv + qkv_q_offset(b, t, h, T, NH, NKV, hs);

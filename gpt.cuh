@@ -74,7 +74,7 @@ inline void from_json(const nlohmann::json& j, GPTConfig& c) {
     if (arch != "gpt2" && arch != "llama") throw std::runtime_error("model config: arch '" + arch + "' is not gpt2 or llama");
     c.arch = arch == "gpt2" ? Arch::gpt2 : Arch::llama;
     c.max_seq_len = j.at("max_seq_len");
-    c.vocab_size = j.at("vocab_size");
+    c.vocab_size = j.value("vocab_size", 50257);  // GPT-2's; train_gpt takes the tokenizer's when absent
     c.padded_vocab_size = j.value("padded_vocab_size", (c.vocab_size + 127) / 128 * 128);
     c.n_layer = j.at("n_layer");
     c.n_head = j.at("n_head");
@@ -355,6 +355,7 @@ struct GPT {
         const float residual_std = 0.02f / std::sqrt(2.0f * config.n_layer);
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             floatX* p = host.data() + offset;
+            if (sizes[i] == 0) continue;  // a tensor this architecture does not have
             if (i == LN1W || i == LN2W || i == LNFW) for (size_t k = 0; k < sizes[i]; k++) p[k] = 1.0f;
             else if (param_decays(i)) {
                 float stdev = (i == ATTPROJW || i == FCPROJW) ? residual_std : 0.02f;

@@ -909,6 +909,8 @@ void fused_classifier_cpu(Real* logits,          // (N, Vp): in logits, out dlog
                           Real* losses,          // (N): per-row loss, 0 for ignored rows
                           const int* targets,    // (N): in [0, V), or −1 = ignore
                           std::type_identity_t<Real> dloss, int N, int V, int Vp, bool write_dlogits) {
+    // rows are independent: split them over the cores (the CPU training path runs this, V ~ 50k)
+#pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         Real* z = logits + static_cast<size_t>(n) * Vp;
         int y = targets[n];
@@ -919,11 +921,14 @@ void fused_classifier_cpu(Real* logits,          // (N, Vp): in logits, out dlog
         }
         Real m = z[0];
         for (int v = 1; v < V; v++) m = std::max(m, z[v]);
-        Real sum = 0;
-        for (int v = 0; v < V; v++) sum += std::exp(z[v] - m);
-        losses[n] = std::log(sum) + m - z[y];
-        if (write_dlogits)
-            for (int v = 0; v < Vp; v++) z[v] = v < V ? dloss * (std::exp(z[v] - m) / sum - (v == y ? Real(1) : Real(0))) : Real(0);
+        Real sum = 0, zy = z[y];
+        if (write_dlogits) {  // keep e^(z − m) in place: one exp per logit, not two
+            for (int v = 0; v < V; v++) sum += (z[v] = std::exp(z[v] - m));
+            for (int v = 0; v < Vp; v++) z[v] = v < V ? dloss * (z[v] / sum - (v == y ? Real(1) : Real(0))) : Real(0);
+        } else {
+            for (int v = 0; v < V; v++) sum += std::exp(z[v] - m);
+        }
+        losses[n] = std::log(sum) + m - zy;
     }
 }
 
