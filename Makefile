@@ -131,7 +131,7 @@ $(GPU)/dev/%: $(GPU)/dev/%.o
 TEST_BINS_CPU += $(addprefix $(CPU)/test/,$(TESTS))
 TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 
-.PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean train data
+.PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean train data print-cpu-flags
 all: train_gpt_cpu tokenizer/tok $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
@@ -150,6 +150,11 @@ bench-cpu: $(addprefix $(CPU)/dev/,$(BENCHES))
 	@for b in $^; do echo "=== $$b"; $$b || exit 1; done
 bench-gpu: $(addprefix $(GPU)/dev/,$(BENCHES))
 	@for b in $^; do echo "=== $$b"; $$b || exit 1; done
+
+# dev/cudarun compiles outside programs exactly as the CPU build does: it reads the flags from here.
+print-cpu-flags:
+	@printf '%s\n' 'CXX=$(CXX)' 'CXXFLAGS=$(CXXFLAGS)' 'CPU=$(CPU)' 'CPU_LDFLAGS=$(CPU_LDFLAGS)' \
+	  'CPU_LIBS=$(CPU_LIBS)' 'CUDA_HOME=$(CUDA_HOME)' 'REWRITE=$(REWRITE)'
 
 clean:
 	rm -rf $(BUILD) train_gpt train_gpt_cpu tokenizer/tok

@@ -162,9 +162,28 @@ T warp_collective(WarpOp op, unsigned mask, T value, int arg, int width) {
     return result;
 }
 
+// CUDA features with no CPU version: using one instantiates one of these, and the compile fails with
+// a message that names the feature (a static_assert that fires only when instantiated).
+template <class T> constexpr bool dependent_false = false;
 template <class T = void>
 struct unsupported {
-    static_assert(sizeof(T) == 0, "cudasim: this CUDA feature is not supported on the CPU");
+    static_assert(dependent_false<T>, "cudasim: this CUDA feature is not supported on the CPU");
+};
+template <class T = void>
+struct unsupported_texture {
+    static_assert(dependent_false<T>, "cudasim: texture and surface objects (tex1Dfetch, tex2D, surf2Dwrite, ...) "
+                                      "are not supported on the CPU; read the array with plain loads");
+};
+template <class T = void>
+struct unsupported_grid_sync {
+    static_assert(dependent_false<T>, "cudasim: grid-wide synchronisation (cooperative_groups::this_grid, grid_group::sync) "
+                                      "is not supported on the CPU, whose blocks do not all run at once; split the kernel "
+                                      "into two launches");
+};
+template <class T = void>
+struct unsupported_wmma {
+    static_assert(dependent_false<T>, "cudasim: warp matrix operations (nvcuda::wmma, tensor cores) are not supported on "
+                                      "the CPU; write the product with plain multiply-adds");
 };
 
 }  // namespace cudasim
@@ -310,11 +329,28 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, i
 
 // ----------------------------------------------------------------------------
 // Features with no CPU version fail to compile, naming themselves, instead of giving a wrong answer.
-// (Inline PTX `asm` is caught by the rewrite step; dynamic parallelism at launch.)
-template <class T = void> cudasim::unsupported<T> tex1Dfetch(...) { return {}; }
-template <class T = void> cudasim::unsupported<T> tex2D(...) { return {}; }
-template <class T = void> cudasim::unsupported<T> cudaCreateTextureObject(...) { return {}; }
-template <class T = void> cudasim::unsupported<T> cudaLaunchCooperativeKernel(...) { return {}; }
+// Inline PTX `asm` is caught by the rewrite step; grid groups and wmma by the shadow headers; dynamic
+// parallelism, cudaLaunchCooperativeKernel, cudaLaunchKernel and texture/surface object creation
+// abort at run time with a message (see the implementation).
+#define CUDASIM_TEXTURE_FUNCTION(name) \
+    template <class T = void, class... A> cudasim::unsupported_texture<T> name(A&&...) { return {}; }
+CUDASIM_TEXTURE_FUNCTION(tex1Dfetch)
+CUDASIM_TEXTURE_FUNCTION(tex1D)
+CUDASIM_TEXTURE_FUNCTION(tex2D)
+CUDASIM_TEXTURE_FUNCTION(tex3D)
+CUDASIM_TEXTURE_FUNCTION(tex1DLod)
+CUDASIM_TEXTURE_FUNCTION(tex2DLod)
+CUDASIM_TEXTURE_FUNCTION(tex1DLayered)
+CUDASIM_TEXTURE_FUNCTION(tex2DLayered)
+CUDASIM_TEXTURE_FUNCTION(tex2Dgather)
+CUDASIM_TEXTURE_FUNCTION(texCubemap)
+CUDASIM_TEXTURE_FUNCTION(surf1Dread)
+CUDASIM_TEXTURE_FUNCTION(surf1Dwrite)
+CUDASIM_TEXTURE_FUNCTION(surf2Dread)
+CUDASIM_TEXTURE_FUNCTION(surf2Dwrite)
+CUDASIM_TEXTURE_FUNCTION(surf3Dread)
+CUDASIM_TEXTURE_FUNCTION(surf3Dwrite)
+#undef CUDASIM_TEXTURE_FUNCTION
 
 // ----------------------------------------------------------------------------
 // cuBLAS on the CPU: the subset gpt.cu uses, on OpenBLAS (`cblas_sgemm` in column-major order takes
@@ -917,6 +953,24 @@ cudaError_t cudaMemcpyFromSymbol(void* dst, const void* symbol, size_t bytes, si
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     *free_bytes = *total_bytes = cudasim::physical_memory();
     return cudaSuccess;
+}
+
+// Declared by the CUDA headers, but with no CPU version: abort naming the feature, never a wrong answer.
+cudaError_t cudaLaunchCooperativeKernel(const void*, dim3, dim3, void**, size_t, cudaStream_t) {
+    cudasim::fatal("cudaLaunchCooperativeKernel: cooperative launches (grid-wide synchronisation) are not supported on "
+                   "the CPU, whose blocks do not all run at once; split the kernel into two launches");
+}
+cudaError_t cudaLaunchKernel(const void*, dim3, dim3, void**, size_t, cudaStream_t) {
+    cudasim::fatal("cudaLaunchKernel: launches through the C API (arguments as void**) are not emulated; "
+                   "launch with kernel<<<grid, block, shared_bytes, stream>>>(args)");
+}
+cudaChannelFormatDesc cudaCreateChannelDesc(int x, int y, int z, int w, cudaChannelFormatKind f) { return {x, y, z, w, f}; }
+cudaError_t cudaCreateTextureObject(cudaTextureObject_t*, const cudaResourceDesc*, const cudaTextureDesc*,
+                                    const cudaResourceViewDesc*) {
+    cudasim::fatal("cudaCreateTextureObject: texture objects are not supported on the CPU; read the array with plain loads");
+}
+cudaError_t cudaCreateSurfaceObject(cudaSurfaceObject_t*, const cudaResourceDesc*) {
+    cudasim::fatal("cudaCreateSurfaceObject: surface objects are not supported on the CPU; write the array with plain stores");
 }
 
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }  // every launch and copy is synchronous
