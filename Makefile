@@ -95,7 +95,7 @@ $(CPU)/test/%: $(CPU)/test/%.o $(CPU)/test/test_main.o $(CPU)/cudasim.o $(TOK_LI
 $(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
 # test_train runs the CPU training program
-$(CPU)/test/test_train: train_gpt_cpu
+$(CPU)/test/test_train: | train_gpt_cpu  # order-only: built first, not linked in
 
 # ----------------------------------------------------------------------------
 # Programs: NAME (GPU build) and NAME_cpu (CPU build) at the top, as llm.c does.
