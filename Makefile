@@ -31,12 +31,13 @@ CPU_OPT      := -O2 -g -march=native
 CPU_LDFLAGS  :=
 endif
 WARNINGS     := -Wall -Wextra
-CXXFLAGS     ?= -std=c++20 $(CPU_OPT) $(WARNINGS)
+# -fopenmp: the CPU reference ops split their outer loops over the cores (the CPU training path)
+CXXFLAGS     ?= -std=c++20 $(CPU_OPT) $(WARNINGS) -fopenmp
 GEN          := $(CPU)/gen
 REWRITE      := $(BUILD)/tools/cudasim_rewrite
 # Quoted includes resolve to rewritten copies in $(GEN); the real CUDA headers give the host types.
 CPU_CUDAFLAGS := -x c++ -include dev/cudasim.h -Idev/shadow -I$(GEN)$(CURDIR) -I. -isystem $(CUDA_HOME)/include
-CPU_LIBS     := -lboost_context -lopenblas -lpthread
+CPU_LIBS     := -lboost_context -lopenblas -lpthread -fopenmp
 
 # ----------------------------------------------------------------------------
 # GPU build.
@@ -47,8 +48,8 @@ NVCC_ARCH    ?= -gencode arch=compute_$(GPU_CC),code=sm_$(GPU_CC)
 else
 NVCC_ARCH    ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
-NVCCFLAGS    ?= -std=c++20 -O3 -g -lineinfo $(NVCC_ARCH) -I. -Xcompiler -Wall,-Wextra -diag-suppress 20012
-GPU_LIBS     := -lcublas -lopenblas
+NVCCFLAGS    ?= -std=c++20 -O3 -g -lineinfo $(NVCC_ARCH) -I. -Xcompiler -Wall,-Wextra,-fopenmp -diag-suppress 20012
+GPU_LIBS     := -lcublas -lopenblas -lgomp
 
 # Every header of the project: a change to one rebuilds what includes it (the tree is small).
 HEADERS      := $(wildcard *.cuh *.h dev/*.h dev/shadow/*.h dev/shadow/*/*.h test/*.h)
@@ -95,7 +96,7 @@ $(CPU)/test/%: $(CPU)/test/%.o $(CPU)/test/test_main.o $(CPU)/cudasim.o $(TOK_LI
 $(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
 # test_train runs the CPU training program
-$(CPU)/test/test_train: train_gpt_cpu
+$(CPU)/test/test_train: | train_gpt_cpu  # order-only: built first, not linked in
 
 # ----------------------------------------------------------------------------
 # Programs: NAME (GPU build) and NAME_cpu (CPU build) at the top, as llm.c does.
@@ -131,7 +132,7 @@ $(GPU)/dev/%: $(GPU)/dev/%.o
 TEST_BINS_CPU += $(addprefix $(CPU)/test/,$(TESTS))
 TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 
-.PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean train data
+.PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean train data print-cpu-flags
 all: train_gpt_cpu tokenizer/tok $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
@@ -150,6 +151,11 @@ bench-cpu: $(addprefix $(CPU)/dev/,$(BENCHES))
 	@for b in $^; do echo "=== $$b"; $$b || exit 1; done
 bench-gpu: $(addprefix $(GPU)/dev/,$(BENCHES))
 	@for b in $^; do echo "=== $$b"; $$b || exit 1; done
+
+# dev/cudarun compiles outside programs exactly as the CPU build does: it reads the flags from here.
+print-cpu-flags:
+	@printf '%s\n' 'CXX=$(CXX)' 'CXXFLAGS=$(CXXFLAGS)' 'CPU=$(CPU)' 'CPU_LDFLAGS=$(CPU_LDFLAGS)' \
+	  'CPU_LIBS=$(CPU_LIBS)' 'CUDA_HOME=$(CUDA_HOME)' 'REWRITE=$(REWRITE)'
 
 clean:
 	rm -rf $(BUILD) train_gpt train_gpt_cpu tokenizer/tok

@@ -74,7 +74,7 @@ inline void from_json(const nlohmann::json& j, GPTConfig& c) {
     if (arch != "gpt2" && arch != "llama") throw std::runtime_error("model config: arch '" + arch + "' is not gpt2 or llama");
     c.arch = arch == "gpt2" ? Arch::gpt2 : Arch::llama;
     c.max_seq_len = j.at("max_seq_len");
-    c.vocab_size = j.at("vocab_size");
+    c.vocab_size = j.value("vocab_size", 50257);  // GPT-2's; train_gpt takes the tokenizer's when absent
     c.padded_vocab_size = j.value("padded_vocab_size", (c.vocab_size + 127) / 128 * 128);
     c.n_layer = j.at("n_layer");
     c.n_head = j.at("n_head");
@@ -102,15 +102,15 @@ inline const char* param_name(int i) {
 inline bool param_decays(int i) { return i == WTE || i == WPE || i == QKVW || i == ATTPROJW || i == FCW || i == FCPROJW || i == LMHEAD; }
 
 inline std::array<size_t, NUM_PARAM_TENSORS> param_sizes(const GPTConfig& c) {
-    size_t Vp = c.padded_vocab_size, C = c.n_embd, L = c.n_layer, QKV = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
+    size_t Vp = c.padded_vocab_size, C = c.n_embd, L = c.n_layer, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
     bool g = !c.is_llama();
     return {
         Vp * C,                   // wte      (Vp, C)  token embedding; rows V..Vp-1 stay zero
         g ? c.max_seq_len * C : 0,// wpe      (maxT, C) learned positions (GPT-2)
         L * C,                    // ln1w     (L, C)
         g ? L * C : 0,            // ln1b     (L, C)
-        L * QKV * C,              // qkvw     (L, QKV, C)  rows: [q heads | k heads | v heads]
-        g ? L * QKV : 0,          // qkvb     (L, QKV)
+        L * QKVC * C,              // qkvw     (L, QKVC, C)  rows: [q heads | k heads | v heads]
+        g ? L * QKVC : 0,          // qkvb     (L, QKVC)
         L * C * C,                // attprojw (L, C, C)
         g ? L * C : 0,            // attprojb (L, C)
         L * C,                    // ln2w     (L, C)
@@ -149,12 +149,12 @@ enum ActIndex {
     NUM_ACT_TENSORS
 };
 inline std::array<size_t, NUM_ACT_TENSORS> activation_sizes(const GPTConfig& c, size_t B, size_t T) {
-    size_t N = B * T, C = c.n_embd, L = c.n_layer, NH = c.n_head, QKV = c.qkv_channels(), F = c.fc_channels(),
+    size_t N = B * T, C = c.n_embd, L = c.n_layer, NH = c.n_head, QKVC = c.qkv_channels(), F = c.fc_channels(),
            G = c.ffn_hidden, Vp = c.padded_vocab_size;
     return {
         N * C,                                  // encoded   (B, T, C)
         L * N * C, L * N, L * N,                // ln1 (L, B, T, C), ln1_mean, ln1_rstd (L, B, T)
-        L * N * QKV,                            // qkv       (L, B, T, QKV)  after RoPE for Llama
+        L * N * QKVC,                            // qkv       (L, B, T, QKVC)  after RoPE for Llama
         L * N * C,                              // atty      (L, B, T, C)
         L * B * NH * T,                         // att_lse   (L, B, NH, T)
         L * N * C,                              // attproj   (L, B, T, C)
@@ -167,7 +167,7 @@ inline std::array<size_t, NUM_ACT_TENSORS> activation_sizes(const GPTConfig& c, 
         N * C, N, N,                            // lnf (B, T, C), lnf_mean, lnf_rstd (B, T)
         N * Vp,                                 // logits    (B, T, Vp); dlogits in place after the loss
         N,                                      // losses    (B, T)
-        N * C, N * C, N * QKV, N * C, N * F, N * G,  // dresidual, dln, dqkv, datty, dfch, dfch_act
+        N * C, N * C, N * QKVC, N * C, N * F, N * G,  // dresidual, dln, dqkv, datty, dfch, dfch_act
     };
 }
 
@@ -355,6 +355,7 @@ struct GPT {
         const float residual_std = 0.02f / std::sqrt(2.0f * config.n_layer);
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             floatX* p = host.data() + offset;
+            if (sizes[i] == 0) continue;  // a tensor this architecture does not have
             if (i == LN1W || i == LN2W || i == LNFW) for (size_t k = 0; k < sizes[i]; k++) p[k] = 1.0f;
             else if (param_decays(i)) {
                 float stdev = (i == ATTPROJW || i == FCPROJW) ? residual_std : 0.02f;
@@ -416,7 +417,7 @@ struct GPT {
         B = b;
         T = t;
         const GPTConfig& c = config;
-        const int N = B * T, C = c.n_embd, NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size(), QKV = c.qkv_channels(),
+        const int N = B * T, C = c.n_embd, NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size(), QKVC = c.qkv_channels(),
                   F = c.fc_channels(), H = c.ffn_hidden, L = c.n_layer, Vp = c.padded_vocab_size, V = c.vocab_size;
         for (int i = 0; i < N; i++)
             if (tokens[i] < 0 || tokens[i] >= V)
@@ -431,7 +432,7 @@ struct GPT {
             floatX* ln1 = act(LN1) + static_cast<size_t>(l) * N * C;
             float* ln1_mean = act<float>(LN1_MEAN) + static_cast<size_t>(l) * N;
             float* ln1_rstd = act<float>(LN1_RSTD) + static_cast<size_t>(l) * N;
-            floatX* qkv = act(QKV) + static_cast<size_t>(l) * N * QKV;
+            floatX* qkv = act(QKV) + static_cast<size_t>(l) * N * QKVC;
             floatX* atty = act(ATTY) + static_cast<size_t>(l) * N * C;
             float* lse = act<float>(ATT_LSE) + static_cast<size_t>(l) * N * NH;
             floatX* attproj = act(ATTPROJ) + static_cast<size_t>(l) * N * C;
@@ -445,7 +446,7 @@ struct GPT {
             floatX* residual3 = act(RESIDUAL3) + static_cast<size_t>(l) * N * C;
             // x + attn(ln_1(x))
             norm_forward(ln1, ln1_mean, ln1_rstd, residual, layer(p[LN1W], l, C), layer(p[LN1B], l, C), N);
-            Ops::matmul_forward(qkv, ln1, layer(p[QKVW], l, QKV * C), layer(p[QKVB], l, QKV), N, C, QKV);
+            Ops::matmul_forward(qkv, ln1, layer(p[QKVW], l, QKVC * C), layer(p[QKVB], l, QKVC), N, C, QKVC);
             if (c.is_llama()) Ops::rope_forward(qkv, B, T, NH, NKV, hs, c.rope_theta);
             Ops::attention_forward(atty, lse, qkv, B, T, NH, NKV, hs);
             Ops::matmul_forward(attproj, atty, layer(p[ATTPROJW], l, C * C), layer(p[ATTPROJB], l, C), N, C, C);
@@ -498,7 +499,7 @@ struct GPT {
     void backward() {
         if (!grads_memory) zero_grad();
         const GPTConfig& c = config;
-        const int N = B * T, C = c.n_embd, NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size(), QKV = c.qkv_channels(),
+        const int N = B * T, C = c.n_embd, NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size(), QKVC = c.qkv_channels(),
                   F = c.fc_channels(), H = c.ffn_hidden, L = c.n_layer, Vp = c.padded_vocab_size;
         const ParameterTensors& p = params;
         const ParameterTensors& g = grads;
@@ -517,7 +518,7 @@ struct GPT {
             floatX* ln1 = act(LN1) + static_cast<size_t>(l) * N * C;
             float* ln1_mean = act<float>(LN1_MEAN) + static_cast<size_t>(l) * N;
             float* ln1_rstd = act<float>(LN1_RSTD) + static_cast<size_t>(l) * N;
-            floatX* qkv = act(QKV) + static_cast<size_t>(l) * N * QKV;
+            floatX* qkv = act(QKV) + static_cast<size_t>(l) * N * QKVC;
             floatX* atty = act(ATTY) + static_cast<size_t>(l) * N * C;
             float* lse = act<float>(ATT_LSE) + static_cast<size_t>(l) * N * NH;
             floatX* residual2 = act(RESIDUAL2) + static_cast<size_t>(l) * N * C;
@@ -541,11 +542,11 @@ struct GPT {
             zero(datty, static_cast<size_t>(N) * C);
             Ops::matmul_backward(datty, layer(g[ATTPROJW], l, C * C), layer(g[ATTPROJB], l, C), dresidual, atty,
                                  layer(p[ATTPROJW], l, C * C), N, C, C);
-            zero(dqkv, static_cast<size_t>(N) * QKV);
+            zero(dqkv, static_cast<size_t>(N) * QKVC);
             Ops::attention_backward(dqkv, datty, atty, lse, qkv, B, T, NH, NKV, hs);
             if (c.is_llama()) Ops::rope_backward(dqkv, B, T, NH, NKV, hs, c.rope_theta);
             zero(dln, static_cast<size_t>(N) * C);
-            Ops::matmul_backward(dln, layer(g[QKVW], l, QKV * C), layer(g[QKVB], l, QKV), dqkv, ln1, layer(p[QKVW], l, QKV * C), N, C, QKV);
+            Ops::matmul_backward(dln, layer(g[QKVW], l, QKVC * C), layer(g[QKVB], l, QKVC), dqkv, ln1, layer(p[QKVW], l, QKVC * C), N, C, QKVC);
             norm_backward(dresidual, layer(g[LN1W], l, C), layer(g[LN1B], l, C), dln, residual, layer(p[LN1W], l, C), ln1_mean, ln1_rstd, N);
         }
         Ops::encoder_backward(g[WTE], g[WPE], dresidual, inputs, inputs_host.data(), B, T, C);

@@ -162,9 +162,28 @@ T warp_collective(WarpOp op, unsigned mask, T value, int arg, int width) {
     return result;
 }
 
+// CUDA features with no CPU version: using one instantiates one of these, and the compile fails with
+// a message that names the feature (a static_assert that fires only when instantiated).
+template <class T> constexpr bool dependent_false = false;
 template <class T = void>
 struct unsupported {
-    static_assert(sizeof(T) == 0, "cudasim: this CUDA feature is not supported on the CPU");
+    static_assert(dependent_false<T>, "cudasim: this CUDA feature is not supported on the CPU");
+};
+template <class T = void>
+struct unsupported_texture {
+    static_assert(dependent_false<T>, "cudasim: texture and surface objects (tex1Dfetch, tex2D, surf2Dwrite, ...) "
+                                      "are not supported on the CPU; read the array with plain loads");
+};
+template <class T = void>
+struct unsupported_grid_sync {
+    static_assert(dependent_false<T>, "cudasim: grid-wide synchronisation (cooperative_groups::this_grid, grid_group::sync) "
+                                      "is not supported on the CPU, whose blocks do not all run at once; split the kernel "
+                                      "into two launches");
+};
+template <class T = void>
+struct unsupported_wmma {
+    static_assert(dependent_false<T>, "cudasim: warp matrix operations (nvcuda::wmma, tensor cores) are not supported on "
+                                      "the CPU; write the product with plain multiply-adds");
 };
 
 }  // namespace cudasim
@@ -310,11 +329,28 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, i
 
 // ----------------------------------------------------------------------------
 // Features with no CPU version fail to compile, naming themselves, instead of giving a wrong answer.
-// (Inline PTX `asm` is caught by the rewrite step; dynamic parallelism at launch.)
-template <class T = void> cudasim::unsupported<T> tex1Dfetch(...) { return {}; }
-template <class T = void> cudasim::unsupported<T> tex2D(...) { return {}; }
-template <class T = void> cudasim::unsupported<T> cudaCreateTextureObject(...) { return {}; }
-template <class T = void> cudasim::unsupported<T> cudaLaunchCooperativeKernel(...) { return {}; }
+// Inline PTX `asm` is caught by the rewrite step; grid groups and wmma by the shadow headers; dynamic
+// parallelism, cudaLaunchCooperativeKernel, cudaLaunchKernel and texture/surface object creation
+// abort at run time with a message (see the implementation).
+#define CUDASIM_TEXTURE_FUNCTION(name) \
+    template <class T = void, class... A> cudasim::unsupported_texture<T> name(A&&...) { return {}; }
+CUDASIM_TEXTURE_FUNCTION(tex1Dfetch)
+CUDASIM_TEXTURE_FUNCTION(tex1D)
+CUDASIM_TEXTURE_FUNCTION(tex2D)
+CUDASIM_TEXTURE_FUNCTION(tex3D)
+CUDASIM_TEXTURE_FUNCTION(tex1DLod)
+CUDASIM_TEXTURE_FUNCTION(tex2DLod)
+CUDASIM_TEXTURE_FUNCTION(tex1DLayered)
+CUDASIM_TEXTURE_FUNCTION(tex2DLayered)
+CUDASIM_TEXTURE_FUNCTION(tex2Dgather)
+CUDASIM_TEXTURE_FUNCTION(texCubemap)
+CUDASIM_TEXTURE_FUNCTION(surf1Dread)
+CUDASIM_TEXTURE_FUNCTION(surf1Dwrite)
+CUDASIM_TEXTURE_FUNCTION(surf2Dread)
+CUDASIM_TEXTURE_FUNCTION(surf2Dwrite)
+CUDASIM_TEXTURE_FUNCTION(surf3Dread)
+CUDASIM_TEXTURE_FUNCTION(surf3Dwrite)
+#undef CUDASIM_TEXTURE_FUNCTION
 
 // ----------------------------------------------------------------------------
 // cuBLAS on the CPU: the subset gpt.cu uses, on OpenBLAS (`cblas_sgemm` in column-major order takes
@@ -342,6 +378,17 @@ template <class T = void> cudasim::unsupported<T> cudaLaunchCooperativeKernel(..
 #include <random>
 #include <string>
 #include <thread>
+
+#if defined(BOOST_USE_UCONTEXT)
+// The ASan build switches fibers with ucontext (Boost then tells AddressSanitizer about every stack
+// switch), but Debian's libboost_context is built for fcontext only and lacks the one function the
+// ucontext variant needs: the current activation record of this OS thread (as in Boost's src/fiber.cpp).
+boost::context::detail::fiber_activation_record*& boost::context::detail::fiber_activation_record::current() noexcept {
+    thread_local fiber_activation_record main_context;  // the OS thread's own stack
+    thread_local fiber_activation_record* current_record = &main_context;
+    return current_record;
+}
+#endif
 
 namespace cudasim {
 
@@ -409,7 +456,10 @@ struct Worker {
         for (int i = 0; i < max_threads_per_block; i++) mprotect(stacks + i * stack_bytes, page, PROT_NONE);
         threads.resize(max_threads_per_block);
     }
-    ~Worker() { munmap(stacks, stack_bytes * max_threads_per_block); }
+    ~Worker() {
+        threads.clear();  // the fibers first: under ucontext their records live in the stacks
+        munmap(stacks, stack_bytes * max_threads_per_block);
+    }
 };
 thread_local Worker* this_worker = nullptr;
 
@@ -598,6 +648,9 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
         boost::context::stack_context slot;
         slot.size = w.stack_bytes - static_cast<size_t>(sysconf(_SC_PAGESIZE));
         slot.sp = w.stacks + (i + 1) * w.stack_bytes;  // stacks grow down from the top of the slot
+        // Release the previous block's (finished) fiber first: with ucontext its record lives in the same
+        // stack slot the new one is built in, so destroying it after would unwind the new fiber instead.
+        t.fiber = boost::context::fiber();
         t.fiber = boost::context::fiber(std::allocator_arg, SlotStack{slot}, [&w, &t](boost::context::fiber&& scheduler) {
             w.scheduler = std::move(scheduler);
             (*w.body)();
@@ -900,6 +953,24 @@ cudaError_t cudaMemcpyFromSymbol(void* dst, const void* symbol, size_t bytes, si
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
     *free_bytes = *total_bytes = cudasim::physical_memory();
     return cudaSuccess;
+}
+
+// Declared by the CUDA headers, but with no CPU version: abort naming the feature, never a wrong answer.
+cudaError_t cudaLaunchCooperativeKernel(const void*, dim3, dim3, void**, size_t, cudaStream_t) {
+    cudasim::fatal("cudaLaunchCooperativeKernel: cooperative launches (grid-wide synchronisation) are not supported on "
+                   "the CPU, whose blocks do not all run at once; split the kernel into two launches");
+}
+cudaError_t cudaLaunchKernel(const void*, dim3, dim3, void**, size_t, cudaStream_t) {
+    cudasim::fatal("cudaLaunchKernel: launches through the C API (arguments as void**) are not emulated; "
+                   "launch with kernel<<<grid, block, shared_bytes, stream>>>(args)");
+}
+cudaChannelFormatDesc cudaCreateChannelDesc(int x, int y, int z, int w, cudaChannelFormatKind f) { return {x, y, z, w, f}; }
+cudaError_t cudaCreateTextureObject(cudaTextureObject_t*, const cudaResourceDesc*, const cudaTextureDesc*,
+                                    const cudaResourceViewDesc*) {
+    cudasim::fatal("cudaCreateTextureObject: texture objects are not supported on the CPU; read the array with plain loads");
+}
+cudaError_t cudaCreateSurfaceObject(cudaSurfaceObject_t*, const cudaResourceDesc*) {
+    cudasim::fatal("cudaCreateSurfaceObject: surface objects are not supported on the CPU; write the array with plain stores");
 }
 
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }  // every launch and copy is synchronous

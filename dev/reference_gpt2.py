@@ -17,7 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 def main(out="test/fixtures/gpt2_tiny.bin"):
     torch.manual_seed(42)
-    V, Vp, maxT, L, NH, C, B, T = 61, 64, 16, 2, 4, 32, 2, 8
+    V, Vp, maxT, L, NH, C, B, T = 61, 64, 16, 2, 2, 64, 2, 8  # hs = 32: a head size the fused kernel compiles
     cfg = GPT2Config(vocab_size=V, n_positions=maxT, n_embd=C, n_layer=L, n_head=NH, n_inner=4 * C,
                      activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      layer_norm_epsilon=1e-5, tie_word_embeddings=True)

@@ -73,6 +73,15 @@ inline void for_each_thread_order(const std::function<void()>& body) {
 #endif
 }
 
+// True in the CPU build, false in the nvcc build: a test of host code that only the CPU build links
+// (OpenBLAS: layers_cpu_blas.h) runs under `if constexpr (cpu_build)` inside a template, so the nvcc
+// build never instantiates it and needs no OpenBLAS.
+#if defined(CUDASIM)
+constexpr bool cpu_build = true;
+#else
+constexpr bool cpu_build = false;
+#endif
+
 // Central finite differences of a scalar function f(x) at x, for every element (double precision).
 inline std::vector<double> finite_difference(const std::function<double(const std::vector<double>&)>& f,
                                              std::vector<double> x, double step = 1e-4) {

@@ -47,8 +47,10 @@ template <unsigned Size, class Parent>
 thread_block_tile<Size> tiled_partition(const Parent&) { return {}; }
 template <class Group> inline void sync(const Group& g) { g.sync(); }
 
-// Grid-wide groups need every block resident at once, which the CPU schedule does not give.
-template <class T = void> cudasim::unsupported<T> this_grid() { return {}; }
-template <class T = void> cudasim::unsupported<T> this_multi_grid() { return {}; }
+// Grid-wide groups need every block resident at once, which the CPU schedule does not give: using one
+// fails to compile with a message naming the feature.
+using grid_group = cudasim::unsupported_grid_sync<>;
+template <class T = void> cudasim::unsupported_grid_sync<T> this_grid() { return {}; }
+template <class T = void> cudasim::unsupported_grid_sync<T> this_multi_grid() { return {}; }
 
 }  // namespace cooperative_groups

@@ -1,0 +1,1036 @@
+// attention.cuh — causal self-attention for gpt.cu, forward and backward, three ways:
+//   1. a CPU reference (plain loops, templated on the scalar so tests run it in double),
+//   2. a naive CUDA path that materialises the (T, T) attention matrix (permute → cuBLAS Q·Kᵀ → causal
+//      softmax kernel → cuBLAS P·V → unpermute), the way one first writes attention,
+//   3. a fused path in the FlashAttention-2 manner, written by hand in fp32 CUDA C++: the (T, T) matrix
+//      is never stored; a block streams K/V tiles through shared memory with an online softmax.
+// plus RoPE (rotary position embedding), grouped-query attention (GQA/MQA) everywhere, and decode
+// attention for inference (one query per sequence against a KV cache, split over the cache).
+// The chapter that explains all of it is docs/attention.md; tests are test/test_attention.cu.
+//
+// The one activation layout every function here reads (GPT-2's c_attn output, generalised to GQA):
+//   qkv: (B, T, W) with W = (NH + 2·NKV)·hs; per token [q: NH heads × hs | k: NKV heads × hs | v: NKV heads × hs].
+//   GPT-2 has NKV == NH, so W = 3C with C = NH·hs. Query head h reads kv head h / (NH / NKV).
+//   out: (B, T, NH·hs), heads side by side (what the output projection c_proj reads).
+//   lse: (B, NH, T) the row log-sum-exp of the scaled scores, saved by the fused forward for the backward.
+// Softmax scale 1/sqrt(hs). Causal: query t sees keys 0..t.
+//
+// Not here (on purpose): a tensor-core (bf16 mma/wmma) version of the fused kernels. It needs PTX/wmma,
+// which the CPU build cannot run; it belongs to the mixed-precision work. Everything here is fp32 CUDA C++
+// that runs in both builds. floatX is the storage type of activations; all arithmetic is in float.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "common.cuh"
+
+// ----------------------------------------------------------------------------
+// Shared pieces: where things live in qkv, the workspace, the cuBLAS handle.
+
+// Offset of element 0 of query head h / kv head g of token (b, t) in qkv (B, T, (NH + 2·NKV)·hs).
+__host__ __device__ inline size_t qkv_q_offset(int b, int t, int h, int T, int NH, int NKV, int hs) {
+    return (static_cast<size_t>(b) * T + t) * ((NH + 2 * NKV) * hs) + static_cast<size_t>(h) * hs;
+}
+__host__ __device__ inline size_t qkv_k_offset(int b, int t, int g, int T, int NH, int NKV, int hs) {
+    return qkv_q_offset(b, t, NH + g, T, NH, NKV, hs);
+}
+__host__ __device__ inline size_t qkv_v_offset(int b, int t, int g, int T, int NH, int NKV, int hs) {
+    return qkv_q_offset(b, t, NH + NKV + g, T, NH, NKV, hs);
+}
+
+// The argument checks every launcher makes; the message says what is wrong and with which values.
+inline void attention_check_shape(const char* fn, int B, int T, int NH, int NKV, int hs) {
+    if (B < 1 || T < 1 || NH < 1 || NKV < 1 || hs < 1 || NH % NKV != 0)
+        throw std::runtime_error(std::string(fn) + ": bad shape B=" + std::to_string(B) + " T=" + std::to_string(T) +
+                                 " NH=" + std::to_string(NH) + " NKV=" + std::to_string(NKV) + " hs=" + std::to_string(hs) +
+                                 " (all must be >= 1 and NKV must divide NH)");
+}
+
+// The scratch memory of this file: one grow-only device buffer. Launchers carve it into the pieces they
+// need (the backward's D and partial dQ, the naive path's permuted q/k/v, decode's partial results).
+// It only ever grows, so after the first step of training it is never reallocated. Every piece is O(T)
+// per sequence and head (never O(T²)); test "fused attention allocates nothing O(T²)" checks the size
+// through attention_workspace_bytes(). One stream at a time: two streams using attention concurrently
+// would share it.
+struct AttentionWorkspace {
+    DeviceBuffer<unsigned char> buffer;
+    unsigned char* get(size_t bytes) {
+        if (bytes > buffer.count) {
+            buffer = DeviceBuffer<unsigned char>();  // free first: peak memory is the new size, not old + new
+            buffer = DeviceBuffer<unsigned char>(bytes);
+        }
+        return buffer.ptr;
+    }
+};
+inline AttentionWorkspace& attention_workspace() {
+    static AttentionWorkspace workspace;
+    return workspace;
+}
+inline size_t attention_workspace_bytes() { return attention_workspace().buffer.bytes(); }
+// Frees the workspace (the next launch allocates what it needs): for programs done with attention, and tests.
+inline void attention_workspace_release() { attention_workspace().buffer = DeviceBuffer<unsigned char>(); }
+
+// Carves consecutive, 256-byte aligned pieces out of one allocation: first count the sizes (base null),
+// then hand out pointers from the real base.
+struct WorkspaceCarver {
+    unsigned char* base;
+    size_t used = 0;
+    template <class X>
+    X* take(size_t count) {
+        X* p = reinterpret_cast<X*>(base + used);
+        used += (count * sizeof(X) + 255) / 256 * 256;
+        return p;
+    }
+};
+
+// cuBLAS for the naive path only, with its own handle (layers.cuh has its own; this file depends on none).
+// Default math mode: full fp32, no TF32, so the naive path is a faithful fp32 comparison for the fused one.
+inline cublasHandle_t attention_cublas_handle() {
+    static cublasHandle_t handle = [] {
+        cublasHandle_t h;
+        cublas_check(cublasCreate(&h));
+        cublas_check(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+        return h;
+    }();
+    return handle;
+}
+// The cuBLAS type of floatX, so the naive path follows the floatX alias (fp32 compute always).
+constexpr cudaDataType attention_floatX_type() {
+    return std::is_same_v<floatX, float> ? CUDA_R_32F : CUDA_R_16BF;
+}
+// C = alpha·op(A)·op(B) + beta·C, column-major, `batch` times with the given strides (cuBLAS's convention).
+inline void attention_gemm_batched(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                                   const floatX* A, int lda, long long stride_a, const floatX* Bm, int ldb,
+                                   long long stride_b, float beta, floatX* C, int ldc, long long stride_c, int batch,
+                                   cudaStream_t stream) {
+    cublasHandle_t h = attention_cublas_handle();
+    cublas_check(cublasSetStream(h, stream));
+    cublas_check(cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &alpha, A, attention_floatX_type(), lda, stride_a, Bm,
+                                            attention_floatX_type(), ldb, stride_b, &beta, C, attention_floatX_type(),
+                                            ldc, stride_c, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// Opts a kernel into more than 48 KiB of dynamic shared memory when it needs it (sm_80: up to 163 KiB,
+// sm_90: up to 227 KiB). Called by the launchers before every launch; cheap.
+template <class Kernel>
+void attention_allow_shared_bytes(Kernel kernel, size_t bytes) {
+    if (bytes > 48 * 1024)
+        cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+constexpr float attention_log2e = 1.4426950408889634f;  // exp(x) = exp2(x·log2 e); the kernels work in base 2
+constexpr float attention_ln2 = 0.6931471805599453f;
+
+// ----------------------------------------------------------------------------
+// RoPE: rotary position embedding (rotate-half convention, as HF Llama)
+//   For each head of q and of k (v untouched), position p, and i < hs/2, the pair (x_i, x_{i+hs/2}) is
+//   rotated by the angle a = p·f_i with f_i = theta^(−2i/hs):
+//     forward:  y_i = x_i·cos a − x_{i+hs/2}·sin a,    y_{i+hs/2} = x_{i+hs/2}·cos a + x_i·sin a
+//   A rotation R(a) is orthogonal, so the backward (the transpose Rᵀ = R(−a)) rotates the gradient back:
+//     backward: dx_i = dy_i·cos a + dy_{i+hs/2}·sin a,  dx_{i+hs/2} = dy_{i+hs/2}·cos a − dy_i·sin a
+//   Both are in place (qkv → qkv, dqkv → dqkv). Why it encodes relative position: q_pᵀk_s after rotating
+//   q by p·f and k by s·f depends on p − s only (docs/attention.md, "RoPE as a rotation").
+//   Precision: f_i is rounded to fp32 and a = fp32(p·f_i), as in HF's fp32 cos/sin cache, so kernel and
+//   reference agree on the angle exactly; cos/sin are then within an ulp or two.
+//   cost: 6 FLOP + sin/cos per pair, 16 bytes moved per pair: memory-bound.
+
+// The rotation angle of pair i at position `pos` (the same float computation in the kernel and the reference).
+__host__ __device__ inline float rope_angle(int pos, int i, int hs, float theta) {
+    float inv_freq = static_cast<float>(pow(static_cast<double>(theta), -2.0 * i / hs));
+    return static_cast<float>(pos) * inv_freq;
+}
+
+// CPU reference. positions (B·T) host array, or nullptr for position t. direction +1 forward, −1 backward.
+template <class Real>
+void rope_rotate_cpu(Real* qkv /*(B, T, (NH + 2·NKV)·hs)*/, const int* positions /*(B·T) or null*/, int B, int T, int NH,
+                     int NKV, int hs, float theta, int direction) {
+    int half = hs / 2;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int pos = positions ? positions[b * T + t] : t;
+            for (int head = 0; head < NH + NKV; head++) {  // q heads then k heads: contiguous in the row
+                Real* x = qkv + qkv_q_offset(b, t, head, T, NH, NKV, hs);
+                for (int i = 0; i < half; i++) {
+                    Real a = static_cast<Real>(rope_angle(pos, i, hs, theta));
+                    Real c = std::cos(a), s = direction * std::sin(a);
+                    Real x1 = x[i], x2 = x[i + half];
+                    x[i] = x1 * c - x2 * s;
+                    x[i + half] = x2 * c + x1 * s;
+                }
+            }
+        }
+}
+template <class Real>
+void rope_forward_cpu(Real* qkv, int B, int T, int NH, int NKV, int hs, float theta) {
+    rope_rotate_cpu(qkv, nullptr, B, T, NH, NKV, hs, theta, +1);
+}
+template <class Real>
+void rope_backward_cpu(Real* dqkv, int B, int T, int NH, int NKV, int hs, float theta) {
+    rope_rotate_cpu(dqkv, nullptr, B, T, NH, NKV, hs, theta, -1);
+}
+template <class Real>
+void rope_forward_at_cpu(Real* qkv, const int* positions /*(B·T) host*/, int B, int T, int NH, int NKV, int hs, float theta) {
+    rope_rotate_cpu(qkv, positions, B, T, NH, NKV, hs, theta, +1);
+}
+
+// One thread per rotated pair: (b, t, head of q/k, i). i is fastest, so a warp reads 32 consecutive x_i and
+// 32 consecutive x_{i+hs/2}: two coalesced loads, two coalesced stores.
+__global__ void rope_kernel(floatX* qkv, const int* positions, int B, int T, int NH, int NKV, int hs, float theta,
+                            int direction) {
+    int half = hs / 2;
+    size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    size_t total = static_cast<size_t>(B) * T * (NH + NKV) * half;
+    if (idx >= total) return;
+    int i = static_cast<int>(idx % half);
+    int head = static_cast<int>(idx / half % (NH + NKV));
+    int bt = static_cast<int>(idx / half / (NH + NKV));
+    int pos = positions ? positions[bt] : bt % T;
+    float s, c;
+    sincosf(rope_angle(pos, i, hs, theta), &s, &c);
+    s *= direction;
+    floatX* x = qkv + qkv_q_offset(bt / T, bt % T, head, T, NH, NKV, hs);
+    float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
+    x[i] = static_cast<floatX>(x1 * c - x2 * s);
+    x[i + half] = static_cast<floatX>(x2 * c + x1 * s);
+}
+
+inline void rope_launch(floatX* qkv, const int* positions, int B, int T, int NH, int NKV, int hs, float theta,
+                        int direction, cudaStream_t stream) {
+    attention_check_shape("rope", B, T, NH, NKV, hs);
+    if (hs % 2 != 0) throw std::runtime_error("rope: head size " + std::to_string(hs) + " is odd; RoPE rotates pairs");
+    size_t total = static_cast<size_t>(B) * T * (NH + NKV) * (hs / 2);
+    const int block = 256;
+    rope_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, block)), block, 0, stream>>>(qkv, positions, B, T, NH, NKV,
+                                                                                            hs, theta, direction);
+    cuda_check(cudaGetLastError());
+}
+// Training / prefill: token t is at position t.
+inline void rope_forward(floatX* qkv /*(B, T, (NH + 2·NKV)·hs), in place*/, int B, int T, int NH, int NKV, int hs,
+                         float theta, cudaStream_t stream) {
+    rope_launch(qkv, nullptr, B, T, NH, NKV, hs, theta, +1, stream);
+}
+inline void rope_backward(floatX* dqkv /*(B, T, (NH + 2·NKV)·hs), in place*/, int B, int T, int NH, int NKV, int hs,
+                          float theta, cudaStream_t stream) {
+    rope_launch(dqkv, nullptr, B, T, NH, NKV, hs, theta, -1, stream);
+}
+// Decoding: token (b, t) is at position positions[b·T + t] (a device array), e.g. the cache length so far.
+inline void rope_forward_at(floatX* qkv /*(B, T, (NH + 2·NKV)·hs), in place*/, const int* positions /*(B·T) device*/,
+                            int B, int T, int NH, int NKV, int hs, float theta, cudaStream_t stream) {
+    rope_launch(qkv, positions, B, T, NH, NKV, hs, theta, +1, stream);
+}
+
+// ----------------------------------------------------------------------------
+// Causal scaled dot-product attention (per batch b and query head h, with kv head g = h / (NH/NKV)):
+//   forward:  S = Q·Kᵀ / sqrt(hs)    (T, T), S_ts = −∞ for s > t (causal mask)
+//             P = softmax(S) by rows,  O = P·V    (T, hs)
+//             lse_t = log Σ_s exp(S_ts)  (so P_ts = exp(S_ts − lse_t): the backward recomputes P from it)
+//   backward, given dO:
+//             dV = Pᵀ·dO,   dP = dO·Vᵀ
+//             softmax Jacobian by rows: dS_ts = P_ts·(dP_ts − Σ_s' P_ts'·dP_ts')
+//             the D trick: Σ_s' P_ts'·dP_ts' = Σ_s' P_ts'·(dO_t·V_s') = dO_t·O_t =: D_t, a dot product of two
+//             rows of length hs instead of a sum over T.
+//             dQ = dS·K / sqrt(hs),   dK = dSᵀ·Q / sqrt(hs)
+//   With GQA the NH/NKV query heads of a group share K and V, so dK and dV sum over the heads of the group.
+//   cost (causal, per (b, h)): forward 2 matmuls of T²/2·hs multiply-adds = 4·T²·hs/2 FLOP;
+//   backward 5 matmuls (S recomputed, dP, dV, dQ, dK) = 2.5× the forward.
+
+// CPU reference forward. Plain loops, explicit max-subtracted softmax.
+template <class Real>
+void attention_forward_cpu(Real* out /*(B, T, NH·hs)*/, Real* lse /*(B, NH, T)*/, const Real* qkv /*(B, T, (NH+2NKV)·hs)*/,
+                           int B, int T, int NH, int NKV, int hs) {
+    Real scale = 1 / std::sqrt(static_cast<Real>(hs));
+    // (b, h) pairs write disjoint outputs: split them over the cores (the CPU training path runs this)
+#pragma omp parallel for collapse(2) schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            int g = h / (NH / NKV);
+            std::vector<Real> p(T);
+            for (int t = 0; t < T; t++) {
+                const Real* q = qkv + qkv_q_offset(b, t, h, T, NH, NKV, hs);
+                Real m = -std::numeric_limits<Real>::infinity();
+                for (int s = 0; s <= t; s++) {
+                    const Real* k = qkv + qkv_k_offset(b, s, g, T, NH, NKV, hs);
+                    Real dot = 0;
+                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+                    p[s] = dot * scale;
+                    m = std::max(m, p[s]);
+                }
+                Real sum = 0;
+                for (int s = 0; s <= t; s++) sum += (p[s] = std::exp(p[s] - m));
+                Real* o = out + (static_cast<size_t>(b) * T + t) * NH * hs + static_cast<size_t>(h) * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0;
+                for (int s = 0; s <= t; s++) {
+                    const Real* v = qkv + qkv_v_offset(b, s, g, T, NH, NKV, hs);
+                    for (int i = 0; i < hs; i++) o[i] += p[s] / sum * v[i];
+                }
+                lse[(static_cast<size_t>(b) * NH + h) * T + t] = m + std::log(sum);
+            }
+        }
+}
+
+// CPU reference backward, accumulates into dqkv. It recomputes P from scratch and uses the softmax
+// Jacobian in its plain form Σ_s' P·dP (not D = dO·O), so `out` and `lse` are not read: the reference is
+// independent of what the kernels use. They stay in the signature so it matches attention_backward.
+template <class Real>
+void attention_backward_cpu(Real* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const Real* dout /*(B, T, NH·hs)*/,
+                            const Real* out, const Real* lse, const Real* qkv, int B, int T, int NH, int NKV, int hs) {
+    (void)out;
+    (void)lse;
+    Real scale = 1 / std::sqrt(static_cast<Real>(hs));
+    // heads of one group add into the same dk, dv rows, so only sequences are split over the cores
+#pragma omp parallel for schedule(dynamic)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            std::vector<Real> p(T), dp(T);
+            int g = h / (NH / NKV);
+            for (int t = 0; t < T; t++) {
+                const Real* q = qkv + qkv_q_offset(b, t, h, T, NH, NKV, hs);
+                const Real* dO = dout + (static_cast<size_t>(b) * T + t) * NH * hs + static_cast<size_t>(h) * hs;
+                // recompute the softmax row
+                Real m = -std::numeric_limits<Real>::infinity();
+                for (int s = 0; s <= t; s++) {
+                    const Real* k = qkv + qkv_k_offset(b, s, g, T, NH, NKV, hs);
+                    Real dot = 0;
+                    for (int i = 0; i < hs; i++) dot += q[i] * k[i];
+                    p[s] = dot * scale;
+                    m = std::max(m, p[s]);
+                }
+                Real sum = 0;
+                for (int s = 0; s <= t; s++) sum += (p[s] = std::exp(p[s] - m));
+                for (int s = 0; s <= t; s++) p[s] /= sum;
+                // forward was: o[i] += p[s]·v[s][i]; so dv[s][i] += p[s]·dO[i] and dp[s] = Σ_i dO[i]·v[s][i]
+                Real pdp = 0;
+                for (int s = 0; s <= t; s++) {
+                    const Real* v = qkv + qkv_v_offset(b, s, g, T, NH, NKV, hs);
+                    Real* dv = dqkv + qkv_v_offset(b, s, g, T, NH, NKV, hs);
+                    dp[s] = 0;
+                    for (int i = 0; i < hs; i++) {
+                        dp[s] += dO[i] * v[i];
+                        dv[i] += p[s] * dO[i];
+                    }
+                    pdp += p[s] * dp[s];
+                }
+                // softmax backward, then forward was s = scale·q·k[s]
+                Real* dq = dqkv + qkv_q_offset(b, t, h, T, NH, NKV, hs);
+                for (int s = 0; s <= t; s++) {
+                    Real ds = p[s] * (dp[s] - pdp) * scale;
+                    const Real* k = qkv + qkv_k_offset(b, s, g, T, NH, NKV, hs);
+                    Real* dk = dqkv + qkv_k_offset(b, s, g, T, NH, NKV, hs);
+                    for (int i = 0; i < hs; i++) {
+                        dq[i] += ds * k[i];
+                        dk[i] += ds * q[i];
+                    }
+                }
+            }
+        }
+}
+
+// ----------------------------------------------------------------------------
+// The naive CUDA path: materialise S and P (B, NH, T, T).
+//   permute qkv → q, k, v (B, NH, T, hs) (K and V of a kv head repeated for each query head of its group,
+//   as HF's repeat_kv does) → att = scale·Q·Kᵀ (cuBLAS, strided batched over B·NH) → causal softmax in place
+//   → y = att·V (cuBLAS) → unpermute y into out (B, T, NH·hs).
+//   Backward: dy = permute(dout); dV = attᵀ·dy; datt = dy·Vᵀ; dS = softmax backward (in place in datt);
+//   dQ = scale·dS·K; dK = scale·dSᵀ·Q; then sum dK, dV over each group and add everything into dqkv.
+//   Memory: the caller's att (and datt) are B·NH·T² floats: 4·12·1024²·4 bytes = 200 MB per layer at
+//   GPT-2 small with B=4 — the reason for the fused path. The upper triangle of S is computed and thrown
+//   away: half the FLOPs of the two forward matmuls are wasted.
+
+// One thread per element of q/k/v (B, NH, T, hs): d fastest, so reads of qkv and writes are coalesced.
+__global__ void attention_permute_kernel(floatX* q, floatX* k, floatX* v /*each (B, NH, T, hs)*/, const floatX* qkv,
+                                         int B, int T, int NH, int NKV, int hs) {
+    size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= static_cast<size_t>(B) * NH * T * hs) return;
+    int d = static_cast<int>(idx % hs);
+    int t = static_cast<int>(idx / hs % T);
+    int h = static_cast<int>(idx / hs / T % NH);
+    int b = static_cast<int>(idx / hs / T / NH);
+    int g = h / (NH / NKV);
+    q[idx] = qkv[qkv_q_offset(b, t, h, T, NH, NKV, hs) + d];
+    k[idx] = qkv[qkv_k_offset(b, t, g, T, NH, NKV, hs) + d];
+    v[idx] = qkv[qkv_v_offset(b, t, g, T, NH, NKV, hs) + d];
+}
+
+// Between the heads layout (B, NH, T, hs) and the token layout (B, T, NH·hs): one thread per element,
+// d fastest. to_heads = false: dst (B, T, NH·hs) = src (B, NH, T, hs), the forward's unpermute;
+// to_heads = true: dst (B, NH, T, hs) = src (B, T, NH·hs), the backward's permute of dout.
+__global__ void attention_unpermute_kernel(floatX* dst, const floatX* src, int B, int T, int NH, int hs, bool to_heads) {
+    size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // index in the token layout
+    if (idx >= static_cast<size_t>(B) * T * NH * hs) return;
+    int d = static_cast<int>(idx % hs);
+    int h = static_cast<int>(idx / hs % NH);
+    int t = static_cast<int>(idx / hs / NH % T);
+    int b = static_cast<int>(idx / hs / NH / T);
+    size_t j = ((static_cast<size_t>(b) * NH + h) * T + t) * hs + d;  // index in the heads layout
+    if (to_heads) dst[j] = src[idx];
+    else dst[idx] = src[j];
+}
+
+// Causal softmax in place over rows of att (B·NH·T rows of length T), already scaled by the GEMM.
+// One warp per row: lanes stride over the row (coalesced), max and sum by warp shuffles. Entries above the
+// diagonal are written as 0 so that the next GEMM (att·V) over full rows is right.
+__global__ void attention_softmax_causal_kernel(floatX* att /*(B, NH, T, T)*/, int rows, int T) {
+    int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * warps + static_cast<int>(threadIdx.x) / 32;
+    bool active = row < rows;  // no early return: every lane of the warp must reach the shuffles
+    int t = active ? row % T : 0;
+    floatX* a = att + static_cast<size_t>(active ? row : 0) * T;
+    float m = -INFINITY;
+    for (int s = lane; s <= t; s += 32) m = fmaxf(m, static_cast<float>(a[s]));
+    for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float sum = 0.0f;
+    for (int s = lane; s <= t; s += 32) sum += expf(static_cast<float>(a[s]) - m);
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (!active) return;
+    for (int s = lane; s < T; s += 32)
+        a[s] = static_cast<floatX>(s <= t ? expf(static_cast<float>(a[s]) - m) / sum : 0.0f);
+}
+
+// Softmax backward in place: datt holds dP on entry and dS = P∘(dP − Σ P∘dP) on exit (0 above the diagonal).
+// One warp per row, as the forward.
+__global__ void attention_softmax_causal_backward_kernel(floatX* datt /*(B, NH, T, T)*/, const floatX* att, int rows, int T) {
+    int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * warps + static_cast<int>(threadIdx.x) / 32;
+    bool active = row < rows;
+    int t = active ? row % T : 0;
+    size_t base = static_cast<size_t>(active ? row : 0) * T;
+    float pdp = 0.0f;
+    for (int s = lane; s <= t; s += 32) pdp += static_cast<float>(att[base + s]) * static_cast<float>(datt[base + s]);
+    for (int o = 16; o > 0; o /= 2) pdp += __shfl_xor_sync(0xffffffffu, pdp, o);
+    if (!active) return;
+    for (int s = lane; s < T; s += 32)
+        datt[base + s] = static_cast<floatX>(
+            s <= t ? static_cast<float>(att[base + s]) * (static_cast<float>(datt[base + s]) - pdp) : 0.0f);
+}
+
+// dqkv += (dq, Σ_group dk, Σ_group dv): one thread per element of dqkv (coalesced writes); the sum over the
+// heads of a group is a loop in one thread, so it is deterministic.
+__global__ void attention_permute_backward_kernel(floatX* dqkv, const floatX* dq, const floatX* dk,
+                                                  const floatX* dv /*each (B, NH, T, hs)*/, int B, int T, int NH, int NKV,
+                                                  int hs) {
+    int W = (NH + 2 * NKV) * hs;
+    size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= static_cast<size_t>(B) * T * W) return;
+    int d = static_cast<int>(idx % hs);
+    int head = static_cast<int>(idx % W / hs);  // 0..NH+2NKV: q heads, then k heads, then v heads
+    int t = static_cast<int>(idx / W % T);
+    int b = static_cast<int>(idx / W / T);
+    auto at = [&](const floatX* x, int h) { return static_cast<float>(x[((static_cast<size_t>(b) * NH + h) * T + t) * hs + d]); };
+    int group = NH / NKV;
+    float sum = 0.0f;
+    if (head < NH) sum = at(dq, head);
+    else if (head < NH + NKV) for (int j = 0; j < group; j++) sum += at(dk, (head - NH) * group + j);
+    else for (int j = 0; j < group; j++) sum += at(dv, (head - NH - NKV) * group + j);
+    dqkv[idx] = static_cast<floatX>(static_cast<float>(dqkv[idx]) + sum);
+}
+
+// Workspace of the naive path: q, k, v, y (forward) and dq, dk, dv (backward), each (B, NH, T, hs).
+struct AttentionNaiveScratch {
+    floatX *q, *k, *v, *y, *dq, *dk, *dv;
+};
+inline AttentionNaiveScratch attention_naive_scratch(int B, int T, int NH, int hs) {
+    size_t n = static_cast<size_t>(B) * NH * T * hs;
+    WorkspaceCarver count{nullptr};
+    for (int i = 0; i < 7; i++) count.take<floatX>(n);
+    WorkspaceCarver carve{attention_workspace().get(count.used)};
+    AttentionNaiveScratch s;
+    for (floatX** p : {&s.q, &s.k, &s.v, &s.y, &s.dq, &s.dk, &s.dv}) *p = carve.take<floatX>(n);
+    return s;
+}
+
+inline void attention_forward_naive(floatX* out /*(B, T, NH·hs)*/, floatX* att /*(B, NH, T, T) probabilities, kept for backward*/,
+                                    const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
+                                    cudaStream_t stream) {
+    attention_check_shape("attention_forward_naive", B, T, NH, NKV, hs);
+    AttentionNaiveScratch s = attention_naive_scratch(B, T, NH, hs);
+    size_t n = static_cast<size_t>(B) * NH * T * hs;
+    const int block = 256;
+    unsigned grid = static_cast<unsigned>(ceil_div<size_t>(n, block));
+    attention_permute_kernel<<<grid, block, 0, stream>>>(s.q, s.k, s.v, qkv, B, T, NH, NKV, hs);
+    cuda_check(cudaGetLastError());
+    // att = scale·Q·Kᵀ: row-major (T, T) = column-major Sᵀ = K·Qᵀ, with K and Q stored as column-major (hs, T).
+    long long sT = static_cast<long long>(T) * hs, sTT = static_cast<long long>(T) * T;
+    attention_gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f / std::sqrt(static_cast<float>(hs)), s.k, hs, sT, s.q, hs,
+                           sT, 0.0f, att, T, sTT, B * NH, stream);
+    int rows = B * NH * T, warps_per_block = 4;
+    attention_softmax_causal_kernel<<<ceil_div(rows, warps_per_block), warps_per_block * 32, 0, stream>>>(att, rows, T);
+    cuda_check(cudaGetLastError());
+    // y = att·V: column-major yᵀ (hs, T) = Vᵀ (hs, T) · attᵀ (T, T).
+    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, s.v, hs, sT, att, T, sTT, 0.0f, s.y, hs, sT, B * NH, stream);
+    attention_unpermute_kernel<<<grid, block, 0, stream>>>(out, s.y, B, T, NH, hs, false);
+    cuda_check(cudaGetLastError());
+}
+
+inline void attention_backward_naive(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, floatX* datt /*(B, NH, T, T) scratch*/,
+                                     const floatX* dout /*(B, T, NH·hs)*/, const floatX* att /*(B, NH, T, T)*/,
+                                     const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
+    attention_check_shape("attention_backward_naive", B, T, NH, NKV, hs);
+    AttentionNaiveScratch s = attention_naive_scratch(B, T, NH, hs);
+    size_t n = static_cast<size_t>(B) * NH * T * hs;
+    const int block = 256;
+    unsigned grid = static_cast<unsigned>(ceil_div<size_t>(n, block));
+    attention_permute_kernel<<<grid, block, 0, stream>>>(s.q, s.k, s.v, qkv, B, T, NH, NKV, hs);
+    cuda_check(cudaGetLastError());
+    attention_unpermute_kernel<<<grid, block, 0, stream>>>(s.y, dout, B, T, NH, hs, true);  // s.y = dy
+    cuda_check(cudaGetLastError());
+    long long sT = static_cast<long long>(T) * hs, sTT = static_cast<long long>(T) * T;
+    float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+    // dV = attᵀ·dy: column-major dVᵀ (hs, T) = dyᵀ · att
+    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, s.y, hs, sT, att, T, sTT, 0.0f, s.dv, hs, sT, B * NH, stream);
+    // datt = dy·Vᵀ: column-major dattᵀ (T, T) = V · dyᵀ
+    attention_gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, s.v, hs, sT, s.y, hs, sT, 0.0f, datt, T, sTT, B * NH, stream);
+    int rows = B * NH * T, warps_per_block = 4;
+    attention_softmax_causal_backward_kernel<<<ceil_div(rows, warps_per_block), warps_per_block * 32, 0, stream>>>(datt, att, rows, T);
+    cuda_check(cudaGetLastError());
+    // dQ = scale·dS·K: column-major dQᵀ = Kᵀ · dSᵀ;  dK = scale·dSᵀ·Q: column-major dKᵀ = Qᵀ · dS
+    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, scale, s.k, hs, sT, datt, T, sTT, 0.0f, s.dq, hs, sT, B * NH, stream);
+    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, scale, s.q, hs, sT, datt, T, sTT, 0.0f, s.dk, hs, sT, B * NH, stream);
+    size_t total = static_cast<size_t>(B) * T * (NH + 2 * NKV) * hs;
+    attention_permute_backward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, block)), block, 0, stream>>>(
+        dqkv, s.dq, s.dk, s.dv, B, T, NH, NKV, hs);
+    cuda_check(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// The fused forward (FlashAttention-2 style), fp32.
+//   Block (query tile of BR = 64 rows, head h, batch b), 128 threads as a 16 × 8 grid (ty, tx).
+//   Thread (ty, tx) owns query rows r = ty + 16·i (i < 4) and, of a score tile, key columns c = tx + 8·j
+//   (j < BC/8); of the output it owns the columns d = tx + 8·j (j < hs/8) of its 4 rows, in registers.
+//   For each K/V tile of BC keys (only tiles with some key <= the tile's last query: the causal skip):
+//     load K, V tile into shared memory (coalesced: consecutive threads read consecutive d of a row)
+//     S = Q·Kᵀ tile in registers (Q prescaled by scale·log2 e, so S is in base-2 units), causal mask
+//     online softmax: m_new = max(m, rowmax S) (8 lanes of a row reduce with 3 shuffles),
+//       P = exp2(S − m_new), l = l·exp2(m − m_new) + rowsum P, O = O·exp2(m − m_new)
+//     P to shared memory; O += P·V (each thread: its 4 rows × its hs/8 columns)
+//   At the end O /= l, and lse = (m + log2 l)·ln 2. Nothing of size T×T exists anywhere.
+//   Shared memory: Q (BR × hs+1), K (BC × hs+1), V (BC × hs), P (BR × BC+1) floats; the +1 padding puts
+//   the rows that the 8 lanes of a row group read at the same time in different banks.
+//   hs=64, BC=32: 41.5 KiB; hs=128, BC=32: 74 KiB (opted in above 48 KiB).
+//   Reads: Q once, K and V once per query tile (T/BR times): 2·T²·hs/BR floats per head instead of
+//   writing and reading the T×T matrix.
+
+constexpr int attention_flash_threads = 128;
+
+template <int HS, int BR, int BC>
+constexpr size_t attention_forward_flash_shared_bytes() {
+    return sizeof(float) * (BR * (HS + 1) + BC * (HS + 1) + BC * HS + BR * (BC + 1));
+}
+
+template <int HS, int BR, int BC>
+__global__ void __launch_bounds__(attention_flash_threads)
+attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const floatX* qkv, int T, int NH,
+                               int NKV) {
+    static_assert(BR == 64 && BC % 8 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads, 4 rows each");
+    constexpr int RPT = BR / 16, CPT = BC / 8, DPT = HS / 8;  // rows, score columns, output columns per thread
+    extern __shared__ float flash_smem[];
+    float* Qs = flash_smem;               // (BR, HS+1)
+    float* Ks = Qs + BR * (HS + 1);       // (BC, HS+1)
+    float* Vs = Ks + BC * (HS + 1);       // (BC, HS)
+    float* Ps = Vs + BC * HS;             // (BR, BC+1)
+
+    int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+    int b = blockIdx.z, h = blockIdx.y, g = h / (NH / NKV);
+    int q0 = (gridDim.x - 1 - blockIdx.x) * BR;  // the longest (last) query tiles start first: a shorter tail
+    const float scale_log2 = attention_log2e / sqrtf(static_cast<float>(HS));
+
+    for (int idx = tid; idx < BR * HS; idx += attention_flash_threads) {
+        int r = idx / HS, d = idx % HS, q = q0 + r;
+        Qs[r * (HS + 1) + d] = q < T ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, HS) + d]) * scale_log2 : 0.0f;
+    }
+    float m[RPT], l[RPT], o[RPT][DPT];
+    for (int i = 0; i < RPT; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+        for (int j = 0; j < DPT; j++) o[i][j] = 0.0f;
+    }
+    int q_last = min(q0 + BR, T) - 1;
+    for (int k0 = 0; k0 <= q_last; k0 += BC) {
+        __syncthreads();  // everyone is done with the previous K, V, P tiles (and Q is loaded, first time)
+        for (int idx = tid; idx < BC * HS; idx += attention_flash_threads) {
+            int c = idx / HS, d = idx % HS, key = k0 + c;
+            bool in = key < T;
+            Ks[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_k_offset(b, key, g, T, NH, NKV, HS) + d]) : 0.0f;
+            Vs[c * HS + d] = in ? static_cast<float>(qkv[qkv_v_offset(b, key, g, T, NH, NKV, HS) + d]) : 0.0f;
+        }
+        __syncthreads();
+        float s[RPT][CPT];
+        for (int i = 0; i < RPT; i++)
+            for (int j = 0; j < CPT; j++) s[i][j] = 0.0f;
+        for (int d = 0; d < HS; d++) {
+            float qd[RPT], kd[CPT];
+            for (int i = 0; i < RPT; i++) qd[i] = Qs[(ty + 16 * i) * (HS + 1) + d];
+            for (int j = 0; j < CPT; j++) kd[j] = Ks[(tx + 8 * j) * (HS + 1) + d];
+            for (int i = 0; i < RPT; i++)
+                for (int j = 0; j < CPT; j++) s[i][j] += qd[i] * kd[j];
+        }
+        for (int i = 0; i < RPT; i++) {
+            int query = q0 + ty + 16 * i, last_key = min(query, T - 1);
+            float row_max = -INFINITY;
+            for (int j = 0; j < CPT; j++) {
+                if (k0 + tx + 8 * j > last_key) s[i][j] = -INFINITY;  // causal mask (and keys past T)
+                row_max = fmaxf(row_max, s[i][j]);
+            }
+            // the 8 threads of a row are 8 consecutive lanes: reduce with xor 1, 2, 4
+            for (int offset = 1; offset < 8; offset *= 2) row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, offset));
+            // m_new is finite: the first K tile holds key 0, which every query sees
+            float m_new = fmaxf(m[i], row_max);
+            float correction = exp2f(m[i] - m_new);  // exp2(−∞) = 0 on the first tile
+            float row_sum = 0.0f;
+            for (int j = 0; j < CPT; j++) {
+                float p = exp2f(s[i][j] - m_new);
+                row_sum += p;
+                Ps[(ty + 16 * i) * (BC + 1) + tx + 8 * j] = p;
+            }
+            l[i] = l[i] * correction + row_sum;  // this thread's share of the row sum; summed over tx at the end
+            for (int j = 0; j < DPT; j++) o[i][j] *= correction;
+            m[i] = m_new;
+        }
+        __syncthreads();
+        for (int c = 0; c < BC; c++) {
+            float p[RPT], v[DPT];
+            for (int i = 0; i < RPT; i++) p[i] = Ps[(ty + 16 * i) * (BC + 1) + c];
+            for (int j = 0; j < DPT; j++) v[j] = Vs[c * HS + tx + 8 * j];
+            for (int i = 0; i < RPT; i++)
+                for (int j = 0; j < DPT; j++) o[i][j] += p[i] * v[j];
+        }
+    }
+    for (int i = 0; i < RPT; i++) {
+        float sum = l[i];
+        for (int offset = 1; offset < 8; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        int query = q0 + ty + 16 * i;
+        if (query < T) {
+            floatX* dst = out + (static_cast<size_t>(b) * T + query) * NH * HS + static_cast<size_t>(h) * HS;
+            for (int j = 0; j < DPT; j++) dst[tx + 8 * j] = static_cast<floatX>(o[i][j] / sum);
+            if (tx == 0) lse[(static_cast<size_t>(b) * NH + h) * T + query] = (m[i] + log2f(sum)) * attention_ln2;
+        }
+    }
+}
+
+// Head sizes the fused kernels are compiled for.
+inline bool attention_flash_supports(int hs) { return hs == 32 || hs == 64 || hs == 128; }
+inline void attention_flash_check(const char* fn, int hs) {
+    if (!attention_flash_supports(hs))
+        throw std::runtime_error(std::string(fn) + ": head size " + std::to_string(hs) +
+                                 " is not compiled (32, 64, 128 are); add an instantiation in attention.cuh or use the naive path");
+}
+
+template <int HS>
+void attention_forward_flash_launch(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV,
+                                    cudaStream_t stream) {
+    constexpr int BR = 64, BC = 32;
+    constexpr size_t smem = attention_forward_flash_shared_bytes<HS, BR, BC>();
+    auto kernel = attention_forward_flash_kernel<HS, BR, BC>;
+    attention_allow_shared_bytes(kernel, smem);
+    dim3 grid(ceil_div(T, BR), NH, B);
+    kernel<<<grid, attention_flash_threads, smem, stream>>>(out, lse, qkv, T, NH, NKV);
+    cuda_check(cudaGetLastError());
+}
+
+// The fused forward: what the model calls. out and lse are written (not accumulated).
+inline void attention_forward(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/,
+                              const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
+                              cudaStream_t stream) {
+    attention_check_shape("attention_forward", B, T, NH, NKV, hs);
+    attention_flash_check("attention_forward", hs);
+    if (hs == 32) attention_forward_flash_launch<32>(out, lse, qkv, B, T, NH, NKV, stream);
+    if (hs == 64) attention_forward_flash_launch<64>(out, lse, qkv, B, T, NH, NKV, stream);
+    if (hs == 128) attention_forward_flash_launch<128>(out, lse, qkv, B, T, NH, NKV, stream);
+}
+
+// ----------------------------------------------------------------------------
+// The fused backward (FlashAttention-2 style), fp32. Three kernels:
+//   1. preprocess: D_t = dO_t·O_t for every (b, t, h) (one warp per row; the D trick above).
+//   2. main: a block owns a K/V tile of BC keys of kv head g and loops over the query heads of g's group
+//      and over the query tiles at or after the diagonal (the causal skip). Per query tile it recomputes
+//      P = exp(S − lse) from the saved lse (no softmax reductions needed), dP = dO·Vᵀ, dS = P∘(dP − D);
+//      accumulates dV += Pᵀ·dO and dK += dSᵀ·Q in registers, and adds its share of dQ = dS·K into an fp32
+//      workspace with atomicAdd (the partial dQ; several K/V tiles contribute to the same dQ rows).
+//      Thread (ty, tx) owns kv rows r = ty + 16·i (i < BC/16) and columns tx + 8·j of dK, dV (j < hs/8);
+//      in the score tile (transposed, keys × queries) the query columns tx + 8·j (j < BR/8); in the dQ
+//      step query rows ty + 16·i (i < BR/16) × columns tx + 8·j.
+//      dK and dV of a key are written by exactly one block, after it summed over the whole group: no
+//      atomics there, and GQA costs nothing extra.
+//   3. dqkv's q part += scale·dQ (workspace).
+//   Workspace: D (B·NH·T floats) and dQ (B·T·NH·hs floats): O(T), the size of the activations.
+//   Determinism: the fp32 atomics make dQ's low bits depend on the order the blocks finish, on a GPU
+//   (not in the CPU build). A deterministic variant would compute dQ in a second pass over query tiles.
+
+template <int HS, int BR, int BC>
+constexpr size_t attention_backward_flash_shared_bytes() {
+    return sizeof(float) * (2 * BC * (HS + 1) + 2 * BR * (HS + 1) + 2 * BC * (BR + 1) + 2 * BR);
+}
+
+// One warp per (b, t, h) row: lanes over hs (coalesced), a shuffle reduction.
+__global__ void attention_backward_preprocess_kernel(float* D /*(B, NH, T)*/, const floatX* dout, const floatX* out,
+                                                     int B, int T, int NH, int hs) {
+    int warps = blockDim.x / 32, lane = threadIdx.x % 32;
+    int row = blockIdx.x * warps + static_cast<int>(threadIdx.x) / 32;  // row = (b·T + t)·NH + h
+    bool active = row < B * T * NH;
+    float sum = 0.0f;
+    if (active)
+        for (int d = lane; d < hs; d += 32)
+            sum += static_cast<float>(dout[static_cast<size_t>(row) * hs + d]) * static_cast<float>(out[static_cast<size_t>(row) * hs + d]);
+    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (active && lane == 0) {
+        int h = row % NH, t = row / NH % T, b = row / NH / T;
+        D[(static_cast<size_t>(b) * NH + h) * T + t] = sum;
+    }
+}
+
+template <int HS, int BR, int BC>
+__global__ void __launch_bounds__(attention_flash_threads)
+attention_backward_flash_kernel(floatX* dqkv, float* dq /*(B, T, NH, hs) fp32, +=*/, const floatX* dout, const float* lse,
+                                const float* D, const floatX* qkv, int T, int NH, int NKV) {
+    static_assert(BR % 16 == 0 && BC % 16 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads");
+    constexpr int KPT = BC / 16, QPT = BR / 8, DPT = HS / 8, QRPT = BR / 16;
+    extern __shared__ float flash_smem[];
+    float* Ks = flash_smem;               // (BC, HS+1)
+    float* Vs = Ks + BC * (HS + 1);       // (BC, HS+1)
+    float* Qs = Vs + BC * (HS + 1);       // (BR, HS+1)
+    float* dOs = Qs + BR * (HS + 1);      // (BR, HS+1)
+    float* Pt = dOs + BR * (HS + 1);      // (BC, BR+1)  P transposed: keys × queries
+    float* dSt = Pt + BC * (BR + 1);      // (BC, BR+1)
+    float* lse2s = dSt + BC * (BR + 1);   // (BR) lse in base 2
+    float* Ds = lse2s + BR;               // (BR)
+
+    int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+    int b = blockIdx.z, g = blockIdx.y, group = NH / NKV;
+    int k0 = (gridDim.x - 1 - blockIdx.x) * BC;  // the first key tiles see the most queries: start them first
+    const float scale = 1.0f / sqrtf(static_cast<float>(HS)), scale_log2 = scale * attention_log2e;
+
+    for (int idx = tid; idx < BC * HS; idx += attention_flash_threads) {
+        int c = idx / HS, d = idx % HS, key = k0 + c;
+        bool in = key < T;
+        Ks[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_k_offset(b, key, g, T, NH, NKV, HS) + d]) : 0.0f;
+        Vs[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_v_offset(b, key, g, T, NH, NKV, HS) + d]) : 0.0f;
+    }
+    float dk[KPT][DPT], dv[KPT][DPT];
+    for (int i = 0; i < KPT; i++)
+        for (int j = 0; j < DPT; j++) dk[i][j] = dv[i][j] = 0.0f;
+
+    for (int h = g * group; h < (g + 1) * group; h++)
+        for (int q0 = k0 / BR * BR; q0 < T; q0 += BR) {
+            __syncthreads();  // the previous tile's readers are done (and K, V are loaded, first time)
+            for (int idx = tid; idx < BR * HS; idx += attention_flash_threads) {
+                int r = idx / HS, d = idx % HS, q = q0 + r;
+                bool in = q < T;
+                Qs[r * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, HS) + d]) : 0.0f;
+                dOs[r * (HS + 1) + d] =
+                    in ? static_cast<float>(dout[(static_cast<size_t>(b) * T + q) * NH * HS + static_cast<size_t>(h) * HS + d]) : 0.0f;
+            }
+            for (int r = tid; r < BR; r += attention_flash_threads) {
+                int q = q0 + r;
+                size_t row = (static_cast<size_t>(b) * NH + h) * T + q;
+                lse2s[r] = q < T ? lse[row] * attention_log2e : 0.0f;
+                Ds[r] = q < T ? D[row] : 0.0f;
+            }
+            __syncthreads();
+            // scores (transposed) and dP, both keys × queries, in registers
+            float s[KPT][QPT], dp[KPT][QPT];
+            for (int i = 0; i < KPT; i++)
+                for (int j = 0; j < QPT; j++) s[i][j] = dp[i][j] = 0.0f;
+            for (int d = 0; d < HS; d++) {
+                float kd[KPT], vd[KPT], qd[QPT], dod[QPT];
+                for (int i = 0; i < KPT; i++) {
+                    kd[i] = Ks[(ty + 16 * i) * (HS + 1) + d];
+                    vd[i] = Vs[(ty + 16 * i) * (HS + 1) + d];
+                }
+                for (int j = 0; j < QPT; j++) {
+                    qd[j] = Qs[(tx + 8 * j) * (HS + 1) + d];
+                    dod[j] = dOs[(tx + 8 * j) * (HS + 1) + d];
+                }
+                for (int i = 0; i < KPT; i++)
+                    for (int j = 0; j < QPT; j++) {
+                        s[i][j] += kd[i] * qd[j];
+                        dp[i][j] += vd[i] * dod[j];
+                    }
+            }
+            for (int i = 0; i < KPT; i++)
+                for (int j = 0; j < QPT; j++) {
+                    int kr = ty + 16 * i, qc = tx + 8 * j, key = k0 + kr, query = q0 + qc;
+                    float p = key <= query && query < T ? exp2f(s[i][j] * scale_log2 - lse2s[qc]) : 0.0f;
+                    Pt[kr * (BR + 1) + qc] = p;
+                    dSt[kr * (BR + 1) + qc] = p * (dp[i][j] - Ds[qc]);
+                }
+            __syncthreads();
+            // dV += Pᵀ·dO, dK += dSᵀ·Q (scale applied at the end)
+            for (int qc = 0; qc < BR; qc++) {
+                float pt[KPT], dst[KPT], dod[DPT], qd[DPT];
+                for (int i = 0; i < KPT; i++) {
+                    pt[i] = Pt[(ty + 16 * i) * (BR + 1) + qc];
+                    dst[i] = dSt[(ty + 16 * i) * (BR + 1) + qc];
+                }
+                for (int j = 0; j < DPT; j++) {
+                    dod[j] = dOs[qc * (HS + 1) + tx + 8 * j];
+                    qd[j] = Qs[qc * (HS + 1) + tx + 8 * j];
+                }
+                for (int i = 0; i < KPT; i++)
+                    for (int j = 0; j < DPT; j++) {
+                        dv[i][j] += pt[i] * dod[j];
+                        dk[i][j] += dst[i] * qd[j];
+                    }
+            }
+            // dQ += dS·K for this tile's queries: partial sums over this block's keys, added atomically
+            for (int i = 0; i < QRPT; i++) {
+                int qr = ty + 16 * i, query = q0 + qr;
+                float acc[DPT];
+                for (int j = 0; j < DPT; j++) acc[j] = 0.0f;
+                for (int kr = 0; kr < BC; kr++) {
+                    float ds = dSt[kr * (BR + 1) + qr];
+                    for (int j = 0; j < DPT; j++) acc[j] += ds * Ks[kr * (HS + 1) + tx + 8 * j];
+                }
+                if (query < T) {
+                    float* dst = dq + ((static_cast<size_t>(b) * T + query) * NH + h) * HS;
+                    for (int j = 0; j < DPT; j++) atomicAdd(dst + tx + 8 * j, acc[j]);
+                }
+            }
+        }
+    for (int i = 0; i < KPT; i++) {
+        int key = k0 + ty + 16 * i;
+        if (key >= T) continue;
+        floatX* dK = dqkv + qkv_k_offset(b, key, g, T, NH, NKV, HS);
+        floatX* dV = dqkv + qkv_v_offset(b, key, g, T, NH, NKV, HS);
+        for (int j = 0; j < DPT; j++) {
+            int d = tx + 8 * j;
+            dK[d] = static_cast<floatX>(static_cast<float>(dK[d]) + dk[i][j] * scale);
+            dV[d] = static_cast<floatX>(static_cast<float>(dV[d]) + dv[i][j]);
+        }
+    }
+}
+
+// dqkv's q part += scale·dq: one thread per element of dq (B, T, NH, hs), coalesced both sides.
+__global__ void attention_dq_accumulate_kernel(floatX* dqkv, const float* dq, int B, int T, int NH, int NKV, int hs, float scale) {
+    size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= static_cast<size_t>(B) * T * NH * hs) return;
+    int d = static_cast<int>(idx % hs);
+    int h = static_cast<int>(idx / hs % NH);
+    int bt = static_cast<int>(idx / hs / NH);
+    floatX* x = dqkv + qkv_q_offset(bt / T, bt % T, h, T, NH, NKV, hs) + d;
+    *x = static_cast<floatX>(static_cast<float>(*x) + scale * dq[idx]);
+}
+
+template <int HS>
+void attention_backward_flash_launch(floatX* dqkv, float* dq, const floatX* dout, const float* lse, const float* D,
+                                     const floatX* qkv, int B, int T, int NH, int NKV, cudaStream_t stream) {
+    constexpr int BR = 32, BC = 32;
+    constexpr size_t smem = attention_backward_flash_shared_bytes<HS, BR, BC>();
+    auto kernel = attention_backward_flash_kernel<HS, BR, BC>;
+    attention_allow_shared_bytes(kernel, smem);
+    dim3 grid(ceil_div(T, BC), NKV, B);
+    kernel<<<grid, attention_flash_threads, smem, stream>>>(dqkv, dq, dout, lse, D, qkv, T, NH, NKV);
+    cuda_check(cudaGetLastError());
+}
+
+// The fused backward: what the model calls. Accumulates into dqkv.
+inline void attention_backward(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const floatX* dout /*(B, T, NH·hs)*/,
+                               const floatX* out /*(B, T, NH·hs)*/, const float* lse /*(B, NH, T)*/,
+                               const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
+                               cudaStream_t stream) {
+    attention_check_shape("attention_backward", B, T, NH, NKV, hs);
+    attention_flash_check("attention_backward", hs);
+    size_t rows = static_cast<size_t>(B) * T * NH;
+    WorkspaceCarver count{nullptr};
+    count.take<float>(rows);
+    count.take<float>(rows * hs);
+    WorkspaceCarver carve{attention_workspace().get(count.used)};
+    float* D = carve.take<float>(rows);
+    float* dq = carve.take<float>(rows * hs);
+    cuda_check(cudaMemsetAsync(dq, 0, rows * hs * sizeof(float), stream));
+    const int warps_per_block = 4;
+    attention_backward_preprocess_kernel<<<static_cast<unsigned>(ceil_div<size_t>(rows, warps_per_block)), warps_per_block * 32, 0,
+                                           stream>>>(D, dout, out, B, T, NH, hs);
+    cuda_check(cudaGetLastError());
+    if (hs == 32) attention_backward_flash_launch<32>(dqkv, dq, dout, lse, D, qkv, B, T, NH, NKV, stream);
+    if (hs == 64) attention_backward_flash_launch<64>(dqkv, dq, dout, lse, D, qkv, B, T, NH, NKV, stream);
+    if (hs == 128) attention_backward_flash_launch<128>(dqkv, dq, dout, lse, D, qkv, B, T, NH, NKV, stream);
+    const int block = 256;
+    attention_dq_accumulate_kernel<<<static_cast<unsigned>(ceil_div<size_t>(rows * hs, block)), block, 0, stream>>>(
+        dqkv, dq, B, T, NH, NKV, hs, 1.0f / std::sqrt(static_cast<float>(hs)));
+    cuda_check(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// Decode attention for inference: one new query per sequence against a KV cache.
+//   Cache layout: k_cache, v_cache (B, NKV, maxT, hs); the row of (b, g, t) is found by kv_cache_row(),
+//   the one place that knows the layout (a paged cache replaces it with a block-table lookup).
+//   Step of generation for sequence b with the new token at position p = lengths[b] − 1:
+//     rope_forward_at(qkv, positions = p)  →  kv_cache_append(k, v of the new token at p)  →
+//     attention_decode(out, qkv, caches, lengths = p + 1).
+//   Prefill: attention_forward on the prompt (B, T) and kv_cache_append of all its T tokens.
+//   attention_decode splits each sequence's cache into chunks of 128 keys (split-K, "flash decoding"):
+//   block (chunk, h, b) computes for its chunk the max m, the sum l = Σ exp(s − m) and o = Σ exp(s − m)·v;
+//   a second kernel combines the chunks with the log-sum-exp trick: M = max m_c,
+//   out = Σ_c exp(m_c − M)·o_c / Σ_c exp(m_c − M)·l_c. So a long cache is read by many blocks at once.
+//   cost: 4·len·hs FLOP per (b, h) and the cache read once: memory-bound.
+
+constexpr int attention_decode_chunk = 128;  // keys per block = threads per block
+
+__host__ __device__ inline size_t kv_cache_row(int b, int g, int t, int NKV, int maxT, int hs) {
+    return ((static_cast<size_t>(b) * NKV + g) * maxT + t) * hs;
+}
+
+template <class Real>
+void kv_cache_append_cpu(Real* k_cache, Real* v_cache /*(B, NKV, maxT, hs)*/, const Real* qkv /*(B, T, (NH+2NKV)·hs)*/,
+                         const int* positions /*(B·T) host*/, int B, int T, int NH, int NKV, int hs, int maxT) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int g = 0; g < NKV; g++)
+                for (int d = 0; d < hs; d++) {
+                    int pos = positions[b * T + t];
+                    k_cache[kv_cache_row(b, g, pos, NKV, maxT, hs) + d] = qkv[qkv_k_offset(b, t, g, T, NH, NKV, hs) + d];
+                    v_cache[kv_cache_row(b, g, pos, NKV, maxT, hs) + d] = qkv[qkv_v_offset(b, t, g, T, NH, NKV, hs) + d];
+                }
+}
+
+// Decode reference: the last row of causal attention for each sequence, over the first lengths[b] cache rows.
+template <class Real>
+void attention_decode_cpu(Real* out /*(B, NH·hs)*/, const Real* qkv /*(B, 1, (NH+2NKV)·hs)*/, const Real* k_cache,
+                          const Real* v_cache /*(B, NKV, maxT, hs)*/, const int* lengths /*(B) host*/, int B, int NH, int NKV,
+                          int hs, int maxT) {
+    Real scale = 1 / std::sqrt(static_cast<Real>(hs));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            int g = h / (NH / NKV), len = lengths[b];
+            const Real* q = qkv + qkv_q_offset(b, 0, h, 1, NH, NKV, hs);
+            std::vector<Real> p(len);
+            Real m = -std::numeric_limits<Real>::infinity(), sum = 0;
+            for (int t = 0; t < len; t++) {
+                Real dot = 0;
+                for (int d = 0; d < hs; d++) dot += q[d] * k_cache[kv_cache_row(b, g, t, NKV, maxT, hs) + d];
+                m = std::max(m, p[t] = dot * scale);
+            }
+            for (int t = 0; t < len; t++) sum += (p[t] = std::exp(p[t] - m));
+            Real* o = out + (static_cast<size_t>(b) * NH + h) * hs;
+            for (int d = 0; d < hs; d++) {
+                Real acc = 0;
+                for (int t = 0; t < len; t++) acc += p[t] * v_cache[kv_cache_row(b, g, t, NKV, maxT, hs) + d];
+                o[d] = acc / sum;
+            }
+        }
+}
+
+// One thread per (b, t, g, d): d fastest, coalesced reads of qkv and writes of the cache rows.
+// Positions outside [0, maxT) are skipped (a kernel cannot throw): the host checks them (inference code).
+__global__ void kv_cache_append_kernel(floatX* k_cache, floatX* v_cache, const floatX* qkv, const int* positions, int B,
+                                       int T, int NH, int NKV, int hs, int maxT) {
+    size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= static_cast<size_t>(B) * T * NKV * hs) return;
+    int d = static_cast<int>(idx % hs);
+    int g = static_cast<int>(idx / hs % NKV);
+    int bt = static_cast<int>(idx / hs / NKV), b = bt / T, t = bt % T;
+    int pos = positions[bt];
+    if (pos < 0 || pos >= maxT) return;
+    k_cache[kv_cache_row(b, g, pos, NKV, maxT, hs) + d] = qkv[qkv_k_offset(b, t, g, T, NH, NKV, hs) + d];
+    v_cache[kv_cache_row(b, g, pos, NKV, maxT, hs) + d] = qkv[qkv_v_offset(b, t, g, T, NH, NKV, hs) + d];
+}
+
+// Block (chunk, h, b), 128 threads: thread i scores key start + i against the query (q in shared memory;
+// each thread walks its own cache row, which the L1 cache turns into full-line reads), block max and sum
+// through shared memory, then thread d < hs accumulates o_d = Σ_i p_i·v_i[d] (a warp reads consecutive d
+// of one cache row: coalesced). Chunks past the sequence's length do nothing.
+__global__ void __launch_bounds__(attention_decode_chunk)
+attention_decode_partial_kernel(float* partial_o /*(B, NH, chunks, hs)*/, float* partial_ml /*(B, NH, chunks, 2)*/,
+                                const floatX* qkv, const floatX* k_cache, const floatX* v_cache, const int* lengths,
+                                int NH, int NKV, int hs, int maxT) {
+    extern __shared__ float decode_smem[];
+    float* qs = decode_smem;                          // (hs)
+    float* ps = qs + hs;                              // (chunk) the scores, then the probabilities
+    __shared__ float warp_partial[attention_decode_chunk / 32];
+    int tid = threadIdx.x, chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z, chunks = gridDim.x;
+    int g = h / (NH / NKV), len = lengths[b], start = chunk * attention_decode_chunk;
+    if (start >= len) return;  // the whole block leaves together
+    int n = min(attention_decode_chunk, len - start);
+    const float scale_log2 = attention_log2e / sqrtf(static_cast<float>(hs));
+    for (int d = tid; d < hs; d += blockDim.x) qs[d] = static_cast<float>(qkv[qkv_q_offset(b, 0, h, 1, NH, NKV, hs) + d]) * scale_log2;
+    __syncthreads();
+    float s = -INFINITY;
+    if (tid < n) {
+        const floatX* k = k_cache + kv_cache_row(b, g, start + tid, NKV, maxT, hs);
+        s = 0.0f;
+        for (int d = 0; d < hs; d++) s += qs[d] * static_cast<float>(k[d]);
+    }
+    // block max: warp shuffles, then one value per warp through shared memory
+    float m = s;
+    for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (tid % 32 == 0) warp_partial[tid / 32] = m;
+    __syncthreads();
+    m = warp_partial[0];
+    for (int w = 1; w < attention_decode_chunk / 32; w++) m = fmaxf(m, warp_partial[w]);
+    float p = tid < n ? exp2f(s - m) : 0.0f;
+    ps[tid] = p;
+    __syncthreads();  // everyone has read warp_partial (max) and written ps
+    float l = p;
+    for (int o = 16; o > 0; o /= 2) l += __shfl_xor_sync(0xffffffffu, l, o);
+    if (tid % 32 == 0) warp_partial[tid / 32] = l;
+    __syncthreads();
+    size_t part = (static_cast<size_t>(b) * NH + h) * chunks + chunk;
+    if (tid == 0) {
+        float sum = 0.0f;
+        for (int w = 0; w < attention_decode_chunk / 32; w++) sum += warp_partial[w];
+        partial_ml[2 * part] = m;
+        partial_ml[2 * part + 1] = sum;
+    }
+    for (int d = tid; d < hs; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = 0; i < n; i++) acc += ps[i] * static_cast<float>(v_cache[kv_cache_row(b, g, start + i, NKV, maxT, hs) + d]);
+        partial_o[part * hs + d] = acc;
+    }
+}
+
+// Block (h, b): thread d combines the chunks' partial results for output column d.
+__global__ void attention_decode_combine_kernel(floatX* out /*(B, NH·hs)*/, const float* partial_o, const float* partial_ml,
+                                                const int* lengths, int NH, int hs, int chunks) {
+    int h = blockIdx.x, b = blockIdx.y;
+    int used = (lengths[b] + attention_decode_chunk - 1) / attention_decode_chunk;  // chunks holding keys
+    size_t part0 = (static_cast<size_t>(b) * NH + h) * chunks;
+    float M = -INFINITY;
+    for (int c = 0; c < used; c++) M = fmaxf(M, partial_ml[2 * (part0 + c)]);
+    for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+        float num = 0.0f, den = 0.0f;
+        for (int c = 0; c < used; c++) {
+            float w = exp2f(partial_ml[2 * (part0 + c)] - M);
+            num += w * partial_o[(part0 + c) * hs + d];
+            den += w * partial_ml[2 * (part0 + c) + 1];
+        }
+        out[(static_cast<size_t>(b) * NH + h) * hs + d] = static_cast<floatX>(num / den);
+    }
+}
+
+// Writes the K and V of T new tokens per sequence into the cache at positions[b·T + t] (k already roped).
+inline void kv_cache_append(floatX* k_cache, floatX* v_cache /*(B, NKV, maxT, hs)*/, const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/,
+                            const int* positions /*(B·T) device*/, int B, int T, int NH, int NKV, int hs, int maxT,
+                            cudaStream_t stream) {
+    attention_check_shape("kv_cache_append", B, T, NH, NKV, hs);
+    size_t total = static_cast<size_t>(B) * T * NKV * hs;
+    const int block = 256;
+    kv_cache_append_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, block)), block, 0, stream>>>(
+        k_cache, v_cache, qkv, positions, B, T, NH, NKV, hs, maxT);
+    cuda_check(cudaGetLastError());
+}
+
+// out = attention of each sequence's one query (the q part of qkv (B, 1, W)) over its first lengths[b]
+// cache rows (lengths counts the new token, which must already be appended; 1 <= lengths[b] <= maxT).
+inline void attention_decode(floatX* out /*(B, NH·hs)*/, const floatX* qkv /*(B, 1, (NH+2NKV)·hs)*/,
+                             const floatX* k_cache, const floatX* v_cache /*(B, NKV, maxT, hs)*/,
+                             const int* lengths /*(B) device*/, int B, int NH, int NKV, int hs, int maxT,
+                             cudaStream_t stream) {
+    attention_check_shape("attention_decode", B, maxT, NH, NKV, hs);
+    int chunks = ceil_div(maxT, attention_decode_chunk);
+    size_t parts = static_cast<size_t>(B) * NH * chunks;
+    WorkspaceCarver count{nullptr};
+    count.take<float>(parts * hs);
+    count.take<float>(parts * 2);
+    WorkspaceCarver carve{attention_workspace().get(count.used)};
+    float* partial_o = carve.take<float>(parts * hs);
+    float* partial_ml = carve.take<float>(parts * 2);
+    size_t smem = sizeof(float) * (hs + attention_decode_chunk);
+    attention_decode_partial_kernel<<<dim3(chunks, NH, B), attention_decode_chunk, smem, stream>>>(
+        partial_o, partial_ml, qkv, k_cache, v_cache, lengths, NH, NKV, hs, maxT);
+    cuda_check(cudaGetLastError());
+    attention_decode_combine_kernel<<<dim3(NH, B), 128, 0, stream>>>(out, partial_o, partial_ml, lengths, NH, hs, chunks);
+    cuda_check(cudaGetLastError());
+}

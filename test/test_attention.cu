@@ -1,0 +1,354 @@
+// Tests of attention.cuh: RoPE, causal attention (CPU reference, naive path, fused path) forward and
+// backward, GQA/MQA, decode against a KV cache, and the fused path's memory bound.
+#include <algorithm>
+#include <string>
+
+#include "attention.cuh"
+#include "test/test_util.h"
+
+namespace {
+
+struct Shape {
+    int B, T, NH, NKV, hs;
+    int W() const { return (NH + 2 * NKV) * hs; }
+    size_t qkv_count() const { return static_cast<size_t>(B) * T * W(); }
+    size_t out_count() const { return static_cast<size_t>(B) * T * NH * hs; }
+    size_t lse_count() const { return static_cast<size_t>(B) * NH * T; }
+};
+std::string describe(const Shape& s) {
+    return "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " NH=" + std::to_string(s.NH) +
+           " NKV=" + std::to_string(s.NKV) + " hs=" + std::to_string(s.hs);
+}
+
+std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+std::vector<float> to_float(const std::vector<double>& v) {
+    std::vector<float> f(v.size());
+    for (size_t i = 0; i < v.size(); i++) f[i] = static_cast<float>(v[i]);
+    return f;
+}
+
+// Poisons the attention workspace (when it exists), so a kernel that reads scratch it did not write fails.
+void poison_attention_workspace() {
+    if (attention_workspace_bytes() > 0) poison(attention_workspace().buffer);
+}
+
+constexpr float rope_theta = 10000.0f;
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// RoPE
+
+TEST_CASE("rope forward/backward/at-positions: kernel matches CPU reference") {
+    Rng rng(401);
+    for (Shape s : {Shape{2, 7, 4, 2, 64}, Shape{1, 129, 2, 1, 128}, Shape{2, 64, 4, 4, 64}, Shape{1, 1, 1, 1, 2}}) {
+        CAPTURE(describe(s));
+        std::vector<float> x = random_vector(s.qkv_count(), rng);
+        std::vector<int> positions(static_cast<size_t>(s.B) * s.T);
+        for (auto& p : positions) p = static_cast<int>(rng.below(4096));
+        std::vector<double> fwd = to_double(x), bwd = to_double(x), at = to_double(x);
+        rope_forward_cpu(fwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        rope_backward_cpu(bwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        rope_forward_at_cpu(at.data(), positions.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        for_each_thread_order([&] {
+            DeviceBuffer<float> d(x);
+            DeviceBuffer<int> dpos(positions);
+            rope_forward(d, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            check_close("rope_forward", d.download(), to_float(fwd), tolerance_fp32);
+            d.upload(x);
+            rope_backward(d, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            check_close("rope_backward", d.download(), to_float(bwd), tolerance_fp32);
+            d.upload(x);
+            rope_forward_at(d, dpos, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            check_close("rope_forward_at", d.download(), to_float(at), tolerance_fp32);
+        });
+        // v is untouched by design: exactly equal
+        std::vector<float> f = to_float(fwd);
+        for (int bt = 0; bt < s.B * s.T; bt++)
+            for (int i = (s.NH + s.NKV) * s.hs; i < s.W(); i++) REQUIRE(f[static_cast<size_t>(bt) * s.W() + i] == x[static_cast<size_t>(bt) * s.W() + i]);
+    }
+}
+
+TEST_CASE("rope CPU backward matches finite differences of the CPU forward") {
+    Rng rng(402);
+    Shape s{2, 5, 2, 1, 8};
+    std::vector<double> x = to_double(random_vector(s.qkv_count(), rng)), w = to_double(random_vector(s.qkv_count(), rng));
+    auto loss = [&](const std::vector<double>& in) {
+        std::vector<double> y = in;
+        rope_forward_cpu(y.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        double l = 0;
+        for (size_t i = 0; i < y.size(); i++) l += w[i] * y[i];
+        return l;
+    };
+    std::vector<double> grad = w;  // dL/dy = w, rotated back
+    rope_backward_cpu(grad.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+    CHECK(rel_error(grad, finite_difference(loss, x)) <= tolerance_finite_difference);
+}
+
+// ----------------------------------------------------------------------------
+// CPU reference backward vs finite differences
+
+TEST_CASE("attention CPU backward matches finite differences (MHA, GQA, MQA)") {
+    Rng rng(403);
+    for (Shape s : {Shape{2, 5, 2, 2, 4}, Shape{1, 6, 4, 2, 4}, Shape{1, 4, 3, 1, 6}, Shape{1, 1, 2, 1, 4}}) {
+        CAPTURE(describe(s));
+        std::vector<double> qkv = to_double(random_vector(s.qkv_count(), rng, 1.5f));
+        std::vector<double> w = to_double(random_vector(s.out_count(), rng));
+        auto loss = [&](const std::vector<double>& in) {
+            std::vector<double> out(s.out_count()), lse(s.lse_count());
+            attention_forward_cpu(out.data(), lse.data(), in.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+            double l = 0;
+            for (size_t i = 0; i < out.size(); i++) l += w[i] * out[i];
+            return l;
+        };
+        std::vector<double> out(s.out_count()), lse(s.lse_count()), dqkv(s.qkv_count(), 0.0);
+        attention_forward_cpu(out.data(), lse.data(), qkv.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+        attention_backward_cpu(dqkv.data(), w.data(), out.data(), lse.data(), qkv.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+        CHECK(rel_error(dqkv, finite_difference(loss, qkv)) <= tolerance_finite_difference);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Kernels vs the CPU reference, forward and backward, both paths, with and without RoPE.
+//
+// The reference runs in double on the same fp32 inputs, so the tolerance measures the kernels' fp32
+// rounding only. Without RoPE, dqkv starts from random values (checks that the backward accumulates);
+// with RoPE, rope_backward rotates dqkv in place, so it starts from zero (as in the model).
+
+namespace {
+
+void check_attention_paths(const Shape& s, bool rope, Rng& rng) {
+    CAPTURE(describe(s));
+    CAPTURE(rope);
+    std::vector<float> qkv = random_vector(s.qkv_count(), rng, 1.5f);
+    std::vector<float> dout = random_vector(s.out_count(), rng);
+    std::vector<float> dqkv_init = rope ? std::vector<float>(s.qkv_count(), 0.0f) : random_vector(s.qkv_count(), rng);
+
+    // reference chain: [rope] → attention forward; attention backward → [rope backward]
+    std::vector<double> x = to_double(qkv), out(s.out_count()), lse(s.lse_count()), dx = to_double(dqkv_init);
+    if (rope) rope_forward_cpu(x.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+    attention_forward_cpu(out.data(), lse.data(), x.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+    std::vector<double> dout_d = to_double(dout);
+    attention_backward_cpu(dx.data(), dout_d.data(), out.data(), lse.data(), x.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+    if (rope) rope_backward_cpu(dx.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+    std::vector<float> out_ref = to_float(out), lse_ref = to_float(lse), dqkv_ref = to_float(dx);
+
+    for_each_thread_order([&] {
+        DeviceBuffer<float> d_qkv(qkv), d_out(s.out_count()), d_lse(s.lse_count()), d_dout(dout), d_dqkv(dqkv_init);
+        if (rope) rope_forward(d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        // fused
+        poison(d_out);
+        poison(d_lse);
+        poison_attention_workspace();
+        attention_forward(d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        std::vector<float> fused_out = d_out.download();
+        check_close("fused forward out", fused_out, out_ref, tolerance_fp32);
+        check_close("fused forward lse", d_lse.download(), lse_ref, tolerance_fp32);
+        poison_attention_workspace();
+        attention_backward(d_dqkv, d_dout, d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        if (rope) rope_backward(d_dqkv, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        std::vector<float> fused_dqkv = d_dqkv.download();
+        check_close("fused backward dqkv", fused_dqkv, dqkv_ref, tolerance_fp32);
+        // naive
+        DeviceBuffer<float> d_att(static_cast<size_t>(s.B) * s.NH * s.T * s.T), d_datt(d_att.count);
+        poison(d_out);
+        poison(d_att);
+        poison(d_datt);
+        poison_attention_workspace();
+        attention_forward_naive(d_out, d_att, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        std::vector<float> naive_out = d_out.download();
+        check_close("naive forward out", naive_out, out_ref, tolerance_fp32);
+        d_dqkv.upload(dqkv_init);
+        poison_attention_workspace();
+        attention_backward_naive(d_dqkv, d_datt, d_dout, d_att, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        if (rope) rope_backward(d_dqkv, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        std::vector<float> naive_dqkv = d_dqkv.download();
+        check_close("naive backward dqkv", naive_dqkv, dqkv_ref, tolerance_fp32);
+        // the two paths agree with each other (both fp32, different summation orders)
+        check_close("fused vs naive out", fused_out, naive_out, tolerance_fp32);
+        check_close("fused vs naive dqkv", fused_dqkv, naive_dqkv, tolerance_fp32);
+    });
+}
+
+}  // namespace
+
+TEST_CASE("attention fused and naive paths match the CPU reference (T 1..129, hs 64/128, MHA/GQA/MQA, RoPE)") {
+    Rng rng(404);
+    for (int T : {1, 7, 64, 129})
+        for (int hs : {64, 128})
+            for (int NKV : {4, 2, 1})
+                for (bool rope : {false, true}) check_attention_paths(Shape{2, T, 4, NKV, hs}, rope, rng);
+}
+
+TEST_CASE("attention fused and naive paths match the CPU reference at T=512 (B=1, NH=2)") {
+    Rng rng(405);
+    for (int hs : {64, 128})
+        for (int NKV : {2, 1}) check_attention_paths(Shape{1, 512, 2, NKV, hs}, NKV == 1, rng);
+}
+
+TEST_CASE("attention fused path at head size 32, odd T") {
+    Rng rng(406);
+    check_attention_paths(Shape{3, 33, 6, 3, 32}, true, rng);
+}
+
+TEST_CASE("attention launchers reject bad shapes with a message") {
+    DeviceBuffer<float> qkv(3 * 48), out(48), lse(1);
+    CHECK_THROWS_WITH_AS(attention_forward(out, lse, qkv, 1, 1, 1, 1, 48, nullptr),
+                         doctest::Contains("head size 48 is not compiled"), std::runtime_error);
+    CHECK_THROWS_WITH_AS(attention_forward(out, lse, qkv, 1, 1, 3, 2, 64, nullptr),
+                         doctest::Contains("NKV must divide NH"), std::runtime_error);
+    CHECK_THROWS_WITH_AS(rope_forward(qkv, 1, 1, 1, 1, 5, rope_theta, nullptr), doctest::Contains("odd"), std::runtime_error);
+}
+
+// ----------------------------------------------------------------------------
+// Memory: the fused path allocates O(T), never O(T²).
+
+TEST_CASE("fused attention allocates nothing O(T^2)") {
+    // At T = 2048 one T×T score matrix per head is 16 MiB; the test's budget for everything the fused
+    // path allocates is 1 MiB. Its workspace is D (B·NH·T floats) and partial dQ (B·T·NH·hs floats).
+    Shape s{1, 2048, 1, 1, 64};
+    const size_t budget_bytes = 1u << 20;
+    size_t score_matrix_bytes = static_cast<size_t>(s.B) * s.NH * s.T * s.T * sizeof(float);
+    REQUIRE(score_matrix_bytes > 8 * budget_bytes);
+    Rng rng(407);
+    std::vector<float> qkv = random_vector(s.qkv_count(), rng, 1.5f), dout = random_vector(s.out_count(), rng);
+    DeviceBuffer<float> d_qkv(qkv), d_out(s.out_count()), d_lse(s.lse_count()), d_dout(dout), d_dqkv(s.qkv_count());
+    cuda_check(cudaMemset(d_dqkv, 0, d_dqkv.bytes()));
+    attention_workspace_release();
+    attention_forward(d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+    attention_backward(d_dqkv, d_dout, d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+    size_t used = attention_workspace_bytes();
+    size_t linear_bound = 2 * s.out_count() * sizeof(float) + 2 * s.lse_count() * sizeof(float) + 1024;  // + alignment
+    INFO("fused workspace " << used << " bytes; O(T) bound " << linear_bound << "; one score matrix " << score_matrix_bytes);
+    CHECK(used <= linear_bound);
+    CHECK(used <= budget_bytes);
+    // and the result is right: the last query row (which sees all 2048 keys) against the CPU reference
+    std::vector<float> out = d_out.download(), dqkv = d_dqkv.download();
+    for (float v : dqkv) REQUIRE(std::isfinite(v));
+    Shape last{1, s.T, 1, 1, 64};
+    std::vector<double> x = to_double(qkv), ref(last.out_count()), lse(last.lse_count());
+    attention_forward_cpu(ref.data(), lse.data(), x.data(), last.B, last.T, last.NH, last.NKV, last.hs);
+    check_close("fused forward at T=2048", out, to_float(ref), tolerance_fp32);
+    attention_workspace_release();
+}
+
+// ----------------------------------------------------------------------------
+// Decode against a KV cache.
+
+namespace {
+
+// A whole sequence batch (B, Tfull, W) with RoPE applied at positions t (the CPU reference's input).
+struct DecodeCase {
+    Shape s;  // s.T = Tfull = maxT
+    std::vector<float> raw;        // before RoPE
+    std::vector<double> roped;     // after RoPE, double
+    std::vector<double> out, lse;  // full causal attention of the roped sequence
+};
+
+DecodeCase make_decode_case(Shape s, Rng& rng) {
+    DecodeCase c{s, random_vector(s.qkv_count(), rng, 1.5f), {}, std::vector<double>(s.out_count()), std::vector<double>(s.lse_count())};
+    c.roped = to_double(c.raw);
+    rope_forward_cpu(c.roped.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+    attention_forward_cpu(c.out.data(), c.lse.data(), c.roped.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+    return c;
+}
+
+// Token t of every sequence as a (B, 1, W) activation (raw, before RoPE).
+std::vector<float> token_rows(const DecodeCase& c, const std::vector<int>& t_of_b) {
+    int W = c.s.W();
+    std::vector<float> rows(static_cast<size_t>(c.s.B) * W);
+    for (int b = 0; b < c.s.B; b++)
+        std::copy_n(c.raw.begin() + (static_cast<size_t>(b) * c.s.T + t_of_b[b]) * W, W, rows.begin() + static_cast<size_t>(b) * W);
+    return rows;
+}
+// Row t of full attention for every sequence: (B, NH·hs).
+std::vector<float> reference_rows(const DecodeCase& c, const std::vector<int>& t_of_b) {
+    size_t C = static_cast<size_t>(c.s.NH) * c.s.hs;
+    std::vector<float> rows(c.s.B * C);
+    for (int b = 0; b < c.s.B; b++)
+        for (size_t i = 0; i < C; i++) rows[b * C + i] = static_cast<float>(c.out[(static_cast<size_t>(b) * c.s.T + t_of_b[b]) * C + i]);
+    return rows;
+}
+
+}  // namespace
+
+TEST_CASE("decode: prefill + appends, then attention_decode equals the last row of full attention") {
+    Rng rng(408);
+    for (int hs : {64, 128})
+        for (int NKV : {4, 2, 1}) {
+            const int maxT = 300, prefill = 5;  // > 2 decode chunks of 128 keys
+            DecodeCase c = make_decode_case(Shape{2, maxT, 4, NKV, hs}, rng);
+            const Shape& s = c.s;
+            CAPTURE(describe(s));
+            size_t cache_count = static_cast<size_t>(s.B) * s.NKV * maxT * s.hs;
+            for_each_thread_order([&] {
+                DeviceBuffer<float> k_cache(cache_count), v_cache(cache_count), d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
+                poison(k_cache);  // rows past the length stay NaN: decode must never read them
+                poison(v_cache);
+                // prefill: the first tokens of every sequence, roped at positions 0..prefill-1
+                std::vector<float> first(static_cast<size_t>(s.B) * prefill * s.W());
+                for (int b = 0; b < s.B; b++)
+                    std::copy_n(c.raw.begin() + static_cast<size_t>(b) * s.T * s.W(), prefill * s.W(), first.begin() + static_cast<size_t>(b) * prefill * s.W());
+                std::vector<int> prefill_pos(static_cast<size_t>(s.B) * prefill);
+                for (size_t i = 0; i < prefill_pos.size(); i++) prefill_pos[i] = static_cast<int>(i % prefill);
+                DeviceBuffer<float> d_first(first);
+                DeviceBuffer<int> d_prefill_pos(prefill_pos);
+                rope_forward(d_first, s.B, prefill, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+                kv_cache_append(k_cache, v_cache, d_first, d_prefill_pos, s.B, prefill, s.NH, s.NKV, s.hs, maxT, nullptr);
+                // then one token at a time: rope at its position, append, decode
+                for (int t = prefill; t < maxT; t++) {
+                    std::vector<int> pos(s.B, t), len(s.B, t + 1);
+                    DeviceBuffer<float> d_tok(token_rows(c, pos));
+                    DeviceBuffer<int> d_pos(pos), d_len(len);
+                    rope_forward_at(d_tok, d_pos, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+                    kv_cache_append(k_cache, v_cache, d_tok, d_pos, s.B, 1, s.NH, s.NKV, s.hs, maxT, nullptr);
+                    if (t % 37 != 0 && t != maxT - 1 && t != 128 && t != 129) continue;  // check a spread of lengths
+                    CAPTURE(t);
+                    poison(d_out);
+                    poison_attention_workspace();
+                    attention_decode(d_out, d_tok, k_cache, v_cache, d_len, s.B, s.NH, s.NKV, s.hs, maxT, nullptr);
+                    check_close("attention_decode", d_out.download(), reference_rows(c, pos), tolerance_fp32);
+                }
+            });
+        }
+}
+
+TEST_CASE("decode: sequences of different lengths in one batch, cache filled in one append") {
+    Rng rng(409);
+    const int maxT = 260;
+    DecodeCase c = make_decode_case(Shape{4, maxT, 4, 2, 64}, rng);
+    const Shape& s = c.s;
+    std::vector<int> lengths = {1, 128, 129, 260};
+    size_t cache_count = static_cast<size_t>(s.B) * s.NKV * maxT * s.hs;
+    // kernel append vs CPU append of the whole (roped) sequence: the same cache
+    std::vector<int> positions(static_cast<size_t>(s.B) * s.T);
+    for (size_t i = 0; i < positions.size(); i++) positions[i] = static_cast<int>(i % s.T);
+    std::vector<double> k_ref(cache_count), v_ref(cache_count);
+    kv_cache_append_cpu(k_ref.data(), v_ref.data(), c.roped.data(), positions.data(), s.B, s.T, s.NH, s.NKV, s.hs, maxT);
+    std::vector<int> last(s.B);
+    for (int b = 0; b < s.B; b++) last[b] = lengths[b] - 1;
+    // decode reference on the CPU too: attention_decode_cpu equals the last row of full attention
+    std::vector<double> q_rows(static_cast<size_t>(s.B) * s.W()), dec_ref(static_cast<size_t>(s.B) * s.NH * s.hs);
+    for (int b = 0; b < s.B; b++)
+        std::copy_n(c.roped.begin() + (static_cast<size_t>(b) * s.T + last[b]) * s.W(), s.W(), q_rows.begin() + static_cast<size_t>(b) * s.W());
+    attention_decode_cpu(dec_ref.data(), q_rows.data(), k_ref.data(), v_ref.data(), lengths.data(), s.B, s.NH, s.NKV, s.hs, maxT);
+    check_close("attention_decode_cpu vs full attention", to_float(dec_ref), reference_rows(c, last), 1e-6);
+    for_each_thread_order([&] {
+        DeviceBuffer<float> k_cache(cache_count), v_cache(cache_count), d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
+        DeviceBuffer<float> d_seq(c.raw);
+        DeviceBuffer<int> d_positions(positions), d_len(lengths);
+        poison(k_cache);
+        poison(v_cache);
+        rope_forward(d_seq, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        kv_cache_append(k_cache, v_cache, d_seq, d_positions, s.B, s.T, s.NH, s.NKV, s.hs, maxT, nullptr);
+        check_close("k cache", k_cache.download(), to_float(k_ref), tolerance_fp32);
+        check_close("v cache", v_cache.download(), to_float(v_ref), tolerance_fp32);
+        DeviceBuffer<float> d_q(token_rows(c, last));
+        DeviceBuffer<int> d_last(last);
+        rope_forward_at(d_q, d_last, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        poison(d_out);
+        poison_attention_workspace();
+        attention_decode(d_out, d_q, k_cache, v_cache, d_len, s.B, s.NH, s.NKV, s.hs, maxT, nullptr);
+        check_close("attention_decode, mixed lengths", d_out.download(), reference_rows(c, last), tolerance_fp32);
+    });
+}

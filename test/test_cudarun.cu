@@ -1,0 +1,97 @@
+// Tests of dev/cudarun (issue 7) and of the broken-kernel examples of docs/cpu-execution.md: every
+// program under dev/examples/ is compiled and run through dev/cudarun, as a reader would, and its
+// result checked. The examples check themselves (PASS/FAIL and the exit status); the unsupported
+// and broken ones must fail, with the message that names the problem.
+//
+// These tests only shell out to dev/cudarun (from the repository root, where `make test` runs them),
+// which is a CPU-build tool: in the GPU build this file compiles to nothing.
+#include <doctest/doctest.h>
+
+#if defined(CUDASIM)
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <string>
+
+namespace {
+
+struct Run {
+    int status;          // the exit status, or 128 + the signal that killed it (as a shell reports it)
+    std::string output;  // stdout and stderr together
+};
+
+// dev/cudarun ARGS, from the repository root.
+Run cudarun(const std::string& args) {
+    std::string command = "dev/cudarun " + args + " 2>&1";
+    FILE* pipe = popen(command.c_str(), "r");
+    REQUIRE_MESSAGE(pipe != nullptr, "cannot run " << command);
+    std::string output;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
+    int status = pclose(pipe);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// A self-checking example: exits 0 and says PASS.
+void check_example(const std::string& args) {
+    Run r = cudarun(args);
+    INFO("$ dev/cudarun " << args << "\n" << r.output);
+    CHECK(r.status == 0);
+    CHECK(contains(r.output, "PASS"));
+    CHECK_FALSE(contains(r.output, "FAIL"));
+}
+
+}  // namespace
+
+TEST_CASE("cudarun: the examples run unmodified on the CPU and pass") {
+    for (const char* example : {"reduction", "transpose", "softmax_cg"})
+        check_example(std::string("dev/examples/") + example + ".cu");
+}
+
+TEST_CASE("cudarun: options reach the program (--order, --threads, arguments after --)") {
+    // A thread order or a thread count must not change a correct kernel's result.
+    check_example("--order reverse --threads 1 dev/examples/transpose.cu");
+    check_example("--order random --threads 3 dev/examples/softmax_cg.cu -- ignored arguments");
+    Run r = cudarun("--order sideways dev/examples/transpose.cu");
+    CHECK(r.status != 0);
+    CHECK(contains(r.output, "--order sideways: expected forward, reverse or random"));
+}
+
+TEST_CASE("cudarun: an unsupported feature fails to compile with a message naming it") {
+    Run r = cudarun("dev/examples/unsupported_grid_sync.cu");
+    CHECK(r.status != 0);
+    CHECK(contains(r.output, "cudasim: grid-wide synchronisation"));
+    CHECK(contains(r.output, "dev/examples/unsupported_grid_sync.cu:"));  // the error names the original file
+    CHECK_FALSE(contains(r.output, "PASS"));
+}
+
+// docs/cpu-execution.md, "Three broken kernels": each bug, and the tool that catches it.
+TEST_CASE("broken kernel: a missing __syncthreads is caught by --order reverse") {
+    Run forward = cudarun("--order forward dev/examples/broken_missing_barrier.cu");
+    CHECK(forward.status == 0);  // the race hides under the order a GPU warp usually shows
+    Run reverse = cudarun("--order reverse dev/examples/broken_missing_barrier.cu");
+    CHECK(reverse.status == 1);
+    CHECK(contains(reverse.output, "FAIL"));
+    CHECK(contains(reverse.output, "nan"));  // the NaN that cudasim put in unwritten shared memory
+}
+
+TEST_CASE("broken kernel: a divergent __syncthreads aborts naming the kernel, block and threads") {
+    Run r = cudarun("dev/examples/broken_divergent_barrier.cu");
+    CHECK(r.status == 128 + 6);  // SIGABRT
+    CHECK(contains(r.output, "kernel 'block_sum_kernel' block (3,0,0): thread (0,0,0) waits at __syncthreads, "
+                             "but 24 of the block's 256 threads (thread (232,0,0) the first) returned without reaching it"));
+}
+
+TEST_CASE("broken kernel: an off-by-one write is reported by --asan with the CUDA thread") {
+    Run plain = cudarun("dev/examples/broken_off_by_one.cu");
+    CHECK(plain.status == 0);  // without a sanitizer the stray write goes unnoticed
+    Run asan = cudarun("--asan dev/examples/broken_off_by_one.cu");
+    CHECK(asan.status != 0);
+    CHECK(contains(asan.output, "cudasim: the access below was made by kernel 'scale_kernel', block (3,0,0), thread (232,0,0)"));
+    CHECK(contains(asan.output, "AddressSanitizer: heap-buffer-overflow"));
+    CHECK(contains(asan.output, "WRITE of size 4"));
+    CHECK(contains(asan.output, "in scale_kernel(float*, float const*, float, int) dev/examples/broken_off_by_one.cu:20"));
+}
+#endif  // CUDASIM

@@ -1,0 +1,498 @@
+// Tests of layers.cuh. For every op:
+//   - the kernel against the CPU reference (fp32), at several shapes including odd ones (T = 1, C not a
+//     multiple of 32, V not a multiple of the matmul tile), under both thread orders of the CPU build;
+//     forward outputs are poisoned with NaN first; gradient buffers start from random values, so a kernel
+//     that overwrites instead of accumulating fails too;
+//   - the CPU backward (in double) against central finite differences of the CPU forward, through the
+//     scalar L = Σ forward(x)·w for a random w (then ∂L/∂out = w is the dout given to the backward).
+#include <algorithm>
+#include <functional>
+#include <numeric>
+
+#include "layers.cuh"
+#include "layers_cpu_blas.h"
+#include "test/test_util.h"
+
+// ----------------------------------------------------------------------------
+// Helpers.
+static std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+static std::vector<int> random_tokens(size_t n, int V, Rng& rng) {
+    std::vector<int> t(n);
+    for (auto& x : t) x = static_cast<int>(rng.below(static_cast<uint32_t>(V)));
+    return t;
+}
+
+static double dot(const std::vector<double>& a, const std::vector<double>& b) {
+    return std::inner_product(a.begin(), a.end(), b.begin(), 0.0);
+}
+
+// The gradient of a scalar loss with respect to x from a backward (`analytic`) against central finite
+// differences of the loss.
+static void check_finite_differences(const std::string& what, const std::vector<double>& x, const std::vector<double>& analytic,
+                                     const std::function<double(const std::vector<double>&)>& loss) {
+    std::vector<double> numeric = finite_difference(loss, x);
+    double e = rel_error(analytic, numeric);
+    INFO(what << ": backward vs finite differences, relative error " << e << " (tolerance " << tolerance_finite_difference << ")");
+    CHECK(e <= tolerance_finite_difference);
+}
+
+// ----------------------------------------------------------------------------
+// 1. Encoder
+TEST_CASE("encoder forward/backward: kernel matches CPU reference") {
+    Rng rng(101);
+    struct Shape { int B, T, C, V; };
+    for (Shape s : {Shape{1, 1, 7, 3}, Shape{2, 5, 33, 4}, Shape{3, 17, 96, 50}, Shape{2, 300, 40, 7}, Shape{1, 3, 1100, 2}}) {
+        for (bool with_wpe : {true, false}) {
+            CAPTURE(s.B); CAPTURE(s.T); CAPTURE(s.C); CAPTURE(s.V); CAPTURE(with_wpe);
+            const int N = s.B * s.T, maxT = s.T + 3;
+            std::vector<int> tokens = random_tokens(N, s.V, rng);  // small V: many repeated tokens
+            std::vector<float> wte = random_vector(static_cast<size_t>(s.V) * s.C, rng), wpe = random_vector(static_cast<size_t>(maxT) * s.C, rng);
+            std::vector<float> dout = random_vector(static_cast<size_t>(N) * s.C, rng);
+            std::vector<float> dwte0 = random_vector(wte.size(), rng), dwpe0 = random_vector(wpe.size(), rng);
+            std::vector<float> out_ref(static_cast<size_t>(N) * s.C), dwte_ref = dwte0, dwpe_ref = dwpe0;
+            encoder_forward_cpu(out_ref.data(), tokens.data(), wte.data(), with_wpe ? wpe.data() : nullptr, s.B, s.T, s.C);
+            encoder_backward_cpu(dwte_ref.data(), with_wpe ? dwpe_ref.data() : nullptr, dout.data(), tokens.data(), s.B, s.T, s.C);
+            for_each_thread_order([&] {
+                DeviceBuffer<int> d_tokens(tokens);
+                DeviceBuffer<float> d_wte(wte), d_wpe(wpe), d_out(out_ref.size()), d_dout(dout), d_dwte(dwte0), d_dwpe(dwpe0);
+                poison(d_out);
+                encoder_forward(d_out, d_tokens, d_wte, with_wpe ? d_wpe.ptr : nullptr, s.B, s.T, s.C, nullptr);
+                check_close("encoder out", d_out.download(), out_ref, tolerance_fp32);
+                encoder_backward(d_dwte, with_wpe ? d_dwpe.ptr : nullptr, d_dout, d_tokens, s.B, s.T, s.C, nullptr);
+                std::vector<float> dwte = d_dwte.download();
+                check_close("encoder dwte", dwte, dwte_ref, tolerance_fp32);
+                check_close("encoder dwpe", d_dwpe.download(), with_wpe ? dwpe_ref : dwpe0, tolerance_fp32);
+                // deterministic: a second run from the same start gives the same bits
+                d_dwte.upload(dwte0);
+                encoder_backward(d_dwte, with_wpe ? d_dwpe.ptr : nullptr, d_dout, d_tokens, s.B, s.T, s.C, nullptr);
+                CHECK(d_dwte.download() == dwte);
+            });
+        }
+    }
+}
+
+TEST_CASE("encoder backward (CPU, double) matches finite differences") {
+    Rng rng(102);
+    const int B = 2, T = 3, C = 5, V = 4, N = B * T;
+    std::vector<int> tokens = random_tokens(N, V, rng);
+    std::vector<double> wte = to_double(random_vector(V * C, rng)), wpe = to_double(random_vector(T * C, rng));
+    std::vector<double> w = to_double(random_vector(N * C, rng)), dwte(wte.size(), 0.0), dwpe(wpe.size(), 0.0);
+    encoder_backward_cpu(dwte.data(), dwpe.data(), w.data(), tokens.data(), B, T, C);
+    auto loss = [&](const std::vector<double>& te, const std::vector<double>& pe) {
+        std::vector<double> out(N * C);
+        encoder_forward_cpu(out.data(), tokens.data(), te.data(), pe.data(), B, T, C);
+        return dot(out, w);
+    };
+    check_finite_differences("dwte", wte, dwte, [&](const std::vector<double>& x) { return loss(x, wpe); });
+    check_finite_differences("dwpe", wpe, dwpe, [&](const std::vector<double>& x) { return loss(wte, x); });
+}
+
+// ----------------------------------------------------------------------------
+// 2. LayerNorm and RMSNorm
+TEST_CASE("layernorm forward/backward: kernel matches CPU reference") {
+    Rng rng(201);
+    struct Shape { int N, C; };
+    for (Shape s : {Shape{1, 7}, Shape{5, 33}, Shape{130, 100}, Shape{64, 768}}) {
+        CAPTURE(s.N); CAPTURE(s.C);
+        size_t NC = static_cast<size_t>(s.N) * s.C;
+        std::vector<float> inp = random_vector(NC, rng), weight = random_vector(s.C, rng), bias = random_vector(s.C, rng);
+        for (size_t i = 0; i < NC; i++) inp[i] += 0.5f;  // a non-zero mean, so the mean path matters
+        std::vector<float> dout = random_vector(NC, rng), dinp0 = random_vector(NC, rng), dw0 = random_vector(s.C, rng), db0 = random_vector(s.C, rng);
+        std::vector<float> out_ref(NC), mean_ref(s.N), rstd_ref(s.N), dinp_ref = dinp0, dw_ref = dw0, db_ref = db0;
+        layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(), s.N, s.C);
+        layernorm_backward_cpu(dinp_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), inp.data(), weight.data(), mean_ref.data(),
+                               rstd_ref.data(), s.N, s.C);
+        for_each_thread_order([&] {
+            DeviceBuffer<float> d_inp(inp), d_w(weight), d_b(bias), d_out(NC), d_mean(s.N), d_rstd(s.N);
+            DeviceBuffer<float> d_dout(dout), d_dinp(dinp0), d_dw(dw0), d_db(db0);
+            poison(d_out); poison(d_mean); poison(d_rstd);
+            layernorm_forward(d_out, d_mean, d_rstd, d_inp, d_w, d_b, s.N, s.C, nullptr);
+            check_close("layernorm out", d_out.download(), out_ref, tolerance_fp32);
+            check_close("layernorm mean", d_mean.download(), mean_ref, tolerance_fp32);
+            check_close("layernorm rstd", d_rstd.download(), rstd_ref, tolerance_fp32);
+            layernorm_backward(d_dinp, d_dw, d_db, d_dout, d_inp, d_w, d_mean, d_rstd, s.N, s.C, nullptr);
+            check_close("layernorm dinp", d_dinp.download(), dinp_ref, tolerance_fp32);
+            check_close("layernorm dweight", d_dw.download(), dw_ref, tolerance_fp32);
+            check_close("layernorm dbias", d_db.download(), db_ref, tolerance_fp32);
+        });
+    }
+}
+
+TEST_CASE("layernorm backward (CPU, double) matches finite differences") {
+    Rng rng(202);
+    const int N = 3, C = 10;
+    std::vector<double> inp = to_double(random_vector(N * C, rng)), weight = to_double(random_vector(C, rng)), bias = to_double(random_vector(C, rng));
+    std::vector<double> w = to_double(random_vector(N * C, rng));
+    std::vector<double> out(N * C), mean(N), rstd(N), dinp(N * C, 0.0), dweight(C, 0.0), dbias(C, 0.0);
+    layernorm_forward_cpu(out.data(), mean.data(), rstd.data(), inp.data(), weight.data(), bias.data(), N, C);
+    layernorm_backward_cpu(dinp.data(), dweight.data(), dbias.data(), w.data(), inp.data(), weight.data(), mean.data(), rstd.data(), N, C);
+    auto loss = [&](const std::vector<double>& x, const std::vector<double>& g, const std::vector<double>& b) {
+        std::vector<double> o(N * C), m(N), r(N);
+        layernorm_forward_cpu(o.data(), m.data(), r.data(), x.data(), g.data(), b.data(), N, C);
+        return dot(o, w);
+    };
+    check_finite_differences("layernorm dinp", inp, dinp, [&](const std::vector<double>& x) { return loss(x, weight, bias); });
+    check_finite_differences("layernorm dweight", weight, dweight, [&](const std::vector<double>& x) { return loss(inp, x, bias); });
+    check_finite_differences("layernorm dbias", bias, dbias, [&](const std::vector<double>& x) { return loss(inp, weight, x); });
+}
+
+TEST_CASE("rmsnorm forward/backward: kernel matches CPU reference") {
+    Rng rng(203);
+    struct Shape { int N, C; float eps; };
+    for (Shape s : {Shape{1, 7, 1e-5f}, Shape{5, 33, 1e-6f}, Shape{130, 100, 1e-5f}, Shape{64, 768, 1e-5f}}) {
+        CAPTURE(s.N); CAPTURE(s.C);
+        size_t NC = static_cast<size_t>(s.N) * s.C;
+        std::vector<float> inp = random_vector(NC, rng), weight = random_vector(s.C, rng);
+        std::vector<float> dout = random_vector(NC, rng), dinp0 = random_vector(NC, rng), dw0 = random_vector(s.C, rng);
+        std::vector<float> out_ref(NC), rstd_ref(s.N), dinp_ref = dinp0, dw_ref = dw0;
+        rmsnorm_forward_cpu(out_ref.data(), rstd_ref.data(), inp.data(), weight.data(), s.N, s.C, s.eps);
+        rmsnorm_backward_cpu(dinp_ref.data(), dw_ref.data(), dout.data(), inp.data(), weight.data(), rstd_ref.data(), s.N, s.C);
+        for_each_thread_order([&] {
+            DeviceBuffer<float> d_inp(inp), d_w(weight), d_out(NC), d_rstd(s.N), d_dout(dout), d_dinp(dinp0), d_dw(dw0);
+            poison(d_out); poison(d_rstd);
+            rmsnorm_forward(d_out, d_rstd, d_inp, d_w, s.N, s.C, s.eps, nullptr);
+            check_close("rmsnorm out", d_out.download(), out_ref, tolerance_fp32);
+            check_close("rmsnorm rstd", d_rstd.download(), rstd_ref, tolerance_fp32);
+            rmsnorm_backward(d_dinp, d_dw, d_dout, d_inp, d_w, d_rstd, s.N, s.C, nullptr);
+            check_close("rmsnorm dinp", d_dinp.download(), dinp_ref, tolerance_fp32);
+            check_close("rmsnorm dweight", d_dw.download(), dw_ref, tolerance_fp32);
+        });
+    }
+}
+
+TEST_CASE("rmsnorm backward (CPU, double) matches finite differences") {
+    Rng rng(204);
+    const int N = 3, C = 10;
+    const double eps = 1e-5;
+    std::vector<double> inp = to_double(random_vector(N * C, rng)), weight = to_double(random_vector(C, rng));
+    std::vector<double> w = to_double(random_vector(N * C, rng));
+    std::vector<double> out(N * C), rstd(N), dinp(N * C, 0.0), dweight(C, 0.0);
+    rmsnorm_forward_cpu(out.data(), rstd.data(), inp.data(), weight.data(), N, C, eps);
+    rmsnorm_backward_cpu(dinp.data(), dweight.data(), w.data(), inp.data(), weight.data(), rstd.data(), N, C);
+    auto loss = [&](const std::vector<double>& x, const std::vector<double>& g) {
+        std::vector<double> o(N * C), r(N);
+        rmsnorm_forward_cpu(o.data(), r.data(), x.data(), g.data(), N, C, eps);
+        return dot(o, w);
+    };
+    check_finite_differences("rmsnorm dinp", inp, dinp, [&](const std::vector<double>& x) { return loss(x, weight); });
+    check_finite_differences("rmsnorm dweight", weight, dweight, [&](const std::vector<double>& x) { return loss(inp, x); });
+}
+
+// ----------------------------------------------------------------------------
+// 3. Matmul
+
+// Forward and backward of one (N, C, OC) on the current backend; returns out, dinp, dweight, dbias.
+struct MatmulResult { std::vector<float> out, dinp, dweight, dbias; };
+struct MatmulCase {
+    int N, C, OC;
+    bool bias, dinp;
+    std::vector<float> inp, weight, b, dout, dinp0, dweight0, dbias0;
+    MatmulCase(int N_, int C_, int OC_, bool bias_, bool dinp_, Rng& rng) : N(N_), C(C_), OC(OC_), bias(bias_), dinp(dinp_) {
+        inp = random_vector(static_cast<size_t>(N) * C, rng);
+        weight = random_vector(static_cast<size_t>(OC) * C, rng);
+        b = random_vector(OC, rng);
+        dout = random_vector(static_cast<size_t>(N) * OC, rng);
+        dinp0 = random_vector(inp.size(), rng);
+        dweight0 = random_vector(weight.size(), rng);
+        dbias0 = random_vector(OC, rng);
+    }
+    MatmulResult run_device() const {
+        DeviceBuffer<float> d_inp(inp), d_w(weight), d_b(b), d_out(static_cast<size_t>(N) * OC), d_dout(dout);
+        DeviceBuffer<float> d_dinp(dinp0), d_dw(dweight0), d_db(dbias0);
+        poison(d_out);
+        matmul_forward(d_out, d_inp, d_w, bias ? d_b.ptr : nullptr, N, C, OC, nullptr);
+        matmul_backward(dinp ? d_dinp.ptr : nullptr, d_dw, bias ? d_db.ptr : nullptr, d_dout, d_inp, d_w, N, C, OC, nullptr);
+        return {d_out.download(), d_dinp.download(), d_dw.download(), d_db.download()};
+    }
+    template <class Forward, class Backward>
+    MatmulResult run_host(Forward forward, Backward backward) const {
+        MatmulResult r{std::vector<float>(static_cast<size_t>(N) * OC), dinp0, dweight0, dbias0};
+        forward(r.out.data(), inp.data(), weight.data(), bias ? b.data() : nullptr, N, C, OC);
+        backward(dinp ? r.dinp.data() : nullptr, r.dweight.data(), bias ? r.dbias.data() : nullptr, dout.data(), inp.data(),
+                 weight.data(), N, C, OC);
+        return r;
+    }
+    MatmulResult run_cpu() const { return run_host(matmul_forward_cpu<float>, matmul_backward_cpu<float>); }
+};
+
+static void check_matmul(const MatmulResult& got, const MatmulResult& want) {
+    check_close("matmul out", got.out, want.out, tolerance_fp32);
+    check_close("matmul dinp", got.dinp, want.dinp, tolerance_fp32);
+    check_close("matmul dweight", got.dweight, want.dweight, tolerance_fp32);
+    check_close("matmul dbias", got.dbias, want.dbias, tolerance_fp32);
+}
+
+struct BackendGuard {  // restores the default backend when a test ends, even on failure
+    ~BackendGuard() { set_matmul_backend(MatmulBackend::cublas); }
+};
+
+TEST_CASE("matmul forward/backward: both backends match CPU reference") {
+    Rng rng(301);
+    BackendGuard guard;
+    struct Shape { int N, C, OC; bool bias, dinp; };
+    for (Shape s : {Shape{1, 7, 5, true, true}, Shape{33, 70, 130, true, true}, Shape{66, 64, 1000, false, true},
+                    Shape{17, 96, 200, true, false}, Shape{128, 128, 64, true, true}, Shape{300, 40, 260, true, true}}) {
+        CAPTURE(s.N); CAPTURE(s.C); CAPTURE(s.OC); CAPTURE(s.bias); CAPTURE(s.dinp);
+        MatmulCase mc(s.N, s.C, s.OC, s.bias, s.dinp, rng);
+        MatmulResult ref = mc.run_cpu();
+        for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled}) {
+            CAPTURE(backend == MatmulBackend::tiled ? "tiled" : "cublas");
+            set_matmul_backend(backend);
+            for_each_thread_order([&] { check_matmul(mc.run_device(), ref); });
+        }
+    }
+}
+
+TEST_CASE("matmul tiled matches cuBLAS at every GPT-2 and Llama block shape (scaled down)") {
+    Rng rng(302);
+    BackendGuard guard;
+    const int B = 2, T = 33, N = B * T;  // 66 rows: not a multiple of the 64-row tile
+    for (int C : {64, 192}) {
+        int hs = 32, NH = C / hs, NKV = NH / 2;
+        int H = (8 * C / 3 + 1);  // Llama's hidden width 8/3·C (rounded up to an odd width on purpose)
+        struct Layer { const char* name; int in, out; };
+        for (Layer l : {Layer{"GPT-2 qkv", C, 3 * C}, Layer{"attention proj", C, C}, Layer{"GPT-2 fc", C, 4 * C},
+                        Layer{"GPT-2 fcproj", 4 * C, C}, Layer{"Llama gate|up", C, 2 * H}, Layer{"Llama down", H, C},
+                        Layer{"Llama GQA qkv", C, (NH + 2 * NKV) * hs}, Layer{"lm_head (Vp = 1000)", C, 1000}}) {
+            CAPTURE(l.name); CAPTURE(C); CAPTURE(l.in); CAPTURE(l.out);
+            MatmulCase mc(N, l.in, l.out, true, true, rng);
+            set_matmul_backend(MatmulBackend::cublas);
+            MatmulResult want = mc.run_device();
+            set_matmul_backend(MatmulBackend::tiled);
+            check_matmul(mc.run_device(), want);
+        }
+    }
+}
+
+// OpenBLAS versions: compiled and run in the CPU build only (the nvcc build does not link OpenBLAS).
+template <bool run>
+void check_matmul_cpu_blas() {
+    if constexpr (run) {
+        Rng rng(303);
+        for (auto [N, C, OC] : {std::tuple{1, 7, 5}, std::tuple{33, 70, 130}, std::tuple{66, 192, 768}}) {
+            CAPTURE(N); CAPTURE(C); CAPTURE(OC);
+            for (bool bias : {true, false}) {
+                MatmulCase mc(N, C, OC, bias, bias, rng);
+                check_matmul(mc.run_host(matmul_forward_cpu_blas, matmul_backward_cpu_blas), mc.run_cpu());
+            }
+        }
+    }
+}
+
+TEST_CASE("matmul CPU OpenBLAS path matches the plain-loop reference (CPU build)") {
+    check_matmul_cpu_blas<cpu_build>();
+}
+
+TEST_CASE("matmul backward (CPU, double) matches finite differences") {
+    Rng rng(304);
+    const int N = 3, C = 5, OC = 4;
+    std::vector<double> inp = to_double(random_vector(N * C, rng)), weight = to_double(random_vector(OC * C, rng)), bias = to_double(random_vector(OC, rng));
+    std::vector<double> w = to_double(random_vector(N * OC, rng));
+    std::vector<double> dinp(N * C, 0.0), dweight(OC * C, 0.0), dbias(OC, 0.0);
+    matmul_backward_cpu(dinp.data(), dweight.data(), dbias.data(), w.data(), inp.data(), weight.data(), N, C, OC);
+    auto loss = [&](const std::vector<double>& x, const std::vector<double>& W, const std::vector<double>& b) {
+        std::vector<double> o(N * OC);
+        matmul_forward_cpu(o.data(), x.data(), W.data(), b.data(), N, C, OC);
+        return dot(o, w);
+    };
+    check_finite_differences("matmul dinp", inp, dinp, [&](const std::vector<double>& x) { return loss(x, weight, bias); });
+    check_finite_differences("matmul dweight", weight, dweight, [&](const std::vector<double>& x) { return loss(inp, x, bias); });
+    check_finite_differences("matmul dbias", bias, dbias, [&](const std::vector<double>& x) { return loss(inp, weight, x); });
+}
+
+// ----------------------------------------------------------------------------
+// 4. GELU, SwiGLU
+TEST_CASE("gelu forward/backward: kernel matches CPU reference") {
+    Rng rng(401);
+    for (int N : {1, 31, 4096, 100003}) {
+        CAPTURE(N);
+        std::vector<float> inp = random_vector(N, rng, 3.0f), dout = random_vector(N, rng), dinp0 = random_vector(N, rng);
+        std::vector<float> out_ref(N), dinp_ref = dinp0;
+        gelu_forward_cpu(out_ref.data(), inp.data(), N);
+        gelu_backward_cpu(dinp_ref.data(), inp.data(), dout.data(), N);
+        for_each_thread_order([&] {
+            DeviceBuffer<float> d_inp(inp), d_out(N), d_dout(dout), d_dinp(dinp0);
+            poison(d_out);
+            gelu_forward(d_out, d_inp, N, nullptr);
+            check_close("gelu out", d_out.download(), out_ref, tolerance_fp32);
+            gelu_backward(d_dinp, d_inp, d_dout, N, nullptr);
+            check_close("gelu dinp", d_dinp.download(), dinp_ref, tolerance_fp32);
+        });
+    }
+}
+
+TEST_CASE("gelu backward (CPU, double) matches finite differences") {
+    Rng rng(402);
+    const int N = 40;
+    std::vector<double> inp = to_double(random_vector(N, rng, 3.0f)), w = to_double(random_vector(N, rng)), dinp(N, 0.0);
+    gelu_backward_cpu(dinp.data(), inp.data(), w.data(), N);
+    check_finite_differences("gelu dinp", inp, dinp, [&](const std::vector<double>& x) {
+        std::vector<double> o(N);
+        gelu_forward_cpu(o.data(), x.data(), N);
+        return dot(o, w);
+    });
+}
+
+TEST_CASE("swiglu forward/backward: kernel matches CPU reference") {
+    Rng rng(403);
+    struct Shape { int N, H; };
+    for (Shape s : {Shape{1, 1}, Shape{3, 5}, Shape{66, 171}, Shape{64, 512}}) {
+        CAPTURE(s.N); CAPTURE(s.H);
+        size_t NH = static_cast<size_t>(s.N) * s.H;
+        std::vector<float> inp = random_vector(2 * NH, rng, 3.0f), dout = random_vector(NH, rng), dinp0 = random_vector(2 * NH, rng);
+        std::vector<float> out_ref(NH), dinp_ref = dinp0;
+        swiglu_forward_cpu(out_ref.data(), inp.data(), s.N, s.H);
+        swiglu_backward_cpu(dinp_ref.data(), inp.data(), dout.data(), s.N, s.H);
+        for_each_thread_order([&] {
+            DeviceBuffer<float> d_inp(inp), d_out(NH), d_dout(dout), d_dinp(dinp0);
+            poison(d_out);
+            swiglu_forward(d_out, d_inp, s.N, s.H, nullptr);
+            check_close("swiglu out", d_out.download(), out_ref, tolerance_fp32);
+            swiglu_backward(d_dinp, d_inp, d_dout, s.N, s.H, nullptr);
+            check_close("swiglu dinp", d_dinp.download(), dinp_ref, tolerance_fp32);
+        });
+    }
+}
+
+TEST_CASE("swiglu backward (CPU, double) matches finite differences") {
+    Rng rng(404);
+    const int N = 3, H = 7;
+    std::vector<double> inp = to_double(random_vector(2 * N * H, rng, 3.0f)), w = to_double(random_vector(N * H, rng)), dinp(2 * N * H, 0.0);
+    swiglu_backward_cpu(dinp.data(), inp.data(), w.data(), N, H);
+    check_finite_differences("swiglu dinp", inp, dinp, [&](const std::vector<double>& x) {
+        std::vector<double> o(N * H);
+        swiglu_forward_cpu(o.data(), x.data(), N, H);
+        return dot(o, w);
+    });
+}
+
+// ----------------------------------------------------------------------------
+// 5. Residual
+TEST_CASE("residual forward/backward: kernel matches CPU reference") {
+    Rng rng(501);
+    for (int N : {1, 31, 100003}) {
+        CAPTURE(N);
+        std::vector<float> a = random_vector(N, rng), b = random_vector(N, rng), dout = random_vector(N, rng);
+        std::vector<float> da0 = random_vector(N, rng), db0 = random_vector(N, rng), out_ref(N), da_ref = da0, db_ref = db0;
+        residual_forward_cpu(out_ref.data(), a.data(), b.data(), N);
+        residual_backward_cpu(da_ref.data(), db_ref.data(), dout.data(), N);
+        for_each_thread_order([&] {
+            DeviceBuffer<float> d_a(a), d_b(b), d_out(N), d_dout(dout), d_da(da0), d_db(db0);
+            poison(d_out);
+            residual_forward(d_out, d_a, d_b, N, nullptr);
+            check_close("residual out", d_out.download(), out_ref, tolerance_fp32);
+            residual_backward(d_da, d_db, d_dout, N, nullptr);
+            check_close("residual da", d_da.download(), da_ref, tolerance_fp32);
+            check_close("residual db", d_db.download(), db_ref, tolerance_fp32);
+        });
+    }
+}
+
+TEST_CASE("residual backward (CPU, double) matches finite differences") {
+    Rng rng(502);
+    const int N = 10;
+    std::vector<double> a = to_double(random_vector(N, rng)), b = to_double(random_vector(N, rng)), w = to_double(random_vector(N, rng));
+    std::vector<double> da(N, 0.0), db(N, 0.0);
+    residual_backward_cpu(da.data(), db.data(), w.data(), N);
+    auto loss = [&](const std::vector<double>& x, const std::vector<double>& y) {
+        std::vector<double> o(N);
+        residual_forward_cpu(o.data(), x.data(), y.data(), N);
+        return dot(o, w);
+    };
+    check_finite_differences("residual da", a, da, [&](const std::vector<double>& x) { return loss(x, b); });
+    check_finite_differences("residual db", b, db, [&](const std::vector<double>& x) { return loss(a, x); });
+}
+
+// ----------------------------------------------------------------------------
+// 6. Fused classifier
+TEST_CASE("fused classifier: kernel matches CPU reference (padded vocabulary, ignored rows, large logits)") {
+    Rng rng(601);
+    struct Shape { int N, V, Vp; };
+    for (Shape s : {Shape{1, 5, 5}, Shape{6, 50, 67}, Shape{7, 1000, 1024}, Shape{3, 2000, 2048}}) {
+        for (bool write_dlogits : {true, false}) {
+            CAPTURE(s.N); CAPTURE(s.V); CAPTURE(s.Vp); CAPTURE(write_dlogits);
+            std::vector<float> logits = random_vector(static_cast<size_t>(s.N) * s.Vp, rng, 4.0f);
+            for (int v = 0; v < s.Vp; v++) logits[v] += 200.0f;  // row 0: e^z overflows fp32 unless the max is subtracted
+            std::vector<int> targets = random_tokens(s.N, s.V, rng);
+            if (s.N > 1) targets[1] = -1;  // an ignored row
+            int valid = static_cast<int>(std::count_if(targets.begin(), targets.end(), [](int t) { return t >= 0; }));
+            float dloss = 1.0f / valid;
+            std::vector<float> dlogits_ref = logits, losses_ref(s.N);
+            fused_classifier_cpu(dlogits_ref.data(), losses_ref.data(), targets.data(), dloss, s.N, s.V, s.Vp, write_dlogits);
+            for_each_thread_order([&] {
+                DeviceBuffer<float> d_logits(logits), d_losses(s.N);
+                DeviceBuffer<int> d_targets(targets);
+                poison(d_losses);
+                fused_classifier(d_logits, d_losses, d_targets, dloss, s.N, s.V, s.Vp, write_dlogits, nullptr);
+                check_close("classifier losses", d_losses.download(), losses_ref, tolerance_fp32);
+                std::vector<float> dlogits = d_logits.download();
+                check_close("classifier dlogits", dlogits, dlogits_ref, tolerance_fp32);
+                if (write_dlogits)  // padding columns and ignored rows get exactly zero
+                    for (int n = 0; n < s.N; n++)
+                        for (int v = 0; v < s.Vp; v++)
+                            if (v >= s.V || targets[n] < 0) REQUIRE(dlogits[static_cast<size_t>(n) * s.Vp + v] == 0.0f);
+            });
+        }
+    }
+}
+
+TEST_CASE("fused classifier gradient (CPU, double) matches finite differences of dloss·Σ loss") {
+    Rng rng(602);
+    const int N = 4, V = 6, Vp = 8;
+    std::vector<double> logits = to_double(random_vector(N * Vp, rng, 2.0f));
+    std::vector<int> targets = {2, -1, 0, 5};
+    const double dloss = 1.0 / 3;
+    std::vector<double> dlogits = logits, losses(N);
+    fused_classifier_cpu(dlogits.data(), losses.data(), targets.data(), dloss, N, V, Vp, true);
+    check_finite_differences("classifier dlogits", logits, dlogits, [&](const std::vector<double>& z) {
+        std::vector<double> zz = z, l(N);
+        fused_classifier_cpu(zz.data(), l.data(), targets.data(), dloss, N, V, Vp, false);
+        return dloss * std::accumulate(l.begin(), l.end(), 0.0);
+    });
+}
+
+// ----------------------------------------------------------------------------
+// 7. AdamW, global norm
+TEST_CASE("adamw: kernel matches CPU reference over several steps") {
+    Rng rng(701);
+    for (size_t n : {size_t{1}, size_t{1000}, size_t{100003}}) {
+        for (float weight_decay : {0.0f, 0.1f}) {
+            CAPTURE(n); CAPTURE(weight_decay);
+            std::vector<float> params = random_vector(n, rng), m(n, 0.0f), v(n, 0.0f);
+            std::vector<float> p_ref = params, m_ref = m, v_ref = v;
+            for_each_thread_order([&] {
+                DeviceBuffer<float> d_p(params), d_m(m), d_v(v);
+                std::vector<float> pr = p_ref, mr = m_ref, vr = v_ref;
+                for (int step = 1; step <= 3; step++) {
+                    std::vector<float> grads = random_vector(n, rng);
+                    DeviceBuffer<float> d_g(grads);
+                    adamw_update_cpu(pr.data(), grads.data(), mr.data(), vr.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, weight_decay, step, 0.5f);
+                    adamw_update(d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, weight_decay, step, 0.5f, nullptr);
+                    CAPTURE(step);
+                    check_close("adamw params", d_p.download(), pr, tolerance_fp32);
+                    check_close("adamw m", d_m.download(), mr, tolerance_fp32);
+                    check_close("adamw v", d_v.download(), vr, tolerance_fp32);
+                }
+            });
+        }
+    }
+}
+
+TEST_CASE("global norm squared: kernel matches CPU reference and is deterministic") {
+    Rng rng(702);
+    for (size_t n : {size_t{1}, size_t{1000}, size_t{100003}, size_t{300001}}) {  // 300001 > 1024 blocks · 256: grid-stride
+        CAPTURE(n);
+        std::vector<float> g = random_vector(n, rng);
+        float ref = global_norm_squared_cpu(g.data(), n);
+        for_each_thread_order([&] {
+            DeviceBuffer<float> d_g(g), d_out(1);
+            poison(d_out);
+            global_norm_squared(d_out, d_g, n, nullptr);
+            float got = d_out.download()[0];
+            check_close("global norm squared", {got}, {ref}, tolerance_fp32);
+            global_norm_squared(d_out, d_g, n, nullptr);
+            CHECK(d_out.download()[0] == got);
+        });
+    }
+}
