@@ -168,7 +168,7 @@ infer_gpt_cpu: $(CPU)/infer_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
 infer_gpt: $(GPU)/infer_gpt.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
-$(CPU)/test/test_infer: infer_gpt_cpu
+$(CPU)/test/test_infer: | infer_gpt_cpu
 all: infer_gpt_cpu
 
 INFER_FUZZ_SECONDS ?= 300
