@@ -127,9 +127,14 @@ static std::optional<bpe::Tokenizer> open_tokenizer(const InferOptions& o, const
             throw std::runtime_error("tokenizer " + dir + " is not the one the model was trained with (" + m.tokenizer.dump() +
                                      "); pass that one with --tokenizer");
     }
-    if (tok.vocab_size() > m.config.vocab_size)
+    if (tok.vocab_size() > m.config.vocab_size) {
+        if (!needed) {  // token ids in, token ids out: no tokenizer is fine
+            std::fprintf(stderr, "note: tokenizer %s does not fit this model's vocabulary; printing token ids\n", dir.c_str());
+            return std::nullopt;
+        }
         throw std::runtime_error("tokenizer " + dir + " has " + std::to_string(tok.vocab_size()) + " tokens but the model only " +
                                  std::to_string(m.config.vocab_size));
+    }
     return tok;
 }
 
@@ -145,6 +150,14 @@ static std::vector<int> parse_ids(const std::string& s) {
         ids.push_back(v);
     }
     return ids;
+}
+
+// Token ids → text that is always valid UTF-8 (JSON needs it): bytes that never form UTF-8 become U+FFFD.
+static std::string valid_utf8_text(const bpe::Tokenizer& tok, const std::vector<int>& ids) {
+    bpe::StreamDecoder d(tok);
+    std::string s;
+    for (int id : ids) s += d.push(id);
+    return s + d.flush();
 }
 
 // One JSONL line → a request (or a request carrying the error that makes it unservable).
@@ -228,7 +241,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
                 j["error"] = r.error;
                 errors++;
             } else {
-                j["text"] = tok ? tok->decode(r.tokens) : "";
+                j["text"] = tok ? valid_utf8_text(*tok, r.tokens) : "";
                 j["tokens"] = r.tokens;
                 j["finish_reason"] = r.finish_reason;
                 j["prompt_tokens"] = r.prompt_tokens;

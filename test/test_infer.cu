@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <sys/wait.h>
 
 namespace fs = std::filesystem;
 
@@ -218,6 +219,38 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
                 }
         });
     }
+}
+
+TEST_CASE("paged attention (one row per sequence) equals attention.cuh's contiguous-cache attention_decode") {
+    // The same decode step two ways: attention.cuh's kernels with a contiguous (B, NKV, maxT, hs) cache, and
+    // ours with the same rows scattered over blocks. Sequences of different lengths, GQA.
+    Rng rng(12);
+    const int B = 3, NH = 4, NKV = 2, hs = 32, maxT = 40, block_size = 8, max_blocks = 5, num_blocks = 16, QKVW = (NH + 2 * NKV) * hs;
+    const std::vector<int> lens = {1, 17, 40};
+    std::vector<float> k_cache = random_vector(static_cast<size_t>(B) * NKV * maxT * hs, rng), v_cache = random_vector(k_cache.size(), rng);
+    std::vector<float> qkv = random_vector(static_cast<size_t>(B) * QKVW, rng);
+    std::vector<int> tables = {3, 0, 0, 0, 0, 7, 1, 12, 0, 0, 2, 15, 4, 9, 5};  // (B, max_blocks)
+    std::vector<float> k_pool(static_cast<size_t>(num_blocks) * NKV * block_size * hs, 0.0f), v_pool(k_pool.size(), 0.0f);
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < NKV; g++)
+            for (int t = 0; t < lens[b]; t++) {
+                size_t src = kv_cache_row(b, g, t, NKV, maxT, hs), dst = paged_kv_row(tables.data() + b * max_blocks, t, g, NKV, block_size, hs);
+                std::copy_n(k_cache.begin() + src, hs, k_pool.begin() + dst);
+                std::copy_n(v_cache.begin() + src, hs, v_pool.begin() + dst);
+            }
+    std::vector<int> slots = {0, 1, 2}, positions = {lens[0] - 1, lens[1] - 1, lens[2] - 1};
+    std::vector<float> ref(static_cast<size_t>(B) * NH * hs);
+    attention_decode_cpu(ref.data(), qkv.data(), k_cache.data(), v_cache.data(), lens.data(), B, NH, NKV, hs, maxT);
+    for_each_thread_order([&] {
+        DeviceBuffer<float> d_qkv(qkv), d_kc(k_cache), d_vc(v_cache), d_kp(k_pool), d_vp(v_pool), d_theirs(ref.size()), d_ours(ref.size());
+        DeviceBuffer<int> d_lens(lens), d_tables(tables), d_slots(slots), d_pos(positions);
+        poison(d_theirs);
+        poison(d_ours);
+        attention_decode(d_theirs, d_qkv, d_kc, d_vc, d_lens, B, NH, NKV, hs, maxT, 0);
+        paged_attention(d_ours, d_qkv, d_kp, d_vp, d_tables, d_slots, d_pos, maxT, B, NH, NKV, hs, block_size, max_blocks, 0);
+        check_close("attention_decode (contiguous) vs cpu", d_theirs.download(), ref, tolerance_fp32);
+        check_close("paged_attention vs attention_decode", d_ours.download(), d_theirs.download(), tolerance_fp32);
+    });
 }
 
 // ----------------------------------------------------------------------------
@@ -485,3 +518,65 @@ static void check_speculative_greedy() {
 
 TEST_CASE("speculative decoding: greedy output equals the target's greedy output (CPU reference ops)") { check_speculative_greedy<HostOps>(); }
 TEST_CASE("speculative decoding: greedy output equals the target's greedy output (kernels)") { check_speculative_greedy<DeviceOps>(); }
+
+// ----------------------------------------------------------------------------
+// The program, run as a user would (CPU build): a request file with bad lines
+static std::string run_infer(const std::string& args, int& code) {
+    std::string cmd = "./infer_gpt_cpu " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p);
+    std::string out;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    int status = pclose(p);
+    code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return out;
+}
+
+TEST_CASE("infer_gpt: a request file with bad lines serves the good ones and names each problem") {
+    const std::string tok_dir = "test/fixtures/tokenizer_small";
+    bpe::Tokenizer tok = bpe::Tokenizer::load(tok_dir);
+    GPTConfig c = tiny_config(1, 32, 1, tok.vocab_size(), 16);
+    GPT<HostOps> model(c);
+    randomize(model, 3);
+    std::string dir = (fs::temp_directory_path() / ("gptcu_test_infer_" + std::to_string(getpid()))).string();
+    fs::create_directories(dir);
+    write_checkpoint(dir + "/model.bin", c, tokenizer_info(tok_dir, tok), nlohmann::json::object(), model.get_parameters(), {}, {});
+    {
+        std::ofstream f(dir + "/requests.jsonl");
+        f << R"({"id": "a", "prompt": "To be", "max_tokens": 5, "temperature": 0})" << "\n"
+          << R"({"id": "b", "prompt": "or not", "max_tokens": 3)" << "\n"                       // truncated JSON
+          << R"({"id": "c", "max_tokens": 3})" << "\n"                                          // no prompt
+          << "\n"                                                                              // blank: skipped
+          << R"({"id": "d", "prompt": "that is the question, whether tis nobler in the mind", "max_tokens": 2})" << "\n"  // > context
+          << R"({"id": "e", "prompt": "x", "max_tokens": 4, "temperature": 0.8, "top_k": 5, "top_p": 0.9, "seed": 3})" << "\n";
+    }
+    int code = 0;
+    std::string out = run_infer("--model " + dir + "/model.bin --requests " + dir + "/requests.jsonl --out " + dir + "/out.jsonl", code);
+    INFO(out);
+    REQUIRE(code == 0);
+    std::ifstream in(dir + "/out.jsonl");
+    std::map<std::string, nlohmann::json> r;
+    for (std::string line; std::getline(in, line);) {
+        nlohmann::json j = nlohmann::json::parse(line);
+        r[j.at("id").get<std::string>()] = j;
+    }
+    REQUIRE(r.size() == 5);
+    CHECK(r["a"].at("tokens").size() == 5);
+    CHECK(r["a"].at("finish_reason") == "length");
+    CHECK(r["a"].contains("latency_ms"));
+    CHECK(r["line 2"].at("error").get<std::string>().find("line 2") != std::string::npos);  // no id could be read
+    CHECK(r["c"].at("error").get<std::string>().find("prompt") != std::string::npos);
+    CHECK(r["d"].at("error").get<std::string>().find("context is 16") != std::string::npos);
+    CHECK(r["e"].at("tokens").size() == 4);
+    // greedy is reproducible through the program: the same request alone gives the same tokens
+    std::string one = run_infer("--model " + dir + "/model.bin --prompt \"To be\" --max-tokens 5 --temperature 0", code);
+    CHECK(code == 0);
+    CHECK(one.find("To be" + r["a"].at("text").get<std::string>()) != std::string::npos);
+    // errors a user can meet
+    CHECK(run_infer("--model " + dir + "/nope.bin", code).find("cannot open") != std::string::npos);
+    CHECK(code == 1);
+    CHECK(run_infer("--model " + dir + "/model.bin --top-p 2", code).find("top_p") != std::string::npos);
+    CHECK(run_infer("--model " + dir + "/model.bin --max-tokens x", code).find("--max-tokens needs an integer") != std::string::npos);
+    fs::remove_all(dir);
+}
