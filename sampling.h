@@ -55,10 +55,13 @@ inline std::vector<double> sampling_distribution(const float* logits, int V, con
     for (int i = 0; i < V; i++) p[i] = std::exp((logits[i] - zmax) / s.temperature);
     int k = s.top_k > 0 && s.top_k < V ? s.top_k : V;
     if (k < V || s.top_p < 1.0f) {
-        // order of the tokens by probability, descending; stable so ties keep the lower id first
+        // order of the tokens by probability, descending, ties by lower id first; only the first k need
+        // sorting (O(V + k log k) with nth_element: top-k 40 of 50257 must not cost a full sort per token)
         std::vector<int> order(V);
         std::iota(order.begin(), order.end(), 0);
-        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+        auto before = [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); };
+        if (k < V) std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), before);
+        std::sort(order.begin(), order.begin() + k, before);
         double total = 0;
         for (int r = 0; r < k; r++) total += p[order[r]];
         int keep = k;

@@ -5,6 +5,11 @@ the tests only read what it wrote.
   python3 dev/reference_infer.py                   writes test/fixtures/hf_gpt2_tiny/: a random-init small
                                                    GPT2LMHeadModel (save_pretrained: config.json +
                                                    model.safetensors) and generation.json
+  python3 dev/reference_infer.py --check-logits DIR IDS FILE
+                                                   loads DIR with transformers, runs the comma-separated token
+                                                   ids IDS and compares the last position's logits with FILE
+                                                   (raw float32, from `infer_gpt --prompt-ids IDS --max-tokens 1
+                                                   --dump-logits FILE`): a model trained here, exported, loaded
   python3 dev/reference_infer.py --check DIR       loads DIR (e.g. written by `infer_gpt --export-hf DIR`)
                                                    with transformers and checks that its logits and greedy
                                                    tokens equal the fixture's
@@ -72,8 +77,23 @@ def check(directory):
     sys.exit(0 if ok else 1)
 
 
+def check_logits(directory, ids, path):
+    import numpy as np
+    model = GPT2LMHeadModel.from_pretrained(directory).float().eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([[int(x) for x in ids.split(",")]])).logits[0, -1]
+    ours = torch.from_numpy(np.fromfile(path, dtype="<f4"))
+    rel = float((ours - ref).norm() / ref.norm())
+    ok = ours.shape == ref.shape and rel <= 1e-4
+    print(f"{directory}: transformers logits vs {path}: relative error {rel:.2e}, argmax {int(ref.argmax())} vs "
+          f"{int(ours.argmax())} -> {'OK' if ok else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+    if len(sys.argv) == 5 and sys.argv[1] == "--check-logits":
+        check_logits(*sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--check":
         check(sys.argv[2])
     else:
         write(*sys.argv[1:])

@@ -347,7 +347,8 @@ static std::vector<Request> random_requests(int n, int V, int maxT, Rng& rng, bo
     std::vector<Request> rs;
     for (int i = 0; i < n; i++) {
         Request r;
-        r.id = "r" + std::to_string(i);
+        r.id = "r";
+        r.id += std::to_string(i);  // not "r" + to_string(i): GCC 12's -O3 -Wrestrict false positive
         int len = 1 + static_cast<int>(rng.below(static_cast<uint32_t>(maxT / 2)));
         for (int t = 0; t < len; t++) r.prompt.push_back(static_cast<int>(rng.below(static_cast<uint32_t>(V))));
         r.max_tokens = 1 + static_cast<int>(rng.below(static_cast<uint32_t>(maxT / 2)));
