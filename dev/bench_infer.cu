@@ -34,9 +34,9 @@ static Machine describe_machine() {
     int n = 0;
     if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0 && cudaGetDeviceProperties(&prop, 0) == cudaSuccess) m.name = prop.name;
     int mem_khz = 0, bus_bits = 0;
-    if (cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, 0) == cudaSuccess &&
-        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0) == cudaSuccess && mem_khz > 0 &&
-        m.name.find("cudasim") == std::string::npos) {
+    if (!m.name.empty() && m.name.find("cudasim") == std::string::npos &&  // the emulator has no memory clock to ask
+        cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, 0) == cudaSuccess &&
+        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0) == cudaSuccess && mem_khz > 0) {
         m.gpu = true;
         m.bytes_per_ms = 2.0 * mem_khz * (bus_bits / 8);
         return m;
@@ -109,7 +109,7 @@ static void bench(const Machine& mach, const LoadedModel& m, bool full) {
     {
         const int ctx = std::min(c.max_seq_len / 2, 128);
         std::vector<int> batches = mach.gpu || full ? std::vector<int>{1, 8, 16, 32, 64, 128, 256} : std::vector<int>{1, 8, 32};
-        std::printf("\n%-34s %10s %12s %12s %10s %9s\n", "decode (context " + std::to_string(ctx) + ")", "ms/step", "tokens/s", "bytes/step", "floor ms",
+        std::printf("\n%-34s %10s %12s %12s %10s %9s\n", ("decode (context " + std::to_string(ctx) + ")").c_str(), "ms/step", "tokens/s", "bytes/step", "floor ms",
                     "% floor");
         for (int B : batches) {
             InferenceEngine<Ops> engine(model, {B, std::max(B, ctx), 16, 0});
