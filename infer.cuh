@@ -92,19 +92,28 @@ inline size_t hf_tensor_offset(const GPTConfig& c, const HFTensor& t) {
     return offset + (t.layer < 0 ? 0 : static_cast<size_t>(t.layer) * (sizes[t.index] / c.n_layer));
 }
 
+// j[key] if it is there and not null (config.json writes null for "unset"), else `otherwise`.
+template <class T>
+T json_or(const nlohmann::json& j, const char* key, T otherwise) {
+    if (!j.contains(key) || j[key].is_null()) return otherwise;
+    return j[key].get<T>();
+}
+
 // config.json of a GPT2LMHeadModel → our config; refuses what our ops do not compute.
 inline GPTConfig hf_gpt2_config(const nlohmann::json& j, const std::string& where) {
     auto fail = [&](const std::string& m) { throw std::runtime_error(where + ": " + m); };
-    if (j.value("model_type", "gpt2") != "gpt2") fail("model_type '" + j.value("model_type", "") + "' is not gpt2 (Llama: issue 9)");
+    if (!j.is_object()) fail("not a JSON object");
+    try {
+    if (json_or<std::string>(j, "model_type", "gpt2") != "gpt2") fail("model_type '" + json_or<std::string>(j, "model_type", "") + "' is not gpt2 (Llama: issue 9)");
     for (const char* key : {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head"})
         if (!j.contains(key) || !j[key].is_number_integer()) fail(std::string("missing integer \"") + key + "\"");
-    std::string act = j.value("activation_function", "gelu_new");
+    std::string act = json_or<std::string>(j, "activation_function", "gelu_new");
     if (act != "gelu_new" && act != "gelu_pytorch_tanh")
         fail("activation_function '" + act + "': gpt.cu's GELU is the tanh approximation (gelu_new)");
-    double eps = j.value("layer_norm_epsilon", 1e-5);
+    double eps = json_or(j, "layer_norm_epsilon", 1e-5);
     if (std::abs(eps - layernorm_eps) > 1e-12) fail("layer_norm_epsilon " + std::to_string(eps) + ": gpt.cu's LayerNorm uses 1e-5");
-    if (j.value("scale_attn_by_inverse_layer_idx", false)) fail("scale_attn_by_inverse_layer_idx is not supported");
-    if (!j.value("scale_attn_weights", true)) fail("scale_attn_weights=false is not supported");
+    if (json_or(j, "scale_attn_by_inverse_layer_idx", false)) fail("scale_attn_by_inverse_layer_idx is not supported");
+    if (!json_or(j, "scale_attn_weights", true)) fail("scale_attn_weights=false is not supported");
     GPTConfig c;
     c.arch = Arch::gpt2;
     c.vocab_size = j["vocab_size"];
@@ -114,9 +123,13 @@ inline GPTConfig hf_gpt2_config(const nlohmann::json& j, const std::string& wher
     c.n_layer = j["n_layer"];
     c.n_head = c.n_kv_head = j["n_head"];
     c.ffn_hidden = j.contains("n_inner") && j["n_inner"].is_number_integer() ? j["n_inner"].get<int>() : 4 * c.n_embd;
-    c.tied_embeddings = j.value("tie_word_embeddings", true);
+    c.tied_embeddings = json_or(j, "tie_word_embeddings", true);
     c.validate();
     return c;
+    } catch (const nlohmann::json::exception& e) {
+        fail(std::string("a field has the wrong type (") + e.what() + ")");
+    }
+    return {};
 }
 
 // model.safetensors of a GPT2LMHeadModel → our flat parameters. Accepts the names save_pretrained writes
@@ -189,7 +202,7 @@ inline LoadedModel load_model(const std::string& path) {
         m.config = hf_gpt2_config(j, cfg);
         m.params = hf_gpt2_params(safetensors::Reader::load(weights), m.config);
         m.format = "Hugging Face GPT-2";
-        m.eot_id = j.value("eos_token_id", -1);
+        m.eot_id = j.contains("eos_token_id") && j["eos_token_id"].is_number_integer() ? j["eos_token_id"].get<int>() : -1;
         return m;
     }
     Checkpoint ck = read_checkpoint(path);
