@@ -18,12 +18,11 @@ CXX       ?= g++
 BUILD     := build
 
 # ----------------------------------------------------------------------------
-# CPU build. SANITIZE=1 builds into build/asan with the sanitizers (fibers then use ucontext,
-# which tells AddressSanitizer about every stack switch).
+# CPU build. SANITIZE=1 builds into build/asan with the sanitizers (cudasim tells AddressSanitizer
+# about every fiber switch).
 ifeq ($(SANITIZE),1)
 CPU          := $(BUILD)/asan
-CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined \
-                -DBOOST_USE_UCONTEXT -DBOOST_USE_ASAN
+CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined
 CPU_LDFLAGS  := -fsanitize=address,undefined,bounds
 else
 CPU          := $(BUILD)/cpu
