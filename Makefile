@@ -18,12 +18,11 @@ CXX       ?= g++
 BUILD     := build
 
 # ----------------------------------------------------------------------------
-# CPU build. SANITIZE=1 builds into build/asan with the sanitizers (fibers then use ucontext,
-# which tells AddressSanitizer about every stack switch).
+# CPU build. SANITIZE=1 builds into build/asan with the sanitizers (cudasim tells AddressSanitizer
+# about every fiber switch).
 ifeq ($(SANITIZE),1)
 CPU          := $(BUILD)/asan
-CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined \
-                -DBOOST_USE_UCONTEXT -DBOOST_USE_ASAN
+CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined
 CPU_LDFLAGS  := -fsanitize=address,undefined,bounds
 else
 CPU          := $(BUILD)/cpu
@@ -116,12 +115,15 @@ else
 TRAIN_BIN    ?= ./train_gpt_cpu
 TRAIN_CONFIG ?= configs/shakespeare_cpu.json
 endif
+TRAIN_OUT    ?= out/$(basename $(notdir $(TRAIN_CONFIG)))
 TRAIN_ARGS   ?=
 data: $(DATA_DIR)/train_000.bin
 $(DATA_DIR)/train_000.bin: | tokenizer/tok
 	bash dev/prepare_shakespeare.sh $(DATA_DIR)
+# The loss curve (SVG) is drawn from the run's log when python3 is there; training does not need it.
 train: data $(TRAIN_BIN)
-	$(TRAIN_BIN) --config $(TRAIN_CONFIG) $(TRAIN_ARGS)
+	$(TRAIN_BIN) --config $(TRAIN_CONFIG) --out-dir $(TRAIN_OUT) $(TRAIN_ARGS)
+	@if command -v python3 >/dev/null; then python3 dev/plot_loss.py $(TRAIN_OUT)/log.jsonl; fi
 # Benchmarks: dev/NAME.cu, in each build.
 $(CPU)/dev/%: $(CPU)/dev/%.o $(CPU)/cudasim.o
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
@@ -136,10 +138,14 @@ TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 all: train_gpt_cpu tokenizer/tok $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
-test: $(TEST_BINS_CPU) $(TEST_BINS_GPU)
+# The builds run in parallel on every core even when make was started without -j.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+test:
+	@$(MAKE) --no-print-directory -j$(NPROC) $(TEST_BINS_CPU) $(TEST_BINS_GPU)
 	@bash test/run_tests.sh --cpu $(TEST_BINS_CPU) --gpu $(TEST_BINS_GPU)
 
-test-cpu: $(TEST_BINS_CPU)
+test-cpu:
+	@$(MAKE) --no-print-directory -j$(NPROC) $(TEST_BINS_CPU)
 	@bash test/run_tests.sh --cpu $(TEST_BINS_CPU)
 
 test-asan:
