@@ -51,6 +51,22 @@ inline cublasHandle_t cublas_handle() {
     return handle;
 }
 
+// True when CUDA kernels run on a real GPU, false in the CPU build (cudasim names itself in the
+// device name) or without a device; `name` gets the device's name. The programs pick their default
+// backend with it.
+inline bool have_real_gpu(std::string& name) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        name = "none";
+        return false;
+    }
+    cudaDeviceProp prop;
+    cuda_check(cudaGetDeviceProperties(&prop, 0));
+    name = prop.name;
+    return name.find("cudasim") == std::string::npos;
+}
+
 // ----------------------------------------------------------------------------
 // Checked file I/O: every failure says which file and what went wrong.
 struct File {

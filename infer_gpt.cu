@@ -306,16 +306,6 @@ static int run(const InferOptions& o, const std::string& device_name) {
     return 0;
 }
 
-// True when CUDA kernels would run on a real GPU (not on cudasim's CPU emulation).
-static bool have_real_gpu(std::string& name) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) { cudaGetLastError(); name = "none"; return false; }
-    cudaDeviceProp prop;
-    cuda_check(cudaGetDeviceProperties(&prop, 0));
-    name = prop.name;
-    return name.find("cudasim") == std::string::npos;
-}
-
 int main(int argc, char** argv) {
     try {
         InferOptions o = parse_options(argc, argv);
