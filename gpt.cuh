@@ -80,7 +80,9 @@ inline void from_json(const nlohmann::json& j, GPTConfig& c) {
     c.n_head = j.at("n_head");
     c.n_kv_head = j.value("n_kv_head", c.n_head);
     c.n_embd = j.at("n_embd");
-    c.ffn_hidden = j.value("ffn_hidden", c.arch == Arch::gpt2 ? 4 * c.n_embd : 0);
+    // Default MLP width. GPT-2: 4·C. Llama: SwiGLU has three C×H matrices instead of two, so H = 8/3·C keeps
+    // the MLP's parameters and FLOPs at GPT-2's 8·C²; rounded up to a multiple of 32 (Meta rounds to 256).
+    c.ffn_hidden = j.value("ffn_hidden", c.arch == Arch::gpt2 ? 4 * c.n_embd : (8 * c.n_embd + 95) / 96 * 32);
     c.rope_theta = j.value("rope_theta", 10000.0f);
     c.norm_eps = j.value("norm_eps", 1e-5f);
     c.tied_embeddings = j.value("tied_embeddings", c.arch == Arch::gpt2);
