@@ -158,3 +158,17 @@ TEST_CASE("Llama's default ffn_hidden is 8/3·C rounded up to a multiple of 32")
     // GPT-2 keeps 4·C
     CHECK(nlohmann::json{{"n_layer", 1}, {"n_head", 1}, {"n_embd", 64}, {"max_seq_len", 8}}.get<GPTConfig>().ffn_hidden == 256);
 }
+
+TEST_CASE("KV cache per token: 2·L·NKV·hs values; GQA divides it by NH/NKV") {
+    // Llama-2-7B (32 layers, 32 heads of 128, MHA) and the same with 8 kv heads (as Llama-2-70B / Llama-3 do)
+    GPTConfig mha = nlohmann::json{{"arch", "llama"}, {"n_layer", 32}, {"n_head", 32}, {"n_embd", 4096}, {"max_seq_len", 4096},
+                                   {"ffn_hidden", 11008}, {"vocab_size", 32000}}.get<GPTConfig>();
+    GPTConfig gqa = mha;
+    gqa.n_kv_head = 8;
+    CHECK(mha.kv_cache_bytes_per_token() == 2u * 32 * 32 * 128 * sizeof(floatX));  // 1 MiB in fp32, 0.5 MiB in bf16
+    CHECK(gqa.kv_cache_bytes_per_token() * 4 == mha.kv_cache_bytes_per_token());
+    std::string line = kv_cache_summary(gqa, 4096);
+    CHECK(line.find("8 kv heads") != std::string::npos);
+    CHECK(line.find("4x more") != std::string::npos);
+    CHECK(kv_cache_summary(mha, 4096).find("more") == std::string::npos);  // nothing to compare without GQA
+}
