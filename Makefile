@@ -136,10 +136,14 @@ TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 all: train_gpt_cpu tokenizer/tok $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
-test: $(TEST_BINS_CPU) $(TEST_BINS_GPU)
+# The builds run in parallel on every core even when make was started without -j.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+test:
+	@$(MAKE) --no-print-directory -j$(NPROC) $(TEST_BINS_CPU) $(TEST_BINS_GPU)
 	@bash test/run_tests.sh --cpu $(TEST_BINS_CPU) --gpu $(TEST_BINS_GPU)
 
-test-cpu: $(TEST_BINS_CPU)
+test-cpu:
+	@$(MAKE) --no-print-directory -j$(NPROC) $(TEST_BINS_CPU)
 	@bash test/run_tests.sh --cpu $(TEST_BINS_CPU)
 
 test-asan:

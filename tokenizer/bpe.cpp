@@ -143,8 +143,11 @@ struct Tokenizer::Impl {
     uint64_t serial = g_next_serial++;       // tells per-thread caches whose entries they hold
     std::vector<std::string> tokens;         // (V) id -> bytes
     int byte_token[256];                     // byte -> id of its single-byte token
-    // bytes -> id for every non-special token (open addressing, -1 = empty)
-    std::vector<int> piece_slots;
+    // bytes -> id for every non-special token (open addressing). A slot holds the
+    // first 16 bytes of its key inline (zero-padded), so the common short piece is
+    // found without touching `tokens`; longer keys compare the rest there.
+    struct PieceSlot { uint64_t w0, w1; uint32_t len; int id; };   // id -1 = empty
+    std::vector<PieceSlot> piece_slots;
     // (left id, right id) -> rank and merged id (open addressing, key ~0 = empty)
     struct MergeSlot { uint64_t key; int rank; int merged; };
     std::vector<MergeSlot> merge_slots;
@@ -152,20 +155,33 @@ struct Tokenizer::Impl {
     std::vector<std::pair<std::string, int>> specials;  // "<|...|>" tokens
     int eot = -1;
 
+    struct PieceKey { uint64_t w0 = 0, w1 = 0, hash; };
+    static PieceKey piece_key(std::string_view b) {
+        PieceKey k;
+        if (b.size() >= 16) { memcpy(&k.w0, b.data(), 8); memcpy(&k.w1, b.data() + 8, 8); }
+        else if (b.size() > 8) { memcpy(&k.w0, b.data(), 8); memcpy(&k.w1, b.data() + 8, b.size() - 8); }
+        else memcpy(&k.w0, b.data(), b.size());
+        k.hash = b.size() <= 16 ? mix64((k.w0 * 0x9E3779B97F4A7C15ull) ^ (k.w1 * 0xC2B2AE3D27D4EB4Full) ^ b.size())
+                                : hash_bytes(b.data(), b.size());
+        return k;
+    }
     int find_piece(std::string_view bytes) const {
+        const PieceKey k = piece_key(bytes);
         size_t mask = piece_slots.size() - 1;
-        for (size_t i = hash_bytes(bytes.data(), bytes.size()) & mask;; i = (i + 1) & mask) {
-            int id = piece_slots[i];
-            if (id < 0) return -1;
-            if (tokens[id] == bytes) return id;
+        for (size_t i = k.hash & mask;; i = (i + 1) & mask) {
+            const PieceSlot& s = piece_slots[i];
+            if (s.id < 0) return -1;
+            if (s.len == bytes.size() && s.w0 == k.w0 && s.w1 == k.w1 &&
+                (bytes.size() <= 16 || memcmp(tokens[s.id].data() + 16, bytes.data() + 16, bytes.size() - 16) == 0))
+                return s.id;
         }
     }
     void insert_piece(int id) {
-        const std::string& b = tokens[id];
+        const PieceKey k = piece_key(tokens[id]);
         size_t mask = piece_slots.size() - 1;
-        size_t i = hash_bytes(b.data(), b.size()) & mask;
-        while (piece_slots[i] >= 0) i = (i + 1) & mask;
-        piece_slots[i] = id;
+        size_t i = k.hash & mask;
+        while (piece_slots[i].id >= 0) i = (i + 1) & mask;
+        piece_slots[i] = {k.w0, k.w1, (uint32_t)tokens[id].size(), id};
     }
     static uint64_t pair_key(int a, int b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
     const MergeSlot* find_merge(int a, int b) const {
@@ -266,7 +282,7 @@ Tokenizer Tokenizer::from_strings(std::string_view encoder_json, std::string_vie
     }
 
     // special tokens: "<|name|>"; all others go into the piece table
-    impl->piece_slots.assign(pow2_at_least(2 * V), -1);
+    impl->piece_slots.assign(pow2_at_least(2 * V), Impl::PieceSlot{0, 0, 0, -1});
     for (size_t id = 0; id < V; id++) {
         const std::string& t = impl->tokens[id];
         // "<|name|>" with name in [A-Za-z0-9_]+: pre-tokenization never yields

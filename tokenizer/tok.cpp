@@ -9,6 +9,7 @@
 // ----------------------------------------------------------------------------
 #include "bpe.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -258,12 +259,14 @@ int cmd_prepare(int argc, char** argv) {
     ShardWriter val{out, "val", shard_tokens, tok.vocab_size(), {}, 0, 0};
     size_t done_bytes = 0;
     auto t0 = std::chrono::steady_clock::now();
+    // one line, rewritten in place ("\r") after every block, ended at the end
     auto progress = [&](bool final) {
         if (!show_progress) return;
+        if (final) { fputc('\n', stderr); return; }
         double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        fprintf(stderr, "\rprepare: %.1f / %.1f MB (%3.0f%%), %zu tokens, %.1f MB/s%s", done_bytes / 1e6,
+        fprintf(stderr, "\rprepare: %.1f / %.1f MB (%3.0f%%), %zu tokens, %.1f MB/s", done_bytes / 1e6,
                 total_bytes / 1e6, 100.0 * done_bytes / total_bytes, train.total + val.total,
-                s > 0 ? done_bytes / 1e6 / s : 0.0, final ? "\n" : "");
+                s > 0 ? done_bytes / 1e6 / s : 0.0);
         fflush(stderr);
     };
     // encode one split in blocks of ~16 MB cut where the pattern cuts anyway

@@ -1,7 +1,7 @@
 # ----------------------------------------------------------------------------
 # tokenizer/ — GPT-2 byte-level BPE (issue 5), included by the top Makefile.
 #   tokenizer/tok                  the command-line tool
-#   $(BUILD)/test/test_tokenizer   doctest tests (in TEST_BINS_CPU, run from the repo root)
+#   $(CPU)/test/test_tokenizer   doctest tests (in TEST_BINS_CPU, run from the repo root)
 #   make test-tokenizer            build and run those tests
 #   make bench-tokenizer           dev/bench_tokenizer: MB/s vs tiktoken (needs: pip install tiktoken)
 #   make fuzz                      libFuzzer targets, each run TOK_FUZZ_SECONDS (default 60) one after another
@@ -10,33 +10,33 @@
 # ----------------------------------------------------------------------------
 TOK_CXXFLAGS  = $(CXXFLAGS) -O3
 TOK_HEADERS  := tokenizer/bpe.h tokenizer/pretokenize.h tokenizer/unicode_tables.inc
-TOK_LIB_OBJS := $(BUILD)/tokenizer/bpe.o $(BUILD)/tokenizer/unicode.o $(BUILD)/tokenizer/train.o \
-                $(BUILD)/tokenizer/shard.o
+TOK_LIB_OBJS := $(CPU)/tokenizer/bpe.o $(CPU)/tokenizer/unicode.o $(CPU)/tokenizer/train.o \
+                $(CPU)/tokenizer/shard.o
 
-$(BUILD)/tokenizer/%.o: tokenizer/%.cpp $(TOK_HEADERS)
+$(CPU)/tokenizer/%.o: tokenizer/%.cpp $(TOK_HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(TOK_CXXFLAGS) -c $< -o $@
 
-tokenizer/tok: $(BUILD)/tokenizer/tok.o $(TOK_LIB_OBJS)
+tokenizer/tok: $(CPU)/tokenizer/tok.o $(TOK_LIB_OBJS)
 	$(CXX) $(TOK_CXXFLAGS) $^ -o $@ $(LDLIBS_CPU)
 
-$(BUILD)/test/test_tokenizer: test/test_tokenizer.cpp $(TOK_LIB_OBJS) $(TOK_HEADERS) tokenizer/tok
+$(CPU)/test/test_tokenizer: test/test_tokenizer.cpp $(TOK_LIB_OBJS) $(TOK_HEADERS) tokenizer/tok
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -Itokenizer test/test_tokenizer.cpp $(TOK_LIB_OBJS) -o $@ $(LDLIBS_CPU)
 
-TEST_BINS_CPU += $(BUILD)/test/test_tokenizer
+TEST_BINS_CPU += $(CPU)/test/test_tokenizer
 
 .PHONY: test-tokenizer bench-tokenizer fuzz fuzz-build-tokenizer
-test-tokenizer: $(BUILD)/test/test_tokenizer
-	$(BUILD)/test/test_tokenizer
+test-tokenizer: $(CPU)/test/test_tokenizer
+	$(CPU)/test/test_tokenizer
 
 # ---- benchmark (dev only) ----------------------------------------------------
-$(BUILD)/dev/bench_tokenizer: dev/bench_tokenizer.cpp $(TOK_LIB_OBJS) $(TOK_HEADERS)
+$(CPU)/dev/bench_tokenizer: dev/bench_tokenizer.cpp $(TOK_LIB_OBJS) $(TOK_HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(TOK_CXXFLAGS) -Itokenizer dev/bench_tokenizer.cpp $(TOK_LIB_OBJS) -o $@ $(LDLIBS_CPU)
 
-bench-tokenizer: $(BUILD)/dev/bench_tokenizer
-	$(BUILD)/dev/bench_tokenizer
+bench-tokenizer: $(CPU)/dev/bench_tokenizer
+	$(CPU)/dev/bench_tokenizer
 
 # ---- fuzzing (clang + libFuzzer; not part of `make test`) ----------------------
 TOK_FUZZ_CXX     ?= clang++
