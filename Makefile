@@ -183,3 +183,5 @@ $(LLAMA_DATA)/train_000.bin: $(LLAMA_VOCAB)/encoder.json | tokenizer/tok
 .PHONY: train-llama
 train-llama: $(LLAMA_DATA)/train_000.bin train_gpt_cpu
 	./train_gpt_cpu --config $(LLAMA_CONFIG) $(TRAIN_ARGS)
+# test_llama also runs the CPU training program with --arch llama
+$(CPU)/test/test_llama: | train_gpt_cpu

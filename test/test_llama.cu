@@ -5,6 +5,10 @@
 // matmul backends. The same GPT<Ops> that test/test_gpt.cu checks as GPT-2; only the config differs.
 #include "test/test_util.h"
 #include "gpt.cuh"
+#include "tokenizer/bpe.h"
+
+#include <sys/wait.h>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -171,4 +175,50 @@ TEST_CASE("KV cache per token: 2·L·NKV·hs values; GQA divides it by NH/NKV") 
     CHECK(line.find("8 kv heads") != std::string::npos);
     CHECK(line.find("4x more") != std::string::npos);
     CHECK(kv_cache_summary(mha, 4096).find("more") == std::string::npos);  // nothing to compare without GQA
+}
+
+// ./train_gpt_cpu as a user runs it (as in test/test_train.cu): exit code and everything it printed.
+static std::pair<int, std::string> run_train_gpt(const std::string& args) {
+    FILE* p = popen(("./train_gpt_cpu " + args + " 2>&1").c_str(), "r");
+    REQUIRE(p);
+    std::string out;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    int status = pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+TEST_CASE("train_gpt --arch llama: model flags override the model JSON, it trains, and prints the KV-cache saving") {
+    namespace fs = std::filesystem;
+    std::string dir = (fs::temp_directory_path() / ("gptcu_test_llama_" + std::to_string(getpid()))).string();
+    fs::create_directories(dir);
+    Rng rng(7);
+    std::vector<int> train(2000), val(200);
+    for (auto& t : train) t = static_cast<int>(rng.below(50257));
+    for (auto& t : val) t = static_cast<int>(rng.below(50257));
+    bpe::write_shard(dir + "/train_000.bin", train, 50257);
+    bpe::write_shard(dir + "/val_000.bin", val, 50257);
+    // a GPT-2 model JSON turned into a GQA Llama by flags, given before and after --model
+    const std::string args = "--arch llama --n-kv-head 2 --model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":32,"
+                             "\"max_seq_len\":16}' --n-head 4 --device cpu --batch-size 2 --seq-len 8 --max-steps 3 --val-every 0 "
+                             "--sample-every 0 --sample-tokens 2 --warmup-steps 1 --train-data " + dir + "/train_*.bin --val-data " +
+                             dir + "/val_*.bin --out-dir " + dir + "/out";
+    auto [code, out] = run_train_gpt(args + " --print-config");
+    REQUIRE(code == 0);
+    nlohmann::json resolved = nlohmann::json::parse(out);
+    CHECK(resolved.at("model").at("arch") == "llama");
+    CHECK(resolved.at("model").at("n_head") == 4);
+    CHECK(resolved.at("ffn_hidden") == 96);  // the Llama default for C = 32: 85.3 → 96
+    CHECK(resolved.at("tied_embeddings") == false);
+    std::tie(code, out) = run_train_gpt(args);
+    INFO(out);
+    CHECK(code == 0);
+    CHECK(out.find("model: llama, 1 layers, 4 heads (2 kv)") != std::string::npos);
+    CHECK(out.find("KV cache: 0.1 KiB/token = 2 (K, V) x 1 layers x 2 kv heads x 8 x 4 bytes") != std::string::npos);
+    CHECK(out.find("2x more") != std::string::npos);
+    // its checkpoint is not a GPT-2's
+    std::tie(code, out) = run_train_gpt(args + " --arch gpt2 --n-kv-head 4 --resume");
+    CHECK(code == 1);
+    CHECK(out.find("another model config") != std::string::npos);
+    fs::remove_all(dir);
 }
