@@ -116,12 +116,15 @@ else
 TRAIN_BIN    ?= ./train_gpt_cpu
 TRAIN_CONFIG ?= configs/shakespeare_cpu.json
 endif
+TRAIN_OUT    ?= out/$(basename $(notdir $(TRAIN_CONFIG)))
 TRAIN_ARGS   ?=
 data: $(DATA_DIR)/train_000.bin
 $(DATA_DIR)/train_000.bin: | tokenizer/tok
 	bash dev/prepare_shakespeare.sh $(DATA_DIR)
+# The loss curve (SVG) is drawn from the run's log when python3 is there; training does not need it.
 train: data $(TRAIN_BIN)
-	$(TRAIN_BIN) --config $(TRAIN_CONFIG) $(TRAIN_ARGS)
+	$(TRAIN_BIN) --config $(TRAIN_CONFIG) --out-dir $(TRAIN_OUT) $(TRAIN_ARGS)
+	@if command -v python3 >/dev/null; then python3 dev/plot_loss.py $(TRAIN_OUT)/log.jsonl; fi
 # Benchmarks: dev/NAME.cu, in each build.
 $(CPU)/dev/%: $(CPU)/dev/%.o $(CPU)/cudasim.o
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)

@@ -87,17 +87,6 @@ struct WorkspaceCarver {
     }
 };
 
-// cuBLAS for the naive path only, with its own handle (layers.cuh has its own; this file depends on none).
-// Default math mode: full fp32, no TF32, so the naive path is a faithful fp32 comparison for the fused one.
-inline cublasHandle_t attention_cublas_handle() {
-    static cublasHandle_t handle = [] {
-        cublasHandle_t h;
-        cublas_check(cublasCreate(&h));
-        cublas_check(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
-        return h;
-    }();
-    return handle;
-}
 // The cuBLAS type of floatX, so the naive path follows the floatX alias (fp32 compute always).
 constexpr cudaDataType attention_floatX_type() {
     return std::is_same_v<floatX, float> ? CUDA_R_32F : CUDA_R_16BF;
@@ -107,7 +96,7 @@ inline void attention_gemm_batched(cublasOperation_t ta, cublasOperation_t tb, i
                                    const floatX* A, int lda, long long stride_a, const floatX* Bm, int ldb,
                                    long long stride_b, float beta, floatX* C, int ldc, long long stride_c, int batch,
                                    cudaStream_t stream) {
-    cublasHandle_t h = attention_cublas_handle();
+    cublasHandle_t h = cublas_handle();
     cublas_check(cublasSetStream(h, stream));
     cublas_check(cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &alpha, A, attention_floatX_type(), lda, stride_a, Bm,
                                             attention_floatX_type(), ldb, stride_b, &beta, C, attention_floatX_type(),

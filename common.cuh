@@ -38,6 +38,19 @@ inline void cublas_check_impl(cublasStatus_t s, const char* call, const char* fi
 template <class T>
 constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
 
+// The process's one cuBLAS handle, created on first use (layers.cuh's matmul, attention.cuh's naive
+// path). TF32 stays off: CUBLAS_DEFAULT_MATH computes fp32 GEMMs in full fp32 (TF32 would need
+// CUBLAS_TF32_TENSOR_OP_MATH), so cuBLAS and the hand-written kernels agree to fp32 rounding.
+inline cublasHandle_t cublas_handle() {
+    static cublasHandle_t handle = [] {
+        cublasHandle_t h;
+        cublas_check(cublasCreate(&h));
+        cublas_check(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+        return h;
+    }();
+    return handle;
+}
+
 // ----------------------------------------------------------------------------
 // Checked file I/O: every failure says which file and what went wrong.
 struct File {

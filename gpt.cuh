@@ -425,6 +425,35 @@ struct GPT {
         targets = static_cast<int*>(Ops::alloc(static_cast<size_t>(max_B) * max_T * sizeof(int)));
     }
 
+    // Layer l's slices of the per-layer activations, for the current (B, T). `residual` is the layer's
+    // input: the embeddings for layer 0, else the previous layer's residual3.
+    struct LayerActivations {
+        floatX *residual, *ln1, *qkv, *atty, *attproj, *residual2, *ln2, *fch, *fch_act, *fcproj, *residual3;
+        float *ln1_mean, *ln1_rstd, *lse, *ln2_mean, *ln2_rstd;
+    };
+    LayerActivations layer_activations(int l) const {
+        const size_t N = static_cast<size_t>(B) * T, C = config.n_embd, at = static_cast<size_t>(l);
+        const size_t QKVC = config.qkv_channels(), F = config.fc_channels(), H = config.ffn_hidden, NH = config.n_head;
+        LayerActivations a;
+        a.residual = l == 0 ? act(ENCODED) : act(RESIDUAL3) + (at - 1) * N * C;
+        a.ln1 = act(LN1) + at * N * C;
+        a.ln1_mean = act<float>(LN1_MEAN) + at * N;
+        a.ln1_rstd = act<float>(LN1_RSTD) + at * N;
+        a.qkv = act(QKV) + at * N * QKVC;
+        a.atty = act(ATTY) + at * N * C;
+        a.lse = act<float>(ATT_LSE) + at * N * NH;
+        a.attproj = act(ATTPROJ) + at * N * C;
+        a.residual2 = act(RESIDUAL2) + at * N * C;
+        a.ln2 = act(LN2) + at * N * C;
+        a.ln2_mean = act<float>(LN2_MEAN) + at * N;
+        a.ln2_rstd = act<float>(LN2_RSTD) + at * N;
+        a.fch = act(FCH) + at * N * F;
+        a.fch_act = act(FCH_ACT) + at * N * H;
+        a.fcproj = act(FCPROJ) + at * N * C;
+        a.residual3 = act(RESIDUAL3) + at * N * C;
+        return a;
+    }
+
     void norm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* w, const floatX* b, int N) {
         if (config.is_llama()) Ops::rmsnorm_forward(out, rstd, inp, w, N, config.n_embd, config.norm_eps);
         else Ops::layernorm_forward(out, mean, rstd, inp, w, b, N, config.n_embd);
@@ -454,36 +483,21 @@ struct GPT {
         const ParameterTensors& p = params;
         Ops::encoder_forward(act(ENCODED), inputs, inputs_host.data(), p[WTE], p[WPE], B, T, C);
         for (int l = 0; l < L; l++) {
-            floatX* residual = l == 0 ? act(ENCODED) : act(RESIDUAL3) + static_cast<size_t>(l - 1) * N * C;
-            floatX* ln1 = act(LN1) + static_cast<size_t>(l) * N * C;
-            float* ln1_mean = act<float>(LN1_MEAN) + static_cast<size_t>(l) * N;
-            float* ln1_rstd = act<float>(LN1_RSTD) + static_cast<size_t>(l) * N;
-            floatX* qkv = act(QKV) + static_cast<size_t>(l) * N * QKVC;
-            floatX* atty = act(ATTY) + static_cast<size_t>(l) * N * C;
-            float* lse = act<float>(ATT_LSE) + static_cast<size_t>(l) * N * NH;
-            floatX* attproj = act(ATTPROJ) + static_cast<size_t>(l) * N * C;
-            floatX* residual2 = act(RESIDUAL2) + static_cast<size_t>(l) * N * C;
-            floatX* ln2 = act(LN2) + static_cast<size_t>(l) * N * C;
-            float* ln2_mean = act<float>(LN2_MEAN) + static_cast<size_t>(l) * N;
-            float* ln2_rstd = act<float>(LN2_RSTD) + static_cast<size_t>(l) * N;
-            floatX* fch = act(FCH) + static_cast<size_t>(l) * N * F;
-            floatX* fch_act = act(FCH_ACT) + static_cast<size_t>(l) * N * H;
-            floatX* fcproj = act(FCPROJ) + static_cast<size_t>(l) * N * C;
-            floatX* residual3 = act(RESIDUAL3) + static_cast<size_t>(l) * N * C;
+            LayerActivations a = layer_activations(l);
             // x + attn(ln_1(x))
-            norm_forward(ln1, ln1_mean, ln1_rstd, residual, layer(p[LN1W], l, C), layer(p[LN1B], l, C), N);
-            Ops::matmul_forward(qkv, ln1, layer(p[QKVW], l, QKVC * C), layer(p[QKVB], l, QKVC), N, C, QKVC);
-            if (c.is_llama()) Ops::rope_forward(qkv, B, T, NH, NKV, hs, c.rope_theta);
-            Ops::attention_forward(atty, lse, qkv, B, T, NH, NKV, hs);
-            Ops::matmul_forward(attproj, atty, layer(p[ATTPROJW], l, C * C), layer(p[ATTPROJB], l, C), N, C, C);
-            Ops::residual_forward(residual2, residual, attproj, N * C);
+            norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, layer(p[LN1W], l, C), layer(p[LN1B], l, C), N);
+            Ops::matmul_forward(a.qkv, a.ln1, layer(p[QKVW], l, QKVC * C), layer(p[QKVB], l, QKVC), N, C, QKVC);
+            if (c.is_llama()) Ops::rope_forward(a.qkv, B, T, NH, NKV, hs, c.rope_theta);
+            Ops::attention_forward(a.atty, a.lse, a.qkv, B, T, NH, NKV, hs);
+            Ops::matmul_forward(a.attproj, a.atty, layer(p[ATTPROJW], l, C * C), layer(p[ATTPROJB], l, C), N, C, C);
+            Ops::residual_forward(a.residual2, a.residual, a.attproj, N * C);
             // x + mlp(ln_2(x))
-            norm_forward(ln2, ln2_mean, ln2_rstd, residual2, layer(p[LN2W], l, C), layer(p[LN2B], l, C), N);
-            Ops::matmul_forward(fch, ln2, layer(p[FCW], l, F * C), layer(p[FCB], l, F), N, C, F);
-            if (c.is_llama()) Ops::swiglu_forward(fch_act, fch, N, H);
-            else Ops::gelu_forward(fch_act, fch, N * H);
-            Ops::matmul_forward(fcproj, fch_act, layer(p[FCPROJW], l, C * H), layer(p[FCPROJB], l, C), N, H, C);
-            Ops::residual_forward(residual3, residual2, fcproj, N * C);
+            norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer(p[LN2W], l, C), layer(p[LN2B], l, C), N);
+            Ops::matmul_forward(a.fch, a.ln2, layer(p[FCW], l, F * C), layer(p[FCB], l, F), N, C, F);
+            if (c.is_llama()) Ops::swiglu_forward(a.fch_act, a.fch, N, H);
+            else Ops::gelu_forward(a.fch_act, a.fch, N * H);
+            Ops::matmul_forward(a.fcproj, a.fch_act, layer(p[FCPROJW], l, C * H), layer(p[FCPROJB], l, C), N, H, C);
+            Ops::residual_forward(a.residual3, a.residual2, a.fcproj, N * C);
         }
         floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
         norm_forward(act(LNF), act<float>(LNF_MEAN), act<float>(LNF_RSTD), last, p[LNFW], p[LNFB], N);
@@ -540,40 +554,28 @@ struct GPT {
         floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
         norm_backward(dresidual, g[LNFW], g[LNFB], dln, last, p[LNFW], act<float>(LNF_MEAN), act<float>(LNF_RSTD), N);
         for (int l = L - 1; l >= 0; l--) {
-            floatX* residual = l == 0 ? act(ENCODED) : act(RESIDUAL3) + static_cast<size_t>(l - 1) * N * C;
-            floatX* ln1 = act(LN1) + static_cast<size_t>(l) * N * C;
-            float* ln1_mean = act<float>(LN1_MEAN) + static_cast<size_t>(l) * N;
-            float* ln1_rstd = act<float>(LN1_RSTD) + static_cast<size_t>(l) * N;
-            floatX* qkv = act(QKV) + static_cast<size_t>(l) * N * QKVC;
-            floatX* atty = act(ATTY) + static_cast<size_t>(l) * N * C;
-            float* lse = act<float>(ATT_LSE) + static_cast<size_t>(l) * N * NH;
-            floatX* residual2 = act(RESIDUAL2) + static_cast<size_t>(l) * N * C;
-            floatX* ln2 = act(LN2) + static_cast<size_t>(l) * N * C;
-            float* ln2_mean = act<float>(LN2_MEAN) + static_cast<size_t>(l) * N;
-            float* ln2_rstd = act<float>(LN2_RSTD) + static_cast<size_t>(l) * N;
-            floatX* fch = act(FCH) + static_cast<size_t>(l) * N * F;
-            floatX* fch_act = act(FCH_ACT) + static_cast<size_t>(l) * N * H;
+            LayerActivations a = layer_activations(l);
             // forward was: residual3 = residual2 + fcproj(fch_act); dresidual holds d residual3,
             // which is also d residual2 (the skip) and d fcproj (the branch)
             zero(dfch_act, static_cast<size_t>(N) * H);
-            Ops::matmul_backward(dfch_act, layer(g[FCPROJW], l, C * H), layer(g[FCPROJB], l, C), dresidual, fch_act,
+            Ops::matmul_backward(dfch_act, layer(g[FCPROJW], l, C * H), layer(g[FCPROJB], l, C), dresidual, a.fch_act,
                                  layer(p[FCPROJW], l, C * H), N, H, C);
             zero(dfch, static_cast<size_t>(N) * F);
-            if (c.is_llama()) Ops::swiglu_backward(dfch, fch, dfch_act, N, H);
-            else Ops::gelu_backward(dfch, fch, dfch_act, N * H);
+            if (c.is_llama()) Ops::swiglu_backward(dfch, a.fch, dfch_act, N, H);
+            else Ops::gelu_backward(dfch, a.fch, dfch_act, N * H);
             zero(dln, static_cast<size_t>(N) * C);
-            Ops::matmul_backward(dln, layer(g[FCW], l, F * C), layer(g[FCB], l, F), dfch, ln2, layer(p[FCW], l, F * C), N, C, F);
-            norm_backward(dresidual, layer(g[LN2W], l, C), layer(g[LN2B], l, C), dln, residual2, layer(p[LN2W], l, C), ln2_mean, ln2_rstd, N);
+            Ops::matmul_backward(dln, layer(g[FCW], l, F * C), layer(g[FCB], l, F), dfch, a.ln2, layer(p[FCW], l, F * C), N, C, F);
+            norm_backward(dresidual, layer(g[LN2W], l, C), layer(g[LN2B], l, C), dln, a.residual2, layer(p[LN2W], l, C), a.ln2_mean, a.ln2_rstd, N);
             // forward was: residual2 = residual + attproj(atty); dresidual now holds d residual2
             zero(datty, static_cast<size_t>(N) * C);
-            Ops::matmul_backward(datty, layer(g[ATTPROJW], l, C * C), layer(g[ATTPROJB], l, C), dresidual, atty,
+            Ops::matmul_backward(datty, layer(g[ATTPROJW], l, C * C), layer(g[ATTPROJB], l, C), dresidual, a.atty,
                                  layer(p[ATTPROJW], l, C * C), N, C, C);
             zero(dqkv, static_cast<size_t>(N) * QKVC);
-            Ops::attention_backward(dqkv, datty, atty, lse, qkv, B, T, NH, NKV, hs);
+            Ops::attention_backward(dqkv, datty, a.atty, a.lse, a.qkv, B, T, NH, NKV, hs);
             if (c.is_llama()) Ops::rope_backward(dqkv, B, T, NH, NKV, hs, c.rope_theta);
             zero(dln, static_cast<size_t>(N) * C);
-            Ops::matmul_backward(dln, layer(g[QKVW], l, QKVC * C), layer(g[QKVB], l, QKVC), dqkv, ln1, layer(p[QKVW], l, QKVC * C), N, C, QKVC);
-            norm_backward(dresidual, layer(g[LN1W], l, C), layer(g[LN1B], l, C), dln, residual, layer(p[LN1W], l, C), ln1_mean, ln1_rstd, N);
+            Ops::matmul_backward(dln, layer(g[QKVW], l, QKVC * C), layer(g[QKVB], l, QKVC), dqkv, a.ln1, layer(p[QKVW], l, QKVC * C), N, C, QKVC);
+            norm_backward(dresidual, layer(g[LN1W], l, C), layer(g[LN1B], l, C), dln, a.residual, layer(p[LN1W], l, C), a.ln1_mean, a.ln1_rstd, N);
         }
         Ops::encoder_backward(g[WTE], g[WPE], dresidual, inputs, inputs_host.data(), B, T, C);
     }

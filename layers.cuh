@@ -549,19 +549,6 @@ void matmul_backward_cpu(Real* dinp,           // (N, C) or nullptr, accumulated
         }
 }
 
-// The process's one cuBLAS handle, created on first use. TF32 stays off: CUBLAS_DEFAULT_MATH computes
-// fp32 GEMMs in full fp32 (TF32 needs CUBLAS_TF32_TENSOR_OP_MATH), so cuBLAS and the tiled kernel agree
-// to fp32 rounding.
-inline cublasHandle_t cublas_handle() {
-    static cublasHandle_t handle = [] {
-        cublasHandle_t h;
-        cublas_check(cublasCreate(&h));
-        cublas_check(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
-        return h;
-    }();
-    return handle;
-}
-
 enum class MatmulBackend { cublas, tiled };
 inline MatmulBackend& matmul_backend_setting() {
     static MatmulBackend backend = MatmulBackend::cublas;

@@ -49,8 +49,9 @@ void write_shard(const std::string& path, std::span<const int> tokens, int vocab
     File f(fopen(path.c_str(), "wb"));
     if (!f.f) fail("write_shard " + path + ": cannot create (" + strerror(errno) + ")");
     bool ok = fwrite(header, 1, sizeof header, f.f) == sizeof header;
-    if (wide) ok = ok && fwrite(full.data(), 4, full.size(), f.f) == full.size();
-    else ok = ok && fwrite(narrow.data(), 2, narrow.size(), f.f) == narrow.size();
+    // (an empty shard writes no tokens: fwrite must not get the null data() of an empty vector)
+    if (wide && !full.empty()) ok = ok && fwrite(full.data(), 4, full.size(), f.f) == full.size();
+    if (!wide && !narrow.empty()) ok = ok && fwrite(narrow.data(), 2, narrow.size(), f.f) == narrow.size();
     ok = (fclose(f.f) == 0) && ok;
     f.f = nullptr;
     if (!ok) fail("write_shard " + path + ": write failed (" + strerror(errno) + "); is the disk full?");
@@ -86,11 +87,11 @@ std::vector<int> read_shard(const std::string& path) {
     std::vector<int> tokens(count);
     if (width == 2) {
         std::vector<uint16_t> buf(count);
-        if (fread(buf.data(), 2, buf.size(), f.f) != buf.size()) fail(path + ": read error");
+        if (count > 0 && fread(buf.data(), 2, buf.size(), f.f) != buf.size()) fail(path + ": read error");
         for (int i = 0; i < count; i++) tokens[i] = buf[i];
     } else {
         std::vector<uint32_t> buf(count);
-        if (fread(buf.data(), 4, buf.size(), f.f) != buf.size()) fail(path + ": read error");
+        if (count > 0 && fread(buf.data(), 4, buf.size(), f.f) != buf.size()) fail(path + ": read error");
         for (int i = 0; i < count; i++) {
             if (buf[i] > (uint32_t)INT32_MAX)
                 fail(path + ": token " + std::to_string(buf[i]) + " at position " + std::to_string(i) +
