@@ -5,6 +5,15 @@ parameter layout (gpt.cuh: param_sizes, arch llama). The Llama sibling of dev/re
 
 A dev tool (needs torch + transformers); the build and the tests only read the fixture it wrote.
 
+  python3 dev/reference_llama.py              writes test/fixtures/llama_tiny.bin (below)
+  python3 dev/reference_llama.py --hf         writes test/fixtures/hf_llama_tiny/: a LlamaForCausalLM as
+                                              save_pretrained writes it (config.json, model.safetensors) and
+                                              generation.json {V, prompt, greedy, logits}, as
+                                              dev/reference_infer.py does for GPT-2
+  python3 dev/reference_llama.py --check-hf DIR
+                                              loads DIR (our export) with transformers and checks its greedy
+                                              tokens and logits against the HF fixture
+
 The config is as small as the fixture budget (< 1 MB) allows while still exercising what matters:
   n_head 4, n_kv_head 2  (GQA with two groups: query heads 0,1 read kv head 0, heads 2,3 read kv head 1)
   head size 32           (a size the fused attention kernels are compiled for)
@@ -129,5 +138,74 @@ def main(out="test/fixtures/llama_tiny.bin"):
     print(f"wrote {out}: {params.numel()} parameters, loss {loss.item():.6f}, greedy {greedy} (margin {margin:.4f}), "
           f"losses {[round(x, 4) for x in losses]}")
 
+HF_FIXTURE = "test/fixtures/hf_llama_tiny"
+HF_NEW_TOKENS = 12
+
+
+def hf_greedy(model, prompt):
+    """HF generate() (KV cache) for the tokens; full forwards for the logits that chose each of them."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=HF_NEW_TOKENS, min_new_tokens=HF_NEW_TOKENS,
+                             do_sample=False)
+        tokens = out[0, len(prompt):].tolist()
+        logits = model(out[:, :-1]).logits[0, len(prompt) - 1:]
+    assert tokens == logits.argmax(-1).tolist(), "generate() with its cache disagrees with full recomputation"
+    return tokens, logits
+
+
+def write_hf(out=HF_FIXTURE):
+    """A Hugging Face LlamaForCausalLM directory as save_pretrained writes it, for the safetensors loader:
+    other choices than llama_tiny.bin on purpose: MQA (1 kv head), tied embeddings, rope_theta 500000 and
+    rms_norm_eps 1e-6 (Llama 3's), a vocabulary our loader pads (100 -> 128), and bf16 weights (the loader
+    widens them; the reference runs the same widened weights in fp32)."""
+    import os
+    torch.manual_seed(3)
+    V, maxT, L, NH, NKV, C, H = 100, 64, 2, 4, 1, 128, 96
+    cfg = LlamaConfig(vocab_size=V, hidden_size=C, intermediate_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                      num_key_value_heads=NKV, max_position_embeddings=maxT, rms_norm_eps=1e-6, rope_theta=500000.0,
+                      tie_word_embeddings=True, attention_bias=False, mlp_bias=False, hidden_act="silu",
+                      initializer_range=0.4, bos_token_id=V - 1, eos_token_id=V - 1, pad_token_id=None)
+    model = LlamaForCausalLM(cfg).float().eval()
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            p.copy_(p.to(torch.bfloat16).float())  # exactly representable in bf16
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.float()
+    prompt = [int(x) for x in torch.randint(0, V - 1, (6,))]
+    tokens, logits = hf_greedy(model, prompt)
+    top2 = logits.topk(2, dim=-1).values
+    margin = (top2[:, 0] - top2[:, 1]).min().item()
+    assert margin > 1e-3, f"greedy margin {margin} too small for an exact-token test; change the seed"
+    with open(os.path.join(out, "generation.json"), "w") as f:
+        json.dump({"V": V, "prompt": prompt, "greedy": tokens, "logits": logits.tolist()}, f)
+    for name in sorted(os.listdir(out)):
+        print(f"{out}/{name}: {os.path.getsize(os.path.join(out, name))} bytes")
+    print("prompt", prompt, "greedy", tokens, f"(margin {margin:.4f})")
+
+
+def check_hf(directory):
+    """Loads DIR (e.g. written by `infer_gpt --export-hf DIR` from a Llama) with transformers and checks that its
+    greedy tokens and logits equal the HF fixture's."""
+    import os
+    with open(os.path.join(HF_FIXTURE, "generation.json")) as f:
+        fix = json.load(f)
+    model = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    tokens, logits = hf_greedy(model, fix["prompt"])
+    ref = torch.tensor(fix["logits"])
+    rel = float((logits[:, : ref.shape[1]] - ref).norm() / ref.norm())
+    ok = tokens == fix["greedy"] and rel <= 1e-5
+    print(f"{directory}: transformers loaded it; greedy tokens {'equal' if tokens == fix['greedy'] else 'DIFFER'}, "
+          f"logits relative error {rel:.2e} -> {'OK' if ok else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if len(sys.argv) == 2 and sys.argv[1] == "--hf":
+        write_hf()
+    elif len(sys.argv) == 3 and sys.argv[1] == "--check-hf":
+        check_hf(sys.argv[2])
+    else:
+        main(*sys.argv[1:])
