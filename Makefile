@@ -18,12 +18,11 @@ CXX       ?= g++
 BUILD     := build
 
 # ----------------------------------------------------------------------------
-# CPU build. SANITIZE=1 builds into build/asan with the sanitizers (fibers then use ucontext,
-# which tells AddressSanitizer about every stack switch).
+# CPU build. SANITIZE=1 builds into build/asan with the sanitizers (cudasim tells AddressSanitizer
+# about every fiber switch).
 ifeq ($(SANITIZE),1)
 CPU          := $(BUILD)/asan
-CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined \
-                -DBOOST_USE_UCONTEXT -DBOOST_USE_ASAN
+CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined
 CPU_LDFLAGS  := -fsanitize=address,undefined,bounds
 else
 CPU          := $(BUILD)/cpu
@@ -166,6 +165,30 @@ print-cpu-flags:
 
 clean:
 	rm -rf $(BUILD) train_gpt train_gpt_cpu tokenizer/tok
+
+# ---- inference (issue 8) ----------------------------------------------------------------------------
+# infer_gpt (GPU build) and infer_gpt_cpu (CPU build): generation, continuous batching, speculative decoding,
+# Hugging Face GPT-2 import/export (infer.cuh, safetensors.h, sampling.h). test_infer runs infer_gpt_cpu.
+# make fuzz-safetensors: libFuzzer on safetensors.h's reader for INFER_FUZZ_SECONDS (default 300).
+infer_gpt_cpu: $(CPU)/infer_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
+infer_gpt: $(GPU)/infer_gpt.o $(TOK_LIB_OBJS)
+	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
+$(CPU)/test/test_infer: | infer_gpt_cpu
+all: infer_gpt_cpu
+
+INFER_FUZZ_SECONDS ?= 300
+$(BUILD)/fuzz/fuzz_safetensors: dev/fuzz_safetensors.cpp safetensors.h common.cuh
+	@mkdir -p $(@D)
+	$(TOK_FUZZ_CXX) $(TOK_FUZZ_FLAGS) -I. -isystem $(CUDA_HOME)/include $< -o $@
+fuzz-safetensors: $(BUILD)/fuzz/fuzz_safetensors
+	@c=$(BUILD)/fuzz/corpus_safetensors; mkdir -p $$c; cp test/fixtures/hf_gpt2_tiny/model.safetensors $$c/seed_hf_gpt2_tiny; \
+	  $< -max_total_time=$(INFER_FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 $$c
+clean: clean-infer
+clean-infer:
+	rm -f infer_gpt infer_gpt_cpu
+.PHONY: fuzz-safetensors clean-infer
+# ---- end inference (issue 8) ------------------------------------------------------------------------
 
 # ---- llama (issue 9) ----------------------------------------------------------
 # make train-llama: learn a 4096-token byte-level BPE vocabulary on the training 90% of Tiny Shakespeare

@@ -22,6 +22,7 @@
 
 #include "gpt.cuh"
 #include "checkpoint.h"
+#include "sampling.h"
 #include "tokenizer/bpe.h"
 
 namespace fs = std::filesystem;
@@ -284,23 +285,6 @@ struct DataLoader {
 };
 
 // ----------------------------------------------------------------------------
-// Sampling from the logits of one position: temperature, then top-k, then a draw.
-static int sample_token(const std::vector<float>& logits, int V, float temperature, int top_k, Rng& rng) {
-    if (temperature <= 0.0f) return static_cast<int>(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
-    std::vector<std::pair<float, int>> cand(V);
-    for (int i = 0; i < V; i++) cand[i] = {logits[i] / temperature, i};
-    int k = top_k > 0 && top_k < V ? top_k : V;
-    std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](auto& a, auto& b) { return a.first > b.first; });
-    double sum = 0;
-    for (int i = 0; i < k; i++) sum += std::exp(cand[i].first - cand[0].first);
-    double r = rng.uniform() * sum;
-    for (int i = 0; i < k; i++) {
-        r -= std::exp(cand[i].first - cand[0].first);
-        if (r <= 0) return cand[i].second;
-    }
-    return cand[k - 1].second;
-}
-
 // Generates text by recomputing the whole window each token (no KV cache: that is infer_gpt's job).
 template <class Ops>
 static std::string generate(GPT<Ops>& model, const bpe::Tokenizer& tok, const TrainOptions& o, Rng& rng) {
@@ -313,7 +297,8 @@ static std::string generate(GPT<Ops>& model, const bpe::Tokenizer& tok, const Tr
         size_t start = ids.size() > static_cast<size_t>(maxT) ? ids.size() - maxT : 0;
         int t = static_cast<int>(ids.size() - start);
         model.forward(ids.data() + start, nullptr, 1, t);
-        int next = sample_token(model.logits_at(0, t - 1), model.config.vocab_size, static_cast<float>(o.temperature), o.top_k, rng);
+        SamplingSettings settings{static_cast<float>(o.temperature), o.top_k, 1.0f};
+        int next = sample_token(model.logits_at(0, t - 1).data(), model.config.vocab_size, settings, rng);
         if (next == tok.eot_id()) break;
         ids.push_back(next);
         text += decoder.push(next);

@@ -367,6 +367,9 @@ CUDASIM_TEXTURE_FUNCTION(surf3Dwrite)
 #define GPTCU_CUDASIM_IMPLEMENTED
 #include <cblas.h>
 #include <sys/mman.h>
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
 #include <unistd.h>
 #include <algorithm>
 #include <chrono>
@@ -476,9 +479,35 @@ Thread& current_thread() {
     return *this_worker->current;
 }
 
+// AddressSanitizer must be told when execution moves to another stack, or it takes the fiber's
+// frames for overflows of the OS thread's stack. The fibers switch with Boost's fcontext (a few
+// instructions); these calls tell ASan about each switch (no-ops in normal builds).
+#if defined(__SANITIZE_ADDRESS__)
+struct AsanStacks {
+    const void* scheduler_bottom = nullptr;  // the OS thread's own stack, learnt at the first switch
+    size_t scheduler_size = 0;
+    void* scheduler_fake = nullptr;
+};
+static thread_local AsanStacks asan_stacks;
+static void asan_enter_fiber(const void* bottom, size_t size) { __sanitizer_start_switch_fiber(&asan_stacks.scheduler_fake, bottom, size); }
+static void asan_back_in_scheduler() { __sanitizer_finish_switch_fiber(asan_stacks.scheduler_fake, nullptr, nullptr); }
+static void asan_fiber_started() { __sanitizer_finish_switch_fiber(nullptr, &asan_stacks.scheduler_bottom, &asan_stacks.scheduler_size); }
+static void asan_leave_fiber(void** fake) { __sanitizer_start_switch_fiber(fake, asan_stacks.scheduler_bottom, asan_stacks.scheduler_size); }
+static void asan_fiber_resumed(void* fake) { __sanitizer_finish_switch_fiber(fake, &asan_stacks.scheduler_bottom, &asan_stacks.scheduler_size); }
+#else
+static void asan_enter_fiber(const void*, size_t) {}
+static void asan_back_in_scheduler() {}
+static void asan_fiber_started() {}
+static void asan_leave_fiber(void**) {}
+static void asan_fiber_resumed(void*) {}
+#endif
+
 void yield_to_scheduler() {
     Worker& w = *this_worker;
+    void* fake = nullptr;
+    asan_leave_fiber(&fake);
     w.scheduler = std::move(w.scheduler).resume();
+    asan_fiber_resumed(fake);
 }
 
 void* dynamic_shared_memory() {
@@ -526,7 +555,10 @@ static const char* op_name(WarpOp op) {
 static void resume(Worker& w, Thread& t) {
     threadIdx = t.idx;
     w.current = &t;
+    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    asan_enter_fiber(w.stacks + t.linear * w.stack_bytes + page, w.stack_bytes - page);
     t.fiber = std::move(t.fiber).resume();
+    asan_back_in_scheduler();
     w.current = nullptr;
 }
 
@@ -652,9 +684,11 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
         // stack slot the new one is built in, so destroying it after would unwind the new fiber instead.
         t.fiber = boost::context::fiber();
         t.fiber = boost::context::fiber(std::allocator_arg, SlotStack{slot}, [&w, &t](boost::context::fiber&& scheduler) {
+            asan_fiber_started();
             w.scheduler = std::move(scheduler);
             (*w.body)();
             t.wait = Wait::done;
+            asan_leave_fiber(nullptr);  // nullptr: this fiber's stack is finished
             return std::move(w.scheduler);
         });
     }

@@ -1,0 +1,583 @@
+// Inference (issue 8): sampling, speculative acceptance, safetensors, Hugging Face GPT-2 interop, the
+// paged KV cache ops against the contiguous-cache references of attention.cuh, the engine's cached
+// decoding against full recomputation, continuous batching against one-at-a-time, speculative decoding.
+// Tiny models throughout: the kernels are emulated by cudasim in the CPU build.
+#include "test/test_util.h"
+#include "infer.cuh"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sys/wait.h>
+
+namespace fs = std::filesystem;
+
+// fp32 through a few layers, summed in a different order than PyTorch / than the full forward: 1e-4
+// relative over a logits row (the issue's bound for the Hugging Face comparison).
+constexpr double tolerance_model = 1e-4;
+
+// ----------------------------------------------------------------------------
+// Sampling
+TEST_CASE("sampling: greedy, temperature, top-k, top-p define the documented distribution") {
+    std::vector<float> z = {1.0f, 3.0f, 2.0f, 3.0f, -1.0f};
+    const int V = 5;
+    auto p = sampling_distribution(z.data(), V, {0.0f, 0, 1.0f});
+    CHECK(p == std::vector<double>{0, 1, 0, 0, 0});  // greedy: the lowest index among the tied maxima
+    // temperature: softmax(z / τ)
+    p = sampling_distribution(z.data(), V, {0.5f, 0, 1.0f});
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += std::exp(z[i] / 0.5);
+    for (int i = 0; i < V; i++) CHECK(p[i] == doctest::Approx(std::exp(z[i] / 0.5) / sum).epsilon(1e-12));
+    // top-k 2 keeps the two 3.0s
+    p = sampling_distribution(z.data(), V, {1.0f, 2, 1.0f});
+    CHECK(p == std::vector<double>{0, 0.5, 0, 0.5, 0});
+    // top-p: sorted probs at τ=1 are 0.422, 0.422, 0.155, 0.057, 0.0077; P = 0.9 keeps the first three
+    p = sampling_distribution(z.data(), V, {1.0f, 0, 0.9f});
+    CHECK(p[0] == 0.0);
+    CHECK(p[4] == 0.0);
+    CHECK(p[1] + p[2] + p[3] == doctest::Approx(1.0));
+    CHECK(p[2] == doctest::Approx(std::exp(-1.0) / (2 + std::exp(-1.0))));
+    // draw follows p: 100k draws, each frequency within 5 standard deviations
+    Rng rng(7);
+    std::vector<int> count(V, 0);
+    const int n = 100000;
+    p = sampling_distribution(z.data(), V, {1.3f, 0, 1.0f});
+    for (int i = 0; i < n; i++) count[draw(p, rng)]++;
+    for (int i = 0; i < V; i++) CHECK(std::abs(count[i] - n * p[i]) <= 5 * std::sqrt(n * p[i] * (1 - p[i])) + 1);
+    CHECK_THROWS_WITH(SamplingSettings({-1.0f, 0, 1.0f}).validate(), doctest::Contains("temperature"));
+    CHECK_THROWS_WITH(SamplingSettings({1.0f, 0, 0.0f}).validate(), doctest::Contains("top_p"));
+}
+
+TEST_CASE("speculative acceptance: the output follows the target distribution exactly (statistical)") {
+    // tiny vocabulary, random p (target) and q (draft) with different supports; x ~ q, then the rule
+    Rng rng(2024);
+    const int V = 6, n = 200000;
+    for (int trial = 0; trial < 3; trial++) {
+        std::vector<double> p(V), q(V);
+        double sp = 0, sq = 0;
+        for (int i = 0; i < V; i++) {
+            sp += (p[i] = rng.uniform() < 0.2f ? 0.0 : rng.uniform());
+            sq += (q[i] = rng.uniform() < 0.2f ? 0.0 : rng.uniform());
+        }
+        q[trial] += 0.5;  // q is never all zero
+        sq += 0.5;
+        p[V - 1 - trial] += 0.5;
+        sp += 0.5;
+        for (int i = 0; i < V; i++) { p[i] /= sp; q[i] /= sq; }
+        std::vector<int> count(V, 0);
+        int accepted = 0;
+        for (int k = 0; k < n; k++) {
+            SpeculativeVerdict v = speculative_accept(draw(q, rng), p, q, rng);
+            count[v.token]++;
+            accepted += v.accepted;
+        }
+        // chi-square with V-1 degrees of freedom over the tokens p gives mass; none where p is 0
+        double chi2 = 0, overlap = 0;
+        for (int i = 0; i < V; i++) {
+            overlap += std::min(p[i], q[i]);
+            if (p[i] == 0) CHECK(count[i] == 0);
+            else chi2 += (count[i] - n * p[i]) * (count[i] - n * p[i]) / (n * p[i]);
+        }
+        INFO("trial " << trial << ": chi2 " << chi2 << ", acceptance " << double(accepted) / n << " (theory " << overlap << ")");
+        CHECK(chi2 < 25.0);  // p < 1e-4 for 5 degrees of freedom
+        CHECK(std::abs(double(accepted) / n - overlap) < 0.01);  // acceptance rate = Σ min(p, q)
+    }
+}
+
+// ----------------------------------------------------------------------------
+// safetensors
+static std::vector<uint8_t> st_file(const std::string& header, size_t data_bytes, uint64_t header_len = UINT64_MAX) {
+    std::vector<uint8_t> out(8 + header.size() + data_bytes, 0);
+    uint64_t n = header_len == UINT64_MAX ? header.size() : header_len;
+    std::memcpy(out.data(), &n, 8);
+    std::memcpy(out.data() + 8, header.data(), header.size());
+    return out;
+}
+
+TEST_CASE("safetensors: write, read back; F16 and BF16 convert exactly") {
+    Rng rng(3);
+    std::vector<safetensors::Tensor> ts = {{"a", {2, 3}, random_vector(6, rng)}, {"b.c", {5}, random_vector(5, rng)}, {"empty", {0, 4}, {}}};
+    auto r = safetensors::Reader::parse(safetensors::serialize(ts, {{"format", "pt"}}), "mem");
+    CHECK(r.metadata().at("format") == "pt");
+    for (const auto& t : ts) CHECK(r.get(t.name, t.shape) == t.values);
+    // F16: 1.0 = 0x3c00, -2.5 = 0xc100, 65504 = 0x7bff, smallest subnormal 2^-24 = 0x0001; BF16: 1.0 = 0x3f80, -3.0 = 0xc040
+    std::string h = R"({"h":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]}})";
+    auto bytes = st_file(h, 12);
+    uint16_t vals[6] = {0x3c00, 0xc100, 0x7bff, 0x0001, 0x3f80, 0xc040};
+    std::memcpy(bytes.data() + 8 + h.size(), vals, 12);
+    auto r2 = safetensors::Reader::parse(bytes, "mem");
+    CHECK(r2.get("h") == std::vector<float>{1.0f, -2.5f, 65504.0f, std::ldexp(1.0f, -24)});
+    CHECK(r2.get("b") == std::vector<float>{1.0f, -3.0f});
+}
+
+TEST_CASE("safetensors: malformed files are refused with a message naming the problem") {
+    auto refuse = [](const std::vector<uint8_t>& bytes, const std::string& what) {
+        CAPTURE(what);
+        CHECK_THROWS_WITH(safetensors::Reader::parse(bytes, "bad.safetensors"), doctest::Contains(what.c_str()));
+    };
+    const std::string ok = R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
+    CHECK_NOTHROW(safetensors::Reader::parse(st_file(ok, 16), "good"));
+    refuse({1, 2, 3}, "8-byte header length");
+    refuse(st_file(ok, 16, 1000000), "runs past the end");
+    refuse(st_file("{\"w\":", 0), "not valid JSON");
+    refuse(st_file("[1,2]", 0), "not an object");
+    refuse(st_file(R"({"w":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})", 16), "dtype 'F64' is not supported");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,32]}})", 16), "out of range");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[8,4]}})", 16), "out of range");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", 16), "needs 12");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "overlap");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}})", 16), "belong to no tensor");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "non-negative");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", 8), "overflows");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[2]}})", 8), "data_offsets");
+    refuse(st_file(R"({"__metadata__":{"format":1}})", 0), "not a string");
+    auto r = safetensors::Reader::parse(st_file(ok, 16), "good.safetensors");
+    CHECK_THROWS_WITH(r.get("missing"), doctest::Contains("no tensor named 'missing'"));
+    CHECK_THROWS_WITH(r.get("w", {4}), doctest::Contains("has shape [2, 2], expected [4]"));
+}
+
+// ----------------------------------------------------------------------------
+// Hugging Face GPT-2
+static const std::string hf_dir = "test/fixtures/hf_gpt2_tiny";
+
+struct Generation {
+    std::vector<int> prompt, greedy;
+    std::vector<std::vector<float>> logits;
+};
+static Generation load_generation() {
+    std::ifstream f(hf_dir + "/generation.json");
+    REQUIRE(f.good());
+    nlohmann::json j = nlohmann::json::parse(f);
+    return {j.at("prompt").get<std::vector<int>>(), j.at("greedy").get<std::vector<int>>(), j.at("logits").get<std::vector<std::vector<float>>>()};
+}
+
+TEST_CASE("HF GPT-2: the fixture loads; export and reload give the same parameters") {
+    LoadedModel m = load_model(hf_dir);
+    CHECK(m.format == "Hugging Face GPT-2");
+    CHECK(m.config.vocab_size == 97);
+    CHECK(m.config.padded_vocab_size == 128);
+    CHECK(m.config.n_layer == 2);
+    // padding rows of wte are zero
+    for (size_t i = static_cast<size_t>(97) * m.config.n_embd; i < static_cast<size_t>(128) * m.config.n_embd; i++) REQUIRE(m.params[i] == 0.0f);
+    std::string out = (fs::temp_directory_path() / "gptcu_test_export_hf").string();
+    fs::remove_all(out);
+    export_hf_gpt2(out, m.config, m.params, m.eot_id);
+    LoadedModel back = load_model(out);
+    CHECK(nlohmann::json(back.config) == nlohmann::json(m.config));
+    CHECK(back.params == m.params);
+    CHECK(back.eot_id == m.eot_id);
+    fs::remove_all(out);
+    CHECK_THROWS_WITH(load_model("test/fixtures"), doctest::Contains("config.json and model.safetensors"));
+}
+
+// ----------------------------------------------------------------------------
+// The paged ops against attention.cuh's contiguous references, kernels against CPU references
+TEST_CASE("paged attention and KV append: kernels match CPU references; CPU reference matches causal attention") {
+    Rng rng(11);
+    for (auto [NH, NKV, hs, block_size] : {std::array<int, 4>{4, 4, 16, 4}, {4, 2, 8, 3}, {2, 1, 32, 16}}) {
+        CAPTURE(NH); CAPTURE(NKV); CAPTURE(hs); CAPTURE(block_size);
+        const int QKVW = (NH + 2 * NKV) * hs;
+        // two sequences of lengths 7 and 10, stored in scattered blocks; their tokens all come in one step
+        const std::vector<int> lens = {7, 10};
+        const int max_blocks = 5, num_blocks = 12, N = 17;
+        std::vector<int> tables = {9, 2, 6, 0, 0, 1, 11, 4, 7, 3};  // (2, max_blocks)
+        std::vector<int> slots, positions;
+        for (int s = 0; s < 2; s++)
+            for (int t = 0; t < lens[s]; t++) { slots.push_back(s); positions.push_back(t); }
+        std::vector<float> qkv = random_vector(static_cast<size_t>(N) * QKVW, rng);
+        size_t pool = static_cast<size_t>(num_blocks) * NKV * block_size * hs;
+        std::vector<float> k_ref(pool, 0.0f), v_ref(pool, 0.0f), out_ref(static_cast<size_t>(N) * NH * hs);
+        paged_kv_append_cpu(k_ref.data(), v_ref.data(), qkv.data(), tables.data(), slots.data(), positions.data(), N, NH, NKV, hs, block_size, max_blocks);
+        paged_attention_cpu(out_ref.data(), qkv.data(), k_ref.data(), v_ref.data(), tables.data(), slots.data(), positions.data(), N, NH, NKV, hs,
+                            block_size, max_blocks);
+        // the reference equals attention.cuh's causal attention of each sequence on its own
+        for (int s = 0, row0 = 0; s < 2; row0 += lens[s], s++) {
+            int T = lens[s];
+            std::vector<float> q(qkv.begin() + static_cast<size_t>(row0) * QKVW, qkv.begin() + static_cast<size_t>(row0 + T) * QKVW);
+            std::vector<float> o(static_cast<size_t>(T) * NH * hs), lse(static_cast<size_t>(NH) * T);
+            attention_forward_cpu(o.data(), lse.data(), q.data(), 1, T, NH, NKV, hs);
+            std::vector<float> mine(out_ref.begin() + static_cast<size_t>(row0) * NH * hs, out_ref.begin() + static_cast<size_t>(row0 + T) * NH * hs);
+            check_close("paged attention cpu vs attention_forward_cpu", mine, o, tolerance_fp32);
+        }
+        for_each_thread_order([&] {
+            DeviceBuffer<float> d_qkv(qkv), d_k(pool), d_v(pool), d_out(out_ref.size());
+            DeviceBuffer<int> d_tables(tables), d_slots(slots), d_pos(positions);
+            poison(d_k);
+            poison(d_v);
+            poison(d_out);
+            paged_kv_append(d_k, d_v, d_qkv, d_tables, d_slots, d_pos, N, NH, NKV, hs, block_size, max_blocks, 0);
+            paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 10, N, NH, NKV, hs, block_size, max_blocks, 0);
+            check_close("paged attention kernel", d_out.download(), out_ref, tolerance_fp32);
+            // every appended K and V row sits where the reference put it (the rest of the pool keeps its poison)
+            std::vector<float> k = d_k.download(), v = d_v.download();
+            for (int i = 0; i < N; i++)
+                for (int g = 0; g < NKV; g++) {
+                    size_t at = paged_kv_row(tables.data() + static_cast<size_t>(slots[i]) * max_blocks, positions[i], g, NKV, block_size, hs);
+                    REQUIRE(std::equal(k.begin() + at, k.begin() + at + hs, k_ref.begin() + at));
+                    REQUIRE(std::equal(v.begin() + at, v.begin() + at + hs, v_ref.begin() + at));
+                }
+        });
+    }
+}
+
+TEST_CASE("paged attention (one row per sequence) equals attention.cuh's contiguous-cache attention_decode") {
+    // The same decode step two ways: attention.cuh's kernels with a contiguous (B, NKV, maxT, hs) cache, and
+    // ours with the same rows scattered over blocks. Sequences of different lengths, GQA.
+    Rng rng(12);
+    const int B = 3, NH = 4, NKV = 2, hs = 32, maxT = 40, block_size = 8, max_blocks = 5, num_blocks = 16, QKVW = (NH + 2 * NKV) * hs;
+    const std::vector<int> lens = {1, 17, 40};
+    std::vector<float> k_cache = random_vector(static_cast<size_t>(B) * NKV * maxT * hs, rng), v_cache = random_vector(k_cache.size(), rng);
+    std::vector<float> qkv = random_vector(static_cast<size_t>(B) * QKVW, rng);
+    std::vector<int> tables = {3, 0, 0, 0, 0, 7, 1, 12, 0, 0, 2, 15, 4, 9, 5};  // (B, max_blocks)
+    std::vector<float> k_pool(static_cast<size_t>(num_blocks) * NKV * block_size * hs, 0.0f), v_pool(k_pool.size(), 0.0f);
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < NKV; g++)
+            for (int t = 0; t < lens[b]; t++) {
+                size_t src = kv_cache_row(b, g, t, NKV, maxT, hs), dst = paged_kv_row(tables.data() + b * max_blocks, t, g, NKV, block_size, hs);
+                std::copy_n(k_cache.begin() + src, hs, k_pool.begin() + dst);
+                std::copy_n(v_cache.begin() + src, hs, v_pool.begin() + dst);
+            }
+    std::vector<int> slots = {0, 1, 2}, positions = {lens[0] - 1, lens[1] - 1, lens[2] - 1};
+    std::vector<float> ref(static_cast<size_t>(B) * NH * hs);
+    attention_decode_cpu(ref.data(), qkv.data(), k_cache.data(), v_cache.data(), lens.data(), B, NH, NKV, hs, maxT);
+    for_each_thread_order([&] {
+        DeviceBuffer<float> d_qkv(qkv), d_kc(k_cache), d_vc(v_cache), d_kp(k_pool), d_vp(v_pool), d_theirs(ref.size()), d_ours(ref.size());
+        DeviceBuffer<int> d_lens(lens), d_tables(tables), d_slots(slots), d_pos(positions);
+        poison(d_theirs);
+        poison(d_ours);
+        attention_decode(d_theirs, d_qkv, d_kc, d_vc, d_lens, B, NH, NKV, hs, maxT, 0);
+        paged_attention(d_ours, d_qkv, d_kp, d_vp, d_tables, d_slots, d_pos, maxT, B, NH, NKV, hs, block_size, max_blocks, 0);
+        check_close("attention_decode (contiguous) vs cpu", d_theirs.download(), ref, tolerance_fp32);
+        check_close("paged_attention vs attention_decode", d_ours.download(), d_theirs.download(), tolerance_fp32);
+    });
+}
+
+// ----------------------------------------------------------------------------
+// The engine
+static GPTConfig tiny_config(int L, int C, int NH, int V, int maxT) {
+    GPTConfig c;
+    c.vocab_size = V;
+    c.padded_vocab_size = (V + 127) / 128 * 128;
+    c.max_seq_len = maxT;
+    c.n_layer = L;
+    c.n_embd = C;
+    c.n_head = c.n_kv_head = NH;
+    c.ffn_hidden = 4 * C;
+    return c;
+}
+
+// Random weights larger than the 0.02 init, so attention is not uniform and bugs show.
+template <class Ops>
+static void randomize(GPT<Ops>& model, uint64_t seed) {
+    model.init_random(seed);
+    std::vector<float> p = model.get_parameters();
+    Rng rng(seed + 1);
+    size_t off = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        for (size_t k = 0; k < model.sizes[i]; k++) {
+            float& w = p[off + k];
+            if (i == WTE && k >= static_cast<size_t>(model.config.vocab_size) * model.config.n_embd) continue;
+            w = (i == LN1W || i == LN2W || i == LNFW) ? 1.0f + 0.2f * rng.normal() : (w == 0.0f ? 0.05f * rng.normal() : w * 10.0f);
+        }
+        off += model.sizes[i];
+    }
+    model.set_parameters(p);
+}
+
+template <class Ops>
+static void check_cached_decode_matches_recompute() {
+    GPTConfig c = tiny_config(2, 64, 2, 50, 24);  // hs = 32: attention_forward's kernels are compiled for 32/64/128
+    GPT<Ops> model(c);
+    randomize(model, 5);
+    InferenceEngine<Ops> engine(model, {2, 16, 4, 0});
+    engine.set_blocks(1, {5, 3, 0, 9, 1, 7});  // slot 1, scattered blocks
+    Rng rng(8);
+    std::vector<int> tokens;
+    for (int i = 0; i < 6; i++) tokens.push_back(static_cast<int>(rng.below(50)));
+    // prefill 6 tokens, then decode 10 more, each time comparing the last row's logits with a full forward
+    std::vector<StepRow> rows;
+    for (int p = 0; p < 6; p++) rows.push_back({tokens[p], p, 1, p == 5});
+    std::vector<float> logits = engine.forward(rows);
+    for (int step = 0; step < 11; step++) {
+        int T = static_cast<int>(tokens.size());
+        model.forward(tokens.data(), nullptr, 1, T);
+        std::vector<float> full = model.logits_at(0, T - 1);
+        CAPTURE(step);
+        check_close("cached vs full recompute", logits, full, tolerance_model);
+        int next = argmax(logits.data(), c.vocab_size);
+        tokens.push_back(next);
+        logits = engine.forward({{next, T, 1, true}});
+    }
+}
+
+TEST_CASE("engine: logits from cached decoding equal full recomputation at every step (CPU reference ops)") {
+    check_cached_decode_matches_recompute<HostOps>();
+}
+TEST_CASE("engine: logits from cached decoding equal full recomputation at every step (kernels)") {
+    check_cached_decode_matches_recompute<DeviceOps>();
+}
+
+template <class Ops>
+static void check_hf_fixture() {
+    Generation g = load_generation();
+    LoadedModel m = load_model(hf_dir);
+    GPT<Ops> model(m.config);
+    model.set_parameters(m.params);
+    InferenceEngine<Ops> engine(model, {1, 32, 8, 0});
+    Request r{"hf", g.prompt, static_cast<int>(g.greedy.size()), {0.0f, 0, 1.0f}, 1, ""};
+    std::vector<std::vector<float>> seen;
+    auto results = serve(engine, {r}, -1, nullptr, [&](const std::string&, int, const float* row) {
+        seen.emplace_back(row, row + m.config.vocab_size);
+    });
+    REQUIRE(results.size() == 1);
+    CHECK(results[0].tokens == g.greedy);
+    REQUIRE(seen.size() == g.logits.size());
+    for (size_t i = 0; i < seen.size(); i++) {
+        CAPTURE(i);
+        check_close("logits vs transformers", seen[i], g.logits[i], tolerance_model);
+    }
+}
+TEST_CASE("HF GPT-2 fixture: greedy tokens exact, logits within 1e-4 of transformers (CPU reference ops)") { check_hf_fixture<HostOps>(); }
+TEST_CASE("HF GPT-2 fixture: greedy tokens exact, logits within 1e-4 of transformers (kernels)") { check_hf_fixture<DeviceOps>(); }
+
+// ----------------------------------------------------------------------------
+// Continuous batching
+static std::vector<Request> random_requests(int n, int V, int maxT, Rng& rng, bool greedy) {
+    std::vector<Request> rs;
+    for (int i = 0; i < n; i++) {
+        Request r;
+        r.id = "r";
+        r.id += std::to_string(i);  // not "r" + to_string(i): GCC 12's -O3 -Wrestrict false positive
+        int len = 1 + static_cast<int>(rng.below(static_cast<uint32_t>(maxT / 2)));
+        for (int t = 0; t < len; t++) r.prompt.push_back(static_cast<int>(rng.below(static_cast<uint32_t>(V))));
+        r.max_tokens = 1 + static_cast<int>(rng.below(static_cast<uint32_t>(maxT / 2)));
+        r.sampling = greedy ? SamplingSettings{0.0f, 0, 1.0f} : SamplingSettings{0.9f, 10, 0.95f};
+        r.seed = 100 + i;
+        rs.push_back(r);
+    }
+    return rs;
+}
+static std::map<std::string, Result> by_id(const std::vector<Result>& v) {
+    std::map<std::string, Result> m;
+    for (const Result& r : v) m[r.id] = r;
+    return m;
+}
+
+TEST_CASE("scheduler: no block leaks, every request finishes, results independent of batching (fake model)") {
+    // The "model": logits that depend only on the sequence so far (a hash of its tokens), so any
+    // scheduling must give the same tokens. Small pools force preemption and recomputation.
+    const int V = 40, Vp = 48, maxT = 40, eot = 3;
+    Rng rng(99);
+    for (auto [max_seqs, max_rows, block_size, num_blocks] : std::vector<std::array<int, 4>>{{1, 64, 4, 10}, {4, 16, 4, 10}, {8, 7, 3, 20}, {16, 64, 5, 8}}) {
+        CAPTURE(max_seqs); CAPTURE(max_rows); CAPTURE(block_size); CAPTURE(num_blocks);
+        std::vector<Request> reqs = random_requests(60, V, maxT, rng, rng.uniform() < 0.5f);
+        Scheduler sched(max_seqs, max_rows, block_size, num_blocks, maxT, V, eot);
+        std::map<int, std::vector<int>> tables;  // slot → blocks, as the engine would mirror them
+        sched.on_blocks = [&](int slot, const std::vector<int>& b) { tables[slot] = b; };
+        std::map<int, std::vector<int>> seq_tokens;  // slot → tokens seen so far (positions must be consecutive)
+        for (auto& r : reqs) sched.submit(r);
+        while (!sched.done()) {
+            auto plan = sched.plan();
+            REQUIRE(static_cast<int>(plan.rows.size()) <= max_rows);
+            std::vector<float> logits;
+            std::map<int, uint64_t> hash;
+            for (const StepRow& row : plan.rows) {
+                // every row's position is inside its slot's blocks, and blocks are not shared between slots
+                REQUIRE(row.position / block_size < static_cast<int>(tables[row.slot].size()));
+                auto& toks = seq_tokens[row.slot];
+                if (row.position == 0) toks.clear();
+                REQUIRE(static_cast<int>(toks.size()) >= row.position);
+                toks.resize(row.position);
+                toks.push_back(row.token);
+                if (!row.want_logits) continue;
+                uint64_t h = 1469598103934665603ull;
+                for (int t : toks) h = (h ^ static_cast<uint64_t>(t)) * 1099511628211ull;
+                Rng fake(h);
+                for (int v = 0; v < Vp; v++) logits.push_back(v < V ? 4.0f * fake.uniform() : 0.0f);
+            }
+            std::set<int> used;
+            for (auto& [slot, b] : tables)
+                for (int x : b) {
+                    bool live = false;
+                    for (const StepRow& row : plan.rows) live |= row.slot == slot;
+                    if (live) REQUIRE(used.insert(x).second);
+                }
+            sched.commit(plan, logits, Vp);
+        }
+        CHECK(sched.allocator().free_blocks() == num_blocks);  // no leaks
+        REQUIRE(sched.finished.size() == reqs.size());
+        // the same requests one at a time
+        auto batched = by_id(sched.finished);
+        for (auto& r : reqs) {
+            Scheduler solo(1, 64, block_size, 64, maxT, V, eot);
+            std::map<int, std::vector<int>> t2;
+            solo.submit(r);
+            std::vector<int> toks;
+            while (!solo.done()) {
+                auto plan = solo.plan();
+                std::vector<float> logits;
+                for (const StepRow& row : plan.rows) {
+                    toks.resize(row.position);
+                    toks.push_back(row.token);
+                    if (!row.want_logits) continue;
+                    uint64_t h = 1469598103934665603ull;
+                    for (int t : toks) h = (h ^ static_cast<uint64_t>(t)) * 1099511628211ull;
+                    Rng fake(h);
+                    for (int v = 0; v < Vp; v++) logits.push_back(v < V ? 4.0f * fake.uniform() : 0.0f);
+                }
+                solo.commit(plan, logits, Vp);
+            }
+            CAPTURE(r.id);
+            CHECK(solo.finished.at(0).tokens == batched.at(r.id).tokens);
+            CHECK(solo.finished.at(0).finish_reason == batched.at(r.id).finish_reason);
+        }
+        if (num_blocks <= 10 && max_seqs > 1) CHECK(sched.stats().preemptions > 0);
+    }
+}
+
+TEST_CASE("scheduler: bad requests get an error, the others are served") {
+    Scheduler sched(2, 16, 4, 8, 16, 20, -1);
+    sched.submit({"empty", {}, 4, {}, 1, ""});
+    sched.submit({"long", std::vector<int>(16, 1), 4, {}, 1, ""});
+    sched.submit({"parse", {1}, 4, {}, 1, "line 3: not valid JSON"});
+    sched.submit({"vocab", {25}, 4, {}, 1, ""});
+    sched.submit({"temp", {1}, 4, {-1.0f, 0, 1.0f}, 1, ""});
+    sched.submit({"good", {1, 2}, 3, {0.0f, 0, 1.0f}, 1, ""});
+    while (!sched.done()) {
+        auto plan = sched.plan();
+        std::vector<float> logits(plan.sampling.size() * 20, 0.0f);
+        sched.commit(plan, logits, 20);
+    }
+    auto r = by_id(sched.finished);
+    CHECK(r["empty"].error == "the prompt is empty");
+    CHECK(r["long"].error.find("context is 16") != std::string::npos);
+    CHECK(r["parse"].error == "line 3: not valid JSON");
+    CHECK(r["vocab"].error.find("outside the vocabulary") != std::string::npos);
+    CHECK(r["temp"].error.find("temperature") != std::string::npos);
+    CHECK(r["good"].error.empty());
+    CHECK(r["good"].tokens == std::vector<int>{0, 0, 0});
+    CHECK(r["good"].finish_reason == "length");
+}
+
+template <class Ops>
+static void check_batched_equals_solo() {
+    GPTConfig c = tiny_config(2, 64, 2, 50, 32);
+    GPT<Ops> model(c);
+    randomize(model, 21);
+    Rng rng(5);
+    std::vector<Request> reqs = random_requests(6, c.vocab_size, 20, rng, true);
+    // a pool of 8 blocks of 4 tokens (one full context): requests wait for blocks and some are preempted
+    InferenceEngine<Ops> batched(model, {4, 24, 4, 8});
+    Scheduler::Stats stats;
+    auto b = by_id(serve(batched, reqs, 7, &stats));
+    InferenceEngine<Ops> one(model, {1, 64, 8, 0});
+    for (const Request& r : reqs) {
+        auto solo = serve(one, {r}, 7);
+        CAPTURE(r.id);
+        CHECK(solo.at(0).tokens == b.at(r.id).tokens);
+    }
+    CHECK(stats.preemptions > 0);
+    MESSAGE("batched: " << stats.steps << " steps, " << stats.preemptions << " preemptions, max " << stats.max_running << " running");
+}
+TEST_CASE("continuous batching + paged KV: greedy outputs equal one-at-a-time (CPU reference ops)") { check_batched_equals_solo<HostOps>(); }
+TEST_CASE("continuous batching + paged KV: greedy outputs equal one-at-a-time (kernels)") { check_batched_equals_solo<DeviceOps>(); }
+
+// ----------------------------------------------------------------------------
+// Speculative decoding
+template <class Ops>
+static void check_speculative_greedy() {
+    GPTConfig c = tiny_config(2, 64, 2, 50, 32), small = tiny_config(1, 32, 1, 50, 32);
+    GPT<Ops> target(c), noisy(c), tiny(small);
+    randomize(target, 31);
+    randomize(tiny, 32);
+    // a draft that mostly agrees with the target: its weights times 1 + N(0, 0.05²)
+    std::vector<float> w = target.get_parameters();
+    Rng rng(33);
+    for (float& x : w) x *= 1.0f + 0.05f * rng.normal();
+    noisy.set_parameters(w);
+    InferenceEngine<Ops> te(target, {1, 32, 4, 0});
+    std::vector<int> prompt = {4, 8, 15, 16, 23};
+    auto ref = serve(te, {Request{"t", prompt, 20, {0.0f, 0, 1.0f}, 1, ""}}, -1);
+    for (GPT<Ops>* draft : {&noisy, &tiny})
+        for (int k : {1, 3, 5}) {
+            InferenceEngine<Ops> de(*draft, {1, 32, 4, 0});
+            SpeculativeStats st;
+            std::vector<int> out = generate_speculative(te, de, prompt, 20, k, {0.0f, 0, 1.0f}, 1, -1, &st);
+            CAPTURE(k);
+            CHECK(out == ref.at(0).tokens);
+            MESSAGE(std::string(draft == &noisy ? "noisy copy" : "tiny random") << " draft, k=" << k << ": acceptance " << st.acceptance_rate()
+                    << ", target forwards " << st.target_forwards << " for 20 tokens");
+        }
+    // the draft is the target itself (its own engine): every proposal is accepted
+    InferenceEngine<Ops> same(target, {1, 32, 4, 0});
+    SpeculativeStats st;
+    CHECK(generate_speculative(te, same, prompt, 20, 4, {0.0f, 0, 1.0f}, 1, -1, &st) == ref.at(0).tokens);
+    CHECK(st.acceptance_rate() == 1.0);
+    CHECK(st.target_forwards == 4);  // 20 tokens = 4 rounds of 4 accepted + 1 free
+}
+
+TEST_CASE("speculative decoding: greedy output equals the target's greedy output (CPU reference ops)") { check_speculative_greedy<HostOps>(); }
+TEST_CASE("speculative decoding: greedy output equals the target's greedy output (kernels)") { check_speculative_greedy<DeviceOps>(); }
+
+// ----------------------------------------------------------------------------
+// The program, run as a user would (CPU build): a request file with bad lines
+static std::string run_infer(const std::string& args, int& code) {
+    std::string cmd = "./infer_gpt_cpu " + args + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    REQUIRE(p);
+    std::string out;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    int status = pclose(p);
+    code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return out;
+}
+
+TEST_CASE("infer_gpt: a request file with bad lines serves the good ones and names each problem") {
+    const std::string tok_dir = "test/fixtures/tokenizer_small";
+    bpe::Tokenizer tok = bpe::Tokenizer::load(tok_dir);
+    GPTConfig c = tiny_config(1, 32, 1, tok.vocab_size(), 16);
+    GPT<HostOps> model(c);
+    randomize(model, 3);
+    std::string dir = (fs::temp_directory_path() / ("gptcu_test_infer_" + std::to_string(getpid()))).string();
+    fs::create_directories(dir);
+    write_checkpoint(dir + "/model.bin", c, tokenizer_info(tok_dir, tok), nlohmann::json::object(), model.get_parameters(), {}, {});
+    {
+        std::ofstream f(dir + "/requests.jsonl");
+        f << R"({"id": "a", "prompt": "To be", "max_tokens": 5, "temperature": 0})" << "\n"
+          << R"({"id": "b", "prompt": "or not", "max_tokens": 3)" << "\n"                       // truncated JSON
+          << R"({"id": "c", "max_tokens": 3})" << "\n"                                          // no prompt
+          << "\n"                                                                              // blank: skipped
+          << R"({"id": "d", "prompt": "that is the question, whether tis nobler in the mind", "max_tokens": 2})" << "\n"  // > context
+          << R"({"id": "e", "prompt": "x", "max_tokens": 4, "temperature": 0.8, "top_k": 5, "top_p": 0.9, "seed": 3})" << "\n";
+    }
+    int code = 0;
+    std::string out = run_infer("--model " + dir + "/model.bin --requests " + dir + "/requests.jsonl --out " + dir + "/out.jsonl", code);
+    INFO(out);
+    REQUIRE(code == 0);
+    std::ifstream in(dir + "/out.jsonl");
+    std::map<std::string, nlohmann::json> r;
+    for (std::string line; std::getline(in, line);) {
+        nlohmann::json j = nlohmann::json::parse(line);
+        r[j.at("id").get<std::string>()] = j;
+    }
+    REQUIRE(r.size() == 5);
+    CHECK(r["a"].at("tokens").size() == 5);
+    CHECK(r["a"].at("finish_reason") == "length");
+    CHECK(r["a"].contains("latency_ms"));
+    CHECK(r["line 2"].at("error").get<std::string>().find("line 2") != std::string::npos);  // no id could be read
+    CHECK(r["c"].at("error").get<std::string>().find("prompt") != std::string::npos);
+    CHECK(r["d"].at("error").get<std::string>().find("context is 16") != std::string::npos);
+    CHECK(r["e"].at("tokens").size() == 4);
+    // greedy is reproducible through the program: the same request alone gives the same tokens
+    std::string one = run_infer("--model " + dir + "/model.bin --prompt \"To be\" --max-tokens 5 --temperature 0", code);
+    CHECK(code == 0);
+    CHECK(one.find("To be" + r["a"].at("text").get<std::string>()) != std::string::npos);
+    // errors a user can meet
+    CHECK(run_infer("--model " + dir + "/nope.bin", code).find("cannot open") != std::string::npos);
+    CHECK(code == 1);
+    CHECK(run_infer("--model " + dir + "/model.bin --top-p 2", code).find("top_p") != std::string::npos);
+    CHECK(run_infer("--model " + dir + "/model.bin --max-tokens x", code).find("--max-tokens needs an integer") != std::string::npos);
+    fs::remove_all(dir);
+}
