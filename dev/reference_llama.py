@@ -173,7 +173,10 @@ def write_hf(out=HF_FIXTURE):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             p.copy_(p.to(torch.bfloat16).float())  # exactly representable in bf16
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
-    model.float()
+    # the reference is what transformers computes from the saved directory, in fp32: not the model in memory,
+    # whose non-persistent RoPE buffer (inv_freq) the bf16 round trip has rounded
+    model = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    model.config._attn_implementation = "eager"
     prompt = [int(x) for x in torch.randint(0, V - 1, (6,))]
     tokens, logits = hf_greedy(model, prompt)
     top2 = logits.topk(2, dim=-1).values
