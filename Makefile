@@ -189,3 +189,25 @@ clean-infer:
 	rm -f infer_gpt infer_gpt_cpu
 .PHONY: fuzz-safetensors clean-infer
 # ---- end inference (issue 8) ------------------------------------------------------------------------
+
+# ---- llama (issue 9) ----------------------------------------------------------
+# make train-llama: learn a 4096-token byte-level BPE vocabulary on the training 90% of Tiny Shakespeare
+# (`tok train`; the val 10% stays unseen), tokenize the text with it into shards, then train a small Llama
+# (RMSNorm, SwiGLU, RoPE, GQA; docs/llama.md) on the CPU and print samples. The checkpoint records this
+# vocabulary's fingerprint, so the model is never paired with GPT-2's.
+LLAMA_TEXT   ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) data/tinyshakespeare.txt)
+LLAMA_VOCAB  := data/tok_shakespeare_4096
+LLAMA_DATA   := data/shakespeare_llama
+LLAMA_CONFIG ?= configs/shakespeare_llama_cpu.json
+$(LLAMA_VOCAB)/encoder.json: | tokenizer/tok
+	@[ -f "$(LLAMA_TEXT)" ] || { echo "no Tiny Shakespeare at $(LLAMA_TEXT): run 'make data' (downloads it) or set LLAMA_TEXT=FILE" >&2; exit 1; }
+	@mkdir -p $(@D)
+	head -c $$(( $$(wc -c < $(LLAMA_TEXT)) * 9 / 10 )) $(LLAMA_TEXT) > $(@D)/train_text.txt
+	tokenizer/tok train --vocab-size 4096 --out $(@D) $(@D)/train_text.txt
+$(LLAMA_DATA)/train_000.bin: $(LLAMA_VOCAB)/encoder.json | tokenizer/tok
+	tokenizer/tok prepare --val-fraction 0.1 --out $(@D) --vocab $(LLAMA_VOCAB) $(LLAMA_TEXT)
+.PHONY: train-llama
+train-llama: $(LLAMA_DATA)/train_000.bin train_gpt_cpu
+	./train_gpt_cpu --config $(LLAMA_CONFIG) $(TRAIN_ARGS)
+# test_llama also runs the CPU training program with --arch llama
+$(CPU)/test/test_llama: | train_gpt_cpu

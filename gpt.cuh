@@ -16,6 +16,7 @@
 //   loss = cross_entropy(logits, targets)
 #pragma once
 #include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -46,6 +47,9 @@ struct GPTConfig {
     bool tied_embeddings = true;      // logits = ln_f(x) · wteᵀ; Llama: a separate lm_head
 
     int head_size() const { return n_embd / n_head; }                                   // hs
+    // What generation keeps per token: K and V, of every layer, for NKV heads of hs values. GQA divides it
+    // by NH / NKV (the attention reads the same bytes per query head group instead of per head).
+    size_t kv_cache_bytes_per_token() const { return 2 * static_cast<size_t>(n_layer) * n_kv_head * head_size() * sizeof(floatX); }
     int qkv_channels() const { return (n_head + 2 * n_kv_head) * head_size(); }         // c_attn's output width
     int fc_channels() const { return arch == Arch::gpt2 ? ffn_hidden : 2 * ffn_hidden; } // c_fc's output width
     bool is_llama() const { return arch == Arch::llama; }
@@ -80,10 +84,32 @@ inline void from_json(const nlohmann::json& j, GPTConfig& c) {
     c.n_head = j.at("n_head");
     c.n_kv_head = j.value("n_kv_head", c.n_head);
     c.n_embd = j.at("n_embd");
-    c.ffn_hidden = j.value("ffn_hidden", c.arch == Arch::gpt2 ? 4 * c.n_embd : 0);
+    // Default MLP width. GPT-2: 4·C. Llama: SwiGLU has three C×H matrices instead of two, so H = 8/3·C keeps
+    // the MLP's parameters and FLOPs at GPT-2's 8·C²; rounded up to a multiple of 32 (Meta rounds to 256).
+    c.ffn_hidden = j.value("ffn_hidden", c.arch == Arch::gpt2 ? 4 * c.n_embd : (8 * c.n_embd + 95) / 96 * 32);
     c.rope_theta = j.value("rope_theta", 10000.0f);
     c.norm_eps = j.value("norm_eps", 1e-5f);
     c.tied_embeddings = j.value("tied_embeddings", c.arch == Arch::gpt2);
+}
+
+// One line for a program's start-up: the KV cache per token and for `context` tokens, against what
+// the same model would need with n_kv_head = n_head (the saving of GQA / MQA).
+inline std::string kv_cache_summary(const GPTConfig& c, int context) {
+    auto human = [](double bytes) {
+        char buf[32];
+        if (bytes >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1 << 30));
+        else if (bytes >= 1 << 20) std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / (1 << 20));
+        else std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
+        return std::string(buf);
+    };
+    size_t per_token = c.kv_cache_bytes_per_token(), mha = per_token / c.n_kv_head * c.n_head;
+    std::string s = "KV cache: " + human(per_token) + "/token = 2 (K, V) x " + std::to_string(c.n_layer) + " layers x " +
+                    std::to_string(c.n_kv_head) + " kv heads x " + std::to_string(c.head_size()) + " x " + std::to_string(sizeof(floatX)) +
+                    " bytes; " + human(static_cast<double>(per_token) * context) + " for " + std::to_string(context) + " tokens";
+    if (c.n_kv_head < c.n_head)
+        s += " (with n_kv_head = n_head = " + std::to_string(c.n_head) + ": " + human(static_cast<double>(mha) * context) + ", " +
+             std::to_string(c.n_head / c.n_kv_head) + "x more)";
+    return s;
 }
 
 // ----------------------------------------------------------------------------

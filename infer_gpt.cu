@@ -51,7 +51,7 @@ static void print_help() {
         "  --draft PATH            draft model for speculative decoding (same tokenizer) ...\n"
         "  --speculate K           ... proposing K tokens per target forward (default 4)\n"
         "  --dump-logits FILE      write the raw float32 logits (V values) that chose the last generated token\n"
-        "  --export-hf DIR         write the model as Hugging Face GPT-2 (config.json + model.safetensors) and exit\n"
+        "  --export-hf DIR         write the model as Hugging Face GPT-2 or Llama (config.json + model.safetensors) and exit\n"
         "  --device auto|cpu|cuda  auto: cuda on a GPU, else the CPU reference ops\n");
 }
 
@@ -193,7 +193,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
     std::fprintf(stderr, "model: %s (%s), %d layers, %d heads, C=%d, vocab %d, context %d; device %s (%s)\n", o.model.c_str(), m.format.c_str(),
                  m.config.n_layer, m.config.n_head, m.config.n_embd, m.config.vocab_size, m.config.max_seq_len, Ops::name, device_name.c_str());
     if (!o.export_hf.empty()) {
-        export_hf_gpt2(o.export_hf, m.config, m.params, m.eot_id);
+        export_hf(o.export_hf, m.config, m.params, m.eot_id);
         std::fprintf(stderr, "wrote %s/config.json and %s/model.safetensors\n", o.export_hf.c_str(), o.export_hf.c_str());
         return 0;
     }

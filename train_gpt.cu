@@ -3,6 +3,7 @@
 //   ./train_gpt_cpu --config configs/shakespeare_cpu.json      CPU build (reference ops + OpenBLAS)
 //   ./train_gpt     --config configs/shakespeare_gpu.json      GPU build (CUDA kernels)
 //   any key of the config file is also a flag: --batch-size 16 --max-steps 500 --learning-rate 1e-3 ...
+//   the model's sizes too, overriding those keys of --model: --arch llama --n-kv-head 2 --rope-theta 5e5 ...
 //   ./train_gpt_cpu --help                                     every flag with its default
 //
 // The loop, per step: load micro-batches until grad_accum_tokens tokens were seen (forward with the
@@ -66,13 +67,35 @@ struct OptionInfo {
     const char* help;
     std::function<void(TrainOptions&, const json&)> set;
     std::function<json(const TrainOptions&)> get;
+    bool in_model = false;  // a key of the model JSON (MODEL_OPTION), applied after `model` itself
 };
 
 #define OPTION(field, help) \
     OptionInfo{#field, help, [](TrainOptions& o, const json& v) { v.get_to(o.field); }, [](const TrainOptions& o) { return json(o.field); }}
+// A key of the model JSON as a flag of its own: --n-kv-head 2 sets o.model["n_kv_head"]. Reading it gives
+// the value the model will have (GPTConfig's default when the JSON lacks the key), so --help shows it.
+static json model_value(const json& model, const char* key) {
+    try {
+        return json(model.get<GPTConfig>()).at(key);
+    } catch (const std::exception&) {  // an incomplete model JSON: only what it says
+        return model.value(key, json());
+    }
+}
+#define MODEL_OPTION(key, help)                                                                                          \
+    OptionInfo{key, help, [](TrainOptions& o, const json& v) { if (v.is_null()) o.model.erase(key); else o.model[key] = v; }, \
+               [](const TrainOptions& o) { return model_value(o.model, key); }, true}
 static const std::vector<OptionInfo>& option_table() {
     static const std::vector<OptionInfo> table = {
         OPTION(model, "the model: JSON object {arch, n_layer, n_head, n_kv_head, n_embd, ffn_hidden, max_seq_len, vocab_size, ...}"),
+        MODEL_OPTION("arch", "model family: gpt2 | llama (RMSNorm, SwiGLU, RoPE, GQA, no biases; docs/llama.md)"),
+        MODEL_OPTION("n_layer", "L: transformer blocks"),
+        MODEL_OPTION("n_head", "NH: query heads (head size = n_embd / n_head)"),
+        MODEL_OPTION("n_kv_head", "NKV: key/value heads, dividing n_head (< n_head: GQA, llama only); default n_head"),
+        MODEL_OPTION("n_embd", "C: channels of the residual stream"),
+        MODEL_OPTION("ffn_hidden", "H: MLP hidden width; default gpt2 4*C, llama 8/3*C rounded up to 32"),
+        MODEL_OPTION("rope_theta", "RoPE base (llama)"),
+        MODEL_OPTION("max_seq_len", "positions the model has (gpt2: rows of wpe; llama: longest RoPE context trained)"),
+        MODEL_OPTION("tied_embeddings", "lm_head shares wte; default true for gpt2, false for llama"),
         OPTION(train_data, "glob of training shards (.bin from `tokenizer/tok prepare`)"),
         OPTION(val_data, "glob of validation shards"),
         OPTION(tokenizer, "directory with encoder.json + vocab.bpe (for samples; recorded in the checkpoint)"),
@@ -106,6 +129,7 @@ static const std::vector<OptionInfo>& option_table() {
     return table;
 }
 #undef OPTION
+#undef MODEL_OPTION
 
 static std::string flag_of(const std::string& key) {
     std::string f = "--" + key;
@@ -143,12 +167,14 @@ static TrainOptions parse_options(int argc, char** argv) {
             try { j = json::parse(f); } catch (const json::exception& e) {
                 throw std::runtime_error(std::string("config ") + argv[i + 1] + ": not valid JSON (" + e.what() + ")");
             }
-            for (auto it = j.begin(); it != j.end(); ++it) {
-                auto found = by_flag.find(flag_of(it.key()));
-                if (found == by_flag.end()) throw std::runtime_error(std::string("config ") + argv[i + 1] + ": unknown key '" + it.key() + "'");
-                apply(*found->second, it.value(), std::string("config ") + argv[i + 1]);
-            }
+            for (bool model_keys : {false, true})  // "n_kv_head": 2 overrides that key of "model", in any order
+                for (auto it = j.begin(); it != j.end(); ++it) {
+                    auto found = by_flag.find(flag_of(it.key()));
+                    if (found == by_flag.end()) throw std::runtime_error(std::string("config ") + argv[i + 1] + ": unknown key '" + it.key() + "'");
+                    if (found->second->in_model == model_keys) apply(*found->second, it.value(), std::string("config ") + argv[i + 1]);
+                }
         }
+    std::vector<std::pair<const OptionInfo*, json>> model_flags;  // applied last: --arch llama --model {...} keeps llama
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (a == "--config") { i++; continue; }
@@ -164,8 +190,10 @@ static TrainOptions parse_options(int argc, char** argv) {
         json value;
         try { value = json::parse(v); } catch (const json::exception&) { value = v; }
         if (found->second->get(o).is_string() && !value.is_string()) value = v;  // "--out-dir 123" is a string
-        apply(*found->second, value, a);
+        if (found->second->in_model) model_flags.emplace_back(found->second, value);
+        else apply(*found->second, value, a);
     }
+    for (const auto& [info, value] : model_flags) apply(*info, value, flag_of(info->key));
     return o;
 }
 
@@ -356,6 +384,7 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     std::printf("model: %s, %d layers, %d heads (%d kv), C=%d, vocab %d (padded %d), %zu parameters (%.1f MB fp32)\n",
                 config.is_llama() ? "llama" : "gpt2", config.n_layer, config.n_head, config.n_kv_head, config.n_embd,
                 config.vocab_size, config.padded_vocab_size, model.num_parameters, model.num_parameters * 4 / 1e6);
+    std::printf("%s\n", kv_cache_summary(config, config.max_seq_len).c_str());
     std::printf("device: %s (%s); batch %d x %d, %d micro-steps = %ld tokens/step; %zu train shards\n", Ops::name,
                 device_name.c_str(), o.batch_size, o.seq_len, micro_steps, accum_tokens, train_data.files.size());
 

@@ -162,7 +162,7 @@ TEST_CASE("HF GPT-2: the fixture loads; export and reload give the same paramete
     for (size_t i = static_cast<size_t>(97) * m.config.n_embd; i < static_cast<size_t>(128) * m.config.n_embd; i++) REQUIRE(m.params[i] == 0.0f);
     std::string out = (fs::temp_directory_path() / "gptcu_test_export_hf").string();
     fs::remove_all(out);
-    export_hf_gpt2(out, m.config, m.params, m.eot_id);
+    export_hf(out, m.config, m.params, m.eot_id);
     LoadedModel back = load_model(out);
     CHECK(nlohmann::json(back.config) == nlohmann::json(m.config));
     CHECK(back.params == m.params);

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Writes test/fixtures/llama_tiny.bin: a small random-init Llama from Hugging Face `transformers`
+(LlamaForCausalLM), one batch, everything PyTorch computes on it, and a greedy continuation, in gpt.cu's
+parameter layout (gpt.cuh: param_sizes, arch llama). The Llama sibling of dev/reference_gpt2.py.
+
+A dev tool (needs torch + transformers); the build and the tests only read the fixture it wrote.
+
+  python3 dev/reference_llama.py              writes test/fixtures/llama_tiny.bin (below)
+  python3 dev/reference_llama.py --hf         writes test/fixtures/hf_llama_tiny/: a LlamaForCausalLM as
+                                              save_pretrained writes it (config.json, model.safetensors) and
+                                              generation.json {V, prompt, greedy, logits}, as
+                                              dev/reference_infer.py does for GPT-2
+  python3 dev/reference_llama.py --check-hf DIR
+                                              loads DIR (our export) with transformers and checks its greedy
+                                              tokens and logits against the HF fixture
+
+The config is as small as the fixture budget (< 1 MB) allows while still exercising what matters:
+  n_head 4, n_kv_head 2  (GQA with two groups: query heads 0,1 read kv head 0, heads 2,3 read kv head 1)
+  head size 32           (a size the fused attention kernels are compiled for)
+  2 layers, ffn_hidden 16, vocab 29 padded to 32, untied lm_head, rope_theta 10000, rms_norm_eps 1e-5.
+
+HF name → our tensor (gpt.cuh: ParamIndex):
+  model.embed_tokens                     → wte      (Vp, C), rows V..Vp-1 zero
+  layers[l].input_layernorm              → ln1w     (L, C)
+  layers[l].self_attn.{q,k,v}_proj rows  → qkvw     (L, (NH + 2·NKV)·hs, C)  rows [q | k | v]
+  layers[l].self_attn.o_proj             → attprojw (L, C, C)
+  layers[l].post_attention_layernorm     → ln2w     (L, C)
+  layers[l].mlp.{gate,up}_proj rows      → fcw      (L, 2H, C)  rows [gate | up]
+  layers[l].mlp.down_proj                → fcprojw  (L, C, H)
+  model.norm                             → lnfw     (C)
+  lm_head                                → lm_head  (Vp, C), rows V..Vp-1 zero
+HF's q_proj/k_proj rows are already in the order its rotate-half RoPE expects (the conversion script
+from Meta's checkpoints permuted them once), and our RoPE is rotate-half too: rows are copied as they are.
+
+Fixture layout (little-endian), as gpt2_tiny.bin:
+  "GPTCUFIX" | uint32 version=1 | uint32 n | n bytes of JSON {model, B, T, num_parameters, steps, lr, beta1,
+  beta2, eps, weight_decay, grad_clip, prompt, greedy}
+  float32 params[P] | int32 inputs[B*T] | int32 targets[B*T] (-1 = ignored) | float32 logits[B*T*V]
+  float32 loss | float32 grads[P] | float32 losses[steps]  (the loss before each of `steps` AdamW steps)
+The JSON's `prompt` (token ids) and `greedy` (the tokens HF generate() appends with do_sample=False,
+computed with the initial weights, before the AdamW steps) are the Llama fixture's additions.
+"""
+import json, struct, sys
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+def main(out="test/fixtures/llama_tiny.bin"):
+    torch.manual_seed(42)
+    V, Vp, maxT, L, NH, NKV, C, H, B, T = 29, 32, 32, 2, 4, 2, 128, 16, 2, 8
+    theta, eps_norm = 10000.0, 1e-5
+    cfg = LlamaConfig(vocab_size=V, hidden_size=C, intermediate_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                      num_key_value_heads=NKV, max_position_embeddings=maxT, rms_norm_eps=eps_norm, rope_theta=theta,
+                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, hidden_act="silu",
+                      initializer_range=0.05, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = LlamaForCausalLM(cfg).float()
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():  # non-trivial norm gains, so their gradients are tested too
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    m = model.model
+
+    def layout(get):  # our tensor order; `get` maps a HF parameter to the tensor to store (param or grad)
+        pad = lambda w: torch.cat([w, torch.zeros(Vp - V, C)], 0)
+        stack = lambda f: torch.stack([f(layer) for layer in m.layers])
+        attn = lambda l: l.self_attn
+        parts = [
+            pad(get(m.embed_tokens.weight)),
+            stack(lambda l: get(l.input_layernorm.weight)),
+            stack(lambda l: torch.cat([get(attn(l).q_proj.weight), get(attn(l).k_proj.weight), get(attn(l).v_proj.weight)], 0)),
+            stack(lambda l: get(attn(l).o_proj.weight)),
+            stack(lambda l: get(l.post_attention_layernorm.weight)),
+            stack(lambda l: torch.cat([get(l.mlp.gate_proj.weight), get(l.mlp.up_proj.weight)], 0)),
+            stack(lambda l: get(l.mlp.down_proj.weight)),
+            get(m.norm.weight),
+            pad(get(model.lm_head.weight)),
+        ]
+        return torch.cat([p.detach().reshape(-1).float() for p in parts])
+
+    params = layout(lambda p: p)
+    inputs = torch.randint(0, V, (B, T))
+    targets = torch.randint(0, V, (B, T))
+    targets[1, 3] = -1  # one ignored position: the mean is over the 15 others
+
+    # the greedy continuation first, with the initial weights (HF generate uses its KV cache; the test
+    # recomputes the whole sequence each token, so this also checks cached vs uncached decoding)
+    prompt = torch.tensor([[3, 14, 15, 9, 26]])
+    new_tokens = 8
+    with torch.no_grad():
+        generated = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        greedy = generated[0, prompt.shape[1]:].tolist()
+        assert len(greedy) == new_tokens, greedy
+        # the margin between the best and second-best logit along the way: far above fp32 noise, or
+        # "the same greedy tokens" would be a coin toss
+        full = model(generated[:, :-1]).logits[0, prompt.shape[1] - 1:]
+        top2 = full.topk(2, dim=-1).values
+        margin = (top2[:, 0] - top2[:, 1]).min().item()
+        assert margin > 1e-3, f"greedy margin {margin} too small for an exact-token test; change the seed"
+
+    def loss_fn():
+        logits = model(inputs).logits
+        return logits, F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+
+    logits, loss = loss_fn()
+    loss.backward()
+    grads = layout(lambda p: p.grad)
+
+    steps, lr, beta1, beta2, eps, wd, clip = 10, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1.0
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices, embeddings, lm_head
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # the RMSNorm gains
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(beta1, beta2), eps=eps)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        _, l = loss_fn()
+        l.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        losses.append(l.item())
+
+    header = json.dumps({"model": {"arch": "llama", "max_seq_len": maxT, "vocab_size": V, "padded_vocab_size": Vp,
+                                   "n_layer": L, "n_head": NH, "n_kv_head": NKV, "n_embd": C, "ffn_hidden": H,
+                                   "rope_theta": theta, "norm_eps": eps_norm, "tied_embeddings": False},
+                         "B": B, "T": T, "num_parameters": params.numel(), "steps": steps, "lr": lr, "beta1": beta1,
+                         "beta2": beta2, "eps": eps, "weight_decay": wd, "grad_clip": clip,
+                         "prompt": prompt[0].tolist(), "greedy": greedy}).encode()
+    with open(out, "wb") as f:
+        f.write(b"GPTCUFIX" + struct.pack("<II", 1, len(header)) + header)
+        f.write(params.numpy().astype("<f4").tobytes())
+        f.write(inputs.numpy().astype("<i4").tobytes())
+        f.write(targets.numpy().astype("<i4").tobytes())
+        f.write(logits.detach().numpy().astype("<f4").tobytes())
+        f.write(struct.pack("<f", loss.item()))
+        f.write(grads.numpy().astype("<f4").tobytes())
+        f.write(torch.tensor(losses).numpy().astype("<f4").tobytes())
+    print(f"wrote {out}: {params.numel()} parameters, loss {loss.item():.6f}, greedy {greedy} (margin {margin:.4f}), "
+          f"losses {[round(x, 4) for x in losses]}")
+
+HF_FIXTURE = "test/fixtures/hf_llama_tiny"
+HF_NEW_TOKENS = 12
+
+
+def hf_greedy(model, prompt):
+    """HF generate() (KV cache) for the tokens; full forwards for the logits that chose each of them."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=HF_NEW_TOKENS, min_new_tokens=HF_NEW_TOKENS,
+                             do_sample=False)
+        tokens = out[0, len(prompt):].tolist()
+        logits = model(out[:, :-1]).logits[0, len(prompt) - 1:]
+    assert tokens == logits.argmax(-1).tolist(), "generate() with its cache disagrees with full recomputation"
+    return tokens, logits
+
+
+def write_hf(out=HF_FIXTURE):
+    """A Hugging Face LlamaForCausalLM directory as save_pretrained writes it, for the safetensors loader:
+    other choices than llama_tiny.bin on purpose: MQA (1 kv head), tied embeddings, rope_theta 500000 and
+    rms_norm_eps 1e-6 (Llama 3's), a vocabulary our loader pads (100 -> 128), and bf16 weights (the loader
+    widens them; the reference runs the same widened weights in fp32)."""
+    import os
+    torch.manual_seed(3)
+    V, maxT, L, NH, NKV, C, H = 100, 64, 2, 4, 1, 128, 96
+    cfg = LlamaConfig(vocab_size=V, hidden_size=C, intermediate_size=H, num_hidden_layers=L, num_attention_heads=NH,
+                      num_key_value_heads=NKV, max_position_embeddings=maxT, rms_norm_eps=1e-6, rope_theta=500000.0,
+                      tie_word_embeddings=True, attention_bias=False, mlp_bias=False, hidden_act="silu",
+                      initializer_range=0.4, bos_token_id=V - 1, eos_token_id=V - 1, pad_token_id=None)
+    model = LlamaForCausalLM(cfg).float().eval()
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            p.copy_(p.to(torch.bfloat16).float())  # exactly representable in bf16
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    # the reference is what transformers computes from the saved directory, in fp32: not the model in memory,
+    # whose non-persistent RoPE buffer (inv_freq) the bf16 round trip has rounded
+    model = LlamaForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    model.config._attn_implementation = "eager"
+    prompt = [int(x) for x in torch.randint(0, V - 1, (6,))]
+    tokens, logits = hf_greedy(model, prompt)
+    top2 = logits.topk(2, dim=-1).values
+    margin = (top2[:, 0] - top2[:, 1]).min().item()
+    assert margin > 1e-3, f"greedy margin {margin} too small for an exact-token test; change the seed"
+    with open(os.path.join(out, "generation.json"), "w") as f:
+        json.dump({"V": V, "prompt": prompt, "greedy": tokens, "logits": logits.tolist()}, f)
+    for name in sorted(os.listdir(out)):
+        print(f"{out}/{name}: {os.path.getsize(os.path.join(out, name))} bytes")
+    print("prompt", prompt, "greedy", tokens, f"(margin {margin:.4f})")
+
+
+def check_hf(directory):
+    """Loads DIR (e.g. written by `infer_gpt --export-hf DIR` from a Llama) with transformers and checks that its
+    greedy tokens and logits equal the HF fixture's."""
+    import os
+    with open(os.path.join(HF_FIXTURE, "generation.json")) as f:
+        fix = json.load(f)
+    model = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    tokens, logits = hf_greedy(model, fix["prompt"])
+    ref = torch.tensor(fix["logits"])
+    rel = float((logits[:, : ref.shape[1]] - ref).norm() / ref.norm())
+    ok = tokens == fix["greedy"] and rel <= 1e-5
+    print(f"{directory}: transformers loaded it; greedy tokens {'equal' if tokens == fix['greedy'] else 'DIFFER'}, "
+          f"logits relative error {rel:.2e} -> {'OK' if ok else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] == "--hf":
+        write_hf()
+    elif len(sys.argv) == 3 and sys.argv[1] == "--check-hf":
+        check_hf(sys.argv[2])
+    else:
+        main(*sys.argv[1:])
