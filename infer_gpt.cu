@@ -192,6 +192,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
     LoadedModel m = load_model(o.model);
     std::fprintf(stderr, "model: %s (%s), %d layers, %d heads, C=%d, vocab %d, context %d; device %s (%s)\n", o.model.c_str(), m.format.c_str(),
                  m.config.n_layer, m.config.n_head, m.config.n_embd, m.config.vocab_size, m.config.max_seq_len, Ops::name, device_name.c_str());
+    std::fprintf(stderr, "%s\n", kv_cache_summary(m.config, m.config.max_seq_len).c_str());  // what GQA saves
     if (!o.export_hf.empty()) {
         export_hf(o.export_hf, m.config, m.params, m.eot_id);
         std::fprintf(stderr, "wrote %s/config.json and %s/model.safetensors\n", o.export_hf.c_str(), o.export_hf.c_str());

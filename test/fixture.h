@@ -1,0 +1,130 @@
+// fixture.h — the model fixtures written by dev/reference_gpt2.py and dev/reference_llama.py from
+// Hugging Face transformers (random init, fixed seed), and the one check both families run against them:
+// logits, loss and every gradient within 1e-4, the losses of the script's AdamW steps, and (when the
+// fixture has one) the greedy continuation exactly. Used by test/test_gpt.cu and test/test_llama.cu.
+//
+// Fixture layout (little-endian): "GPTCUFIX" | uint32 version=1 | uint32 n | n bytes of JSON {model, B, T,
+// num_parameters, steps, lr, beta1, beta2, eps, weight_decay, grad_clip[, prompt, greedy]} | float32
+// params[P] | int32 inputs[B*T] | int32 targets[B*T] (-1 = ignored) | float32 logits[B*T*V] | float32 loss |
+// float32 grads[P] | float32 losses[steps]
+#pragma once
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "test/test_util.h"
+#include "gpt.cuh"
+
+// fp32 end to end, but PyTorch and we sum in different orders through 2 layers and a softmax:
+// 1e-4 relative over each whole tensor (the bound), as for GPT-2.
+constexpr double tolerance_model = 1e-4;
+
+struct Fixture {
+    nlohmann::json header;
+    GPTConfig config;
+    int B = 0, T = 0, steps = 0;
+    std::vector<float> params, logits, grads, losses;
+    std::vector<int> inputs, targets, prompt, greedy;
+    float loss = 0;
+};
+
+inline Fixture load_fixture(const std::string& path) {
+    File f(path, "rb");
+    char magic[8];
+    uint32_t version, n;
+    f.read(magic, 8, "magic");
+    REQUIRE(std::string(magic, 8) == "GPTCUFIX");
+    f.read(&version, 4, "version");
+    REQUIRE(version == 1);
+    f.read(&n, 4, "header length");
+    std::string text(n, '\0');
+    f.read(text.data(), n, "header");
+    Fixture x;
+    x.header = nlohmann::json::parse(text);
+    x.config = x.header.at("model").get<GPTConfig>();
+    x.B = x.header.at("B");
+    x.T = x.header.at("T");
+    x.steps = x.header.at("steps");
+    if (x.header.contains("greedy")) {  // Llama's fixture: a prompt and transformers' greedy continuation
+        x.prompt = x.header.at("prompt").get<std::vector<int>>();
+        x.greedy = x.header.at("greedy").get<std::vector<int>>();
+    }
+    size_t P = x.header.at("num_parameters"), N = static_cast<size_t>(x.B) * x.T, V = x.config.vocab_size;
+    auto floats = [&](std::vector<float>& v, size_t count, const char* what) { v.resize(count); f.read(v.data(), count * 4, what); };
+    floats(x.params, P, "params");
+    x.inputs.resize(N);
+    x.targets.resize(N);
+    f.read(x.inputs.data(), N * 4, "inputs");
+    f.read(x.targets.data(), N * 4, "targets");
+    floats(x.logits, N * V, "logits");
+    f.read(&x.loss, 4, "loss");
+    floats(x.grads, P, "grads");
+    floats(x.losses, x.steps, "losses");
+    return x;
+}
+
+// Greedy decoding by full recomputation: forward the whole sequence, argmax of the last row, append.
+template <class Ops>
+std::vector<int> greedy_tokens(GPT<Ops>& model, std::vector<int> ids, int count) {
+    const int V = model.config.vocab_size;
+    std::vector<int> out;
+    for (int i = 0; i < count; i++) {
+        int t = static_cast<int>(ids.size());
+        model.forward(ids.data(), nullptr, 1, t);
+        std::vector<float> row = model.logits_at(0, t - 1);
+        int next = static_cast<int>(std::max_element(row.begin(), row.begin() + V) - row.begin());
+        out.push_back(next);
+        ids.push_back(next);
+    }
+    return out;
+}
+
+template <class Ops>
+void check_against_huggingface(const Fixture& x) {
+    GPT<Ops> model(x.config);
+    REQUIRE(model.num_parameters == x.params.size());
+    model.set_parameters(x.params);
+    int valid = 0;
+    for (int t : x.targets) valid += t != -1;
+    // logits first (no targets: the buffer keeps the logits)
+    model.forward(x.inputs.data(), nullptr, x.B, x.T);
+    const int N = x.B * x.T, V = x.config.vocab_size;
+    std::vector<float> logits(static_cast<size_t>(N) * V);
+    for (int i = 0; i < N; i++) {
+        std::vector<float> row = model.logits_at(i / x.T, i % x.T);
+        std::copy(row.begin(), row.begin() + V, logits.begin() + static_cast<size_t>(i) * V);
+    }
+    check_close("logits", logits, x.logits, tolerance_model);
+    // the greedy continuation HF's generate() produced from the same weights: exactly
+    if (!x.greedy.empty()) CHECK(greedy_tokens(model, x.prompt, static_cast<int>(x.greedy.size())) == x.greedy);
+    // loss and every gradient
+    model.zero_grad();
+    float loss = model.forward(x.inputs.data(), x.targets.data(), x.B, x.T, 1.0f / valid);
+    CHECK(std::abs(loss - x.loss) <= tolerance_model * std::abs(x.loss));
+    model.backward();
+    std::vector<float> grads = model.get_gradients();
+    size_t offset = 0;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        if (!model.sizes[i]) continue;
+        std::vector<float> g(grads.begin() + offset, grads.begin() + offset + model.sizes[i]);
+        std::vector<float> r(x.grads.begin() + offset, x.grads.begin() + offset + model.sizes[i]);
+        check_close(std::string("gradient of ") + param_name(i), g, r, tolerance_model);
+        offset += model.sizes[i];
+    }
+    // ten AdamW steps with clipping, as the script ran them
+    model.set_parameters(x.params);
+    const auto& h = x.header;
+    for (int s = 0; s < x.steps; s++) {
+        model.zero_grad();
+        float l = model.forward(x.inputs.data(), x.targets.data(), x.B, x.T, 1.0f / valid);
+        model.backward();
+        float norm = model.grad_norm(), clip = h.at("grad_clip");
+        float scale = norm > clip ? clip / norm : 1.0f;
+        model.update(h.at("lr"), h.at("beta1"), h.at("beta2"), h.at("eps"), h.at("weight_decay"), s + 1, scale);
+        INFO("step " << s << ": loss " << l << " vs PyTorch " << x.losses[s]);
+        CHECK(std::abs(l - x.losses[s]) <= tolerance_model * std::abs(x.losses[s]));
+    }
+}
+
