@@ -10,8 +10,9 @@ Fixture layout (little-endian):
   float32 params[P] | int32 inputs[B*T] | int32 targets[B*T] (-1 = ignored) | float32 logits[B*T*V]
   float32 loss | float32 grads[P] | float32 losses[steps]  (the loss before each of `steps` AdamW steps)
 """
-import json, struct, sys
+import sys
 import torch
+from fixture_util import adamw_losses, write_fixture
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -59,33 +60,12 @@ def main(out="test/fixtures/gpt2_tiny.bin"):
     loss.backward()
     grads = layout(lambda p: p.grad)
 
-    steps, lr, beta1, beta2, eps, wd, clip = 10, 1e-2, 0.9, 0.95, 1e-8, 0.1, 1.0
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices and embeddings
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(beta1, beta2), eps=eps)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        _, l = loss_fn()
-        l.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        losses.append(l.item())
+    losses = adamw_losses(model, loss_fn)
 
-    header = json.dumps({"model": {"arch": "gpt2", "max_seq_len": maxT, "vocab_size": V, "padded_vocab_size": Vp,
+    write_fixture(out, {"model": {"arch": "gpt2", "max_seq_len": maxT, "vocab_size": V, "padded_vocab_size": Vp,
                                    "n_layer": L, "n_head": NH, "n_kv_head": NH, "n_embd": C, "ffn_hidden": 4 * C},
-                         "B": B, "T": T, "num_parameters": params.numel(), "steps": steps, "lr": lr, "beta1": beta1,
-                         "beta2": beta2, "eps": eps, "weight_decay": wd, "grad_clip": clip}).encode()
-    with open(out, "wb") as f:
-        f.write(b"GPTCUFIX" + struct.pack("<II", 1, len(header)) + header)
-        f.write(params.numpy().astype("<f4").tobytes())
-        f.write(inputs.numpy().astype("<i4").tobytes())
-        f.write(targets.numpy().astype("<i4").tobytes())
-        f.write(logits.detach().numpy().astype("<f4").tobytes())
-        f.write(struct.pack("<f", loss.item()))
-        f.write(grads.numpy().astype("<f4").tobytes())
-        f.write(torch.tensor(losses).numpy().astype("<f4").tobytes())
+                         "B": B, "T": T},
+                  params, inputs, targets, logits, loss, grads, losses)
     print(f"wrote {out}: {params.numel()} parameters, loss {loss.item():.6f}, losses {[round(x, 4) for x in losses]}")
 
 if __name__ == "__main__":

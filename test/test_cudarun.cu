@@ -5,12 +5,9 @@
 //
 // These tests only shell out to dev/cudarun (from the repository root, where `make test` runs them),
 // which is a CPU-build tool: in the GPU build this file compiles to nothing.
-#include <doctest/doctest.h>
+#include "test/test_util.h"
 
 #if defined(CUDASIM)
-#include <sys/wait.h>
-
-#include <cstdio>
 #include <string>
 
 namespace {
@@ -22,14 +19,8 @@ struct Run {
 
 // dev/cudarun ARGS, from the repository root.
 Run cudarun(const std::string& args) {
-    std::string command = "dev/cudarun " + args + " 2>&1";
-    FILE* pipe = popen(command.c_str(), "r");
-    REQUIRE_MESSAGE(pipe != nullptr, "cannot run " << command);
-    std::string output;
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
-    int status = pclose(pipe);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), output};
+    CommandResult r = run_command("dev/cudarun " + args);
+    return {r.exit_code < 0 ? 128 - r.exit_code : r.exit_code, r.output};
 }
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }

@@ -523,15 +523,9 @@ TEST_CASE("speculative decoding: greedy output equals the target's greedy output
 // ----------------------------------------------------------------------------
 // The program, run as a user would (CPU build): a request file with bad lines
 static std::string run_infer(const std::string& args, int& code) {
-    std::string cmd = "./infer_gpt_cpu " + args + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-    int status = pclose(p);
-    code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return out;
+    CommandResult r = run_command("./infer_gpt_cpu " + args);
+    code = r.exit_code;
+    return r.output;
 }
 
 TEST_CASE("infer_gpt: a request file with bad lines serves the good ones and names each problem") {

@@ -71,13 +71,8 @@ TEST_CASE("KV cache per token: 2·L·NKV·hs values; GQA divides it by NH/NKV") 
 
 // ./train_gpt_cpu as a user runs it (as in test/test_train.cu): exit code and everything it printed.
 static std::pair<int, std::string> run_train_gpt(const std::string& args) {
-    FILE* p = popen(("./train_gpt_cpu " + args + " 2>&1").c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-    int status = pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+    CommandResult r = run_command("./train_gpt_cpu " + args);
+    return {r.exit_code, r.output};
 }
 
 TEST_CASE("train_gpt --arch llama: model flags override the model JSON, it trains, and prints the KV-cache saving") {

@@ -10,24 +10,8 @@
 
 namespace fs = std::filesystem;
 
-struct RunResult {
-    int exit_code;   // -signal when killed
-    std::string output;
-};
-
-static RunResult run(const std::string& args, const std::string& env = "") {
-    std::string cmd = env + " ./train_gpt_cpu " + args + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-    int status = pclose(p);
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? -WTERMSIG(status) : -1000;
-    // `sh -c` reports a child killed by signal S as exit status 128 + S
-    if (code > 128) code = -(code - 128);
-    return {code, out};
-}
+using RunResult = CommandResult;
+static RunResult run(const std::string& args, const std::string& env = "") { return run_command(env + " ./train_gpt_cpu " + args); }
 
 // A scratch directory with random-token shards: train (enough for several steps) and val.
 struct Workspace {

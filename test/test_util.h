@@ -3,7 +3,10 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
+
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
@@ -105,4 +108,22 @@ inline double rel_error(const std::vector<double>& out, const std::vector<double
         den += ref[i] * ref[i];
     }
     return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// A program run as a user runs it (through sh, from the repository root): its exit code, or minus the
+// signal that killed it, and everything it printed (stdout and stderr together).
+struct CommandResult {
+    int exit_code;
+    std::string output;
+};
+inline CommandResult run_command(const std::string& command) {
+    FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+    REQUIRE_MESSAGE(pipe != nullptr, "cannot run " << command);
+    std::string output;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) output.append(buf, n);
+    int status = pclose(pipe);
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? -WTERMSIG(status) : -1000;
+    if (code > 128) code = -(code - 128);  // sh reports a child killed by signal S as exit status 128 + S
+    return {code, output};
 }

@@ -1,0 +1,41 @@
+"""What dev/reference_gpt2.py and dev/reference_llama.py share: the AdamW steps the fixtures record and
+the fixture file itself (layout: test/fixture.h). A dev tool (needs torch); the tests only read fixtures."""
+import json, struct
+import torch
+
+# The optimizer run every model fixture records: 10 AdamW steps with gradient clipping, weight decay on
+# matrices and embeddings only (the rule of gpt.cuh's param_decays).
+ADAMW = {"steps": 10, "lr": 1e-2, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0}
+
+
+def adamw_losses(model, loss_fn):
+    """The loss before each AdamW step (loss_fn() -> (logits, loss)); changes the model's weights."""
+    h = ADAMW
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": h["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=h["lr"], betas=(h["beta1"], h["beta2"]), eps=h["eps"])
+    losses = []
+    for _ in range(h["steps"]):
+        opt.zero_grad()
+        _, l = loss_fn()
+        l.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), h["grad_clip"])
+        opt.step()
+        losses.append(l.item())
+    return losses
+
+
+def write_fixture(out, header, params, inputs, targets, logits, loss, grads, losses):
+    """header: {"model": ..., "B", "T", [extra keys]}; num_parameters and the ADAMW settings are added."""
+    header = dict(header, num_parameters=params.numel(), **ADAMW)
+    text = json.dumps(header).encode()
+    with open(out, "wb") as f:
+        f.write(b"GPTCUFIX" + struct.pack("<II", 1, len(text)) + text)
+        f.write(params.numpy().astype("<f4").tobytes())
+        f.write(inputs.numpy().astype("<i4").tobytes())
+        f.write(targets.numpy().astype("<i4").tobytes())
+        f.write(logits.detach().numpy().astype("<f4").tobytes())
+        f.write(struct.pack("<f", loss.item()))
+        f.write(grads.numpy().astype("<f4").tobytes())
+        f.write(torch.tensor(losses).numpy().astype("<f4").tobytes())
