@@ -364,6 +364,15 @@ static std::map<std::string, Result> by_id(const std::vector<Result>& v) {
     return m;
 }
 
+// A stand-in model for scheduler tests: logits that depend only on the sequence so far (a hash of
+// its tokens seeds them), so a sequence gets the same logits however it is batched.
+static void fake_model_logits(const std::vector<int>& toks, int V, int Vp, std::vector<float>& logits) {
+    uint64_t h = 1469598103934665603ull;
+    for (int t : toks) h = (h ^ static_cast<uint64_t>(t)) * 1099511628211ull;
+    Rng fake(h);
+    for (int v = 0; v < Vp; v++) logits.push_back(v < V ? 4.0f * fake.uniform() : 0.0f);
+}
+
 TEST_CASE("scheduler: no block leaks, every request finishes, results independent of batching (fake model)") {
     // The "model": logits that depend only on the sequence so far (a hash of its tokens), so any
     // scheduling must give the same tokens. Small pools force preemption and recomputation.
@@ -391,10 +400,7 @@ TEST_CASE("scheduler: no block leaks, every request finishes, results independen
                 toks.resize(row.position);
                 toks.push_back(row.token);
                 if (!row.want_logits) continue;
-                uint64_t h = 1469598103934665603ull;
-                for (int t : toks) h = (h ^ static_cast<uint64_t>(t)) * 1099511628211ull;
-                Rng fake(h);
-                for (int v = 0; v < Vp; v++) logits.push_back(v < V ? 4.0f * fake.uniform() : 0.0f);
+                fake_model_logits(toks, V, Vp, logits);
             }
             std::set<int> used;
             for (auto& [slot, b] : tables)
@@ -411,7 +417,6 @@ TEST_CASE("scheduler: no block leaks, every request finishes, results independen
         auto batched = by_id(sched.finished);
         for (auto& r : reqs) {
             Scheduler solo(1, 64, block_size, 64, maxT, V, eot);
-            std::map<int, std::vector<int>> t2;
             solo.submit(r);
             std::vector<int> toks;
             while (!solo.done()) {
@@ -421,10 +426,7 @@ TEST_CASE("scheduler: no block leaks, every request finishes, results independen
                     toks.resize(row.position);
                     toks.push_back(row.token);
                     if (!row.want_logits) continue;
-                    uint64_t h = 1469598103934665603ull;
-                    for (int t : toks) h = (h ^ static_cast<uint64_t>(t)) * 1099511628211ull;
-                    Rng fake(h);
-                    for (int v = 0; v < Vp; v++) logits.push_back(v < V ? 4.0f * fake.uniform() : 0.0f);
+                    fake_model_logits(toks, V, Vp, logits);
                 }
                 solo.commit(plan, logits, Vp);
             }
