@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "attention.cuh"
+#include "dev/bench_util.h"
 
 namespace {
 
@@ -43,29 +44,6 @@ Device describe_device() {
     return d;
 }
 
-// Median time in ms of `fn` over `repeats` runs after `warmup` runs; the L2 is flushed before each run
-// (by writing a buffer twice its size), outside the timed region.
-double median_ms(const std::function<void()>& fn, int warmup, int repeats, DeviceBuffer<unsigned char>& flush) {
-    for (int i = 0; i < warmup; i++) fn();
-    cudaEvent_t start, stop;
-    cuda_check(cudaEventCreate(&start));
-    cuda_check(cudaEventCreate(&stop));
-    std::vector<double> times;
-    for (int i = 0; i < repeats; i++) {
-        if (flush.count) cuda_check(cudaMemset(flush, i & 0xff, flush.bytes()));
-        cuda_check(cudaEventRecord(start, nullptr));
-        fn();
-        cuda_check(cudaEventRecord(stop, nullptr));
-        cuda_check(cudaEventSynchronize(stop));
-        float ms = 0;
-        cuda_check(cudaEventElapsedTime(&ms, start, stop));
-        times.push_back(ms);
-    }
-    cuda_check(cudaEventDestroy(start));
-    cuda_check(cudaEventDestroy(stop));
-    std::sort(times.begin(), times.end());
-    return times[times.size() / 2];
-}
 
 struct Shape {
     int B, NH, T, hs;

@@ -16,11 +16,8 @@
 #include <vector>
 
 #include "infer.cuh"
+#include "dev/bench_util.h"
 
-static double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
 
 struct Machine {
     std::string name;
@@ -43,15 +40,7 @@ static Machine describe_machine() {
     }
     cudaGetLastError();
     m.name = "CPU (HostOps: reference ops + OpenBLAS)";
-    size_t count = 64 << 20;
-    std::vector<float> a(count, 1.0f), b(count);
-    std::vector<double> t;
-    for (int i = 0; i < 5; i++) {
-        Timer timer;
-        std::memcpy(b.data(), a.data(), count * sizeof(float));
-        t.push_back(timer.elapsed_ms());
-    }
-    m.bytes_per_ms = 2.0 * count * sizeof(float) / median(t);
+    m.bytes_per_ms = host_copy_bytes_per_ms();
     return m;
 }
 

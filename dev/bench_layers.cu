@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "layers.cuh"
+#include "dev/bench_util.h"
 
 struct Machine {
     std::string name;
@@ -22,10 +23,6 @@ struct Machine {
     size_t l2_bytes = 0;
 };
 
-static double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
 
 // Nominal rates from the device attributes on a GPU; measured ones in the CPU build (the emulator
 // does not emulate those attributes, which is how this tells them apart).
@@ -47,17 +44,7 @@ static Machine describe_machine() {
     }
     cudaGetLastError();  // clear the "not emulated" error
     m.emulated = true;
-    {  // host memory bandwidth: copy 256 MB, counting the read and the write
-        size_t n = 64 << 20;
-        std::vector<float> a(n, 1.0f), b(n);
-        std::vector<double> t;
-        for (int i = 0; i < 5; i++) {
-            Timer timer;
-            std::memcpy(b.data(), a.data(), n * sizeof(float));
-            t.push_back(timer.elapsed_ms());
-        }
-        m.bytes_per_ms = 2.0 * n * sizeof(float) / median(t);
-    }
+    m.bytes_per_ms = host_copy_bytes_per_ms();
     {  // fp32 GEMM rate of OpenBLAS through the emulated cuBLAS, 512³
         int n = 512;
         DeviceBuffer<float> a(static_cast<size_t>(n) * n), b(static_cast<size_t>(n) * n), c(static_cast<size_t>(n) * n);
@@ -80,36 +67,16 @@ struct Bench {
     Machine machine;
     int iters;
     DeviceBuffer<char> flush;  // written before every timed call so no operand stays in L2
-    cudaEvent_t start, stop;
 
     Bench(const Machine& m, int iters_) : machine(m), iters(iters_) {
         if (m.l2_bytes) flush = DeviceBuffer<char>(2 * m.l2_bytes);
-        cuda_check(cudaEventCreate(&start));
-        cuda_check(cudaEventCreate(&stop));
         std::printf("%-34s %-30s %10s %14s %10s %8s\n", "op", "shape", "time ms", "achieved", "floor ms", "% floor");
     }
-    ~Bench() {
-        cudaEventDestroy(start);
-        cudaEventDestroy(stop);
-    }
-
     // Times `op` (median of `iters` after 2 warm-up calls) and prints its row. bytes: what the op must
     // move at least; flops: what it must compute. The achieved rate shown is the one that sets the floor.
     template <class Op>
     void run(const std::string& name, const std::string& shape, double bytes, double flops, Op op) {
-        for (int i = 0; i < 2; i++) op();
-        std::vector<double> times;
-        for (int i = 0; i < iters; i++) {
-            if (flush.count) cuda_check(cudaMemset(flush, i & 0xff, flush.bytes()));
-            cuda_check(cudaEventRecord(start, nullptr));
-            op();
-            cuda_check(cudaEventRecord(stop, nullptr));
-            cuda_check(cudaEventSynchronize(stop));
-            float ms = 0;
-            cuda_check(cudaEventElapsedTime(&ms, start, stop));
-            times.push_back(ms);
-        }
-        double ms = median(times);
+        double ms = median_ms(std::function<void()>(op), 2, iters, flush);
         double memory_floor = bytes / machine.bytes_per_ms, compute_floor = flops / machine.flops_per_ms;
         double floor = std::max(memory_floor, compute_floor);
         char achieved[32];

@@ -1,0 +1,53 @@
+// bench_util.h — what the kernel benchmarks in dev/ share: the median, GPU-event timing with the L2
+// flushed before every timed call, and the host's measured copy bandwidth (the memory floor in the CPU
+// build, where the "device" is this CPU's memory).
+#pragma once
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "common.cuh"
+
+inline double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// Median time in ms of `fn` over `repeats` calls after `warmup` calls, timed with CUDA events. Before
+// each timed call `flush` (a buffer larger than the L2, or empty) is overwritten outside the timed
+// region, so no operand is still in the L2 from the previous call.
+template <class T>
+double median_ms(const std::function<void()>& fn, int warmup, int repeats, DeviceBuffer<T>& flush) {
+    for (int i = 0; i < warmup; i++) fn();
+    cudaEvent_t start, stop;
+    cuda_check(cudaEventCreate(&start));
+    cuda_check(cudaEventCreate(&stop));
+    std::vector<double> times;
+    for (int i = 0; i < repeats; i++) {
+        if (flush.count) cuda_check(cudaMemset(flush, i & 0xff, flush.bytes()));
+        cuda_check(cudaEventRecord(start, nullptr));
+        fn();
+        cuda_check(cudaEventRecord(stop, nullptr));
+        cuda_check(cudaEventSynchronize(stop));
+        float ms = 0;
+        cuda_check(cudaEventElapsedTime(&ms, start, stop));
+        times.push_back(ms);
+    }
+    cuda_check(cudaEventDestroy(start));
+    cuda_check(cudaEventDestroy(stop));
+    return median(times);
+}
+
+// This CPU's memory bandwidth in bytes per ms: median of 5 copies of 256 MB, counting read and write.
+inline double host_copy_bytes_per_ms() {
+    size_t n = 64 << 20;
+    std::vector<float> a(n, 1.0f), b(n);
+    std::vector<double> t;
+    for (int i = 0; i < 5; i++) {
+        Timer timer;
+        std::memcpy(b.data(), a.data(), n * sizeof(float));
+        t.push_back(timer.elapsed_ms());
+    }
+    return 2.0 * n * sizeof(float) / median(t);
+}
