@@ -382,17 +382,6 @@ CUDASIM_TEXTURE_FUNCTION(surf3Dwrite)
 #include <string>
 #include <thread>
 
-#if defined(BOOST_USE_UCONTEXT)
-// The ASan build switches fibers with ucontext (Boost then tells AddressSanitizer about every stack
-// switch), but Debian's libboost_context is built for fcontext only and lacks the one function the
-// ucontext variant needs: the current activation record of this OS thread (as in Boost's src/fiber.cpp).
-boost::context::detail::fiber_activation_record*& boost::context::detail::fiber_activation_record::current() noexcept {
-    thread_local fiber_activation_record main_context;  // the OS thread's own stack
-    thread_local fiber_activation_record* current_record = &main_context;
-    return current_record;
-}
-#endif
-
 namespace cudasim {
 
 // The device we pretend to be: limits as on an sm_80/sm_90 part, so launches fail where a GPU's would.
@@ -460,7 +449,7 @@ struct Worker {
         threads.resize(max_threads_per_block);
     }
     ~Worker() {
-        threads.clear();  // the fibers first: under ucontext their records live in the stacks
+        threads.clear();  // the fibers first: their records live in the stacks
         munmap(stacks, stack_bytes * max_threads_per_block);
     }
 };
@@ -680,7 +669,7 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
         boost::context::stack_context slot;
         slot.size = w.stack_bytes - static_cast<size_t>(sysconf(_SC_PAGESIZE));
         slot.sp = w.stacks + (i + 1) * w.stack_bytes;  // stacks grow down from the top of the slot
-        // Release the previous block's (finished) fiber first: with ucontext its record lives in the same
+        // Release the previous block's (finished) fiber first: its record may live in the same
         // stack slot the new one is built in, so destroying it after would unwind the new fiber instead.
         t.fiber = boost::context::fiber();
         t.fiber = boost::context::fiber(std::allocator_arg, SlotStack{slot}, [&w, &t](boost::context::fiber&& scheduler) {
