@@ -32,6 +32,9 @@
 // Configuration
 enum class Arch : int { gpt2 = 0, llama = 1 };
 
+// Vp: the vocabulary rounded up to a multiple of 128, so the classifier matmul tiles well (llm.c's rule).
+constexpr int padded_vocab(int V) { return (V + 127) / 128 * 128; }
+
 struct GPTConfig {
     Arch arch = Arch::gpt2;
     int max_seq_len = 1024;           // maxT: positions the model has (GPT-2: rows of wpe)
@@ -79,7 +82,7 @@ inline void from_json(const nlohmann::json& j, GPTConfig& c) {
     c.arch = arch == "gpt2" ? Arch::gpt2 : Arch::llama;
     c.max_seq_len = j.at("max_seq_len");
     c.vocab_size = j.value("vocab_size", 50257);  // GPT-2's; train_gpt takes the tokenizer's when absent
-    c.padded_vocab_size = j.value("padded_vocab_size", (c.vocab_size + 127) / 128 * 128);
+    c.padded_vocab_size = j.value("padded_vocab_size", padded_vocab(c.vocab_size));
     c.n_layer = j.at("n_layer");
     c.n_head = j.at("n_head");
     c.n_kv_head = j.value("n_kv_head", c.n_head);

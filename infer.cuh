@@ -147,7 +147,7 @@ inline GPTConfig hf_gpt2_config(const nlohmann::json& j, const std::string& wher
     GPTConfig c;
     c.arch = Arch::gpt2;
     c.vocab_size = j["vocab_size"];
-    c.padded_vocab_size = (c.vocab_size + 127) / 128 * 128;
+    c.padded_vocab_size = padded_vocab(c.vocab_size);
     c.max_seq_len = j["n_positions"];
     c.n_embd = j["n_embd"];
     c.n_layer = j["n_layer"];
@@ -182,7 +182,7 @@ inline GPTConfig hf_llama_config(const nlohmann::json& j, const std::string& whe
     GPTConfig c;
     c.arch = Arch::llama;
     c.vocab_size = j["vocab_size"];
-    c.padded_vocab_size = (c.vocab_size + 127) / 128 * 128;
+    c.padded_vocab_size = padded_vocab(c.vocab_size);
     c.max_seq_len = j["max_position_embeddings"];
     c.n_embd = j["hidden_size"];
     c.n_layer = j["num_hidden_layers"];

@@ -339,7 +339,7 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     bpe::Tokenizer tok = bpe::Tokenizer::load(o.tokenizer);
     if (!o.model.contains("vocab_size")) {
         config.vocab_size = tok.vocab_size();
-        config.padded_vocab_size = (config.vocab_size + 127) / 128 * 128;
+        config.padded_vocab_size = padded_vocab(config.vocab_size);
     }
     if (config.vocab_size < tok.vocab_size())
         throw std::runtime_error("the model's vocab_size " + std::to_string(config.vocab_size) + " is smaller than the tokenizer's " +

@@ -2,6 +2,7 @@
 the fixture file itself (layout: test/fixture.h). A dev tool (needs torch); the tests only read fixtures."""
 import json, struct
 import torch
+import torch.nn.functional as F
 
 # The optimizer run every model fixture records: 10 AdamW steps with gradient clipping, weight decay on
 # matrices and embeddings only (the rule of gpt.cuh's param_decays).
@@ -24,6 +25,20 @@ def adamw_losses(model, loss_fn):
         opt.step()
         losses.append(l.item())
     return losses
+
+
+def reference_run(model, inputs, targets, V, layout):
+    """What every model fixture records, from the model's initial weights: logits and loss of one batch
+    (targets -1 = ignored), every gradient in our layout (`layout(get)` maps HF parameters to gpt.cu's
+    flat order), then the losses of the ADAMW steps. Returns (logits, loss, grads, losses)."""
+    def loss_fn():
+        logits = model(inputs).logits
+        return logits, F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+
+    logits, loss = loss_fn()
+    loss.backward()
+    grads = layout(lambda p: p.grad)
+    return logits, loss, grads, adamw_losses(model, loss_fn)
 
 
 def write_fixture(out, header, params, inputs, targets, logits, loss, grads, losses):

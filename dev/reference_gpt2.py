@@ -12,8 +12,7 @@ Fixture layout (little-endian):
 """
 import sys
 import torch
-from fixture_util import adamw_losses, write_fixture
-import torch.nn.functional as F
+from fixture_util import reference_run, write_fixture
 from transformers import GPT2Config, GPT2LMHeadModel
 
 def main(out="test/fixtures/gpt2_tiny.bin"):
@@ -52,15 +51,7 @@ def main(out="test/fixtures/gpt2_tiny.bin"):
     targets = torch.randint(0, V, (B, T))
     targets[1, 3] = -1  # one ignored position: the mean is over the 15 others
 
-    def loss_fn():
-        logits = model(inputs).logits
-        return logits, F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
-
-    logits, loss = loss_fn()
-    loss.backward()
-    grads = layout(lambda p: p.grad)
-
-    losses = adamw_losses(model, loss_fn)
+    logits, loss, grads, losses = reference_run(model, inputs, targets, V, layout)
 
     write_fixture(out, {"model": {"arch": "gpt2", "max_seq_len": maxT, "vocab_size": V, "padded_vocab_size": Vp,
                                    "n_layer": L, "n_head": NH, "n_kv_head": NH, "n_embd": C, "ffn_hidden": 4 * C},

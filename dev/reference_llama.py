@@ -42,8 +42,7 @@ computed with the initial weights, before the AdamW steps) are the Llama fixture
 """
 import json, sys
 import torch
-from fixture_util import adamw_losses, write_fixture
-import torch.nn.functional as F
+from fixture_util import reference_run, write_fixture
 from transformers import LlamaConfig, LlamaForCausalLM
 
 def main(out="test/fixtures/llama_tiny.bin"):
@@ -99,15 +98,7 @@ def main(out="test/fixtures/llama_tiny.bin"):
         margin = (top2[:, 0] - top2[:, 1]).min().item()
         assert margin > 1e-3, f"greedy margin {margin} too small for an exact-token test; change the seed"
 
-    def loss_fn():
-        logits = model(inputs).logits
-        return logits, F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
-
-    logits, loss = loss_fn()
-    loss.backward()
-    grads = layout(lambda p: p.grad)
-
-    losses = adamw_losses(model, loss_fn)
+    logits, loss, grads, losses = reference_run(model, inputs, targets, V, layout)
 
     write_fixture(out, {"model": {"arch": "llama", "max_seq_len": maxT, "vocab_size": V, "padded_vocab_size": Vp,
                                    "n_layer": L, "n_head": NH, "n_kv_head": NKV, "n_embd": C, "ffn_hidden": H,

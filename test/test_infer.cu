@@ -258,7 +258,7 @@ TEST_CASE("paged attention (one row per sequence) equals attention.cuh's contigu
 static GPTConfig tiny_config(int L, int C, int NH, int V, int maxT) {
     GPTConfig c;
     c.vocab_size = V;
-    c.padded_vocab_size = (V + 127) / 128 * 128;
+    c.padded_vocab_size = padded_vocab(V);
     c.max_seq_len = maxT;
     c.n_layer = L;
     c.n_embd = C;
