@@ -6,7 +6,8 @@
 //      is never stored; a block streams K/V tiles through shared memory with an online softmax.
 // plus RoPE (rotary position embedding) and grouped-query attention (GQA/MQA) everywhere. Attention of new
 // tokens against a (paged) KV cache, for inference, is paged_kv.cuh's.
-// The chapter that explains all of it is docs/attention.md; tests are test/test_attention.cu.
+// Each op ends with GPTCU_OP(op), the op(exec, ...) the model calls (common.cuh). The chapter that explains
+// all of it is docs/attention.md; tests are test/test_attention.cu.
 //
 // The one activation layout every function here reads (GPT-2's c_attn output, generalised to GQA):
 //   qkv: (B, T, W) with W = (NH + 2·NKV)·hs; per token [q: NH heads × hs | k: NKV heads × hs | v: NKV heads × hs].
@@ -50,12 +51,12 @@ inline void attention_check_shape(const char* fn, int B, int T, int NH, int NKV,
                                  " (all must be >= 1 and NKV must divide NH)");
 }
 
-// The scratch memory of attention (common.cuh's Workspace): launchers carve it into the pieces they need
+// The scratch memory of attention (common.cuh's ScratchBuffer): launchers carve it into the pieces they need
 // (the backward's D and partial dQ, the naive path's permuted q/k/v, paged_kv.cuh's split-K partial results).
 // Every piece is O(T) per sequence and head (never O(T²)); test "fused attention allocates nothing O(T²)"
 // checks the size through attention_workspace_bytes(). One attention op runs at a time (one stream).
-inline Workspace& attention_workspace() {
-    static Workspace workspace;
+inline ScratchBuffer& attention_workspace() {
+    static ScratchBuffer workspace;
     return workspace;
 }
 inline size_t attention_workspace_bytes() { return attention_workspace().bytes(); }

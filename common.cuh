@@ -227,11 +227,11 @@ struct DeviceBuffer {
 // step it is never reallocated. Whoever owns one must not run on two streams at once (gpt.cu runs every op
 // on one stream): layers.cuh gives each launcher its own; attention.cuh and paged_kv.cuh share
 // attention_workspace() (one attention op runs at a time).
-struct Workspace {
+struct ScratchBuffer {
     DeviceBuffer<unsigned char> buffer;
     unsigned char* get(size_t bytes) {
         if (bytes > buffer.count) {
-            buffer = DeviceBuffer<unsigned char>();  // free first (cudaFree waits for its kernels): peak is the new size
+            buffer = DeviceBuffer<unsigned char>();  // free first (cudaFree waits for its kernels): peak = new size
             buffer = DeviceBuffer<unsigned char>(bytes);
         }
         return buffer.ptr;
@@ -242,7 +242,7 @@ struct Workspace {
     void release() { buffer = DeviceBuffer<unsigned char>(); }
 };
 
-// Carves consecutive, 256-byte aligned pieces out of one workspace: first count the sizes (base null),
+// Carves consecutive, 256-byte aligned pieces out of one ScratchBuffer: first count the sizes (base null),
 // then hand out pointers from the real base.
 struct WorkspaceCarver {
     unsigned char* base;

@@ -56,9 +56,10 @@ struct PagedAttention {
     void forward(const Exec& ex, floatX* atty, float* /*lse: none kept*/, const floatX* qkv, int l) const {
         floatX *k = k_pool + l * pool_layer, *v = v_pool + l * pool_layer;
         const int NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size();
-        paged_kv_append(ex, k, v, qkv, tables.backend, slots.backend, positions.backend, N, NH, NKV, hs, block_size, max_blocks);
-        paged_attention(ex, atty, qkv, k, v, tables.backend, slots.backend, positions.backend, max_len, N, NH, NKV, hs, block_size,
+        paged_kv_append(ex, k, v, qkv, tables.backend, slots.backend, positions.backend, N, NH, NKV, hs, block_size,
                         max_blocks);
+        paged_attention(ex, atty, qkv, k, v, tables.backend, slots.backend, positions.backend, max_len, N, NH, NKV, hs,
+                        block_size, max_blocks);
     }
 };
 
@@ -107,7 +108,10 @@ struct InferenceEngine {
     ~InferenceEngine() {
         for (void* p : owned) Ops::release(p);
     }
-    size_t pool_elements() const { return static_cast<size_t>(config.n_layer) * num_blocks * config.n_kv_head * block_size * config.head_size(); }
+    // elements of k_pool (and of v_pool): L·num_blocks·NKV·block_size·hs
+    size_t pool_elements() const {
+        return static_cast<size_t>(config.n_layer) * num_blocks * config.n_kv_head * block_size * config.head_size();
+    }
     size_t kv_bytes_per_token() const { return config.kv_cache_bytes_per_token(); }
     size_t kv_pool_bytes() const { return kv_bytes_per_token() * static_cast<size_t>(num_blocks) * block_size; }
 
@@ -141,12 +145,14 @@ struct InferenceEngine {
             max_len = std::max(max_len, r.position + 1);
             if (r.want_logits) want.push_back(i);
         }
-        for (Mirrored* m : {&tokens, &positions, &slots, &tables}) Ops::to_backend(m->backend, m->host.data(), m->host.size() * sizeof(int));
+        for (Mirrored* m : {&tokens, &positions, &slots, &tables})
+            Ops::to_backend(m->backend, m->host.data(), m->host.size() * sizeof(int));
         const ParameterTensors& p = params;
         embed_at_positions(exec, x, tokens.backend, positions.backend, p[WTE], p[WPE], N, C);
         // the block's activations: the same buffers for every layer, the residual stream x updated in place
         BlockActivations a{x, ln, mean, rstd, qkv, atty, nullptr, proj, x, ln, mean, rstd, fch, fch_act, proj, x};
-        PagedAttention attention{c, N, max_len, positions, slots, tables, k_pool, v_pool, pool_elements() / c.n_layer, block_size, max_blocks};
+        PagedAttention attention{c, N, max_len, positions, slots, tables, k_pool, v_pool, pool_elements() / c.n_layer,
+                                 block_size, max_blocks};
         for (int l = 0; l < c.n_layer; l++) block_forward(exec, c, p, l, a, N, attention);
         // the classifier only for the rows that sample: gather them to the front of ln, then one matmul
         const int M = static_cast<int>(want.size());

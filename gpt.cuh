@@ -206,8 +206,8 @@ inline std::array<size_t, NUM_ACT_TENSORS> activation_sizes(const GPTConfig& c, 
 
 // Which activations are fp32 whatever floatX is: the norms' statistics, attention's log-sum-exp, the losses.
 inline bool activation_is_fp32(int i) {
-    return i == LN1_MEAN || i == LN1_RSTD || i == ATT_LSE || i == LN2_MEAN || i == LN2_RSTD || i == LNF_MEAN || i == LNF_RSTD ||
-           i == LOSSES;
+    return i == LN1_MEAN || i == LN1_RSTD || i == ATT_LSE || i == LN2_MEAN || i == LN2_RSTD || i == LNF_MEAN ||
+           i == LNF_RSTD || i == LOSSES;
 }
 
 // ----------------------------------------------------------------------------
@@ -248,11 +248,12 @@ struct HostOps {
 
 // ----------------------------------------------------------------------------
 // GPT-2 vs Llama: every difference between the two families, in one place.
-//   norm       LayerNorm: (x − mean)·rstd·w + b          | RMSNorm: x·rstd·w                 norm_forward/_backward
-//   positions  learned wpe, added by the encoder         | RoPE on q and k in attention      uses_rope
-//   MLP        GELU over fc's F = 4C outputs             | SwiGLU over [gate | up], F = 2H   mlp_activation_forward/_backward
-//   tensors    biases, wpe, lm_head tied to wte          | no biases, no wpe, untied lm_head param_sizes (an absent
-//                                                          tensor is a null pointer, which every op skips)
+//              GPT-2                                  | Llama                            | where
+//   norm       LayerNorm: (x − mean)·rstd·w + b       | RMSNorm: x·rstd·w                | norm_forward/_backward
+//   positions  learned wpe, added by the encoder      | RoPE on q and k in attention     | uses_rope
+//   MLP        GELU over fc's F = 4C outputs          | SwiGLU over [gate | up], F = 2H  | mlp_activation_forward/_backward
+//   tensors    biases, wpe, lm_head tied to wte       | no biases, no wpe, own lm_head   | param_sizes
+// (An absent tensor is a null pointer, which every op skips.)
 inline bool uses_rope(const GPTConfig& c) { return c.is_llama(); }
 
 inline void norm_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, C)*/, float* mean, float* rstd /*(N)*/,
@@ -260,12 +261,14 @@ inline void norm_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, C
     if (c.is_llama()) rmsnorm_forward(ex, out, rstd, inp, w, N, c.n_embd, c.norm_eps);
     else layernorm_forward(ex, out, mean, rstd, inp, w, b, N, c.n_embd);
 }
-inline void norm_backward(const Exec& ex, const GPTConfig& c, floatX* dinp /*(N, C), +=*/, floatX* dw, floatX* db /*(C), +=*/,
-                          const floatX* dout, const floatX* inp /*(N, C)*/, const floatX* w, const float* mean, const float* rstd, int N) {
+inline void norm_backward(const Exec& ex, const GPTConfig& c, floatX* dinp /*(N, C), +=*/, floatX* dw,
+                          floatX* db /*(C), +=*/, const floatX* dout, const floatX* inp /*(N, C)*/, const floatX* w,
+                          const float* mean, const float* rstd, int N) {
     if (c.is_llama()) rmsnorm_backward(ex, dinp, dw, dout, inp, w, rstd, N, c.n_embd);
     else layernorm_backward(ex, dinp, dw, db, dout, inp, w, mean, rstd, N, c.n_embd);
 }
-inline void mlp_activation_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, H)*/, const floatX* fch /*(N, F)*/, int N) {
+inline void mlp_activation_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, H)*/, const floatX* fch /*(N, F)*/,
+                                   int N) {
     if (c.is_llama()) swiglu_forward(ex, out, fch, N, c.ffn_hidden);
     else gelu_forward(ex, out, fch, N * c.ffn_hidden);
 }
@@ -299,7 +302,9 @@ struct BlockActivations {
 };
 
 // Layer l's slice of an (L, per_layer) parameter tensor; nullptr stays nullptr (a tensor the arch lacks).
-inline floatX* layer_slice(floatX* base, int l, size_t per_layer) { return base ? base + static_cast<size_t>(l) * per_layer : nullptr; }
+inline floatX* layer_slice(floatX* base, int l, size_t per_layer) {
+    return base ? base + static_cast<size_t>(l) * per_layer : nullptr;
+}
 
 // One block over N rows, as PyTorch writes it (GPT-2; Llama's differences are the section above):
 //   x = x + attn_proj(attention(qkv(norm_1(x))))
@@ -309,20 +314,22 @@ inline floatX* layer_slice(floatX* base, int l, size_t per_layer) { return base 
 // its sequence's paged KV cache). It has rope(exec, qkv) (rotate q and k at the rows' positions) and
 // forward(exec, atty, lse, qkv, layer).
 template <class Attention>
-void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p, int l, const BlockActivations& a, int N,
-                   Attention& attention) {
+void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p, int l, const BlockActivations& a,
+                   int N, Attention& attention) {
     const int C = c.n_embd, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
-    const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C, FC = static_cast<size_t>(F) * C,
-                 CH = static_cast<size_t>(C) * H;
+    const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
+                 FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
     // x + attn(norm_1(x))
-    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, layer_slice(p[LN1W], l, C), layer_slice(p[LN1B], l, C), N);
+    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, layer_slice(p[LN1W], l, C), layer_slice(p[LN1B], l, C),
+                 N);
     matmul_forward(ex, a.qkv, a.ln1, layer_slice(p[QKVW], l, QKVCC), layer_slice(p[QKVB], l, QKVC), N, C, QKVC);
     if (uses_rope(c)) attention.rope(ex, a.qkv);
     attention.forward(ex, a.atty, a.lse, a.qkv, l);
     matmul_forward(ex, a.attproj, a.atty, layer_slice(p[ATTPROJW], l, CC), layer_slice(p[ATTPROJB], l, C), N, C, C);
     residual_forward(ex, a.residual2, a.residual, a.attproj, N * C);
     // x + mlp(norm_2(x))
-    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer_slice(p[LN2W], l, C), layer_slice(p[LN2B], l, C), N);
+    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer_slice(p[LN2W], l, C), layer_slice(p[LN2B], l, C),
+                 N);
     matmul_forward(ex, a.fch, a.ln2, layer_slice(p[FCW], l, FC), layer_slice(p[FCB], l, F), N, C, F);
     mlp_activation_forward(ex, c, a.fch_act, a.fch, N);
     matmul_forward(ex, a.fcproj, a.fch_act, layer_slice(p[FCPROJW], l, CH), layer_slice(p[FCPROJB], l, C), N, H, C);
@@ -334,14 +341,17 @@ void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p
 struct CausalAttention {
     const GPTConfig& c;
     int B, T;
-    void rope(const Exec& ex, floatX* qkv) const { rope_forward(ex, qkv, B, T, c.n_head, c.n_kv_head, c.head_size(), c.rope_theta); }
+    void rope(const Exec& ex, floatX* qkv) const {
+        rope_forward(ex, qkv, B, T, c.n_head, c.n_kv_head, c.head_size(), c.rope_theta);
+    }
     void forward(const Exec& ex, floatX* atty, float* lse, const floatX* qkv, int /*layer*/) const {
         attention_forward(ex, atty, lse, qkv, B, T, c.n_head, c.n_kv_head, c.head_size());
     }
     void rope_backward(const Exec& ex, floatX* dqkv) const {
         ::rope_backward(ex, dqkv, B, T, c.n_head, c.n_kv_head, c.head_size(), c.rope_theta);
     }
-    void backward(const Exec& ex, floatX* dqkv, const floatX* datty, const floatX* atty, const float* lse, const floatX* qkv) const {
+    void backward(const Exec& ex, floatX* dqkv, const floatX* datty, const floatX* atty, const float* lse,
+                  const floatX* qkv) const {
         attention_backward(ex, dqkv, datty, atty, lse, qkv, B, T, c.n_head, c.n_kv_head, c.head_size());
     }
 };
@@ -361,18 +371,19 @@ template <class Attention>
 void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p, const ParameterTensors& g, int l,
                     const BlockActivations& a, const BlockGradients& d, int N, const Attention& attention) {
     const int C = c.n_embd, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
-    const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C, FC = static_cast<size_t>(F) * C,
-                 CH = static_cast<size_t>(C) * H;
+    const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
+                 FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
     auto zero = [&](floatX* x, size_t n) { zero_memory(ex, x, n * sizeof(floatX)); };
     // forward was: residual3 = residual2 + fcproj(fch_act); d.dresidual holds d residual3, which is also
     // d residual2 (the skip) and d fcproj (the branch)
     zero(d.dfch_act, static_cast<size_t>(N) * H);
-    matmul_backward(ex, d.dfch_act, layer_slice(g[FCPROJW], l, CH), layer_slice(g[FCPROJB], l, C), d.dresidual, a.fch_act,
-                    layer_slice(p[FCPROJW], l, CH), N, H, C);
+    matmul_backward(ex, d.dfch_act, layer_slice(g[FCPROJW], l, CH), layer_slice(g[FCPROJB], l, C), d.dresidual,
+                    a.fch_act, layer_slice(p[FCPROJW], l, CH), N, H, C);
     zero(d.dfch, static_cast<size_t>(N) * F);
     mlp_activation_backward(ex, c, d.dfch, a.fch, d.dfch_act, N);
     zero(d.dln, static_cast<size_t>(N) * C);
-    matmul_backward(ex, d.dln, layer_slice(g[FCW], l, FC), layer_slice(g[FCB], l, F), d.dfch, a.ln2, layer_slice(p[FCW], l, FC), N, C, F);
+    matmul_backward(ex, d.dln, layer_slice(g[FCW], l, FC), layer_slice(g[FCB], l, F), d.dfch, a.ln2,
+                    layer_slice(p[FCW], l, FC), N, C, F);
     norm_backward(ex, c, d.dresidual, layer_slice(g[LN2W], l, C), layer_slice(g[LN2B], l, C), d.dln, a.residual2,
                   layer_slice(p[LN2W], l, C), a.ln2_mean, a.ln2_rstd, N);
     // forward was: residual2 = residual + attproj(atty); d.dresidual now holds d residual2
@@ -383,8 +394,8 @@ void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors& 
     attention.backward(ex, d.dqkv, d.datty, a.atty, a.lse, a.qkv);
     if (uses_rope(c)) attention.rope_backward(ex, d.dqkv);
     zero(d.dln, static_cast<size_t>(N) * C);
-    matmul_backward(ex, d.dln, layer_slice(g[QKVW], l, QKVCC), layer_slice(g[QKVB], l, QKVC), d.dqkv, a.ln1, layer_slice(p[QKVW], l, QKVCC),
-                    N, C, QKVC);
+    matmul_backward(ex, d.dln, layer_slice(g[QKVW], l, QKVCC), layer_slice(g[QKVB], l, QKVC), d.dqkv, a.ln1,
+                    layer_slice(p[QKVW], l, QKVCC), N, C, QKVC);
     norm_backward(ex, c, d.dresidual, layer_slice(g[LN1W], l, C), layer_slice(g[LN1B], l, C), d.dln, a.residual,
                   layer_slice(p[LN1W], l, C), a.ln1_mean, a.ln1_rstd, N);
 }
@@ -470,9 +481,12 @@ struct GPT {
         }
     }
     void set_parameters(const std::vector<float>& host) {
-        if (host.size() != num_parameters) throw std::runtime_error("set_parameters: expected " + std::to_string(num_parameters) + " values");
-        if constexpr (std::is_same_v<floatX, float>) Ops::to_backend(params_memory, host.data(), num_parameters * sizeof(floatX));
-        else {
+        if (host.size() != num_parameters)
+            throw std::runtime_error("set_parameters: expected " + std::to_string(num_parameters) + " values, got " +
+                                     std::to_string(host.size()));
+        if constexpr (std::is_same_v<floatX, float>) {
+            Ops::to_backend(params_memory, host.data(), num_parameters * sizeof(floatX));
+        } else {
             std::vector<floatX> x(host.begin(), host.end());
             Ops::to_backend(params_memory, x.data(), num_parameters * sizeof(floatX));
         }
@@ -569,7 +583,8 @@ struct GPT {
 
     // The logits of row (b, t) of the last forward without targets: Vp values, the first V meaningful.
     std::vector<float> logits_at(int b, int t) const {
-        return get_fp32(act(LOGITS) + (static_cast<size_t>(b) * T + t) * config.padded_vocab_size, config.padded_vocab_size);
+        const size_t Vp = config.padded_vocab_size;
+        return get_fp32(act(LOGITS) + (static_cast<size_t>(b) * T + t) * Vp, Vp);
     }
 
     void zero_grad() {
@@ -596,7 +611,8 @@ struct GPT {
                         c.tied_embeddings ? p[WTE] : p[LMHEAD], N, C, Vp);
         zero_memory(exec, d.dresidual, static_cast<size_t>(N) * C * sizeof(floatX));
         floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
-        norm_backward(exec, c, d.dresidual, g[LNFW], g[LNFB], d.dln, last, p[LNFW], act<float>(LNF_MEAN), act<float>(LNF_RSTD), N);
+        norm_backward(exec, c, d.dresidual, g[LNFW], g[LNFB], d.dln, last, p[LNFW], act<float>(LNF_MEAN),
+                      act<float>(LNF_RSTD), N);
         CausalAttention attention{c, B, T};
         for (int l = L - 1; l >= 0; l--) block_backward(exec, c, p, g, l, layer_activations(l), d, N, attention);
         encoder_backward(exec, g[WTE], g[WPE], d.dresidual, inputs, B, T, C);
@@ -621,8 +637,8 @@ struct GPT {
         size_t offset = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (sizes[i])
-                adamw_update(exec, params_memory + offset, grads_memory + offset, m_memory + offset, v_memory + offset, sizes[i], lr,
-                             beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
+                adamw_update(exec, params_memory + offset, grads_memory + offset, m_memory + offset, v_memory + offset,
+                             sizes[i], lr, beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
             offset += sizes[i];
         }
     }

@@ -2,7 +2,8 @@
 //
 // Per op, in this order: the math (forward, backward derivation, cost), the plain-loop CPU reference
 // (`_cpu`, templated on the scalar so tests can run it in double), the CUDA kernel(s) (`_kernel`),
-// and the host launcher (the only place that knows block sizes; it checks every launch).
+// the host launcher (the only place that knows block sizes; it checks every launch), and GPTCU_OP(op):
+// the op(exec, ...) the model calls, which runs the launcher or the reference (common.cuh).
 //
 // Conventions: N = B·T rows; every pointer has its shape in a comment; gradients ACCUMULATE (+=) into
 // every d* output, in the references and in the kernels (callers zero them). The one exception is
@@ -18,7 +19,7 @@
 #include "common.cuh"
 
 // ----------------------------------------------------------------------------
-// Helpers shared by the kernels below (the warp/block reductions and the scratch Workspace are in common.cuh).
+// Helpers shared by the kernels below (the warp/block reductions and ScratchBuffer are in common.cuh).
 
 // Per-column sums over rows, written as fixed partial sums then added in a fixed order: the weight and
 // bias gradients of LayerNorm and RMSNorm, and the bias gradient of matmul.
@@ -74,7 +75,7 @@ __global__ void column_reduce_finish_kernel(floatX* out, const float* partial, i
 // dweight[c] += Σ_n dout·x̂ (if dweight), dbias[c] += Σ_n dout (if dbias); see column_reduce_partial_kernel.
 inline void column_reduce(floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp, const float* mean,
                           const float* rstd, int N, int C, cudaStream_t stream) {
-    static Workspace scratch;
+    static ScratchBuffer scratch;
     const int rows_per_chunk = 64;
     int R = ceil_div(N, rows_per_chunk);
     float* partial_w = scratch.get<float>(2 * static_cast<size_t>(R) * C);
@@ -1034,7 +1035,7 @@ __global__ void global_norm_finish_kernel(float* out, const float* partial, int 
 inline void global_norm_squared(float* out,            // device scalar, OVERWRITTEN
                                 const float* grads,    // (n)
                                 size_t n, cudaStream_t stream) {
-    static Workspace scratch;
+    static ScratchBuffer scratch;
     const int block = 256, max_blocks = 1024;
     int blocks = static_cast<int>(std::min<size_t>(max_blocks, std::max<size_t>(1, ceil_div<size_t>(n, block))));
     float* partial = scratch.get<float>(max_blocks);

@@ -145,17 +145,17 @@ GPTCU_OP(paged_kv_append)
 // max_len: at least every pos_i + 1 (the host knows the longest context of the step; it sizes the kernel's
 // grid and the reference's scratch).
 template <class Real>
-void paged_attention_cpu(Real* out /*(N, NH·hs)*/, const Real* qkv /*(N, (NH+2NKV)·hs)*/, const Real* k_pool, const Real* v_pool,
-                         const int* tables, const int* slots, const int* positions /*(N)*/, int max_len, int N, int NH, int NKV,
-                         int hs, int block_size, int max_blocks) {
+void paged_attention_cpu(Real* out /*(N, NH·hs)*/, const Real* qkv /*(N, (NH+2NKV)·hs)*/, const Real* k_pool,
+                         const Real* v_pool, const int* tables, const int* slots, const int* positions /*(N)*/, int max_len,
+                         int N, int NH, int NKV, int hs, int block_size, int max_blocks) {
     Real scale = 1 / std::sqrt(static_cast<Real>(hs));
     std::vector<Real> p(max_len);
     for (int i = 0; i < N; i++) {
         const int* table = tables + static_cast<size_t>(slots[i]) * max_blocks;
         int len = positions[i] + 1;
         if (len > max_len)
-            throw std::runtime_error("paged_attention_cpu: row " + std::to_string(i) + " is at position " + std::to_string(positions[i]) +
-                                     ", past max_len " + std::to_string(max_len));
+            throw std::runtime_error("paged_attention_cpu: row " + std::to_string(i) + " is at position " +
+                                     std::to_string(positions[i]) + ", past max_len " + std::to_string(max_len));
         for (int h = 0; h < NH; h++) {
             int g = h / (NH / NKV);
             const Real* q = qkv + qkv_q_offset(0, i, h, N, NH, NKV, hs);
@@ -186,7 +186,7 @@ void paged_attention_cpu(Real* out /*(N, NH·hs)*/, const Real* qkv /*(N, (NH+2N
 // with log2 e folded into the query scale. Shared memory is static and fixed (hs + 128 floats): no
 // context length needs more, so there is no shared-memory limit on the context (the old one-block-per-row
 // kernel kept every score of a row in shared memory and stopped near 12k tokens at hs = 64).
-// Workspace: N·NH·ceil(max_len/128)·(hs + 2) floats.
+// Workspace (attention_workspace()): N·NH·ceil(max_len/128)·(hs + 2) floats.
 constexpr int paged_attention_chunk = 128;   // keys per pass-1 block = its threads
 constexpr int paged_attention_max_hs = 256;  // the query held in shared memory
 
@@ -207,7 +207,8 @@ paged_attention_partial_kernel(float* partial_o /*(N, NH, chunks, hs)*/, float* 
     int n = min(paged_attention_chunk, len - start), g = h / (NH / NKV);
     const int* table = tables + static_cast<size_t>(slots[i]) * max_blocks;
     const float scale_log2 = attention_log2e / sqrtf(static_cast<float>(hs));
-    for (int d = tid; d < hs; d += blockDim.x) qs[d] = static_cast<float>(qkv[qkv_q_offset(0, i, h, N, NH, NKV, hs) + d]) * scale_log2;
+    const floatX* q = qkv + qkv_q_offset(0, i, h, N, NH, NKV, hs);
+    for (int d = tid; d < hs; d += blockDim.x) qs[d] = static_cast<float>(q[d]) * scale_log2;
     __syncthreads();
     float s = -INFINITY;
     if (tid < n) {
@@ -226,14 +227,15 @@ paged_attention_partial_kernel(float* partial_o /*(N, NH, chunks, hs)*/, float* 
     }
     for (int d = tid; d < hs; d += blockDim.x) {
         float acc = 0.0f;
-        for (int j = 0; j < n; j++) acc += ps[j] * static_cast<float>(v_pool[paged_kv_row(table, start + j, g, NKV, block_size, hs) + d]);
+        for (int j = 0; j < n; j++)
+            acc += ps[j] * static_cast<float>(v_pool[paged_kv_row(table, start + j, g, NKV, block_size, hs) + d]);
         partial_o[part * hs + d] = acc;
     }
 }
 
 // Pass 2. Block (h, i): thread d merges the chunks' partial results for output column d, chunks in order.
-__global__ void paged_attention_combine_kernel(floatX* out /*(N, NH·hs)*/, const float* partial_o, const float* partial_ml,
-                                               const int* positions, int NH, int hs, int chunks) {
+__global__ void paged_attention_combine_kernel(floatX* out /*(N, NH·hs)*/, const float* partial_o,
+                                               const float* partial_ml, const int* positions, int NH, int hs, int chunks) {
     int h = blockIdx.x, i = blockIdx.y;
     int used = min(chunks, positions[i] / paged_attention_chunk + 1);  // the chunks pass 1 wrote: ceil(len / 128)
     size_t part0 = (static_cast<size_t>(i) * NH + h) * chunks;
@@ -250,14 +252,17 @@ __global__ void paged_attention_combine_kernel(floatX* out /*(N, NH·hs)*/, cons
     }
 }
 
-inline void paged_attention(floatX* out /*(N, NH·hs)*/, const floatX* qkv /*(N, (NH+2NKV)·hs)*/, const floatX* k_pool, const floatX* v_pool,
-                            const int* tables, const int* slots, const int* positions /*(N)*/, int max_len, int N, int NH, int NKV,
-                            int hs, int block_size, int max_blocks, cudaStream_t stream) {
+inline void paged_attention(floatX* out /*(N, NH·hs)*/, const floatX* qkv /*(N, (NH+2NKV)·hs)*/,
+                            const floatX* k_pool, const floatX* v_pool /*(num_blocks, NKV, block_size, hs)*/,
+                            const int* tables, const int* slots, const int* positions /*(N)*/, int max_len, int N, int NH,
+                            int NKV, int hs, int block_size, int max_blocks, cudaStream_t stream) {
     attention_check_shape("paged_attention", 1, N, NH, NKV, hs);
     if (hs > paged_attention_max_hs)
         throw std::runtime_error("paged_attention: head size " + std::to_string(hs) + " is above the " +
-                                 std::to_string(paged_attention_max_hs) + " the kernel holds in shared memory (paged_attention_max_hs)");
-    if (N > 65535) throw std::runtime_error("paged_attention: " + std::to_string(N) + " rows in one step (at most 65535: grid.z)");
+                                 std::to_string(paged_attention_max_hs) +
+                                 " the kernel holds in shared memory; raise paged_attention_max_hs");
+    if (N > 65535)
+        throw std::runtime_error("paged_attention: " + std::to_string(N) + " rows in one step (at most 65535: grid.z)");
     if (max_len < 1) throw std::runtime_error("paged_attention: max_len " + std::to_string(max_len) + " must be >= 1");
     int chunks = ceil_div(max_len, paged_attention_chunk);
     size_t parts = static_cast<size_t>(N) * NH * chunks;
@@ -270,7 +275,8 @@ inline void paged_attention(floatX* out /*(N, NH·hs)*/, const floatX* qkv /*(N,
     paged_attention_partial_kernel<<<dim3(chunks, NH, N), paged_attention_chunk, 0, stream>>>(
         partial_o, partial_ml, qkv, k_pool, v_pool, tables, slots, positions, N, NH, NKV, hs, block_size, max_blocks);
     cuda_check(cudaGetLastError());
-    paged_attention_combine_kernel<<<dim3(NH, N), 128, 0, stream>>>(out, partial_o, partial_ml, positions, NH, hs, chunks);
+    paged_attention_combine_kernel<<<dim3(NH, N), 128, 0, stream>>>(out, partial_o, partial_ml, positions, NH, hs,
+                                                                     chunks);
     cuda_check(cudaGetLastError());
 }
 GPTCU_OP(paged_attention)

@@ -281,7 +281,8 @@ struct PagedLayout {
     PagedLayout(int B_, int maxT_, int NKV_, int hs_) : B(B_), maxT(maxT_), NKV(NKV_), hs(hs_) {
         max_blocks = blocks_for(maxT, block_size);
         num_blocks = B * max_blocks;
-        for (int i = 0; i < num_blocks; i++) tables.push_back(num_blocks - 1 - (i * 7) % num_blocks);  // 7 is prime to num_blocks below
+        // a permutation when 7 is prime to num_blocks (the tests REQUIRE it)
+        for (int i = 0; i < num_blocks; i++) tables.push_back(num_blocks - 1 - (i * 7) % num_blocks);
     }
     size_t pool_count() const { return static_cast<size_t>(num_blocks) * NKV * block_size * hs; }
 };
@@ -297,7 +298,8 @@ TEST_CASE("decode: prefill + appends to a paged cache, then paged_attention equa
             PagedLayout kv(s.B, maxT, s.NKV, s.hs);
             REQUIRE(std::gcd(7, kv.num_blocks) == 1);
             for_each_thread_order([&] {
-                DeviceBuffer<float> k_pool(kv.pool_count()), v_pool(kv.pool_count()), d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
+                DeviceBuffer<float> k_pool(kv.pool_count()), v_pool(kv.pool_count());
+                DeviceBuffer<float> d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
                 DeviceBuffer<int> d_tables(kv.tables);
                 poison(k_pool);  // rows past the length stay NaN: decode must never read them
                 poison(v_pool);
@@ -313,8 +315,8 @@ TEST_CASE("decode: prefill + appends to a paged cache, then paged_attention equa
                 DeviceBuffer<float> d_first(first);
                 DeviceBuffer<int> d_prefill_pos(prefill_pos), d_prefill_slot(prefill_slot);
                 rope_forward(d_first, s.B, prefill, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-                paged_kv_append(k_pool, v_pool, d_first, d_tables, d_prefill_slot, d_prefill_pos, s.B * prefill, s.NH, s.NKV, s.hs,
-                                kv.block_size, kv.max_blocks, nullptr);
+                paged_kv_append(k_pool, v_pool, d_first, d_tables, d_prefill_slot, d_prefill_pos, s.B * prefill, s.NH,
+                                s.NKV, s.hs, kv.block_size, kv.max_blocks, nullptr);
                 // then one token at a time: rope at its position, append, decode
                 std::vector<int> slots(s.B);
                 for (int b = 0; b < s.B; b++) slots[b] = b;
@@ -324,13 +326,14 @@ TEST_CASE("decode: prefill + appends to a paged cache, then paged_attention equa
                     DeviceBuffer<float> d_tok(token_rows(c, pos));
                     DeviceBuffer<int> d_pos(pos);
                     rope_forward_at(d_tok, d_pos, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-                    paged_kv_append(k_pool, v_pool, d_tok, d_tables, d_slots, d_pos, s.B, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks, nullptr);
+                    paged_kv_append(k_pool, v_pool, d_tok, d_tables, d_slots, d_pos, s.B, s.NH, s.NKV, s.hs,
+                                    kv.block_size, kv.max_blocks, nullptr);
                     if (t % 37 != 0 && t != maxT - 1 && t != 127 && t != 128) continue;  // check a spread of lengths
                     CAPTURE(t);
                     poison(d_out);
                     poison_attention_workspace();
-                    paged_attention(d_out, d_tok, k_pool, v_pool, d_tables, d_slots, d_pos, t + 1, s.B, s.NH, s.NKV, s.hs, kv.block_size,
-                                    kv.max_blocks, nullptr);
+                    paged_attention(d_out, d_tok, k_pool, v_pool, d_tables, d_slots, d_pos, t + 1, s.B, s.NH, s.NKV,
+                                    s.hs, kv.block_size, kv.max_blocks, nullptr);
                     check_close("paged_attention", d_out.download(), reference_rows(c, pos), tolerance_fp32);
                 }
             });
@@ -353,8 +356,8 @@ TEST_CASE("decode: sequences of different lengths in one batch, paged cache fill
         slots[i] = i / s.T;
     }
     std::vector<double> k_ref(kv.pool_count()), v_ref(kv.pool_count());
-    paged_kv_append_cpu(k_ref.data(), v_ref.data(), c.roped.data(), kv.tables.data(), slots.data(), positions.data(), N, s.NH, s.NKV, s.hs,
-                        kv.block_size, kv.max_blocks);
+    paged_kv_append_cpu(k_ref.data(), v_ref.data(), c.roped.data(), kv.tables.data(), slots.data(), positions.data(),
+                        N, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks);
     std::vector<int> last(s.B), seq(s.B);
     for (int b = 0; b < s.B; b++) {
         last[b] = lengths[b] - 1;
@@ -364,24 +367,26 @@ TEST_CASE("decode: sequences of different lengths in one batch, paged cache fill
     std::vector<double> q_rows(static_cast<size_t>(s.B) * s.W()), dec_ref(static_cast<size_t>(s.B) * s.NH * s.hs);
     for (int b = 0; b < s.B; b++)
         std::copy_n(c.roped.begin() + (static_cast<size_t>(b) * s.T + last[b]) * s.W(), s.W(), q_rows.begin() + static_cast<size_t>(b) * s.W());
-    paged_attention_cpu(dec_ref.data(), q_rows.data(), k_ref.data(), v_ref.data(), kv.tables.data(), seq.data(), last.data(), maxT, s.B,
-                        s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks);
+    paged_attention_cpu(dec_ref.data(), q_rows.data(), k_ref.data(), v_ref.data(), kv.tables.data(), seq.data(),
+                        last.data(), maxT, s.B, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks);
     check_close("paged_attention_cpu vs full attention", to_float(dec_ref), reference_rows(c, last), 1e-6);
     for_each_thread_order([&] {
-        DeviceBuffer<float> k_pool(kv.pool_count()), v_pool(kv.pool_count()), d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
+        DeviceBuffer<float> k_pool(kv.pool_count()), v_pool(kv.pool_count());
+        DeviceBuffer<float> d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
         DeviceBuffer<float> d_seq(c.raw);
         DeviceBuffer<int> d_positions(positions), d_slots(slots), d_tables(kv.tables), d_seq_slots(seq);
         poison(k_pool);
         poison(v_pool);
         rope_forward(d_seq, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-        paged_kv_append(k_pool, v_pool, d_seq, d_tables, d_slots, d_positions, N, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks, nullptr);
+        paged_kv_append(k_pool, v_pool, d_seq, d_tables, d_slots, d_positions, N, s.NH, s.NKV, s.hs, kv.block_size,
+                        kv.max_blocks, nullptr);
         // the written rows (the pool's last block has slots past maxT that stay poisoned)
         auto written = [&](const std::vector<float>& pool) {
             std::vector<float> rows;
             for (int i = 0; i < N; i++)
                 for (int g = 0; g < s.NKV; g++) {
-                    size_t at = paged_kv_row(kv.tables.data() + static_cast<size_t>(slots[i]) * kv.max_blocks, positions[i], g, s.NKV,
-                                             kv.block_size, s.hs);
+                    size_t at = paged_kv_row(kv.tables.data() + static_cast<size_t>(slots[i]) * kv.max_blocks,
+                                             positions[i], g, s.NKV, kv.block_size, s.hs);
                     rows.insert(rows.end(), pool.begin() + at, pool.begin() + at + s.hs);
                 }
             return rows;
@@ -393,8 +398,8 @@ TEST_CASE("decode: sequences of different lengths in one batch, paged cache fill
         rope_forward_at(d_q, d_last, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
         poison(d_out);
         poison_attention_workspace();
-        paged_attention(d_out, d_q, k_pool, v_pool, d_tables, d_seq_slots, d_last, maxT, s.B, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks,
-                        nullptr);
+        paged_attention(d_out, d_q, k_pool, v_pool, d_tables, d_seq_slots, d_last, maxT, s.B, s.NH, s.NKV, s.hs,
+                        kv.block_size, kv.max_blocks, nullptr);
         check_close("paged_attention, mixed lengths", d_out.download(), reference_rows(c, last), tolerance_fp32);
     });
 }

@@ -191,8 +191,8 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
         size_t pool = static_cast<size_t>(num_blocks) * NKV * block_size * hs;
         std::vector<float> k_ref(pool, 0.0f), v_ref(pool, 0.0f), out_ref(static_cast<size_t>(N) * NH * hs);
         paged_kv_append_cpu(k_ref.data(), v_ref.data(), qkv.data(), tables.data(), slots.data(), positions.data(), N, NH, NKV, hs, block_size, max_blocks);
-        paged_attention_cpu(out_ref.data(), qkv.data(), k_ref.data(), v_ref.data(), tables.data(), slots.data(), positions.data(), 10, N, NH,
-                            NKV, hs, block_size, max_blocks);
+        paged_attention_cpu(out_ref.data(), qkv.data(), k_ref.data(), v_ref.data(), tables.data(), slots.data(),
+                            positions.data(), 10, N, NH, NKV, hs, block_size, max_blocks);
         // the reference equals attention.cuh's causal attention of each sequence on its own
         for (int s = 0, row0 = 0; s < 2; row0 += lens[s], s++) {
             int T = lens[s];
@@ -226,16 +226,18 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
 TEST_CASE("paged attention, one row per sequence over several split-K chunks: kernel matches CPU reference") {
     // Decode rows of different lengths (one chunk, a chunk boundary, several chunks), GQA, scattered blocks.
     Rng rng(12);
-    const int B = 4, NH = 4, NKV = 2, hs = 32, block_size = 8, max_blocks = 40, num_blocks = B * max_blocks, QKVW = (NH + 2 * NKV) * hs;
+    const int B = 4, NH = 4, NKV = 2, hs = 32, block_size = 8, max_blocks = 40, num_blocks = B * max_blocks;
+    const int QKVW = (NH + 2 * NKV) * hs;
     const std::vector<int> lens = {1, 128, 129, 300};
-    std::vector<float> k_pool = random_vector(static_cast<size_t>(num_blocks) * NKV * block_size * hs, rng), v_pool = random_vector(k_pool.size(), rng);
+    std::vector<float> k_pool = random_vector(static_cast<size_t>(num_blocks) * NKV * block_size * hs, rng);
+    std::vector<float> v_pool = random_vector(k_pool.size(), rng);
     std::vector<float> qkv = random_vector(static_cast<size_t>(B) * QKVW, rng);
     std::vector<int> tables(num_blocks);
     for (int i = 0; i < num_blocks; i++) tables[i] = (i * 37 + 11) % num_blocks;  // 37 is prime to 160: a permutation
     std::vector<int> slots = {0, 1, 2, 3}, positions = {lens[0] - 1, lens[1] - 1, lens[2] - 1, lens[3] - 1};
     std::vector<float> ref(static_cast<size_t>(B) * NH * hs);
-    paged_attention_cpu(ref.data(), qkv.data(), k_pool.data(), v_pool.data(), tables.data(), slots.data(), positions.data(), 300, B, NH, NKV, hs,
-                        block_size, max_blocks);
+    paged_attention_cpu(ref.data(), qkv.data(), k_pool.data(), v_pool.data(), tables.data(), slots.data(),
+                        positions.data(), 300, B, NH, NKV, hs, block_size, max_blocks);
     for_each_thread_order([&] {
         DeviceBuffer<float> d_qkv(qkv), d_k(k_pool), d_v(v_pool), d_out(ref.size());
         DeviceBuffer<int> d_tables(tables), d_slots(slots), d_pos(positions);
@@ -314,7 +316,8 @@ TEST_CASE("engine: logits from cached decoding equal full recomputation at every
 // limit of ~12k): a tiny Llama (1 layer, hs = 16, GQA), the cache filled with random K/V rather than by a
 // 17k-token prefill (which the CPU reference would take minutes for), the kernels against the CPU references.
 template <class Ops>
-static std::vector<float> long_context_logits(const std::vector<float>& params, const GPTConfig& c, int position, uint64_t seed) {
+static std::vector<float> long_context_logits(const std::vector<float>& params, const GPTConfig& c, int position,
+                                              uint64_t seed) {
     GPT<Ops> model(c);
     model.set_parameters(params);
     InferenceEngine<Ops> engine(model, {1, 4, 64, 0});
@@ -322,7 +325,8 @@ static std::vector<float> long_context_logits(const std::vector<float>& params, 
     for (int i = 0; i < engine.max_blocks; i++) blocks[i] = engine.max_blocks - 1 - i;  // scattered: reversed
     engine.set_blocks(0, blocks);
     Rng rng(seed);
-    std::vector<floatX> k = random_vector(engine.pool_elements(), rng, 2.0f), v = random_vector(engine.pool_elements(), rng);
+    std::vector<floatX> k = random_vector(engine.pool_elements(), rng, 2.0f);
+    std::vector<floatX> v = random_vector(engine.pool_elements(), rng);
     Ops::to_backend(engine.k_pool, k.data(), k.size() * sizeof(floatX));
     Ops::to_backend(engine.v_pool, v.data(), v.size() * sizeof(floatX));
     return engine.forward({{7, position, 0, true}});
@@ -338,7 +342,10 @@ TEST_CASE("engine: one decode step at a 17,000-token context, kernels (split-K) 
     randomize(init, 31);
     std::vector<float> params = init.get_parameters();
     std::vector<float> ref = long_context_logits<HostOps>(params, c, 16999, 32);
-    for_each_thread_order([&] { check_close("logits at position 16999", long_context_logits<DeviceOps>(params, c, 16999, 32), ref, tolerance_model); });
+    for_each_thread_order([&] {
+        check_close("logits at position 16999", long_context_logits<DeviceOps>(params, c, 16999, 32), ref,
+                    tolerance_model);
+    });
 }
 
 template <class Ops>
