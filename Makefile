@@ -166,9 +166,10 @@ print-cpu-flags:
 clean:
 	rm -rf $(BUILD) train_gpt train_gpt_cpu tokenizer/tok
 
-# ---- inference (issue 8) ----------------------------------------------------------------------------
+# ---- inference ----------------------------------------------------------------------------------------
 # infer_gpt (GPU build) and infer_gpt_cpu (CPU build): generation, continuous batching, speculative decoding,
-# Hugging Face GPT-2 import/export (infer.cuh, safetensors.h, sampling.h). test_infer runs infer_gpt_cpu.
+# Hugging Face GPT-2/Llama import/export (engine.cuh, paged_kv.cuh, hf.h, safetensors.h, sampling.h).
+# test_infer runs infer_gpt_cpu.
 # make fuzz-safetensors: libFuzzer on safetensors.h's reader for INFER_FUZZ_SECONDS (default 300).
 infer_gpt_cpu: $(CPU)/infer_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
@@ -188,9 +189,9 @@ clean: clean-infer
 clean-infer:
 	rm -f infer_gpt infer_gpt_cpu
 .PHONY: fuzz-safetensors clean-infer
-# ---- end inference (issue 8) ------------------------------------------------------------------------
+# ---- end inference ------------------------------------------------------------------------------------
 
-# ---- llama (issue 9) ----------------------------------------------------------
+# ---- llama ----------------------------------------------------------------------
 # make train-llama: learn a 4096-token byte-level BPE vocabulary on the training 90% of Tiny Shakespeare
 # (`tok train`; the val 10% stays unseen), tokenize the text with it into shards, then train a small Llama
 # (RMSNorm, SwiGLU, RoPE, GQA; docs/llama.md) on the CPU and print samples. The checkpoint records this

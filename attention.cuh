@@ -4,9 +4,10 @@
 //      softmax kernel → cuBLAS P·V → unpermute), the way one first writes attention,
 //   3. a fused path in the FlashAttention-2 manner, written by hand in fp32 CUDA C++: the (T, T) matrix
 //      is never stored; a block streams K/V tiles through shared memory with an online softmax.
-// plus RoPE (rotary position embedding), grouped-query attention (GQA/MQA) everywhere, and decode
-// attention for inference (one query per sequence against a KV cache, split over the cache).
-// The chapter that explains all of it is docs/attention.md; tests are test/test_attention.cu.
+// plus RoPE (rotary position embedding) and grouped-query attention (GQA/MQA) everywhere. Attention of new
+// tokens against a (paged) KV cache, for inference, is paged_kv.cuh's.
+// Each op ends with GPTCU_OP(op), the op(exec, ...) the model calls (common.cuh). The chapter that explains
+// all of it is docs/attention.md; tests are test/test_attention.cu.
 //
 // The one activation layout every function here reads (GPT-2's c_attn output, generalised to GQA):
 //   qkv: (B, T, W) with W = (NH + 2·NKV)·hs; per token [q: NH heads × hs | k: NKV heads × hs | v: NKV heads × hs].
@@ -50,42 +51,17 @@ inline void attention_check_shape(const char* fn, int B, int T, int NH, int NKV,
                                  " (all must be >= 1 and NKV must divide NH)");
 }
 
-// The scratch memory of this file: one grow-only device buffer. Launchers carve it into the pieces they
-// need (the backward's D and partial dQ, the naive path's permuted q/k/v, decode's partial results).
-// It only ever grows, so after the first step of training it is never reallocated. Every piece is O(T)
-// per sequence and head (never O(T²)); test "fused attention allocates nothing O(T²)" checks the size
-// through attention_workspace_bytes(). One stream at a time: two streams using attention concurrently
-// would share it.
-struct AttentionWorkspace {
-    DeviceBuffer<unsigned char> buffer;
-    unsigned char* get(size_t bytes) {
-        if (bytes > buffer.count) {
-            buffer = DeviceBuffer<unsigned char>();  // free first: peak memory is the new size, not old + new
-            buffer = DeviceBuffer<unsigned char>(bytes);
-        }
-        return buffer.ptr;
-    }
-};
-inline AttentionWorkspace& attention_workspace() {
-    static AttentionWorkspace workspace;
+// The scratch memory of attention (common.cuh's ScratchBuffer): launchers carve it into the pieces they need
+// (the backward's D and partial dQ, the naive path's permuted q/k/v, paged_kv.cuh's split-K partial results).
+// Every piece is O(T) per sequence and head (never O(T²)); test "fused attention allocates nothing O(T²)"
+// checks the size through attention_workspace_bytes(). One attention op runs at a time (one stream).
+inline ScratchBuffer& attention_workspace() {
+    static ScratchBuffer workspace;
     return workspace;
 }
-inline size_t attention_workspace_bytes() { return attention_workspace().buffer.bytes(); }
+inline size_t attention_workspace_bytes() { return attention_workspace().bytes(); }
 // Frees the workspace (the next launch allocates what it needs): for programs done with attention, and tests.
-inline void attention_workspace_release() { attention_workspace().buffer = DeviceBuffer<unsigned char>(); }
-
-// Carves consecutive, 256-byte aligned pieces out of one allocation: first count the sizes (base null),
-// then hand out pointers from the real base.
-struct WorkspaceCarver {
-    unsigned char* base;
-    size_t used = 0;
-    template <class X>
-    X* take(size_t count) {
-        X* p = reinterpret_cast<X*>(base + used);
-        used += (count * sizeof(X) + 255) / 256 * 256;
-        return p;
-    }
-};
+inline void attention_workspace_release() { attention_workspace().release(); }
 
 // The cuBLAS type of floatX, so the naive path follows the floatX alias (fp32 compute always).
 constexpr cudaDataType attention_floatX_type() {
@@ -211,6 +187,10 @@ inline void rope_forward_at(floatX* qkv /*(B, T, (NH + 2·NKV)·hs), in place*/,
                             int B, int T, int NH, int NKV, int hs, float theta, cudaStream_t stream) {
     rope_launch(qkv, positions, B, T, NH, NKV, hs, theta, +1, stream);
 }
+// op(exec, ...): the kernels or the CPU reference (common.cuh)
+GPTCU_OP(rope_forward)
+GPTCU_OP(rope_backward)
+GPTCU_OP(rope_forward_at)
 
 // ----------------------------------------------------------------------------
 // Causal scaled dot-product attention (per batch b and query head h, with kv head g = h / (NH/NKV)):
@@ -370,10 +350,10 @@ __global__ void attention_softmax_causal_kernel(floatX* att /*(B, NH, T, T)*/, i
     floatX* a = att + static_cast<size_t>(active ? row : 0) * T;
     float m = -INFINITY;
     for (int s = lane; s <= t; s += 32) m = fmaxf(m, static_cast<float>(a[s]));
-    for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    m = warp_reduce_max(m);
     float sum = 0.0f;
     for (int s = lane; s <= t; s += 32) sum += expf(static_cast<float>(a[s]) - m);
-    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    sum = warp_reduce_sum(sum);
     if (!active) return;
     for (int s = lane; s < T; s += 32)
         a[s] = static_cast<floatX>(s <= t ? expf(static_cast<float>(a[s]) - m) / sum : 0.0f);
@@ -389,7 +369,7 @@ __global__ void attention_softmax_causal_backward_kernel(floatX* datt /*(B, NH, 
     size_t base = static_cast<size_t>(active ? row : 0) * T;
     float pdp = 0.0f;
     for (int s = lane; s <= t; s += 32) pdp += static_cast<float>(att[base + s]) * static_cast<float>(datt[base + s]);
-    for (int o = 16; o > 0; o /= 2) pdp += __shfl_xor_sync(0xffffffffu, pdp, o);
+    pdp = warp_reduce_sum(pdp);
     if (!active) return;
     for (int s = lane; s < T; s += 32)
         datt[base + s] = static_cast<floatX>(
@@ -841,185 +821,5 @@ inline void attention_backward(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const
         dqkv, dq, B, T, NH, NKV, hs, 1.0f / std::sqrt(static_cast<float>(hs)));
     cuda_check(cudaGetLastError());
 }
-
-// ----------------------------------------------------------------------------
-// Decode attention for inference: one new query per sequence against a KV cache.
-//   Cache layout: k_cache, v_cache (B, NKV, maxT, hs); the row of (b, g, t) is found by kv_cache_row(),
-//   the one place that knows the layout (a paged cache replaces it with a block-table lookup).
-//   Step of generation for sequence b with the new token at position p = lengths[b] − 1:
-//     rope_forward_at(qkv, positions = p)  →  kv_cache_append(k, v of the new token at p)  →
-//     attention_decode(out, qkv, caches, lengths = p + 1).
-//   Prefill: attention_forward on the prompt (B, T) and kv_cache_append of all its T tokens.
-//   attention_decode splits each sequence's cache into chunks of 128 keys (split-K, "flash decoding"):
-//   block (chunk, h, b) computes for its chunk the max m, the sum l = Σ exp(s − m) and o = Σ exp(s − m)·v;
-//   a second kernel combines the chunks with the log-sum-exp trick: M = max m_c,
-//   out = Σ_c exp(m_c − M)·o_c / Σ_c exp(m_c − M)·l_c. So a long cache is read by many blocks at once.
-//   cost: 4·len·hs FLOP per (b, h) and the cache read once: memory-bound.
-
-constexpr int attention_decode_chunk = 128;  // keys per block = threads per block
-
-__host__ __device__ inline size_t kv_cache_row(int b, int g, int t, int NKV, int maxT, int hs) {
-    return ((static_cast<size_t>(b) * NKV + g) * maxT + t) * hs;
-}
-
-template <class Real>
-void kv_cache_append_cpu(Real* k_cache, Real* v_cache /*(B, NKV, maxT, hs)*/, const Real* qkv /*(B, T, (NH+2NKV)·hs)*/,
-                         const int* positions /*(B·T) host*/, int B, int T, int NH, int NKV, int hs, int maxT) {
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            for (int g = 0; g < NKV; g++)
-                for (int d = 0; d < hs; d++) {
-                    int pos = positions[b * T + t];
-                    k_cache[kv_cache_row(b, g, pos, NKV, maxT, hs) + d] = qkv[qkv_k_offset(b, t, g, T, NH, NKV, hs) + d];
-                    v_cache[kv_cache_row(b, g, pos, NKV, maxT, hs) + d] = qkv[qkv_v_offset(b, t, g, T, NH, NKV, hs) + d];
-                }
-}
-
-// Decode reference: the last row of causal attention for each sequence, over the first lengths[b] cache rows.
-template <class Real>
-void attention_decode_cpu(Real* out /*(B, NH·hs)*/, const Real* qkv /*(B, 1, (NH+2NKV)·hs)*/, const Real* k_cache,
-                          const Real* v_cache /*(B, NKV, maxT, hs)*/, const int* lengths /*(B) host*/, int B, int NH, int NKV,
-                          int hs, int maxT) {
-    Real scale = 1 / std::sqrt(static_cast<Real>(hs));
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            int g = h / (NH / NKV), len = lengths[b];
-            const Real* q = qkv + qkv_q_offset(b, 0, h, 1, NH, NKV, hs);
-            std::vector<Real> p(len);
-            Real m = -std::numeric_limits<Real>::infinity(), sum = 0;
-            for (int t = 0; t < len; t++) {
-                Real dot = 0;
-                for (int d = 0; d < hs; d++) dot += q[d] * k_cache[kv_cache_row(b, g, t, NKV, maxT, hs) + d];
-                m = std::max(m, p[t] = dot * scale);
-            }
-            for (int t = 0; t < len; t++) sum += (p[t] = std::exp(p[t] - m));
-            Real* o = out + (static_cast<size_t>(b) * NH + h) * hs;
-            for (int d = 0; d < hs; d++) {
-                Real acc = 0;
-                for (int t = 0; t < len; t++) acc += p[t] * v_cache[kv_cache_row(b, g, t, NKV, maxT, hs) + d];
-                o[d] = acc / sum;
-            }
-        }
-}
-
-// One thread per (b, t, g, d): d fastest, coalesced reads of qkv and writes of the cache rows.
-// Positions outside [0, maxT) are skipped (a kernel cannot throw): the host checks them (inference code).
-__global__ void kv_cache_append_kernel(floatX* k_cache, floatX* v_cache, const floatX* qkv, const int* positions, int B,
-                                       int T, int NH, int NKV, int hs, int maxT) {
-    size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (idx >= static_cast<size_t>(B) * T * NKV * hs) return;
-    int d = static_cast<int>(idx % hs);
-    int g = static_cast<int>(idx / hs % NKV);
-    int bt = static_cast<int>(idx / hs / NKV), b = bt / T, t = bt % T;
-    int pos = positions[bt];
-    if (pos < 0 || pos >= maxT) return;
-    k_cache[kv_cache_row(b, g, pos, NKV, maxT, hs) + d] = qkv[qkv_k_offset(b, t, g, T, NH, NKV, hs) + d];
-    v_cache[kv_cache_row(b, g, pos, NKV, maxT, hs) + d] = qkv[qkv_v_offset(b, t, g, T, NH, NKV, hs) + d];
-}
-
-// Block (chunk, h, b), 128 threads: thread i scores key start + i against the query (q in shared memory;
-// each thread walks its own cache row, which the L1 cache turns into full-line reads), block max and sum
-// through shared memory, then thread d < hs accumulates o_d = Σ_i p_i·v_i[d] (a warp reads consecutive d
-// of one cache row: coalesced). Chunks past the sequence's length do nothing.
-__global__ void __launch_bounds__(attention_decode_chunk)
-attention_decode_partial_kernel(float* partial_o /*(B, NH, chunks, hs)*/, float* partial_ml /*(B, NH, chunks, 2)*/,
-                                const floatX* qkv, const floatX* k_cache, const floatX* v_cache, const int* lengths,
-                                int NH, int NKV, int hs, int maxT) {
-    extern __shared__ float decode_smem[];
-    float* qs = decode_smem;                          // (hs)
-    float* ps = qs + hs;                              // (chunk) the scores, then the probabilities
-    __shared__ float warp_partial[attention_decode_chunk / 32];
-    int tid = threadIdx.x, chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z, chunks = gridDim.x;
-    int g = h / (NH / NKV), len = lengths[b], start = chunk * attention_decode_chunk;
-    if (start >= len) return;  // the whole block leaves together
-    int n = min(attention_decode_chunk, len - start);
-    const float scale_log2 = attention_log2e / sqrtf(static_cast<float>(hs));
-    for (int d = tid; d < hs; d += blockDim.x) qs[d] = static_cast<float>(qkv[qkv_q_offset(b, 0, h, 1, NH, NKV, hs) + d]) * scale_log2;
-    __syncthreads();
-    float s = -INFINITY;
-    if (tid < n) {
-        const floatX* k = k_cache + kv_cache_row(b, g, start + tid, NKV, maxT, hs);
-        s = 0.0f;
-        for (int d = 0; d < hs; d++) s += qs[d] * static_cast<float>(k[d]);
-    }
-    // block max: warp shuffles, then one value per warp through shared memory
-    float m = s;
-    for (int o = 16; o > 0; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (tid % 32 == 0) warp_partial[tid / 32] = m;
-    __syncthreads();
-    m = warp_partial[0];
-    for (int w = 1; w < attention_decode_chunk / 32; w++) m = fmaxf(m, warp_partial[w]);
-    float p = tid < n ? exp2f(s - m) : 0.0f;
-    ps[tid] = p;
-    __syncthreads();  // everyone has read warp_partial (max) and written ps
-    float l = p;
-    for (int o = 16; o > 0; o /= 2) l += __shfl_xor_sync(0xffffffffu, l, o);
-    if (tid % 32 == 0) warp_partial[tid / 32] = l;
-    __syncthreads();
-    size_t part = (static_cast<size_t>(b) * NH + h) * chunks + chunk;
-    if (tid == 0) {
-        float sum = 0.0f;
-        for (int w = 0; w < attention_decode_chunk / 32; w++) sum += warp_partial[w];
-        partial_ml[2 * part] = m;
-        partial_ml[2 * part + 1] = sum;
-    }
-    for (int d = tid; d < hs; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int i = 0; i < n; i++) acc += ps[i] * static_cast<float>(v_cache[kv_cache_row(b, g, start + i, NKV, maxT, hs) + d]);
-        partial_o[part * hs + d] = acc;
-    }
-}
-
-// Block (h, b): thread d combines the chunks' partial results for output column d.
-__global__ void attention_decode_combine_kernel(floatX* out /*(B, NH·hs)*/, const float* partial_o, const float* partial_ml,
-                                                const int* lengths, int NH, int hs, int chunks) {
-    int h = blockIdx.x, b = blockIdx.y;
-    int used = (lengths[b] + attention_decode_chunk - 1) / attention_decode_chunk;  // chunks holding keys
-    size_t part0 = (static_cast<size_t>(b) * NH + h) * chunks;
-    float M = -INFINITY;
-    for (int c = 0; c < used; c++) M = fmaxf(M, partial_ml[2 * (part0 + c)]);
-    for (int d = threadIdx.x; d < hs; d += blockDim.x) {
-        float num = 0.0f, den = 0.0f;
-        for (int c = 0; c < used; c++) {
-            float w = exp2f(partial_ml[2 * (part0 + c)] - M);
-            num += w * partial_o[(part0 + c) * hs + d];
-            den += w * partial_ml[2 * (part0 + c) + 1];
-        }
-        out[(static_cast<size_t>(b) * NH + h) * hs + d] = static_cast<floatX>(num / den);
-    }
-}
-
-// Writes the K and V of T new tokens per sequence into the cache at positions[b·T + t] (k already roped).
-inline void kv_cache_append(floatX* k_cache, floatX* v_cache /*(B, NKV, maxT, hs)*/, const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/,
-                            const int* positions /*(B·T) device*/, int B, int T, int NH, int NKV, int hs, int maxT,
-                            cudaStream_t stream) {
-    attention_check_shape("kv_cache_append", B, T, NH, NKV, hs);
-    size_t total = static_cast<size_t>(B) * T * NKV * hs;
-    const int block = 256;
-    kv_cache_append_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, block)), block, 0, stream>>>(
-        k_cache, v_cache, qkv, positions, B, T, NH, NKV, hs, maxT);
-    cuda_check(cudaGetLastError());
-}
-
-// out = attention of each sequence's one query (the q part of qkv (B, 1, W)) over its first lengths[b]
-// cache rows (lengths counts the new token, which must already be appended; 1 <= lengths[b] <= maxT).
-inline void attention_decode(floatX* out /*(B, NH·hs)*/, const floatX* qkv /*(B, 1, (NH+2NKV)·hs)*/,
-                             const floatX* k_cache, const floatX* v_cache /*(B, NKV, maxT, hs)*/,
-                             const int* lengths /*(B) device*/, int B, int NH, int NKV, int hs, int maxT,
-                             cudaStream_t stream) {
-    attention_check_shape("attention_decode", B, maxT, NH, NKV, hs);
-    int chunks = ceil_div(maxT, attention_decode_chunk);
-    size_t parts = static_cast<size_t>(B) * NH * chunks;
-    WorkspaceCarver count{nullptr};
-    count.take<float>(parts * hs);
-    count.take<float>(parts * 2);
-    WorkspaceCarver carve{attention_workspace().get(count.used)};
-    float* partial_o = carve.take<float>(parts * hs);
-    float* partial_ml = carve.take<float>(parts * 2);
-    size_t smem = sizeof(float) * (hs + attention_decode_chunk);
-    attention_decode_partial_kernel<<<dim3(chunks, NH, B), attention_decode_chunk, smem, stream>>>(
-        partial_o, partial_ml, qkv, k_cache, v_cache, lengths, NH, NKV, hs, maxT);
-    cuda_check(cudaGetLastError());
-    attention_decode_combine_kernel<<<dim3(NH, B), 128, 0, stream>>>(out, partial_o, partial_ml, lengths, NH, hs, chunks);
-    cuda_check(cudaGetLastError());
-}
+GPTCU_OP(attention_forward)
+GPTCU_OP(attention_backward)

@@ -1,5 +1,7 @@
 // common.cuh — the few utilities every file of gpt.cu shares, one version of each:
-// the element type, error checks with file:line, checked file I/O, the RNG, a timer, device buffers.
+// the element type, error checks with file:line, where an op runs (Exec) and how an op is dispatched to its
+// kernel or its CPU reference, checked file I/O, the RNG, a timer, device buffers, the scratch workspace,
+// and the warp/block reductions the kernels share.
 #pragma once
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 // ----------------------------------------------------------------------------
@@ -37,6 +40,42 @@ inline void cublas_check_impl(cublasStatus_t s, const char* call, const char* fi
 
 template <class T>
 constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
+
+// ----------------------------------------------------------------------------
+// Where an op runs. Every op (layers.cuh, attention.cuh, paged_kv.cuh) has two implementations that take
+// the same arguments in the same order: the plain CPU reference `op_cpu(args...)` on host memory, and the
+// launcher `op(args..., stream)` of its CUDA kernels (on a GPU; on cudasim's fibers in the CPU build).
+// The model calls `op(exec, args...)`, and one line in the op's file, GPTCU_OP(op), turns that into the
+// right one. So adding an op touches the op's file and the block that calls it, nothing else.
+struct Exec {
+    bool on_device = true;    // kernels (true) or CPU references (false)
+    cudaStream_t stream = 0;  // the kernels' stream
+};
+
+// op(exec, args...) → op(args..., exec.stream) or cpu(args...). `cpu` is the op's reference op_cpu
+// (GPTCU_OP), or a faster host version with the same arguments (GPTCU_OP_WITH: matmul through OpenBLAS).
+// Write it after both implementations are declared. Pass typed null pointers (not a bare nullptr) to an op
+// whose reference is a template: a template cannot deduce its scalar from nullptr.
+#define GPTCU_OP_WITH(op, cpu)                                            \
+    template <class... Args>                                              \
+    void op(const Exec& exec, Args&&... args) {                           \
+        if (exec.on_device) op(std::forward<Args>(args)..., exec.stream); \
+        else cpu(std::forward<Args>(args)...);                            \
+    }
+#define GPTCU_OP(op) GPTCU_OP_WITH(op, op##_cpu)
+
+// Zeroes memory where exec's ops run: the device's (on its stream) or the host's.
+inline void zero_memory(const Exec& exec, void* p, size_t bytes) {
+    if (exec.on_device) cuda_check(cudaMemsetAsync(p, 0, bytes, exec.stream));
+    else std::memset(p, 0, bytes);
+}
+
+// A small index array the host builds and an op reads (tokens, positions, slots, block tables): the host
+// copy and the backend copy travel together, so no op takes a host/device pair of pointers.
+struct Mirrored {
+    std::vector<int> host;
+    int* backend = nullptr;  // on the device (DeviceOps) or in host memory (HostOps); owned by whoever made it
+};
 
 // The process's one cuBLAS handle, created on first use (layers.cuh's matmul, attention.cuh's naive
 // path). TF32 stays off: CUBLAS_DEFAULT_MATH computes fp32 GEMMs in full fp32 (TF32 would need
@@ -181,3 +220,69 @@ struct DeviceBuffer {
     }
     operator T*() const { return ptr; }
 };
+
+// ----------------------------------------------------------------------------
+// Scratch memory: a grow-only device buffer that a launcher keeps for the process (the partial sums of a
+// two-pass reduction, split-K partial results, attention's D and dQ). It only grows, so after the first
+// step it is never reallocated. Whoever owns one must not run on two streams at once (gpt.cu runs every op
+// on one stream): layers.cuh gives each launcher its own; attention.cuh and paged_kv.cuh share
+// attention_workspace() (one attention op runs at a time).
+struct ScratchBuffer {
+    DeviceBuffer<unsigned char> buffer;
+    unsigned char* get(size_t bytes) {
+        if (bytes > buffer.count) {
+            buffer = DeviceBuffer<unsigned char>();  // free first (cudaFree waits for its kernels): peak = new size
+            buffer = DeviceBuffer<unsigned char>(bytes);
+        }
+        return buffer.ptr;
+    }
+    template <class X>
+    X* get(size_t count) { return reinterpret_cast<X*>(get(count * sizeof(X))); }
+    size_t bytes() const { return buffer.bytes(); }
+    void release() { buffer = DeviceBuffer<unsigned char>(); }
+};
+
+// Carves consecutive, 256-byte aligned pieces out of one ScratchBuffer: first count the sizes (base null),
+// then hand out pointers from the real base.
+struct WorkspaceCarver {
+    unsigned char* base;
+    size_t used = 0;
+    template <class X>
+    X* take(size_t count) {
+        X* p = reinterpret_cast<X*>(base + used);
+        used += (count * sizeof(X) + 255) / 256 * 256;
+        return p;
+    }
+};
+
+// ----------------------------------------------------------------------------
+// Reductions the kernels share.
+// Sum / max over the 32 lanes of a warp by butterfly shuffles: after log2(32) = 5 steps every lane holds
+// the result. All 32 lanes must call it.
+__device__ inline float warp_reduce_sum(float x) {
+    for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+__device__ inline float warp_reduce_max(float x) {
+    for (int offset = 16; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+
+// Sum / max over a whole block (blockDim.x a multiple of 32, at most 1024): shuffles within each warp,
+// then every thread combines the per-warp results in warp order, so every thread gets the same,
+// fixed-order result. All threads of the block must call it. Its barriers also publish every shared
+// memory write made before the call to the whole block.
+template <bool IS_MAX>
+__device__ inline float block_reduce(float x) {
+    __shared__ float warp_results[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    x = IS_MAX ? warp_reduce_max(x) : warp_reduce_sum(x);
+    __syncthreads();  // a previous call's readers are done with warp_results
+    if (lane == 0) warp_results[warp] = x;
+    __syncthreads();
+    float r = warp_results[0];
+    for (int w = 1; w < warps; w++) r = IS_MAX ? fmaxf(r, warp_results[w]) : r + warp_results[w];
+    return r;
+}
+__device__ inline float block_reduce_sum(float x) { return block_reduce<false>(x); }
+__device__ inline float block_reduce_max(float x) { return block_reduce<true>(x); }

@@ -3,9 +3,12 @@
 //   DeviceOps: the CUDA kernels of layers.cuh and attention.cuh (on a GPU; emulated by cudasim in the CPU build)
 //   HostOps:   the plain CPU reference ops (OpenBLAS for the matmuls), the fast path of the CPU build
 //
-// `GPT<Ops>` holds one contiguous buffer each for parameters, gradients and AdamW's two moments (so a
-// data-parallel all-reduce or a ZeRO shard is one pointer and a length), an activation buffer sized from
-// the config and the largest (B, T), and forward/backward/update written once against the Ops interface.
+// The transformer block is one function, block_forward (with its backward, block_backward), used by
+// training (GPT::forward, causal attention over the batch) and by inference (engine.cuh, attention through
+// the paged KV cache); the differences between GPT-2 and Llama sit in one section above it. `GPT<Ops>`
+// holds one contiguous buffer each for parameters, gradients and AdamW's two moments (so a data-parallel
+// all-reduce or a ZeRO shard is one pointer and a length), an activation buffer sized from the config and
+// the largest (B, T), and forward/backward/update. Every op is called as op(exec, ...) (common.cuh).
 //
 // PyTorch equivalents, block by block (GPT-2; Llama swaps the marked lines):
 //   x = wte[idx] + wpe[pos]                          (Llama: x = wte[idx]; positions enter through RoPE)
@@ -19,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -200,148 +204,211 @@ inline std::array<size_t, NUM_ACT_TENSORS> activation_sizes(const GPTConfig& c, 
     };
 }
 
+// Which activations are fp32 whatever floatX is: the norms' statistics, attention's log-sum-exp, the losses.
+inline bool activation_is_fp32(int i) {
+    return i == LN1_MEAN || i == LN1_RSTD || i == ATT_LSE || i == LN2_MEAN || i == LN2_RSTD || i == LNF_MEAN ||
+           i == LNF_RSTD || i == LOSSES;
+}
+
 // ----------------------------------------------------------------------------
-// The two backends. Each is a set of static functions with the same names; the model calls Ops::x.
+// The two backends: where the model's memory lives, and so which implementation of every op runs
+// (common.cuh's Exec: the kernels on the device, the CPU references on the host). A backend has memory
+// operations only; the model calls every op as op(exec, ...), which dispatches itself (GPTCU_OP).
+//   DeviceOps: cudaMalloc'd memory and the CUDA kernels (on a GPU; emulated by cudasim in the CPU build)
+//   HostOps:   host memory and the plain CPU references (OpenBLAS for the matmuls): the CPU build's fast path
 struct DeviceOps {
     static constexpr const char* name = "cuda";
+    static constexpr bool on_device = true;
     static void* alloc(size_t bytes) {
         void* p = nullptr;
         cuda_check(cudaMalloc(&p, bytes));
         return p;
     }
     static void release(void* p) { cuda_check(cudaFree(p)); }
-    static void zero(void* p, size_t bytes) { cuda_check(cudaMemset(p, 0, bytes)); }
     static void to_backend(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
     static void to_host(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
     static void copy(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
     static void synchronize() { cuda_check(cudaDeviceSynchronize()); }
-
-    static void encoder_forward(floatX* out, const int* tok, const int* tok_host, const floatX* wte, const floatX* wpe, int B, int T, int C) {
-        (void)tok_host;
-        ::encoder_forward(out, tok, wte, wpe, B, T, C, 0);
-    }
-    static void encoder_backward(floatX* dwte, floatX* dwpe, const floatX* dout, const int* tok, const int* tok_host, int B, int T, int C) {
-        (void)tok_host;
-        ::encoder_backward(dwte, dwpe, dout, tok, B, T, C, 0);
-    }
-    static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* w, const floatX* b, int N, int C) {
-        ::layernorm_forward(out, mean, rstd, inp, w, b, N, C, 0);
-    }
-    static void layernorm_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w,
-                                   const float* mean, const float* rstd, int N, int C) {
-        ::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, C, 0);
-    }
-    static void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, const floatX* w, int N, int C, float eps) {
-        ::rmsnorm_forward(out, rstd, inp, w, N, C, eps, 0);
-    }
-    static void rmsnorm_backward(floatX* dinp, floatX* dw, const floatX* dout, const floatX* inp, const floatX* w, const float* rstd, int N, int C) {
-        ::rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, C, 0);
-    }
-    static void matmul_forward(floatX* out, const floatX* inp, const floatX* w, const floatX* b, int N, int C, int OC) {
-        ::matmul_forward(out, inp, w, b, N, C, OC, 0);
-    }
-    static void matmul_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w, int N, int C, int OC) {
-        ::matmul_backward(dinp, dw, db, dout, inp, w, N, C, OC, 0);
-    }
-    static void gelu_forward(floatX* out, const floatX* inp, int N) { ::gelu_forward(out, inp, N, 0); }
-    static void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N) { ::gelu_backward(dinp, inp, dout, N, 0); }
-    static void swiglu_forward(floatX* out, const floatX* inp, int N, int H) { ::swiglu_forward(out, inp, N, H, 0); }
-    static void swiglu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N, int H) { ::swiglu_backward(dinp, inp, dout, N, H, 0); }
-    static void residual_forward(floatX* out, const floatX* a, const floatX* b, int N) { ::residual_forward(out, a, b, N, 0); }
-    static void rope_forward(floatX* qkv, int B, int T, int NH, int NKV, int hs, float theta) { ::rope_forward(qkv, B, T, NH, NKV, hs, theta, 0); }
-    static void rope_backward(floatX* dqkv, int B, int T, int NH, int NKV, int hs, float theta) { ::rope_backward(dqkv, B, T, NH, NKV, hs, theta, 0); }
-    static void attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs) {
-        ::attention_forward(out, lse, qkv, B, T, NH, NKV, hs, 0);
-    }
-    static void attention_backward(floatX* dqkv, const floatX* dout, const floatX* out, const float* lse, const floatX* qkv, int B, int T,
-                                   int NH, int NKV, int hs) {
-        ::attention_backward(dqkv, dout, out, lse, qkv, B, T, NH, NKV, hs, 0);
-    }
-    static void fused_classifier(floatX* logits, float* losses, const int* targets, float dloss, int N, int V, int Vp, bool write_dlogits) {
-        ::fused_classifier(logits, losses, targets, dloss, N, V, Vp, write_dlogits, 0);
-    }
-    static float global_norm_squared(const float* g, size_t n) {
-        static DeviceBuffer<float> out(1);
-        ::global_norm_squared(out, g, n, 0);
-        return out.download()[0];
-    }
-    static void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps, float wd,
-                             int step, float grad_scale) {
-        ::adamw_update(p, g, m, v, n, lr, b1, b2, eps, wd, step, grad_scale, 0);
-    }
 };
 
 struct HostOps {
     static constexpr const char* name = "cpu";
+    static constexpr bool on_device = false;
     static void* alloc(size_t bytes) {
         void* p = nullptr;
         if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) throw std::runtime_error("out of host memory allocating " + std::to_string(bytes) + " bytes");
         return p;
     }
     static void release(void* p) { std::free(p); }
-    static void zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
     static void to_backend(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
     static void to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
     static void copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
     static void synchronize() {}
+};
 
-    static void encoder_forward(floatX* out, const int* tok, const int*, const floatX* wte, const floatX* wpe, int B, int T, int C) {
-        encoder_forward_cpu(out, tok, wte, wpe, B, T, C);
+// ----------------------------------------------------------------------------
+// GPT-2 vs Llama: every difference between the two families, in one place.
+//              GPT-2                                  | Llama                            | where
+//   norm       LayerNorm: (x − mean)·rstd·w + b       | RMSNorm: x·rstd·w                | norm_forward/_backward
+//   positions  learned wpe, added by the encoder      | RoPE on q and k in attention     | uses_rope
+//   MLP        GELU over fc's F = 4C outputs          | SwiGLU over [gate | up], F = 2H  | mlp_activation_forward/_backward
+//   tensors    biases, wpe, lm_head tied to wte       | no biases, no wpe, own lm_head   | param_sizes
+// (An absent tensor is a null pointer, which every op skips.)
+inline bool uses_rope(const GPTConfig& c) { return c.is_llama(); }
+
+inline void norm_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, C)*/, float* mean, float* rstd /*(N)*/,
+                         const floatX* inp /*(N, C)*/, const floatX* w, const floatX* b /*(C)*/, int N) {
+    if (c.is_llama()) rmsnorm_forward(ex, out, rstd, inp, w, N, c.n_embd, c.norm_eps);
+    else layernorm_forward(ex, out, mean, rstd, inp, w, b, N, c.n_embd);
+}
+inline void norm_backward(const Exec& ex, const GPTConfig& c, floatX* dinp /*(N, C), +=*/, floatX* dw,
+                          floatX* db /*(C), +=*/, const floatX* dout, const floatX* inp /*(N, C)*/, const floatX* w,
+                          const float* mean, const float* rstd, int N) {
+    if (c.is_llama()) rmsnorm_backward(ex, dinp, dw, dout, inp, w, rstd, N, c.n_embd);
+    else layernorm_backward(ex, dinp, dw, db, dout, inp, w, mean, rstd, N, c.n_embd);
+}
+inline void mlp_activation_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, H)*/, const floatX* fch /*(N, F)*/,
+                                   int N) {
+    if (c.is_llama()) swiglu_forward(ex, out, fch, N, c.ffn_hidden);
+    else gelu_forward(ex, out, fch, N * c.ffn_hidden);
+}
+inline void mlp_activation_backward(const Exec& ex, const GPTConfig& c, floatX* dfch /*(N, F), +=*/, const floatX* fch,
+                                    const floatX* dout /*(N, H)*/, int N) {
+    if (c.is_llama()) swiglu_backward(ex, dfch, fch, dout, N, c.ffn_hidden);
+    else gelu_backward(ex, dfch, fch, dout, N * c.ffn_hidden);
+}
+
+// ----------------------------------------------------------------------------
+// The transformer block.
+//
+// One layer's activations: what block_forward writes and block_backward reads. Training points them at layer
+// l's slices of the activations it keeps for the backward; the engine at buffers it reuses for every layer
+// (residual = residual2 = residual3 = x, updated in place; ln1 = ln2, attproj = fcproj; no lse).
+struct BlockActivations {
+    floatX* residual;             // (N, C) the block's input
+    floatX* ln1;                  // (N, C)
+    float *ln1_mean, *ln1_rstd;   // (N)
+    floatX* qkv;                  // (N, QKVC) after RoPE for Llama
+    floatX* atty;                 // (N, C) attention output, heads side by side
+    float* lse;                   // (B, NH, T) softmax log-sum-exp (training's attention saves it)
+    floatX* attproj;              // (N, C)
+    floatX* residual2;            // (N, C) residual + attproj
+    floatX* ln2;                  // (N, C)
+    float *ln2_mean, *ln2_rstd;   // (N)
+    floatX* fch;                  // (N, F)
+    floatX* fch_act;              // (N, H) gelu(fch) or swiglu(fch)
+    floatX* fcproj;               // (N, C)
+    floatX* residual3;            // (N, C) the block's output: residual2 + fcproj
+};
+
+// Layer l's slice of an (L, per_layer) parameter tensor; nullptr stays nullptr (a tensor the arch lacks).
+inline floatX* layer_slice(floatX* base, int l, size_t per_layer) {
+    return base ? base + static_cast<size_t>(l) * per_layer : nullptr;
+}
+
+// One block over N rows, as PyTorch writes it (GPT-2; Llama's differences are the section above):
+//   x = x + attn_proj(attention(qkv(norm_1(x))))
+//   x = x + mlp_proj(act(fc(norm_2(x))))
+// `attention` is the one step training and inference do differently, so it is passed in: CausalAttention
+// (below: each sequence of a (B, T) batch, fused kernels) or engine.cuh's PagedAttention (each row against
+// its sequence's paged KV cache). It has rope(exec, qkv) (rotate q and k at the rows' positions) and
+// forward(exec, atty, lse, qkv, layer).
+template <class Attention>
+void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p, int l, const BlockActivations& a,
+                   int N, Attention& attention) {
+    const int C = c.n_embd, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
+    const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
+                 FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
+    // x + attn(norm_1(x))
+    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, layer_slice(p[LN1W], l, C), layer_slice(p[LN1B], l, C),
+                 N);
+    matmul_forward(ex, a.qkv, a.ln1, layer_slice(p[QKVW], l, QKVCC), layer_slice(p[QKVB], l, QKVC), N, C, QKVC);
+    if (uses_rope(c)) attention.rope(ex, a.qkv);
+    attention.forward(ex, a.atty, a.lse, a.qkv, l);
+    matmul_forward(ex, a.attproj, a.atty, layer_slice(p[ATTPROJW], l, CC), layer_slice(p[ATTPROJB], l, C), N, C, C);
+    residual_forward(ex, a.residual2, a.residual, a.attproj, N * C);
+    // x + mlp(norm_2(x))
+    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer_slice(p[LN2W], l, C), layer_slice(p[LN2B], l, C),
+                 N);
+    matmul_forward(ex, a.fch, a.ln2, layer_slice(p[FCW], l, FC), layer_slice(p[FCB], l, F), N, C, F);
+    mlp_activation_forward(ex, c, a.fch_act, a.fch, N);
+    matmul_forward(ex, a.fcproj, a.fch_act, layer_slice(p[FCPROJW], l, CH), layer_slice(p[FCPROJB], l, C), N, H, C);
+    residual_forward(ex, a.residual3, a.residual2, a.fcproj, N * C);
+}
+
+// Training's attention step: causal attention over each sequence of the (B, T) batch, token t at position t
+// (attention.cuh's fused kernels, or the CPU reference); lse is saved for the backward.
+struct CausalAttention {
+    const GPTConfig& c;
+    int B, T;
+    void rope(const Exec& ex, floatX* qkv) const {
+        rope_forward(ex, qkv, B, T, c.n_head, c.n_kv_head, c.head_size(), c.rope_theta);
     }
-    static void encoder_backward(floatX* dwte, floatX* dwpe, const floatX* dout, const int* tok, const int*, int B, int T, int C) {
-        encoder_backward_cpu(dwte, dwpe, dout, tok, B, T, C);
+    void forward(const Exec& ex, floatX* atty, float* lse, const floatX* qkv, int /*layer*/) const {
+        attention_forward(ex, atty, lse, qkv, B, T, c.n_head, c.n_kv_head, c.head_size());
     }
-    static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* w, const floatX* b, int N, int C) {
-        layernorm_forward_cpu(out, mean, rstd, inp, w, b, N, C);
+    void rope_backward(const Exec& ex, floatX* dqkv) const {
+        ::rope_backward(ex, dqkv, B, T, c.n_head, c.n_kv_head, c.head_size(), c.rope_theta);
     }
-    static void layernorm_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w,
-                                   const float* mean, const float* rstd, int N, int C) {
-        layernorm_backward_cpu(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
-    }
-    static void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, const floatX* w, int N, int C, float eps) {
-        rmsnorm_forward_cpu(out, rstd, inp, w, N, C, eps);
-    }
-    static void rmsnorm_backward(floatX* dinp, floatX* dw, const floatX* dout, const floatX* inp, const floatX* w, const float* rstd, int N, int C) {
-        rmsnorm_backward_cpu(dinp, dw, dout, inp, w, rstd, N, C);
-    }
-    static void matmul_forward(floatX* out, const floatX* inp, const floatX* w, const floatX* b, int N, int C, int OC) {
-        matmul_forward_cpu_blas(out, inp, w, b, N, C, OC);
-    }
-    static void matmul_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w, int N, int C, int OC) {
-        matmul_backward_cpu_blas(dinp, dw, db, dout, inp, w, N, C, OC);
-    }
-    static void gelu_forward(floatX* out, const floatX* inp, int N) { gelu_forward_cpu(out, inp, N); }
-    static void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N) { gelu_backward_cpu(dinp, inp, dout, N); }
-    static void swiglu_forward(floatX* out, const floatX* inp, int N, int H) { swiglu_forward_cpu(out, inp, N, H); }
-    static void swiglu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N, int H) { swiglu_backward_cpu(dinp, inp, dout, N, H); }
-    static void residual_forward(floatX* out, const floatX* a, const floatX* b, int N) { residual_forward_cpu(out, a, b, N); }
-    static void rope_forward(floatX* qkv, int B, int T, int NH, int NKV, int hs, float theta) { rope_forward_cpu(qkv, B, T, NH, NKV, hs, theta); }
-    static void rope_backward(floatX* dqkv, int B, int T, int NH, int NKV, int hs, float theta) { rope_backward_cpu(dqkv, B, T, NH, NKV, hs, theta); }
-    static void attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs) {
-        attention_forward_cpu(out, lse, qkv, B, T, NH, NKV, hs);
-    }
-    static void attention_backward(floatX* dqkv, const floatX* dout, const floatX* out, const float* lse, const floatX* qkv, int B, int T,
-                                   int NH, int NKV, int hs) {
-        attention_backward_cpu(dqkv, dout, out, lse, qkv, B, T, NH, NKV, hs);
-    }
-    static void fused_classifier(floatX* logits, float* losses, const int* targets, float dloss, int N, int V, int Vp, bool write_dlogits) {
-        fused_classifier_cpu(logits, losses, targets, dloss, N, V, Vp, write_dlogits);
-    }
-    static float global_norm_squared(const float* g, size_t n) { return static_cast<float>(global_norm_squared_cpu(g, n)); }
-    static void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps, float wd,
-                             int step, float grad_scale) {
-        adamw_update_cpu(p, g, m, v, n, lr, b1, b2, eps, wd, step, grad_scale);
+    void backward(const Exec& ex, floatX* dqkv, const floatX* datty, const floatX* atty, const float* lse,
+                  const floatX* qkv) const {
+        attention_backward(ex, dqkv, datty, atty, lse, qkv, B, T, c.n_head, c.n_kv_head, c.head_size());
     }
 };
+
+// The gradient scratch of one block's backward (reused by every layer).
+struct BlockGradients {
+    floatX* dresidual;  // (N, C) in: d loss / d residual3 (the block's output); out: d loss / d residual (its input)
+    floatX* dln;        // (N, C)
+    floatX* dqkv;       // (N, QKVC)
+    floatX* datty;      // (N, C)
+    floatX* dfch;       // (N, F)
+    floatX* dfch_act;   // (N, H)
+};
+
+// The backward of block_forward (training only), in reverse order; parameter gradients accumulate into g.
+template <class Attention>
+void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p, const ParameterTensors& g, int l,
+                    const BlockActivations& a, const BlockGradients& d, int N, const Attention& attention) {
+    const int C = c.n_embd, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
+    const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
+                 FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
+    auto zero = [&](floatX* x, size_t n) { zero_memory(ex, x, n * sizeof(floatX)); };
+    // forward was: residual3 = residual2 + fcproj(fch_act); d.dresidual holds d residual3, which is also
+    // d residual2 (the skip) and d fcproj (the branch)
+    zero(d.dfch_act, static_cast<size_t>(N) * H);
+    matmul_backward(ex, d.dfch_act, layer_slice(g[FCPROJW], l, CH), layer_slice(g[FCPROJB], l, C), d.dresidual,
+                    a.fch_act, layer_slice(p[FCPROJW], l, CH), N, H, C);
+    zero(d.dfch, static_cast<size_t>(N) * F);
+    mlp_activation_backward(ex, c, d.dfch, a.fch, d.dfch_act, N);
+    zero(d.dln, static_cast<size_t>(N) * C);
+    matmul_backward(ex, d.dln, layer_slice(g[FCW], l, FC), layer_slice(g[FCB], l, F), d.dfch, a.ln2,
+                    layer_slice(p[FCW], l, FC), N, C, F);
+    norm_backward(ex, c, d.dresidual, layer_slice(g[LN2W], l, C), layer_slice(g[LN2B], l, C), d.dln, a.residual2,
+                  layer_slice(p[LN2W], l, C), a.ln2_mean, a.ln2_rstd, N);
+    // forward was: residual2 = residual + attproj(atty); d.dresidual now holds d residual2
+    zero(d.datty, static_cast<size_t>(N) * C);
+    matmul_backward(ex, d.datty, layer_slice(g[ATTPROJW], l, CC), layer_slice(g[ATTPROJB], l, C), d.dresidual, a.atty,
+                    layer_slice(p[ATTPROJW], l, CC), N, C, C);
+    zero(d.dqkv, static_cast<size_t>(N) * QKVC);
+    attention.backward(ex, d.dqkv, d.datty, a.atty, a.lse, a.qkv);
+    if (uses_rope(c)) attention.rope_backward(ex, d.dqkv);
+    zero(d.dln, static_cast<size_t>(N) * C);
+    matmul_backward(ex, d.dln, layer_slice(g[QKVW], l, QKVCC), layer_slice(g[QKVB], l, QKVC), d.dqkv, a.ln1,
+                    layer_slice(p[QKVW], l, QKVCC), N, C, QKVC);
+    norm_backward(ex, c, d.dresidual, layer_slice(g[LN1W], l, C), layer_slice(g[LN1B], l, C), d.dln, a.residual,
+                  layer_slice(p[LN1W], l, C), a.ln1_mean, a.ln1_rstd, N);
+}
 
 // ----------------------------------------------------------------------------
 // The model.
 template <class Ops>
 struct GPT {
     GPTConfig config;
+    Exec exec{Ops::on_device, 0};  // every op runs here; set exec.stream to run the model on another stream
     std::array<size_t, NUM_PARAM_TENSORS> sizes{};
     size_t num_parameters = 0;
-    // One contiguous buffer each (master weights are fp32 while floatX is float).
+    // One contiguous buffer each; parameters and gradients are floatX, AdamW's moments fp32.
     floatX* params_memory = nullptr;  // (num_parameters)
     floatX* grads_memory = nullptr;   // (num_parameters)
     float* m_memory = nullptr;        // (num_parameters) AdamW first moment
@@ -354,7 +421,6 @@ struct GPT {
     std::array<void*, NUM_ACT_TENSORS> acts{};
     int* inputs = nullptr;   // (B, T) on the backend
     int* targets = nullptr;  // (B, T) on the backend
-    std::vector<int> inputs_host, targets_host;
     int B = 0, T = 0;        // the shape of the last forward
     std::vector<float> losses_host;
 
@@ -376,14 +442,15 @@ struct GPT {
     template <class A = floatX> A* act(int i) const { return static_cast<A*>(acts[i]); }
 
     // GPT-2 initialisation: N(0, 0.02) for matrices and embeddings, residual projections scaled by
-    // 1/sqrt(2L) (they add into the residual stream once per layer, twice per block), norms 1, biases 0.
+    // 1/sqrt(2L) (two of them add into the residual stream per layer: attention's and the MLP's), norms 1,
+    // biases 0.
     void init_random(uint64_t seed) {
         Rng rng(seed);
-        std::vector<floatX> host(num_parameters, 0.0f);
+        std::vector<float> host(num_parameters, 0.0f);
         size_t offset = 0;
         const float residual_std = 0.02f / std::sqrt(2.0f * config.n_layer);
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-            floatX* p = host.data() + offset;
+            float* p = host.data() + offset;
             if (sizes[i] == 0) continue;  // a tensor this architecture does not have
             if (i == LN1W || i == LN2W || i == LNFW) for (size_t k = 0; k < sizes[i]; k++) p[k] = 1.0f;
             else if (param_decays(i)) {
@@ -396,17 +463,36 @@ struct GPT {
         }
         set_parameters(host);
     }
-    void set_parameters(const std::vector<floatX>& host) {
-        if (host.size() != num_parameters) throw std::runtime_error("set_parameters: expected " + std::to_string(num_parameters) + " values");
-        Ops::to_backend(params_memory, host.data(), num_parameters * sizeof(floatX));
-    }
-    std::vector<floatX> get(const floatX* p, size_t n) const {
-        std::vector<floatX> host(n);
-        Ops::to_host(host.data(), p, n * sizeof(floatX));
+
+    // Backend memory to the host and back, element type unchanged (AdamW's moments, raw tensors).
+    template <class X>
+    std::vector<X> get(const X* p, size_t n) const {
+        std::vector<X> host(n);
+        Ops::to_host(host.data(), p, n * sizeof(X));
         return host;
     }
-    std::vector<floatX> get_parameters() const { return get(params_memory, num_parameters); }
-    std::vector<floatX> get_gradients() const { return get(grads_memory, num_parameters); }
+    // Parameters and gradients as fp32 on the host, the type of checkpoints, Hugging Face files and tests;
+    // converted from / to floatX on the backend.
+    std::vector<float> get_fp32(const floatX* p, size_t n) const {
+        if constexpr (std::is_same_v<floatX, float>) return get(p, n);
+        else {
+            std::vector<floatX> x = get(p, n);
+            return std::vector<float>(x.begin(), x.end());
+        }
+    }
+    void set_parameters(const std::vector<float>& host) {
+        if (host.size() != num_parameters)
+            throw std::runtime_error("set_parameters: expected " + std::to_string(num_parameters) + " values, got " +
+                                     std::to_string(host.size()));
+        if constexpr (std::is_same_v<floatX, float>) {
+            Ops::to_backend(params_memory, host.data(), num_parameters * sizeof(floatX));
+        } else {
+            std::vector<floatX> x(host.begin(), host.end());
+            Ops::to_backend(params_memory, x.data(), num_parameters * sizeof(floatX));
+        }
+    }
+    std::vector<float> get_parameters() const { return get_fp32(params_memory, num_parameters); }
+    std::vector<float> get_gradients() const { return get_fp32(grads_memory, num_parameters); }
 
     void ensure_activations(int b, int t) {
         if (t > config.max_seq_len)
@@ -416,28 +502,29 @@ struct GPT {
         max_B = std::max(b, max_B);
         max_T = std::max(t, max_T);
         act_sizes = activation_sizes(config, max_B, max_T);
+        // each tensor in its own element type, starting on a 256-byte boundary (vector loads)
+        std::array<size_t, NUM_ACT_TENSORS> bytes{};
         size_t total = 0;
-        for (size_t s : act_sizes) total += s;
-        acts_memory = Ops::alloc(total * sizeof(float));
+        for (int i = 0; i < NUM_ACT_TENSORS; i++) {
+            bytes[i] = (act_sizes[i] * (activation_is_fp32(i) ? sizeof(float) : sizeof(floatX)) + 255) / 256 * 256;
+            total += bytes[i];
+        }
+        acts_memory = Ops::alloc(total);
         char* base = static_cast<char*>(acts_memory);
         for (int i = 0; i < NUM_ACT_TENSORS; i++) {
             acts[i] = base;
-            base += act_sizes[i] * sizeof(float);
+            base += bytes[i];
         }
         inputs = static_cast<int*>(Ops::alloc(static_cast<size_t>(max_B) * max_T * sizeof(int)));
         targets = static_cast<int*>(Ops::alloc(static_cast<size_t>(max_B) * max_T * sizeof(int)));
     }
 
-    // Layer l's slices of the per-layer activations, for the current (B, T). `residual` is the layer's
-    // input: the embeddings for layer 0, else the previous layer's residual3.
-    struct LayerActivations {
-        floatX *residual, *ln1, *qkv, *atty, *attproj, *residual2, *ln2, *fch, *fch_act, *fcproj, *residual3;
-        float *ln1_mean, *ln1_rstd, *lse, *ln2_mean, *ln2_rstd;
-    };
-    LayerActivations layer_activations(int l) const {
+    // Layer l's slices of the kept activations, for the current (B, T). `residual` is the layer's input:
+    // the embeddings for layer 0, else the previous layer's residual3.
+    BlockActivations layer_activations(int l) const {
         const size_t N = static_cast<size_t>(B) * T, C = config.n_embd, at = static_cast<size_t>(l);
         const size_t QKVC = config.qkv_channels(), F = config.fc_channels(), H = config.ffn_hidden, NH = config.n_head;
-        LayerActivations a;
+        BlockActivations a;
         a.residual = l == 0 ? act(ENCODED) : act(RESIDUAL3) + (at - 1) * N * C;
         a.ln1 = act(LN1) + at * N * C;
         a.ln1_mean = act<float>(LN1_MEAN) + at * N;
@@ -457,16 +544,6 @@ struct GPT {
         return a;
     }
 
-    void norm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* w, const floatX* b, int N) {
-        if (config.is_llama()) Ops::rmsnorm_forward(out, rstd, inp, w, N, config.n_embd, config.norm_eps);
-        else Ops::layernorm_forward(out, mean, rstd, inp, w, b, N, config.n_embd);
-    }
-    void norm_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w, const float* mean,
-                       const float* rstd, int N) {
-        if (config.is_llama()) Ops::rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, config.n_embd);
-        else Ops::layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, config.n_embd);
-    }
-
     // Forward over tokens (B, T). With targets: returns the mean loss over targets != -1 and, when
     // dloss > 0, leaves dlogits = dloss·(softmax − onehot) in the logits buffer, ready for backward()
     // (the fused classifier computes both in one pass). Without targets: logits only, returns -1.
@@ -475,36 +552,19 @@ struct GPT {
         B = b;
         T = t;
         const GPTConfig& c = config;
-        const int N = B * T, C = c.n_embd, NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size(), QKVC = c.qkv_channels(),
-                  F = c.fc_channels(), H = c.ffn_hidden, L = c.n_layer, Vp = c.padded_vocab_size, V = c.vocab_size;
+        const int N = B * T, C = c.n_embd, L = c.n_layer, Vp = c.padded_vocab_size, V = c.vocab_size;
         for (int i = 0; i < N; i++)
             if (tokens[i] < 0 || tokens[i] >= V)
                 throw std::runtime_error("token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
                                          " is outside the vocabulary [0, " + std::to_string(V) + ")");
-        inputs_host.assign(tokens, tokens + N);
         Ops::to_backend(inputs, tokens, N * sizeof(int));
         const ParameterTensors& p = params;
-        Ops::encoder_forward(act(ENCODED), inputs, inputs_host.data(), p[WTE], p[WPE], B, T, C);
-        for (int l = 0; l < L; l++) {
-            LayerActivations a = layer_activations(l);
-            // x + attn(ln_1(x))
-            norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, layer(p[LN1W], l, C), layer(p[LN1B], l, C), N);
-            Ops::matmul_forward(a.qkv, a.ln1, layer(p[QKVW], l, QKVC * C), layer(p[QKVB], l, QKVC), N, C, QKVC);
-            if (c.is_llama()) Ops::rope_forward(a.qkv, B, T, NH, NKV, hs, c.rope_theta);
-            Ops::attention_forward(a.atty, a.lse, a.qkv, B, T, NH, NKV, hs);
-            Ops::matmul_forward(a.attproj, a.atty, layer(p[ATTPROJW], l, C * C), layer(p[ATTPROJB], l, C), N, C, C);
-            Ops::residual_forward(a.residual2, a.residual, a.attproj, N * C);
-            // x + mlp(ln_2(x))
-            norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer(p[LN2W], l, C), layer(p[LN2B], l, C), N);
-            Ops::matmul_forward(a.fch, a.ln2, layer(p[FCW], l, F * C), layer(p[FCB], l, F), N, C, F);
-            if (c.is_llama()) Ops::swiglu_forward(a.fch_act, a.fch, N, H);
-            else Ops::gelu_forward(a.fch_act, a.fch, N * H);
-            Ops::matmul_forward(a.fcproj, a.fch_act, layer(p[FCPROJW], l, C * H), layer(p[FCPROJB], l, C), N, H, C);
-            Ops::residual_forward(a.residual3, a.residual2, a.fcproj, N * C);
-        }
+        encoder_forward(exec, act(ENCODED), inputs, p[WTE], p[WPE], B, T, C);
+        CausalAttention attention{c, B, T};
+        for (int l = 0; l < L; l++) block_forward(exec, c, p, l, layer_activations(l), N, attention);
         floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
-        norm_forward(act(LNF), act<float>(LNF_MEAN), act<float>(LNF_RSTD), last, p[LNFW], p[LNFB], N);
-        Ops::matmul_forward(act(LOGITS), act(LNF), c.tied_embeddings ? p[WTE] : p[LMHEAD], nullptr, N, C, Vp);
+        norm_forward(exec, c, act(LNF), act<float>(LNF_MEAN), act<float>(LNF_RSTD), last, p[LNFW], p[LNFB], N);
+        matmul_forward(exec, act(LOGITS), act(LNF), c.tied_embeddings ? p[WTE] : p[LMHEAD], nullptr, N, C, Vp);
         if (!target_tokens) return -1.0f;
         int valid = 0;
         for (int i = 0; i < N; i++) {
@@ -512,9 +572,8 @@ struct GPT {
                 throw std::runtime_error("target " + std::to_string(target_tokens[i]) + " is outside the vocabulary");
             valid += target_tokens[i] != -1;
         }
-        targets_host.assign(target_tokens, target_tokens + N);
         Ops::to_backend(targets, target_tokens, N * sizeof(int));
-        Ops::fused_classifier(act(LOGITS), act<float>(LOSSES), targets, dloss, N, V, Vp, dloss > 0.0f);
+        fused_classifier(exec, act(LOGITS), act<float>(LOSSES), targets, dloss, N, V, Vp, dloss > 0.0f);
         losses_host.resize(N);
         Ops::to_host(losses_host.data(), act<float>(LOSSES), N * sizeof(float));
         double sum = 0;
@@ -524,9 +583,8 @@ struct GPT {
 
     // The logits of row (b, t) of the last forward without targets: Vp values, the first V meaningful.
     std::vector<float> logits_at(int b, int t) const {
-        std::vector<float> row(config.padded_vocab_size);
-        Ops::to_host(row.data(), act(LOGITS) + (static_cast<size_t>(b) * T + t) * config.padded_vocab_size, row.size() * sizeof(float));
-        return row;
+        const size_t Vp = config.padded_vocab_size;
+        return get_fp32(act(LOGITS) + (static_cast<size_t>(b) * T + t) * Vp, Vp);
     }
 
     void zero_grad() {
@@ -534,7 +592,7 @@ struct GPT {
             grads_memory = static_cast<floatX*>(Ops::alloc(num_parameters * sizeof(floatX)));
             grads = point_parameters(grads_memory, sizes);
         }
-        Ops::zero(grads_memory, num_parameters * sizeof(floatX));
+        zero_memory(exec, grads_memory, num_parameters * sizeof(floatX));
     }
 
     // Backward of the last forward (which must have had targets and dloss > 0). Gradients accumulate
@@ -542,45 +600,22 @@ struct GPT {
     void backward() {
         if (!grads_memory) zero_grad();
         const GPTConfig& c = config;
-        const int N = B * T, C = c.n_embd, NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size(), QKVC = c.qkv_channels(),
-                  F = c.fc_channels(), H = c.ffn_hidden, L = c.n_layer, Vp = c.padded_vocab_size;
+        const int N = B * T, C = c.n_embd, L = c.n_layer, Vp = c.padded_vocab_size;
         const ParameterTensors& p = params;
         const ParameterTensors& g = grads;
-        floatX* dresidual = act(DRESIDUAL);  // d(loss)/d(residual stream), carried down through the layers
-        floatX *dln = act(DLN), *dqkv = act(DQKV), *datty = act(DATTY), *dfch = act(DFCH), *dfch_act = act(DFCH_ACT);
-        auto zero = [](floatX* x, size_t n) { Ops::zero(x, n * sizeof(floatX)); };
+        // d(loss)/d(residual stream) in dresidual, carried down through the layers
+        BlockGradients d{act(DRESIDUAL), act(DLN), act(DQKV), act(DATTY), act(DFCH), act(DFCH_ACT)};
         // logits = lnf · wteᵀ: the classifier left dlogits in place
-        zero(dln, static_cast<size_t>(N) * C);
-        Ops::matmul_backward(dln, c.tied_embeddings ? g[WTE] : g[LMHEAD], nullptr, act(LOGITS), act(LNF),
-                             c.tied_embeddings ? p[WTE] : p[LMHEAD], N, C, Vp);
-        zero(dresidual, static_cast<size_t>(N) * C);
+        zero_memory(exec, d.dln, static_cast<size_t>(N) * C * sizeof(floatX));
+        matmul_backward(exec, d.dln, c.tied_embeddings ? g[WTE] : g[LMHEAD], nullptr, act(LOGITS), act(LNF),
+                        c.tied_embeddings ? p[WTE] : p[LMHEAD], N, C, Vp);
+        zero_memory(exec, d.dresidual, static_cast<size_t>(N) * C * sizeof(floatX));
         floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
-        norm_backward(dresidual, g[LNFW], g[LNFB], dln, last, p[LNFW], act<float>(LNF_MEAN), act<float>(LNF_RSTD), N);
-        for (int l = L - 1; l >= 0; l--) {
-            LayerActivations a = layer_activations(l);
-            // forward was: residual3 = residual2 + fcproj(fch_act); dresidual holds d residual3,
-            // which is also d residual2 (the skip) and d fcproj (the branch)
-            zero(dfch_act, static_cast<size_t>(N) * H);
-            Ops::matmul_backward(dfch_act, layer(g[FCPROJW], l, C * H), layer(g[FCPROJB], l, C), dresidual, a.fch_act,
-                                 layer(p[FCPROJW], l, C * H), N, H, C);
-            zero(dfch, static_cast<size_t>(N) * F);
-            if (c.is_llama()) Ops::swiglu_backward(dfch, a.fch, dfch_act, N, H);
-            else Ops::gelu_backward(dfch, a.fch, dfch_act, N * H);
-            zero(dln, static_cast<size_t>(N) * C);
-            Ops::matmul_backward(dln, layer(g[FCW], l, F * C), layer(g[FCB], l, F), dfch, a.ln2, layer(p[FCW], l, F * C), N, C, F);
-            norm_backward(dresidual, layer(g[LN2W], l, C), layer(g[LN2B], l, C), dln, a.residual2, layer(p[LN2W], l, C), a.ln2_mean, a.ln2_rstd, N);
-            // forward was: residual2 = residual + attproj(atty); dresidual now holds d residual2
-            zero(datty, static_cast<size_t>(N) * C);
-            Ops::matmul_backward(datty, layer(g[ATTPROJW], l, C * C), layer(g[ATTPROJB], l, C), dresidual, a.atty,
-                                 layer(p[ATTPROJW], l, C * C), N, C, C);
-            zero(dqkv, static_cast<size_t>(N) * QKVC);
-            Ops::attention_backward(dqkv, datty, a.atty, a.lse, a.qkv, B, T, NH, NKV, hs);
-            if (c.is_llama()) Ops::rope_backward(dqkv, B, T, NH, NKV, hs, c.rope_theta);
-            zero(dln, static_cast<size_t>(N) * C);
-            Ops::matmul_backward(dln, layer(g[QKVW], l, QKVC * C), layer(g[QKVB], l, QKVC), dqkv, a.ln1, layer(p[QKVW], l, QKVC * C), N, C, QKVC);
-            norm_backward(dresidual, layer(g[LN1W], l, C), layer(g[LN1B], l, C), dln, a.residual, layer(p[LN1W], l, C), a.ln1_mean, a.ln1_rstd, N);
-        }
-        Ops::encoder_backward(g[WTE], g[WPE], dresidual, inputs, inputs_host.data(), B, T, C);
+        norm_backward(exec, c, d.dresidual, g[LNFW], g[LNFB], d.dln, last, p[LNFW], act<float>(LNF_MEAN),
+                      act<float>(LNF_RSTD), N);
+        CausalAttention attention{c, B, T};
+        for (int l = L - 1; l >= 0; l--) block_backward(exec, c, p, g, l, layer_activations(l), d, N, attention);
+        encoder_backward(exec, g[WTE], g[WPE], d.dresidual, inputs, B, T, C);
     }
 
     // AdamW's moments start at zero; a resumed run overwrites them with the checkpoint's.
@@ -588,12 +623,12 @@ struct GPT {
         if (m_memory) return;
         m_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
         v_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
-        Ops::zero(m_memory, num_parameters * sizeof(float));
-        Ops::zero(v_memory, num_parameters * sizeof(float));
+        zero_memory(exec, m_memory, num_parameters * sizeof(float));
+        zero_memory(exec, v_memory, num_parameters * sizeof(float));
     }
 
     // ‖grads‖₂ over all parameters.
-    float grad_norm() const { return std::sqrt(Ops::global_norm_squared(grads_memory, num_parameters)); }
+    float grad_norm() const { return std::sqrt(global_norm_squared(exec, grads_memory, num_parameters)); }
 
     // One AdamW step on every tensor; decay only where param_decays(). grad_scale multiplies the
     // gradients first (clipping: max_norm / norm when the norm exceeds max_norm).
@@ -602,13 +637,9 @@ struct GPT {
         size_t offset = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (sizes[i])
-                Ops::adamw_update(params_memory + offset, grads_memory + offset, m_memory + offset, v_memory + offset, sizes[i], lr,
-                                  beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
+                adamw_update(exec, params_memory + offset, grads_memory + offset, m_memory + offset, v_memory + offset,
+                             sizes[i], lr, beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
             offset += sizes[i];
         }
     }
-
-private:
-    // Layer l's slice of an (L, per_layer) tensor; nullptr stays nullptr (a tensor the arch lacks).
-    static floatX* layer(floatX* base, int l, size_t per_layer) { return base ? base + static_cast<size_t>(l) * per_layer : nullptr; }
 };

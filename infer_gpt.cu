@@ -16,7 +16,8 @@
 #include <map>
 #include <sstream>
 
-#include "infer.cuh"
+#include "hf.h"
+#include "engine.cuh"
 #include "tokenizer/bpe.h"
 
 namespace fs = std::filesystem;

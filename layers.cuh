@@ -2,7 +2,8 @@
 //
 // Per op, in this order: the math (forward, backward derivation, cost), the plain-loop CPU reference
 // (`_cpu`, templated on the scalar so tests can run it in double), the CUDA kernel(s) (`_kernel`),
-// and the host launcher (the only place that knows block sizes; it checks every launch).
+// the host launcher (the only place that knows block sizes; it checks every launch), and GPTCU_OP(op):
+// the op(exec, ...) the model calls, which runs the launcher or the reference (common.cuh).
 //
 // Conventions: N = B·T rows; every pointer has its shape in a comment; gradients ACCUMULATE (+=) into
 // every d* output, in the references and in the kernels (callers zero them). The one exception is
@@ -18,49 +19,7 @@
 #include "common.cuh"
 
 // ----------------------------------------------------------------------------
-// Helpers shared by the kernels below.
-
-// Sum / max over the 32 lanes of a warp by butterfly shuffles: after log2(32) = 5 steps every lane
-// holds the result. All 32 lanes must call it.
-__device__ inline float warp_reduce_sum(float x) {
-    for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
-    return x;
-}
-__device__ inline float warp_reduce_max(float x) {
-    for (int offset = 16; offset > 0; offset /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
-    return x;
-}
-
-// Sum over a whole block (blockDim.x a multiple of 32, at most 1024): shuffles within each warp, then
-// every thread adds the per-warp sums in warp order, so every thread gets the same, fixed-order result.
-// All threads of the block must call it.
-__device__ inline float block_reduce_sum(float x) {
-    __shared__ float warp_sums[32];
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    x = warp_reduce_sum(x);
-    __syncthreads();  // a previous call's readers are done with warp_sums
-    if (lane == 0) warp_sums[warp] = x;
-    __syncthreads();
-    float total = 0.0f;
-    for (int w = 0; w < warps; w++) total += warp_sums[w];
-    return total;
-}
-
-// A device buffer a launcher keeps for the process (partial sums of two-pass reductions), grown on
-// demand. One per launcher, so two different ops never share one; the same op must not run on two
-// streams at once (gpt.cu runs every op on one stream).
-struct ScratchBuffer {
-    float* ptr = nullptr;
-    size_t count = 0;
-    float* get(size_t n) {
-        if (n > count) {
-            if (ptr) cuda_check(cudaFree(ptr));  // cudaFree waits for the kernels that still use it
-            cuda_check(cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(float)));
-            count = n;
-        }
-        return ptr;
-    }
-};
+// Helpers shared by the kernels below (the warp/block reductions and ScratchBuffer are in common.cuh).
 
 // Per-column sums over rows, written as fixed partial sums then added in a fixed order: the weight and
 // bias gradients of LayerNorm and RMSNorm, and the bias gradient of matmul.
@@ -119,7 +78,7 @@ inline void column_reduce(floatX* dweight, floatX* dbias, const floatX* dout, co
     static ScratchBuffer scratch;
     const int rows_per_chunk = 64;
     int R = ceil_div(N, rows_per_chunk);
-    float* partial_w = scratch.get(2 * static_cast<size_t>(R) * C);
+    float* partial_w = scratch.get<float>(2 * static_cast<size_t>(R) * C);
     float* partial_b = partial_w + static_cast<size_t>(R) * C;
     dim3 grid(ceil_div(C, 32), R), block(32, 8);
     column_reduce_partial_kernel<<<grid, block, 0, stream>>>(dweight ? partial_w : nullptr, dbias ? partial_b : nullptr,
@@ -196,8 +155,9 @@ __global__ void encoder_forward_kernel(floatX* out, const int* tokens, const flo
 //   - if the first matching position is before n, another block owns this token: the block returns
 //     (every thread reads the same shared value, so the whole block leaves together);
 //   - otherwise every thread adds dout[m, c] over the matches, in order: the same sum on every run.
-// Reads of dout rows are coalesced across the threads of the slice. Cost: N²/2 token compares on
-// average per channel slice (the tokens stay in L1/L2: 32 KB at N = 8192), 4·N·C bytes of dout read once.
+// Reads of dout rows are coalesced across the threads of the slice. Cost: at most N² token compares per
+// channel slice (every token distinct: each block scans all N; a repeated token's later blocks leave at the
+// chunk of its first position), the tokens staying in L1/L2 (32 KB at N = 8192); 4·N·C bytes of dout read once.
 __global__ void encoder_backward_wte_kernel(floatX* dwte, const floatX* dout, const int* tokens, int N, int C) {
     __shared__ int positions[1024];  // this chunk's matching positions, increasing
     __shared__ int warp_counts[32];
@@ -260,6 +220,9 @@ inline void encoder_backward(floatX* dwte,          // (V, C), accumulated
         cuda_check(cudaGetLastError());
     }
 }
+// op(exec, ...): the kernels or the CPU reference (common.cuh)
+GPTCU_OP(encoder_forward)
+GPTCU_OP(encoder_backward)
 
 // ----------------------------------------------------------------------------
 // 2a. LayerNorm (eps = 1e-5, as GPT-2), over the C channels of each row
@@ -397,6 +360,8 @@ inline void layernorm_backward(floatX* dinp,          // (N, C), accumulated
     cuda_check(cudaGetLastError());
     column_reduce(dweight, dbias, dout, inp, mean, rstd, N, C, stream);
 }
+GPTCU_OP(layernorm_forward)
+GPTCU_OP(layernorm_backward)
 
 // ----------------------------------------------------------------------------
 // 2b. RMSNorm (Llama): LayerNorm without the mean and the bias
@@ -493,6 +458,8 @@ inline void rmsnorm_backward(floatX* dinp,          // (N, C), accumulated
     cuda_check(cudaGetLastError());
     column_reduce(dweight, nullptr, dout, inp, nullptr, rstd, N, C, stream);
 }
+GPTCU_OP(rmsnorm_forward)
+GPTCU_OP(rmsnorm_backward)
 
 // ----------------------------------------------------------------------------
 // 3. Matmul (nn.Linear): out = inp · weightᵀ + bias
@@ -770,6 +737,8 @@ inline void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, i
     gelu_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dinp, inp, dout, N);
     cuda_check(cudaGetLastError());
 }
+GPTCU_OP(gelu_forward)
+GPTCU_OP(gelu_backward)
 
 // ----------------------------------------------------------------------------
 // 4b. SwiGLU (Llama's MLP activation), on the fused [gate | up] projection of width 2H per row
@@ -839,6 +808,8 @@ inline void swiglu_backward(floatX* dinp,         // (N, 2H), accumulated
     swiglu_backward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(dinp, inp, dout, N, H);
     cuda_check(cudaGetLastError());
 }
+GPTCU_OP(swiglu_forward)
+GPTCU_OP(swiglu_backward)
 
 // ----------------------------------------------------------------------------
 // 5. Residual connection
@@ -878,6 +849,8 @@ inline void residual_backward(floatX* da, floatX* db, const floatX* dout, int N,
     residual_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(da, db, dout, N);
     cuda_check(cudaGetLastError());
 }
+GPTCU_OP(residual_forward)
+GPTCU_OP(residual_backward)
 
 // ----------------------------------------------------------------------------
 // 6. Fused classifier: softmax + cross-entropy over the vocabulary, gradient written in place
@@ -978,6 +951,7 @@ inline void fused_classifier(floatX* logits,         // (N, Vp): in logits, out 
     fused_classifier_kernel<<<N, 256, 0, stream>>>(logits, losses, targets, dloss, V, Vp, write_dlogits);
     cuda_check(cudaGetLastError());
 }
+GPTCU_OP(fused_classifier)
 
 // ----------------------------------------------------------------------------
 // 7a. AdamW (Loshchilov & Hutter), on fp32 master parameters, one step t (1-based)
@@ -1026,6 +1000,7 @@ inline void adamw_update(float* params, const float* grads, float* m, float* v, 
         params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, correction1, correction2, grad_scale);
     cuda_check(cudaGetLastError());
 }
+GPTCU_OP(adamw_update)
 
 // ----------------------------------------------------------------------------
 // 7b. Global gradient norm (for clipping): ‖g‖² = Σ_i g_i² over all parameters
@@ -1063,9 +1038,19 @@ inline void global_norm_squared(float* out,            // device scalar, OVERWRI
     static ScratchBuffer scratch;
     const int block = 256, max_blocks = 1024;
     int blocks = static_cast<int>(std::min<size_t>(max_blocks, std::max<size_t>(1, ceil_div<size_t>(n, block))));
-    float* partial = scratch.get(max_blocks);
+    float* partial = scratch.get<float>(max_blocks);
     global_norm_partial_kernel<<<blocks, block, 0, stream>>>(partial, grads, n);
     cuda_check(cudaGetLastError());
     global_norm_finish_kernel<<<1, 1024, 0, stream>>>(out, partial, blocks);
     cuda_check(cudaGetLastError());
+}
+// The model's call: ‖g‖² on the host, from the kernels (through a device scalar) or the CPU reference.
+inline float global_norm_squared(const Exec& exec, const float* grads, size_t n) {
+    if (!exec.on_device) return global_norm_squared_cpu(grads, n);
+    static DeviceBuffer<float> out(1);
+    global_norm_squared(out, grads, n, exec.stream);
+    float host = 0.0f;
+    cuda_check(cudaMemcpyAsync(&host, out, sizeof host, cudaMemcpyDeviceToHost, exec.stream));
+    cuda_check(cudaStreamSynchronize(exec.stream));
+    return host;
 }

@@ -1,7 +1,7 @@
-// layers_cpu_blas.h — the matmul of layers.cuh on the CPU through OpenBLAS, for the CPU training path
-// (which calls the _cpu references directly and needs its matmuls fast). Host code only; include it
-// only from code that the CPU build links against OpenBLAS (-lopenblas). The GPU build links cuBLAS
-// and not OpenBLAS, which is why this is not part of layers.cuh.
+// layers_cpu_blas.h — the matmul of layers.cuh on the CPU through OpenBLAS, for the CPU path of the model
+// (HostOps runs the _cpu references and needs its matmuls fast), and the op(exec, ...) dispatch of matmul,
+// which picks these instead of the plain-loop matmul_forward_cpu (the reference the tests check against).
+// Both builds link OpenBLAS (the GPU build for --device cpu); the layers.cuh tests need only layers.cuh.
 //
 // Same math and arguments as matmul_forward_cpu / matmul_backward_cpu (layers.cuh): float only.
 // Row-major cblas_sgemm takes our layouts directly: out (N, OC) = inp (N, C) · weightᵀ, weight (OC, C).
@@ -9,6 +9,8 @@
 #include <cblas.h>
 
 #include <cstddef>
+
+#include "layers.cuh"
 
 inline void matmul_forward_cpu_blas(float* out,            // (N, OC)
                                     const float* inp,      // (N, C)
@@ -35,3 +37,7 @@ inline void matmul_backward_cpu_blas(float* dinp,           // (N, C) or nullptr
         for (int n = 0; n < N; n++)
             for (int o = 0; o < OC; o++) dbias[o] += dout[static_cast<size_t>(n) * OC + o];
 }
+
+// op(exec, ...): the kernels (cuBLAS or tiled), or the OpenBLAS versions above (common.cuh)
+GPTCU_OP_WITH(matmul_forward, matmul_forward_cpu_blas)
+GPTCU_OP_WITH(matmul_backward, matmul_backward_cpu_blas)

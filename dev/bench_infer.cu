@@ -1,4 +1,4 @@
-// bench_infer.cu — inference throughput of infer.cuh's engine: prefill tokens/s, decode tokens/s at 1 to 256
+// bench_infer.cu — inference throughput of engine.cuh's engine: prefill tokens/s, decode tokens/s at 1 to 256
 // concurrent sequences, and (on a GPU) decode time against its memory floor; speculative decoding's
 // acceptance rate and speedup with a layer-skip draft (the target's first layers + its embeddings and head).
 //
@@ -15,7 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "infer.cuh"
+#include "hf.h"
+#include "engine.cuh"
 #include "dev/bench_util.h"
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hugging Face fixtures for inference (issue 8). A dev tool (needs torch + transformers); the build and
+"""Hugging Face fixtures for inference. A dev tool (needs torch + transformers); the build and
 the tests only read what it wrote.
 
   python3 dev/reference_infer.py                   writes test/fixtures/hf_gpt2_tiny/: a random-init small

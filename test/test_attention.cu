@@ -1,9 +1,11 @@
 // Tests of attention.cuh: RoPE, causal attention (CPU reference, naive path, fused path) forward and
-// backward, GQA/MQA, decode against a KV cache, and the fused path's memory bound.
+// backward, GQA/MQA, decode against a (paged) KV cache, and the fused path's memory bound.
 #include <algorithm>
+#include <numeric>
 #include <string>
 
 #include "attention.cuh"
+#include "paged_kv.cuh"
 #include "test/test_util.h"
 
 namespace {
@@ -272,83 +274,132 @@ std::vector<float> reference_rows(const DecodeCase& c, const std::vector<int>& t
 
 }  // namespace
 
-TEST_CASE("decode: prefill + appends, then attention_decode equals the last row of full attention") {
+// A (B, maxT) contiguous cache as a paged one: sequence b owns blocks in a fixed scattered order.
+struct PagedLayout {
+    int B, maxT, NKV, hs, block_size = 16, max_blocks, num_blocks;
+    std::vector<int> tables;  // (B, max_blocks)
+    PagedLayout(int B_, int maxT_, int NKV_, int hs_) : B(B_), maxT(maxT_), NKV(NKV_), hs(hs_) {
+        max_blocks = blocks_for(maxT, block_size);
+        num_blocks = B * max_blocks;
+        // a permutation when 7 is prime to num_blocks (the tests REQUIRE it)
+        for (int i = 0; i < num_blocks; i++) tables.push_back(num_blocks - 1 - (i * 7) % num_blocks);
+    }
+    size_t pool_count() const { return static_cast<size_t>(num_blocks) * NKV * block_size * hs; }
+};
+
+TEST_CASE("decode: prefill + appends to a paged cache, then paged_attention equals the last row of full attention") {
     Rng rng(408);
     for (int hs : {64, 128})
         for (int NKV : {4, 2, 1}) {
-            const int maxT = 300, prefill = 5;  // > 2 decode chunks of 128 keys
+            const int maxT = 300, prefill = 5;  // > 2 split-K chunks of 128 keys
             DecodeCase c = make_decode_case(Shape{2, maxT, 4, NKV, hs}, rng);
             const Shape& s = c.s;
             CAPTURE(describe(s));
-            size_t cache_count = static_cast<size_t>(s.B) * s.NKV * maxT * s.hs;
+            PagedLayout kv(s.B, maxT, s.NKV, s.hs);
+            REQUIRE(std::gcd(7, kv.num_blocks) == 1);
             for_each_thread_order([&] {
-                DeviceBuffer<float> k_cache(cache_count), v_cache(cache_count), d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
-                poison(k_cache);  // rows past the length stay NaN: decode must never read them
-                poison(v_cache);
+                DeviceBuffer<float> k_pool(kv.pool_count()), v_pool(kv.pool_count());
+                DeviceBuffer<float> d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
+                DeviceBuffer<int> d_tables(kv.tables);
+                poison(k_pool);  // rows past the length stay NaN: decode must never read them
+                poison(v_pool);
                 // prefill: the first tokens of every sequence, roped at positions 0..prefill-1
                 std::vector<float> first(static_cast<size_t>(s.B) * prefill * s.W());
                 for (int b = 0; b < s.B; b++)
                     std::copy_n(c.raw.begin() + static_cast<size_t>(b) * s.T * s.W(), prefill * s.W(), first.begin() + static_cast<size_t>(b) * prefill * s.W());
-                std::vector<int> prefill_pos(static_cast<size_t>(s.B) * prefill);
-                for (size_t i = 0; i < prefill_pos.size(); i++) prefill_pos[i] = static_cast<int>(i % prefill);
+                std::vector<int> prefill_pos(static_cast<size_t>(s.B) * prefill), prefill_slot(prefill_pos.size());
+                for (size_t i = 0; i < prefill_pos.size(); i++) {
+                    prefill_pos[i] = static_cast<int>(i % prefill);
+                    prefill_slot[i] = static_cast<int>(i / prefill);
+                }
                 DeviceBuffer<float> d_first(first);
-                DeviceBuffer<int> d_prefill_pos(prefill_pos);
+                DeviceBuffer<int> d_prefill_pos(prefill_pos), d_prefill_slot(prefill_slot);
                 rope_forward(d_first, s.B, prefill, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-                kv_cache_append(k_cache, v_cache, d_first, d_prefill_pos, s.B, prefill, s.NH, s.NKV, s.hs, maxT, nullptr);
+                paged_kv_append(k_pool, v_pool, d_first, d_tables, d_prefill_slot, d_prefill_pos, s.B * prefill, s.NH,
+                                s.NKV, s.hs, kv.block_size, kv.max_blocks, nullptr);
                 // then one token at a time: rope at its position, append, decode
+                std::vector<int> slots(s.B);
+                for (int b = 0; b < s.B; b++) slots[b] = b;
+                DeviceBuffer<int> d_slots(slots);
                 for (int t = prefill; t < maxT; t++) {
-                    std::vector<int> pos(s.B, t), len(s.B, t + 1);
+                    std::vector<int> pos(s.B, t);
                     DeviceBuffer<float> d_tok(token_rows(c, pos));
-                    DeviceBuffer<int> d_pos(pos), d_len(len);
+                    DeviceBuffer<int> d_pos(pos);
                     rope_forward_at(d_tok, d_pos, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-                    kv_cache_append(k_cache, v_cache, d_tok, d_pos, s.B, 1, s.NH, s.NKV, s.hs, maxT, nullptr);
-                    if (t % 37 != 0 && t != maxT - 1 && t != 128 && t != 129) continue;  // check a spread of lengths
+                    paged_kv_append(k_pool, v_pool, d_tok, d_tables, d_slots, d_pos, s.B, s.NH, s.NKV, s.hs,
+                                    kv.block_size, kv.max_blocks, nullptr);
+                    if (t % 37 != 0 && t != maxT - 1 && t != 127 && t != 128) continue;  // check a spread of lengths
                     CAPTURE(t);
                     poison(d_out);
                     poison_attention_workspace();
-                    attention_decode(d_out, d_tok, k_cache, v_cache, d_len, s.B, s.NH, s.NKV, s.hs, maxT, nullptr);
-                    check_close("attention_decode", d_out.download(), reference_rows(c, pos), tolerance_fp32);
+                    paged_attention(d_out, d_tok, k_pool, v_pool, d_tables, d_slots, d_pos, t + 1, s.B, s.NH, s.NKV,
+                                    s.hs, kv.block_size, kv.max_blocks, nullptr);
+                    check_close("paged_attention", d_out.download(), reference_rows(c, pos), tolerance_fp32);
                 }
             });
         }
 }
 
-TEST_CASE("decode: sequences of different lengths in one batch, cache filled in one append") {
+TEST_CASE("decode: sequences of different lengths in one batch, paged cache filled in one append") {
     Rng rng(409);
     const int maxT = 260;
     DecodeCase c = make_decode_case(Shape{4, maxT, 4, 2, 64}, rng);
     const Shape& s = c.s;
     std::vector<int> lengths = {1, 128, 129, 260};
-    size_t cache_count = static_cast<size_t>(s.B) * s.NKV * maxT * s.hs;
-    // kernel append vs CPU append of the whole (roped) sequence: the same cache
-    std::vector<int> positions(static_cast<size_t>(s.B) * s.T);
-    for (size_t i = 0; i < positions.size(); i++) positions[i] = static_cast<int>(i % s.T);
-    std::vector<double> k_ref(cache_count), v_ref(cache_count);
-    kv_cache_append_cpu(k_ref.data(), v_ref.data(), c.roped.data(), positions.data(), s.B, s.T, s.NH, s.NKV, s.hs, maxT);
-    std::vector<int> last(s.B);
-    for (int b = 0; b < s.B; b++) last[b] = lengths[b] - 1;
-    // decode reference on the CPU too: attention_decode_cpu equals the last row of full attention
+    PagedLayout kv(s.B, maxT, s.NKV, s.hs);
+    REQUIRE(std::gcd(7, kv.num_blocks) == 1);
+    // kernel append vs CPU append of the whole (roped) sequence: the same pool
+    const int N = s.B * s.T;
+    std::vector<int> positions(N), slots(N);
+    for (int i = 0; i < N; i++) {
+        positions[i] = i % s.T;
+        slots[i] = i / s.T;
+    }
+    std::vector<double> k_ref(kv.pool_count()), v_ref(kv.pool_count());
+    paged_kv_append_cpu(k_ref.data(), v_ref.data(), c.roped.data(), kv.tables.data(), slots.data(), positions.data(),
+                        N, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks);
+    std::vector<int> last(s.B), seq(s.B);
+    for (int b = 0; b < s.B; b++) {
+        last[b] = lengths[b] - 1;
+        seq[b] = b;
+    }
+    // decode reference on the CPU too: paged_attention_cpu equals the last row of full attention
     std::vector<double> q_rows(static_cast<size_t>(s.B) * s.W()), dec_ref(static_cast<size_t>(s.B) * s.NH * s.hs);
     for (int b = 0; b < s.B; b++)
         std::copy_n(c.roped.begin() + (static_cast<size_t>(b) * s.T + last[b]) * s.W(), s.W(), q_rows.begin() + static_cast<size_t>(b) * s.W());
-    attention_decode_cpu(dec_ref.data(), q_rows.data(), k_ref.data(), v_ref.data(), lengths.data(), s.B, s.NH, s.NKV, s.hs, maxT);
-    check_close("attention_decode_cpu vs full attention", to_float(dec_ref), reference_rows(c, last), 1e-6);
+    paged_attention_cpu(dec_ref.data(), q_rows.data(), k_ref.data(), v_ref.data(), kv.tables.data(), seq.data(),
+                        last.data(), maxT, s.B, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks);
+    check_close("paged_attention_cpu vs full attention", to_float(dec_ref), reference_rows(c, last), 1e-6);
     for_each_thread_order([&] {
-        DeviceBuffer<float> k_cache(cache_count), v_cache(cache_count), d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
+        DeviceBuffer<float> k_pool(kv.pool_count()), v_pool(kv.pool_count());
+        DeviceBuffer<float> d_out(static_cast<size_t>(s.B) * s.NH * s.hs);
         DeviceBuffer<float> d_seq(c.raw);
-        DeviceBuffer<int> d_positions(positions), d_len(lengths);
-        poison(k_cache);
-        poison(v_cache);
+        DeviceBuffer<int> d_positions(positions), d_slots(slots), d_tables(kv.tables), d_seq_slots(seq);
+        poison(k_pool);
+        poison(v_pool);
         rope_forward(d_seq, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-        kv_cache_append(k_cache, v_cache, d_seq, d_positions, s.B, s.T, s.NH, s.NKV, s.hs, maxT, nullptr);
-        check_close("k cache", k_cache.download(), to_float(k_ref), tolerance_fp32);
-        check_close("v cache", v_cache.download(), to_float(v_ref), tolerance_fp32);
+        paged_kv_append(k_pool, v_pool, d_seq, d_tables, d_slots, d_positions, N, s.NH, s.NKV, s.hs, kv.block_size,
+                        kv.max_blocks, nullptr);
+        // the written rows (the pool's last block has slots past maxT that stay poisoned)
+        auto written = [&](const std::vector<float>& pool) {
+            std::vector<float> rows;
+            for (int i = 0; i < N; i++)
+                for (int g = 0; g < s.NKV; g++) {
+                    size_t at = paged_kv_row(kv.tables.data() + static_cast<size_t>(slots[i]) * kv.max_blocks,
+                                             positions[i], g, s.NKV, kv.block_size, s.hs);
+                    rows.insert(rows.end(), pool.begin() + at, pool.begin() + at + s.hs);
+                }
+            return rows;
+        };
+        check_close("k pool", written(k_pool.download()), written(to_float(k_ref)), tolerance_fp32);
+        check_close("v pool", written(v_pool.download()), written(to_float(v_ref)), tolerance_fp32);
         DeviceBuffer<float> d_q(token_rows(c, last));
         DeviceBuffer<int> d_last(last);
         rope_forward_at(d_q, d_last, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
         poison(d_out);
         poison_attention_workspace();
-        attention_decode(d_out, d_q, k_cache, v_cache, d_len, s.B, s.NH, s.NKV, s.hs, maxT, nullptr);
-        check_close("attention_decode, mixed lengths", d_out.download(), reference_rows(c, last), tolerance_fp32);
+        paged_attention(d_out, d_q, k_pool, v_pool, d_tables, d_seq_slots, d_last, maxT, s.B, s.NH, s.NKV, s.hs,
+                        kv.block_size, kv.max_blocks, nullptr);
+        check_close("paged_attention, mixed lengths", d_out.download(), reference_rows(c, last), tolerance_fp32);
     });
 }

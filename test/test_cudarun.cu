@@ -1,4 +1,4 @@
-// Tests of dev/cudarun (issue 7) and of the broken-kernel examples of docs/cpu-execution.md: every
+// Tests of dev/cudarun and of the broken-kernel examples of docs/cpu-execution.md: every
 // program under dev/examples/ is compiled and run through dev/cudarun, as a reader would, and its
 // result checked. The examples check themselves (PASS/FAIL and the exit status); the unsupported
 // and broken ones must fail, with the message that names the problem.

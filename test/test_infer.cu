@@ -1,9 +1,11 @@
-// Inference (issue 8): sampling, speculative acceptance, safetensors, Hugging Face GPT-2 interop, the
-// paged KV cache ops against the contiguous-cache references of attention.cuh, the engine's cached
-// decoding against full recomputation, continuous batching against one-at-a-time, speculative decoding.
+// Inference: sampling, speculative acceptance, safetensors, Hugging Face GPT-2 interop (hf.h), the paged
+// KV cache ops (paged_kv.cuh) against their CPU references and causal attention, the engine's cached
+// decoding against full recomputation and at a context beyond 16k tokens, continuous batching against
+// one-at-a-time, speculative decoding (engine.cuh).
 // Tiny models throughout: the kernels are emulated by cudasim in the CPU build.
 #include "test/test_util.h"
-#include "infer.cuh"
+#include "hf.h"
+#include "engine.cuh"
 
 #include <filesystem>
 #include <fstream>
@@ -189,8 +191,8 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
         size_t pool = static_cast<size_t>(num_blocks) * NKV * block_size * hs;
         std::vector<float> k_ref(pool, 0.0f), v_ref(pool, 0.0f), out_ref(static_cast<size_t>(N) * NH * hs);
         paged_kv_append_cpu(k_ref.data(), v_ref.data(), qkv.data(), tables.data(), slots.data(), positions.data(), N, NH, NKV, hs, block_size, max_blocks);
-        paged_attention_cpu(out_ref.data(), qkv.data(), k_ref.data(), v_ref.data(), tables.data(), slots.data(), positions.data(), N, NH, NKV, hs,
-                            block_size, max_blocks);
+        paged_attention_cpu(out_ref.data(), qkv.data(), k_ref.data(), v_ref.data(), tables.data(), slots.data(),
+                            positions.data(), 10, N, NH, NKV, hs, block_size, max_blocks);
         // the reference equals attention.cuh's causal attention of each sequence on its own
         for (int s = 0, row0 = 0; s < 2; row0 += lens[s], s++) {
             int T = lens[s];
@@ -221,35 +223,27 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
     }
 }
 
-TEST_CASE("paged attention (one row per sequence) equals attention.cuh's contiguous-cache attention_decode") {
-    // The same decode step two ways: attention.cuh's kernels with a contiguous (B, NKV, maxT, hs) cache, and
-    // ours with the same rows scattered over blocks. Sequences of different lengths, GQA.
+TEST_CASE("paged attention, one row per sequence over several split-K chunks: kernel matches CPU reference") {
+    // Decode rows of different lengths (one chunk, a chunk boundary, several chunks), GQA, scattered blocks.
     Rng rng(12);
-    const int B = 3, NH = 4, NKV = 2, hs = 32, maxT = 40, block_size = 8, max_blocks = 5, num_blocks = 16, QKVW = (NH + 2 * NKV) * hs;
-    const std::vector<int> lens = {1, 17, 40};
-    std::vector<float> k_cache = random_vector(static_cast<size_t>(B) * NKV * maxT * hs, rng), v_cache = random_vector(k_cache.size(), rng);
+    const int B = 4, NH = 4, NKV = 2, hs = 32, block_size = 8, max_blocks = 40, num_blocks = B * max_blocks;
+    const int QKVW = (NH + 2 * NKV) * hs;
+    const std::vector<int> lens = {1, 128, 129, 300};
+    std::vector<float> k_pool = random_vector(static_cast<size_t>(num_blocks) * NKV * block_size * hs, rng);
+    std::vector<float> v_pool = random_vector(k_pool.size(), rng);
     std::vector<float> qkv = random_vector(static_cast<size_t>(B) * QKVW, rng);
-    std::vector<int> tables = {3, 0, 0, 0, 0, 7, 1, 12, 0, 0, 2, 15, 4, 9, 5};  // (B, max_blocks)
-    std::vector<float> k_pool(static_cast<size_t>(num_blocks) * NKV * block_size * hs, 0.0f), v_pool(k_pool.size(), 0.0f);
-    for (int b = 0; b < B; b++)
-        for (int g = 0; g < NKV; g++)
-            for (int t = 0; t < lens[b]; t++) {
-                size_t src = kv_cache_row(b, g, t, NKV, maxT, hs), dst = paged_kv_row(tables.data() + b * max_blocks, t, g, NKV, block_size, hs);
-                std::copy_n(k_cache.begin() + src, hs, k_pool.begin() + dst);
-                std::copy_n(v_cache.begin() + src, hs, v_pool.begin() + dst);
-            }
-    std::vector<int> slots = {0, 1, 2}, positions = {lens[0] - 1, lens[1] - 1, lens[2] - 1};
+    std::vector<int> tables(num_blocks);
+    for (int i = 0; i < num_blocks; i++) tables[i] = (i * 37 + 11) % num_blocks;  // 37 is prime to 160: a permutation
+    std::vector<int> slots = {0, 1, 2, 3}, positions = {lens[0] - 1, lens[1] - 1, lens[2] - 1, lens[3] - 1};
     std::vector<float> ref(static_cast<size_t>(B) * NH * hs);
-    attention_decode_cpu(ref.data(), qkv.data(), k_cache.data(), v_cache.data(), lens.data(), B, NH, NKV, hs, maxT);
+    paged_attention_cpu(ref.data(), qkv.data(), k_pool.data(), v_pool.data(), tables.data(), slots.data(),
+                        positions.data(), 300, B, NH, NKV, hs, block_size, max_blocks);
     for_each_thread_order([&] {
-        DeviceBuffer<float> d_qkv(qkv), d_kc(k_cache), d_vc(v_cache), d_kp(k_pool), d_vp(v_pool), d_theirs(ref.size()), d_ours(ref.size());
-        DeviceBuffer<int> d_lens(lens), d_tables(tables), d_slots(slots), d_pos(positions);
-        poison(d_theirs);
-        poison(d_ours);
-        attention_decode(d_theirs, d_qkv, d_kc, d_vc, d_lens, B, NH, NKV, hs, maxT, 0);
-        paged_attention(d_ours, d_qkv, d_kp, d_vp, d_tables, d_slots, d_pos, maxT, B, NH, NKV, hs, block_size, max_blocks, 0);
-        check_close("attention_decode (contiguous) vs cpu", d_theirs.download(), ref, tolerance_fp32);
-        check_close("paged_attention vs attention_decode", d_ours.download(), d_theirs.download(), tolerance_fp32);
+        DeviceBuffer<float> d_qkv(qkv), d_k(k_pool), d_v(v_pool), d_out(ref.size());
+        DeviceBuffer<int> d_tables(tables), d_slots(slots), d_pos(positions);
+        poison(d_out);
+        paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 300, B, NH, NKV, hs, block_size, max_blocks, 0);
+        check_close("paged_attention split-K vs cpu", d_out.download(), ref, tolerance_fp32);
     });
 }
 
@@ -316,6 +310,42 @@ TEST_CASE("engine: logits from cached decoding equal full recomputation at every
 }
 TEST_CASE("engine: logits from cached decoding equal full recomputation at every step (kernels)") {
     check_cached_decode_matches_recompute<DeviceOps>();
+}
+
+// One decode step at a context beyond 16k tokens (above the old one-block-per-row kernel's shared-memory
+// limit of ~12k): a tiny Llama (1 layer, hs = 16, GQA), the cache filled with random K/V rather than by a
+// 17k-token prefill (which the CPU reference would take minutes for), the kernels against the CPU references.
+template <class Ops>
+static std::vector<float> long_context_logits(const std::vector<float>& params, const GPTConfig& c, int position,
+                                              uint64_t seed) {
+    GPT<Ops> model(c);
+    model.set_parameters(params);
+    InferenceEngine<Ops> engine(model, {1, 4, 64, 0});
+    std::vector<int> blocks(engine.max_blocks);
+    for (int i = 0; i < engine.max_blocks; i++) blocks[i] = engine.max_blocks - 1 - i;  // scattered: reversed
+    engine.set_blocks(0, blocks);
+    Rng rng(seed);
+    std::vector<floatX> k = random_vector(engine.pool_elements(), rng, 2.0f);
+    std::vector<floatX> v = random_vector(engine.pool_elements(), rng);
+    Ops::to_backend(engine.k_pool, k.data(), k.size() * sizeof(floatX));
+    Ops::to_backend(engine.v_pool, v.data(), v.size() * sizeof(floatX));
+    return engine.forward({{7, position, 0, true}});
+}
+
+TEST_CASE("engine: one decode step at a 17,000-token context, kernels (split-K) match the CPU references") {
+    GPTConfig c = tiny_config(1, 32, 2, 50, 17000);
+    c.arch = Arch::llama;
+    c.n_kv_head = 1;
+    c.ffn_hidden = 64;
+    c.tied_embeddings = false;
+    GPT<HostOps> init(c);
+    randomize(init, 31);
+    std::vector<float> params = init.get_parameters();
+    std::vector<float> ref = long_context_logits<HostOps>(params, c, 16999, 32);
+    for_each_thread_order([&] {
+        check_close("logits at position 16999", long_context_logits<DeviceOps>(params, c, 16999, 32), ref,
+                    tolerance_model);
+    });
 }
 
 template <class Ops>

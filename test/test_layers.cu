@@ -247,7 +247,7 @@ TEST_CASE("matmul forward/backward: both backends match CPU reference") {
 TEST_CASE("matmul tiled matches cuBLAS at every GPT-2 and Llama block shape (scaled down)") {
     Rng rng(302);
     BackendGuard guard;
-    const int B = 2, T = 33, N = B * T;  // 66 rows: not a multiple of the 64-row tile
+    const int B = 2, T = 33, N = B * T;  // 66 rows: not a multiple of the 128-row tile
     for (int C : {64, 192}) {
         int hs = 32, NH = C / hs, NKV = NH / 2;
         int H = (8 * C / 3 + 1);  // Llama's hidden width 8/3·C (rounded up to an odd width on purpose)

@@ -3,10 +3,11 @@
 // head size 32, RMSNorm, SwiGLU, RoPE theta 10000, untied lm_head). Both backends: the CPU reference ops
 // (HostOps) and the CUDA kernels (DeviceOps: on a GPU, or emulated by cudasim in the CPU build), both
 // matmul backends. The same GPT<Ops> that test/test_gpt.cu checks as GPT-2; only the config differs.
-// Then Hugging Face interop (infer.cuh): test/fixtures/hf_llama_tiny, a save_pretrained directory, loads and
+// Then Hugging Face interop (hf.h): test/fixtures/hf_llama_tiny, a save_pretrained directory, loads and
 // generates transformers' greedy tokens through the inference engine; export and reload are the identity.
 #include "test/fixture.h"
-#include "infer.cuh"
+#include "hf.h"
+#include "engine.cuh"
 #include "tokenizer/bpe.h"
 
 #include <sys/wait.h>

@@ -1,4 +1,4 @@
-// Tests for tokenizer/ (issue 5): GPT-2 byte-level BPE, training, shards, the tok CLI.
+// Tests for tokenizer/: GPT-2 byte-level BPE, training, shards, the tok CLI.
 // Run from the repository root; data from $GPTCU_DATA (default ../shared/data).
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>

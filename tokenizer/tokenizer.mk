@@ -1,5 +1,5 @@
 # ----------------------------------------------------------------------------
-# tokenizer/ — GPT-2 byte-level BPE (issue 5), included by the top Makefile.
+# tokenizer/ — GPT-2 byte-level BPE, included by the top Makefile.
 #   tokenizer/tok                  the command-line tool
 #   $(CPU)/test/test_tokenizer   doctest tests (in TEST_BINS_CPU, run from the repo root)
 #   make test-tokenizer            build and run those tests
