@@ -149,31 +149,35 @@ void paged_attention_cpu(Real* out /*(N, NH·hs)*/, const Real* qkv /*(N, (NH+2N
                          const Real* v_pool, const int* tables, const int* slots, const int* positions /*(N)*/, int max_len,
                          int N, int NH, int NKV, int hs, int block_size, int max_blocks) {
     Real scale = 1 / std::sqrt(static_cast<Real>(hs));
-    std::vector<Real> p(max_len);
-    for (int i = 0; i < N; i++) {
-        const int* table = tables + static_cast<size_t>(slots[i]) * max_blocks;
-        int len = positions[i] + 1;
-        if (len > max_len)
+    for (int i = 0; i < N; i++)
+        if (positions[i] + 1 > max_len)
             throw std::runtime_error("paged_attention_cpu: row " + std::to_string(i) + " is at position " +
                                      std::to_string(positions[i]) + ", past max_len " + std::to_string(max_len));
-        for (int h = 0; h < NH; h++) {
-            int g = h / (NH / NKV);
-            const Real* q = qkv + qkv_q_offset(0, i, h, N, NH, NKV, hs);
-            Real m = -std::numeric_limits<Real>::infinity(), sum = 0;
-            for (int t = 0; t < len; t++) {
-                const Real* k = k_pool + paged_kv_row(table, t, g, NKV, block_size, hs);
-                Real dot = 0;
-                for (int d = 0; d < hs; d++) dot += q[d] * k[d];
-                m = std::max(m, p[t] = dot * scale);
-            }
-            for (int t = 0; t < len; t++) sum += (p[t] = std::exp(p[t] - m));
-            Real* o = out + (static_cast<size_t>(i) * NH + h) * hs;
-            for (int d = 0; d < hs; d++) {
-                Real acc = 0;
-                for (int t = 0; t < len; t++) acc += p[t] * v_pool[paged_kv_row(table, t, g, NKV, block_size, hs) + d];
-                o[d] = acc / sum;
-            }
+    // (row, head) pairs are independent: split over the cores (a decode step has one row, so rows alone would
+    // leave all but one core waiting). Within a pair the sums run in a fixed order: the same bits on any thread count.
+#pragma omp parallel for schedule(dynamic)
+    for (int ih = 0; ih < N * NH; ih++) {
+        const int i = ih / NH, h = ih % NH, g = h / (NH / NKV);
+        const int* table = tables + static_cast<size_t>(slots[i]) * max_blocks;
+        const int len = positions[i] + 1;
+        std::vector<Real> p(len);
+        const Real* q = qkv + qkv_q_offset(0, i, h, N, NH, NKV, hs);
+        Real m = -std::numeric_limits<Real>::infinity(), sum = 0;
+        for (int t = 0; t < len; t++) {
+            const Real* k = k_pool + paged_kv_row(table, t, g, NKV, block_size, hs);
+            Real dot = 0;
+            for (int d = 0; d < hs; d++) dot += q[d] * k[d];
+            m = std::max(m, p[t] = dot * scale);
         }
+        for (int t = 0; t < len; t++) sum += (p[t] = std::exp(p[t] - m));
+        // out = Σ_t p_t·v_t / sum, walking the cache row by row (each v_t read once, contiguously)
+        Real* o = out + (static_cast<size_t>(i) * NH + h) * hs;
+        std::fill(o, o + hs, Real(0));
+        for (int t = 0; t < len; t++) {
+            const Real* v = v_pool + paged_kv_row(table, t, g, NKV, block_size, hs);
+            for (int d = 0; d < hs; d++) o[d] += p[t] * v[d];
+        }
+        for (int d = 0; d < hs; d++) o[d] /= sum;
     }
 }
 

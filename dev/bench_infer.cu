@@ -6,8 +6,11 @@
 //              The decode floor: every step reads all weights once plus every sequence's KV cache, so
 //              floor = (4·P + Σ_seq context·kv_bytes_per_token) / bandwidth (nominal: memory clock × bus width).
 //   CPU build: the path infer_gpt_cpu runs (HostOps: CPU references + OpenBLAS), a small model by default
-//              (L=4, C=256, NH=8, V=50257, maxT=256); `--full` for GPT-2 124M. The floor uses the measured
-//              memcpy bandwidth. Emulated kernels are not timed: their speed says nothing about a GPU.
+//              (L=4, C=256, NH=8, V=50257, maxT=256); `--full` for GPT-2 124M; `--model DIR` for the 134M Llama
+//              that dev/make_bench_llama.py writes (the model of the comparison with llama2.c's run.c,
+//              docs/benchmarks.md). Decode's floor uses the measured read bandwidth of all threads (decode only
+//              reads weights); prefill is compared with OpenBLAS sgemm at the model's widest matmul shape.
+//              Emulated kernels are not timed: their speed says nothing about a GPU.
 //
 // usage: bench_infer [--full] [--model PATH] (PATH: a checkpoint or HF directory instead of random weights)
 #include <algorithm>
@@ -24,6 +27,7 @@ struct Machine {
     std::string name;
     bool gpu = false;
     double bytes_per_ms = 0;
+    double sgemm_gflops = 0;  // CPU only: OpenBLAS sgemm at the prefill's widest matmul, the ceiling of prefill
 };
 
 static Machine describe_machine() {
@@ -41,7 +45,7 @@ static Machine describe_machine() {
     }
     cudaGetLastError();
     m.name = "CPU (HostOps: reference ops + OpenBLAS)";
-    m.bytes_per_ms = host_copy_bytes_per_ms();
+    m.bytes_per_ms = host_read_bytes_per_ms();
     return m;
 }
 
@@ -61,7 +65,7 @@ static std::pair<GPTConfig, std::vector<float>> layer_skip_draft(const GPTConfig
 }
 
 template <class Ops>
-static void bench(const Machine& mach, const LoadedModel& m, bool full) {
+static void bench(const Machine& mach, const LoadedModel& m, bool full, const std::string& path) {
     GPT<Ops> model(m.config);
     model.set_parameters(m.params);
     const GPTConfig& c = m.config;
@@ -72,12 +76,13 @@ static void bench(const Machine& mach, const LoadedModel& m, bool full) {
         for (int& x : t) x = static_cast<int>(rng.below(static_cast<uint32_t>(c.vocab_size)));
         return t;
     };
-    std::printf("machine: %s; model: L=%d C=%d NH=%d V=%d maxT=%d, %.1f M parameters (%.0f MB); memory floor from %.1f GB/s\n", mach.name.c_str(),
-                c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.max_seq_len, model.num_parameters / 1e6, weight_bytes / 1e6, mach.bytes_per_ms / 1e6);
+    std::printf("machine: %s; model: L=%d C=%d NH=%d V=%d maxT=%d, %.1f M parameters (%.0f MB); memory floor from %.1f GB/s (%s)\n", mach.name.c_str(),
+                c.n_layer, c.n_embd, c.n_head, c.vocab_size, c.max_seq_len, model.num_parameters / 1e6, weight_bytes / 1e6, mach.bytes_per_ms / 1e6,
+                mach.gpu ? "nominal HBM" : "measured read, all threads");
 
     // ---- prefill: one prompt of T tokens in one forward
     {
-        int T = std::min(c.max_seq_len, full || mach.gpu ? 512 : 128);
+        int T = std::min(c.max_seq_len, full || mach.gpu || !path.empty() ? 512 : 128);
         InferenceEngine<Ops> engine(model, {1, T, 16, 0});
         engine.set_blocks(0, [&] { std::vector<int> b(engine.max_blocks); for (int i = 0; i < engine.max_blocks; i++) b[i] = i; return b; }());
         std::vector<int> toks = random_tokens(T);
@@ -93,14 +98,28 @@ static void bench(const Machine& mach, const LoadedModel& m, bool full) {
         double ms = median(t), flop = 2.0 * model.num_parameters * T;
         std::printf("\n%-34s %10s %12s %14s\n", "prefill", "time ms", "tokens/s", "GFLOP/s (2PT)");
         std::printf("%-34s %10.2f %12.0f %14.1f\n", ("1 prompt x " + std::to_string(T) + " tokens").c_str(), ms, T / (ms / 1000), flop / ms / 1e6);
+        if (!mach.gpu) {  // the ceiling: sgemm alone at the shape of the MLP's first matmul (N = T, C -> fc width)
+            const int C = c.n_embd, OC = c.fc_channels();
+            std::vector<float> a(static_cast<size_t>(T) * C, 0.5f), w(static_cast<size_t>(OC) * C, 0.25f), o(static_cast<size_t>(T) * OC);
+            std::vector<double> ts;
+            for (int i = 0; i < 4; i++) {
+                Timer timer;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, C, 1.0f, a.data(), C, w.data(), C, 0.0f, o.data(), OC);
+                if (i > 0) ts.push_back(timer.elapsed_ms());
+            }
+            double gf = 2.0 * T * C * OC / median(ts) / 1e6;
+            std::printf("%-34s %10s %12s %14.1f   prefill = %.0f%% of it\n", ("sgemm " + std::to_string(T) + "x" + std::to_string(C) + "x" +
+                        std::to_string(OC)).c_str(), "", "", gf, 100 * flop / ms / 1e6 / gf);
+        }
     }
 
     // ---- decode: B sequences with a context of `ctx` tokens each, one new token each per step
     {
         const int ctx = std::min(c.max_seq_len / 2, 128);
         std::vector<int> batches = mach.gpu || full ? std::vector<int>{1, 8, 16, 32, 64, 128, 256} : std::vector<int>{1, 8, 32};
-        std::printf("\n%-34s %10s %12s %12s %10s %9s\n", ("decode (context " + std::to_string(ctx) + ")").c_str(), "ms/step", "tokens/s", "bytes/step", "floor ms",
-                    "% floor");
+        std::printf("\n%-34s %10s %12s %12s %10s %9s %11s\n", ("decode (context " + std::to_string(ctx) + ")").c_str(), "ms/step", "tokens/s",
+                    "bytes/step", "floor ms", "% floor", "x batch 1");
+        double batch1_tps = 0;
         for (int B : batches) {
             InferenceEngine<Ops> engine(model, {B, std::max(B, ctx), 16, 0});
             BlockAllocator alloc(engine.num_blocks);
@@ -113,7 +132,7 @@ static void bench(const Machine& mach, const LoadedModel& m, bool full) {
                 for (int p = 0; p < ctx; p++) rows.push_back({toks[p], p, s, false});
                 engine.forward(rows);
             }
-            const int steps = mach.gpu ? 20 : 5;
+            const int steps = mach.gpu ? 20 : 9;
             std::vector<double> t;
             for (int i = 0; i < steps + 1; i++) {
                 std::vector<StepRow> rows;
@@ -125,9 +144,10 @@ static void bench(const Machine& mach, const LoadedModel& m, bool full) {
             }
             double ms = median(t);
             double bytes = weight_bytes + static_cast<double>(B) * (ctx + steps / 2) * engine.kv_bytes_per_token();
-            double floor_ms = bytes / mach.bytes_per_ms;
-            std::printf("%-34s %10.3f %12.0f %12.3g %10.3f %8.1f%%\n", ("batch " + std::to_string(B)).c_str(), ms, B / (ms / 1000), bytes, floor_ms,
-                        100 * floor_ms / ms);
+            double floor_ms = bytes / mach.bytes_per_ms, tps = B / (ms / 1000);
+            if (B == 1) batch1_tps = tps;
+            std::printf("%-34s %10.3f %12.1f %12.3g %10.3f %8.1f%% %10.2fx\n", ("batch " + std::to_string(B)).c_str(), ms, tps, bytes, floor_ms,
+                        100 * floor_ms / ms, batch1_tps > 0 ? tps / batch1_tps : 0.0);
         }
     }
 
@@ -187,8 +207,8 @@ int main(int argc, char** argv) {
                 m.params = init.get_parameters();
             }
         }
-        if (mach.gpu) bench<DeviceOps>(mach, m, full);
-        else bench<HostOps>(mach, m, full);
+        if (mach.gpu) bench<DeviceOps>(mach, m, full, path);
+        else bench<HostOps>(mach, m, full, path);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_infer: %s\n", e.what());
         return 1;

@@ -7,6 +7,8 @@
 #include <functional>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "common.cuh"
 
 inline double median(std::vector<double> v) {
@@ -50,4 +52,34 @@ inline double host_copy_bytes_per_ms() {
         t.push_back(timer.elapsed_ms());
     }
     return 2.0 * n * sizeof(float) / median(t);
+}
+
+// This CPU's read bandwidth in bytes per ms, the floor of a memory-bound op that only reads (decode reads every
+// weight once per token): all OpenMP threads sum a 1 GiB buffer (far beyond any cache), on 2 MiB pages as the
+// model's weights are (HostOps::alloc), in 16 KiB chunks of SIMD adds (one scalar float sum would measure the add
+// latency, not the memory); median of 5.
+inline double host_read_bytes_per_ms() {
+    const long n = 256 << 20, chunk = 4096;
+    void* mem = nullptr;
+    if (posix_memalign(&mem, size_t{2} << 20, n * sizeof(float)) != 0) throw std::runtime_error("host_read_bytes_per_ms: out of memory");
+    madvise(mem, n * sizeof(float), MADV_HUGEPAGE);
+    float* x = static_cast<float*>(mem);
+    for (long k = 0; k < n; k++) x[k] = 1.0f;
+    std::vector<double> t;
+    volatile float sink = 0;
+    for (int i = 0; i < 5; i++) {
+        Timer timer;
+        float total = 0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+        for (long b = 0; b < n; b += chunk) {
+            float s = 0;
+#pragma omp simd reduction(+ : s)
+            for (long k = b; k < b + chunk; k++) s += x[k];
+            total += s;
+        }
+        t.push_back(timer.elapsed_ms());
+        sink = sink + total;
+    }
+    std::free(mem);
+    return n * sizeof(float) / median(t);
 }

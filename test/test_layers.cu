@@ -270,7 +270,10 @@ template <bool run>
 void check_matmul_cpu_blas() {
     if constexpr (run) {
         Rng rng(303);
-        for (auto [N, C, OC] : {std::tuple{1, 7, 5}, std::tuple{33, 70, 130}, std::tuple{66, 192, 768}}) {
+        // N <= matmul_rows_max takes the decode path (matmul_forward_rows_cpu: OC % 4 = 1, 2, 3 test its last
+        // group), larger N OpenBLAS's sgemm
+        for (auto [N, C, OC] : {std::tuple{1, 7, 5}, std::tuple{3, 64, 7}, std::tuple{matmul_rows_max, 96, 130},
+                                std::tuple{33, 70, 130}, std::tuple{66, 192, 768}}) {
             CAPTURE(N); CAPTURE(C); CAPTURE(OC);
             for (bool bias : {true, false}) {
                 MatmulCase mc(N, C, OC, bias, bias, rng);
