@@ -166,6 +166,7 @@ void paged_attention_cpu(Real* out /*(N, NH·hs)*/, const Real* qkv /*(N, (NH+2N
         for (int t = 0; t < len; t++) {
             const Real* k = k_pool + paged_kv_row(table, t, g, NKV, block_size, hs);
             Real dot = 0;
+#pragma omp simd reduction(+ : dot)  // SIMD partial sums: the order is fixed by the build, not by the run
             for (int d = 0; d < hs; d++) dot += q[d] * k[d];
             m = std::max(m, p[t] = dot * scale);
         }
