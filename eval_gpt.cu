@@ -135,10 +135,13 @@ static void write_text(const std::string& path, const std::string& text) {
     write_file_atomically(path, [&](File& f) { f.write(text.data(), text.size()); });
 }
 
+// A golden prompt: its text, the expected greedy continuation (as text, and as token ids when --write-golden
+// recorded it: ids are compared when present, since bytes that are not UTF-8 text can only be stored replaced).
 struct GoldenPrompt {
     int line;
     std::string prompt, expected;
     int max_tokens;
+    std::vector<int> expected_tokens;
 };
 static std::vector<GoldenPrompt> read_golden(const std::string& path, const bpe::Tokenizer& tok) {
     std::ifstream in(path, std::ios::binary);
@@ -153,9 +156,14 @@ static std::vector<GoldenPrompt> read_golden(const std::string& path, const bpe:
         try { j = json::parse(line); } catch (const json::exception& e) { fail(std::string("not JSON (") + e.what() + ")"); }
         if (!j.is_object() || !j.contains("prompt") || !j["prompt"].is_string() || j["prompt"].get<std::string>().empty())
             fail("needs a non-empty string \"prompt\" (and \"expected\": the greedy continuation)");
-        GoldenPrompt g{lineno, j["prompt"], j.value("expected", std::string()), 0};
+        GoldenPrompt g{lineno, j["prompt"], j.value("expected", std::string()), 0, {}};
         if (j.contains("max_tokens") && (!j["max_tokens"].is_number_integer() || j["max_tokens"].get<int>() < 1)) fail("\"max_tokens\" must be an integer >= 1");
         g.max_tokens = j.value("max_tokens", std::max<int>(1, static_cast<int>(tok.encode_ordinary(g.expected).size())));
+        try {
+            g.expected_tokens = j.value("expected_tokens", std::vector<int>());
+        } catch (const json::exception&) {
+            fail("\"expected_tokens\" must be a list of token ids");
+        }
         out.push_back(std::move(g));
     }
     if (out.empty()) throw std::runtime_error(path + ": no prompts");
@@ -247,22 +255,26 @@ static int run(const EvalOptions& o, const std::string& device_name) {
         for (size_t i = 0; i < golden.size(); i++)
             reqs.push_back({std::to_string(i), tok->encode_ordinary(golden[i].prompt), golden[i].max_tokens, {0.0f, 0, 1.0f}, 0, ""});
         std::vector<Result> results = serve(engine, std::move(reqs), eot);
-        std::vector<std::string> got(golden.size());
+        std::vector<std::string> got(golden.size());  // as valid UTF-8: bytes that never form a character become U+FFFD
+        std::vector<std::vector<int>> got_tokens(golden.size());
         for (const Result& r : results) {
             size_t i = std::stoul(r.id);
             if (!r.error.empty()) throw std::runtime_error(o.golden + ":" + std::to_string(golden[i].line) + ": " + r.error);
-            got[i] = tok->decode(r.tokens);
+            bpe::StreamDecoder d(*tok);
+            for (int t : r.tokens) got[i] += d.push(t);
+            got[i] += d.flush();
+            got_tokens[i] = r.tokens;
         }
         json changed_lines = json::array();
         for (size_t i = 0; i < golden.size(); i++) {
-            golden_text += json{{"prompt", golden[i].prompt}, {"expected", got[i]}, {"max_tokens", golden[i].max_tokens}}.dump(-1, ' ', false,
-                                                                                                                               json::error_handler_t::replace) + "\n";
-            if (got[i] == golden[i].expected) continue;
+            const GoldenPrompt& g = golden[i];
+            golden_text += json{{"prompt", g.prompt}, {"expected", got[i]}, {"expected_tokens", got_tokens[i]}, {"max_tokens", g.max_tokens}}.dump() + "\n";
+            if (g.expected_tokens.empty() ? got[i] == g.expected : got_tokens[i] == g.expected_tokens) continue;
             changed++;
-            changed_lines.push_back(golden[i].line);
-            std::printf("golden %s:%d changed\n  prompt:   %s\n  expected: %s\n  got:      %s\n", o.golden.c_str(), golden[i].line,
-                        json(golden[i].prompt).dump().c_str(), json(golden[i].expected).dump().c_str(),
-                        json(got[i]).dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+            changed_lines.push_back(g.line);
+            std::printf("golden %s:%d changed\n  prompt:   %s\n  expected: %s %s\n  got:      %s %s\n", o.golden.c_str(), g.line,
+                        json(g.prompt).dump().c_str(), json(g.expected).dump().c_str(), json(g.expected_tokens).dump().c_str(),
+                        json(got[i]).dump().c_str(), json(got_tokens[i]).dump().c_str());
         }
         std::printf("golden %s: %d of %zu continuations changed\n", o.golden.c_str(), changed, golden.size());
         metrics["golden_prompts"] = golden.size();
