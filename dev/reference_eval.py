@@ -23,8 +23,8 @@ OUT = "test/fixtures/eval_hf.json"
 MODELS = ["test/fixtures/hf_gpt2_tiny", "test/fixtures/hf_llama_tiny"]
 TOKENIZER = "test/fixtures/tokenizer_small"
 ITEMS, CHOICES = 6, 4
-TEXTS = [("A man is sitting on a roof.", "He starts pulling up roofing on a roof."),
-         ("Then, the man writes over the snow covering the window of a car", "and a woman wearing winter clothes smiles."),
+TEXTS = [("A cat sits on the warm stones of the wall.", "It watches the birds in the garden below."),
+         ("Then the baker opens the oven and takes out", "three loaves, golden and smelling of rye."),
          ("ROMEO:\nBut soft, what light", "through yonder window breaks?"),
          ("It's 1,234 miles; we'll see", "  two spaces, tabs\tand 'quotes'"),
          ("Café naïve — 東京", "émigré ✓")]
