@@ -212,3 +212,33 @@ train-llama: $(LLAMA_DATA)/train_000.bin train_gpt_cpu
 	./train_gpt_cpu --config $(LLAMA_CONFIG) $(TRAIN_ARGS)
 # test_llama also runs the CPU training program with --arch llama
 $(CPU)/test/test_llama: | train_gpt_cpu
+
+# ---- evaluation (issue 17) ----------------------------------------------------------------------------
+# eval_gpt (GPU build) and eval_gpt_cpu (CPU build): multiple-choice accuracy (HellaSwag format), loss / perplexity /
+# bits per byte of a text, golden greedy continuations, a regression gate (eval.h, docs/evaluation.md).
+# make eval (after make train): scores the trained checkpoint on a multiple-choice set made from the val split of
+# Tiny Shakespeare (dev/make_choice_set.sh; third-party text, so made here, never committed) and on the val text
+# itself; the report goes to $(TRAIN_OUT)/eval.json. EVAL_ARGS adds flags (e.g. --baseline old.json).
+eval_gpt_cpu: $(CPU)/eval_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
+eval_gpt: $(GPU)/eval_gpt.o $(TOK_LIB_OBJS)
+	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
+$(CPU)/test/test_eval: | eval_gpt_cpu train_gpt_cpu  # test_eval runs both programs
+all: eval_gpt_cpu
+EVAL_BIN     := $(if $(GPU_CC),./eval_gpt,./eval_gpt_cpu)
+EVAL_TEXT    ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) data/tinyshakespeare.txt)
+EVAL_ARGS    ?=
+data/eval/shakespeare_choices.jsonl: dev/make_choice_set.sh
+	bash dev/make_choice_set.sh $@ $(EVAL_TEXT)
+data/eval/shakespeare_val.txt:  # the val split: the last 10% of the bytes, as dev/prepare_shakespeare.sh cuts it
+	@mkdir -p $(@D)
+	tail -c +$$(( $$(wc -c < $(EVAL_TEXT)) * 9 / 10 + 1 )) $(EVAL_TEXT) > $@
+.PHONY: eval clean-eval
+eval: data/eval/shakespeare_choices.jsonl data/eval/shakespeare_val.txt $(EVAL_BIN)
+	@[ -f $(TRAIN_OUT)/checkpoint.bin ] || { echo "no $(TRAIN_OUT)/checkpoint.bin: run 'make train' first" >&2; exit 1; }
+	$(EVAL_BIN) --model $(TRAIN_OUT)/checkpoint.bin --multiple-choice data/eval/shakespeare_choices.jsonl \
+	  --text data/eval/shakespeare_val.txt --batch-size 16 --report $(TRAIN_OUT)/eval.json $(EVAL_ARGS)
+clean: clean-eval
+clean-eval:
+	rm -f eval_gpt eval_gpt_cpu
+# ---- end evaluation (issue 17) ------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -288,4 +289,28 @@ inline LoadedModel load_model(const std::string& path) {
     m.params = std::move(ck.params);
     m.format = "gpt.cu checkpoint";
     return m;
+}
+
+// The tokenizer of a loaded model, one rule for every program: `dir` (a --tokenizer flag) if given, else the one the
+// checkpoint recorded, else GPT-2's (../shared/data/gpt2); a checkpoint's fingerprint must match. When none is found,
+// or it has more tokens than the model, that is an error if `needed`, else std::nullopt (token ids in, ids out).
+inline std::optional<bpe::Tokenizer> open_model_tokenizer(std::string dir, const LoadedModel& m, bool needed) {
+    if (dir.empty() && m.tokenizer.is_object()) dir = m.tokenizer.value("dir", "");
+    if (dir.empty()) dir = "../shared/data/gpt2";
+    if (!std::filesystem::exists(dir + "/encoder.json")) {
+        if (needed) throw std::runtime_error("tokenizer " + dir + ": no encoder.json there; pass --tokenizer DIR (or token ids)");
+        return std::nullopt;
+    }
+    bpe::Tokenizer tok = bpe::Tokenizer::load(dir);
+    if (m.tokenizer.is_object() && m.tokenizer.contains("fingerprint") && tokenizer_info(dir, tok).fingerprint != m.tokenizer["fingerprint"])
+        throw std::runtime_error("tokenizer " + dir + " is not the one the model was trained with (" + m.tokenizer.dump() +
+                                 "); pass that one with --tokenizer");
+    if (tok.vocab_size() > m.config.vocab_size) {
+        if (needed)
+            throw std::runtime_error("tokenizer " + dir + " has " + std::to_string(tok.vocab_size()) + " tokens but the model only " +
+                                     std::to_string(m.config.vocab_size) + "; pass the model's with --tokenizer");
+        std::fprintf(stderr, "note: tokenizer %s does not fit this model's vocabulary; using token ids\n", dir.c_str());
+        return std::nullopt;
+    }
+    return tok;
 }

@@ -113,31 +113,6 @@ static InferOptions parse_options(int argc, char** argv) {
 
 // The tokenizer to use: --tokenizer, else the one the checkpoint recorded, else GPT-2's. A checkpoint's
 // fingerprint must match: another tokenizer's ids would mean other words.
-static std::optional<bpe::Tokenizer> open_tokenizer(const InferOptions& o, const LoadedModel& m, bool needed) {
-    std::string dir = o.tokenizer;
-    if (dir.empty() && m.tokenizer.is_object()) dir = m.tokenizer.value("dir", "");
-    if (dir.empty()) dir = "../shared/data/gpt2";
-    if (!fs::exists(dir + "/encoder.json")) {
-        if (needed) throw std::runtime_error("tokenizer " + dir + ": no encoder.json there; pass --tokenizer DIR (or --prompt-ids)");
-        return std::nullopt;
-    }
-    bpe::Tokenizer tok = bpe::Tokenizer::load(dir);
-    if (m.tokenizer.is_object() && m.tokenizer.contains("fingerprint")) {
-        TokenizerInfo info = tokenizer_info(dir, tok);
-        if (info.fingerprint != m.tokenizer["fingerprint"])
-            throw std::runtime_error("tokenizer " + dir + " is not the one the model was trained with (" + m.tokenizer.dump() +
-                                     "); pass that one with --tokenizer");
-    }
-    if (tok.vocab_size() > m.config.vocab_size) {
-        if (!needed) {  // token ids in, token ids out: no tokenizer is fine
-            std::fprintf(stderr, "note: tokenizer %s does not fit this model's vocabulary; printing token ids\n", dir.c_str());
-            return std::nullopt;
-        }
-        throw std::runtime_error("tokenizer " + dir + " has " + std::to_string(tok.vocab_size()) + " tokens but the model only " +
-                                 std::to_string(m.config.vocab_size));
-    }
-    return tok;
-}
 
 static std::vector<int> parse_ids(const std::string& s) {
     std::vector<int> ids;
@@ -200,7 +175,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
         return 0;
     }
     bool need_tok = o.prompt_ids.empty();
-    std::optional<bpe::Tokenizer> tok = open_tokenizer(o, m, need_tok && o.requests.empty());
+    std::optional<bpe::Tokenizer> tok = open_model_tokenizer(o.tokenizer, m, need_tok && o.requests.empty());
     int eot = m.eot_id >= 0 ? m.eot_id : (tok ? tok->eot_id() : -1);
     GPT<Ops> model(m.config);
     model.set_parameters(m.params);

@@ -22,6 +22,7 @@
 
 #include "gpt.cuh"
 #include "checkpoint.h"
+#include "eval.h"
 #include "sampling.h"
 #include "tokenizer/bpe.h"
 
@@ -51,6 +52,8 @@ struct TrainOptions {
     double grad_clip = 1.0;            // 0 = no clipping
     int val_every = 100;
     int val_batches = 10;
+    int eval_every = 0;                      // multiple-choice accuracy (issue 17): steps between evaluations
+    std::string eval_multiple_choice = "";   // HellaSwag-format JSONL (eval.h)
     int sample_every = 500;            // 0 = only at the end
     int sample_tokens = 96;
     double temperature = 0.9;
@@ -116,6 +119,8 @@ static const std::vector<OptionInfo>& option_table() {
         OPTION(grad_clip, "clip the global gradient norm to this (0 = off)"),
         OPTION(val_every, "steps between validation losses (0 = never)"),
         OPTION(val_batches, "micro-batches per validation loss"),
+        OPTION(eval_every, "steps between multiple-choice evaluations of eval_multiple_choice (0 = never)"),
+        OPTION(eval_multiple_choice, "HellaSwag-format JSONL ({ctx, endings, label} per line): acc and acc_norm go to log.jsonl"),
         OPTION(sample_every, "steps between text samples (0 = only at the end)"),
         OPTION(sample_tokens, "tokens per sample"),
         OPTION(temperature, "sampling temperature"),
@@ -405,6 +410,20 @@ static int train(const TrainOptions& o, const std::string& device_name) {
         }
         return sum / n;
     };
+    // ---- multiple-choice accuracy (issue 17; eval.h): items read and checked once, before training
+    std::vector<ChoiceItem> mc_items;
+    if (o.eval_every > 0 && !o.eval_multiple_choice.empty()) {
+        mc_items = read_choice_file(o.eval_multiple_choice, &tok, config.vocab_size);
+        check_choices_fit(mc_items, config.max_seq_len, o.eval_multiple_choice);
+    }
+    auto eval_choices = [&](int step) {
+        if (mc_items.empty() || (step % o.eval_every != 0 && step != o.max_steps)) return;  // and after the last step
+        ChoiceTotals totals;
+        for (const ChoiceItem& it : mc_items) totals.add(it, score_choices(model, it));
+        std::printf("step %5d | multiple choice acc %.4f | acc_norm %.4f | %ld items\n", step, totals.acc(), totals.acc_norm(), totals.count);
+        log << json{{"step", step}, {"mc_acc", totals.acc()}, {"mc_acc_norm", totals.acc_norm()}, {"mc_count", totals.count}}.dump() << "\n" << std::flush;
+    };
+    // ---- end multiple-choice accuracy
     auto print_sample = [&](int step) {
         std::printf("--- sample at step %d ---\n%s\n---\n", step, generate(model, tok, o, sample_rng).c_str());
         std::fflush(stdout);
@@ -421,6 +440,7 @@ static int train(const TrainOptions& o, const std::string& device_name) {
             std::printf("step %5d | val loss %.4f\n", step, v);
             log << json{{"step", step}, {"val_loss", v}}.dump() << "\n" << std::flush;
         }
+        eval_choices(step);
         if (o.sample_every > 0 && step > start_step && step % o.sample_every == 0) print_sample(step);
 
         Timer step_timer;
@@ -461,6 +481,7 @@ static int train(const TrainOptions& o, const std::string& device_name) {
         double v = val_loss();
         std::printf("step %5d | val loss %.4f | %s total\n", o.max_steps, v, format_duration(run_timer.elapsed_ms() / 1000).c_str());
         log << json{{"step", o.max_steps}, {"val_loss", v}}.dump() << "\n" << std::flush;
+        eval_choices(o.max_steps);
         save(o.max_steps);
         std::printf("checkpoint: %s\n", ckpt_path.c_str());
     }
