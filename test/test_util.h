@@ -92,7 +92,6 @@ inline void check_close(const std::string& what, const std::vector<float>& out, 
                         << tol.rtol << "·|ref|; worst: element " << worst << " = " << out[worst] << ", reference " << ref[worst]
                         << " (" << worst_ratio << "× the allowed difference)");
     double e = rel_error(out, ref);
-    if (std::getenv("TOLDEBUG")) std::fprintf(stderr, "TOLDEBUG %s ratio %.3g norm %.3g (max abs diff at %.3g ref %.3g)\n", what.c_str(), worst_ratio, e / tol.norm, std::fabs(out[worst]-ref[worst]), ref[worst]);
     INFO(what << ": relative error " << e << " (tolerance " << tol.norm << "); worst element at " << worst_ratio << "× its tolerance");
     CHECK(e <= tol.norm);
 }
