@@ -3,7 +3,8 @@
 //   2. a naive CUDA path that materialises the (T, T) attention matrix (permute → cuBLAS Q·Kᵀ → causal
 //      softmax kernel → cuBLAS P·V → unpermute), the way one first writes attention,
 //   3. a fused path in the FlashAttention-2 manner, written by hand in fp32 CUDA C++: the (T, T) matrix
-//      is never stored; a block streams K/V tiles through shared memory with an online softmax.
+//      is never stored; a block streams K/V tiles through shared memory with an online softmax. Any head
+//      size 1..256; deterministic (no float atomics: the same bits on every run).
 // plus RoPE (rotary position embedding), grouped-query attention (GQA/MQA) everywhere, and decode
 // attention for inference (one query per sequence against a KV cache, split over the cache).
 // The chapter that explains all of it is docs/attention.md; tests are test/test_attention.cu.
