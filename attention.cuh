@@ -114,8 +114,9 @@ void attention_allow_shared_bytes(Kernel kernel, size_t bytes, const char* fn, i
     cuda_check(cudaGetDevice(&device));
     cuda_check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     if (bytes > static_cast<size_t>(limit))
-        throw std::runtime_error(std::string(fn) + ": head size " + std::to_string(hs) + " needs " + std::to_string(bytes / 1024) +
-                                 " KiB of shared memory per block, this GPU allows " + std::to_string(limit / 1024) +
+        throw std::runtime_error(std::string(fn) + ": head size " + std::to_string(hs) + " needs " +
+                                 std::to_string(bytes / 1024) + " KiB of shared memory per block, this GPU allows " +
+                                 std::to_string(limit / 1024) +
                                  " KiB; use a model with a smaller head size (more heads) on this GPU");
     cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
@@ -718,14 +719,14 @@ __global__ void attention_backward_preprocess_kernel(float* D /*(B, NH, T)*/, co
 // rows past T and columns d >= hs; lse in base 2 and D (BR). Called by all threads of the block.
 template <int HS, int BR>
 __device__ void attention_backward_load_queries(float* Qs, float* dOs, float* lse2s, float* Ds, const floatX* qkv,
-                                                const floatX* dout, const float* lse, const float* D, int b, int h, int q0,
-                                                int T, int NH, int NKV, int hs) {
+                                                const floatX* dout, const float* lse, const float* D, int b, int h,
+                                                int q0, int T, int NH, int NKV, int hs) {
     for (int idx = threadIdx.x; idx < BR * HS; idx += blockDim.x) {
         int r = idx / HS, d = idx % HS, q = q0 + r;
         bool in = q < T && d < hs;
+        size_t o_row = (static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs;  // dout (B, T, NH·hs)
         Qs[r * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, hs) + d]) : 0.0f;
-        dOs[r * (HS + 1) + d] =
-            in ? static_cast<float>(dout[(static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs + d]) : 0.0f;
+        dOs[r * (HS + 1) + d] = in ? static_cast<float>(dout[o_row + d]) : 0.0f;
     }
     for (int r = threadIdx.x; r < BR; r += blockDim.x) {
         int q = q0 + r;
@@ -736,8 +737,8 @@ __device__ void attention_backward_load_queries(float* Qs, float* dOs, float* ls
 }
 // Loads keys k0.. of kv head g: K and V (BC, HS+1), zero past T and in columns d >= hs.
 template <int HS, int BC>
-__device__ void attention_backward_load_keys(float* Ks, float* Vs, const floatX* qkv, int b, int g, int k0, int T, int NH,
-                                             int NKV, int hs) {
+__device__ void attention_backward_load_keys(float* Ks, float* Vs, const floatX* qkv, int b, int g, int k0, int T,
+                                             int NH, int NKV, int hs) {
     for (int idx = threadIdx.x; idx < BC * HS; idx += blockDim.x) {
         int c = idx / HS, d = idx % HS, key = k0 + c;
         bool in = key < T && d < hs;
@@ -748,8 +749,8 @@ __device__ void attention_backward_load_keys(float* Ks, float* Vs, const floatX*
 
 template <int HS, int BR, int BC>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_backward_kv_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv, int T,
-                             int NH, int NKV, int hs) {
+attention_backward_kv_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv,
+                             int T, int NH, int NKV, int hs) {
     static_assert(BR % 8 == 0 && BC % 16 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads");
     constexpr int KPT = BC / 16, QPT = BR / 8, DPT = HS / 8;
     extern __shared__ float flash_smem[];
@@ -839,8 +840,8 @@ attention_backward_kv_kernel(floatX* dqkv, const floatX* dout, const float* lse,
 
 template <int HS, int BR, int BC>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_backward_q_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv, int T,
-                            int NH, int NKV, int hs) {
+attention_backward_q_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv,
+                            int T, int NH, int NKV, int hs) {
     static_assert(BR % 16 == 0 && BC % 8 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads");
     constexpr int RPT = BR / 16, CPT = BC / 8, DPT = HS / 8;
     extern __shared__ float flash_smem[];
@@ -913,20 +914,20 @@ attention_backward_q_kernel(floatX* dqkv, const floatX* dout, const float* lse, 
 }
 
 template <int HS>
-void attention_backward_flash_launch(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv,
-                                     int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
+void attention_backward_flash_launch(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
+                                     const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
     constexpr int BR = 32, BC = 32;
     constexpr size_t kv_smem = attention_backward_kv_shared_bytes<HS, BR, BC>();
     auto kv_kernel = attention_backward_kv_kernel<HS, BR, BC>;
     attention_allow_shared_bytes(kv_kernel, kv_smem, "attention_backward", hs);
-    kv_kernel<<<dim3(ceil_div(T, BC), NKV, B), attention_flash_threads, kv_smem, stream>>>(dqkv, dout, lse, D, qkv, T, NH,
-                                                                                           NKV, hs);
+    kv_kernel<<<dim3(ceil_div(T, BC), NKV, B), attention_flash_threads, kv_smem, stream>>>(
+        dqkv, dout, lse, D, qkv, T, NH, NKV, hs);
     cuda_check(cudaGetLastError());
     constexpr size_t q_smem = attention_backward_q_shared_bytes<HS, BR, BC>();
     auto q_kernel = attention_backward_q_kernel<HS, BR, BC>;
     attention_allow_shared_bytes(q_kernel, q_smem, "attention_backward", hs);
-    q_kernel<<<dim3(ceil_div(T, BR), NH, B), attention_flash_threads, q_smem, stream>>>(dqkv, dout, lse, D, qkv, T, NH, NKV,
-                                                                                        hs);
+    q_kernel<<<dim3(ceil_div(T, BR), NH, B), attention_flash_threads, q_smem, stream>>>(
+        dqkv, dout, lse, D, qkv, T, NH, NKV, hs);
     cuda_check(cudaGetLastError());
 }
 

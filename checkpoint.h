@@ -65,8 +65,8 @@ struct NonFiniteError : std::runtime_error {
 inline void check_finite(const char* what, const std::vector<float>& x) {
     for (size_t i = 0; i < x.size(); i++)
         if (!std::isfinite(x[i]))
-            throw NonFiniteError(std::string(what) + "[" + std::to_string(i) + "] is " + std::to_string(x[i]) + " (of " +
-                                 std::to_string(x.size()) + " values)");
+            throw NonFiniteError(std::string(what) + "[" + std::to_string(i) + "] is " + std::to_string(x[i]) +
+                                 " (of " + std::to_string(x.size()) + " values)");
 }
 
 // Refuses (NonFiniteError) tensors that are not all finite; then writes atomically and durably

@@ -390,15 +390,17 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     // Training stops at the first non-finite value, naming the step, what was not finite, and the last
     // checkpoint (which holds only finite numbers: write_checkpoint refuses anything else).
     auto stop = [&](int step, const std::string& what) {
-        std::string where = last_checkpoint_step >= 0 ? ckpt_path + " (step " + std::to_string(last_checkpoint_step) + ")" : "none written yet";
-        throw std::runtime_error("step " + std::to_string(step) + ": " + what + "; training stopped. Last good checkpoint: " + where +
-                                 ". Try a lower --learning-rate.");
+        std::string where = "none written yet";
+        if (last_checkpoint_step >= 0) where = ckpt_path + " (step " + std::to_string(last_checkpoint_step) + ")";
+        throw std::runtime_error("step " + std::to_string(step) + ": " + what + "; training stopped. Last good checkpoint: " +
+                                 where + ". Try a lower --learning-rate.");
     };
     auto save = [&](int step) {
         json meta = {{"step", step}, {"data", train_data.state()}, {"sample_rng", rng_to_json(sample_rng)}};
         try {
-            write_checkpoint(ckpt_path, config, tok_info, meta, model.get_parameters(), model.get(model.m_memory, model.num_parameters),
-                             model.get(model.v_memory, model.num_parameters));
+            size_t P = model.num_parameters;
+            write_checkpoint(ckpt_path, config, tok_info, meta, model.get_parameters(), model.get(model.m_memory, P),
+                             model.get(model.v_memory, P));
         } catch (const NonFiniteError& e) {
             stop(step, std::string("after the update ") + e.what() + ", so the checkpoint was not written");
         }
@@ -449,7 +451,8 @@ static int train(const TrainOptions& o, const std::string& device_name) {
         auto str = [](double x) { char b[32]; std::snprintf(b, sizeof b, "%g", x); return std::string(b); };
         if (!std::isfinite(loss)) stop(step + 1, "the loss is " + str(loss) + ", before the update");
         float norm = model.grad_norm();
-        if (!std::isfinite(norm)) stop(step + 1, "the gradient norm is " + str(norm) + " (loss " + str(loss) + "), before the update");
+        if (!std::isfinite(norm))
+            stop(step + 1, "the gradient norm is " + str(norm) + " (loss " + str(loss) + "), before the update");
         float scale = o.grad_clip > 0 && norm > o.grad_clip ? static_cast<float>(o.grad_clip / norm) : 1.0f;
         double lr = lr_at(o, step);
         model.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.adam_eps),

@@ -197,7 +197,8 @@ TEST_CASE("attention fused path at head size 32, odd T") {
 // far from a capacity), 256 (the largest), and 20 (not a multiple of 8, even: RoPE pairs).
 TEST_CASE("attention fused path at head sizes 8..256 (8, 16, 20, 40, 80, 96, 200, 256), MHA and GQA") {
     Rng rng(410);
-    for (int hs : {8, 16, 20, 40, 80, 96, 200, 256}) check_attention_paths(Shape{2, hs > 128 ? 37 : 70, 4, hs % 16 ? 4 : 2, hs}, hs / 8 % 2 == 0, rng);
+    for (int hs : {8, 16, 20, 40, 80, 96, 200, 256})
+        check_attention_paths(Shape{2, hs > 128 ? 37 : 70, 4, hs % 16 ? 4 : 2, hs}, hs / 8 % 2 == 0, rng);
 }
 
 // The fused backward adds no floats atomically: each element of dqkv is summed by one thread in a fixed
@@ -212,7 +213,8 @@ TEST_CASE("attention fused backward is deterministic: same bits under every thre
     attention_forward(d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
     std::vector<float> first;
 #if defined(CUDASIM)
-    const auto orders = {cudasim::Order::forward, cudasim::Order::reverse, cudasim::Order::random, cudasim::Order::random};
+    using cudasim::Order;
+    const auto orders = {Order::forward, Order::reverse, Order::random, Order::random};
 #else
     const auto orders = {0, 1, 2, 3};  // on a GPU: four runs, whatever order the hardware picks
 #endif

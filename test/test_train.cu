@@ -42,9 +42,11 @@ struct Workspace {
     // --min-lr-fraction 1 keeps the learning rate constant after the warmup, so a run to step 4 and a run
     // to step 6 take the same steps up to 4: the resume tests stop one and continue it.
     std::string args(const std::string& out, int max_steps, const std::string& device = "cpu") const {
-        return "--model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device " + device +
-               " --batch-size 2 --seq-len 8 --grad-accum-tokens 32 --val-every 2 --val-batches 1 --sample-every 0 --sample-tokens 2 "
-               "--warmup-steps 2 --min-lr-fraction 1 --checkpoint-every 3 --max-steps " + std::to_string(max_steps) +
+        return "--model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}'"
+               " --device " + device +
+               " --batch-size 2 --seq-len 8 --grad-accum-tokens 32 --val-every 2 --val-batches 1 --sample-every 0"
+               " --sample-tokens 2 --warmup-steps 2 --min-lr-fraction 1 --checkpoint-every 3"
+               " --max-steps " + std::to_string(max_steps) +
                " --train-data " + dir + "/train_*.bin --val-data " + dir + "/val_*.bin --out-dir " + dir + "/" + out;
     }
     std::string checkpoint(const std::string& out) const { return dir + "/" + out + "/checkpoint.bin"; }
@@ -90,7 +92,8 @@ static std::vector<double> check_resume(const Workspace& w, const std::string& d
     INFO(resumed.output);
     REQUIRE(resumed.exit_code == 0);
     CHECK(resumed.output.find("resumed from") != std::string::npos);
-    Checkpoint a = read_checkpoint(w.checkpoint(device + "_straight")), b = read_checkpoint(w.checkpoint(device + "_resumed"));
+    Checkpoint a = read_checkpoint(w.checkpoint(device + "_straight"));
+    Checkpoint b = read_checkpoint(w.checkpoint(device + "_resumed"));
     CHECK(a.meta.at("step") == 6);
     CHECK(b.meta.at("step") == 6);
     CHECK(a.params == b.params);  // bit for bit: weights, both AdamW moments, data position, sampling RNG
@@ -107,7 +110,8 @@ static std::vector<double> check_resume(const Workspace& w, const std::string& d
     return losses;
 }
 
-TEST_CASE("--resume continues bit for bit and reproduces the samples (CPU and kernel path); the kernel path's loss is the CPU path's") {
+TEST_CASE("--resume continues bit for bit and reproduces the samples (CPU and kernel path); "
+          "the kernel path's loss is the CPU path's") {
     Workspace w("resume");
     std::vector<double> cpu = check_resume(w, "cpu"), cuda = check_resume(w, "cuda");
     // Both paths compute in fp32 with different summation orders; over 6 AdamW steps the losses agree to
@@ -139,14 +143,15 @@ TEST_CASE("two runs of the kernel path write byte-identical checkpoints, with an
 
 // Training stops before an update with a non-finite loss or gradient norm, and never writes a non-finite
 // value; the checkpoint the message names loads and holds finite numbers only.
-TEST_CASE("a non-finite loss, gradient norm or update stops training, names the step, and keeps the last good checkpoint") {
+TEST_CASE("a non-finite loss, gradient norm or update stops training, names the step, keeps the last good checkpoint") {
     Workspace w("nan");
     // lr 1e39 is inf in fp32: the first update makes every weight non-finite; no checkpoint may hold them
     RunResult r = run(w.args("inf_lr", 4) + " --learning-rate 1e39 --checkpoint-every 1");
     INFO(r.output);
     CHECK(r.exit_code == 1);
     CHECK(r.output.find("step 1: after the update parameters[") != std::string::npos);
-    CHECK(r.output.find("so the checkpoint was not written; training stopped. Last good checkpoint: none written yet") != std::string::npos);
+    CHECK(r.output.find("so the checkpoint was not written; training stopped. "
+                        "Last good checkpoint: none written yet") != std::string::npos);
     CHECK(!fs::exists(w.checkpoint("inf_lr")));
 
     // lr 1e30 without clipping: step 1 is finite (and checkpointed), then the loss or an update overflows
@@ -155,7 +160,9 @@ TEST_CASE("a non-finite loss, gradient norm or update stops training, names the 
         r = run(w.args("huge_lr_" + device, 20, device) + " --learning-rate 1e30 --grad-clip 0 --checkpoint-every 1");
         INFO(r.output);
         CHECK(r.exit_code == 1);
-        CHECK(r.output.find("training stopped. Last good checkpoint: " + w.checkpoint("huge_lr_" + device) + " (step ") != std::string::npos);
+        std::string last_good = "training stopped. Last good checkpoint: " + w.checkpoint("huge_lr_" + device);
+        last_good += " (step ";
+        CHECK(r.output.find(last_good) != std::string::npos);
         Checkpoint ck = read_checkpoint(w.checkpoint("huge_lr_" + device));
         int step = ck.meta.at("step");
         CHECK(r.output.find("(step " + std::to_string(step) + ")") != std::string::npos);
@@ -183,8 +190,9 @@ TEST_CASE("a non-finite loss, gradient norm or update stops training, names the 
         INFO(r.output);
         CHECK(r.exit_code == 1);
         CHECK(r.output.find("step 3: the gradient norm is") != std::string::npos);
-        CHECK(r.output.find("before the update; training stopped. Last good checkpoint: " + w.checkpoint("norm") + " (step 2)") !=
-              std::string::npos);
+        std::string last_good =
+            "before the update; training stopped. Last good checkpoint: " + w.checkpoint("norm") + " (step 2)";
+        CHECK(r.output.find(last_good) != std::string::npos);
     }
 }
 
@@ -195,7 +203,8 @@ TEST_CASE("a non-finite loss, gradient norm or update stops training, names the 
 // old checkpoint, whole; once the write finishes it is the new one.
 TEST_CASE("a checkpoint write killed at any point leaves the previous checkpoint whole") {
     Workspace w("kill");
-    GPTConfig config = nlohmann::json{{"n_layer", 1}, {"n_head", 2}, {"n_embd", 16}, {"max_seq_len", 16}, {"vocab_size", 100}}.get<GPTConfig>();
+    nlohmann::json model = {{"n_layer", 1}, {"n_head", 2}, {"n_embd", 16}, {"max_seq_len", 16}, {"vocab_size", 100}};
+    GPTConfig config = model.get<GPTConfig>();
     TokenizerInfo tok{"none", 100, 0, "0123456789abcdef"};
     Rng rng(3);
     size_t P = 5000;
@@ -205,8 +214,8 @@ TEST_CASE("a checkpoint write killed at any point leaves the previous checkpoint
     write_checkpoint(path, config, tok, {{"step", 1}}, old_p, old_m, old_v);
     const size_t size = fs::file_size(path);
     const size_t header_end = size - 3 * P * sizeof(float);
-    for (size_t K : {size_t{0}, size_t{5}, header_end / 2, header_end + 7, header_end + P * 2, header_end + P * 4 + 4096,
-                     header_end + P * 8 + 1, size - 1, size}) {
+    for (size_t K : {size_t{0}, size_t{5}, header_end / 2, header_end + 7, header_end + P * 2,
+                     header_end + P * 4 + 4096, header_end + P * 8 + 1, size - 1, size}) {
         CAPTURE(K);
         pid_t pid = fork();
         REQUIRE(pid >= 0);

@@ -73,26 +73,30 @@ constexpr Tolerance tolerance_fp32_attention{2e-5, 1e-4, 1e-5};
 
 // Every element finite, then per element |out − ref| <= atol + rtol·|ref|, then the tensor's relative error.
 // A failure names the first non-finite element, or the number of elements out of tolerance and the worst.
-inline void check_close(const std::string& what, const std::vector<float>& out, const std::vector<float>& ref, const Tolerance& tol) {
+inline void check_close(const std::string& what, const std::vector<float>& out, const std::vector<float>& ref,
+                        const Tolerance& tol) {
     REQUIRE(out.size() == ref.size());
     for (size_t i = 0; i < out.size(); i++)
         if (!std::isfinite(out[i])) {
-            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i] << ") — unwritten or overflowed");
+            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i]
+                            << ") — unwritten or overflowed");
             return;
         }
     size_t bad = 0, worst = 0;
     double worst_ratio = 0;  // |out − ref| / (atol + rtol·|ref|): > 1 fails
     for (size_t i = 0; i < out.size(); i++) {
-        double ratio = std::fabs(static_cast<double>(out[i]) - ref[i]) / (tol.atol + tol.rtol * std::fabs(static_cast<double>(ref[i])));
+        double diff = std::fabs(static_cast<double>(out[i]) - ref[i]);
+        double ratio = diff / (tol.atol + tol.rtol * std::fabs(static_cast<double>(ref[i])));
         if (ratio > 1) bad++;
         if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
     }
     if (bad)
-        FAIL_CHECK(what << ": " << bad << " of " << out.size() << " elements differ by more than atol " << tol.atol << " + rtol "
-                        << tol.rtol << "·|ref|; worst: element " << worst << " = " << out[worst] << ", reference " << ref[worst]
-                        << " (" << worst_ratio << "× the allowed difference)");
+        FAIL_CHECK(what << ": " << bad << " of " << out.size() << " elements differ by more than atol " << tol.atol
+                        << " + rtol " << tol.rtol << "·|ref|; worst: element " << worst << " = " << out[worst]
+                        << ", reference " << ref[worst] << " (" << worst_ratio << "× the allowed difference)");
     double e = rel_error(out, ref);
-    INFO(what << ": relative error " << e << " (tolerance " << tol.norm << "); worst element at " << worst_ratio << "× its tolerance");
+    INFO(what << ": relative error " << e << " (tolerance " << tol.norm << "); worst element at " << worst_ratio
+              << "× its tolerance");
     CHECK(e <= tol.norm);
 }
 
