@@ -3,7 +3,8 @@
 //   2. a naive CUDA path that materialises the (T, T) attention matrix (permute → cuBLAS Q·Kᵀ → causal
 //      softmax kernel → cuBLAS P·V → unpermute), the way one first writes attention,
 //   3. a fused path in the FlashAttention-2 manner, written by hand in fp32 CUDA C++: the (T, T) matrix
-//      is never stored; a block streams K/V tiles through shared memory with an online softmax.
+//      is never stored; a block streams K/V tiles through shared memory with an online softmax. Any head
+//      size 1..256; deterministic (no float atomics: the same bits on every run).
 // plus RoPE (rotary position embedding) and grouped-query attention (GQA/MQA) everywhere. Attention of new
 // tokens against a (paged) KV cache, for inference, is paged_kv.cuh's.
 // Each op ends with GPTCU_OP(op), the op(exec, ...) the model calls (common.cuh). The chapter that explains
@@ -52,7 +53,7 @@ inline void attention_check_shape(const char* fn, int B, int T, int NH, int NKV,
 }
 
 // The scratch memory of attention (common.cuh's ScratchBuffer): launchers carve it into the pieces they need
-// (the backward's D and partial dQ, the naive path's permuted q/k/v, paged_kv.cuh's split-K partial results).
+// (the backward's D, the naive path's permuted q/k/v, paged_kv.cuh's split-K partial results).
 // Every piece is O(T) per sequence and head (never O(T²)); test "fused attention allocates nothing O(T²)"
 // checks the size through attention_workspace_bytes(). One attention op runs at a time (one stream).
 inline ScratchBuffer& attention_workspace() {
@@ -80,11 +81,20 @@ inline void attention_gemm_batched(cublasOperation_t ta, cublasOperation_t tb, i
 }
 
 // Opts a kernel into more than 48 KiB of dynamic shared memory when it needs it (sm_80: up to 163 KiB,
-// sm_90: up to 227 KiB). Called by the launchers before every launch; cheap.
+// sm_90: up to 227 KiB), or throws naming the head size and the GPU's limit when the GPU has less (sm_86 and
+// sm_89: 99 KiB, which the HS = 256 kernels exceed). Called by the launchers before every launch; cheap.
 template <class Kernel>
-void attention_allow_shared_bytes(Kernel kernel, size_t bytes) {
-    if (bytes > 48 * 1024)
-        cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+void attention_allow_shared_bytes(Kernel kernel, size_t bytes, const char* fn, int hs) {
+    if (bytes <= 48 * 1024) return;
+    int device = 0, limit = 0;
+    cuda_check(cudaGetDevice(&device));
+    cuda_check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (bytes > static_cast<size_t>(limit))
+        throw std::runtime_error(std::string(fn) + ": head size " + std::to_string(hs) + " needs " +
+                                 std::to_string(bytes / 1024) + " KiB of shared memory per block, this GPU allows " +
+                                 std::to_string(limit / 1024) +
+                                 " KiB; use a model with a smaller head size (more heads) on this GPU");
+    cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 constexpr float attention_log2e = 1.4426950408889634f;  // exp(x) = exp2(x·log2 e); the kernels work in base 2
@@ -465,20 +475,53 @@ inline void attention_backward_naive(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/,
 }
 
 // ----------------------------------------------------------------------------
+// Head sizes of the fused kernels. The kernels keep hs/8 output columns per thread in registers, so hs is a
+// template parameter; they are compiled for a few capacities HS and run any hs <= HS by padding: columns
+// d >= hs of the Q, K, V, dO tiles in shared memory are 0, so every dot product over HS columns equals the one
+// over hs (adding +0.0 changes no float sum) and only the columns d < hs are written. hs = 80 runs in the
+// HS = 96 kernel (83% of its multiply-adds useful), hs = 8 in the HS = 32 one (25%: toy models only).
+// Larger hs than 256 would need more registers than a thread has; GPTConfig::validate refuses them for
+// both paths, so the CPU and the kernel path accept the same models.
+constexpr int attention_flash_max_head_size = 256;
+constexpr int attention_flash_capacities[] = {32, 64, 96, 128, 256};
+
+// The capacity the kernels for head size hs are compiled for (the smallest HS >= hs), or 0 if none.
+inline int attention_flash_capacity(int hs) {
+    for (int cap : attention_flash_capacities)
+        if (hs >= 1 && hs <= cap) return cap;
+    return 0;
+}
+// Calls f(std::integral_constant<int, HS>) with hs's capacity, or throws naming what to do.
+template <class F>
+void attention_flash_dispatch(const char* fn, int hs, F&& f) {
+    switch (attention_flash_capacity(hs)) {
+    case 32: f(std::integral_constant<int, 32>{}); break;
+    case 64: f(std::integral_constant<int, 64>{}); break;
+    case 96: f(std::integral_constant<int, 96>{}); break;
+    case 128: f(std::integral_constant<int, 128>{}); break;
+    case 256: f(std::integral_constant<int, 256>{}); break;
+    default:
+        throw std::runtime_error(std::string(fn) + ": head size " + std::to_string(hs) + " is outside 1.." +
+                                 std::to_string(attention_flash_max_head_size) +
+                                 " (the fused kernels keep hs/8 columns per thread in registers); use more heads");
+    }
+}
+
+// ----------------------------------------------------------------------------
 // The fused forward (FlashAttention-2 style), fp32.
 //   Block (query tile of BR = 64 rows, head h, batch b), 128 threads as a 16 × 8 grid (ty, tx).
 //   Thread (ty, tx) owns query rows r = ty + 16·i (i < 4) and, of a score tile, key columns c = tx + 8·j
-//   (j < BC/8); of the output it owns the columns d = tx + 8·j (j < hs/8) of its 4 rows, in registers.
+//   (j < BC/8); of the output it owns the columns d = tx + 8·j (j < HS/8) of its 4 rows, in registers.
 //   For each K/V tile of BC keys (only tiles with some key <= the tile's last query: the causal skip):
 //     load K, V tile into shared memory (coalesced: consecutive threads read consecutive d of a row)
 //     S = Q·Kᵀ tile in registers (Q prescaled by scale·log2 e, so S is in base-2 units), causal mask
 //     online softmax: m_new = max(m, rowmax S) (8 lanes of a row reduce with 3 shuffles),
 //       P = exp2(S − m_new), l = l·exp2(m − m_new) + rowsum P, O = O·exp2(m − m_new)
-//     P to shared memory; O += P·V (each thread: its 4 rows × its hs/8 columns)
+//     P to shared memory; O += P·V (each thread: its 4 rows × its HS/8 columns)
 //   At the end O /= l, and lse = (m + log2 l)·ln 2. Nothing of size T×T exists anywhere.
-//   Shared memory: Q (BR × hs+1), K (BC × hs+1), V (BC × hs), P (BR × BC+1) floats; the +1 padding puts
+//   Shared memory: Q (BR × HS+1), K (BC × HS+1), V (BC × HS), P (BR × BC+1) floats; the +1 padding puts
 //   the rows that the 8 lanes of a row group read at the same time in different banks.
-//   hs=64, BC=32: 41.5 KiB; hs=128, BC=32: 74 KiB (opted in above 48 KiB).
+//   HS=64, BC=32: 41.5 KiB; HS=128: 74 KiB; HS=256: 137 KiB (opted in above 48 KiB).
 //   Reads: Q once, K and V once per query tile (T/BR times): 2·T²·hs/BR floats per head instead of
 //   writing and reading the T×T matrix.
 
@@ -492,7 +535,7 @@ constexpr size_t attention_forward_flash_shared_bytes() {
 template <int HS, int BR, int BC>
 __global__ void __launch_bounds__(attention_flash_threads)
 attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const floatX* qkv, int T, int NH,
-                               int NKV) {
+                               int NKV, int hs) {
     static_assert(BR == 64 && BC % 8 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads, 4 rows each");
     constexpr int RPT = BR / 16, CPT = BC / 8, DPT = HS / 8;  // rows, score columns, output columns per thread
     extern __shared__ float flash_smem[];
@@ -504,11 +547,12 @@ attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, 
     int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
     int b = blockIdx.z, h = blockIdx.y, g = h / (NH / NKV);
     int q0 = (gridDim.x - 1 - blockIdx.x) * BR;  // the longest (last) query tiles start first: a shorter tail
-    const float scale_log2 = attention_log2e / sqrtf(static_cast<float>(HS));
+    const float scale_log2 = attention_log2e / sqrtf(static_cast<float>(hs));
 
     for (int idx = tid; idx < BR * HS; idx += attention_flash_threads) {
         int r = idx / HS, d = idx % HS, q = q0 + r;
-        Qs[r * (HS + 1) + d] = q < T ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, HS) + d]) * scale_log2 : 0.0f;
+        Qs[r * (HS + 1) + d] =
+            q < T && d < hs ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, hs) + d]) * scale_log2 : 0.0f;
     }
     float m[RPT], l[RPT], o[RPT][DPT];
     for (int i = 0; i < RPT; i++) {
@@ -521,9 +565,9 @@ attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, 
         __syncthreads();  // everyone is done with the previous K, V, P tiles (and Q is loaded, first time)
         for (int idx = tid; idx < BC * HS; idx += attention_flash_threads) {
             int c = idx / HS, d = idx % HS, key = k0 + c;
-            bool in = key < T;
-            Ks[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_k_offset(b, key, g, T, NH, NKV, HS) + d]) : 0.0f;
-            Vs[c * HS + d] = in ? static_cast<float>(qkv[qkv_v_offset(b, key, g, T, NH, NKV, HS) + d]) : 0.0f;
+            bool in = key < T && d < hs;
+            Ks[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_k_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+            Vs[c * HS + d] = in ? static_cast<float>(qkv[qkv_v_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
         }
         __syncthreads();
         float s[RPT][CPT];
@@ -572,30 +616,23 @@ attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, 
         for (int offset = 1; offset < 8; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
         int query = q0 + ty + 16 * i;
         if (query < T) {
-            floatX* dst = out + (static_cast<size_t>(b) * T + query) * NH * HS + static_cast<size_t>(h) * HS;
-            for (int j = 0; j < DPT; j++) dst[tx + 8 * j] = static_cast<floatX>(o[i][j] / sum);
+            floatX* dst = out + (static_cast<size_t>(b) * T + query) * NH * hs + static_cast<size_t>(h) * hs;
+            for (int j = 0; j < DPT; j++)
+                if (tx + 8 * j < hs) dst[tx + 8 * j] = static_cast<floatX>(o[i][j] / sum);
             if (tx == 0) lse[(static_cast<size_t>(b) * NH + h) * T + query] = (m[i] + log2f(sum)) * attention_ln2;
         }
     }
 }
 
-// Head sizes the fused kernels are compiled for.
-inline bool attention_flash_supports(int hs) { return hs == 32 || hs == 64 || hs == 128; }
-inline void attention_flash_check(const char* fn, int hs) {
-    if (!attention_flash_supports(hs))
-        throw std::runtime_error(std::string(fn) + ": head size " + std::to_string(hs) +
-                                 " is not compiled (32, 64, 128 are); add an instantiation in attention.cuh or use the naive path");
-}
-
 template <int HS>
-void attention_forward_flash_launch(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV,
+void attention_forward_flash_launch(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs,
                                     cudaStream_t stream) {
     constexpr int BR = 64, BC = 32;
     constexpr size_t smem = attention_forward_flash_shared_bytes<HS, BR, BC>();
     auto kernel = attention_forward_flash_kernel<HS, BR, BC>;
-    attention_allow_shared_bytes(kernel, smem);
+    attention_allow_shared_bytes(kernel, smem, "attention_forward", hs);
     dim3 grid(ceil_div(T, BR), NH, B);
-    kernel<<<grid, attention_flash_threads, smem, stream>>>(out, lse, qkv, T, NH, NKV);
+    kernel<<<grid, attention_flash_threads, smem, stream>>>(out, lse, qkv, T, NH, NKV, hs);
     cuda_check(cudaGetLastError());
 }
 
@@ -604,33 +641,41 @@ inline void attention_forward(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, N
                               const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
                               cudaStream_t stream) {
     attention_check_shape("attention_forward", B, T, NH, NKV, hs);
-    attention_flash_check("attention_forward", hs);
-    if (hs == 32) attention_forward_flash_launch<32>(out, lse, qkv, B, T, NH, NKV, stream);
-    if (hs == 64) attention_forward_flash_launch<64>(out, lse, qkv, B, T, NH, NKV, stream);
-    if (hs == 128) attention_forward_flash_launch<128>(out, lse, qkv, B, T, NH, NKV, stream);
+    attention_flash_dispatch("attention_forward", hs, [&](auto capacity) {
+        attention_forward_flash_launch<decltype(capacity)::value>(out, lse, qkv, B, T, NH, NKV, hs, stream);
+    });
 }
 
 // ----------------------------------------------------------------------------
-// The fused backward (FlashAttention-2 style), fp32. Three kernels:
+// The fused backward (FlashAttention-2 style), fp32 and deterministic. Three kernels:
 //   1. preprocess: D_t = dO_t·O_t for every (b, t, h) (one warp per row; the D trick above).
-//   2. main: a block owns a K/V tile of BC keys of kv head g and loops over the query heads of g's group
+//   2. dK, dV: a block owns a K/V tile of BC keys of kv head g and loops over the query heads of g's group
 //      and over the query tiles at or after the diagonal (the causal skip). Per query tile it recomputes
-//      P = exp(S − lse) from the saved lse (no softmax reductions needed), dP = dO·Vᵀ, dS = P∘(dP − D);
-//      accumulates dV += Pᵀ·dO and dK += dSᵀ·Q in registers, and adds its share of dQ = dS·K into an fp32
-//      workspace with atomicAdd (the partial dQ; several K/V tiles contribute to the same dQ rows).
-//      Thread (ty, tx) owns kv rows r = ty + 16·i (i < BC/16) and columns tx + 8·j of dK, dV (j < hs/8);
-//      in the score tile (transposed, keys × queries) the query columns tx + 8·j (j < BR/8); in the dQ
-//      step query rows ty + 16·i (i < BR/16) × columns tx + 8·j.
-//      dK and dV of a key are written by exactly one block, after it summed over the whole group: no
-//      atomics there, and GQA costs nothing extra.
-//   3. dqkv's q part += scale·dQ (workspace).
-//   Workspace: D (B·NH·T floats) and dQ (B·T·NH·hs floats): O(T), the size of the activations.
-//   Determinism: the fp32 atomics make dQ's low bits depend on the order the blocks finish, on a GPU
-//   (not in the CPU build). A deterministic variant would compute dQ in a second pass over query tiles.
+//      P = exp(S − lse) from the saved lse (no softmax reductions needed), dP = dO·Vᵀ, dS = P∘(dP − D),
+//      and accumulates dV += Pᵀ·dO and dK += dSᵀ·Q in registers.
+//      Thread (ty, tx) owns kv rows r = ty + 16·i (i < BC/16) and columns tx + 8·j of dK, dV (j < HS/8);
+//      in the score tile (transposed, keys × queries) the query columns tx + 8·j (j < BR/8).
+//      dK and dV of a key are written by exactly one block, after it summed over the whole group: GQA
+//      costs nothing extra.
+//   3. dQ: a block owns a query tile of BR rows of head h and loops over the key tiles up to the diagonal,
+//      recomputing S and dP (so P and dS, bit for bit the values kernel 2 saw) and accumulating
+//      dQ += dS·K in registers; then dqkv's q part += scale·dQ. Thread (ty, tx) owns query rows
+//      ty + 16·i (i < BR/16), score columns tx + 8·j (j < BC/8) and dQ columns tx + 8·j (j < HS/8).
+//   Determinism: every element of dQ, dK and dV is summed by one thread in a fixed order (no atomics), so
+//   two runs give the same bits on any GPU and in the CPU build with any number of threads or thread
+//   order. The price: dQ needs every (query, key) pair's dS, which kernel 2 has only one tile at a time;
+//   instead of adding partial dQ atomically (FlashAttention-2's fast path), kernel 3 recomputes S and dP:
+//   7 tile matmuls instead of 5 (S, dP, dV, dK | S, dP, dQ), 1.4× the backward FLOPs, and K, V are read
+//   once more per query tile. docs/attention.md, "Deterministic backward", has the measured cost.
+//   Workspace: D (B·NH·T floats): O(T).
 
 template <int HS, int BR, int BC>
-constexpr size_t attention_backward_flash_shared_bytes() {
+constexpr size_t attention_backward_kv_shared_bytes() {
     return sizeof(float) * (2 * BC * (HS + 1) + 2 * BR * (HS + 1) + 2 * BC * (BR + 1) + 2 * BR);
+}
+template <int HS, int BR, int BC>
+constexpr size_t attention_backward_q_shared_bytes() {
+    return sizeof(float) * (2 * BR * (HS + 1) + 2 * BC * (HS + 1) + BR * (BC + 1) + 2 * BR);
 }
 
 // One warp per (b, t, h) row: lanes over hs (coalesced), a shuffle reduction.
@@ -643,19 +688,51 @@ __global__ void attention_backward_preprocess_kernel(float* D /*(B, NH, T)*/, co
     if (active)
         for (int d = lane; d < hs; d += 32)
             sum += static_cast<float>(dout[static_cast<size_t>(row) * hs + d]) * static_cast<float>(out[static_cast<size_t>(row) * hs + d]);
-    for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    sum = warp_reduce_sum(sum);
     if (active && lane == 0) {
         int h = row % NH, t = row / NH % T, b = row / NH / T;
         D[(static_cast<size_t>(b) * NH + h) * T + t] = sum;
     }
 }
 
+// Loads the query-side tiles of query tile q0 of head h into shared memory: Q and dO (BR, HS+1), zero in
+// rows past T and columns d >= hs; lse in base 2 and D (BR). Called by all threads of the block.
+template <int HS, int BR>
+__device__ void attention_backward_load_queries(float* Qs, float* dOs, float* lse2s, float* Ds, const floatX* qkv,
+                                                const floatX* dout, const float* lse, const float* D, int b, int h,
+                                                int q0, int T, int NH, int NKV, int hs) {
+    for (int idx = threadIdx.x; idx < BR * HS; idx += blockDim.x) {
+        int r = idx / HS, d = idx % HS, q = q0 + r;
+        bool in = q < T && d < hs;
+        size_t o_row = (static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs;  // dout (B, T, NH·hs)
+        Qs[r * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, hs) + d]) : 0.0f;
+        dOs[r * (HS + 1) + d] = in ? static_cast<float>(dout[o_row + d]) : 0.0f;
+    }
+    for (int r = threadIdx.x; r < BR; r += blockDim.x) {
+        int q = q0 + r;
+        size_t row = (static_cast<size_t>(b) * NH + h) * T + q;
+        lse2s[r] = q < T ? lse[row] * attention_log2e : 0.0f;
+        Ds[r] = q < T ? D[row] : 0.0f;
+    }
+}
+// Loads keys k0.. of kv head g: K and V (BC, HS+1), zero past T and in columns d >= hs.
+template <int HS, int BC>
+__device__ void attention_backward_load_keys(float* Ks, float* Vs, const floatX* qkv, int b, int g, int k0, int T,
+                                             int NH, int NKV, int hs) {
+    for (int idx = threadIdx.x; idx < BC * HS; idx += blockDim.x) {
+        int c = idx / HS, d = idx % HS, key = k0 + c;
+        bool in = key < T && d < hs;
+        Ks[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_k_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+        Vs[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_v_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+    }
+}
+
 template <int HS, int BR, int BC>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_backward_flash_kernel(floatX* dqkv, float* dq /*(B, T, NH, hs) fp32, +=*/, const floatX* dout, const float* lse,
-                                const float* D, const floatX* qkv, int T, int NH, int NKV) {
-    static_assert(BR % 16 == 0 && BC % 16 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads");
-    constexpr int KPT = BC / 16, QPT = BR / 8, DPT = HS / 8, QRPT = BR / 16;
+attention_backward_kv_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv,
+                             int T, int NH, int NKV, int hs) {
+    static_assert(BR % 8 == 0 && BC % 16 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads");
+    constexpr int KPT = BC / 16, QPT = BR / 8, DPT = HS / 8;
     extern __shared__ float flash_smem[];
     float* Ks = flash_smem;               // (BC, HS+1)
     float* Vs = Ks + BC * (HS + 1);       // (BC, HS+1)
@@ -669,14 +746,9 @@ attention_backward_flash_kernel(floatX* dqkv, float* dq /*(B, T, NH, hs) fp32, +
     int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
     int b = blockIdx.z, g = blockIdx.y, group = NH / NKV;
     int k0 = (gridDim.x - 1 - blockIdx.x) * BC;  // the first key tiles see the most queries: start them first
-    const float scale = 1.0f / sqrtf(static_cast<float>(HS)), scale_log2 = scale * attention_log2e;
+    const float scale = 1.0f / sqrtf(static_cast<float>(hs)), scale_log2 = scale * attention_log2e;
 
-    for (int idx = tid; idx < BC * HS; idx += attention_flash_threads) {
-        int c = idx / HS, d = idx % HS, key = k0 + c;
-        bool in = key < T;
-        Ks[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_k_offset(b, key, g, T, NH, NKV, HS) + d]) : 0.0f;
-        Vs[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_v_offset(b, key, g, T, NH, NKV, HS) + d]) : 0.0f;
-    }
+    attention_backward_load_keys<HS, BC>(Ks, Vs, qkv, b, g, k0, T, NH, NKV, hs);
     float dk[KPT][DPT], dv[KPT][DPT];
     for (int i = 0; i < KPT; i++)
         for (int j = 0; j < DPT; j++) dk[i][j] = dv[i][j] = 0.0f;
@@ -684,19 +756,7 @@ attention_backward_flash_kernel(floatX* dqkv, float* dq /*(B, T, NH, hs) fp32, +
     for (int h = g * group; h < (g + 1) * group; h++)
         for (int q0 = k0 / BR * BR; q0 < T; q0 += BR) {
             __syncthreads();  // the previous tile's readers are done (and K, V are loaded, first time)
-            for (int idx = tid; idx < BR * HS; idx += attention_flash_threads) {
-                int r = idx / HS, d = idx % HS, q = q0 + r;
-                bool in = q < T;
-                Qs[r * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, HS) + d]) : 0.0f;
-                dOs[r * (HS + 1) + d] =
-                    in ? static_cast<float>(dout[(static_cast<size_t>(b) * T + q) * NH * HS + static_cast<size_t>(h) * HS + d]) : 0.0f;
-            }
-            for (int r = tid; r < BR; r += attention_flash_threads) {
-                int q = q0 + r;
-                size_t row = (static_cast<size_t>(b) * NH + h) * T + q;
-                lse2s[r] = q < T ? lse[row] * attention_log2e : 0.0f;
-                Ds[r] = q < T ? D[row] : 0.0f;
-            }
+            attention_backward_load_queries<HS, BR>(Qs, dOs, lse2s, Ds, qkv, dout, lse, D, b, h, q0, T, NH, NKV, hs);
             __syncthreads();
             // scores (transposed) and dP, both keys × queries, in registers
             float s[KPT][QPT], dp[KPT][QPT];
@@ -714,8 +774,8 @@ attention_backward_flash_kernel(floatX* dqkv, float* dq /*(B, T, NH, hs) fp32, +
                 }
                 for (int i = 0; i < KPT; i++)
                     for (int j = 0; j < QPT; j++) {
-                        s[i][j] += kd[i] * qd[j];
-                        dp[i][j] += vd[i] * dod[j];
+                        s[i][j] += qd[j] * kd[i];
+                        dp[i][j] += dod[j] * vd[i];
                     }
             }
             for (int i = 0; i < KPT; i++)
@@ -743,54 +803,111 @@ attention_backward_flash_kernel(floatX* dqkv, float* dq /*(B, T, NH, hs) fp32, +
                         dk[i][j] += dst[i] * qd[j];
                     }
             }
-            // dQ += dS·K for this tile's queries: partial sums over this block's keys, added atomically
-            for (int i = 0; i < QRPT; i++) {
-                int qr = ty + 16 * i, query = q0 + qr;
-                float acc[DPT];
-                for (int j = 0; j < DPT; j++) acc[j] = 0.0f;
-                for (int kr = 0; kr < BC; kr++) {
-                    float ds = dSt[kr * (BR + 1) + qr];
-                    for (int j = 0; j < DPT; j++) acc[j] += ds * Ks[kr * (HS + 1) + tx + 8 * j];
-                }
-                if (query < T) {
-                    float* dst = dq + ((static_cast<size_t>(b) * T + query) * NH + h) * HS;
-                    for (int j = 0; j < DPT; j++) atomicAdd(dst + tx + 8 * j, acc[j]);
-                }
-            }
         }
     for (int i = 0; i < KPT; i++) {
         int key = k0 + ty + 16 * i;
         if (key >= T) continue;
-        floatX* dK = dqkv + qkv_k_offset(b, key, g, T, NH, NKV, HS);
-        floatX* dV = dqkv + qkv_v_offset(b, key, g, T, NH, NKV, HS);
+        floatX* dK = dqkv + qkv_k_offset(b, key, g, T, NH, NKV, hs);
+        floatX* dV = dqkv + qkv_v_offset(b, key, g, T, NH, NKV, hs);
         for (int j = 0; j < DPT; j++) {
             int d = tx + 8 * j;
+            if (d >= hs) continue;
             dK[d] = static_cast<floatX>(static_cast<float>(dK[d]) + dk[i][j] * scale);
             dV[d] = static_cast<floatX>(static_cast<float>(dV[d]) + dv[i][j]);
         }
     }
 }
 
-// dqkv's q part += scale·dq: one thread per element of dq (B, T, NH, hs), coalesced both sides.
-__global__ void attention_dq_accumulate_kernel(floatX* dqkv, const float* dq, int B, int T, int NH, int NKV, int hs, float scale) {
-    size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (idx >= static_cast<size_t>(B) * T * NH * hs) return;
-    int d = static_cast<int>(idx % hs);
-    int h = static_cast<int>(idx / hs % NH);
-    int bt = static_cast<int>(idx / hs / NH);
-    floatX* x = dqkv + qkv_q_offset(bt / T, bt % T, h, T, NH, NKV, hs) + d;
-    *x = static_cast<floatX>(static_cast<float>(*x) + scale * dq[idx]);
+template <int HS, int BR, int BC>
+__global__ void __launch_bounds__(attention_flash_threads)
+attention_backward_q_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv,
+                            int T, int NH, int NKV, int hs) {
+    static_assert(BR % 16 == 0 && BC % 8 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads");
+    constexpr int RPT = BR / 16, CPT = BC / 8, DPT = HS / 8;
+    extern __shared__ float flash_smem[];
+    float* Qs = flash_smem;               // (BR, HS+1)
+    float* dOs = Qs + BR * (HS + 1);      // (BR, HS+1)
+    float* Ks = dOs + BR * (HS + 1);      // (BC, HS+1)
+    float* Vs = Ks + BC * (HS + 1);       // (BC, HS+1)
+    float* dSs = Vs + BC * (HS + 1);      // (BR, BC+1)
+    float* lse2s = dSs + BR * (BC + 1);   // (BR) lse in base 2
+    float* Ds = lse2s + BR;               // (BR)
+
+    int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
+    int b = blockIdx.z, h = blockIdx.y, g = h / (NH / NKV);
+    int q0 = (gridDim.x - 1 - blockIdx.x) * BR;  // the last query tiles see the most keys: start them first
+    const float scale = 1.0f / sqrtf(static_cast<float>(hs)), scale_log2 = scale * attention_log2e;
+
+    attention_backward_load_queries<HS, BR>(Qs, dOs, lse2s, Ds, qkv, dout, lse, D, b, h, q0, T, NH, NKV, hs);
+    float dq[RPT][DPT];
+    for (int i = 0; i < RPT; i++)
+        for (int j = 0; j < DPT; j++) dq[i][j] = 0.0f;
+    int q_last = min(q0 + BR, T) - 1;
+    for (int k0 = 0; k0 <= q_last; k0 += BC) {
+        __syncthreads();  // the previous tile's readers are done (and Q, dO are loaded, first time)
+        attention_backward_load_keys<HS, BC>(Ks, Vs, qkv, b, g, k0, T, NH, NKV, hs);
+        __syncthreads();
+        float s[RPT][CPT], dp[RPT][CPT];
+        for (int i = 0; i < RPT; i++)
+            for (int j = 0; j < CPT; j++) s[i][j] = dp[i][j] = 0.0f;
+        for (int d = 0; d < HS; d++) {
+            float qd[RPT], dod[RPT], kd[CPT], vd[CPT];
+            for (int i = 0; i < RPT; i++) {
+                qd[i] = Qs[(ty + 16 * i) * (HS + 1) + d];
+                dod[i] = dOs[(ty + 16 * i) * (HS + 1) + d];
+            }
+            for (int j = 0; j < CPT; j++) {
+                kd[j] = Ks[(tx + 8 * j) * (HS + 1) + d];
+                vd[j] = Vs[(tx + 8 * j) * (HS + 1) + d];
+            }
+            for (int i = 0; i < RPT; i++)
+                for (int j = 0; j < CPT; j++) {
+                    s[i][j] += qd[i] * kd[j];  // the same products in the same order as kernel 2
+                    dp[i][j] += dod[i] * vd[j];
+                }
+        }
+        for (int i = 0; i < RPT; i++)
+            for (int j = 0; j < CPT; j++) {
+                int qr = ty + 16 * i, kc = tx + 8 * j, query = q0 + qr, key = k0 + kc;
+                float p = key <= query && query < T ? exp2f(s[i][j] * scale_log2 - lse2s[qr]) : 0.0f;
+                dSs[qr * (BC + 1) + kc] = p * (dp[i][j] - Ds[qr]);
+            }
+        __syncthreads();
+        // dQ += dS·K (scale applied at the end)
+        for (int kc = 0; kc < BC; kc++) {
+            float ds[RPT], kd[DPT];
+            for (int i = 0; i < RPT; i++) ds[i] = dSs[(ty + 16 * i) * (BC + 1) + kc];
+            for (int j = 0; j < DPT; j++) kd[j] = Ks[kc * (HS + 1) + tx + 8 * j];
+            for (int i = 0; i < RPT; i++)
+                for (int j = 0; j < DPT; j++) dq[i][j] += ds[i] * kd[j];
+        }
+    }
+    for (int i = 0; i < RPT; i++) {
+        int query = q0 + ty + 16 * i;
+        if (query >= T) continue;
+        floatX* dQ = dqkv + qkv_q_offset(b, query, h, T, NH, NKV, hs);
+        for (int j = 0; j < DPT; j++) {
+            int d = tx + 8 * j;
+            if (d < hs) dQ[d] = static_cast<floatX>(static_cast<float>(dQ[d]) + dq[i][j] * scale);
+        }
+    }
 }
 
 template <int HS>
-void attention_backward_flash_launch(floatX* dqkv, float* dq, const floatX* dout, const float* lse, const float* D,
-                                     const floatX* qkv, int B, int T, int NH, int NKV, cudaStream_t stream) {
+void attention_backward_flash_launch(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
+                                     const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
     constexpr int BR = 32, BC = 32;
-    constexpr size_t smem = attention_backward_flash_shared_bytes<HS, BR, BC>();
-    auto kernel = attention_backward_flash_kernel<HS, BR, BC>;
-    attention_allow_shared_bytes(kernel, smem);
-    dim3 grid(ceil_div(T, BC), NKV, B);
-    kernel<<<grid, attention_flash_threads, smem, stream>>>(dqkv, dq, dout, lse, D, qkv, T, NH, NKV);
+    constexpr size_t kv_smem = attention_backward_kv_shared_bytes<HS, BR, BC>();
+    auto kv_kernel = attention_backward_kv_kernel<HS, BR, BC>;
+    attention_allow_shared_bytes(kv_kernel, kv_smem, "attention_backward", hs);
+    kv_kernel<<<dim3(ceil_div(T, BC), NKV, B), attention_flash_threads, kv_smem, stream>>>(
+        dqkv, dout, lse, D, qkv, T, NH, NKV, hs);
+    cuda_check(cudaGetLastError());
+    constexpr size_t q_smem = attention_backward_q_shared_bytes<HS, BR, BC>();
+    auto q_kernel = attention_backward_q_kernel<HS, BR, BC>;
+    attention_allow_shared_bytes(q_kernel, q_smem, "attention_backward", hs);
+    q_kernel<<<dim3(ceil_div(T, BR), NH, B), attention_flash_threads, q_smem, stream>>>(
+        dqkv, dout, lse, D, qkv, T, NH, NKV, hs);
     cuda_check(cudaGetLastError());
 }
 
@@ -800,26 +917,15 @@ inline void attention_backward(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const
                                const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
                                cudaStream_t stream) {
     attention_check_shape("attention_backward", B, T, NH, NKV, hs);
-    attention_flash_check("attention_backward", hs);
     size_t rows = static_cast<size_t>(B) * T * NH;
-    WorkspaceCarver count{nullptr};
-    count.take<float>(rows);
-    count.take<float>(rows * hs);
-    WorkspaceCarver carve{attention_workspace().get(count.used)};
-    float* D = carve.take<float>(rows);
-    float* dq = carve.take<float>(rows * hs);
-    cuda_check(cudaMemsetAsync(dq, 0, rows * hs * sizeof(float), stream));
-    const int warps_per_block = 4;
-    attention_backward_preprocess_kernel<<<static_cast<unsigned>(ceil_div<size_t>(rows, warps_per_block)), warps_per_block * 32, 0,
-                                           stream>>>(D, dout, out, B, T, NH, hs);
-    cuda_check(cudaGetLastError());
-    if (hs == 32) attention_backward_flash_launch<32>(dqkv, dq, dout, lse, D, qkv, B, T, NH, NKV, stream);
-    if (hs == 64) attention_backward_flash_launch<64>(dqkv, dq, dout, lse, D, qkv, B, T, NH, NKV, stream);
-    if (hs == 128) attention_backward_flash_launch<128>(dqkv, dq, dout, lse, D, qkv, B, T, NH, NKV, stream);
-    const int block = 256;
-    attention_dq_accumulate_kernel<<<static_cast<unsigned>(ceil_div<size_t>(rows * hs, block)), block, 0, stream>>>(
-        dqkv, dq, B, T, NH, NKV, hs, 1.0f / std::sqrt(static_cast<float>(hs)));
-    cuda_check(cudaGetLastError());
+    attention_flash_dispatch("attention_backward", hs, [&](auto capacity) {
+        float* D = reinterpret_cast<float*>(attention_workspace().get(rows * sizeof(float)));
+        const int warps_per_block = 4;
+        attention_backward_preprocess_kernel<<<static_cast<unsigned>(ceil_div<size_t>(rows, warps_per_block)),
+                                               warps_per_block * 32, 0, stream>>>(D, dout, out, B, T, NH, hs);
+        cuda_check(cudaGetLastError());
+        attention_backward_flash_launch<decltype(capacity)::value>(dqkv, dout, lse, D, qkv, B, T, NH, NKV, hs, stream);
+    });
 }
 GPTCU_OP(attention_forward)
 GPTCU_OP(attention_backward)

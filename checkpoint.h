@@ -9,9 +9,10 @@
 //                 "dtype": "float32", "has_optimizer": bool, "meta": {"step", "data", "sample_rng", ...}}
 //   then          float32 params[P]   in gpt.cuh's tensor order (param_sizes)
 //   then          float32 m[P], v[P]  if has_optimizer
-// Written to PATH.tmp and renamed over PATH, so a crash at any moment leaves the previous checkpoint.
+// Written to PATH.tmp, fsynced and renamed over PATH, so a crash or a power cut at any moment leaves the previous
+// checkpoint or the new one. Every value in it is finite (write_checkpoint refuses NaN and inf).
 #pragma once
-#include <csignal>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -55,10 +56,28 @@ struct Checkpoint {
     std::vector<float> params, m, v;
 };
 
+// Thrown instead of writing a tensor with a NaN or an infinity: a checkpoint only ever holds finite numbers,
+// so "the last checkpoint" is always one that can be trained on.
+struct NonFiniteError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+// Throws NonFiniteError naming the first element of `x` that is NaN or ±inf.
+inline void check_finite(const char* what, const std::vector<float>& x) {
+    for (size_t i = 0; i < x.size(); i++)
+        if (!std::isfinite(x[i]))
+            throw NonFiniteError(std::string(what) + "[" + std::to_string(i) + "] is " + std::to_string(x[i]) +
+                                 " (of " + std::to_string(x.size()) + " values)");
+}
+
+// Refuses (NonFiniteError) tensors that are not all finite; then writes atomically and durably
+// (write_file_atomically: the old file or the new one survives a kill or a power cut, never a torn one).
 template <class Config>
 void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok, const nlohmann::json& meta,
                       const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
     bool has_optimizer = !m.empty();
+    check_finite("parameters", params);
+    check_finite("AdamW m", m);
+    check_finite("AdamW v", v);
     nlohmann::json header = {{"model", config}, {"tokenizer", to_json_info(tok)}, {"num_parameters", params.size()},
                              {"dtype", "float32"}, {"has_optimizer", has_optimizer}, {"meta", meta}};
     std::string text = header.dump();
@@ -68,15 +87,7 @@ void write_checkpoint(const std::string& path, const Config& config, const Token
         f.write(&checkpoint_version, 4);
         f.write(&n, 4);
         f.write(text.data(), text.size());
-        f.write(params.data(), params.size() / 2 * sizeof(float));
-        // Test hook: GPTCU_TEST_DIE_DURING_CHECKPOINT=K dies halfway through this process's K-th
-        // checkpoint write, as a kill or a power cut would (test/test_train.cu).
-        static int writes = 0;
-        if (const char* k = std::getenv("GPTCU_TEST_DIE_DURING_CHECKPOINT"); k && ++writes == std::atoi(k)) {
-            std::fflush(f.f);
-            std::raise(SIGKILL);
-        }
-        f.write(params.data() + params.size() / 2, (params.size() - params.size() / 2) * sizeof(float));
+        f.write(params.data(), params.size() * sizeof(float));
         if (has_optimizer) {
             f.write(m.data(), m.size() * sizeof(float));
             f.write(v.data(), v.size() * sizeof(float));

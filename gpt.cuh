@@ -73,6 +73,9 @@ struct GPTConfig {
         if (arch == Arch::gpt2 && n_kv_head != n_head) fail("GPT-2 has n_kv_head == n_head; use arch llama for GQA");
         if (padded_vocab_size < vocab_size) fail("padded_vocab_size must be >= vocab_size");
         if (is_llama() && head_size() % 2) fail("RoPE needs an even head size");
+        if (head_size() > attention_flash_max_head_size)  // both paths refuse it, so both accept the same models
+            fail("head size n_embd / n_head = " + std::to_string(head_size()) + " exceeds the fused attention's " +
+                 std::to_string(attention_flash_max_head_size) + "; use more heads");
     }
 };
 

@@ -11,7 +11,6 @@
 // warmup and cosine decay; now and then: val loss, a text sample, a checkpoint. Checkpoints hold
 // weights, AdamW moments, the data position and the RNGs, so --resume continues bit for bit.
 #include <cinttypes>
-#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -393,10 +392,23 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     std::printf("device: %s (%s); batch %d x %d, %d micro-steps = %ld tokens/step; %zu train shards\n", Ops::name,
                 device_name.c_str(), o.batch_size, o.seq_len, micro_steps, accum_tokens, train_data.files.size());
 
+    // Training stops at the first non-finite value, naming the step, what was not finite, and the last
+    // checkpoint (which holds only finite numbers: write_checkpoint refuses anything else).
+    auto stop = [&](int step, const std::string& what) {
+        std::string where = "none written yet";
+        if (last_checkpoint_step >= 0) where = ckpt_path + " (step " + std::to_string(last_checkpoint_step) + ")";
+        throw std::runtime_error("step " + std::to_string(step) + ": " + what + "; training stopped. Last good checkpoint: " +
+                                 where + ". Try a lower --learning-rate.");
+    };
     auto save = [&](int step) {
         json meta = {{"step", step}, {"data", train_data.state()}, {"sample_rng", rng_to_json(sample_rng)}};
-        write_checkpoint(ckpt_path, config, tok_info, meta, model.get_parameters(), model.get(model.m_memory, model.num_parameters),
-                         model.get(model.v_memory, model.num_parameters));
+        try {
+            size_t P = model.num_parameters;
+            write_checkpoint(ckpt_path, config, tok_info, meta, model.get_parameters(), model.get(model.m_memory, P),
+                             model.get(model.v_memory, P));
+        } catch (const NonFiniteError& e) {
+            stop(step, std::string("after the update ") + e.what() + ", so the checkpoint was not written");
+        }
         last_checkpoint_step = step;
     };
     auto val_loss = [&]() {
@@ -441,7 +453,9 @@ static int train(const TrainOptions& o, const std::string& device_name) {
             log << json{{"step", step}, {"val_loss", v}}.dump() << "\n" << std::flush;
         }
         eval_choices(step);
-        if (o.sample_every > 0 && step > start_step && step % o.sample_every == 0) print_sample(step);
+        // step > 0, not step > start_step: a resumed run prints the sample of its first step again, as the
+        // interrupted run did after writing the checkpoint, so the sampling RNG goes on in step with it.
+        if (o.sample_every > 0 && step > 0 && step % o.sample_every == 0) print_sample(step);
 
         Timer step_timer;
         model.zero_grad();
@@ -452,12 +466,13 @@ static int train(const TrainOptions& o, const std::string& device_name) {
             model.backward();
         }
         loss /= micro_steps;
-        if (!std::isfinite(loss)) {
-            std::string where = last_checkpoint_step >= 0 ? ckpt_path + " (step " + std::to_string(last_checkpoint_step) + ")" : "none written yet";
-            throw std::runtime_error("step " + std::to_string(step) + ": the loss is " + std::to_string(loss) +
-                                     "; training stopped. Last good checkpoint: " + where + ". Try a lower --learning-rate.");
-        }
+        // Both checked before the update touches the weights. A NaN norm would also skip clipping silently
+        // (norm > grad_clip is false for NaN) and an infinite one would zero the update.
+        auto str = [](double x) { char b[32]; std::snprintf(b, sizeof b, "%g", x); return std::string(b); };
+        if (!std::isfinite(loss)) stop(step + 1, "the loss is " + str(loss) + ", before the update");
         float norm = model.grad_norm();
+        if (!std::isfinite(norm))
+            stop(step + 1, "the gradient norm is " + str(norm) + " (loss " + str(loss) + "), before the update");
         float scale = o.grad_clip > 0 && norm > o.grad_clip ? static_cast<float>(o.grad_clip / norm) : 1.0f;
         double lr = lr_at(o, step);
         model.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.adam_eps),
