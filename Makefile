@@ -211,3 +211,18 @@ train-llama: $(LLAMA_DATA)/train_000.bin train_gpt_cpu
 	./train_gpt_cpu --config $(LLAMA_CONFIG) $(TRAIN_ARGS)
 # test_llama also runs the CPU training program with --arch llama
 $(CPU)/test/test_llama: | train_gpt_cpu
+
+# ---- serving (issue 19) -------------------------------------------------------
+# infer_gpt --serve (server.h) speaks HTTP through cpp-httplib: Debian's libcpp-httplib-dev is a header of
+# declarations and a shared library, built with the flags pkg-config names (they change the header's class
+# layouts, so every file that includes it must use them). test_serve runs the server program of its build.
+HTTPLIB_CFLAGS := $(shell pkg-config --cflags cpp-httplib 2>/dev/null || \
+                    echo -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT)
+HTTPLIB_LIBS   := $(shell pkg-config --libs cpp-httplib 2>/dev/null || echo -lcpp-httplib)
+$(CPU)/infer_gpt.o $(CPU)/test/test_serve.o $(CPU)/dev/bench_serve.o: CXXFLAGS += $(HTTPLIB_CFLAGS)
+$(GPU)/infer_gpt.o $(GPU)/test/test_serve.o $(GPU)/dev/bench_serve.o: NVCCFLAGS += $(HTTPLIB_CFLAGS)
+infer_gpt_cpu $(CPU)/test/test_serve $(CPU)/dev/bench_serve: CPU_LIBS += $(HTTPLIB_LIBS)
+infer_gpt $(GPU)/test/test_serve $(GPU)/dev/bench_serve: GPU_LIBS += $(HTTPLIB_LIBS)
+$(CPU)/test/test_serve: | infer_gpt_cpu
+$(GPU)/test/test_serve: | infer_gpt
+# ---- end serving (issue 19) ---------------------------------------------------
