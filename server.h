@@ -48,6 +48,7 @@ struct ApiError : std::runtime_error {
     ApiError(int status_, const std::string& message, const std::string& param_ = "",
              const std::string& type_ = "invalid_request_error", const std::string& code_ = "")
         : std::runtime_error(message), status(status_), type(type_), param(param_), code(code_) {}
+    std::string dump() const { return body().dump(-1, ' ', false, json::error_handler_t::replace); }
     json body() const {
         auto or_null = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
         return {{"error", {{"message", what()}, {"type", type}, {"param", or_null(param)}, {"code", or_null(code)}}}};
@@ -308,6 +309,13 @@ struct LiveRequest {
 inline std::atomic<int> g_stop_signals{0};
 inline void count_stop_signal(int) { g_stop_signals.fetch_add(1); }
 
+// httplib's stop() also ends the responses being streamed (its chunked writer checks for it); draining
+// needs only the listening socket shut, after which listen() returns once its threads have finished.
+class HttpServer : public httplib::Server {
+public:
+    void stop_accepting() { ::shutdown(svr_sock_, SHUT_RDWR); }
+};
+
 struct ServerOptions {
     std::string host = "127.0.0.1";
     int port = 8000;                    // 0: any free port (printed)
@@ -352,12 +360,11 @@ public:
         try {
             run_engine(engine);
         } catch (...) {  // the engine failed (a CUDA error, ...): the live requests were answered; stop serving
-            svr_.stop();
+            svr_.stop_accepting();
             http.join();
             throw;
         }
-        svr_.stop();  // already stopped when draining began; harmless
-        http.join();  // the pool's threads finish the responses they are writing
+        http.join();  // listening stopped when draining began; the pool's threads finish what they write
         std::fprintf(stderr, "infer_gpt: stopped; %ld tokens generated\n", metrics_.generated_tokens);
         return 0;
     }
@@ -368,7 +375,7 @@ private:
     const bpe::Tokenizer& tok_;
     GPTConfig config_;
     int eot_, max_live_;
-    httplib::Server svr_;
+    HttpServer svr_;
     // shared between the HTTP threads and the engine thread: under mu_
     std::mutex mu_;
     std::condition_variable inbox_cv_;
@@ -444,7 +451,7 @@ private:
                         std::lock_guard<std::mutex> lk(mu_);
                         draining_ = true;
                     }
-                    svr_.stop();  // closes the listening socket; connections already accepted get 503
+                    svr_.stop_accepting();  // new connections are refused; requests on open ones get 503
                 }
                 if (sig >= 2)
                     for (auto& [id, l] : live) cancels.push_back(id);
@@ -570,7 +577,7 @@ private:
     // ---- the HTTP threads ----------------------------------------------------------------------------
     void send_error(httplib::Response& res, const ApiError& e) {
         res.status = e.status;
-        res.set_content(e.body().dump(), "application/json");
+        res.set_content(e.dump(), "application/json");
         if (e.status == 429) res.set_header("Retry-After", "1");
         std::lock_guard<std::mutex> lk(mu_);
         metrics_.rejected[e.status]++;
@@ -673,7 +680,7 @@ private:
             for (const Piece& x : l->pieces) text += x.text;
             json body = chunk(text, p.logprobs >= 0 ? lp : json(nullptr), l->finish_reason);
             body["usage"] = usage();
-            res.set_content(body.dump(), "application/json");
+            res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
             return;
         }
         // streaming: one event per token as it comes; an SSE comment every second without one probes the
@@ -694,7 +701,7 @@ private:
                     reason = l->finish_reason;
                 }
                 auto event = [&](const json& j) {
-                    std::string s = "data: " + j.dump() + "\n\n";
+                    std::string s = "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
                     return sink.write(s.data(), s.size());
                 };
                 if (got.empty() && !finished) return sink.write(": keep-alive\n\n", 14);
