@@ -219,10 +219,17 @@ $(CPU)/test/test_llama: | train_gpt_cpu
 HTTPLIB_CFLAGS := $(shell pkg-config --cflags cpp-httplib 2>/dev/null || \
                     echo -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT)
 HTTPLIB_LIBS   := $(shell pkg-config --libs cpp-httplib 2>/dev/null || echo -lcpp-httplib)
-$(CPU)/infer_gpt.o $(CPU)/test/test_serve.o $(CPU)/dev/bench_serve.o: CXXFLAGS += $(HTTPLIB_CFLAGS)
-$(GPU)/infer_gpt.o $(GPU)/test/test_serve.o $(GPU)/dev/bench_serve.o: NVCCFLAGS += $(HTTPLIB_CFLAGS)
-infer_gpt_cpu $(CPU)/test/test_serve $(CPU)/dev/bench_serve: CPU_LIBS += $(HTTPLIB_LIBS)
-infer_gpt $(GPU)/test/test_serve $(GPU)/dev/bench_serve: GPU_LIBS += $(HTTPLIB_LIBS)
+$(CPU)/infer_gpt.o $(CPU)/test/test_serve.o $(CPU)/dev/serve_load.o: CXXFLAGS += $(HTTPLIB_CFLAGS)
+$(GPU)/infer_gpt.o $(GPU)/test/test_serve.o $(GPU)/dev/serve_load.o: NVCCFLAGS += $(HTTPLIB_CFLAGS)
+infer_gpt_cpu $(CPU)/test/test_serve $(CPU)/dev/serve_load: CPU_LIBS += $(HTTPLIB_LIBS)
+infer_gpt $(GPU)/test/test_serve $(GPU)/dev/serve_load: GPU_LIBS += $(HTTPLIB_LIBS)
 $(CPU)/test/test_serve: | infer_gpt_cpu
 $(GPU)/test/test_serve: | infer_gpt
+# make bench-serve: dev/serve_load, offline vs online throughput and latency (docs/benchmarks.md, Serving)
+SERVE_LOAD_ARGS ?=
+$(CPU)/dev/serve_load: $(CPU)/dev/serve_load.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
+.PHONY: bench-serve
+bench-serve: $(CPU)/dev/serve_load infer_gpt_cpu
+	$(CPU)/dev/serve_load $(SERVE_LOAD_ARGS)
 # ---- end serving (issue 19) ---------------------------------------------------

@@ -8,26 +8,14 @@
 #include "gpt.cuh"
 #include "tokenizer/bpe.h"
 
-#include <httplib.h>
-#include <nlohmann/json.hpp>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "dev/serve_client.h"
 
 #include <atomic>
-#include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <map>
-#include <regex>
-#include <thread>
 
 namespace fs = std::filesystem;
-using json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
-extern char** environ;
+using namespace serve_client;
 
 #if defined(CUDASIM)
 static const std::string program = "./infer_gpt_cpu";
@@ -65,146 +53,10 @@ static std::string model_path() {
     return path;
 }
 
-// The server as a child process: started with --port 0, its port read from the line it prints.
-struct ServerProcess {
-    pid_t pid = -1;
-    int port = 0;
-    int out_fd = -1;
-    std::string log;
-
-    explicit ServerProcess(const std::string& args) {
-        int fds[2];
-        REQUIRE(pipe(fds) == 0);
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-        posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
-        posix_spawn_file_actions_addclose(&fa, fds[0]);
-        std::string cmd = "exec " + program + " --model " + model_path() + " --serve --host 127.0.0.1 --port 0 " + args;
-        const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
-        REQUIRE(posix_spawn(&pid, "/bin/sh", &fa, nullptr, const_cast<char**>(argv), environ) == 0);
-        posix_spawn_file_actions_destroy(&fa);
-        close(fds[1]);
-        out_fd = fds[0];
-        std::regex listening("serving '[^']*' on http://127\\.0\\.0\\.1:([0-9]+)");
-        std::smatch m;
-        for (auto start = Clock::now(); Clock::now() - start < std::chrono::seconds(60);) {
-            if (!read_output(200)) break;  // the program ended
-            if (std::regex_search(log, m, listening)) {
-                port = std::stoi(m[1]);
-                return;
-            }
-        }
-        FAIL("the server did not start: " << cmd << "\n" << log);
-    }
-    // Appends what the server printed within timeout_ms; false at its end of output.
-    bool read_output(int timeout_ms) {
-        pollfd p{out_fd, POLLIN, 0};
-        if (poll(&p, 1, timeout_ms) <= 0) return true;
-        char buf[4096];
-        ssize_t n = read(out_fd, buf, sizeof buf);
-        if (n <= 0) return false;
-        log.append(buf, static_cast<size_t>(n));
-        return true;
-    }
-    // Sends `sig` and waits up to timeout_s for the exit: the exit code, or -1 if it had to be killed.
-    int stop(int sig = SIGTERM, double timeout_s = 30) {
-        if (pid < 0) return -1;
-        kill(pid, sig);
-        for (auto start = Clock::now(); std::chrono::duration<double>(Clock::now() - start).count() < timeout_s;) {
-            int status = 0;
-            if (waitpid(pid, &status, WNOHANG) == pid) {
-                pid = -1;
-                while (read_output(0)) {
-                }
-                return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-            }
-            read_output(10);
-        }
-        kill(pid, SIGKILL);
-        waitpid(pid, nullptr, 0);
-        pid = -1;
-        return -1;
-    }
-    ~ServerProcess() {
-        if (pid > 0) stop(SIGKILL, 10);
-        if (out_fd >= 0) close(out_fd);
-    }
+// The server on the test model (the test's own flags after it).
+struct TestServer : serve_client::ServerProcess {
+    explicit TestServer(const std::string& args) : ServerProcess(program + " --model " + model_path() + " " + args) {}
 };
-
-static std::unique_ptr<httplib::Client> client(int port) {
-    auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
-    c->set_connection_timeout(10);
-    c->set_read_timeout(120);
-    c->set_write_timeout(30);
-    return c;
-}
-
-// /metrics as name{labels} → value.
-static std::map<std::string, double> metrics(int port) {
-    auto r = client(port)->Get("/metrics");
-    REQUIRE(r);
-    REQUIRE(r->status == 200);
-    std::map<std::string, double> m;
-    std::istringstream in(r->body);
-    for (std::string line; std::getline(in, line);)
-        if (!line.empty() && line[0] != '#') {
-            size_t sp = line.rfind(' ');
-            m[line.substr(0, sp)] = std::stod(line.substr(sp + 1));
-        }
-    return m;
-}
-
-// Polls /metrics until `done` holds (or timeout_s passes); returns the last reading.
-static std::map<std::string, double> wait_metrics(int port, const std::function<bool(std::map<std::string, double>&)>& done,
-                                                  double timeout_s = 30) {
-    auto start = Clock::now();
-    for (;;) {
-        auto m = metrics(port);
-        if (done(m) || std::chrono::duration<double>(Clock::now() - start).count() > timeout_s) return m;
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-}
-
-// A streamed completion: the events' JSON, in order, until [DONE] or until `keep_going` says stop (the
-// client then closes the connection mid-stream).
-struct Streamed {
-    std::vector<json> events;
-    bool done = false;
-    int status = 0;
-    std::string text() const {
-        std::string s;
-        for (const json& e : events)
-            if (e.contains("choices") && !e["choices"].empty()) s += e["choices"][0]["text"].get<std::string>();
-        return s;
-    }
-};
-static Streamed stream(int port, const json& body, const std::function<bool(const Streamed&)>& keep_going = nullptr) {
-    Streamed out;
-    std::string buf;
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/completions";
-    req.headers = {{"Content-Type", "application/json"}};
-    req.body = body.dump();
-    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
-        buf.append(data, n);
-        for (size_t end; (end = buf.find("\n\n")) != std::string::npos; buf.erase(0, end + 2)) {
-            std::string ev = buf.substr(0, end);
-            if (ev.rfind("data: ", 0) != 0) continue;  // ": keep-alive" comments
-            if (ev == "data: [DONE]") out.done = true;
-            else out.events.push_back(json::parse(ev.substr(6)));
-        }
-        return !keep_going || keep_going(out);
-    };
-    auto r = client(port)->send(req);
-    out.status = r ? r->status : -1;
-    return out;
-}
-
-static httplib::Result post(int port, const std::string& body) {
-    return client(port)->Post("/v1/completions", body, "application/json");
-}
 
 // ----------------------------------------------------------------------------
 TEST_CASE("serve: 64 concurrent requests (streamed and not, greedy and seeded) equal their offline results") {
@@ -244,7 +96,7 @@ TEST_CASE("serve: 64 concurrent requests (streamed and not, greedy and seeded) e
     }
     REQUIRE(offline.size() == n);
 
-    ServerProcess server("--max-seqs 16 --max-queue 64 --kv-blocks 96 --max-step-tokens 64");
+    TestServer server("--max-seqs 16 --max-queue 64 --kv-blocks 96 --max-step-tokens 64");
     // alone first: a greedy request and a seeded one
     for (int i : {1, 3}) {
         auto r = post(server.port, reqs[i].dump());
@@ -312,7 +164,7 @@ TEST_CASE("serve: 64 concurrent requests (streamed and not, greedy and seeded) e
 }
 
 TEST_CASE("serve: a client that disconnects mid-stream is cancelled and its KV blocks return at once") {
-    ServerProcess server("--max-seqs 4 --kv-blocks 128");
+    TestServer server("--max-seqs 4 --kv-blocks 128");
     json body = {{"prompt", "Friends, Romans, countrymen"}, {"max_tokens", 900}, {"temperature", 0}, {"stream", true}};
     Streamed s = stream(server.port, body, [](const Streamed& x) { return x.events.size() < 3; });
     CHECK(s.events.size() == 3);
@@ -331,7 +183,7 @@ TEST_CASE("serve: a client that disconnects mid-stream is cancelled and its KV b
 }
 
 TEST_CASE("serve: every bad input gets its 4xx with an OpenAI error body, and the server keeps serving") {
-    ServerProcess server("--max-seqs 2");
+    TestServer server("--max-seqs 2");
     struct Bad {
         std::string body;
         int status;
@@ -398,7 +250,7 @@ TEST_CASE("serve: every bad input gets its 4xx with an OpenAI error body, and th
 }
 
 TEST_CASE("serve: a full queue answers 429 with Retry-After; SIGTERM finishes the live requests and exits 0") {
-    ServerProcess server("--max-seqs 1 --max-queue 1");
+    TestServer server("--max-seqs 1 --max-queue 1");
     // A runs (long), B waits: the server is full
     std::atomic<int> a_events{0};
     Streamed a;
