@@ -27,7 +27,7 @@ static const std::string tok_dir = "test/fixtures/tokenizer_small";
 // A random GPT-2 (3 layers, C = 192, context 1024) with the small fixture tokenizer, written as a checkpoint
 // once per test binary. Weights 4x the 0.02 init: logits far from uniform, so greedy decoding has clear
 // winners. (A row's matmul rounds differently inside OpenBLAS's 16-row tiles than alone; a model with 8x
-// weights amplifies that through the layers until one near-tie in ~1000 greedy tokens flips: docs/serving.md.)
+// weights amplified that through the layers until a near-tie flipped in 1 of the 64 requests: docs/serving.md.)
 static std::string model_path() {
     static std::string path;
     if (!path.empty()) return path;
@@ -251,11 +251,11 @@ TEST_CASE("serve: every bad input gets its 4xx with an OpenAI error body, and th
 
 TEST_CASE("serve: a full queue answers 429 with Retry-After; SIGTERM finishes the live requests and exits 0") {
     TestServer server("--max-seqs 1 --max-queue 1");
-    // A runs (long), B waits: the server is full
+    // A runs (1000 tokens: long enough to still run when C arrives), B waits: the server is full
     std::atomic<int> a_events{0};
     Streamed a;
     std::thread ta([&] {
-        a = stream(server.port, {{"prompt", "To be"}, {"max_tokens", 600}, {"temperature", 0}, {"stream", true}}, [&](const Streamed& x) {
+        a = stream(server.port, {{"prompt", "To be"}, {"max_tokens", 1000}, {"temperature", 0}, {"stream", true}}, [&](const Streamed& x) {
             a_events = static_cast<int>(x.events.size());
             return true;
         });
@@ -285,7 +285,7 @@ TEST_CASE("serve: a full queue answers 429 with Retry-After; SIGTERM finishes th
     CHECK(a.done);
     REQUIRE(!a.events.empty());
     CHECK(a.events.back()["choices"][0]["finish_reason"] == "length");
-    CHECK(a.events.size() == 601);  // 600 tokens + the finish
+    CHECK(a.events.size() == 1001);  // 1000 tokens + the finish
     CHECK(b_status == 200);
     CHECK(server.stop(SIGTERM) == 0);
     CHECK(server.log.find("stopping") != std::string::npos);
