@@ -311,9 +311,13 @@ inline void count_stop_signal(int) { g_stop_signals.fetch_add(1); }
 
 // httplib's stop() also ends the responses being streamed (its chunked writer checks for it); draining
 // needs only the listening socket shut, after which listen() returns once its threads have finished.
+// Debian's library listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled in): 64 clients
+// connecting at once overflow it, and under load the kernel drops connections it cannot queue. listen()
+// again on the bound socket raises the backlog.
 class HttpServer : public httplib::Server {
 public:
     void stop_accepting() { ::shutdown(svr_sock_, SHUT_RDWR); }
+    bool set_backlog(int n) { return ::listen(svr_sock_, n) == 0; }
 };
 
 struct ServerOptions {
@@ -344,6 +348,7 @@ public:
         int port = opt_.port;
         if (port == 0) port = svr_.bind_to_any_port(opt_.host);
         else if (!svr_.bind_to_port(opt_.host, port)) port = -1;
+        if (port > 0 && !svr_.set_backlog(1024)) port = -1;
         if (port <= 0)
             throw std::runtime_error("--serve: cannot listen on " + opt_.host + ":" + std::to_string(opt_.port) +
                                      " (in use, or not an address of this machine?); pick another --port or --host");

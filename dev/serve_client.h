@@ -142,6 +142,7 @@ struct Streamed {
     std::vector<double> at;
     bool done = false;
     int status = 0;
+    std::string error;  // httplib's, when no response came
     std::string text() const {
         std::string s;
         for (const json& e : events)
@@ -174,6 +175,7 @@ inline Streamed stream(int port, const json& body, const std::function<bool(cons
     };
     auto r = client(port)->send(req);
     out.status = r ? r->status : -1;
+    if (!r) out.error = httplib::to_string(r.error());
     return out;
 }
 

@@ -28,7 +28,7 @@ static double percentile(std::vector<double> v, double q) {
     return v[std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5))];
 }
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
     std::string model, program = "./infer_gpt_cpu", conc = "1,4,16,64", tok_dir = "../shared/data/gpt2";
     int n = 64, max_tokens = 64, max_seqs = 16;
     for (int i = 1; i + 1 < argc; i += 2) {
@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
                     body["stream"] = true;
                     Streamed s = stream(server.port, body);
                     std::lock_guard<std::mutex> lk(mu);
-                    if (!s.done) failed = "a stream ended early (status " + std::to_string(s.status) + ")";
+                    if (!s.done) failed = "a stream ended early (status " + std::to_string(s.status) + " " + s.error + ")";
                     int k = static_cast<int>(s.events.size()) - 1;  // token events; the last one is the finish
                     tokens += k;
                     if (k > 0) ttft.push_back(s.at[0] * 1000);
@@ -121,7 +121,10 @@ int main(int argc, char** argv) {
                 }
             });
         for (auto& t : clients) t.join();
-        if (!failed.empty()) throw std::runtime_error(failed + "\n" + server.log);
+        if (!failed.empty()) {
+            int code = server.stop();
+            throw std::runtime_error(failed + "; the server exited with " + std::to_string(code) + ":\n" + server.log);
+        }
         double wall = seconds(Clock::now() - start);
         std::printf("%-22s %8ld %10.1f %12.1f %12.1f %12.2f %12.2f\n", ("online, concurrency " + item).c_str(), tokens, tokens / wall,
                     percentile(ttft, 0.5), percentile(ttft, 0.99), percentile(itl, 0.5), percentile(itl, 0.99));
@@ -130,4 +133,7 @@ int main(int argc, char** argv) {
     int code = server.stop();
     fs::remove_all(dir);
     return code;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "serve_load: %s\n", e.what());
+    return 1;
 }

@@ -13,12 +13,14 @@ for ((i = 0; i < n; i++)); do
     ${words[RANDOM % 18]} ${words[RANDOM % 18]} $((8 + RANDOM % 249))
 done > "$dir/all.jsonl"
 split -l "$b" -d "$dir/all.jsonl" "$dir/batch_"
-rate() { sed -nE 's/.*: ([0-9]+) tokens generated in ([0-9]+) ms.*/\1 \2/p'; }
-read -r tok ms < <("$prog" --model "$model" --max-seqs "$b" --requests "$dir/all.jsonl" --out /dev/null 2>&1 | rate)
-echo "continuous: $tok tokens in $ms ms = $(awk "BEGIN{printf \"%.1f\", $tok*1000/$ms}") tok/s"
-stok=0; sms=0
+# tokens, ms, engine steps of one run
+rate() { sed -nE 's/.*: ([0-9]+) tokens generated in ([0-9]+) ms.*; ([0-9]+) steps.*/\1 \2 \3/p'; }
+report() { echo "$1: $2 tokens, $4 steps ($(awk "BEGIN{printf \"%.1f\", $2/$4}") tokens/step), $3 ms = $(awk "BEGIN{printf \"%.1f\", $2*1000/$3}") tok/s"; }
+read -r tok ms st < <("$prog" --model "$model" --max-seqs "$b" --requests "$dir/all.jsonl" --out /dev/null 2>&1 | rate)
+report continuous "$tok" "$ms" "$st"
+stok=0; sms=0; sst=0
 for f in "$dir"/batch_*; do
-  read -r t m < <("$prog" --model "$model" --max-seqs "$b" --requests "$f" --out /dev/null 2>&1 | rate)
-  stok=$((stok + t)); sms=$((sms + m))
+  read -r t m s < <("$prog" --model "$model" --max-seqs "$b" --requests "$f" --out /dev/null 2>&1 | rate)
+  stok=$((stok + t)); sms=$((sms + m)); sst=$((sst + s))
 done
-echo "static:     $stok tokens in $sms ms = $(awk "BEGIN{printf \"%.1f\", $stok*1000/$sms}") tok/s"
+report "static    " "$stok" "$sms" "$sst"
