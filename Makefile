@@ -242,3 +242,24 @@ clean: clean-eval
 clean-eval:
 	rm -f eval_gpt eval_gpt_cpu
 # ---- end evaluation (issue 17) ------------------------------------------------------------------------
+# ---- serving (issue 19) -------------------------------------------------------
+# infer_gpt --serve (server.h) speaks HTTP through cpp-httplib: Debian's libcpp-httplib-dev is a header of
+# declarations and a shared library, built with the flags pkg-config names (they change the header's class
+# layouts, so every file that includes it must use them). test_serve runs the server program of its build.
+HTTPLIB_CFLAGS := $(shell pkg-config --cflags cpp-httplib 2>/dev/null || \
+                    echo -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT)
+HTTPLIB_LIBS   := $(shell pkg-config --libs cpp-httplib 2>/dev/null || echo -lcpp-httplib)
+$(CPU)/infer_gpt.o $(CPU)/test/test_serve.o $(CPU)/dev/serve_load.o: CXXFLAGS += $(HTTPLIB_CFLAGS)
+$(GPU)/infer_gpt.o $(GPU)/test/test_serve.o $(GPU)/dev/serve_load.o: NVCCFLAGS += $(HTTPLIB_CFLAGS)
+infer_gpt_cpu $(CPU)/test/test_serve $(CPU)/dev/serve_load: CPU_LIBS += $(HTTPLIB_LIBS)
+infer_gpt $(GPU)/test/test_serve $(GPU)/dev/serve_load: GPU_LIBS += $(HTTPLIB_LIBS)
+$(CPU)/test/test_serve: | infer_gpt_cpu
+$(GPU)/test/test_serve: | infer_gpt
+# make bench-serve: dev/serve_load, offline vs online throughput and latency (docs/benchmarks.md, Serving)
+SERVE_LOAD_ARGS ?=
+$(CPU)/dev/serve_load: $(CPU)/dev/serve_load.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
+.PHONY: bench-serve
+bench-serve: $(CPU)/dev/serve_load infer_gpt_cpu
+	$(CPU)/dev/serve_load $(SERVE_LOAD_ARGS)
+# ---- end serving (issue 19) ---------------------------------------------------

@@ -247,6 +247,30 @@ public:
         waiting_.push_back(std::move(seq));
     }
 
+    // Ends request `id` now, waiting or running: a running one's blocks and slot return to the pool at
+    // once; its result (finish_reason "cancelled", the tokens so far) goes to `finished`. Call between
+    // steps, never between plan() and commit(). False when no such request is live.
+    bool cancel(const std::string& id) {
+        auto end = [&](std::unique_ptr<Sequence>& s) {
+            if (s->slot >= 0) release(*s);  // waiting sequences (preempted ones too) hold no blocks
+            s->result.finish_reason = "cancelled";
+            finished.push_back(std::move(s->result));
+        };
+        for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+            if ((*it)->result.id == id) {
+                end(*it);
+                waiting_.erase(it);
+                return true;
+            }
+        for (auto it = running_.begin(); it != running_.end(); ++it)
+            if ((*it)->result.id == id) {
+                end(*it);
+                running_.erase(it);
+                return true;
+            }
+        return false;
+    }
+
     bool done() const { return waiting_.empty() && running_.empty(); }
     int running() const { return static_cast<int>(running_.size()); }
     int waiting() const { return static_cast<int>(waiting_.size()); }

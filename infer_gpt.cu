@@ -6,6 +6,7 @@
 //   ./infer_gpt --model M --draft D --speculate 4 --prompt "..."        speculative decoding
 //   ./infer_gpt --model M --prompt-ids 5,17,3 --max-tokens 1 --dump-logits last.f32
 //   ./infer_gpt --model out/x/checkpoint.bin --export-hf out/x_hf      write config.json + model.safetensors
+//   ./infer_gpt --model M --serve --port 8000                          OpenAI-compatible HTTP server (server.h)
 //
 // Request lines: {"id": any, "prompt": "text", "max_tokens": N, "temperature": T, "top_k": K, "top_p": P, "seed": S}
 // (every key but prompt optional; defaults from the flags). A line that cannot be parsed gets an error
@@ -18,6 +19,7 @@
 
 #include "hf.h"
 #include "engine.cuh"
+#include "server.h"
 #include "tokenizer/bpe.h"
 
 namespace fs = std::filesystem;
@@ -28,6 +30,10 @@ struct InferOptions {
     int max_tokens = 128, top_k = 0, speculate = 4, max_seqs = 16, block_size = 16, kv_blocks = 0, max_step_tokens = 256;
     float temperature = 1.0f, top_p = 1.0f;
     uint64_t seed = 1337;
+    // ---- --serve (issue 19)
+    bool serve = false;
+    std::string host = "127.0.0.1", model_name;
+    int port = 8000, max_queue = 64;
 };
 
 static void print_help() {
@@ -53,7 +59,14 @@ static void print_help() {
         "  --speculate K           ... proposing K tokens per target forward (default 4)\n"
         "  --dump-logits FILE      write the raw float32 logits (V values) that chose the last generated token\n"
         "  --export-hf DIR         write the model as Hugging Face GPT-2 or Llama (config.json + model.safetensors) and exit\n"
-        "  --device auto|cpu|cuda  auto: cuda on a GPU, else the CPU reference ops\n");
+        "  --device auto|cpu|cuda  auto: cuda on a GPU, else the CPU reference ops\n"
+        "  --serve                 serve the OpenAI completions API over HTTP (docs/serving.md) until SIGTERM/SIGINT:\n"
+        "                          POST /v1/completions, GET /v1/models /health /metrics; --max-seqs, --kv-blocks,\n"
+        "                          --max-step-tokens size the batch; --max-tokens, --temperature, ... are the defaults\n"
+        "  --host ADDR             address to listen on (default 127.0.0.1: this machine only)\n"
+        "  --port N                port (default 8000; 0 = any free port, printed)\n"
+        "  --max-queue N           requests waiting beyond the --max-seqs running; more get 429 (default 64)\n"
+        "  --model-name NAME       the name clients pass as \"model\" (default: the --model path's last component)\n");
 }
 
 static InferOptions parse_options(int argc, char** argv) {
@@ -84,6 +97,10 @@ static InferOptions parse_options(int argc, char** argv) {
     flags["--dump-logits"] = str(o.dump_logits);
     flags["--export-hf"] = str(o.export_hf);
     flags["--device"] = str(o.device);
+    flags["--host"] = str(o.host);
+    flags["--model-name"] = str(o.model_name);
+    flags["--port"] = integer(o.port, "--port");
+    flags["--max-queue"] = integer(o.max_queue, "--max-queue");
     flags["--max-tokens"] = integer(o.max_tokens, "--max-tokens");
     flags["--top-k"] = integer(o.top_k, "--top-k");
     flags["--speculate"] = integer(o.speculate, "--speculate");
@@ -102,12 +119,18 @@ static InferOptions parse_options(int argc, char** argv) {
             print_help();
             std::exit(0);
         }
+        if (a == "--serve") {  // the one flag without a value
+            o.serve = true;
+            continue;
+        }
         auto f = flags.find(a);
         if (f == flags.end()) throw std::runtime_error("unknown flag '" + a + "' (see --help)");
         if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
         f->second(argv[++i]);
     }
     if (o.model.empty()) throw std::runtime_error("--model PATH is required (see --help)");
+    if (o.port < 0 || o.port > 65535) throw std::runtime_error("--port " + std::to_string(o.port) + " is not a port (0..65535)");
+    if (o.max_queue < 0) throw std::runtime_error("--max-queue " + std::to_string(o.max_queue) + " must be >= 0");
     return o;
 }
 
@@ -183,6 +206,19 @@ static int run(const InferOptions& o, const std::string& device_name) {
     m.params.shrink_to_fit();
     SamplingSettings sampling{o.temperature, o.top_k, o.top_p};
     sampling.validate();
+
+    // ---- --serve (issue 19): the HTTP server owns this thread until SIGTERM / SIGINT
+    if (o.serve) {
+        InferenceEngine<Ops> engine(model, {o.max_seqs, o.max_step_tokens, o.block_size, o.kv_blocks});
+        std::fprintf(stderr, "KV cache: %d blocks of %d tokens, %.1f MB; up to %d sequences per step, %d waiting\n", engine.num_blocks,
+                     engine.block_size, engine.kv_pool_bytes() / 1e6, engine.max_seqs, o.max_queue);
+        serving::CompletionDefaults d{o.model_name, o.max_tokens, sampling, o.seed};
+        if (d.model_name.empty()) d.model_name = fs::path(o.model).filename().string();
+        if (d.model_name.empty()) d.model_name = fs::path(o.model).parent_path().filename().string();  // "dir/"
+        serving::CompletionServer server({o.host, o.port, o.max_queue}, d, *tok, m.config, eot, o.max_seqs);
+        return server.run(engine);
+    }
+    // ---- end --serve
 
     if (!o.requests.empty()) {  // ---- continuous batching over a request file
         std::ifstream in(o.requests);

@@ -7,6 +7,7 @@ declare -A need=(
   [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
   [libopenblas-dev]=/usr/include/x86_64-linux-gnu/cblas.h
   [libboost-context-dev]=/usr/include/boost/context/fiber.hpp
+  [libcpp-httplib-dev]=/usr/include/httplib.h
 )
 missing=()
 for pkg in "${!need[@]}"; do
