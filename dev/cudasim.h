@@ -802,7 +802,7 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
     for (auto [p, bytes] : w.static_shared) std::memset(p, 0xff, bytes);
     // Fibers left by the previous block (only a trapped block leaves any) are released before any new
     // one is built: a fiber's record lives in a stack slot a new fiber may be built in.
-    for (unsigned i = 0; i < max_threads_per_block; i++) w.threads[i].fiber = boost::context::fiber();
+    for (unsigned i = 0; i < w.block_threads; i++) w.threads[i].fiber = boost::context::fiber();
     for (unsigned i = 0; i < n; i++) {
         Thread& t = w.threads[i];
         t.idx = uint3{i % b.x, i / b.x % b.y, i / b.x / b.y};
