@@ -35,7 +35,8 @@ CXXFLAGS     ?= -std=c++20 $(CPU_OPT) $(WARNINGS) -fopenmp
 GEN          := $(CPU)/gen
 REWRITE      := $(BUILD)/tools/cudasim_rewrite
 # Quoted includes resolve to rewritten copies in $(GEN); the real CUDA headers give the host types.
-CPU_CUDAFLAGS := -x c++ -include dev/cudasim.h -Idev/shadow -I$(GEN)$(CURDIR) -I. -isystem $(CUDA_HOME)/include
+CPU_CUDAFLAGS := -x c++ -include dev/cudasim.h -Idev/shadow -I$(GEN)$(CURDIR) -I. -isystem $(CUDA_HOME)/include \
+                 -isystem $(CUDA_HOME)/include/cccl  # libcu++ (<cuda/std/...>); dev/shadow/cuda/ comes first
 CPU_LIBS     := -lboost_context -lopenblas -lpthread -fopenmp
 
 # ----------------------------------------------------------------------------

@@ -81,8 +81,11 @@ Order get_order();
 // State of one CUDA thread while its block runs.
 // not_started: the thread has not begun (it will run on the fiber of the lane before it, if that one finishes);
 // trapped: it stopped at a device assert or __trap, ending its block and the grid.
-enum class Wait : uint8_t { not_started, run, block_barrier, warp_collective, done, trapped };
-enum class WarpOp : uint8_t { sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all };
+// spin: it waits for a condition other threads make true (cuda::barrier, a tile of more than 32 threads): it is
+// resumed, to look again, after the other threads of the block have run.
+enum class Wait : uint8_t { not_started, run, block_barrier, warp_collective, done, trapped, spin };
+// issue 20: match_any/match_all (__match_*_sync), coalesce (cg::coalesced_threads: the lanes at the same call)
+enum class WarpOp : uint8_t { sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, match_any, match_all, coalesce };
 enum class BarrierKind : uint8_t { sync, count, and_, or_ };
 
 struct Thread {
@@ -108,6 +111,13 @@ void* dynamic_shared_memory();             // this worker's `extern __shared__` 
 bool shared_declared(void* p, size_t bytes); // a static __shared__ variable: NaN-fill it at every block start
 [[noreturn]] void fatal(const char* fmt, ...);
 [[noreturn]] void trap_current_thread();   // issue 20: device assert / __trap: this thread stops, the grid ends
+// issue 20: waiting on shared state. `spin_wait` yields until the other threads of the block have had a turn;
+// whoever changes what a spinning thread waits for calls `note_progress` (without it, a round in which only
+// spinning threads ran is a deadlock, reported with the kernel's name).
+void spin_wait();
+void note_progress();
+// A barrier of `size` consecutive threads starting at thread `first` of the block (cg tiles of more than 32).
+void group_barrier(unsigned first, unsigned size);
 
 // ----------------------------------------------------------------------------
 // Kernel launch: what `kernel<<<grid, block, smem, stream>>>(args)` becomes.
@@ -258,6 +268,16 @@ inline unsigned __ballot_sync(unsigned mask, int p) { return cudasim::warp_colle
 inline int __any_sync(unsigned mask, int p) { return cudasim::warp_collective<int>(cudasim::WarpOp::any, mask, p != 0, 0, 32); }
 inline int __all_sync(unsigned mask, int p) { return cudasim::warp_collective<int>(cudasim::WarpOp::all, mask, p != 0, 0, 32); }
 unsigned __activemask();  // the lanes of the warp that have not returned
+// issue 20: the lanes of `mask` whose `value` equals this lane's (any), or all of them if all are equal (all)
+template <class T> unsigned __match_any_sync(unsigned mask, T value) {
+    return cudasim::warp_collective<unsigned long long>(cudasim::WarpOp::match_any, mask, static_cast<unsigned long long>(value), 0, 32);
+}
+template <class T> unsigned __match_all_sync(unsigned mask, T value, int* pred) {
+    unsigned r = static_cast<unsigned>(cudasim::warp_collective<unsigned long long>(cudasim::WarpOp::match_all, mask,
+                                                                                    static_cast<unsigned long long>(value), 0, 32));
+    *pred = r != 0;
+    return r;
+}
 
 // ----------------------------------------------------------------------------
 // Atomics. Threads of one block never run at the same time; blocks on other OS threads may, so these
@@ -506,6 +526,8 @@ struct Worker {
     unsigned lane_position[32] = {};             // lane -> its position in *lane_order
     unsigned block_threads = 0;                  // threads in the running block
     bool trapped = false;                        // a thread of the running block stopped at a trap
+    unsigned long long progress = 0;             // counts what threads did other than spin (see spin_wait)
+    unsigned group_arrived[32] = {}, group_phase[32] = {};  // group_barrier: arrivals and phase, per group
     std::vector<std::pair<void*, size_t>> static_shared;  // this OS thread's copies of __shared__ variables
     alignas(128) unsigned char shared[max_shared_bytes_optin];  // `extern __shared__`
 
@@ -615,6 +637,9 @@ static const char* op_name(WarpOp op) {
         case WarpOp::ballot: return "__ballot_sync";
         case WarpOp::any: return "__any_sync";
         case WarpOp::all: return "__all_sync";
+        case WarpOp::match_any: return "__match_any_sync";
+        case WarpOp::match_all: return "__match_all_sync";
+        case WarpOp::coalesce: return "cooperative_groups::coalesced_threads";
     }
     return "?";
 }
@@ -643,6 +668,7 @@ static void switch_to(Worker& w, Thread& t, boost::context::fiber&& fiber) {
     boost::context::fiber back = std::move(fiber).resume();
     asan_back_in_scheduler();
     Thread& last = *w.current;  // the thread the fiber ran last
+    if (last.wait != Wait::spin) w.progress++;
     if (last.wait == Wait::trapped) new boost::context::fiber(std::move(back));  // never resumed nor unwound
     else if (last.wait != Wait::done) last.fiber = std::move(back);
     w.current = nullptr;
@@ -677,6 +703,23 @@ static void start_chain(Worker& w, Thread& t) {
     switch_to(w, t, std::move(f));
 }
 
+void spin_wait() {
+    current_thread().wait = Wait::spin;
+    yield_to_scheduler();
+}
+void note_progress() { this_worker->progress++; }
+void group_barrier(unsigned first, unsigned size) {
+    Worker& w = *this_worker;
+    unsigned g = first / size % 32, phase = w.group_phase[g];
+    w.progress++;
+    if (++w.group_arrived[g] == std::min(size, w.block_threads - first)) {
+        w.group_arrived[g] = 0;
+        w.group_phase[g]++;
+        return;
+    }
+    while (w.group_phase[g] == phase) spin_wait();
+}
+
 void trap_current_thread() {
     Worker& w = *this_worker;
     current_thread().wait = Wait::trapped;
@@ -703,6 +746,14 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
             case WarpOp::ballot: t->result = ballot; break;
             case WarpOp::any: t->result = ballot != 0; break;
             case WarpOp::all: t->result = ballot == group; break;
+            case WarpOp::match_any: case WarpOp::match_all: {  // issue 20: the lanes whose value equals this lane's
+                unsigned same = 0;
+                for (unsigned m = 0; m < 32; m++)
+                    if (lanes[m] && lanes[m]->value == t->value) same |= 1u << m;
+                t->result = t->op == WarpOp::match_any ? same : (same == group ? group : 0);
+                break;
+            }
+            case WarpOp::coalesce: t->result = group; break;
             default: {
                 int width = t->width, section = static_cast<int>(l) / width * width, src = static_cast<int>(l);
                 if (t->op == WarpOp::shfl_idx) src = section + (t->arg % width + width) % width;
@@ -746,6 +797,7 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
         for (unsigned l = 0; l < 32; l++) {
             if (!(waiting >> l & 1u)) continue;
             Thread& t = w.threads[base + l];
+            if (t.op == WarpOp::coalesce) continue;  // issue 20: formed below, once nothing else can complete
             unsigned group = t.mask & exists;
             bool complete = (group >> l & 1u);
             for (unsigned m = 0; m < 32 && complete; m++) {
@@ -760,6 +812,22 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
             }
         }
         if (progressed) continue;
+        // ---- issue 20: cg::coalesced_threads() groups the lanes waiting at the same call (the lanes a GPU
+        // would have converged there), once no other collective of the warp can complete.
+        for (unsigned l = 0; l < 32 && !progressed; l++) {
+            const Thread& t = w.threads[base + l];
+            if (!(waiting >> l & 1u) || t.op != WarpOp::coalesce) continue;
+            unsigned group = 0;
+            for (unsigned m = l; m < 32; m++)
+                if ((waiting >> m & 1u) && w.threads[base + m].op == WarpOp::coalesce && w.threads[base + m].value == t.value)
+                    group |= 1u << m;
+            perform_warp_op(w, base, n, group);
+            progressed = true;
+        }
+        if (progressed) continue;
+        for (unsigned l = 0; l < 32 && base + l < n; l++)  // a spinning lane may still come: the block decides
+            if (w.threads[base + l].wait == Wait::spin) return;
+        // ---- end issue 20
         // Nothing can complete: name the first stuck collective and a lane that is missing from it.
         Thread& t = w.threads[base + __builtin_ctz(waiting)];
         unsigned group = t.mask & exists;
@@ -814,11 +882,27 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
     for (unsigned p = 0; p < 32; p++) w.lane_position[lane_order[p]] = p;
     w.block_threads = n;
     w.trapped = false;
+    std::fill(std::begin(w.group_arrived), std::end(w.group_arrived), 0u);
+    unsigned long long progress_seen = ~0ull;
     for (;;) {
         for (unsigned warp : warp_order) {
             run_warp(w, warp, n, lane_order);
             if (w.trapped) return;
         }
+        // ---- issue 20: spinning threads look again, as long as some thread did something since they last looked
+        bool spinning = false;
+        for (unsigned i = 0; i < n; i++) spinning = spinning || w.threads[i].wait == Wait::spin;
+        if (spinning) {
+            if (w.progress == progress_seen)
+                fatal("kernel '%s' block (%u,%u,%u): threads wait for arrivals that never come (cuda::barrier, a pipeline, "
+                      "or a cooperative-groups tile of more than 32 threads that not all its threads reach) — a deadlock on "
+                      "a GPU", config.name, blockIdx.x, blockIdx.y, blockIdx.z);
+            progress_seen = w.progress;
+            for (unsigned i = 0; i < n; i++)
+                if (w.threads[i].wait == Wait::spin) w.threads[i].wait = Wait::run;
+            continue;
+        }
+        // ---- end issue 20
         unsigned done = 0, count = 0, first_done = n, first_waiting = n;
         bool all_same = true;
         BarrierKind kind = BarrierKind::sync;
