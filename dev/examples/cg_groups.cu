@@ -52,7 +52,7 @@ __global__ void runtime_tile_kernel(int* tile_sums, const int* x, int tile) {
 
 // tiles of 64 threads: each tile writes, syncs, then reads what its other warp wrote
 __global__ void tile64_kernel(int* out, const int* x) {
-    __shared__ cg::block_tile_memory<block_size / 64> scratch_space;
+    __shared__ cg::block_tile_memory<block_size> scratch_space;
     __shared__ int tile_data[block_size];
     cg::thread_block block = cg::this_thread_block(scratch_space);
     cg::thread_block_tile<64> tile = cg::tiled_partition<64>(block);

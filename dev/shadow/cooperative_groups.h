@@ -100,11 +100,12 @@ public:
     dim3 dim_threads() const { return blockDim; }
 };
 inline thread_block this_thread_block() { return {}; }
-// Tiles of more than 32 threads take a scratch buffer on the GPU; the CPU build needs none.
-template <unsigned TileCount = 1, unsigned MaxBlockSize = 1024>
+// Tiles of more than 32 threads take a scratch buffer on the GPU; the CPU build needs none. (CUDA 12+:
+// block_tile_memory<MaxBlockSize>; CUDA 11: <TileCount, MaxBlockSize>.)
+template <unsigned MaxBlockSize = 1024, unsigned CUDA11MaxBlockSize = 0>
 struct block_tile_memory {};
-template <unsigned TileCount, unsigned MaxBlockSize>
-thread_block this_thread_block(block_tile_memory<TileCount, MaxBlockSize>&) { return {}; }
+template <unsigned A, unsigned B>
+thread_block this_thread_block(block_tile_memory<A, B>&) { return {}; }
 inline void sync(const thread_block& g) { g.sync(); }
 
 // A tile of Size consecutive threads of the block (Size a power of two, at most 1024). Tiles of at most
