@@ -1095,7 +1095,8 @@ extern "C" void __asan_on_error() {
                      w->config->name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
 }
 #endif
-long long clock64() { return cudasim::clock64_impl(); }
+// issue 20: cycles of the virtual device's 1410 MHz clock (cudaDevAttrClockRate), so cycles / clock rate is time
+long long clock64() { return cudasim::clock64_impl() * 141 / 100; }
 
 // ----------------------------------------------------------------------------
 // CUDA runtime API (declared by <cuda_runtime_api.h>).

@@ -244,6 +244,14 @@ CUDASIM_HALF_MATH(__nv_bfloat16, __nv_bfloat162, __bfloat162float, __float2bfloa
 #undef CUDASIM_HALF_MATH
 
 // ----------------------------------------------------------------------------
+// clock() in a kernel is the multiprocessor's cycle counter (clock64's low bits), not the C library's
+// process CPU time: a kernel that spins `while (clock() - start < cycles)` must see the virtual clock.
+// Outside a kernel, clock() is the C library's. (A macro, because ::clock is the C library's function.)
+clock_t cudasim_clock();
+namespace std { using ::cudasim_clock; }
+#define clock() cudasim_clock()
+
+// ----------------------------------------------------------------------------
 // __trap: the kernel stops; the next synchronisation (and every later call) returns the launch failure.
 [[noreturn]] void __trap();
 inline void __brkpt() {}
@@ -257,6 +265,10 @@ inline void __prof_trigger(int) {}
 
 namespace cudasim {
 [[noreturn]] static void trap_thread(cudaError_t error);  // dev/cudasim_runtime.h
+}
+clock_t cudasim_clock() {
+    if (cudasim::this_worker && cudasim::this_worker->current) return static_cast<clock_t>(clock64());
+    return (std::clock)();  // parenthesized: the C library's, not the macro
 }
 void __trap() {
     if (!cudasim::this_worker || !cudasim::this_worker->current) cudasim::fatal("__trap() called outside a kernel");
