@@ -1171,7 +1171,11 @@ cudaError_t cudaFree(void* p) {
 invalid:
     return fail(cudaErrorInvalidValue, "cudaFree(%p): not the start of a cudaMalloc allocation", p);
 }
-cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
+    // issue 20: freed in a captured stream, the memory must outlive every launch of the graph: it is kept
+    if (cudasim::capture_node(stream, "cudaFreeAsync", [] { return cudasim::BoundLaunch(); })) return cudaSuccess;
+    return cudaFree(p);
+}
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
     *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
     return *p || bytes == 0 ? cudaSuccess : fail(cudaErrorMemoryAllocation, "cudaMallocHost of %zu bytes failed", bytes);

@@ -694,6 +694,45 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
     return cudasim::sticky_error();
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) { delete exec; return cudaSuccess; }
+// Graph memory nodes: the allocation is made when the node is added (its address is fixed from then on,
+// as on a GPU) and lives until the program ends; the nodes themselves do nothing when the graph runs.
+cudaError_t cudaGraphAddMemAllocNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
+                                     cudaMemAllocNodeParams* p) {
+    if (cudaError_t e = cudaMalloc(&p->dptr, p->bytesize); e != cudaSuccess) return e;
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemAlloc, nullptr);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddMemFreeNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps, void*) {
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemFree, nullptr);
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetGraphMemAttribute(int, cudaGraphMemAttributeType, void* value) {
+    *static_cast<unsigned long long*>(value) = 0;  // graph memory is ordinary memory here: none is reserved
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSetGraphMemAttribute(int, cudaGraphMemAttributeType, void*) { return cudaSuccess; }
+
+// Memory pools: one pool, the heap; allocations from it are cudaMalloc's.
+struct CUmemPoolHandle_st { unsigned long long release_threshold = 0; };
+static CUmemPoolHandle_st g_default_pool;
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) { *pool = &g_default_pool; return cudaSuccess; }
+cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* pool, int) { *pool = &g_default_pool; return cudaSuccess; }
+cudaError_t cudaDeviceSetMemPool(int, cudaMemPool_t) { return cudaSuccess; }
+cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps*) { *pool = new CUmemPoolHandle_st{}; return cudaSuccess; }
+cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) { if (pool != &g_default_pool) delete pool; return cudaSuccess; }
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
+    if (attr == cudaMemPoolAttrReleaseThreshold) pool->release_threshold = *static_cast<unsigned long long*>(value);
+    return cudaSuccess;
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
+    if (attr == cudaMemPoolAttrReleaseThreshold) *static_cast<unsigned long long*>(value) = pool->release_threshold;
+    else if (attr == cudaMemPoolReuseFollowEventDependencies || attr == cudaMemPoolReuseAllowOpportunistic ||
+             attr == cudaMemPoolReuseAllowInternalDependencies) *static_cast<int*>(value) = 1;
+    else *static_cast<unsigned long long*>(value) = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t) { return cudaSuccess; }
+cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t, cudaStream_t s) { return cudaMallocAsync(p, bytes, s); }
 cudaError_t cudaDeviceGraphMemTrim(int) { return cudaSuccess; }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
