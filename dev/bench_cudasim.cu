@@ -47,15 +47,19 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (a == "-h" || a == "--help") {
-            std::printf("usage: bench_cudasim [--blocks N] [--iters N]\n"
-                        "CUDA threads per second for an element-wise kernel, a shared-memory reduction and a shuffle\n"
-                        "reduction, 256 threads per block (default 4096 blocks, median of 5 iterations).\n");
+            std::printf(
+                "usage: bench_cudasim [--blocks N] [--iters N]\n"
+                "CUDA threads per second for an element-wise kernel, a shared-memory reduction and a shuffle\n"
+                "reduction, 256 threads per block (default 4096 blocks, median of 5 iterations).\n");
             return 0;
         }
-        if (a == "--blocks" && i + 1 < argc) blocks = std::atoi(argv[++i]);
-        else if (a == "--iters" && i + 1 < argc) iters = std::atoi(argv[++i]);
+        if (a == "--blocks" && i + 1 < argc)
+            blocks = std::atoi(argv[++i]);
+        else if (a == "--iters" && i + 1 < argc)
+            iters = std::atoi(argv[++i]);
         else {
-            std::fprintf(stderr, "bench_cudasim: unknown argument '%s' (usage: bench_cudasim [--blocks N] [--iters N])\n",
+            std::fprintf(stderr,
+                         "bench_cudasim: unknown argument '%s' (usage: bench_cudasim [--blocks N] [--iters N])\n",
                          a.c_str());
             return 1;
         }

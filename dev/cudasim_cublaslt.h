@@ -27,7 +27,7 @@ struct LtDesc {
     cublasOperation_t transa, transb;
     cublasLtEpilogue_t epilogue;
     const void* bias;
-    int32_t bias_type;        // -1: D's type
+    int32_t bias_type;  // -1: D's type
     int64_t bias_batch_stride;
     int32_t pointer_mode;
 };
@@ -45,7 +45,8 @@ static LtDesc& desc(cublasLtMatmulDesc_t d) { return *reinterpret_cast<LtDesc*>(
 static LtLayout& layout(cublasLtMatrixLayout_t l) { return *reinterpret_cast<LtLayout*>(l); }
 
 static cublasStatus_t lt_unsupported(const char* what, long long value) {
-    std::fprintf(stderr, "cudasim: cuBLASLt: %s %lld is not emulated on the CPU (CUBLAS_STATUS_NOT_SUPPORTED)\n", what, value);
+    std::fprintf(stderr, "cudasim: cuBLASLt: %s %lld is not emulated on the CPU (CUBLAS_STATUS_NOT_SUPPORTED)\n", what,
+                 value);
     return CUBLAS_STATUS_NOT_SUPPORTED;
 }
 static size_t type_bytes(cudaDataType t) { return t == CUDA_R_32F ? 4 : 2; }
@@ -55,18 +56,31 @@ static float load_as_float(const void* p, cudaDataType t, size_t i) {
     return __half2float(static_cast<const __half*>(p)[i]);
 }
 static void store_from_float(void* p, cudaDataType t, size_t i, float v) {
-    if (t == CUDA_R_32F) static_cast<float*>(p)[i] = v;
-    else if (t == CUDA_R_16BF) static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16(v);
-    else static_cast<__half*>(p)[i] = __float2half(v);
+    if (t == CUDA_R_32F)
+        static_cast<float*>(p)[i] = v;
+    else if (t == CUDA_R_16BF)
+        static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16(v);
+    else
+        static_cast<__half*>(p)[i] = __float2half(v);
 }
 // GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
-static float gelu_tanh(float x) { return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
+static float gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
 }  // namespace cudasim
 
-struct cublasLtContext { int unused; };
+struct cublasLtContext {
+    int unused;
+};
 
-cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) { *h = new cublasLtContext{}; return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) {
+    *h = new cublasLtContext{};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
 size_t cublasLtGetVersion() { return CUBLAS_VERSION; }
 const char* cublasLtGetStatusName(cublasStatus_t s) { return cublasGetStatusName(s); }
 const char* cublasLtGetStatusString(cublasStatus_t s) { return cublasGetStatusString(s); }
@@ -74,16 +88,20 @@ const char* cublasLtGetStatusString(cublasStatus_t s) { return cublasGetStatusSt
 cublasStatus_t cublasLtMatmulDescInit_internal(cublasLtMatmulDesc_t d, size_t size, cublasComputeType_t compute,
                                                cudaDataType_t scale) {
     if (size < sizeof(cudasim::LtDesc)) return CUBLAS_STATUS_INVALID_VALUE;
-    cudasim::desc(d) = cudasim::LtDesc{compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, nullptr, -1, 0, 0};
+    cudasim::desc(d) =
+        cudasim::LtDesc{compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, nullptr, -1, 0, 0};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasComputeType_t compute, cudaDataType_t scale) {
     *d = new cublasLtMatmulDescOpaque_t{};
     return cublasLtMatmulDescInit_internal(*d, sizeof(cublasLtMatmulDescOpaque_t), compute, scale);
 }
-cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) { delete d; return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const void* buf,
-                                              size_t size) {
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
+    delete d;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void* buf, size_t size) {
     cudasim::LtDesc& m = cudasim::desc(d);
     auto read = [&](auto& field) {
         if (size != sizeof field) return CUBLAS_STATUS_INVALID_VALUE;
@@ -100,7 +118,8 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
         case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return read(m.bias);
         case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return read(m.bias_type);
         case CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE: return read(m.bias_batch_stride);
-        case CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET: case CUBLASLT_MATMUL_DESC_FAST_ACCUM: return CUBLAS_STATUS_SUCCESS;  // hints
+        case CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET:
+        case CUBLASLT_MATMUL_DESC_FAST_ACCUM: return CUBLAS_STATUS_SUCCESS;  // hints
         default: return cudasim::lt_unsupported("matmul descriptor attribute", attr);
     }
 }
@@ -124,19 +143,23 @@ cublasStatus_t cublasLtMatmulDescGetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
     }
 }
 
-cublasStatus_t cublasLtMatrixLayoutInit_internal(cublasLtMatrixLayout_t l, size_t size, cudaDataType type, uint64_t rows,
-                                                 uint64_t cols, int64_t ld) {
+cublasStatus_t cublasLtMatrixLayoutInit_internal(cublasLtMatrixLayout_t l, size_t size, cudaDataType type,
+                                                 uint64_t rows, uint64_t cols, int64_t ld) {
     if (size < sizeof(cudasim::LtLayout)) return CUBLAS_STATUS_INVALID_VALUE;
     cudasim::layout(l) = cudasim::LtLayout{type, rows, cols, ld, CUBLASLT_ORDER_COL, 1, 0};
     return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType type, uint64_t rows, uint64_t cols, int64_t ld) {
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType type, uint64_t rows, uint64_t cols,
+                                          int64_t ld) {
     *l = new cublasLtMatrixLayoutOpaque_t{};
     return cublasLtMatrixLayoutInit_internal(*l, sizeof(cublasLtMatrixLayoutOpaque_t), type, rows, cols, ld);
 }
-cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) { delete l; return CUBLAS_STATUS_SUCCESS; }
-cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l, cublasLtMatrixLayoutAttribute_t attr, const void* buf,
-                                                size_t size) {
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
+    delete l;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l, cublasLtMatrixLayoutAttribute_t attr,
+                                                const void* buf, size_t size) {
     cudasim::LtLayout& m = cudasim::layout(l);
     auto read = [&](auto& field) {
         if (size != sizeof field) return CUBLAS_STATUS_INVALID_VALUE;
@@ -164,7 +187,10 @@ cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) {
     *p = new cublasLtMatmulPreferenceOpaque_t{};
     return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) { delete p; return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
+    delete p;
+    return CUBLAS_STATUS_SUCCESS;
+}
 // Preferences (workspace limit, alignment, search mode) steer the choice among algorithms; there is one.
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t, cublasLtMatmulPreferenceAttributes_t,
                                                     const void*, size_t) {
@@ -172,8 +198,8 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t, 
 }
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t,
                                               cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
-                                              cublasLtMatmulPreference_t, int requested, cublasLtMatmulHeuristicResult_t results[],
-                                              int* returned) {
+                                              cublasLtMatmulPreference_t, int requested,
+                                              cublasLtMatmulHeuristicResult_t results[], int* returned) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (requested <= 0) return CUBLAS_STATUS_INVALID_VALUE;
     std::memset(&results[0], 0, sizeof results[0]);  // the one algorithm: OpenBLAS, no workspace
@@ -184,9 +210,9 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
 }
 
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDesc, const void* alpha, const void* A,
-                              cublasLtMatrixLayout_t Adesc, const void* B, cublasLtMatrixLayout_t Bdesc, const void* beta,
-                              const void* C, cublasLtMatrixLayout_t Cdesc, void* D, cublasLtMatrixLayout_t Ddesc,
-                              const cublasLtMatmulAlgo_t*, void*, size_t, cudaStream_t) {
+                              cublasLtMatrixLayout_t Adesc, const void* B, cublasLtMatrixLayout_t Bdesc,
+                              const void* beta, const void* C, cublasLtMatrixLayout_t Cdesc, void* D,
+                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t*, void*, size_t, cudaStream_t) {
     using namespace cudasim;
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     const LtDesc& m = desc(computeDesc);
@@ -210,7 +236,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDe
         default: return lt_unsupported("epilogue", m.epilogue);
     }
     if (bias && !m.bias) {
-        std::fprintf(stderr, "cudasim: cublasLtMatmul: a bias epilogue without CUBLASLT_MATMUL_DESC_BIAS_POINTER "
+        std::fprintf(stderr,
+                     "cudasim: cublasLtMatmul: a bias epilogue without CUBLASLT_MATMUL_DESC_BIAS_POINTER "
                      "(CUBLAS_STATUS_INVALID_VALUE)\n");
         return CUBLAS_STATUS_INVALID_VALUE;
     }
@@ -221,9 +248,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDe
     int am = static_cast<int>(m.transa == CUBLAS_OP_N ? la.rows : la.cols);
     int bn = static_cast<int>(m.transb == CUBLAS_OP_N ? lb.cols : lb.rows);
     if (k != kb || am != rows || bn != cols || lc.rows != ld.rows || lc.cols != ld.cols) {
-        std::fprintf(stderr, "cudasim: cublasLtMatmul: shapes do not agree: op(A) %d×%d, op(B) %d×%d, C %llu×%llu, D %d×%d "
-                     "(CUBLAS_STATUS_INVALID_VALUE)\n", am, k, kb, bn, static_cast<unsigned long long>(lc.rows),
-                     static_cast<unsigned long long>(lc.cols), rows, cols);
+        std::fprintf(stderr,
+                     "cudasim: cublasLtMatmul: shapes do not agree: op(A) %d×%d, op(B) %d×%d, C %llu×%llu, D %d×%d "
+                     "(CUBLAS_STATUS_INVALID_VALUE)\n",
+                     am, k, kb, bn, static_cast<unsigned long long>(lc.rows), static_cast<unsigned long long>(lc.cols),
+                     rows, cols);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
     int batch = ld.batch;
@@ -239,13 +268,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDe
         // acc = beta·C, then acc += alpha·op(A)·op(B) through the cuBLAS shim (fp32 out)
         for (int j = 0; j < cols; j++)
             for (int r = 0; r < rows; r++)
-                acc[static_cast<size_t>(j) * rows + r] = b == 0.0f ? 0.0f : b * load_as_float(Ci, lc.type, static_cast<size_t>(j) * lc.ld + r);
+                acc[static_cast<size_t>(j) * rows + r] =
+                    b == 0.0f ? 0.0f : b * load_as_float(Ci, lc.type, static_cast<size_t>(j) * lc.ld + r);
         float one = 1.0f;
         cublasStatus_t s = gemm_ex("cublasLtMatmul", &blas, m.transa, m.transb, rows, cols, k, &a, Ai, la.type,
-                                   static_cast<int>(la.ld), 0, Bi, lb.type, static_cast<int>(lb.ld), 0, &one, acc.data(),
-                                   CUDA_R_32F, rows, 0, 1, m.compute);
+                                   static_cast<int>(la.ld), 0, Bi, lb.type, static_cast<int>(lb.ld), 0, &one,
+                                   acc.data(), CUDA_R_32F, rows, 0, 1, m.compute);
         if (s != CUBLAS_STATUS_SUCCESS) return s;
-        const char* bias_i = static_cast<const char*>(m.bias) + (bias ? i * m.bias_batch_stride * type_bytes(bias_type) : 0);
+        const char* bias_i =
+            static_cast<const char*>(m.bias) + (bias ? i * m.bias_batch_stride * type_bytes(bias_type) : 0);
         for (int j = 0; j < cols; j++)
             for (int r = 0; r < rows; r++) {
                 float v = acc[static_cast<size_t>(j) * rows + r];
@@ -260,27 +291,31 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDe
 
 // ----------------------------------------------------------------------------
 // cuBLAS level 2: y = alpha·op(A)·x + beta·y (column-major A, m×n), on OpenBLAS.
-cublasStatus_t cublasSgemv_v2(cublasHandle_t h, cublasOperation_t trans, int m, int n, const float* alpha, const float* A,
-                              int lda, const float* x, int incx, const float* beta, float* y, int incy) {
+cublasStatus_t cublasSgemv_v2(cublasHandle_t h, cublasOperation_t trans, int m, int n, const float* alpha,
+                              const float* A, int lda, const float* x, int incx, const float* beta, float* y,
+                              int incy) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (m < 0 || n < 0 || lda < std::max(1, m) || incx == 0 || incy == 0) return CUBLAS_STATUS_INVALID_VALUE;
     cblas_sgemv(CblasColMajor, cudasim::to_cblas(trans), m, n, *alpha, A, lda, x, incx, *beta, y, incy);
     return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasDgemv_v2(cublasHandle_t h, cublasOperation_t trans, int m, int n, const double* alpha, const double* A,
-                              int lda, const double* x, int incx, const double* beta, double* y, int incy) {
+cublasStatus_t cublasDgemv_v2(cublasHandle_t h, cublasOperation_t trans, int m, int n, const double* alpha,
+                              const double* A, int lda, const double* x, int incx, const double* beta, double* y,
+                              int incy) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (m < 0 || n < 0 || lda < std::max(1, m) || incx == 0 || incy == 0) return CUBLAS_STATUS_INVALID_VALUE;
     cblas_dgemv(CblasColMajor, cudasim::to_cblas(trans), m, n, *alpha, A, lda, x, incx, *beta, y, incy);
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasDgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                              const double* alpha, const double* A, int lda, const double* B, int ldb, const double* beta,
-                              double* C, int ldc) {
-    if (cublasStatus_t s = cudasim::check_gemm("cublasDgemm", h, ta, tb, m, n, k, lda, ldb, ldc, 1); s != CUBLAS_STATUS_SUCCESS)
+                              const double* alpha, const double* A, int lda, const double* B, int ldb,
+                              const double* beta, double* C, int ldc) {
+    if (cublasStatus_t s = cudasim::check_gemm("cublasDgemm", h, ta, tb, m, n, k, lda, ldb, ldc, 1);
+        s != CUBLAS_STATUS_SUCCESS)
         return s;
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    cblas_dgemm(CblasColMajor, cudasim::to_cblas(ta), cudasim::to_cblas(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    cblas_dgemm(CblasColMajor, cudasim::to_cblas(ta), cudasim::to_cblas(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C,
+                ldc);
     return CUBLAS_STATUS_SUCCESS;
 }
 #endif  // GPTCU_CUDASIM_CUBLASLT_IMPLEMENTED

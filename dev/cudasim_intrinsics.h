@@ -41,9 +41,15 @@ inline unsigned long long atomicOr(unsigned long long* a, unsigned long long v) 
 inline unsigned long long atomicXor(unsigned long long* a, unsigned long long v) {
     return cudasim::atomic_ref<unsigned long long>(*a).fetch_xor(v);
 }
-inline unsigned short atomicCAS(unsigned short* a, unsigned short c, unsigned short v) { return cudasim_atomic_cas(a, c, v); }
-inline float atomicMax(float* a, float v) { return cudasim_atomic_update(a, [v](float o) { return o > v ? o : v; }); }
-inline float atomicMin(float* a, float v) { return cudasim_atomic_update(a, [v](float o) { return o < v ? o : v; }); }
+inline unsigned short atomicCAS(unsigned short* a, unsigned short c, unsigned short v) {
+    return cudasim_atomic_cas(a, c, v);
+}
+inline float atomicMax(float* a, float v) {
+    return cudasim_atomic_update(a, [v](float o) { return o > v ? o : v; });
+}
+inline float atomicMin(float* a, float v) {
+    return cudasim_atomic_update(a, [v](float o) { return o < v ? o : v; });
+}
 
 // 16-bit floats and their pairs: a compare-and-swap loop on the bits, each element rounded once (as the
 // GPU's atomicAdd on __half2 adds both halves, each atomically, with one rounding).
@@ -66,9 +72,8 @@ inline __half atomicAdd(__half* a, __half v) {
     return cudasim_atomic_update_bits(a, [v](__half o) { return __float2half(__half2float(o) + __half2float(v)); });
 }
 inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
-    return cudasim_atomic_update_bits(a, [v](__nv_bfloat16 o) {
-        return __float2bfloat16(__bfloat162float(o) + __bfloat162float(v));
-    });
+    return cudasim_atomic_update_bits(
+        a, [v](__nv_bfloat16 o) { return __float2bfloat16(__bfloat162float(o) + __bfloat162float(v)); });
 }
 inline __half2 atomicAdd(__half2* a, __half2 v) {
     return cudasim_atomic_update_bits(a, [v](__half2 o) {
@@ -82,9 +87,15 @@ inline __nv_bfloat162 atomicAdd(__nv_bfloat162* a, __nv_bfloat162 v) {
 }
 
 // Scoped atomics: every scope is the whole machine here (memory is shared by all of it).
-#define CUDASIM_SCOPED_ATOMIC(name)                                                                                 \
-    template <class... A> auto name##_system(A... a) -> decltype(name(a...)) { return name(a...); }                 \
-    template <class... A> auto name##_block(A... a) -> decltype(name(a...)) { return name(a...); }
+#define CUDASIM_SCOPED_ATOMIC(name)                    \
+    template <class... A>                              \
+    auto name##_system(A... a)->decltype(name(a...)) { \
+        return name(a...);                             \
+    }                                                  \
+    template <class... A>                              \
+    auto name##_block(A... a)->decltype(name(a...)) {  \
+        return name(a...);                             \
+    }
 CUDASIM_SCOPED_ATOMIC(atomicAdd)
 CUDASIM_SCOPED_ATOMIC(atomicSub)
 CUDASIM_SCOPED_ATOMIC(atomicExch)
@@ -106,8 +117,12 @@ inline int __mul24(int a, int b) {  // the low 32 bits of the product of the low
 }
 inline unsigned __umul24(unsigned a, unsigned b) { return (a & 0xffffffu) * (b & 0xffffffu); }
 inline int __mulhi(int a, int b) { return static_cast<int>(static_cast<long long>(a) * b >> 32); }
-inline unsigned __umulhi(unsigned a, unsigned b) { return static_cast<unsigned>(static_cast<unsigned long long>(a) * b >> 32); }
-inline long long __mul64hi(long long a, long long b) { return static_cast<long long>(static_cast<__int128>(a) * b >> 64); }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+    return static_cast<unsigned>(static_cast<unsigned long long>(a) * b >> 32);
+}
+inline long long __mul64hi(long long a, long long b) {
+    return static_cast<long long>(static_cast<__int128>(a) * b >> 64);
+}
 inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
     return static_cast<unsigned long long>(static_cast<unsigned __int128>(a) * b >> 64);
 }
@@ -115,12 +130,15 @@ inline int __hadd(int a, int b) { return static_cast<int>((static_cast<long long
 inline int __rhadd(int a, int b) { return static_cast<int>((static_cast<long long>(a) + b + 1) >> 1); }
 inline unsigned __uhadd(unsigned a, unsigned b) { return static_cast<unsigned>((0ull + a + b) >> 1); }
 inline unsigned __urhadd(unsigned a, unsigned b) { return static_cast<unsigned>((0ull + a + b + 1) >> 1); }
-inline unsigned __sad(int a, int b, unsigned c) { return (a > b ? static_cast<unsigned>(a - b) : static_cast<unsigned>(b - a)) + c; }
+inline unsigned __sad(int a, int b, unsigned c) {
+    return (a > b ? static_cast<unsigned>(a - b) : static_cast<unsigned>(b - a)) + c;
+}
 inline unsigned __usad(unsigned a, unsigned b, unsigned c) { return (a > b ? a - b : b - a) + c; }
 inline int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x)); }
 inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 inline unsigned long long __brevll(unsigned long long x) {
-    return static_cast<unsigned long long>(__brev(static_cast<unsigned>(x))) << 32 | __brev(static_cast<unsigned>(x >> 32));
+    return static_cast<unsigned long long>(__brev(static_cast<unsigned>(x))) << 32 |
+           __brev(static_cast<unsigned>(x >> 32));
 }
 // byte i of the result is byte (s >> 4i) & 7 of the 8 bytes {y:x}
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
@@ -159,44 +177,100 @@ T with_rounding(int mode, F f) {
     return r;
 }
 }  // namespace cudasim
-#define CUDASIM_ROUNDED(T, prefix, op_name, expr)                                                                   \
-    inline T prefix##op_name##_rn(T a, T b) { volatile T x = a, y = b; return cudasim::with_rounding<T>(FE_TONEAREST, [&] { return expr; }); } \
-    inline T prefix##op_name##_rz(T a, T b) { volatile T x = a, y = b; return cudasim::with_rounding<T>(FE_TOWARDZERO, [&] { return expr; }); } \
-    inline T prefix##op_name##_ru(T a, T b) { volatile T x = a, y = b; return cudasim::with_rounding<T>(FE_UPWARD, [&] { return expr; }); } \
-    inline T prefix##op_name##_rd(T a, T b) { volatile T x = a, y = b; return cudasim::with_rounding<T>(FE_DOWNWARD, [&] { return expr; }); }
+#define CUDASIM_ROUNDED(T, prefix, op_name, expr)                              \
+    inline T prefix##op_name##_rn(T a, T b) {                                  \
+        volatile T x = a, y = b;                                               \
+        return cudasim::with_rounding<T>(FE_TONEAREST, [&] { return expr; });  \
+    }                                                                          \
+    inline T prefix##op_name##_rz(T a, T b) {                                  \
+        volatile T x = a, y = b;                                               \
+        return cudasim::with_rounding<T>(FE_TOWARDZERO, [&] { return expr; }); \
+    }                                                                          \
+    inline T prefix##op_name##_ru(T a, T b) {                                  \
+        volatile T x = a, y = b;                                               \
+        return cudasim::with_rounding<T>(FE_UPWARD, [&] { return expr; });     \
+    }                                                                          \
+    inline T prefix##op_name##_rd(T a, T b) {                                  \
+        volatile T x = a, y = b;                                               \
+        return cudasim::with_rounding<T>(FE_DOWNWARD, [&] { return expr; });   \
+    }
 // __fadd_rn and __fmul_rn are in dev/cudasim.h
-inline float __fadd_rz(float a, float b) { volatile float x = a, y = b; return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return x + y; }); }
-inline float __fadd_ru(float a, float b) { volatile float x = a, y = b; return cudasim::with_rounding<float>(FE_UPWARD, [&] { return x + y; }); }
-inline float __fadd_rd(float a, float b) { volatile float x = a, y = b; return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return x + y; }); }
-inline float __fmul_rz(float a, float b) { volatile float x = a, y = b; return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return x * y; }); }
-inline float __fmul_ru(float a, float b) { volatile float x = a, y = b; return cudasim::with_rounding<float>(FE_UPWARD, [&] { return x * y; }); }
-inline float __fmul_rd(float a, float b) { volatile float x = a, y = b; return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return x * y; }); }
+inline float __fadd_rz(float a, float b) {
+    volatile float x = a, y = b;
+    return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return x + y; });
+}
+inline float __fadd_ru(float a, float b) {
+    volatile float x = a, y = b;
+    return cudasim::with_rounding<float>(FE_UPWARD, [&] { return x + y; });
+}
+inline float __fadd_rd(float a, float b) {
+    volatile float x = a, y = b;
+    return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return x + y; });
+}
+inline float __fmul_rz(float a, float b) {
+    volatile float x = a, y = b;
+    return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return x * y; });
+}
+inline float __fmul_ru(float a, float b) {
+    volatile float x = a, y = b;
+    return cudasim::with_rounding<float>(FE_UPWARD, [&] { return x * y; });
+}
+inline float __fmul_rd(float a, float b) {
+    volatile float x = a, y = b;
+    return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return x * y; });
+}
 CUDASIM_ROUNDED(float, __f, sub, x - y)
 CUDASIM_ROUNDED(float, __f, div, x / y)
 CUDASIM_ROUNDED(double, __d, add, x + y)
 CUDASIM_ROUNDED(double, __d, sub, x - y)
-CUDASIM_ROUNDED(double, __d, mul, x * y)
+CUDASIM_ROUNDED(double, __d, mul, x* y)
 CUDASIM_ROUNDED(double, __d, div, x / y)
 #undef CUDASIM_ROUNDED
-inline float __fsqrt_rz(float a) { volatile float x = a; return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return std::sqrt(static_cast<float>(x)); }); }
-inline float __fsqrt_ru(float a) { volatile float x = a; return cudasim::with_rounding<float>(FE_UPWARD, [&] { return std::sqrt(static_cast<float>(x)); }); }
-inline float __fsqrt_rd(float a) { volatile float x = a; return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return std::sqrt(static_cast<float>(x)); }); }
+inline float __fsqrt_rz(float a) {
+    volatile float x = a;
+    return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return std::sqrt(static_cast<float>(x)); });
+}
+inline float __fsqrt_ru(float a) {
+    volatile float x = a;
+    return cudasim::with_rounding<float>(FE_UPWARD, [&] { return std::sqrt(static_cast<float>(x)); });
+}
+inline float __fsqrt_rd(float a) {
+    volatile float x = a;
+    return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return std::sqrt(static_cast<float>(x)); });
+}
 inline double __dsqrt_rn(double a) { return std::sqrt(a); }
 inline float __frcp_rz(float a) { return __fdiv_rz(1.0f, a); }
 inline float __frcp_ru(float a) { return __fdiv_ru(1.0f, a); }
 inline float __frcp_rd(float a) { return __fdiv_rd(1.0f, a); }
 inline double __drcp_rn(double a) { return 1.0 / a; }
 inline double __fma_rn(double a, double b, double c) { return std::fma(a, b, c); }
-inline float __fmaf_rz(float a, float b, float c) { volatile float x = a; return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return std::fma(static_cast<float>(x), b, c); }); }
-inline float __fmaf_ru(float a, float b, float c) { volatile float x = a; return cudasim::with_rounding<float>(FE_UPWARD, [&] { return std::fma(static_cast<float>(x), b, c); }); }
-inline float __fmaf_rd(float a, float b, float c) { volatile float x = a; return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return std::fma(static_cast<float>(x), b, c); }); }
+inline float __fmaf_rz(float a, float b, float c) {
+    volatile float x = a;
+    return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return std::fma(static_cast<float>(x), b, c); });
+}
+inline float __fmaf_ru(float a, float b, float c) {
+    volatile float x = a;
+    return cudasim::with_rounding<float>(FE_UPWARD, [&] { return std::fma(static_cast<float>(x), b, c); });
+}
+inline float __fmaf_rd(float a, float b, float c) {
+    volatile float x = a;
+    return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return std::fma(static_cast<float>(x), b, c); });
+}
 inline int __float2int_rd(float x) { return static_cast<int>(std::floor(x)); }
 inline int __float2int_ru(float x) { return static_cast<int>(std::ceil(x)); }
 inline unsigned __float2uint_rn(float x) { return static_cast<unsigned>(std::nearbyint(x)); }
 inline unsigned __float2uint_rz(float x) { return static_cast<unsigned>(x); }
 inline float __uint2float_rn(unsigned x) { return static_cast<float>(x); }
-inline long long __double_as_longlong(double x) { long long i; std::memcpy(&i, &x, 8); return i; }
-inline double __longlong_as_double(long long i) { double x; std::memcpy(&x, &i, 8); return x; }
+inline long long __double_as_longlong(double x) {
+    long long i;
+    std::memcpy(&i, &x, 8);
+    return i;
+}
+inline double __longlong_as_double(long long i) {
+    double x;
+    std::memcpy(&x, &i, 8);
+    return x;
+}
 inline int __double2int_rn(double x) { return static_cast<int>(std::nearbyint(x)); }
 inline int __double2int_rz(double x) { return static_cast<int>(x); }
 inline float __double2float_rn(double x) { return static_cast<float>(x); }
@@ -206,7 +280,10 @@ inline float __double2float_rn(double x) { return static_cast<float>(x); }
 // and rounded once to the 16-bit type (round to nearest even, the conversions of those headers).
 #define CUDASIM_HALF_MATH(H, H2, to_f, from_f, pair_from_f)                                                         \
     inline H __hfma(H a, H b, H c) { return from_f(std::fma(to_f(a), to_f(b), to_f(c))); }                          \
-    inline H __hfma_relu(H a, H b, H c) { float r = std::fma(to_f(a), to_f(b), to_f(c)); return from_f(r > 0.0f || r != r ? r : 0.0f); } \
+    inline H __hfma_relu(H a, H b, H c) {                                                                           \
+        float r = std::fma(to_f(a), to_f(b), to_f(c));                                                              \
+        return from_f(r > 0.0f || r != r ? r : 0.0f);                                                               \
+    }                                                                                                               \
     inline H2 __hfma2(H2 a, H2 b, H2 c) { return H2(__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y)); }                \
     inline H2 __hfma2_relu(H2 a, H2 b, H2 c) { return H2(__hfma_relu(a.x, b.x, c.x), __hfma_relu(a.y, b.y, c.y)); } \
     inline H hsqrt(H a) { return from_f(std::sqrt(to_f(a))); }                                                      \
@@ -248,7 +325,9 @@ CUDASIM_HALF_MATH(__nv_bfloat16, __nv_bfloat162, __bfloat162float, __float2bfloa
 // process CPU time: a kernel that spins `while (clock() - start < cycles)` must see the virtual clock.
 // Outside a kernel, clock() is the C library's. (A macro, because ::clock is the C library's function.)
 clock_t cudasim_clock();
-namespace std { using ::cudasim_clock; }
+namespace std {
+using ::cudasim_clock;
+}
 #define clock() cudasim_clock()
 
 // ----------------------------------------------------------------------------
@@ -272,9 +351,11 @@ clock_t cudasim_clock() {
 }
 void __trap() {
     if (!cudasim::this_worker || !cudasim::this_worker->current) cudasim::fatal("__trap() called outside a kernel");
-    std::fprintf(stderr, "cudasim: kernel '%s' block (%u,%u,%u) thread (%u,%u,%u): __trap(); the kernel stops and every "
-                 "later CUDA call returns cudaErrorLaunchFailure\n", cudasim::this_worker->config->name, blockIdx.x,
-                 blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+    std::fprintf(stderr,
+                 "cudasim: kernel '%s' block (%u,%u,%u) thread (%u,%u,%u): __trap(); the kernel stops and every "
+                 "later CUDA call returns cudaErrorLaunchFailure\n",
+                 cudasim::this_worker->config->name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
+                 threadIdx.z);
     cudasim::trap_thread(cudaErrorLaunchFailure);
 }
 
@@ -288,7 +369,8 @@ extern "C" void __assert_fail(const char* expr, const char* file, unsigned line,
                      function, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z, expr);
         cudasim::trap_thread(cudaErrorAssert);
     }
-    std::fprintf(stderr, "%s: %s:%u: %s: Assertion `%s' failed.\n", program_invocation_short_name, file, line, function, expr);
+    std::fprintf(stderr, "%s: %s:%u: %s: Assertion `%s' failed.\n", program_invocation_short_name, file, line, function,
+                 expr);
     std::fflush(stderr);
     std::abort();
 }

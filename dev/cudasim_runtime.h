@@ -120,8 +120,8 @@ namespace cudasim {
 // The virtual device: an A100-SXM4-like part. Limits the emulator enforces (threads per block, dynamic
 // shared memory) come from the constants at the top of the implementation; the rest are the A100's.
 struct DeviceProfile {
-    int sms = 108;                  // multiprocessors
-    int clock_khz = 1410000;        // boost clock
+    int sms = 108;            // multiprocessors
+    int clock_khz = 1410000;  // boost clock
     int memory_clock_khz = 1215000;
     int bus_bits = 5120;
     int l2_bytes = 40 * 1024 * 1024;
@@ -129,7 +129,7 @@ struct DeviceProfile {
     int threads_per_sm = 2048, blocks_per_sm = 32;
     size_t shared_per_sm = 164 * 1024;
     size_t const_bytes = 64 * 1024;
-    int regs_per_thread = 32;       // what cudaFuncGetAttributes reports for every kernel (no compiler to ask)
+    int regs_per_thread = 32;  // what cudaFuncGetAttributes reports for every kernel (no compiler to ask)
 };
 static const DeviceProfile device_profile;
 
@@ -138,10 +138,12 @@ static bool device_attribute(cudaDeviceAttr attr, int* value) {
     const DeviceProfile& d = device_profile;
     switch (attr) {
         case cudaDevAttrMaxThreadsPerBlock: *value = max_threads_per_block; return true;
-        case cudaDevAttrMaxBlockDimX: case cudaDevAttrMaxBlockDimY: *value = 1024; return true;
+        case cudaDevAttrMaxBlockDimX:
+        case cudaDevAttrMaxBlockDimY: *value = 1024; return true;
         case cudaDevAttrMaxBlockDimZ: *value = 64; return true;
         case cudaDevAttrMaxGridDimX: *value = 2147483647; return true;
-        case cudaDevAttrMaxGridDimY: case cudaDevAttrMaxGridDimZ: *value = 65535; return true;
+        case cudaDevAttrMaxGridDimY:
+        case cudaDevAttrMaxGridDimZ: *value = 65535; return true;
         case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(default_shared_bytes); return true;
         case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(max_shared_bytes_optin); return true;
         case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = static_cast<int>(d.shared_per_sm); return true;
@@ -171,30 +173,46 @@ static bool device_attribute(cudaDeviceAttr attr, int* value) {
         case cudaDevAttrIntegrated: *value = 0; return true;
         case cudaDevAttrEccEnabled: *value = 0; return true;
         case cudaDevAttrTccDriver: *value = 0; return true;
-        case cudaDevAttrPciBusId: case cudaDevAttrPciDeviceId: case cudaDevAttrPciDomainId: *value = 0; return true;
-        case cudaDevAttrIsMultiGpuBoard: case cudaDevAttrMultiGpuBoardGroupID: *value = 0; return true;
+        case cudaDevAttrPciBusId:
+        case cudaDevAttrPciDeviceId:
+        case cudaDevAttrPciDomainId: *value = 0; return true;
+        case cudaDevAttrIsMultiGpuBoard:
+        case cudaDevAttrMultiGpuBoardGroupID: *value = 0; return true;
         case cudaDevAttrStreamPrioritiesSupported: *value = 1; return true;
-        case cudaDevAttrGlobalL1CacheSupported: case cudaDevAttrLocalL1CacheSupported: *value = 1; return true;
+        case cudaDevAttrGlobalL1CacheSupported:
+        case cudaDevAttrLocalL1CacheSupported: *value = 1; return true;
         case cudaDevAttrSingleToDoublePrecisionPerfRatio: *value = 2; return true;
         case cudaDevAttrComputePreemptionSupported: *value = 1; return true;
         // Device memory is host memory: mapped host memory, unified addressing, managed memory and
         // host-native atomics all hold, trivially.
-        case cudaDevAttrCanMapHostMemory: case cudaDevAttrUnifiedAddressing: case cudaDevAttrManagedMemory:
-        case cudaDevAttrHostNativeAtomicSupported: case cudaDevAttrPageableMemoryAccess:
-        case cudaDevAttrConcurrentManagedAccess: case cudaDevAttrCanUseHostPointerForRegisteredMem:
-        case cudaDevAttrDirectManagedMemAccessFromHost: case cudaDevAttrHostRegisterSupported:
-        case cudaDevAttrHostRegisterReadOnlySupported: case cudaDevAttrPageableMemoryAccessUsesHostPageTables:
-        case cudaDevAttrMemoryPoolsSupported: case cudaDevAttrCanFlushRemoteWrites:
-            *value = 1; return true;
+        case cudaDevAttrCanMapHostMemory:
+        case cudaDevAttrUnifiedAddressing:
+        case cudaDevAttrManagedMemory:
+        case cudaDevAttrHostNativeAtomicSupported:
+        case cudaDevAttrPageableMemoryAccess:
+        case cudaDevAttrConcurrentManagedAccess:
+        case cudaDevAttrCanUseHostPointerForRegisteredMem:
+        case cudaDevAttrDirectManagedMemAccessFromHost:
+        case cudaDevAttrHostRegisterSupported:
+        case cudaDevAttrHostRegisterReadOnlySupported:
+        case cudaDevAttrPageableMemoryAccessUsesHostPageTables:
+        case cudaDevAttrMemoryPoolsSupported:
+        case cudaDevAttrCanFlushRemoteWrites: *value = 1; return true;
         case cudaDevAttrMemoryPoolSupportedHandleTypes: *value = cudaMemHandleTypeNone; return true;
         // Not emulated, so not offered: grid-wide sync (cooperative launch), clusters, RDMA, IPC events.
-        case cudaDevAttrCooperativeLaunch: case cudaDevAttrClusterLaunch: case cudaDevAttrGPUDirectRDMASupported:
-        case cudaDevAttrIpcEventSupport: case cudaDevAttrSparseCudaArraySupported:
-        case cudaDevAttrTimelineSemaphoreInteropSupported: case cudaDevAttrDeferredMappingCudaArraySupported:
-        case cudaDevAttrMpsEnabled: case cudaDevAttrMaxPersistingL2CacheSize: case cudaDevAttrMaxAccessPolicyWindowSize:
-            *value = 0; return true;
+        case cudaDevAttrCooperativeLaunch:
+        case cudaDevAttrClusterLaunch:
+        case cudaDevAttrGPUDirectRDMASupported:
+        case cudaDevAttrIpcEventSupport:
+        case cudaDevAttrSparseCudaArraySupported:
+        case cudaDevAttrTimelineSemaphoreInteropSupported:
+        case cudaDevAttrDeferredMappingCudaArraySupported:
+        case cudaDevAttrMpsEnabled:
+        case cudaDevAttrMaxPersistingL2CacheSize:
+        case cudaDevAttrMaxAccessPolicyWindowSize: *value = 0; return true;
         case cudaDevAttrNumaConfig: *value = cudaDeviceNumaConfigNone; return true;
-        case cudaDevAttrNumaId: case cudaDevAttrHostNumaId: *value = -1; return true;
+        case cudaDevAttrNumaId:
+        case cudaDevAttrHostNumaId: *value = -1; return true;
         default: return false;
     }
 }
@@ -234,9 +252,10 @@ static BoundLaunch bind_kernel(const char* api, const void* kernel, dim3 grid, d
         std::lock_guard<std::mutex> lock(g_mutex);
         auto it = kernel_registry().find(kernel);
         if (it == kernel_registry().end())
-            fatal("%s: the kernel %p was not seen by dev/cudasim_rewrite (a template kernel, or one defined in a file "
-                  "the rewrite did not process); launch it with kernel<<<grid, block, shared_bytes, stream>>>(args)",
-                  api, kernel);
+            fatal(
+                "%s: the kernel %p was not seen by dev/cudasim_rewrite (a template kernel, or one defined in a file "
+                "the rewrite did not process); launch it with kernel<<<grid, block, shared_bytes, stream>>>(args)",
+                api, kernel);
         k = it->second;
     }
     return k.binder(kernel, LaunchConfig{k.name, kernel, grid, block, smem, stream}, args);
@@ -248,9 +267,9 @@ static BoundLaunch bind_kernel(const char* api, const void* kernel, dim3 grid, d
 // which is one of the orders a GPU may choose.
 struct GraphNodeData {
     cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
-    BoundLaunch work;                        // what the node does (empty for empty nodes)
+    BoundLaunch work;  // what the node does (empty for empty nodes)
     std::vector<cudaGraphNode_t> deps;
-    cudaKernelNodeParams kernel{};           // kernel nodes: for cudaGraphKernelNodeGetParams
+    cudaKernelNodeParams kernel{};  // kernel nodes: for cudaGraphKernelNodeGetParams
 };
 }  // namespace cudasim
 
@@ -299,13 +318,15 @@ bool capture_node_slow(cudaStream_t stream, const char* what, BoundLaunch work) 
     auto it = g_captures.find(stream);
     if (it == g_captures.end()) {
         if (!stream && !g_captures.empty())
-            fatal("%s on the legacy default stream while a stream capture is under way: the GPU fails this with "
-                  "cudaErrorStreamCaptureImplicit; issue it to the capturing stream", what);
+            fatal(
+                "%s on the legacy default stream while a stream capture is under way: the GPU fails this with "
+                "cudaErrorStreamCaptureImplicit; issue it to the capturing stream",
+                what);
         return false;
     }
     cudaGraphNode_t tail = g_capture_tail.count(stream) ? g_capture_tail[stream] : nullptr;
-    g_capture_tail[stream] = add_node(it->second.graph, tail ? &tail : nullptr, tail ? 1 : 0, cudaGraphNodeTypeKernel,
-                                      std::move(work));
+    g_capture_tail[stream] =
+        add_node(it->second.graph, tail ? &tail : nullptr, tail ? 1 : 0, cudaGraphNodeTypeKernel, std::move(work));
     return true;
 }
 
@@ -331,10 +352,13 @@ static std::vector<size_t> topological_order(cudaGraph_t graph) {
 
 // ----------------------------------------------------------------------------
 // Limits and flags the programs set and read back.
-static std::map<cudaLimit, size_t> g_limits = {
-    {cudaLimitStackSize, 1024}, {cudaLimitPrintfFifoSize, 1 << 20}, {cudaLimitMallocHeapSize, 8 << 20},
-    {cudaLimitDevRuntimeSyncDepth, 2}, {cudaLimitDevRuntimePendingLaunchCount, 2048}, {cudaLimitMaxL2FetchGranularity, 64},
-    {cudaLimitPersistingL2CacheSize, 0}};
+static std::map<cudaLimit, size_t> g_limits = {{cudaLimitStackSize, 1024},
+                                               {cudaLimitPrintfFifoSize, 1 << 20},
+                                               {cudaLimitMallocHeapSize, 8 << 20},
+                                               {cudaLimitDevRuntimeSyncDepth, 2},
+                                               {cudaLimitDevRuntimePendingLaunchCount, 2048},
+                                               {cudaLimitMaxL2FetchGranularity, 64},
+                                               {cudaLimitPersistingL2CacheSize, 0}};
 static unsigned g_device_flags = 0;
 static std::map<const void*, size_t> g_registered_host;  // cudaHostRegister: start -> bytes
 
@@ -415,18 +439,37 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
     return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute: device %d (only device 0 exists)", device);
+    if (device != 0)
+        return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute: device %d (only device 0 exists)", device);
     if (!cudasim::device_attribute(attr, value))
         return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute %d is not known to the virtual device",
                     static_cast<int>(attr));
     return cudaSuccess;
 }
-cudaError_t cudaChooseDevice(int* device, const cudaDeviceProp*) { *device = 0; return cudaSuccess; }
-cudaError_t cudaDeviceCanAccessPeer(int* can, int, int) { *can = 0; return cudaSuccess; }
-cudaError_t cudaDriverGetVersion(int* v) { *v = CUDART_VERSION; return cudaSuccess; }
-cudaError_t cudaRuntimeGetVersion(int* v) { *v = CUDART_VERSION; return cudaSuccess; }
-cudaError_t cudaSetDeviceFlags(unsigned flags) { cudasim::g_device_flags = flags; return cudaSuccess; }
-cudaError_t cudaGetDeviceFlags(unsigned* flags) { *flags = cudasim::g_device_flags; return cudaSuccess; }
+cudaError_t cudaChooseDevice(int* device, const cudaDeviceProp*) {
+    *device = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceCanAccessPeer(int* can, int, int) {
+    *can = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* v) {
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDeviceFlags(unsigned flags) {
+    cudasim::g_device_flags = flags;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceFlags(unsigned* flags) {
+    *flags = cudasim::g_device_flags;
+    return cudaSuccess;
+}
 cudaError_t cudaDeviceSetLimit(cudaLimit limit, size_t value) {
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     if (!cudasim::g_limits.count(limit)) return fail(cudaErrorUnsupportedLimit, "cudaDeviceSetLimit: limit %d", limit);
@@ -440,7 +483,10 @@ cudaError_t cudaDeviceGetLimit(size_t* value, cudaLimit limit) {
     return cudaSuccess;
 }
 cudaError_t cudaDeviceSetCacheConfig(cudaFuncCache) { return cudaSuccess; }  // cache carve-out hints: nothing to do
-cudaError_t cudaDeviceGetCacheConfig(cudaFuncCache* c) { *c = cudaFuncCachePreferNone; return cudaSuccess; }
+cudaError_t cudaDeviceGetCacheConfig(cudaFuncCache* c) {
+    *c = cudaFuncCachePreferNone;
+    return cudaSuccess;
+}
 cudaError_t cudaFuncSetCacheConfig(const void*, cudaFuncCache) { return cudaSuccess; }
 cudaError_t cudaDeviceGetStreamPriorityRange(int* least, int* greatest) {
     if (least) *least = 0;
@@ -461,8 +507,8 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func) {
     attr->preferredShmemCarveout = -1;
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     auto it = cudasim::g_max_dynamic_shared.find(func);
-    attr->maxDynamicSharedSizeBytes = it == cudasim::g_max_dynamic_shared.end() ? static_cast<int>(cudasim::default_shared_bytes)
-                                                                               : it->second;
+    attr->maxDynamicSharedSizeBytes =
+        it == cudasim::g_max_dynamic_shared.end() ? static_cast<int>(cudasim::default_shared_bytes) : it->second;
     return cudaSuccess;
 }
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* blocks, const void* func, int block_size,
@@ -474,7 +520,8 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const voi
     return cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks, func, block_size, smem, 0);
 }
 cudaError_t cudaOccupancyAvailableDynamicSMemPerBlock(size_t* bytes, const void*, int blocks_per_sm, int) {
-    if (blocks_per_sm <= 0) return fail(cudaErrorInvalidValue, "cudaOccupancyAvailableDynamicSMemPerBlock: %d blocks", blocks_per_sm);
+    if (blocks_per_sm <= 0)
+        return fail(cudaErrorInvalidValue, "cudaOccupancyAvailableDynamicSMemPerBlock: %d blocks", blocks_per_sm);
     size_t per_block = cudasim::device_profile.shared_per_sm / static_cast<size_t>(blocks_per_sm);
     *bytes = std::min(per_block > 1024 ? per_block - 1024 : 0, cudasim::max_shared_bytes_optin);
     return cudaSuccess;
@@ -494,7 +541,8 @@ cudaError_t cudaHostRegister(void* p, size_t bytes, unsigned) {
 cudaError_t cudaHostUnregister(void* p) {
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     if (!cudasim::g_registered_host.erase(p))
-        return fail(cudaErrorHostMemoryNotRegistered, "cudaHostUnregister(%p): not registered with cudaHostRegister", p);
+        return fail(cudaErrorHostMemoryNotRegistered, "cudaHostUnregister(%p): not registered with cudaHostRegister",
+                    p);
     return cudaSuccess;
 }
 cudaError_t cudaHostGetDevicePointer(void** device, void* host, unsigned flags) {
@@ -502,12 +550,15 @@ cudaError_t cudaHostGetDevicePointer(void** device, void* host, unsigned flags) 
     *device = host;
     return cudaSuccess;
 }
-cudaError_t cudaHostGetFlags(unsigned* flags, void*) { *flags = cudaHostAllocMapped; return cudaSuccess; }
+cudaError_t cudaHostGetFlags(unsigned* flags, void*) {
+    *flags = cudaHostAllocMapped;
+    return cudaSuccess;
+}
 cudaError_t cudaStreamAttachMemAsync(cudaStream_t, void*, size_t, unsigned) { return cudaSuccess; }
 cudaError_t cudaMemPrefetchAsync(const void*, size_t, cudaMemLocation, unsigned, cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaMemAdvise(const void*, size_t, cudaMemoryAdvise, cudaMemLocation) { return cudaSuccess; }
-cudaError_t cudaMemcpyToSymbolAsync(const void* symbol, const void* src, size_t bytes, size_t offset, cudaMemcpyKind kind,
-                                    cudaStream_t) {
+cudaError_t cudaMemcpyToSymbolAsync(const void* symbol, const void* src, size_t bytes, size_t offset,
+                                    cudaMemcpyKind kind, cudaStream_t) {
     return cudaMemcpyToSymbol(symbol, src, bytes, offset, kind);
 }
 cudaError_t cudaMemcpyFromSymbolAsync(void* dst, const void* symbol, size_t bytes, size_t offset, cudaMemcpyKind kind,
@@ -521,7 +572,8 @@ cudaError_t cudaGetSymbolAddress(void** address, const void* symbol) {
 cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
                          cudaMemcpyKind) {
     if (width > dpitch || width > spitch)
-        return fail(cudaErrorInvalidPitchValue, "cudaMemcpy2D: width %zu exceeds a pitch (%zu, %zu)", width, dpitch, spitch);
+        return fail(cudaErrorInvalidPitchValue, "cudaMemcpy2D: width %zu exceeds a pitch (%zu, %zu)", width, dpitch,
+                    spitch);
     for (size_t r = 0; r < height; r++)
         std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
     return cudaSuccess;
@@ -539,11 +591,20 @@ cudaError_t cudaMallocPitch(void** p, size_t* pitch, size_t width, size_t height
 // Streams and events beyond create/record/synchronize: everything has completed when it returns.
 cudaError_t cudaEventQuery(cudaEvent_t) { return cudasim::sticky_error(); }
 cudaError_t cudaStreamQuery(cudaStream_t) { return cudasim::sticky_error(); }
-cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned flags, int) { return cudaStreamCreateWithFlags(s, flags); }
-cudaError_t cudaStreamGetPriority(cudaStream_t, int* priority) { *priority = 0; return cudaSuccess; }
-cudaError_t cudaStreamGetFlags(cudaStream_t, unsigned* flags) { *flags = 0; return cudaSuccess; }
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned flags, int) {
+    return cudaStreamCreateWithFlags(s, flags);
+}
+cudaError_t cudaStreamGetPriority(cudaStream_t, int* priority) {
+    *priority = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamGetFlags(cudaStream_t, unsigned* flags) {
+    *flags = 0;
+    return cudaSuccess;
+}
 cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* data) {
-    if (cudasim::capture_node(stream, "cudaLaunchHostFunc", [&] { return cudasim::BoundLaunch([fn, data] { fn(data); }); }))
+    if (cudasim::capture_node(stream, "cudaLaunchHostFunc",
+                              [&] { return cudasim::BoundLaunch([fn, data] { fn(data); }); }))
         return cudaSuccess;
     fn(data);
     return cudaSuccess;
@@ -563,15 +624,23 @@ cudaError_t cudaLaunchKernel(const void* kernel, dim3 grid, dim3 block, void** a
 
 // ----------------------------------------------------------------------------
 // Graphs.
-cudaError_t cudaGraphCreate(cudaGraph_t* graph, unsigned) { *graph = new CUgraph_st{}; return cudaSuccess; }
-cudaError_t cudaGraphDestroy(cudaGraph_t graph) { delete graph; return cudaSuccess; }
+cudaError_t cudaGraphCreate(cudaGraph_t* graph, unsigned) {
+    *graph = new CUgraph_st{};
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    delete graph;
+    return cudaSuccess;
+}
 cudaError_t cudaGraphAddEmptyNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps) {
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeEmpty, nullptr);
     return cudaSuccess;
 }
 cudaError_t cudaGraphAddKernelNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
                                    const cudaKernelNodeParams* p) {
-    if (p->extra) return fail(cudaErrorInvalidValue, "cudaGraphAddKernelNode: `extra` arguments are not emulated; use kernelParams");
+    if (p->extra)
+        return fail(cudaErrorInvalidValue,
+                    "cudaGraphAddKernelNode: `extra` arguments are not emulated; use kernelParams");
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeKernel,
                               cudasim::bind_kernel("cudaGraphAddKernelNode", p->func, p->gridDim, p->blockDim,
                                                    p->kernelParams, p->sharedMemBytes, nullptr));
@@ -579,7 +648,10 @@ cudaError_t cudaGraphAddKernelNode(cudaGraphNode_t* node, cudaGraph_t graph, con
     (*node)->kernel.kernelParams = nullptr;  // the arguments were copied into the node
     return cudaSuccess;
 }
-cudaError_t cudaGraphKernelNodeGetParams(cudaGraphNode_t node, cudaKernelNodeParams* p) { *p = node->kernel; return cudaSuccess; }
+cudaError_t cudaGraphKernelNodeGetParams(cudaGraphNode_t node, cudaKernelNodeParams* p) {
+    *p = node->kernel;
+    return cudaSuccess;
+}
 cudaError_t cudaGraphKernelNodeSetParams(cudaGraphNode_t node, const cudaKernelNodeParams* p) {
     node->work = cudasim::bind_kernel("cudaGraphKernelNodeSetParams", p->func, p->gridDim, p->blockDim, p->kernelParams,
                                       p->sharedMemBytes, nullptr);
@@ -587,9 +659,11 @@ cudaError_t cudaGraphKernelNodeSetParams(cudaGraphNode_t node, const cudaKernelN
     node->kernel.kernelParams = nullptr;
     return cudaSuccess;
 }
-cudaError_t cudaGraphExecKernelNodeSetParams(cudaGraphExec_t exec, cudaGraphNode_t node, const cudaKernelNodeParams* p) {
+cudaError_t cudaGraphExecKernelNodeSetParams(cudaGraphExec_t exec, cudaGraphNode_t node,
+                                             const cudaKernelNodeParams* p) {
     auto it = exec->step_of.find(node);
-    if (it == exec->step_of.end()) return fail(cudaErrorInvalidValue, "cudaGraphExecKernelNodeSetParams: node not in the graph");
+    if (it == exec->step_of.end())
+        return fail(cudaErrorInvalidValue, "cudaGraphExecKernelNodeSetParams: node not in the graph");
     exec->steps[it->second] = cudasim::bind_kernel("cudaGraphExecKernelNodeSetParams", p->func, p->gridDim, p->blockDim,
                                                    p->kernelParams, p->sharedMemBytes, nullptr);
     return cudaSuccess;
@@ -597,7 +671,8 @@ cudaError_t cudaGraphExecKernelNodeSetParams(cudaGraphExec_t exec, cudaGraphNode
 cudaError_t cudaGraphAddMemcpyNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
                                    const cudaMemcpy3DParms* p) {
     if (p->srcArray || p->dstArray)
-        return fail(cudaErrorInvalidValue, "cudaGraphAddMemcpyNode: CUDA arrays (textures) are not supported on the CPU");
+        return fail(cudaErrorInvalidValue,
+                    "cudaGraphAddMemcpyNode: CUDA arrays (textures) are not supported on the CPU");
     cudaMemcpy3DParms c = *p;
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemcpy, [c] {
         // rows of extent.width bytes, extent.height rows per slice, extent.depth slices (pitched pointers)
@@ -606,13 +681,14 @@ cudaError_t cudaGraphAddMemcpyNode(cudaGraphNode_t* node, cudaGraph_t graph, con
                 size_t s_row = (z + c.srcPos.z) * c.srcPtr.ysize + y + c.srcPos.y;
                 size_t d_row = (z + c.dstPos.z) * c.dstPtr.ysize + y + c.dstPos.y;
                 std::memmove(static_cast<char*>(c.dstPtr.ptr) + d_row * c.dstPtr.pitch + c.dstPos.x,
-                             static_cast<const char*>(c.srcPtr.ptr) + s_row * c.srcPtr.pitch + c.srcPos.x, c.extent.width);
+                             static_cast<const char*>(c.srcPtr.ptr) + s_row * c.srcPtr.pitch + c.srcPos.x,
+                             c.extent.width);
             }
     });
     return cudaSuccess;
 }
-cudaError_t cudaGraphAddMemcpyNode1D(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
-                                     void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+cudaError_t cudaGraphAddMemcpyNode1D(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                                     size_t ndeps, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemcpy, [=] { cudaMemcpy(dst, src, bytes, kind); });
     return cudaSuccess;
 }
@@ -635,13 +711,14 @@ cudaError_t cudaGraphAddHostNode(cudaGraphNode_t* node, cudaGraph_t graph, const
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeHost, [fn, data] { fn(data); });
     return cudaSuccess;
 }
-cudaError_t cudaGraphAddChildGraphNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
-                                       cudaGraph_t child) {
+cudaError_t cudaGraphAddChildGraphNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                                       size_t ndeps, cudaGraph_t child) {
     std::vector<size_t> order = cudasim::topological_order(child);
     std::vector<cudasim::BoundLaunch> steps;
     for (size_t i : order) steps.push_back(child->nodes[i]->work);
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeGraph, [steps] {
-        for (const auto& s : steps) if (s) s();
+        for (const auto& s : steps)
+            if (s) s();
     });
     return cudaSuccess;
 }
@@ -656,7 +733,10 @@ cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t*
     *count = graph->nodes.size();
     return cudaSuccess;
 }
-cudaError_t cudaGraphNodeGetType(cudaGraphNode_t node, cudaGraphNodeType* type) { *type = node->type; return cudaSuccess; }
+cudaError_t cudaGraphNodeGetType(cudaGraphNode_t node, cudaGraphNodeType* type) {
+    *type = node->type;
+    return cudaSuccess;
+}
 cudaError_t cudaGraphClone(cudaGraph_t* clone, cudaGraph_t graph) {
     auto* g = new CUgraph_st{};
     std::map<cudaGraphNode_t, cudaGraphNode_t> copy_of;
@@ -686,23 +766,30 @@ cudaError_t cudaGraphUpload(cudaGraphExec_t, cudaStream_t) { return cudaSuccess;
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
     if (cudasim::capture_node(stream, "cudaGraphLaunch", [&] {
             auto steps = exec->steps;
-            return cudasim::BoundLaunch([steps] { for (const auto& s : steps) if (s) s(); });
+            return cudasim::BoundLaunch([steps] {
+                for (const auto& s : steps)
+                    if (s) s();
+            });
         }))
         return cudaSuccess;
     for (const auto& s : exec->steps)
         if (s) s();
     return cudasim::sticky_error();
 }
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) { delete exec; return cudaSuccess; }
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    delete exec;
+    return cudaSuccess;
+}
 // Graph memory nodes: the allocation is made when the node is added (its address is fixed from then on,
 // as on a GPU) and lives until the program ends; the nodes themselves do nothing when the graph runs.
-cudaError_t cudaGraphAddMemAllocNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
-                                     cudaMemAllocNodeParams* p) {
+cudaError_t cudaGraphAddMemAllocNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                                     size_t ndeps, cudaMemAllocNodeParams* p) {
     if (cudaError_t e = cudaMalloc(&p->dptr, p->bytesize); e != cudaSuccess) return e;
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemAlloc, nullptr);
     return cudaSuccess;
 }
-cudaError_t cudaGraphAddMemFreeNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps, void*) {
+cudaError_t cudaGraphAddMemFreeNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
+                                    void*) {
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemFree, nullptr);
     return cudaSuccess;
 }
@@ -713,32 +800,54 @@ cudaError_t cudaDeviceGetGraphMemAttribute(int, cudaGraphMemAttributeType, void*
 cudaError_t cudaDeviceSetGraphMemAttribute(int, cudaGraphMemAttributeType, void*) { return cudaSuccess; }
 
 // Memory pools: one pool, the heap; allocations from it are cudaMalloc's.
-struct CUmemPoolHandle_st { unsigned long long release_threshold = 0; };
+struct CUmemPoolHandle_st {
+    unsigned long long release_threshold = 0;
+};
 static CUmemPoolHandle_st g_default_pool;
-cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) { *pool = &g_default_pool; return cudaSuccess; }
-cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* pool, int) { *pool = &g_default_pool; return cudaSuccess; }
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) {
+    *pool = &g_default_pool;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* pool, int) {
+    *pool = &g_default_pool;
+    return cudaSuccess;
+}
 cudaError_t cudaDeviceSetMemPool(int, cudaMemPool_t) { return cudaSuccess; }
-cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps*) { *pool = new CUmemPoolHandle_st{}; return cudaSuccess; }
-cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) { if (pool != &g_default_pool) delete pool; return cudaSuccess; }
+cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps*) {
+    *pool = new CUmemPoolHandle_st{};
+    return cudaSuccess;
+}
+cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) {
+    if (pool != &g_default_pool) delete pool;
+    return cudaSuccess;
+}
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
     if (attr == cudaMemPoolAttrReleaseThreshold) pool->release_threshold = *static_cast<unsigned long long*>(value);
     return cudaSuccess;
 }
 cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
-    if (attr == cudaMemPoolAttrReleaseThreshold) *static_cast<unsigned long long*>(value) = pool->release_threshold;
+    if (attr == cudaMemPoolAttrReleaseThreshold)
+        *static_cast<unsigned long long*>(value) = pool->release_threshold;
     else if (attr == cudaMemPoolReuseFollowEventDependencies || attr == cudaMemPoolReuseAllowOpportunistic ||
-             attr == cudaMemPoolReuseAllowInternalDependencies) *static_cast<int*>(value) = 1;
-    else *static_cast<unsigned long long*>(value) = 0;
+             attr == cudaMemPoolReuseAllowInternalDependencies)
+        *static_cast<int*>(value) = 1;
+    else
+        *static_cast<unsigned long long*>(value) = 0;
     return cudaSuccess;
 }
 cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t) { return cudaSuccess; }
-cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t, cudaStream_t s) { return cudaMallocAsync(p, bytes, s); }
+cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t, cudaStream_t s) {
+    return cudaMallocAsync(p, bytes, s);
+}
 cudaError_t cudaDeviceGraphMemTrim(int) { return cudaSuccess; }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
-    if (!stream) return fail(cudaErrorStreamCaptureUnsupported, "cudaStreamBeginCapture: the legacy default stream cannot capture");
+    if (!stream)
+        return fail(cudaErrorStreamCaptureUnsupported,
+                    "cudaStreamBeginCapture: the legacy default stream cannot capture");
     std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
-    if (cudasim::g_captures.count(stream)) return fail(cudaErrorIllegalState, "cudaStreamBeginCapture: the stream is already capturing");
+    if (cudasim::g_captures.count(stream))
+        return fail(cudaErrorIllegalState, "cudaStreamBeginCapture: the stream is already capturing");
     cudasim::g_captures[stream] = cudasim::Capture{new CUgraph_st{}, stream};
     cudasim::g_capturing_streams++;
     return cudaSuccess;

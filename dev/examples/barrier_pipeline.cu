@@ -18,13 +18,13 @@
 
 namespace cg = cooperative_groups;
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                    \
+        }                                                                                    \
     } while (0)
 
 constexpr int cols = 128, block = 128;  // one row per block; one column per thread
@@ -117,7 +117,8 @@ int main() {
         std::vector<float> got(rows);
         CHECK(cudaMemcpy(got.data(), d_sums, rows * sizeof(float), cudaMemcpyDeviceToHost));
         for (int r = 0; r < rows; r++)
-            if (got[r] != want[r] && wrong++ < 5) std::printf("%s: row %d sums to %g, expected %g\n", what, r, got[r], want[r]);
+            if (got[r] != want[r] && wrong++ < 5)
+                std::printf("%s: row %d sums to %g, expected %g\n", what, r, got[r], want[r]);
     };
     CHECK(cudaMemset(d_sums, 0, rows * sizeof(float)));
     barrier_rows_kernel<<<rows, block>>>(d_sums, d_x);

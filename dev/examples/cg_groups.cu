@@ -16,13 +16,13 @@
 
 namespace cg = cooperative_groups;
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                    \
+        }                                                                                    \
     } while (0)
 
 constexpr int block_size = 256;
@@ -63,7 +63,9 @@ __global__ void tile64_kernel(int* out, const int* x) {
     out[i] = tile_data[partner];
 }
 
-struct Quad { float a, b, c, d; };  // 16 bytes: more than one shuffle moves
+struct Quad {
+    float a, b, c, d;
+};  // 16 bytes: more than one shuffle moves
 
 __global__ void big_shuffle_kernel(Quad* out, const Quad* in) {
     cg::thread_block_tile<32> warp = cg::tiled_partition<32>(cg::this_thread_block());
@@ -163,7 +165,11 @@ int main() {
     compact_kernel<<<blocks, block_size>>>(d_out, d_counter, d_x, n);
     int positives = 0;
     long long want_sum = 0, got_sum = 0;
-    for (int v : x) if (v > 0) { positives++; want_sum += v; }
+    for (int v : x)
+        if (v > 0) {
+            positives++;
+            want_sum += v;
+        }
     int counter = download(d_counter, 1)[0];
     out = download(d_out, n);
     for (int k = 0; k < positives; k++) got_sum += out[k];
@@ -177,21 +183,27 @@ int main() {
         int same_parity = 0, same_label = 0, label_sum = 0;
         for (int j = i / 32 * 32; j < i / 32 * 32 + 32; j++) {
             same_parity += (x[j] % 2 == 0) == (x[i] % 2 == 0);
-            if (x[j] % 5 == x[i] % 5) { same_label++; label_sum += x[j]; }
+            if (x[j] % 5 == x[i] % 5) {
+                same_label++;
+                label_sum += x[j];
+            }
         }
         if (pc[i] != same_parity) fail("binary_partition", i, pc[i], same_parity);
         if (lc[i] != same_label) fail("labeled_partition: size", i, lc[i], same_label);
         if (ls[i] != label_sum) fail("labeled_partition: cg::reduce", i, ls[i], label_sum);
     }
 
-    unsigned long long *d_rank = upload(std::vector<unsigned long long>(n)), *d_size = upload(std::vector<unsigned long long>(1));
+    unsigned long long *d_rank = upload(std::vector<unsigned long long>(n)),
+                       *d_size = upload(std::vector<unsigned long long>(1));
     grid_rank_kernel<<<blocks, block_size>>>(d_rank, d_size);
     std::vector<unsigned long long> rank = download(d_rank, n);
-    for (int i = 0; i < n; i++) if (rank[i] != static_cast<unsigned long long>(i)) fail("this_grid().thread_rank()", i, rank[i], i);
-    if (download(d_size, 1)[0] != static_cast<unsigned long long>(n)) fail("this_grid().size()", 0, download(d_size, 1)[0], n);
+    for (int i = 0; i < n; i++)
+        if (rank[i] != static_cast<unsigned long long>(i)) fail("this_grid().thread_rank()", i, rank[i], i);
+    if (download(d_size, 1)[0] != static_cast<unsigned long long>(n))
+        fail("this_grid().size()", 0, download(d_size, 1)[0], n);
 
-    for (void* p : {(void*)d_x, (void*)d_out, (void*)d_q, (void*)d_qo, (void*)d_counter, (void*)d_pc, (void*)d_lc, (void*)d_ls,
-                    (void*)d_rank, (void*)d_size})
+    for (void* p : {(void*)d_x, (void*)d_out, (void*)d_q, (void*)d_qo, (void*)d_counter, (void*)d_pc, (void*)d_lc,
+                    (void*)d_ls, (void*)d_rank, (void*)d_size})
         CHECK(cudaFree(p));
     std::printf("cg_groups: %s\n", wrong ? "FAIL" : "PASS");
     return wrong ? 1 : 0;

@@ -13,26 +13,26 @@
 #include <cstdlib>
 #include <vector>
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                    \
+        }                                                                                    \
     } while (0)
-#define CHECK_BLAS(call)                                                                            \
-    do {                                                                                            \
-        cublasStatus_t s_ = (call);                                                                 \
-        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                          \
+#define CHECK_BLAS(call)                                                                                 \
+    do {                                                                                                 \
+        cublasStatus_t s_ = (call);                                                                      \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                               \
             std::fprintf(stderr, "%s:%d: cuBLAS status %d\n", __FILE__, __LINE__, static_cast<int>(s_)); \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+            std::exit(1);                                                                                \
+        }                                                                                                \
     } while (0)
 
 // out (N, OC) = epilogue(inp (N, C) · weight (OC, C)ᵀ + bias (OC)), all row-major
-static void linear_forward(cublasLtHandle_t lt, float* out, const float* inp, const float* weight, const float* bias, int N,
-                           int C, int OC, cublasLtEpilogue_t epilogue, void* workspace, size_t workspace_bytes) {
+static void linear_forward(cublasLtHandle_t lt, float* out, const float* inp, const float* weight, const float* bias,
+                           int N, int C, int OC, cublasLtEpilogue_t epilogue, void* workspace, size_t workspace_bytes) {
     cublasLtMatmulDesc_t desc;
     CHECK_BLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
@@ -50,11 +50,15 @@ static void linear_forward(cublasLtHandle_t lt, float* out, const float* inp, co
                                                     sizeof workspace_bytes));
     cublasLtMatmulHeuristicResult_t heuristic;
     int found = 0;
-    CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(lt, desc, w_layout, in_layout, out_layout, out_layout, pref, 1, &heuristic, &found));
-    if (found == 0) { std::printf("no cuBLASLt algorithm\n"); std::exit(1); }
+    CHECK_BLAS(cublasLtMatmulAlgoGetHeuristic(lt, desc, w_layout, in_layout, out_layout, out_layout, pref, 1,
+                                              &heuristic, &found));
+    if (found == 0) {
+        std::printf("no cuBLASLt algorithm\n");
+        std::exit(1);
+    }
     const float alpha = 1.0f, beta = 0.0f;
-    CHECK_BLAS(cublasLtMatmul(lt, desc, &alpha, weight, w_layout, inp, in_layout, &beta, out, out_layout, out, out_layout,
-                              &heuristic.algo, workspace, workspace_bytes, nullptr));
+    CHECK_BLAS(cublasLtMatmul(lt, desc, &alpha, weight, w_layout, inp, in_layout, &beta, out, out_layout, out,
+                              out_layout, &heuristic.algo, workspace, workspace_bytes, nullptr));
     CHECK_BLAS(cublasLtMatmulPreferenceDestroy(pref));
     CHECK_BLAS(cublasLtMatmulDescDestroy(desc));
     CHECK_BLAS(cublasLtMatrixLayoutDestroy(w_layout));
@@ -66,7 +70,10 @@ int main() {
     const int N = 96, C = 64, OC = 80;  // N = B·T rows
     std::vector<float> inp(N * C), weight(OC * C), bias(OC);
     unsigned state = 12345;
-    auto uniform = [&] { state = state * 1664525u + 1013904223u; return static_cast<float>(state >> 8) / 16777216.0f - 0.5f; };
+    auto uniform = [&] {
+        state = state * 1664525u + 1013904223u;
+        return static_cast<float>(state >> 8) / 16777216.0f - 0.5f;
+    };
     for (float& v : inp) v = uniform();
     for (float& v : weight) v = uniform();
     for (float& v : bias) v = uniform();
@@ -97,7 +104,8 @@ int main() {
                     v = 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
                 // TF32 tensor cores (a GPU may use them for fp32) keep 10 mantissa bits: allow for that
                 if (std::fabs(out[r * OC + o] - v) > 2e-3 * (1.0 + std::fabs(v)) && wrong++ < 5)
-                    std::printf("epilogue %d: out[%d][%d] = %g, expected %g\n", static_cast<int>(epilogue), r, o, out[r * OC + o], v);
+                    std::printf("epilogue %d: out[%d][%d] = %g, expected %g\n", static_cast<int>(epilogue), r, o,
+                                out[r * OC + o], v);
             }
     }
     CHECK_BLAS(cublasLtDestroy(lt));

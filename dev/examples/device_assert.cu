@@ -28,7 +28,8 @@ int main() {
     cudaError_t copy = cudaMemcpy(&host, d_out, sizeof(int), cudaMemcpyDeviceToHost);  // sticky: fails too
     std::printf("launch: %s; synchronize: %s; next copy: %s\n", cudaGetErrorName(launch), cudaGetErrorName(sync),
                 cudaGetErrorName(copy));
-    bool ok = (launch == cudaSuccess || launch == cudaErrorAssert) && sync == cudaErrorAssert && copy == cudaErrorAssert;
+    bool ok =
+        (launch == cudaSuccess || launch == cudaErrorAssert) && sync == cudaErrorAssert && copy == cudaErrorAssert;
     std::printf("device_assert: %s\n", ok ? "PASS" : "FAIL");
     return ok ? 0 : 1;
 }

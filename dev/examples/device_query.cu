@@ -11,13 +11,13 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                    \
+        }                                                                                    \
     } while (0)
 
 // fp32 cores per SM of each architecture (the samples' _ConvertSMVer2Cores, for the ones in use)
@@ -42,11 +42,17 @@ static int find_cuda_device() {
         CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, d));
         if (mode == cudaComputeModeProhibited) continue;
         double rate = 2.0 * sms * cores_per_sm(major, minor) * khz * 1e-6;  // GFLOP/s: an FMA is 2 FLOP
-        std::printf("device %d: compute capability %d.%d, %d SMs at %.0f MHz: %.0f GFLOP/s fp32\n", d, major, minor, sms,
-                    khz / 1e3, rate);
-        if (rate > best_rate) { best_rate = rate; best = d; }
+        std::printf("device %d: compute capability %d.%d, %d SMs at %.0f MHz: %.0f GFLOP/s fp32\n", d, major, minor,
+                    sms, khz / 1e3, rate);
+        if (rate > best_rate) {
+            best_rate = rate;
+            best = d;
+        }
     }
-    if (best < 0) { std::printf("no usable device\n"); std::exit(1); }
+    if (best < 0) {
+        std::printf("no usable device\n");
+        std::exit(1);
+    }
     CHECK(cudaSetDevice(best));
     return best;
 }
@@ -56,8 +62,13 @@ int main() {
     cudaDeviceProp p;
     CHECK(cudaGetDeviceProperties(&p, dev));
     std::printf("using device %d: %s, %.1f GB, %d KB L2, %zu KB shared memory per block (%zu KB opt-in)\n", dev, p.name,
-                p.totalGlobalMem / 1e9, p.l2CacheSize / 1024, p.sharedMemPerBlock / 1024, p.sharedMemPerBlockOptin / 1024);
-    struct { cudaDeviceAttr attr; long long from_props; const char* name; } same[] = {
+                p.totalGlobalMem / 1e9, p.l2CacheSize / 1024, p.sharedMemPerBlock / 1024,
+                p.sharedMemPerBlockOptin / 1024);
+    struct {
+        cudaDeviceAttr attr;
+        long long from_props;
+        const char* name;
+    } same[] = {
         {cudaDevAttrComputeCapabilityMajor, p.major, "major"},
         {cudaDevAttrComputeCapabilityMinor, p.minor, "minor"},
         {cudaDevAttrMultiProcessorCount, p.multiProcessorCount, "multiProcessorCount"},
@@ -66,8 +77,10 @@ int main() {
         {cudaDevAttrMaxBlocksPerMultiprocessor, p.maxBlocksPerMultiProcessor, "maxBlocksPerMultiProcessor"},
         {cudaDevAttrWarpSize, p.warpSize, "warpSize"},
         {cudaDevAttrMaxSharedMemoryPerBlock, static_cast<long long>(p.sharedMemPerBlock), "sharedMemPerBlock"},
-        {cudaDevAttrMaxSharedMemoryPerBlockOptin, static_cast<long long>(p.sharedMemPerBlockOptin), "sharedMemPerBlockOptin"},
-        {cudaDevAttrMaxSharedMemoryPerMultiprocessor, static_cast<long long>(p.sharedMemPerMultiprocessor), "sharedMemPerMultiprocessor"},
+        {cudaDevAttrMaxSharedMemoryPerBlockOptin, static_cast<long long>(p.sharedMemPerBlockOptin),
+         "sharedMemPerBlockOptin"},
+        {cudaDevAttrMaxSharedMemoryPerMultiprocessor, static_cast<long long>(p.sharedMemPerMultiprocessor),
+         "sharedMemPerMultiprocessor"},
         {cudaDevAttrMaxRegistersPerBlock, p.regsPerBlock, "regsPerBlock"},
         {cudaDevAttrL2CacheSize, p.l2CacheSize, "l2CacheSize"},
         {cudaDevAttrGlobalMemoryBusWidth, p.memoryBusWidth, "memoryBusWidth"},
@@ -82,7 +95,8 @@ int main() {
         int v = 0;
         CHECK(cudaDeviceGetAttribute(&v, s.attr, dev));
         if (v != s.from_props) {
-            std::printf("cudaDeviceGetAttribute says %s = %d, cudaGetDeviceProperties says %lld\n", s.name, v, s.from_props);
+            std::printf("cudaDeviceGetAttribute says %s = %d, cudaGetDeviceProperties says %lld\n", s.name, v,
+                        s.from_props);
             wrong++;
         }
     }

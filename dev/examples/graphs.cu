@@ -12,13 +12,13 @@
 #include <algorithm>
 #include <cstdlib>
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                    \
+        }                                                                                    \
     } while (0)
 
 __global__ void add_scalar(float* x, float v, int n) {  // x += v
@@ -39,7 +39,10 @@ int main() {
     CHECK(cudaMallocHost(&h_a, n * sizeof(float)));
     CHECK(cudaMallocHost(&h_b, n * sizeof(float)));
     CHECK(cudaMallocHost(&h_out, n * sizeof(float)));
-    for (int i = 0; i < n; i++) { h_a[i] = static_cast<float>(i % 13); h_b[i] = static_cast<float>(i % 7) - 3.0f; }
+    for (int i = 0; i < n; i++) {
+        h_a[i] = static_cast<float>(i % 13);
+        h_b[i] = static_cast<float>(i % 7) - 3.0f;
+    }
     float *a, *b, *y;
     CHECK(cudaMalloc(&a, n * sizeof(float)));
     CHECK(cudaMalloc(&b, n * sizeof(float)));
@@ -68,7 +71,10 @@ int main() {
     CHECK(cudaMemcpyAsync(h_out, y, n * sizeof(float), cudaMemcpyDeviceToHost, s1));
     CHECK(cudaLaunchHostFunc(s1, count_launch, &host_calls));
     CHECK(cudaStreamEndCapture(s1, &captured));
-    if (host_calls != 0) { std::printf("captured work ran during the capture\n"); wrong++; }
+    if (host_calls != 0) {
+        std::printf("captured work ran during the capture\n");
+        wrong++;
+    }
     cudaGraphExec_t exec;
     CHECK(cudaGraphInstantiate(&exec, captured, 0));
     for (int l = 0; l < launches; l++) {
@@ -77,10 +83,14 @@ int main() {
         CHECK(cudaStreamSynchronize(s1));
         for (int i = 0; i < n; i++) {
             float want = (h_a[i] + 2.0f) * (h_b[i] + 1.0f);
-            if (h_out[i] != want && wrong++ < 5) std::printf("captured graph, launch %d: y[%d] = %g, expected %g\n", l, i, h_out[i], want);
+            if (h_out[i] != want && wrong++ < 5)
+                std::printf("captured graph, launch %d: y[%d] = %g, expected %g\n", l, i, h_out[i], want);
         }
     }
-    if (host_calls != launches) { std::printf("the host node ran %d times, expected %d\n", host_calls, launches); wrong++; }
+    if (host_calls != launches) {
+        std::printf("the host node ran %d times, expected %d\n", host_calls, launches);
+        wrong++;
+    }
 
     // 2. explicit nodes: memset a = 0 -> kernel a += 5 -> kernel y = a·b (b as left by the capture) -> copy out
     cudaGraph_t graph;
@@ -111,7 +121,10 @@ int main() {
     five = -100.0f;  // the node copied its arguments when it was added: this does not change it
     size_t nodes = 0;
     CHECK(cudaGraphGetNodes(graph, nullptr, &nodes));
-    if (nodes != 4) { std::printf("the graph has %zu nodes, expected 4\n", nodes); wrong++; }
+    if (nodes != 4) {
+        std::printf("the graph has %zu nodes, expected 4\n", nodes);
+        wrong++;
+    }
     cudaGraphExec_t exec2;
     CHECK(cudaGraphInstantiate(&exec2, graph, 0));
     for (int l = 0; l < launches; l++) {
@@ -120,7 +133,8 @@ int main() {
         CHECK(cudaStreamSynchronize(s1));
         for (int i = 0; i < n; i++) {
             float want = 5.0f * (h_b[i] + 1.0f);
-            if (h_out[i] != want && wrong++ < 5) std::printf("explicit graph, launch %d: y[%d] = %g, expected %g\n", l, i, h_out[i], want);
+            if (h_out[i] != want && wrong++ < 5)
+                std::printf("explicit graph, launch %d: y[%d] = %g, expected %g\n", l, i, h_out[i], want);
         }
     }
 

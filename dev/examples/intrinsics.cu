@@ -14,13 +14,13 @@
 #include <cstdlib>
 #include <vector>
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                    \
+        }                                                                                    \
     } while (0)
 
 constexpr int n = 4096, block = 256, wrap = 100;
@@ -40,7 +40,8 @@ __global__ void pair_sum_kernel(__half2* half_sum, __nv_bfloat162* bf_sum, const
 }
 
 // integer intrinsics, one output per kind
-__global__ void integer_kernel(int* mul24, unsigned* umul24, unsigned* perm, unsigned* funnel, unsigned* match, const int* x) {
+__global__ void integer_kernel(int* mul24, unsigned* umul24, unsigned* perm, unsigned* funnel, unsigned* match,
+                               const int* x) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int a = x[i], b = x[(i + 1) % n];
     mul24[i] = __mul24(a, b);
@@ -108,7 +109,8 @@ int main() {
         std::printf("atomicAdd(__nv_bfloat162).x is %g, expected %g\n", __low2float(bs), want_lo);
 
     int* d_m24 = device<int>(n);
-    unsigned *d_u24 = device<unsigned>(n), *d_perm = device<unsigned>(n), *d_fun = device<unsigned>(n), *d_match = device<unsigned>(n);
+    unsigned *d_u24 = device<unsigned>(n), *d_perm = device<unsigned>(n), *d_fun = device<unsigned>(n),
+             *d_match = device<unsigned>(n);
     integer_kernel<<<n / block, block>>>(d_m24, d_u24, d_perm, d_fun, d_match, d_x);
     std::vector<int> m24 = host(d_m24, n);
     std::vector<unsigned> u24 = host(d_u24, n), perm = host(d_perm, n), fun = host(d_fun, n), match = host(d_match, n);
@@ -119,7 +121,8 @@ int main() {
         check("__umul24", i, u24[i], static_cast<unsigned>((ua & 0xffffffu) * (ub & 0xffffffu)));
         unsigned long long bytes = static_cast<unsigned long long>(ub) << 32 | ua;
         unsigned want_perm = 0;
-        for (int k = 0; k < 4; k++) want_perm |= static_cast<unsigned>(bytes >> (((0x7351u >> (4 * k)) & 7u) * 8) & 0xffu) << (8 * k);
+        for (int k = 0; k < 4; k++)
+            want_perm |= static_cast<unsigned>(bytes >> (((0x7351u >> (4 * k)) & 7u) * 8) & 0xffu) << (8 * k);
         check("__byte_perm", i, perm[i], want_perm);
         check("__funnelshift_l", i, fun[i], static_cast<unsigned>(bytes << (i % 32) >> 32));
         unsigned want_match = 0;
@@ -136,12 +139,16 @@ int main() {
         float v = (x[i] % 16) / 4.0f;
         // the exact result; fp16 and bf16 round each step, so compare within a few units of their last place
         double lo = std::sqrt((v * v + v) * 1.0), hi = std::sqrt(((v + 1) * (v + 1) + v + 1) * 0.5);
-        if ((std::fabs(__low2float(hm[i]) - lo) > 4e-3 * (1 + lo) || std::fabs(__high2float(hm[i]) - hi) > 4e-3 * (1 + hi)) &&
+        if ((std::fabs(__low2float(hm[i]) - lo) > 4e-3 * (1 + lo) ||
+             std::fabs(__high2float(hm[i]) - hi) > 4e-3 * (1 + hi)) &&
             wrong++ < 5)
-            std::printf("half2 math: element %d is (%g, %g), expected (%g, %g)\n", i, __low2float(hm[i]), __high2float(hm[i]), lo, hi);
-        if ((std::fabs(__low2float(bm[i]) - lo) > 3e-2 * (1 + lo) || std::fabs(__high2float(bm[i]) - hi) > 3e-2 * (1 + hi)) &&
+            std::printf("half2 math: element %d is (%g, %g), expected (%g, %g)\n", i, __low2float(hm[i]),
+                        __high2float(hm[i]), lo, hi);
+        if ((std::fabs(__low2float(bm[i]) - lo) > 3e-2 * (1 + lo) ||
+             std::fabs(__high2float(bm[i]) - hi) > 3e-2 * (1 + hi)) &&
             wrong++ < 5)
-            std::printf("bf162 math: element %d is (%g, %g), expected (%g, %g)\n", i, __low2float(bm[i]), __high2float(bm[i]), lo, hi);
+            std::printf("bf162 math: element %d is (%g, %g), expected (%g, %g)\n", i, __low2float(bm[i]),
+                        __high2float(bm[i]), lo, hi);
     }
     for (void* p : {(void*)d_x, (void*)d_counters, (void*)d_hs, (void*)d_bs, (void*)d_m24, (void*)d_u24, (void*)d_perm,
                     (void*)d_fun, (void*)d_match, (void*)d_h, (void*)d_b})

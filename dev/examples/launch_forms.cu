@@ -13,13 +13,13 @@
 #include <cstdlib>
 #include <vector>
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                    \
+        }                                                                                    \
     } while (0)
 
 __constant__ float offset;  // set with cudaMemcpyToSymbol(offset, ...)
@@ -94,7 +94,10 @@ int main() {
     std::vector<double> yd(n);
     CHECK(cudaMemcpy(yd.data(), d_yd, n * sizeof(double), cudaMemcpyDeviceToHost));
     for (int i = 0; i < n && !wrong; i++)
-        if (yd[i] != 2.0 * xd[i] + off) { std::printf("template, deduced (double): element %d\n", i); wrong++; }
+        if (yd[i] != 2.0 * xd[i] + off) {
+            std::printf("template, deduced (double): element %d\n", i);
+            wrong++;
+        }
 
     scale<<<grid, block>>>(d_y, d_x, n);  // the default factor
     expect("default argument", download(n), [&](int i) { return x[i] * 2.0f; });
@@ -102,7 +105,8 @@ int main() {
     expect("default argument given", download(n), [&](int i) { return x[i] * 0.5f; });
 
     reverse<<<grid, block, block * sizeof(float)>>>(d_y, d_x);
-    expect("extern float __shared__", download(padded), [&](int i) { return x[i / block * block + block - 1 - i % block]; });
+    expect("extern float __shared__", download(padded),
+           [&](int i) { return x[i / block * block + block - 1 - i % block]; });
 
     negate(d_y, d_x, n, block);
     expect("kernel and host function of one name", download(n), [&](int i) { return -x[i]; });

@@ -12,13 +12,13 @@
 #include <cstdlib>
 #include <vector>
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));       \
-            std::exit(1);                                                                           \
-        }                                                                                           \
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        cudaError_t e_ = (call);                                                             \
+        if (e_ != cudaSuccess) {                                                             \
+            std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
+            std::exit(1);                                                                    \
+        }                                                                                    \
     } while (0)
 
 __global__ void square_kernel(int* x, int n) {  // x[i] = x[i]², grid-stride
@@ -39,14 +39,20 @@ int main() {
                 blocks_per_sm, 100 * occupancy, min_grid, attr.numRegs);
     int wrong = 0;
     auto expect = [&](bool ok, const char* what) {
-        if (!ok) { std::printf("not so: %s\n", what); wrong++; }
+        if (!ok) {
+            std::printf("not so: %s\n", what);
+            wrong++;
+        }
     };
-    expect(block > 0 && block <= attr.maxThreadsPerBlock && block % prop.warpSize == 0, "a block size of whole warps within the limit");
-    expect(blocks_per_sm >= 1 && blocks_per_sm * block <= prop.maxThreadsPerMultiProcessor, "resident threads within the SM's limit");
+    expect(block > 0 && block <= attr.maxThreadsPerBlock && block % prop.warpSize == 0,
+           "a block size of whole warps within the limit");
+    expect(blocks_per_sm >= 1 && blocks_per_sm * block <= prop.maxThreadsPerMultiProcessor,
+           "resident threads within the SM's limit");
     expect(blocks_per_sm <= prop.maxBlocksPerMultiProcessor, "resident blocks within the SM's limit");
     expect(min_grid == blocks_per_sm * prop.multiProcessorCount, "the minimum grid fills every SM");
     int more = 0;  // a block needing most of an SM's shared memory leaves room for only one
-    CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&more, square_kernel, block, prop.sharedMemPerMultiprocessor / 2 + 1));
+    CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&more, square_kernel, block,
+                                                        prop.sharedMemPerMultiprocessor / 2 + 1));
     expect(more == 1, "one block per SM when each needs over half its shared memory");
 
     std::vector<int> x(n);

@@ -61,17 +61,24 @@ protected:
         unsigned lane = details::block_rank() % 32;
         return size_ >= 32 ? 0xffffffffu : ((1u << size_) - 1u) << (lane / size_ * size_);
     }
+
 public:
     void sync() const {
-        if (kind_ == block_kind) __syncthreads();
-        else if (kind_ == coalesced_kind) __syncwarp(mask_);
-        else if (size_ <= 32) __syncwarp(tile_mask());
-        else if (size_ >= details::block_size()) __syncthreads();
-        else cudasim::group_barrier(tile_first(), size_);
+        if (kind_ == block_kind)
+            __syncthreads();
+        else if (kind_ == coalesced_kind)
+            __syncwarp(mask_);
+        else if (size_ <= 32)
+            __syncwarp(tile_mask());
+        else if (size_ >= details::block_size())
+            __syncthreads();
+        else
+            cudasim::group_barrier(tile_first(), size_);
     }
     unsigned thread_rank() const {
         if (kind_ == block_kind) return details::block_rank();
-        if (kind_ == coalesced_kind) return __builtin_popcount(mask_ & details::lanes_below(details::block_rank() % 32));
+        if (kind_ == coalesced_kind)
+            return __builtin_popcount(mask_ & details::lanes_below(details::block_rank() % 32));
         return details::block_rank() % size_;
     }
     unsigned size() const {
@@ -81,9 +88,7 @@ public:
     }
     unsigned num_threads() const { return size(); }
     unsigned meta_group_rank() const { return kind_ == tile_kind ? details::block_rank() / size_ : 0; }
-    unsigned meta_group_size() const {
-        return kind_ == tile_kind ? (details::block_size() + size_ - 1) / size_ : 1;
-    }
+    unsigned meta_group_size() const { return kind_ == tile_kind ? (details::block_size() + size_ - 1) / size_ : 1; }
     bool is_valid() const { return true; }
 };
 
@@ -105,7 +110,9 @@ inline thread_block this_thread_block() { return {}; }
 template <unsigned MaxBlockSize = 1024, unsigned CUDA11MaxBlockSize = 0>
 struct block_tile_memory {};
 template <unsigned A, unsigned B>
-thread_block this_thread_block(block_tile_memory<A, B>&) { return {}; }
+thread_block this_thread_block(block_tile_memory<A, B>&) {
+    return {};
+}
 inline void sync(const thread_block& g) { g.sync(); }
 
 // A tile of Size consecutive threads of the block (Size a power of two, at most 1024). Tiles of at most
@@ -113,6 +120,7 @@ inline void sync(const thread_block& g) { g.sync(); }
 template <unsigned Size, class Parent = void>
 class thread_block_tile : public thread_group {
     static_assert(Size >= 1 && Size <= 1024 && (Size & (Size - 1)) == 0, "tile size must be a power of two <= 1024");
+
 public:
     thread_block_tile() : thread_group(tile_kind, Size, 0) {}
     template <class P>
@@ -124,34 +132,44 @@ public:
     unsigned meta_group_rank() const { return details::block_rank() / Size; }
     unsigned meta_group_size() const { return (details::block_size() + Size - 1) / Size; }
     void sync() const { thread_group::sync(); }
-    template <class T> T shfl(T v, int src) const {
+    template <class T>
+    T shfl(T v, int src) const {
         static_assert(Size <= 32, "shuffles need a tile of at most 32 threads");
         return details::shuffle_any(v, [&](auto x) { return __shfl_sync(mask(), x, src, Size); });
     }
-    template <class T> T shfl_up(T v, unsigned d) const {
+    template <class T>
+    T shfl_up(T v, unsigned d) const {
         static_assert(Size <= 32, "shuffles need a tile of at most 32 threads");
         return details::shuffle_any(v, [&](auto x) { return __shfl_up_sync(mask(), x, d, Size); });
     }
-    template <class T> T shfl_down(T v, unsigned d) const {
+    template <class T>
+    T shfl_down(T v, unsigned d) const {
         static_assert(Size <= 32, "shuffles need a tile of at most 32 threads");
         return details::shuffle_any(v, [&](auto x) { return __shfl_down_sync(mask(), x, d, Size); });
     }
-    template <class T> T shfl_xor(T v, int m) const {
+    template <class T>
+    T shfl_xor(T v, int m) const {
         static_assert(Size <= 32, "shuffles need a tile of at most 32 threads");
         return details::shuffle_any(v, [&](auto x) { return __shfl_xor_sync(mask(), x, m, Size); });
     }
     int any(int p) const { return __any_sync(mask(), p); }
     int all(int p) const { return __all_sync(mask(), p); }
-    unsigned ballot(int p) const { return __ballot_sync(mask(), p) >> (Size >= 32 ? 0 : details::block_rank() % 32 / Size * Size); }
-    template <class T> unsigned match_any(T v) const {
+    unsigned ballot(int p) const {
+        return __ballot_sync(mask(), p) >> (Size >= 32 ? 0 : details::block_rank() % 32 / Size * Size);
+    }
+    template <class T>
+    unsigned match_any(T v) const {
         return __match_any_sync(mask(), v) >> (Size >= 32 ? 0 : details::block_rank() % 32 / Size * Size);
     }
-    template <class T> unsigned match_all(T v, int& pred) const {
+    template <class T>
+    unsigned match_all(T v, int& pred) const {
         return __match_all_sync(mask(), v, &pred) >> (Size >= 32 ? 0 : details::block_rank() % 32 / Size * Size);
     }
 };
 template <unsigned Size, class Parent>
-thread_block_tile<Size> tiled_partition(const Parent&) { return {}; }
+thread_block_tile<Size> tiled_partition(const Parent&) {
+    return {};
+}
 
 // A tile whose size is known at run time (a power of two dividing the parent's size).
 class runtime_tile : public thread_group {
@@ -177,16 +195,19 @@ public:
     unsigned meta_group_rank() const { return 0; }
     unsigned meta_group_size() const { return 1; }
     void sync() const { __syncwarp(mask_); }
-    template <class T> T shfl(T v, unsigned src_rank) const {
+    template <class T>
+    T shfl(T v, unsigned src_rank) const {
         int lane = details::lane_of_rank(mask_, src_rank % size());
         return details::shuffle_any(v, [&](auto x) { return __shfl_sync(mask_, x, lane); });
     }
-    template <class T> T shfl_down(T v, unsigned d) const {
+    template <class T>
+    T shfl_down(T v, unsigned d) const {
         unsigned r = thread_rank() + d;
         int lane = r < size() ? details::lane_of_rank(mask_, r) : static_cast<int>(details::block_rank() % 32);
         return details::shuffle_any(v, [&](auto x) { return __shfl_sync(mask_, x, lane); });
     }
-    template <class T> T shfl_up(T v, unsigned d) const {
+    template <class T>
+    T shfl_up(T v, unsigned d) const {
         unsigned r = thread_rank();
         int lane = r >= d ? details::lane_of_rank(mask_, r - d) : static_cast<int>(details::block_rank() % 32);
         return details::shuffle_any(v, [&](auto x) { return __shfl_sync(mask_, x, lane); });
@@ -210,8 +231,10 @@ inline coalesced_group coalesced_threads(unsigned line = __builtin_LINE(), const
 namespace details {
 template <class Group>
 unsigned warp_mask_of(const Group& g) {
-    if constexpr (std::is_same_v<Group, coalesced_group>) return g.mask();
-    else return g.mask();
+    if constexpr (std::is_same_v<Group, coalesced_group>)
+        return g.mask();
+    else
+        return g.mask();
 }
 inline unsigned warp_mask_of(const thread_block&) { return 0xffffffffu; }
 }  // namespace details
@@ -225,7 +248,10 @@ template <class Group, class Label>
 coalesced_group labeled_partition(const Group& g, Label label) {
     return coalesced_group(__match_any_sync(details::warp_mask_of(g), label));
 }
-template <class Group> inline void sync(const Group& g) { g.sync(); }
+template <class Group>
+inline void sync(const Group& g) {
+    g.sync();
+}
 
 // The grid: its indices work; its sync needs every block resident at once, which the CPU schedule does
 // not give, so it fails to compile with a message naming the feature.
@@ -237,18 +263,27 @@ public:
     }
     unsigned long long size() const { return 1ull * gridDim.x * gridDim.y * gridDim.z * details::block_size(); }
     unsigned long long num_threads() const { return size(); }
-    unsigned long long block_rank() const { return blockIdx.x + 1ull * gridDim.x * (blockIdx.y + 1ull * gridDim.y * blockIdx.z); }
+    unsigned long long block_rank() const {
+        return blockIdx.x + 1ull * gridDim.x * (blockIdx.y + 1ull * gridDim.y * blockIdx.z);
+    }
     unsigned long long num_blocks() const { return 1ull * gridDim.x * gridDim.y * gridDim.z; }
     dim3 group_dim() const { return gridDim; }
     dim3 dim_blocks() const { return gridDim; }
     dim3 block_index() const { return dim3(blockIdx.x, blockIdx.y, blockIdx.z); }
     bool is_valid() const { return true; }
     template <class T = void>
-    void sync() const { cudasim::unsupported_grid_sync<T>{}; }
+    void sync() const {
+        cudasim::unsupported_grid_sync<T>{};
+    }
 };
 inline grid_group this_grid() { return {}; }
 template <class T = void>
-void sync(const grid_group&) { cudasim::unsupported_grid_sync<T>{}; }
-template <class T = void> cudasim::unsupported_grid_sync<T> this_multi_grid() { return {}; }
+void sync(const grid_group&) {
+    cudasim::unsupported_grid_sync<T>{};
+}
+template <class T = void>
+cudasim::unsupported_grid_sync<T> this_multi_grid() {
+    return {};
+}
 
 }  // namespace cooperative_groups

@@ -14,11 +14,16 @@ void memcpy_async(const Group& group, void* dst, const void* src, std::size_t by
 template <class Group, class T>
 void memcpy_async(const Group& group, T* dst, std::size_t dst_count, const T* src, std::size_t src_count) {
     if (group.thread_rank() == 0)
-        std::memcpy(static_cast<void*>(dst), static_cast<const void*>(src), sizeof(T) * (dst_count < src_count ? dst_count : src_count));
+        std::memcpy(static_cast<void*>(dst), static_cast<const void*>(src),
+                    sizeof(T) * (dst_count < src_count ? dst_count : src_count));
 }
 template <class Group>
-void wait(const Group& group) { group.sync(); }
+void wait(const Group& group) {
+    group.sync();
+}
 template <unsigned Prior, class Group>
-void wait_prior(const Group& group) { group.sync(); }
+void wait_prior(const Group& group) {
+    group.sync();
+}
 
 }  // namespace cooperative_groups

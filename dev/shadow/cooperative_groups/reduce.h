@@ -6,12 +6,30 @@
 
 namespace cooperative_groups {
 
-template <class T> struct plus { T operator()(T a, T b) const { return a + b; } };
-template <class T> struct less { T operator()(T a, T b) const { return b < a ? b : a; } };     // reduce -> min
-template <class T> struct greater { T operator()(T a, T b) const { return a < b ? b : a; } };  // reduce -> max
-template <class T> struct bit_and { T operator()(T a, T b) const { return a & b; } };
-template <class T> struct bit_or { T operator()(T a, T b) const { return a | b; } };
-template <class T> struct bit_xor { T operator()(T a, T b) const { return a ^ b; } };
+template <class T>
+struct plus {
+    T operator()(T a, T b) const { return a + b; }
+};
+template <class T>
+struct less {
+    T operator()(T a, T b) const { return b < a ? b : a; }
+};  // reduce -> min
+template <class T>
+struct greater {
+    T operator()(T a, T b) const { return a < b ? b : a; }
+};  // reduce -> max
+template <class T>
+struct bit_and {
+    T operator()(T a, T b) const { return a & b; }
+};
+template <class T>
+struct bit_or {
+    T operator()(T a, T b) const { return a | b; }
+};
+template <class T>
+struct bit_xor {
+    T operator()(T a, T b) const { return a ^ b; }
+};
 
 template <class Group, class T, class Op>
 T reduce(const Group& g, T value, Op op) {
@@ -23,7 +41,8 @@ T reduce(const Group& g, T value, Op op) {
         }
         return g.shfl(value, 0);
     } else {
-        for (unsigned offset = g.size() / 2; offset > 0; offset /= 2) value = op(value, g.shfl_xor(value, static_cast<int>(offset)));
+        for (unsigned offset = g.size() / 2; offset > 0; offset /= 2)
+            value = op(value, g.shfl_xor(value, static_cast<int>(offset)));
         return value;
     }
 }
