@@ -85,7 +85,9 @@ Order get_order();
 // resumed, to look again, after the other threads of the block have run.
 enum class Wait : uint8_t { not_started, run, block_barrier, warp_collective, done, trapped, spin };
 // issue 20: match_any/match_all (__match_*_sync), coalesce (cg::coalesced_threads: the lanes at the same call)
-enum class WarpOp : uint8_t { sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, match_any, match_all, coalesce };
+enum class WarpOp : uint8_t {
+    sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, match_any, match_all, coalesce
+};
 enum class BarrierKind : uint8_t { sync, count, and_, or_ };
 
 struct Thread {
@@ -134,7 +136,8 @@ extern std::atomic<int> g_capturing_streams;
 bool capture_launch_slow(const LaunchConfig& config, std::function<void()> later);
 template <class F>
 bool capture_launch(const LaunchConfig& config, F&& later) {
-    return g_capturing_streams.load(std::memory_order_relaxed) > 0 && capture_launch_slow(config, std::forward<F>(later));
+    return g_capturing_streams.load(std::memory_order_relaxed) > 0 &&
+           capture_launch_slow(config, std::forward<F>(later));
 }
 
 template <class... Params>
@@ -146,14 +149,16 @@ struct Launcher {
         static_assert(sizeof...(Args) == sizeof...(Params), "kernel launched with the wrong number of arguments");
         // Like the GPU, every thread gets its own copy of the parameters, converted to the kernel's types.
         std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-        if (capture_launch(config, [k = kernel, c = config, params] { run_grid(c, [&] { std::apply(k, params); }); })) return;
+        auto later = [k = kernel, c = config, params] { run_grid(c, [&] { std::apply(k, params); }); };
+        if (capture_launch(config, later)) return;
         run_grid(config, [&] { std::apply(kernel, params); });
     }
 };
 template <class... Params>
 Launcher<Params...> launch(void (*kernel)(Params...), const char* name, dim3 grid, dim3 block,
                            size_t shared_bytes = 0, cudaStream_t stream = nullptr) {
-    return Launcher<Params...>{kernel, LaunchConfig{name, reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, stream}};
+    LaunchConfig config{name, reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, stream};
+    return Launcher<Params...>{kernel, config};
 }
 
 // ---- issue 20: launches the rewrite cannot turn into a function pointer (a template kernel whose
@@ -168,7 +173,8 @@ struct CallLauncher {
     template <class... Args>
     void operator()(Args&&... args) const {
         std::tuple<std::decay_t<Args>...> params(std::forward<Args>(args)...);
-        if (capture_launch(config, [f = call, c = config, params] { run_grid(c, [&] { std::apply(f, params); }); })) return;
+        auto later = [f = call, c = config, params] { run_grid(c, [&] { std::apply(f, params); }); };
+        if (capture_launch(config, later)) return;
         run_grid(config, [&] { std::apply(call, params); });
     }
 };
@@ -270,11 +276,12 @@ inline int __all_sync(unsigned mask, int p) { return cudasim::warp_collective<in
 unsigned __activemask();  // the lanes of the warp that have not returned
 // issue 20: the lanes of `mask` whose `value` equals this lane's (any), or all of them if all are equal (all)
 template <class T> unsigned __match_any_sync(unsigned mask, T value) {
-    return cudasim::warp_collective<unsigned long long>(cudasim::WarpOp::match_any, mask, static_cast<unsigned long long>(value), 0, 32);
+    return static_cast<unsigned>(cudasim::warp_collective<unsigned long long>(
+        cudasim::WarpOp::match_any, mask, static_cast<unsigned long long>(value), 0, 32));
 }
 template <class T> unsigned __match_all_sync(unsigned mask, T value, int* pred) {
-    unsigned r = static_cast<unsigned>(cudasim::warp_collective<unsigned long long>(cudasim::WarpOp::match_all, mask,
-                                                                                    static_cast<unsigned long long>(value), 0, 32));
+    unsigned r = static_cast<unsigned>(cudasim::warp_collective<unsigned long long>(
+        cudasim::WarpOp::match_all, mask, static_cast<unsigned long long>(value), 0, 32));
     *pred = r != 0;
     return r;
 }
@@ -819,7 +826,8 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
             if (!(waiting >> l & 1u) || t.op != WarpOp::coalesce) continue;
             unsigned group = 0;
             for (unsigned m = l; m < 32; m++)
-                if ((waiting >> m & 1u) && w.threads[base + m].op == WarpOp::coalesce && w.threads[base + m].value == t.value)
+                if ((waiting >> m & 1u) && w.threads[base + m].op == WarpOp::coalesce &&
+                    w.threads[base + m].value == t.value)
                     group |= 1u << m;
             perform_warp_op(w, base, n, group);
             progressed = true;
@@ -894,9 +902,9 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
         for (unsigned i = 0; i < n; i++) spinning = spinning || w.threads[i].wait == Wait::spin;
         if (spinning) {
             if (w.progress == progress_seen)
-                fatal("kernel '%s' block (%u,%u,%u): threads wait for arrivals that never come (cuda::barrier, a pipeline, "
-                      "or a cooperative-groups tile of more than 32 threads that not all its threads reach) — a deadlock on "
-                      "a GPU", config.name, blockIdx.x, blockIdx.y, blockIdx.z);
+                fatal("kernel '%s' block (%u,%u,%u): threads wait for arrivals that never come (cuda::barrier, a "
+                      "pipeline, or a cooperative-groups tile of more than 32 threads that not all its threads reach) "
+                      "- a deadlock on a GPU", config.name, blockIdx.x, blockIdx.y, blockIdx.z);
             progress_seen = w.progress;
             for (unsigned i = 0; i < n; i++)
                 if (w.threads[i].wait == Wait::spin) w.threads[i].wait = Wait::run;
@@ -1273,7 +1281,10 @@ namespace cudasim {  // issue 20: stream capture across streams (dev/cudasim_run
 bool capture_event_record(cudaEvent_t e, cudaStream_t stream);
 bool capture_stream_wait(cudaStream_t stream, cudaEvent_t e);
 }  // namespace cudasim
-cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) { cudasim::capture_stream_wait(s, e); return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+    cudasim::capture_stream_wait(s, e);
+    return cudaSuccess;
+}
 cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st{0.0}; return cudaSuccess; }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }

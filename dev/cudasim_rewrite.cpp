@@ -95,7 +95,8 @@ struct Rewriter {
                 fs::path target = line.substr(open + 1, close - open - 1);
                 std::error_code ec;
                 if (close != std::string::npos && fs::is_regular_file(target, ec))
-                    line = line.substr(0, open + 1) + output_for(fs::weakly_canonical(target)).string() + line.substr(close);
+                    line = line.substr(0, open + 1) + output_for(fs::weakly_canonical(target)).string() +
+                           line.substr(close);
             }
             out += line + "\n";
         }

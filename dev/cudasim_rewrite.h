@@ -254,8 +254,9 @@ inline void scan_kernels(const std::string& s, KernelTable& table) {
             size_t w = head.size();
             while (w > 0 && is_ident_char(head[w - 1])) w--;
             std::string prev = head.substr(w);
-            if (prev == "return" || prev == "else" || prev == "new" || prev == "case" || prev == "throw" || prev == "do" ||
-                prev == "goto" || prev == "sizeof" || prev == "decltype") continue;
+            if (prev == "return" || prev == "else" || prev == "new" || prev == "case" || prev == "throw" ||
+                prev == "do" || prev == "goto" || prev == "sizeof" || prev == "decltype")
+                continue;
             info.host_same_name = true;
         }
     }
@@ -331,8 +332,8 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
                     if (end != std::string::npos) {
                         std::string params = strip_defaults(s.substr(open + 1, close - open - 1));
                         registrations[end + 1] = " [[maybe_unused]] static const bool cudasim_registered_" + name +
-                                                 " = ::cudasim::register_kernel(static_cast<void (*)(" + params + ")>(" +
-                                                 name + "), \"" + name + "\");";
+                                                 " = ::cudasim::register_kernel(static_cast<void (*)(" + params +
+                                                 ")>(" + name + "), \"" + name + "\");";
                     }
                 }
             }
@@ -378,8 +379,8 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
                            quoted + "\", " + config + ")";
                     break;
                 case LaunchForm::call:
-                    out += "::cudasim::launch_call([](auto&... cudasim_args) { " + name + "(cudasim_args...); }, \"" + quoted +
-                           "\", " + config + ")";
+                    out += "::cudasim::launch_call([](auto&... cudasim_args) { " + name + "(cudasim_args...); }, \"" +
+                           quoted + "\", " + config + ")";
                     break;
             }
             i = cfg_end + 3;
