@@ -1,13 +1,15 @@
 // cg_groups.cu — cooperative groups beyond the block and fixed warp tiles: a thread_group passed by
 // value, a tile whose size is chosen at run time, tiles of 64 threads (larger than a warp), a shuffle of
 // a 16-byte struct, coalesced_threads() for warp-aggregated atomics, binary_partition and
-// labeled_partition, and this_grid()'s indices (its sync is the one thing the CPU cannot do).
+// labeled_partition, cg::inclusive_scan, and this_grid()'s indices (its sync is the one thing the CPU
+// cannot do).
 // Self-checking: prints PASS or FAIL, exits 1 on failure.
 //
 //   on the CPU:  dev/cudarun dev/examples/cg_groups.cu
 //   on a GPU:    nvcc -O2 -arch=sm_80 -o cg_groups dev/examples/cg_groups.cu && ./cg_groups
 #include <cooperative_groups.h>
 #include <cooperative_groups/reduce.h>
+#include <cooperative_groups/scan.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -71,6 +73,13 @@ __global__ void big_shuffle_kernel(Quad* out, const Quad* in) {
     cg::thread_block_tile<32> warp = cg::tiled_partition<32>(cg::this_thread_block());
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     out[i] = warp.shfl(in[i], (warp.thread_rank() + 5) % 32);
+}
+
+// prefix[i] = x[first lane of i's warp] + ... + x[i]
+__global__ void scan_kernel(int* prefix, const int* x) {
+    cg::thread_block_tile<32> warp = cg::tiled_partition<32>(cg::this_thread_block());
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    prefix[i] = cg::inclusive_scan(warp, x[i]);
 }
 
 // Warp-aggregated atomic increment: the lanes that reach it together take one atomicAdd.
@@ -158,6 +167,13 @@ int main() {
         int src = i / 32 * 32 + (i % 32 + 5) % 32;
         if (qo[i].a != q[src].a || qo[i].b != q[src].b || qo[i].c != q[src].c || qo[i].d != q[src].d)
             fail("shfl of a 16-byte struct", i, static_cast<long long>(qo[i].a), src);
+    }
+
+    scan_kernel<<<blocks, block_size>>>(d_out, d_x);
+    out = download(d_out, n);
+    for (int i = 0, sum = 0; i < n; i++) {
+        sum = (i % 32 == 0 ? 0 : sum) + x[i];
+        if (out[i] != sum) fail("cg::inclusive_scan", i, out[i], sum);
     }
 
     int* d_counter = upload(std::vector<int>(1, 0));
