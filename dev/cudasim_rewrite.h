@@ -384,6 +384,18 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
                     break;
             }
             i = cfg_end + 3;
+            // The arguments: `NULL` (an integer in g++) becomes `nullptr`, since the launcher passes arguments
+            // on as values, where a null pointer constant is no longer one (nvcc converts it in the call).
+            size_t open = s.find_first_not_of(" \t\r\n", i);
+            size_t close = open != std::string::npos && s[open] == '(' ? matching_bracket(s, open) : std::string::npos;
+            if (close != std::string::npos) {
+                std::string args = s.substr(i, close + 1 - i);
+                for (size_t p = 0; (p = args.find("NULL", p)) != std::string::npos; p += 4)
+                    if ((p == 0 || !is_ident_char(args[p - 1])) && (p + 4 >= args.size() || !is_ident_char(args[p + 4])))
+                        args.replace(p, 4, "nullptr");
+                out += args;
+                i = close + 1;
+            }
             continue;
         }
         out += s[i++];

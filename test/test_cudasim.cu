@@ -451,6 +451,7 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
     CHECK(rewrite_cuda_source("extern float __shared__ s[];") ==  // the qualifier after the type (issue 20)
           "static thread_local float* const s = reinterpret_cast<float*>(::cudasim::dynamic_shared_memory());");
     CHECK(rewrite_cuda_source("extern \"C\" int f();") == "extern \"C\" int f();");
+    CHECK(rewrite_cuda_source("k<<<g, b>>>(NULL, x_NULL);") == "::cudasim::launch(k, \"k\", g, b)(nullptr, x_NULL);");
 }
 
 // Issue 20: what the rewrite knows about a file's kernels decides how a launch is written.
