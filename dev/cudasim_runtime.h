@@ -598,6 +598,13 @@ cudaError_t cudaStreamGetPriority(cudaStream_t, int* priority) {
     *priority = 0;
     return cudaSuccess;
 }
+// Stream attributes are cache hints (the L2 access policy window): accepted and read back as unset.
+cudaError_t cudaStreamSetAttribute(cudaStream_t, cudaStreamAttrID, const cudaStreamAttrValue*) { return cudaSuccess; }
+cudaError_t cudaStreamGetAttribute(cudaStream_t, cudaStreamAttrID, cudaStreamAttrValue* value) {
+    std::memset(static_cast<void*>(value), 0, sizeof *value);
+    return cudaSuccess;
+}
+cudaError_t cudaCtxResetPersistingL2Cache() { return cudaSuccess; }
 cudaError_t cudaStreamGetFlags(cudaStream_t, unsigned* flags) {
     *flags = 0;
     return cudaSuccess;
