@@ -239,6 +239,21 @@ inline float __fsqrt_rd(float a) {
     return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return std::sqrt(static_cast<float>(x)); });
 }
 inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+inline double __dsqrt_rz(double a) {
+    volatile double x = a;
+    return cudasim::with_rounding<double>(FE_TOWARDZERO, [&] { return std::sqrt(static_cast<double>(x)); });
+}
+inline double __dsqrt_ru(double a) {
+    volatile double x = a;
+    return cudasim::with_rounding<double>(FE_UPWARD, [&] { return std::sqrt(static_cast<double>(x)); });
+}
+inline double __dsqrt_rd(double a) {
+    volatile double x = a;
+    return cudasim::with_rounding<double>(FE_DOWNWARD, [&] { return std::sqrt(static_cast<double>(x)); });
+}
+inline double __drcp_rz(double a) { return __ddiv_rz(1.0, a); }
+inline double __drcp_ru(double a) { return __ddiv_ru(1.0, a); }
+inline double __drcp_rd(double a) { return __ddiv_rd(1.0, a); }
 inline float __frcp_rz(float a) { return __fdiv_rz(1.0f, a); }
 inline float __frcp_ru(float a) { return __fdiv_ru(1.0f, a); }
 inline float __frcp_rd(float a) { return __fdiv_rd(1.0f, a); }
