@@ -72,7 +72,7 @@ $(REWRITE): dev/cudasim_rewrite.cpp dev/cudasim_rewrite.h | $(DEPS_STAMP)
 	$(CXX) -std=c++20 -O2 $(WARNINGS) $< -o $@
 
 # cudasim's implementation, compiled once per CPU build.
-$(CPU)/cudasim.o: dev/cudasim.h | $(DEPS_STAMP)
+$(CPU)/cudasim.o: dev/cudasim.h dev/cudasim_runtime.h dev/cudasim_cublaslt.h dev/cudasim_intrinsics.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -x c++ -DCUDASIM_IMPLEMENTATION -Idev/shadow -isystem $(CUDA_HOME)/include -c $< -o $@
 
