@@ -35,7 +35,8 @@ CXXFLAGS     ?= -std=c++20 $(CPU_OPT) $(WARNINGS) -fopenmp
 GEN          := $(CPU)/gen
 REWRITE      := $(BUILD)/tools/cudasim_rewrite
 # Quoted includes resolve to rewritten copies in $(GEN); the real CUDA headers give the host types.
-CPU_CUDAFLAGS := -x c++ -include dev/cudasim.h -Idev/shadow -I$(GEN)$(CURDIR) -I. -isystem $(CUDA_HOME)/include
+CPU_CUDAFLAGS := -x c++ -include dev/cudasim.h -Idev/shadow -I$(GEN)$(CURDIR) -I. -isystem $(CUDA_HOME)/include \
+                 -isystem $(CUDA_HOME)/include/cccl  # libcu++ (<cuda/std/...>); dev/shadow/cuda/ comes first
 CPU_LIBS     := -lboost_context -lopenblas -lpthread -fopenmp
 
 # ----------------------------------------------------------------------------
@@ -71,7 +72,7 @@ $(REWRITE): dev/cudasim_rewrite.cpp dev/cudasim_rewrite.h | $(DEPS_STAMP)
 	$(CXX) -std=c++20 -O2 $(WARNINGS) $< -o $@
 
 # cudasim's implementation, compiled once per CPU build.
-$(CPU)/cudasim.o: dev/cudasim.h | $(DEPS_STAMP)
+$(CPU)/cudasim.o: dev/cudasim.h dev/cudasim_runtime.h dev/cudasim_cublaslt.h dev/cudasim_intrinsics.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -x c++ -DCUDASIM_IMPLEMENTATION -Idev/shadow -isystem $(CUDA_HOME)/include -c $< -o $@
 

@@ -34,7 +34,9 @@ Device describe_device() {
     Device d;
     d.name = p.name;
     d.l2_bytes = p.l2CacheSize;
-    d.emulated = p.l2CacheSize == 0;  // the emulator reports no L2
+    std::string name;
+    d.emulated = !have_real_gpu(name);  // the CPU build's virtual device (an A100's numbers, not this CPU's)
+    if (d.emulated) d.l2_bytes = 0;     // no L2 to flush
     if (!d.emulated) {
         int clock_khz = 0;
         cuda_check(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));

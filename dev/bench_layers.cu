@@ -24,8 +24,8 @@ struct Machine {
 };
 
 
-// Nominal rates from the device attributes on a GPU; measured ones in the CPU build (the emulator
-// does not emulate those attributes, which is how this tells them apart).
+// Nominal rates from the device attributes on a GPU; measured ones in the CPU build (whose virtual
+// device answers the attributes with an A100's numbers, which say nothing about this CPU).
 static Machine describe_machine() {
     Machine m;
     cudaDeviceProp prop;
@@ -33,7 +33,8 @@ static Machine describe_machine() {
     m.name = prop.name;
     m.l2_bytes = static_cast<size_t>(prop.l2CacheSize);
     int mem_khz = 0, bus_bits = 0, sm_khz = 0;
-    if (cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, 0) == cudaSuccess &&
+    std::string name;
+    if (have_real_gpu(name) && cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, 0) == cudaSuccess &&
         cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0) == cudaSuccess &&
         cudaDeviceGetAttribute(&sm_khz, cudaDevAttrClockRate, 0) == cudaSuccess) {
         int fp32_lanes_per_sm = prop.major == 8 && prop.minor == 0 ? 64 : 128;  // A100: 64; sm_86/89/90: 128
@@ -42,8 +43,9 @@ static Machine describe_machine() {
         m.floor_source = "nominal (memory clock × bus width; SMs × fp32 lanes × clock)";
         return m;
     }
-    cudaGetLastError();  // clear the "not emulated" error
+    cudaGetLastError();  // clear an attribute's "not supported" error
     m.emulated = true;
+    m.l2_bytes = 0;  // no L2 to flush
     m.bytes_per_ms = host_copy_bytes_per_ms();
     {  // fp32 GEMM rate of OpenBLAS through the emulated cuBLAS, 512³
         int n = 512;

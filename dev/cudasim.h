@@ -79,15 +79,23 @@ Order get_order();
 
 // ----------------------------------------------------------------------------
 // State of one CUDA thread while its block runs.
-enum class Wait : uint8_t { run, block_barrier, warp_collective, done };
-enum class WarpOp : uint8_t { sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all };
+// not_started: the thread has not begun (it will run on the fiber of the lane before it, if that one finishes);
+// trapped: it stopped at a device assert or __trap, ending its block and the grid.
+// spin: it waits for a condition other threads make true (cuda::barrier, a tile of more than 32 threads): it is
+// resumed, to look again, after the other threads of the block have run.
+enum class Wait : uint8_t { not_started, run, block_barrier, warp_collective, done, trapped, spin };
+// issue 20: match_any/match_all (__match_*_sync), coalesce (cg::coalesced_threads: the lanes at the same call)
+enum class WarpOp : uint8_t {
+    sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, match_any, match_all, coalesce
+};
 enum class BarrierKind : uint8_t { sync, count, and_, or_ };
 
 struct Thread {
     uint3 idx;                      // threadIdx
     unsigned linear;                // x + y·Dx + z·Dx·Dy, which fixes warp and lane as on the GPU
     boost::context::fiber fiber;    // where this thread continues when it is resumed
-    Wait wait = Wait::run;
+    unsigned stack_slot = 0;        // whose stack the fiber runs on (the first thread of its chain)
+    Wait wait = Wait::not_started;
     BarrierKind barrier = BarrierKind::sync;
     WarpOp op = WarpOp::sync;
     int predicate = 0;              // __syncthreads_count/and/or, ballot/any/all
@@ -104,6 +112,14 @@ void yield_to_scheduler();                 // the running fiber waits; the sched
 void* dynamic_shared_memory();             // this worker's `extern __shared__` buffer (fixed address)
 bool shared_declared(void* p, size_t bytes); // a static __shared__ variable: NaN-fill it at every block start
 [[noreturn]] void fatal(const char* fmt, ...);
+[[noreturn]] void trap_current_thread();   // issue 20: device assert / __trap: this thread stops, the grid ends
+// issue 20: waiting on shared state. `spin_wait` yields until the other threads of the block have had a turn;
+// whoever changes what a spinning thread waits for calls `note_progress` (without it, a round in which only
+// spinning threads ran is a deadlock, reported with the kernel's name).
+void spin_wait();
+void note_progress();
+// A barrier of `size` consecutive threads starting at thread `first` of the block (cg tiles of more than 32).
+void group_barrier(unsigned first, unsigned size);
 
 // ----------------------------------------------------------------------------
 // Kernel launch: what `kernel<<<grid, block, smem, stream>>>(args)` becomes.
@@ -112,8 +128,17 @@ struct LaunchConfig {
     const void* function;  // identifies the kernel for cudaFuncSetAttribute
     dim3 grid, block;
     size_t shared_bytes;
+    cudaStream_t stream = nullptr;  // issue 20: a capturing stream records the launch instead of running it
 };
 void run_grid(const LaunchConfig& config, const std::function<void()>& thread_body);
+// issue 20: true when config.stream is capturing into a graph; the launch is then recorded as `later`.
+extern std::atomic<int> g_capturing_streams;
+bool capture_launch_slow(const LaunchConfig& config, std::function<void()> later);
+template <class F>
+bool capture_launch(const LaunchConfig& config, F&& later) {
+    return g_capturing_streams.load(std::memory_order_relaxed) > 0 &&
+           capture_launch_slow(config, std::forward<F>(later));
+}
 
 template <class... Params>
 struct Launcher {
@@ -124,14 +149,41 @@ struct Launcher {
         static_assert(sizeof...(Args) == sizeof...(Params), "kernel launched with the wrong number of arguments");
         // Like the GPU, every thread gets its own copy of the parameters, converted to the kernel's types.
         std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+        auto later = [k = kernel, c = config, params] { run_grid(c, [&] { std::apply(k, params); }); };
+        if (capture_launch(config, later)) return;
         run_grid(config, [&] { std::apply(kernel, params); });
     }
 };
 template <class... Params>
 Launcher<Params...> launch(void (*kernel)(Params...), const char* name, dim3 grid, dim3 block,
-                           size_t shared_bytes = 0, cudaStream_t = nullptr) {
-    return Launcher<Params...>{kernel, LaunchConfig{name, reinterpret_cast<const void*>(kernel), grid, block, shared_bytes}};
+                           size_t shared_bytes = 0, cudaStream_t stream = nullptr) {
+    LaunchConfig config{name, reinterpret_cast<const void*>(kernel), grid, block, shared_bytes, stream};
+    return Launcher<Params...>{kernel, config};
 }
+
+// ---- issue 20: launches the rewrite cannot turn into a function pointer (a template kernel whose
+// arguments are deduced, a kernel with default arguments, or one that shares its name with a host
+// function) are launched as a call, `kernel(args...)` in every CUDA thread, so C++ overload resolution
+// and template deduction pick the kernel exactly as nvcc does. The kernel's address is then unknown:
+// its dynamic shared memory is checked against the largest limit any kernel was given.
+template <class F>
+struct CallLauncher {
+    F call;  // [](auto&... a) { kernel(a...); }
+    LaunchConfig config;
+    template <class... Args>
+    void operator()(Args&&... args) const {
+        std::tuple<std::decay_t<Args>...> params(std::forward<Args>(args)...);
+        auto later = [f = call, c = config, params] { run_grid(c, [&] { std::apply(f, params); }); };
+        if (capture_launch(config, later)) return;
+        run_grid(config, [&] { std::apply(call, params); });
+    }
+};
+template <class F>
+CallLauncher<F> launch_call(F call, const char* name, dim3 grid, dim3 block, size_t shared_bytes = 0,
+                            cudaStream_t stream = nullptr) {
+    return CallLauncher<F>{call, LaunchConfig{name, nullptr, grid, block, shared_bytes, stream}};
+}
+// ---- end issue 20
 
 // ----------------------------------------------------------------------------
 // Collectives. The calling thread records what it brings and yields; the scheduler releases it when
@@ -222,32 +274,74 @@ inline unsigned __ballot_sync(unsigned mask, int p) { return cudasim::warp_colle
 inline int __any_sync(unsigned mask, int p) { return cudasim::warp_collective<int>(cudasim::WarpOp::any, mask, p != 0, 0, 32); }
 inline int __all_sync(unsigned mask, int p) { return cudasim::warp_collective<int>(cudasim::WarpOp::all, mask, p != 0, 0, 32); }
 unsigned __activemask();  // the lanes of the warp that have not returned
+// issue 20: the lanes of `mask` whose `value` equals this lane's (any), or all of them if all are equal (all)
+template <class T> unsigned __match_any_sync(unsigned mask, T value) {
+    return static_cast<unsigned>(cudasim::warp_collective<unsigned long long>(
+        cudasim::WarpOp::match_any, mask, static_cast<unsigned long long>(value), 0, 32));
+}
+template <class T> unsigned __match_all_sync(unsigned mask, T value, int* pred) {
+    unsigned r = static_cast<unsigned>(cudasim::warp_collective<unsigned long long>(
+        cudasim::WarpOp::match_all, mask, static_cast<unsigned long long>(value), 0, 32));
+    *pred = r != 0;
+    return r;
+}
 
 // ----------------------------------------------------------------------------
 // Atomics. Threads of one block never run at the same time; blocks on other OS threads may, so these
 // are real atomic read-modify-writes.
-template <class T> T cudasim_atomic_add(T* a, T v) { return std::atomic_ref<T>(*a).fetch_add(v); }
+namespace cudasim {
+#if __cplusplus >= 202002L
+template <class T> using atomic_ref = std::atomic_ref<T>;
+#else
+// C++17 (dev/cudarun's default dialect, as nvcc's) has no std::atomic_ref: the same operations on
+// GCC's __atomic built-ins, which is what std::atomic_ref compiles to.
+template <class T>
+struct atomic_ref {
+    T* p;
+    explicit atomic_ref(T& x) : p(&x) {}
+    T load() const { T v; __atomic_load(p, &v, __ATOMIC_SEQ_CST); return v; }
+    T exchange(T v) const { T old; __atomic_exchange(p, &v, &old, __ATOMIC_SEQ_CST); return old; }
+    bool compare_exchange_strong(T& expected, T desired) const {
+        return __atomic_compare_exchange(p, &expected, &desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    bool compare_exchange_weak(T& expected, T desired) const {
+        return __atomic_compare_exchange(p, &expected, &desired, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    }
+    T fetch_add(T v) const {
+        if constexpr (std::is_integral_v<T>) return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+        T old = load();
+        while (!compare_exchange_weak(old, old + v)) {}
+        return old;
+    }
+    T fetch_sub(T v) const { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
+    T fetch_and(T v) const { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
+    T fetch_or(T v) const { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+    T fetch_xor(T v) const { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }
+};
+#endif
+}  // namespace cudasim
+template <class T> T cudasim_atomic_add(T* a, T v) { return cudasim::atomic_ref<T>(*a).fetch_add(v); }
 inline float atomicAdd(float* a, float v) { return cudasim_atomic_add(a, v); }
 inline double atomicAdd(double* a, double v) { return cudasim_atomic_add(a, v); }
 inline int atomicAdd(int* a, int v) { return cudasim_atomic_add(a, v); }
 inline unsigned atomicAdd(unsigned* a, unsigned v) { return cudasim_atomic_add(a, v); }
 inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) { return cudasim_atomic_add(a, v); }
-inline int atomicSub(int* a, int v) { return std::atomic_ref<int>(*a).fetch_sub(v); }
-inline unsigned atomicSub(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_sub(v); }
-template <class T> T cudasim_atomic_exch(T* a, T v) { return std::atomic_ref<T>(*a).exchange(v); }
+inline int atomicSub(int* a, int v) { return cudasim::atomic_ref<int>(*a).fetch_sub(v); }
+inline unsigned atomicSub(unsigned* a, unsigned v) { return cudasim::atomic_ref<unsigned>(*a).fetch_sub(v); }
+template <class T> T cudasim_atomic_exch(T* a, T v) { return cudasim::atomic_ref<T>(*a).exchange(v); }
 inline int atomicExch(int* a, int v) { return cudasim_atomic_exch(a, v); }
 inline unsigned atomicExch(unsigned* a, unsigned v) { return cudasim_atomic_exch(a, v); }
 inline float atomicExch(float* a, float v) { return cudasim_atomic_exch(a, v); }
 inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { return cudasim_atomic_exch(a, v); }
 template <class T> T cudasim_atomic_cas(T* a, T expected, T desired) {
-    std::atomic_ref<T>(*a).compare_exchange_strong(expected, desired);
+    cudasim::atomic_ref<T>(*a).compare_exchange_strong(expected, desired);
     return expected;  // the old value, whether or not the swap happened
 }
 inline int atomicCAS(int* a, int c, int v) { return cudasim_atomic_cas(a, c, v); }
 inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) { return cudasim_atomic_cas(a, c, v); }
 inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) { return cudasim_atomic_cas(a, c, v); }
 template <class T, class F> T cudasim_atomic_update(T* a, F f) {
-    std::atomic_ref<T> ref(*a);
+    cudasim::atomic_ref<T> ref(*a);
     T old = ref.load();
     while (!ref.compare_exchange_weak(old, f(old))) {}
     return old;
@@ -257,12 +351,12 @@ inline unsigned atomicMax(unsigned* a, unsigned v) { return cudasim_atomic_updat
 inline long long atomicMax(long long* a, long long v) { return cudasim_atomic_update(a, [v](long long o) { return o > v ? o : v; }); }
 inline int atomicMin(int* a, int v) { return cudasim_atomic_update(a, [v](int o) { return o < v ? o : v; }); }
 inline unsigned atomicMin(unsigned* a, unsigned v) { return cudasim_atomic_update(a, [v](unsigned o) { return o < v ? o : v; }); }
-inline int atomicAnd(int* a, int v) { return std::atomic_ref<int>(*a).fetch_and(v); }
-inline int atomicOr(int* a, int v) { return std::atomic_ref<int>(*a).fetch_or(v); }
-inline int atomicXor(int* a, int v) { return std::atomic_ref<int>(*a).fetch_xor(v); }
-inline unsigned atomicAnd(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_and(v); }
-inline unsigned atomicOr(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_or(v); }
-inline unsigned atomicXor(unsigned* a, unsigned v) { return std::atomic_ref<unsigned>(*a).fetch_xor(v); }
+inline int atomicAnd(int* a, int v) { return cudasim::atomic_ref<int>(*a).fetch_and(v); }
+inline int atomicOr(int* a, int v) { return cudasim::atomic_ref<int>(*a).fetch_or(v); }
+inline int atomicXor(int* a, int v) { return cudasim::atomic_ref<int>(*a).fetch_xor(v); }
+inline unsigned atomicAnd(unsigned* a, unsigned v) { return cudasim::atomic_ref<unsigned>(*a).fetch_and(v); }
+inline unsigned atomicOr(unsigned* a, unsigned v) { return cudasim::atomic_ref<unsigned>(*a).fetch_or(v); }
+inline unsigned atomicXor(unsigned* a, unsigned v) { return cudasim::atomic_ref<unsigned>(*a).fetch_xor(v); }
 
 // ----------------------------------------------------------------------------
 // Math and bit intrinsics: the fast-math versions are the exact ones here.
@@ -359,6 +453,12 @@ CUDASIM_TEXTURE_FUNCTION(surf3Dwrite)
 // cublasSgemm, cublasSgemmStridedBatched, cublasGemmEx, cublasGemmStridedBatchedEx (fp32 and bf16
 // matrices, fp32 compute), cublasGetStatusString/Name.
 
+// ---- issue 20: the wider runtime API, intrinsics and libraries, each in its own header
+#include "cudasim_intrinsics.h"
+#include "cudasim_runtime.h"
+#include "cudasim_cublaslt.h"
+// ---- end issue 20
+
 #endif  // GPTCU_CUDASIM_H
 
 // ============================================================================
@@ -387,7 +487,7 @@ namespace cudasim {
 // The device we pretend to be: limits as on an sm_80/sm_90 part, so launches fail where a GPU's would.
 constexpr int max_threads_per_block = 1024;
 constexpr size_t default_shared_bytes = 48 * 1024;   // dynamic shared memory without opt-in
-constexpr size_t max_shared_bytes_optin = 227 * 1024; // with cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
+constexpr size_t max_shared_bytes_optin = 163 * 1024; // with cudaFuncSetAttribute(MaxDynamicSharedMemorySize) (A100)
 
 void fatal(const char* fmt, ...) {
     va_list ap;
@@ -428,6 +528,13 @@ struct Worker {
     char* stacks = nullptr;
     size_t stack_bytes = 0;
     std::mt19937 rng{1234};
+    size_t page = 0;                             // the guard page below each stack
+    const std::vector<unsigned>* lane_order = nullptr;  // the block's order of lanes inside a warp
+    unsigned lane_position[32] = {};             // lane -> its position in *lane_order
+    unsigned block_threads = 0;                  // threads in the running block
+    bool trapped = false;                        // a thread of the running block stopped at a trap
+    unsigned long long progress = 0;             // counts what threads did other than spin (see spin_wait)
+    unsigned group_arrived[32] = {}, group_phase[32] = {};  // group_barrier: arrivals and phase, per group
     std::vector<std::pair<void*, size_t>> static_shared;  // this OS thread's copies of __shared__ variables
     alignas(128) unsigned char shared[max_shared_bytes_optin];  // `extern __shared__`
 
@@ -439,7 +546,7 @@ struct Worker {
                                         "64"
 #endif
                                         ), nullptr, 10);
-        size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+        page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
         stack_bytes = (kb * 1024 + page - 1) / page * page + page;  // + the guard page
         size_t total = stack_bytes * max_threads_per_block;
         void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -537,19 +644,96 @@ static const char* op_name(WarpOp op) {
         case WarpOp::ballot: return "__ballot_sync";
         case WarpOp::any: return "__any_sync";
         case WarpOp::all: return "__all_sync";
+        case WarpOp::match_any: return "__match_any_sync";
+        case WarpOp::match_all: return "__match_all_sync";
+        case WarpOp::coalesce: return "cooperative_groups::coalesced_threads";
     }
     return "?";
 }
 
-static void resume(Worker& w, Thread& t) {
+// ---- issue 20: fibers are chained. A thread that has not started yet runs on the fiber of the lane
+// before it in the warp's order, if that lane finished without waiting at a barrier or a collective:
+// a kernel with neither costs one fiber per warp, not one per thread. A fiber returns to the scheduler
+// only when its current thread waits (the fiber then belongs to that thread) or the warp has no thread
+// left to start. The order in which threads run is the same as with one fiber per thread.
+
+// The next thread of `t`'s warp, in the lane order, that has not started; nullptr if none.
+static Thread* next_unstarted(Worker& w, const Thread& t) {
+    unsigned base = t.linear / 32 * 32;
+    for (unsigned p = w.lane_position[t.linear % 32] + 1; p < 32; p++) {
+        unsigned i = base + (*w.lane_order)[p];
+        if (i < w.block_threads && w.threads[i].wait == Wait::not_started) return &w.threads[i];
+    }
+    return nullptr;
+}
+
+// Switches to `fiber`, which runs thread `t` (and maybe the threads after it), until it yields or ends.
+static void switch_to(Worker& w, Thread& t, boost::context::fiber&& fiber) {
     threadIdx = t.idx;
     w.current = &t;
-    size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    asan_enter_fiber(w.stacks + t.linear * w.stack_bytes + page, w.stack_bytes - page);
-    t.fiber = std::move(t.fiber).resume();
+    asan_enter_fiber(w.stacks + t.stack_slot * w.stack_bytes + w.page, w.stack_bytes - w.page);
+    boost::context::fiber back = std::move(fiber).resume();
     asan_back_in_scheduler();
+    Thread& last = *w.current;  // the thread the fiber ran last
+    if (last.wait != Wait::spin) w.progress++;
+    if (last.wait == Wait::trapped) new boost::context::fiber(std::move(back));  // never resumed nor unwound
+    else if (last.wait != Wait::done) last.fiber = std::move(back);
     w.current = nullptr;
 }
+
+static void resume(Worker& w, Thread& t) { switch_to(w, t, std::move(t.fiber)); }
+
+// Starts thread `t` on a new fiber in its own stack slot.
+static void start_chain(Worker& w, Thread& t) {
+    boost::context::stack_context slot;
+    slot.size = w.stack_bytes - w.page;
+    slot.sp = w.stacks + (t.linear + 1) * w.stack_bytes;  // stacks grow down from the top of the slot
+    t.stack_slot = t.linear;
+    t.wait = Wait::run;
+    boost::context::fiber f(std::allocator_arg, SlotStack{slot}, [&w](boost::context::fiber&& scheduler) {
+        asan_fiber_started();
+        w.scheduler = std::move(scheduler);
+        for (;;) {
+            Thread& cur = *w.current;
+            (*w.body)();
+            cur.wait = Wait::done;
+            Thread* next = next_unstarted(w, cur);
+            if (!next) break;
+            next->wait = Wait::run;
+            next->stack_slot = cur.stack_slot;
+            threadIdx = next->idx;
+            w.current = next;
+        }
+        asan_leave_fiber(nullptr);  // nullptr: this fiber's stack is finished
+        return std::move(w.scheduler);
+    });
+    switch_to(w, t, std::move(f));
+}
+
+void spin_wait() {
+    current_thread().wait = Wait::spin;
+    yield_to_scheduler();
+}
+void note_progress() { this_worker->progress++; }
+void group_barrier(unsigned first, unsigned size) {
+    Worker& w = *this_worker;
+    unsigned g = first / size % 32, phase = w.group_phase[g];
+    w.progress++;
+    if (++w.group_arrived[g] == std::min(size, w.block_threads - first)) {
+        w.group_arrived[g] = 0;
+        w.group_phase[g]++;
+        return;
+    }
+    while (w.group_phase[g] == phase) spin_wait();
+}
+
+void trap_current_thread() {
+    Worker& w = *this_worker;
+    current_thread().wait = Wait::trapped;
+    w.trapped = true;
+    for (;;) yield_to_scheduler();  // the scheduler never resumes a trapped thread
+}
+// ---- end issue 20
 
 // Performs one warp collective for the lanes in `group` (indices into the block's threads), all of
 // which are waiting at the same operation with the same mask.
@@ -569,6 +753,14 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
             case WarpOp::ballot: t->result = ballot; break;
             case WarpOp::any: t->result = ballot != 0; break;
             case WarpOp::all: t->result = ballot == group; break;
+            case WarpOp::match_any: case WarpOp::match_all: {  // issue 20: the lanes whose value equals this lane's
+                unsigned same = 0;
+                for (unsigned m = 0; m < 32; m++)
+                    if (lanes[m] && lanes[m]->value == t->value) same |= 1u << m;
+                t->result = t->op == WarpOp::match_any ? same : (same == group ? group : 0);
+                break;
+            }
+            case WarpOp::coalesce: t->result = group; break;
             default: {
                 int width = t->width, section = static_cast<int>(l) / width * width, src = static_cast<int>(l);
                 if (t->op == WarpOp::shfl_idx) src = section + (t->arg % width + width) % width;
@@ -595,8 +787,13 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
 static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<unsigned>& lane_order) {
     unsigned base = warp * 32;
     for (;;) {
-        for (unsigned lane : lane_order)
-            if (base + lane < n && w.threads[base + lane].wait == Wait::run) resume(w, w.threads[base + lane]);
+        for (unsigned lane : lane_order) {
+            if (base + lane >= n) continue;
+            Thread& t = w.threads[base + lane];
+            if (t.wait == Wait::not_started) start_chain(w, t);
+            else if (t.wait == Wait::run) resume(w, t);
+            if (w.trapped) return;
+        }
         unsigned waiting = 0, exists = 0;
         for (unsigned l = 0; l < 32 && base + l < n; l++) {
             exists |= 1u << l;
@@ -607,6 +804,7 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
         for (unsigned l = 0; l < 32; l++) {
             if (!(waiting >> l & 1u)) continue;
             Thread& t = w.threads[base + l];
+            if (t.op == WarpOp::coalesce) continue;  // issue 20: formed below, once nothing else can complete
             unsigned group = t.mask & exists;
             bool complete = (group >> l & 1u);
             for (unsigned m = 0; m < 32 && complete; m++) {
@@ -621,6 +819,23 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
             }
         }
         if (progressed) continue;
+        // ---- issue 20: cg::coalesced_threads() groups the lanes waiting at the same call (the lanes a GPU
+        // would have converged there), once no other collective of the warp can complete.
+        for (unsigned l = 0; l < 32 && !progressed; l++) {
+            const Thread& t = w.threads[base + l];
+            if (!(waiting >> l & 1u) || t.op != WarpOp::coalesce) continue;
+            unsigned group = 0;
+            for (unsigned m = l; m < 32; m++)
+                if ((waiting >> m & 1u) && w.threads[base + m].op == WarpOp::coalesce &&
+                    w.threads[base + m].value == t.value)
+                    group |= 1u << m;
+            perform_warp_op(w, base, n, group);
+            progressed = true;
+        }
+        if (progressed) continue;
+        for (unsigned l = 0; l < 32 && base + l < n; l++)  // a spinning lane may still come: the block decides
+            if (w.threads[base + l].wait == Wait::spin) return;
+        // ---- end issue 20
         // Nothing can complete: name the first stuck collective and a lane that is missing from it.
         Thread& t = w.threads[base + __builtin_ctz(waiting)];
         unsigned group = t.mask & exists;
@@ -661,29 +876,41 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
     // (a missing barrier, an off-by-one) shows up as NaN instead of a stale value from the last block.
     std::memset(w.shared, 0xff, config.shared_bytes);
     for (auto [p, bytes] : w.static_shared) std::memset(p, 0xff, bytes);
+    // Fibers left by the previous block (only a trapped block leaves any) are released before any new
+    // one is built: a fiber's record lives in a stack slot a new fiber may be built in.
+    for (unsigned i = 0; i < w.block_threads; i++) w.threads[i].fiber = boost::context::fiber();
     for (unsigned i = 0; i < n; i++) {
         Thread& t = w.threads[i];
         t.idx = uint3{i % b.x, i / b.x % b.y, i / b.x / b.y};
         t.linear = i;
-        t.wait = Wait::run;
-        boost::context::stack_context slot;
-        slot.size = w.stack_bytes - static_cast<size_t>(sysconf(_SC_PAGESIZE));
-        slot.sp = w.stacks + (i + 1) * w.stack_bytes;  // stacks grow down from the top of the slot
-        // Release the previous block's (finished) fiber first: its record may live in the same
-        // stack slot the new one is built in, so destroying it after would unwind the new fiber instead.
-        t.fiber = boost::context::fiber();
-        t.fiber = boost::context::fiber(std::allocator_arg, SlotStack{slot}, [&w, &t](boost::context::fiber&& scheduler) {
-            asan_fiber_started();
-            w.scheduler = std::move(scheduler);
-            (*w.body)();
-            t.wait = Wait::done;
-            asan_leave_fiber(nullptr);  // nullptr: this fiber's stack is finished
-            return std::move(w.scheduler);
-        });
+        t.wait = Wait::not_started;  // each starts on a fiber when the scheduler (or the lane before it) gets to it
     }
     std::vector<unsigned> warp_order = make_order(w, nwarps), lane_order = make_order(w, 32);
+    w.lane_order = &lane_order;
+    for (unsigned p = 0; p < 32; p++) w.lane_position[lane_order[p]] = p;
+    w.block_threads = n;
+    w.trapped = false;
+    std::fill(std::begin(w.group_arrived), std::end(w.group_arrived), 0u);
+    unsigned long long progress_seen = ~0ull;
     for (;;) {
-        for (unsigned warp : warp_order) run_warp(w, warp, n, lane_order);
+        for (unsigned warp : warp_order) {
+            run_warp(w, warp, n, lane_order);
+            if (w.trapped) return;
+        }
+        // ---- issue 20: spinning threads look again, as long as some thread did something since they last looked
+        bool spinning = false;
+        for (unsigned i = 0; i < n; i++) spinning = spinning || w.threads[i].wait == Wait::spin;
+        if (spinning) {
+            if (w.progress == progress_seen)
+                fatal("kernel '%s' block (%u,%u,%u): threads wait for arrivals that never come (cuda::barrier, a "
+                      "pipeline, or a cooperative-groups tile of more than 32 threads that not all its threads reach) "
+                      "- a deadlock on a GPU", config.name, blockIdx.x, blockIdx.y, blockIdx.z);
+            progress_seen = w.progress;
+            for (unsigned i = 0; i < n; i++)
+                if (w.threads[i].wait == Wait::spin) w.threads[i].wait = Wait::run;
+            continue;
+        }
+        // ---- end issue 20
         unsigned done = 0, count = 0, first_done = n, first_waiting = n;
         bool all_same = true;
         BarrierKind kind = BarrierKind::sync;
@@ -714,6 +941,8 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
     }
 }
 
+cudaError_t sticky_error();  // issue 20: cudaErrorAssert etc. after a device assert; cudaSuccess before
+
 // ----------------------------------------------------------------------------
 // The pool of OS threads. The launching thread works too; the others wait for the next grid.
 struct Pool {
@@ -738,7 +967,7 @@ struct Pool {
         w.config = config;
         w.body = body;
         this_worker = &w;
-        for (unsigned long long b; (b = next_block.fetch_add(1)) < blocks;) run_block(w, *config, b);
+        for (unsigned long long b; (b = next_block.fetch_add(1)) < blocks && !sticky_error();) run_block(w, *config, b);
         this_worker = nullptr;
     }
     void loop(int id) {
@@ -815,6 +1044,7 @@ static cudaError_t fail(cudaError_t code, const char* fmt, ...) {
 void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
     if (this_worker) fatal("kernel '%s' launched from inside kernel '%s': dynamic parallelism is not supported on the CPU",
                            c.name, this_worker->config->name);
+    if (cudaError_t e = sticky_error()) { g_last_error = e; return; }  // issue 20: after a trap nothing runs
     const dim3 g = c.grid, b = c.block;
     unsigned long long threads = 1ull * b.x * b.y * b.z, blocks = 1ull * g.x * g.y * g.z;
     if (blocks == 0 || threads == 0) {
@@ -832,6 +1062,8 @@ void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
         std::lock_guard<std::mutex> lock(g_mutex);
         auto it = g_max_dynamic_shared.find(c.function);
         if (it != g_max_dynamic_shared.end()) limit = std::max(limit, static_cast<size_t>(it->second));
+        if (!c.function)  // issue 20: a launch by call (launch_call) does not know its kernel's address
+            for (auto [kernel, bytes] : g_max_dynamic_shared) limit = std::max(limit, static_cast<size_t>(bytes));
     }
     if (c.shared_bytes > limit) {
         fail(cudaErrorInvalidValue, "launch of '%s': %zu bytes of dynamic shared memory, but the limit is %zu "
@@ -871,14 +1103,20 @@ extern "C" void __asan_on_error() {
                      w->config->name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
 }
 #endif
-long long clock64() { return cudasim::clock64_impl(); }
+// issue 20: cycles of the virtual device's 1410 MHz clock (cudaDevAttrClockRate), so cycles / clock rate is time
+long long clock64() { return cudasim::clock64_impl() * 141 / 100; }
 
 // ----------------------------------------------------------------------------
 // CUDA runtime API (declared by <cuda_runtime_api.h>).
 using cudasim::fail;
 
-cudaError_t cudaGetLastError() { cudaError_t e = cudasim::g_last_error; cudasim::g_last_error = cudaSuccess; return e; }
-cudaError_t cudaPeekAtLastError() { return cudasim::g_last_error; }
+cudaError_t cudaGetLastError() {
+    if (cudaError_t e = cudasim::sticky_error()) return e;  // issue 20: a trap's error does not clear
+    cudaError_t e = cudasim::g_last_error;
+    cudasim::g_last_error = cudaSuccess;
+    return e;
+}
+cudaError_t cudaPeekAtLastError() { return cudasim::sticky_error() ? cudasim::sticky_error() : cudasim::g_last_error; }
 
 const char* cudaGetErrorName(cudaError_t e) {
     switch (e) {
@@ -889,6 +1127,9 @@ const char* cudaGetErrorName(cudaError_t e) {
         CASE(cudaErrorInvalidResourceHandle) CASE(cudaErrorNotReady) CASE(cudaErrorIllegalAddress)
         CASE(cudaErrorLaunchOutOfResources) CASE(cudaErrorLaunchFailure) CASE(cudaErrorNotSupported)
         CASE(cudaErrorInvalidDeviceFunction)
+        CASE(cudaErrorAssert) CASE(cudaErrorUnsupportedLimit) CASE(cudaErrorHostMemoryAlreadyRegistered)  // issue 20
+        CASE(cudaErrorHostMemoryNotRegistered) CASE(cudaErrorStreamCaptureUnsupported) CASE(cudaErrorIllegalState)
+        CASE(cudaErrorInvalidPitchValue) CASE(cudaErrorIllegalInstruction)
 #undef CASE
         default: return "cudaErrorUnknown";
     }
@@ -905,6 +1146,10 @@ const char* cudaGetErrorString(cudaError_t e) {
         case cudaErrorInvalidDevice: return "invalid device ordinal";
         case cudaErrorInvalidResourceHandle: return "invalid resource handle";
         case cudaErrorNotSupported: return "operation not supported";
+        case cudaErrorAssert: return "device-side assert triggered";  // issue 20
+        case cudaErrorLaunchFailure: return "unspecified launch failure";
+        case cudaErrorIllegalInstruction: return "an illegal instruction was encountered";
+        case cudaErrorUnsupportedLimit: return "limit is not supported on this architecture";
         default: return "unknown error";
     }
 }
@@ -934,7 +1179,11 @@ cudaError_t cudaFree(void* p) {
 invalid:
     return fail(cudaErrorInvalidValue, "cudaFree(%p): not the start of a cudaMalloc allocation", p);
 }
-cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
+    // issue 20: freed in a captured stream, the memory must outlive every launch of the graph: it is kept
+    if (cudasim::capture_node(stream, "cudaFreeAsync", [] { return cudasim::BoundLaunch(); })) return cudaSuccess;
+    return cudaFree(p);
+}
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
     *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
     return *p || bytes == 0 ? cudaSuccess : fail(cudaErrorMemoryAllocation, "cudaMallocHost of %zu bytes failed", bytes);
@@ -943,6 +1192,7 @@ cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) { return cudaMallocH
 cudaError_t cudaFreeHost(void* p) { std::free(p); return cudaSuccess; }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (cudaError_t e = cudasim::sticky_error()) return e;  // issue 20
     if (bytes == 0) return cudaSuccess;
     bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
     bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
@@ -955,7 +1205,11 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
     std::memmove(dst, src, bytes);
     return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
+    if (cudasim::capture_node(stream, "cudaMemcpyAsync", [&] {  // issue 20: a node of the graph being captured
+            return cudasim::BoundLaunch([=] { cudaMemcpy(dst, src, bytes, kind); });
+        }))
+        return cudaSuccess;
     return cudaMemcpy(dst, src, bytes, kind);
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
@@ -964,7 +1218,13 @@ cudaError_t cudaMemset(void* p, int value, size_t bytes) {
     std::memset(p, value, bytes);
     return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
+    if (cudasim::capture_node(stream, "cudaMemsetAsync", [&] {  // issue 20
+            return cudasim::BoundLaunch([=] { cudaMemset(p, value, bytes); });
+        }))
+        return cudaSuccess;
+    return cudaMemset(p, value, bytes);
+}
 cudaError_t cudaMemcpyToSymbol(const void* symbol, const void* src, size_t bytes, size_t offset, cudaMemcpyKind) {
     std::memcpy(static_cast<char*>(const_cast<void*>(symbol)) + offset, src, bytes);
     return cudaSuccess;
@@ -983,10 +1243,6 @@ cudaError_t cudaLaunchCooperativeKernel(const void*, dim3, dim3, void**, size_t,
     cudasim::fatal("cudaLaunchCooperativeKernel: cooperative launches (grid-wide synchronisation) are not supported on "
                    "the CPU, whose blocks do not all run at once; split the kernel into two launches");
 }
-cudaError_t cudaLaunchKernel(const void*, dim3, dim3, void**, size_t, cudaStream_t) {
-    cudasim::fatal("cudaLaunchKernel: launches through the C API (arguments as void**) are not emulated; "
-                   "launch with kernel<<<grid, block, shared_bytes, stream>>>(args)");
-}
 cudaChannelFormatDesc cudaCreateChannelDesc(int x, int y, int z, int w, cudaChannelFormatKind f) { return {x, y, z, w, f}; }
 cudaError_t cudaCreateTextureObject(cudaTextureObject_t*, const cudaResourceDesc*, const cudaTextureDesc*,
                                     const cudaResourceViewDesc*) {
@@ -996,51 +1252,14 @@ cudaError_t cudaCreateSurfaceObject(cudaSurfaceObject_t*, const cudaResourceDesc
     cudasim::fatal("cudaCreateSurfaceObject: surface objects are not supported on the CPU; write the array with plain stores");
 }
 
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }  // every launch and copy is synchronous
+cudaError_t cudaDeviceSynchronize() { return cudasim::sticky_error(); }  // every launch and copy is synchronous
 cudaError_t cudaDeviceReset() { return cudaSuccess; }
 cudaError_t cudaSetDevice(int device) {
     return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice(%d): the CPU is device 0 and the only one", device);
 }
 cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
 cudaError_t cudaGetDeviceCount(int* count) { *count = 1; return cudaSuccess; }
-cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties(%d): only device 0 exists", device);
-    std::memset(prop, 0, sizeof *prop);
-    std::snprintf(prop->name, sizeof prop->name, "CPU (emulated by cudasim)");
-    prop->totalGlobalMem = cudasim::physical_memory();
-    prop->sharedMemPerBlock = cudasim::default_shared_bytes;
-    prop->sharedMemPerBlockOptin = cudasim::max_shared_bytes_optin;
-    prop->sharedMemPerMultiprocessor = cudasim::max_shared_bytes_optin + 1024;
-    prop->regsPerBlock = 65536;
-    prop->warpSize = 32;
-    prop->maxThreadsPerBlock = 1024;
-    prop->maxThreadsPerMultiProcessor = 2048;
-    prop->maxThreadsDim[0] = prop->maxThreadsDim[1] = 1024;
-    prop->maxThreadsDim[2] = 64;
-    prop->maxGridSize[0] = 2147483647;
-    prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
-    prop->multiProcessorCount = static_cast<int>(std::thread::hardware_concurrency());
-    prop->l2CacheSize = 0;
-    prop->major = 8;
-    prop->minor = 0;
-    return cudaSuccess;
-}
-cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-    cudaDeviceProp p;
-    if (cudaError_t e = cudaGetDeviceProperties(&p, device); e != cudaSuccess) return e;
-    switch (attr) {
-        case cudaDevAttrMultiProcessorCount: *value = p.multiProcessorCount; break;
-        case cudaDevAttrMaxThreadsPerBlock: *value = p.maxThreadsPerBlock; break;
-        case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(p.sharedMemPerBlockOptin); break;
-        case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(p.sharedMemPerBlock); break;
-        case cudaDevAttrWarpSize: *value = 32; break;
-        case cudaDevAttrComputeCapabilityMajor: *value = p.major; break;
-        case cudaDevAttrComputeCapabilityMinor: *value = p.minor; break;
-        case cudaDevAttrL2CacheSize: *value = 0; break;
-        default: return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute %d is not emulated", static_cast<int>(attr));
-    }
-    return cudaSuccess;
-}
+// cudaGetDeviceProperties and cudaDeviceGetAttribute: dev/cudasim_runtime.h (the virtual device).
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;  // carve-out hints: nothing to do
     if (value < 0 || static_cast<size_t>(value) > cudasim::max_shared_bytes_optin)
@@ -1057,13 +1276,24 @@ struct CUevent_st { double ms; };
 cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st{}; return cudaSuccess; }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudasim::sticky_error(); }
+namespace cudasim {  // issue 20: stream capture across streams (dev/cudasim_runtime.h)
+bool capture_event_record(cudaEvent_t e, cudaStream_t stream);
+bool capture_stream_wait(cudaStream_t stream, cudaEvent_t e);
+}  // namespace cudasim
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+    cudasim::capture_stream_wait(s, e);
+    return cudaSuccess;
+}
 cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st{0.0}; return cudaSuccess; }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) { e->ms = cudasim::clock64_impl() * 1e-6; return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    if (!cudasim::capture_event_record(e, s)) e->ms = cudasim::clock64_impl() * 1e-6;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecordWithFlags(cudaEvent_t e, cudaStream_t s, unsigned) { return cudaEventRecord(e, s); }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudasim::sticky_error(); }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
     *ms = static_cast<float>(end->ms - start->ms);
     return cudaSuccess;
@@ -1234,5 +1464,11 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta
     return cudasim::gemm_ex("cublasGemmStridedBatchedEx", h, ta, tb, m, n, k, alpha, A, at, lda, sa, B, bt, ldb, sb, beta, C, ct,
                             ldc, sc, batch, compute);
 }
+
+// ---- issue 20: the implementation halves of the headers included above
+#include "cudasim_intrinsics.h"
+#include "cudasim_runtime.h"
+#include "cudasim_cublaslt.h"
+// ---- end issue 20
 
 #endif  // CUDASIM_IMPLEMENTATION

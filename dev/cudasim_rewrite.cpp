@@ -7,6 +7,10 @@
 // copies. Each output starts with `#line 1 "<original path>"`: compiler errors and gdb show the
 // original file and line. Prints the path of the rewritten INPUT. Files are rewritten only when their
 // content changes, so make and the compiler see stable timestamps.
+//
+// Two passes: the first finds every file and the kernels each declares (`scan_kernels`), the second
+// rewrites each file knowing all of them, so a launch in one file of a kernel from another is written in
+// the form that kernel needs. An include by absolute path ("/abs/x.cuh") is pointed at its rewritten copy.
 #include "cudasim_rewrite.h"
 
 #include <filesystem>
@@ -56,22 +60,59 @@ struct Rewriter {
     fs::path out_root;
     std::vector<fs::path> include_dirs;
     std::set<fs::path> done;
+    struct Source {
+        fs::path abs;
+        std::string shown, text;
+    };
+    std::vector<Source> sources;  // in the order found
+    cudasim::KernelTable kernels;
 
     fs::path output_for(const fs::path& abs) const { return out_root / abs.relative_path(); }
 
+    // Second pass: rewrite every file found, with every kernel known.
+    void write_all() {
+        for (const Source& f : sources) {
+            std::string text;
+            try {
+                text = "#line 1 \"" + f.shown + "\"\n" + cudasim::rewrite_cuda_source(f.text, &kernels);
+            } catch (const std::exception& e) {
+                throw std::runtime_error(f.shown + ": " + e.what());
+            }
+            write_if_changed(output_for(f.abs), point_absolute_includes(text));
+        }
+    }
+
+    // `#include "/abs/path.cuh"` -> the rewritten copy of that file (the line stays one line).
+    std::string point_absolute_includes(const std::string& text) const {
+        std::string out;
+        std::istringstream in(text);
+        for (std::string line; std::getline(in, line);) {
+            size_t h = line.find_first_not_of(" \t");
+            size_t open = line.find('"');
+            if (h != std::string::npos && line[h] == '#' && line.find("include") != std::string::npos &&
+                open != std::string::npos && open + 1 < line.size() && line[open + 1] == '/') {
+                size_t close = line.find('"', open + 1);
+                fs::path target = line.substr(open + 1, close - open - 1);
+                std::error_code ec;
+                if (close != std::string::npos && fs::is_regular_file(target, ec))
+                    line = line.substr(0, open + 1) + output_for(fs::weakly_canonical(target)).string() +
+                           line.substr(close);
+            }
+            out += line + "\n";
+        }
+        if (!text.empty() && text.back() != '\n') out.pop_back();
+        return out;
+    }
+
+    // First pass: find the file and, recursively, its quoted includes; note their kernels.
     void process(const fs::path& file, const std::string& shown_name) {
         fs::path abs = fs::weakly_canonical(fs::absolute(file));
         if (!done.insert(abs).second) return;
         std::string src = read_file(abs);
-        std::string text;
-        try {
-            text = "#line 1 \"" + shown_name + "\"\n" + cudasim::rewrite_cuda_source(src);
-        } catch (const std::exception& e) {
-            throw std::runtime_error(shown_name + ": " + e.what());
-        }
-        write_if_changed(output_for(abs), text);
+        cudasim::scan_kernels(src, kernels);
+        sources.push_back(Source{abs, shown_name, src});
         for (const std::string& name : quoted_includes(src)) {
-            std::vector<fs::path> candidates{abs.parent_path() / name};
+            std::vector<fs::path> candidates{fs::path(name).is_absolute() ? fs::path(name) : abs.parent_path() / name};
             for (const fs::path& d : include_dirs) candidates.push_back(d / name);
             for (const fs::path& c : candidates) {
                 std::error_code ec;
@@ -102,6 +143,7 @@ int main(int argc, char** argv) {
             else throw std::runtime_error("unknown argument " + a);
         }
         r.process(argv[1], argv[1]);
+        r.write_all();
         std::cout << r.output_for(fs::weakly_canonical(fs::absolute(argv[1]))).string() << "\n";
     } catch (const std::exception& e) {
         std::cerr << "cudasim_rewrite: " << e.what() << "\n";

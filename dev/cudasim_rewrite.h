@@ -9,8 +9,19 @@
 //                                                  lets cudasim fill `tile` with NaN bytes at every block start
 //   asm / __asm__ (inline PTX)                 ->  a compile error that names the feature
 // Comments, string and character literals are copied untouched, so a `<<<` inside them stays as it is.
+//
+// Kernels the rewrite has seen (issue 20; `scan_kernels`, over the file and the files it includes) change
+// two things:
+//   - a launch the function-pointer form cannot express becomes a call in every CUDA thread,
+//       k<<<grid, block>>>(args)  ->  ::cudasim::launch_call([](auto&... a) { k(a...); }, "k", grid, block)(args)
+//     so overload resolution and template deduction choose the kernel as nvcc does: for a template kernel
+//     whose arguments are deduced and for a kernel with default arguments; a kernel that shares its name
+//     with a host function is named by its exact type, static_cast<void (*)(PARAMS)>(k);
+//   - after each non-template kernel definition, on the same line, a registration that lets
+//     cudaLaunchKernel and graph kernel nodes launch it with `void** args`.
 #pragma once
 #include <cctype>
+#include <map>
 #include <stdexcept>
 #include <string>
 
@@ -115,11 +126,165 @@ inline std::string shared_registration(const std::string& decl /* between "__sha
            name + ", sizeof(" + name + "));";
 }
 
-inline std::string rewrite_cuda_source(const std::string& s) {
+// ---- issue 20: what the rewrite knows about the kernels of a translation unit
+struct KernelInfo {
+    int definitions = 0;        // non-template __global__ definitions or declarations with this name
+    bool is_template = false;   // some __global__ template has this name
+    bool has_defaults = false;  // some declaration gives a default argument
+    bool host_same_name = false;// a non-kernel function declaration has this name
+    std::string params;         // the parameter list (no defaults) of the non-template kernel
+};
+using KernelTable = std::map<std::string, KernelInfo>;
+
+// s[open] is an opening bracket; the index of its match (skipping comments and literals), or npos.
+inline size_t matching_bracket(const std::string& s, size_t open) {
+    char o = s[open], c = o == '(' ? ')' : o == '{' ? '}' : o == '[' ? ']' : '>';
+    int depth = 0;
+    for (size_t i = open; i < s.size();) {
+        if (size_t skip = skip_non_code(s, i)) { i += skip; continue; }
+        if (s[i] == o) depth++;
+        if (s[i] == c && --depth == 0) return i;
+        i++;
+    }
+    return std::string::npos;
+}
+
+// A parameter list without its default arguments (`int n = 4, float x` -> `int n, float x`).
+inline std::string strip_defaults(const std::string& params) {
+    std::string out;
+    int depth = 0;
+    bool skipping = false;
+    for (char c : params) {
+        if (c == '(' || c == '<' || c == '[' || c == '{') depth++;
+        if (c == ')' || c == '>' || c == ']' || c == '}') depth--;
+        if (depth == 0 && c == ',') skipping = false;
+        if (depth == 0 && c == '=') skipping = true;
+        if (!skipping) out += c;
+    }
+    return out;
+}
+
+inline bool has_token(const std::string& s, const std::string& word) {
+    for (size_t p = s.find(word); p != std::string::npos; p = s.find(word, p + 1))
+        if ((p == 0 || !is_ident_char(s[p - 1])) && (p + word.size() >= s.size() || !is_ident_char(s[p + word.size()])))
+            return true;
+    return false;
+}
+
+// The declaration text before position `p`: back to the previous `;`, `{`, `}` or preprocessor line.
+inline std::string declaration_head(const std::string& s, size_t p) {
+    size_t b = p;
+    while (b > 0 && s[b - 1] != ';' && s[b - 1] != '{' && s[b - 1] != '}') {
+        if (s[b - 1] == '\n') {
+            size_t q = b;
+            while (q < p && (s[q] == ' ' || s[q] == '\t')) q++;
+            if (q < p && s[q] == '#') { size_t e = s.find('\n', q); b = e == std::string::npos ? p : e + 1; break; }
+        }
+        b--;
+    }
+    return s.substr(b, p - b);
+}
+
+// Records the __global__ functions of `s` (and host functions sharing their names) in `table`.
+inline void scan_kernels(const std::string& s, KernelTable& table) {
+    std::string code;  // s with comments and literals blanked, same length
+    for (size_t i = 0; i < s.size();) {
+        if (size_t skip = skip_non_code(s, i)) {
+            for (size_t j = 0; j < skip; j++) code += s[i + j] == '\n' ? '\n' : ' ';
+            i += skip;
+            continue;
+        }
+        code += s[i++];
+    }
+    for (size_t p = code.find("__global__"); p != std::string::npos; p = code.find("__global__", p + 10)) {
+        if ((p > 0 && is_ident_char(code[p - 1])) || is_ident_char(code[p + 10])) continue;
+        bool is_template = has_token(declaration_head(code, p), "template");
+        // the name: the first identifier followed by '(' that is not an attribute
+        size_t i = p + 10, open = std::string::npos;
+        std::string name;
+        while (i < code.size() && code[i] != ';' && code[i] != '{') {
+            if (is_ident_char(code[i])) {
+                size_t e = i;
+                while (e < code.size() && is_ident_char(code[e])) e++;
+                std::string word = code.substr(i, e - i);
+                size_t q = e;
+                while (q < code.size() && std::isspace(static_cast<unsigned char>(code[q]))) q++;
+                if (q < code.size() && code[q] == '(') {
+                    if (word == "__launch_bounds__" || word == "__attribute__" || word == "__declspec" ||
+                        word == "__align__" || word == "alignas") {
+                        i = matching_bracket(code, q);
+                        if (i == std::string::npos) break;
+                        i++;
+                        continue;
+                    }
+                    name = word;
+                    open = q;
+                    break;
+                }
+                i = e;
+                continue;
+            }
+            i++;
+        }
+        if (name.empty()) continue;
+        size_t close = matching_bracket(code, open);
+        if (close == std::string::npos) continue;
+        std::string params = code.substr(open + 1, close - open - 1);
+        KernelInfo& k = table[name];
+        if (is_template) k.is_template = true;
+        else {
+            std::string stripped = strip_defaults(params);
+            if (k.params != stripped) k.definitions++;
+            k.params = stripped;
+        }
+        if (strip_defaults(params) != params) k.has_defaults = true;
+    }
+    // host (or device) functions that share a kernel's name: `TYPE name(` in a declaration without __global__
+    for (auto& [name, info] : table) {
+        for (size_t p = code.find(name); p != std::string::npos; p = code.find(name, p + 1)) {
+            if ((p > 0 && is_ident_char(code[p - 1])) || is_ident_char(code[p + name.size()])) continue;
+            size_t q = p + name.size();
+            while (q < code.size() && std::isspace(static_cast<unsigned char>(code[q]))) q++;
+            if (q >= code.size() || code[q] != '(') continue;
+            std::string head = trim(declaration_head(code, p));
+            if (head.empty() || has_token(head, "__global__")) continue;
+            char last = head.back();
+            if (!(is_ident_char(last) || last == '*' || last == '&' || last == '>')) continue;
+            if (head.find_first_of("=(),") != std::string::npos) continue;
+            size_t w = head.size();
+            while (w > 0 && is_ident_char(head[w - 1])) w--;
+            std::string prev = head.substr(w);
+            if (prev == "return" || prev == "else" || prev == "new" || prev == "case" || prev == "throw" ||
+                prev == "do" || prev == "goto" || prev == "sizeof" || prev == "decltype")
+                continue;
+            info.host_same_name = true;
+        }
+    }
+}
+
+// The text that stands for kernel `name` in a launch: how the launch must be written.
+enum class LaunchForm { pointer, typed_pointer, call };
+inline LaunchForm launch_form(const KernelTable* table, const std::string& name) {
+    if (!table || name.find_first_of(":<") != std::string::npos) return LaunchForm::pointer;
+    auto it = table->find(name);
+    if (it == table->end()) return LaunchForm::pointer;
+    const KernelInfo& k = it->second;
+    if (k.is_template || k.has_defaults || k.definitions > 1) return LaunchForm::call;
+    if (k.host_same_name) return LaunchForm::typed_pointer;
+    return LaunchForm::pointer;
+}
+// ---- end issue 20
+
+inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* table = nullptr) {
     std::string out;
     out.reserve(s.size() + 256);
+    std::map<size_t, std::string> registrations;  // position just after a kernel's closing brace -> its registration
     size_t i = 0;
     while (i < s.size()) {
+        if (!registrations.empty() && i >= registrations.begin()->first) {
+            out += registrations.begin()->second;
+            registrations.erase(registrations.begin());
+        }
         if (size_t skip = skip_non_code(s, i)) {
             out.append(s, i, skip);
             i += skip;
@@ -135,15 +300,42 @@ inline std::string rewrite_cuda_source(const std::string& s) {
                 break;
             }
         }
-        if (s.compare(i, 6, "extern") == 0 && (i == 0 || !is_ident_char(s[i - 1]))) {
-            size_t j = i + 6;
-            while (j < s.size() && std::isspace(static_cast<unsigned char>(s[j]))) j++;
-            if (s.compare(j, 10, "__shared__") == 0) {
-                size_t semi = s.find(';', j);
-                if (semi == std::string::npos) throw std::runtime_error("extern __shared__ without ';'");
-                out += rewrite_extern_shared(s.substr(j + 10, semi - j - 10));
+        if (s.compare(i, 6, "extern") == 0 && (i == 0 || !is_ident_char(s[i - 1])) && !is_ident_char(s[i + 6])) {
+            // `extern __shared__ T x[];` and `extern T __shared__ x[];` (the qualifier after the type)
+            size_t semi = s.find(';', i);
+            std::string decl = semi == std::string::npos ? "" : s.substr(i + 6, semi - i - 6);
+            size_t q = decl.find("__shared__");
+            if (q != std::string::npos && trim(decl)[0] != '"' && decl.find_first_of("{}") == std::string::npos &&
+                has_token(decl, "__shared__")) {
+                decl.erase(q, 10);
+                out += rewrite_extern_shared(decl);
                 i = semi;  // the ';' is copied next
                 continue;
+            }
+        }
+        // after a non-template kernel's definition: its registration for launches with `void** args`
+        if (table && s.compare(i, 10, "__global__") == 0 && (i == 0 || !is_ident_char(s[i - 1])) &&
+            !is_ident_char(s[i + 10]) && !has_token(declaration_head(s, i), "template")) {
+            size_t open = s.find('(', i), brace = s.find_first_of(";{", i);
+            if (open != std::string::npos && brace != std::string::npos && open < brace) {
+                size_t name_end = open;
+                while (name_end > i && std::isspace(static_cast<unsigned char>(s[name_end - 1]))) name_end--;
+                size_t name_start = name_end;
+                while (name_start > i && is_ident_char(s[name_start - 1])) name_start--;
+                std::string name = s.substr(name_start, name_end - name_start);
+                size_t close = matching_bracket(s, open);
+                size_t body = close == std::string::npos ? close : s.find_first_not_of(" \t\r\n", close + 1);
+                auto it = table->find(name);
+                if (body != std::string::npos && s[body] == '{' && it != table->end() && it->second.definitions == 1 &&
+                    name != "__launch_bounds__") {
+                    size_t end = matching_bracket(s, body);
+                    if (end != std::string::npos) {
+                        std::string params = strip_defaults(s.substr(open + 1, close - open - 1));
+                        registrations[end + 1] = " [[maybe_unused]] static const bool cudasim_registered_" + name +
+                                                 " = ::cudasim::register_kernel(static_cast<void (*)(" + params +
+                                                 ")>(" + name + "), \"" + name + "\");";
+                    }
+                }
             }
         }
         if (s.compare(i, 10, "__shared__") == 0 && (i == 0 || !is_ident_char(s[i - 1])) && !is_ident_char(s[i + 10])) {
@@ -177,12 +369,38 @@ inline std::string rewrite_cuda_source(const std::string& s) {
             std::string quoted;
             for (char c : name) quoted += c == '\n' ? ' ' : c;
             out.erase(start);
-            out += "::cudasim::launch(" + name + ", \"" + quoted + "\", " + s.substr(i + 3, cfg_end - i - 3) + ")";
+            std::string config = s.substr(i + 3, cfg_end - i - 3);
+            switch (launch_form(table, name)) {
+                case LaunchForm::pointer:
+                    out += "::cudasim::launch(" + name + ", \"" + quoted + "\", " + config + ")";
+                    break;
+                case LaunchForm::typed_pointer:
+                    out += "::cudasim::launch(static_cast<void (*)(" + table->at(name).params + ")>(" + name + "), \"" +
+                           quoted + "\", " + config + ")";
+                    break;
+                case LaunchForm::call:
+                    out += "::cudasim::launch_call([](auto&... cudasim_args) { " + name + "(cudasim_args...); }, \"" +
+                           quoted + "\", " + config + ")";
+                    break;
+            }
             i = cfg_end + 3;
+            // The arguments: `NULL` (an integer in g++) becomes `nullptr`, since the launcher passes arguments
+            // on as values, where a null pointer constant is no longer one (nvcc converts it in the call).
+            size_t open = s.find_first_not_of(" \t\r\n", i);
+            size_t close = open != std::string::npos && s[open] == '(' ? matching_bracket(s, open) : std::string::npos;
+            if (close != std::string::npos) {
+                std::string args = s.substr(i, close + 1 - i);
+                for (size_t p = 0; (p = args.find("NULL", p)) != std::string::npos; p += 4)
+                    if ((p == 0 || !is_ident_char(args[p - 1])) && (p + 4 >= args.size() || !is_ident_char(args[p + 4])))
+                        args.replace(p, 4, "nullptr");
+                out += args;
+                i = close + 1;
+            }
             continue;
         }
         out += s[i++];
     }
+    for (auto& [pos, text] : registrations) out += text;
     return out;
 }
 

@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # Installs the Debian packages gpt.cu builds against, if any is missing. Idempotent: it only looks
-# for the headers when all are present. Needs root for apt-get; otherwise names what to install.
+# for the files when all are present. Needs root for apt-get; otherwise names what to install.
+#
+# Each package is checked by the files the build uses from it. For OpenBLAS that is the library
+# itself (-lopenblas), not only <cblas.h>: libblas-dev (the reference BLAS) installs a cblas.h too,
+# so a machine with only libblas-dev has the header but fails at link time with `cannot find -lopenblas`.
 set -euo pipefail
 declare -A need=(
   [doctest-dev]=/usr/include/doctest/doctest.h
   [nlohmann-json3-dev]=/usr/include/nlohmann/json.hpp
-  [libopenblas-dev]=/usr/include/x86_64-linux-gnu/cblas.h
-  [libboost-context-dev]=/usr/include/boost/context/fiber.hpp
-  [libcpp-httplib-dev]=/usr/include/httplib.h
+  [libopenblas-dev]="/usr/lib/*/libopenblas.so /usr/include/*/cblas.h"
+  [libboost-context-dev]="/usr/include/boost/context/fiber.hpp /usr/lib/*/libboost_context.so"
+  [libcpp-httplib-dev]="/usr/include/httplib.h"
 )
+# true when every pattern of the list matches an existing file
+have_all() {
+  local pattern
+  for pattern in $1; do
+    compgen -G "$pattern" >/dev/null || return 1
+  done
+}
 missing=()
 for pkg in "${!need[@]}"; do
-  f=${need[$pkg]}
-  # cblas.h lives under the multiarch directory; accept it anywhere under /usr/include
-  if [ ! -e "$f" ] && ! { [ "$pkg" = libopenblas-dev ] && ls /usr/include/*/openblas-pthread/cblas.h >/dev/null 2>&1; }; then
-    missing+=("$pkg")
-  fi
+  have_all "${need[$pkg]}" || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

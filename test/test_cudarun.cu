@@ -8,7 +8,11 @@
 #include "test/test_util.h"
 
 #if defined(CUDASIM)
+#include <algorithm>
+#include <future>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace {
 
@@ -34,7 +38,50 @@ void check_example(const std::string& args) {
     CHECK_FALSE(contains(r.output, "FAIL"));
 }
 
+// dev/cudarun for each of `runs`, as many at a time as there are cores (each is mostly a g++ compile).
+// The first runs alone: it brings the rewrite tool and cudasim.o up to date, which the others then share.
+std::vector<Run> cudarun_all(const std::vector<std::string>& runs) {
+    std::vector<Run> results(runs.size());
+    size_t at_once = std::max(1u, std::thread::hardware_concurrency());
+    if (!runs.empty()) results[0] = cudarun(runs[0]);
+    for (size_t first = 1; first < runs.size(); first += at_once) {
+        std::vector<std::future<Run>> batch;
+        for (size_t i = first; i < std::min(runs.size(), first + at_once); i++)
+            batch.push_back(std::async(std::launch::async, [&runs, i] { return cudarun(runs[i]); }));
+        for (size_t i = 0; i < batch.size(); i++) results[first + i] = batch[i].get();
+    }
+    return results;
+}
+
 }  // namespace
+
+// Issue 20: one program per feature real CUDA programs use (the CUDA samples, llm.c's dev/cuda), each
+// written as those are and checking its own result; a few under another thread order and thread count.
+TEST_CASE("cudarun: the issue 20 examples (runtime API, cuBLASLt, graphs, cg, intrinsics, libcu++) pass") {
+    std::vector<std::string> runs;
+    for (const char* example : {"device_query", "cublaslt_bias", "graphs", "zero_copy", "occupancy", "intrinsics",
+                                "launch_forms", "cg_groups", "barrier_pipeline"})
+        runs.push_back(std::string("dev/examples/") + example + ".cu");
+    runs.push_back("--order reverse --threads 1 dev/examples/cg_groups.cu");
+    runs.push_back("--order random --threads 3 dev/examples/barrier_pipeline.cu");
+    std::vector<Run> results = cudarun_all(runs);
+    for (size_t i = 0; i < runs.size(); i++) {
+        INFO("$ dev/cudarun " << runs[i] << "\n" << results[i].output);
+        CHECK(results[i].status == 0);
+        CHECK(contains(results[i].output, "PASS"));
+        CHECK_FALSE(contains(results[i].output, "FAIL"));
+    }
+}
+
+TEST_CASE("cudarun: a failed device assert stops the kernel and leaves a sticky cudaErrorAssert") {
+    Run r = cudarun("dev/examples/device_assert.cu");
+    INFO(r.output);
+    CHECK(r.status == 0);  // not an abort: the program sees the error, as on a GPU
+    CHECK(contains(r.output, "device_assert.cu:16: void checked_kernel(int*, int): block: [3,0,0], thread: [232,0,0] "
+                             "Assertion `i < n` failed."));
+    CHECK(contains(r.output, "synchronize: cudaErrorAssert; next copy: cudaErrorAssert"));
+    CHECK(contains(r.output, "device_assert: PASS"));
+}
 
 TEST_CASE("cudarun: the examples run unmodified on the CPU and pass") {
     for (const char* example : {"reduction", "transpose", "softmax_cg"})

@@ -448,5 +448,39 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
     CHECK(rewrite_cuda_source("__shared__ float t[32][33];") == "__shared__ float t[32][33]; [[maybe_unused]] static thread_local "
                               "const bool cudasim_shared_t = ::cudasim::shared_declared(&t, sizeof(t));");
     CHECK_THROWS(rewrite_cuda_source("k<<<g, b(x);"));
+    CHECK(rewrite_cuda_source("extern float __shared__ s[];") ==  // the qualifier after the type (issue 20)
+          "static thread_local float* const s = reinterpret_cast<float*>(::cudasim::dynamic_shared_memory());");
+    CHECK(rewrite_cuda_source("extern \"C\" int f();") == "extern \"C\" int f();");
+    CHECK(rewrite_cuda_source("k<<<g, b>>>(NULL, x_NULL);") == "::cudasim::launch(k, \"k\", g, b)(nullptr, x_NULL);");
+}
+
+// Issue 20: what the rewrite knows about a file's kernels decides how a launch is written.
+TEST_CASE("the chevron rewrite: deduced templates, default arguments, a host function of the kernel's name") {
+    using namespace cudasim;
+    const std::string src =
+        "template <class T> __global__ void tk(T* x, int n) {}\n"
+        "__global__ void dk(float* x, int n = 4) {}\n"
+        "__global__ void __launch_bounds__(256) same(float* x, int n) {}\n"
+        "void same(float* x, int n, int block_size) { same<<<1, block_size>>>(x, n); }\n"
+        "__global__ void plain(int* p) {}\n";
+    KernelTable table;
+    scan_kernels(src, table);
+    CHECK(table.at("tk").is_template);
+    CHECK(table.at("dk").has_defaults);
+    CHECK(table.at("same").host_same_name);
+    CHECK(table.at("same").params == "float* x, int n");
+    CHECK_FALSE(table.at("plain").host_same_name);
+    CHECK(rewrite_cuda_source("tk<<<g, b>>>(x, n);", &table) ==
+          "::cudasim::launch_call([](auto&... cudasim_args) { tk(cudasim_args...); }, \"tk\", g, b)(x, n);");
+    CHECK(rewrite_cuda_source("tk<float><<<g, b>>>(x, n);", &table) == "::cudasim::launch(tk<float>, \"tk<float>\", g, b)(x, n);");
+    CHECK(rewrite_cuda_source("dk<<<g, b>>>(x);", &table) ==
+          "::cudasim::launch_call([](auto&... cudasim_args) { dk(cudasim_args...); }, \"dk\", g, b)(x);");
+    CHECK(rewrite_cuda_source("same<<<g, b>>>(x, n);", &table) ==
+          "::cudasim::launch(static_cast<void (*)(float* x, int n)>(same), \"same\", g, b)(x, n);");
+    CHECK(rewrite_cuda_source("plain<<<g, b>>>(p);", &table) == "::cudasim::launch(plain, \"plain\", g, b)(p);");
+    // a non-template kernel is registered for launches with void** args, on its closing line
+    CHECK(rewrite_cuda_source("__global__ void plain(int* p) {\n}", &table) ==
+          "__global__ void plain(int* p) {\n} [[maybe_unused]] static const bool cudasim_registered_plain = "
+          "::cudasim::register_kernel(static_cast<void (*)(int* p)>(plain), \"plain\");");
 }
 #endif

@@ -1,0 +1,916 @@
+// cudasim_runtime.h — the wider CUDA runtime API of the CPU build (issue 20), included by dev/cudasim.h:
+// the virtual device every query answers about, CUDA graphs (stream capture and explicit nodes), zero-copy
+// host memory, occupancy, kernel attributes, limits, the profiler switches, kernel launches through
+// `void** args` (cudaLaunchKernel, graph kernel nodes), device assert and __trap (a sticky error, as on a
+// GPU), and the C++ overloads <cuda_runtime.h> gives only to nvcc (`cudaMemcpyToSymbol(symbol, ...)`,
+// `cudaOccupancyMaxPotentialBlockSize(&grid, &block, kernel)`).
+//
+// Like dev/cudasim.h it has two halves: declarations and templates for every translation unit, and the
+// implementation, compiled once into build/cpu/cudasim.o (under CUDASIM_IMPLEMENTATION).
+//
+// The virtual device is an A100-like part (sm_80, 108 SMs; the numbers are in `device_profile` below):
+// cudaGetDeviceProperties and every cudaDeviceGetAttribute answer from that one table, so a program sees
+// the same device whichever way it asks. Memory is the host's: totalGlobalMem and cudaMemGetInfo report
+// the machine's physical memory, and "device" memory is host memory (so zero-copy is the identity).
+#ifndef GPTCU_CUDASIM_RUNTIME_H
+#define GPTCU_CUDASIM_RUNTIME_H
+
+#include <cuda_profiler_api.h>
+
+namespace cudasim {
+
+// ----------------------------------------------------------------------------
+// Launches with `void** args` (cudaLaunchKernel, graph kernel nodes) need the kernel's parameter types,
+// which a function pointer does not carry. dev/cudasim_rewrite registers every non-template __global__
+// function it sees with `register_kernel`, which records how to read its arguments from `void** args`.
+using BoundLaunch = std::function<void()>;
+using KernelBinder = BoundLaunch (*)(const void* kernel, const LaunchConfig&, void** args);
+bool register_kernel_binder(const void* kernel, const char* name, KernelBinder binder);
+
+template <class... Params>
+struct KernelBinderFor {
+    template <size_t... I>
+    static std::tuple<std::decay_t<Params>...> read(void** args, std::index_sequence<I...>) {
+        return std::tuple<std::decay_t<Params>...>(*static_cast<std::decay_t<Params>*>(args[I])...);
+    }
+    // The arguments are copied now (CUDA copies kernelParams when the node or launch is created).
+    static BoundLaunch bind(const void* kernel, const LaunchConfig& config, void** args) {
+        auto k = reinterpret_cast<void (*)(Params...)>(const_cast<void*>(kernel));
+        std::tuple<std::decay_t<Params>...> params = read(args, std::index_sequence_for<Params...>{});
+        return [k, config, params] { run_grid(config, [&] { std::apply(k, params); }); };
+    }
+};
+template <class... Params>
+bool register_kernel(void (*kernel)(Params...), const char* name) {
+    return register_kernel_binder(reinterpret_cast<const void*>(kernel), name, &KernelBinderFor<Params...>::bind);
+}
+
+// Stream capture: while a stream captures, work issued to it becomes a node of the graph being built
+// instead of running. `capture_node` records `work` and returns true when `stream` is capturing.
+extern std::atomic<int> g_capturing_streams;
+bool capture_node_slow(cudaStream_t stream, const char* what, BoundLaunch work);
+inline bool capture_node(cudaStream_t stream, const char* what, const std::function<BoundLaunch()>& make) {
+    return g_capturing_streams.load(std::memory_order_relaxed) > 0 && capture_node_slow(stream, what, make());
+}
+
+// Occupancy of the virtual device (used by the occupancy API and its C++ overloads).
+int max_active_blocks_per_sm(const void* kernel, int block_size, size_t dynamic_shared_bytes);
+
+}  // namespace cudasim
+
+// ----------------------------------------------------------------------------
+// The C++ overloads of <cuda_runtime.h> that only nvcc sees (they sit under __CUDACC__ there).
+template <class T>
+cudaError_t cudaMemcpyToSymbol(const T& symbol, const void* src, size_t count, size_t offset = 0,
+                               cudaMemcpyKind kind = cudaMemcpyHostToDevice) {
+    return cudaMemcpyToSymbol(static_cast<const void*>(&symbol), src, count, offset, kind);
+}
+template <class T>
+cudaError_t cudaMemcpyFromSymbol(void* dst, const T& symbol, size_t count, size_t offset = 0,
+                                 cudaMemcpyKind kind = cudaMemcpyDeviceToHost) {
+    return cudaMemcpyFromSymbol(dst, static_cast<const void*>(&symbol), count, offset, kind);
+}
+template <class T>
+cudaError_t cudaMemcpyToSymbolAsync(const T& symbol, const void* src, size_t count, size_t offset = 0,
+                                    cudaMemcpyKind kind = cudaMemcpyHostToDevice, cudaStream_t stream = nullptr) {
+    return cudaMemcpyToSymbolAsync(static_cast<const void*>(&symbol), src, count, offset, kind, stream);
+}
+template <class T>
+cudaError_t cudaMemcpyFromSymbolAsync(void* dst, const T& symbol, size_t count, size_t offset = 0,
+                                      cudaMemcpyKind kind = cudaMemcpyDeviceToHost, cudaStream_t stream = nullptr) {
+    return cudaMemcpyFromSymbolAsync(dst, static_cast<const void*>(&symbol), count, offset, kind, stream);
+}
+template <class T>
+cudaError_t cudaGetSymbolAddress(void** address, const T& symbol) {
+    return cudaGetSymbolAddress(address, static_cast<const void*>(&symbol));
+}
+template <class T>
+cudaError_t cudaGetSymbolSize(size_t* size, const T& symbol) {
+    *size = sizeof(T);
+    return cudaSuccess;
+}
+template <class T>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, T* kernel) {
+    return cudaFuncGetAttributes(attr, reinterpret_cast<const void*>(kernel));
+}
+template <class T>
+cudaError_t cudaFuncSetCacheConfig(T* kernel, cudaFuncCache config) {
+    return cudaFuncSetCacheConfig(reinterpret_cast<const void*>(kernel), config);
+}
+// cudaOccupancyMaxPotentialBlockSize(&grid, &block, kernel) and its variants: <cuda_runtime.h> defines them for
+// every compiler, on top of the functions below.
+template <class T>
+cudaError_t cudaOccupancyAvailableDynamicSMemPerBlock(size_t* bytes, T kernel, int blocks_per_sm, int block_size) {
+    return cudaOccupancyAvailableDynamicSMemPerBlock(bytes, reinterpret_cast<const void*>(kernel), blocks_per_sm,
+                                                     block_size);
+}
+
+#endif  // GPTCU_CUDASIM_RUNTIME_H
+
+// ============================================================================
+// Implementation (build/cpu/cudasim.o), included from the implementation half of dev/cudasim.h.
+#if defined(GPTCU_CUDASIM_IMPLEMENTED) && !defined(GPTCU_CUDASIM_RUNTIME_IMPLEMENTED)
+#define GPTCU_CUDASIM_RUNTIME_IMPLEMENTED
+#include <memory>
+#include <set>
+
+namespace cudasim {
+
+// ----------------------------------------------------------------------------
+// The virtual device: an A100-SXM4-like part. Limits the emulator enforces (threads per block, dynamic
+// shared memory) come from the constants at the top of the implementation; the rest are the A100's.
+struct DeviceProfile {
+    int sms = 108;            // multiprocessors
+    int clock_khz = 1410000;  // boost clock
+    int memory_clock_khz = 1215000;
+    int bus_bits = 5120;
+    int l2_bytes = 40 * 1024 * 1024;
+    int regs_per_sm = 65536, regs_per_block = 65536;
+    int threads_per_sm = 2048, blocks_per_sm = 32;
+    size_t shared_per_sm = 164 * 1024;
+    size_t const_bytes = 64 * 1024;
+    int regs_per_thread = 32;  // what cudaFuncGetAttributes reports for every kernel (no compiler to ask)
+};
+static const DeviceProfile device_profile;
+
+// The value of every attribute this device has, from the profile; false for attributes it does not know.
+static bool device_attribute(cudaDeviceAttr attr, int* value) {
+    const DeviceProfile& d = device_profile;
+    switch (attr) {
+        case cudaDevAttrMaxThreadsPerBlock: *value = max_threads_per_block; return true;
+        case cudaDevAttrMaxBlockDimX:
+        case cudaDevAttrMaxBlockDimY: *value = 1024; return true;
+        case cudaDevAttrMaxBlockDimZ: *value = 64; return true;
+        case cudaDevAttrMaxGridDimX: *value = 2147483647; return true;
+        case cudaDevAttrMaxGridDimY:
+        case cudaDevAttrMaxGridDimZ: *value = 65535; return true;
+        case cudaDevAttrMaxSharedMemoryPerBlock: *value = static_cast<int>(default_shared_bytes); return true;
+        case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(max_shared_bytes_optin); return true;
+        case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = static_cast<int>(d.shared_per_sm); return true;
+        case cudaDevAttrReservedSharedMemoryPerBlock: *value = 1024; return true;
+        case cudaDevAttrTotalConstantMemory: *value = static_cast<int>(d.const_bytes); return true;
+        case cudaDevAttrWarpSize: *value = 32; return true;
+        case cudaDevAttrMaxPitch: *value = 2147483647; return true;
+        case cudaDevAttrMaxRegistersPerBlock: *value = d.regs_per_block; return true;
+        case cudaDevAttrMaxRegistersPerMultiprocessor: *value = d.regs_per_sm; return true;
+        case cudaDevAttrClockRate: *value = d.clock_khz; return true;
+        case cudaDevAttrMemoryClockRate: *value = d.memory_clock_khz; return true;
+        case cudaDevAttrGlobalMemoryBusWidth: *value = d.bus_bits; return true;
+        case cudaDevAttrL2CacheSize: *value = d.l2_bytes; return true;
+        case cudaDevAttrMultiProcessorCount: *value = d.sms; return true;
+        case cudaDevAttrMaxThreadsPerMultiProcessor: *value = d.threads_per_sm; return true;
+        case cudaDevAttrMaxBlocksPerMultiprocessor: *value = d.blocks_per_sm; return true;
+        case cudaDevAttrComputeCapabilityMajor: *value = 8; return true;
+        case cudaDevAttrComputeCapabilityMinor: *value = 0; return true;
+        case cudaDevAttrComputeMode: *value = cudaComputeModeDefault; return true;
+        case cudaDevAttrTextureAlignment: *value = 512; return true;
+        case cudaDevAttrTexturePitchAlignment: *value = 32; return true;
+        case cudaDevAttrSurfaceAlignment: *value = 512; return true;
+        case cudaDevAttrGpuOverlap: *value = 1; return true;
+        case cudaDevAttrAsyncEngineCount: *value = 2; return true;
+        case cudaDevAttrConcurrentKernels: *value = 1; return true;
+        case cudaDevAttrKernelExecTimeout: *value = 0; return true;
+        case cudaDevAttrIntegrated: *value = 0; return true;
+        case cudaDevAttrEccEnabled: *value = 0; return true;
+        case cudaDevAttrTccDriver: *value = 0; return true;
+        case cudaDevAttrPciBusId:
+        case cudaDevAttrPciDeviceId:
+        case cudaDevAttrPciDomainId: *value = 0; return true;
+        case cudaDevAttrIsMultiGpuBoard:
+        case cudaDevAttrMultiGpuBoardGroupID: *value = 0; return true;
+        case cudaDevAttrStreamPrioritiesSupported: *value = 1; return true;
+        case cudaDevAttrGlobalL1CacheSupported:
+        case cudaDevAttrLocalL1CacheSupported: *value = 1; return true;
+        case cudaDevAttrSingleToDoublePrecisionPerfRatio: *value = 2; return true;
+        case cudaDevAttrComputePreemptionSupported: *value = 1; return true;
+        // Device memory is host memory: mapped host memory, unified addressing, managed memory and
+        // host-native atomics all hold, trivially.
+        case cudaDevAttrCanMapHostMemory:
+        case cudaDevAttrUnifiedAddressing:
+        case cudaDevAttrManagedMemory:
+        case cudaDevAttrHostNativeAtomicSupported:
+        case cudaDevAttrPageableMemoryAccess:
+        case cudaDevAttrConcurrentManagedAccess:
+        case cudaDevAttrCanUseHostPointerForRegisteredMem:
+        case cudaDevAttrDirectManagedMemAccessFromHost:
+        case cudaDevAttrHostRegisterSupported:
+        case cudaDevAttrHostRegisterReadOnlySupported:
+        case cudaDevAttrPageableMemoryAccessUsesHostPageTables:
+        case cudaDevAttrMemoryPoolsSupported:
+        case cudaDevAttrCanFlushRemoteWrites: *value = 1; return true;
+        case cudaDevAttrMemoryPoolSupportedHandleTypes: *value = cudaMemHandleTypeNone; return true;
+        // Not emulated, so not offered: grid-wide sync (cooperative launch), clusters, RDMA, IPC events.
+        case cudaDevAttrCooperativeLaunch:
+        case cudaDevAttrClusterLaunch:
+        case cudaDevAttrGPUDirectRDMASupported:
+        case cudaDevAttrIpcEventSupport:
+        case cudaDevAttrSparseCudaArraySupported:
+        case cudaDevAttrTimelineSemaphoreInteropSupported:
+        case cudaDevAttrDeferredMappingCudaArraySupported:
+        case cudaDevAttrMpsEnabled:
+        case cudaDevAttrMaxPersistingL2CacheSize:
+        case cudaDevAttrMaxAccessPolicyWindowSize: *value = 0; return true;
+        case cudaDevAttrNumaConfig: *value = cudaDeviceNumaConfigNone; return true;
+        case cudaDevAttrNumaId:
+        case cudaDevAttrHostNumaId: *value = -1; return true;
+        default: return false;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Sticky errors: after a device assert or __trap the "context" is unusable, as on a GPU: every later
+// launch is skipped and synchronisation, copies and cudaGetLastError return the error until the end.
+std::atomic<int> g_sticky_error{cudaSuccess};
+cudaError_t sticky_error() { return static_cast<cudaError_t>(g_sticky_error.load(std::memory_order_relaxed)); }
+
+// A kernel thread stops for good: the block and the grid end, later API calls report `error`.
+[[noreturn]] static void trap_thread(cudaError_t error) {
+    int expected = cudaSuccess;
+    g_sticky_error.compare_exchange_strong(expected, error);
+    trap_current_thread();
+}
+
+// ----------------------------------------------------------------------------
+// Kernels launchable through `void** args`.
+struct RegisteredKernel {
+    const char* name;
+    KernelBinder binder;
+};
+static std::map<const void*, RegisteredKernel>& kernel_registry() {
+    static std::map<const void*, RegisteredKernel> registry;
+    return registry;
+}
+bool register_kernel_binder(const void* kernel, const char* name, KernelBinder binder) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    kernel_registry()[kernel] = RegisteredKernel{name, binder};
+    return true;
+}
+static BoundLaunch bind_kernel(const char* api, const void* kernel, dim3 grid, dim3 block, void** args, size_t smem,
+                               cudaStream_t stream) {
+    RegisteredKernel k{};
+    {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        auto it = kernel_registry().find(kernel);
+        if (it == kernel_registry().end())
+            fatal(
+                "%s: the kernel %p was not seen by dev/cudasim_rewrite (a template kernel, or one defined in a file "
+                "the rewrite did not process); launch it with kernel<<<grid, block, shared_bytes, stream>>>(args)",
+                api, kernel);
+        k = it->second;
+    }
+    return k.binder(kernel, LaunchConfig{k.name, kernel, grid, block, smem, stream}, args);
+}
+
+// ----------------------------------------------------------------------------
+// Graphs. A graph is a list of nodes with dependencies; instantiating it fixes one topological order
+// (creation order among independent nodes), and launching it runs the nodes one after the other,
+// which is one of the orders a GPU may choose.
+struct GraphNodeData {
+    cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
+    BoundLaunch work;  // what the node does (empty for empty nodes)
+    std::vector<cudaGraphNode_t> deps;
+    cudaKernelNodeParams kernel{};  // kernel nodes: for cudaGraphKernelNodeGetParams
+};
+}  // namespace cudasim
+
+struct CUgraphNode_st : cudasim::GraphNodeData {
+    cudaGraph_t graph = nullptr;
+};
+struct CUgraph_st {
+    std::vector<std::unique_ptr<CUgraphNode_st>> nodes;
+};
+struct CUgraphExec_st {
+    std::vector<cudasim::BoundLaunch> steps;
+    std::map<cudaGraphNode_t, size_t> step_of;  // a node of the source graph -> its step
+};
+
+namespace cudasim {
+
+static cudaGraphNode_t add_node(cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps, cudaGraphNodeType type,
+                                BoundLaunch work) {
+    auto node = std::make_unique<CUgraphNode_st>();
+    node->type = type;
+    node->work = std::move(work);
+    node->graph = graph;
+    for (size_t i = 0; i < ndeps; i++) node->deps.push_back(deps[i]);
+    graph->nodes.push_back(std::move(node));
+    return graph->nodes.back().get();
+}
+
+// Stream capture state: the streams capturing into each graph (an event recorded in a capturing stream
+// and waited for by another stream pulls that stream into the capture, as in CUDA's fork/join pattern),
+// and the last node captured from each stream (the next one depends on it).
+struct Capture {
+    cudaGraph_t graph = nullptr;
+    cudaStream_t origin = nullptr;
+};
+std::atomic<int> g_capturing_streams{0};
+static std::map<cudaStream_t, Capture> g_captures;              // capturing stream -> its capture
+static std::map<cudaStream_t, cudaGraphNode_t> g_capture_tail;  // capturing stream -> its last node
+static std::map<cudaEvent_t, std::pair<cudaGraph_t, cudaGraphNode_t>> g_captured_events;
+static std::mutex g_capture_mutex;
+
+bool capture_launch_slow(const LaunchConfig& config, std::function<void()> later) {
+    return capture_node_slow(config.stream, config.name, std::move(later));
+}
+bool capture_node_slow(cudaStream_t stream, const char* what, BoundLaunch work) {
+    std::lock_guard<std::mutex> lock(g_capture_mutex);
+    auto it = g_captures.find(stream);
+    if (it == g_captures.end()) {
+        if (!stream && !g_captures.empty())
+            fatal(
+                "%s on the legacy default stream while a stream capture is under way: the GPU fails this with "
+                "cudaErrorStreamCaptureImplicit; issue it to the capturing stream",
+                what);
+        return false;
+    }
+    cudaGraphNode_t tail = g_capture_tail.count(stream) ? g_capture_tail[stream] : nullptr;
+    g_capture_tail[stream] =
+        add_node(it->second.graph, tail ? &tail : nullptr, tail ? 1 : 0, cudaGraphNodeTypeKernel, std::move(work));
+    return true;
+}
+
+static std::vector<size_t> topological_order(cudaGraph_t graph) {
+    std::map<cudaGraphNode_t, size_t> index;
+    for (size_t i = 0; i < graph->nodes.size(); i++) index[graph->nodes[i].get()] = i;
+    std::vector<size_t> order, state(graph->nodes.size(), 0);  // 0 new, 1 visiting, 2 done
+    std::function<void(size_t)> visit = [&](size_t i) {
+        if (state[i] == 2) return;
+        if (state[i] == 1) fatal("cudaGraphInstantiate: the graph has a cycle");
+        state[i] = 1;
+        for (cudaGraphNode_t d : graph->nodes[i]->deps) {
+            auto it = index.find(d);
+            if (it == index.end()) fatal("cudaGraphInstantiate: a node depends on a node of another graph");
+            visit(it->second);
+        }
+        state[i] = 2;
+        order.push_back(i);
+    };
+    for (size_t i = 0; i < graph->nodes.size(); i++) visit(i);
+    return order;
+}
+
+// ----------------------------------------------------------------------------
+// Limits and flags the programs set and read back.
+static std::map<cudaLimit, size_t> g_limits = {{cudaLimitStackSize, 1024},
+                                               {cudaLimitPrintfFifoSize, 1 << 20},
+                                               {cudaLimitMallocHeapSize, 8 << 20},
+                                               {cudaLimitDevRuntimeSyncDepth, 2},
+                                               {cudaLimitDevRuntimePendingLaunchCount, 2048},
+                                               {cudaLimitMaxL2FetchGranularity, 64},
+                                               {cudaLimitPersistingL2CacheSize, 0}};
+static unsigned g_device_flags = 0;
+static std::map<const void*, size_t> g_registered_host;  // cudaHostRegister: start -> bytes
+
+int max_active_blocks_per_sm(const void*, int block_size, size_t dynamic_shared_bytes) {
+    const DeviceProfile& d = device_profile;
+    if (block_size <= 0 || block_size > max_threads_per_block) return 0;
+    int warps = (block_size + 31) / 32;
+    int by_threads = d.threads_per_sm / (warps * 32);
+    int by_regs = d.regs_per_sm / (warps * 32 * d.regs_per_thread);
+    size_t per_block = dynamic_shared_bytes + 1024;  // the 1 KB the hardware reserves per block
+    int by_shared = static_cast<int>(d.shared_per_sm / per_block);
+    return std::max(0, std::min({d.blocks_per_sm, by_threads, by_regs, by_shared}));
+}
+
+}  // namespace cudasim
+
+// ----------------------------------------------------------------------------
+// Device queries.
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+    if (device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties(%d): only device 0 exists", device);
+    std::memset(prop, 0, sizeof *prop);
+    std::snprintf(prop->name, sizeof prop->name, "CPU (emulated by cudasim)");
+    auto attr = [](cudaDeviceAttr a) {
+        int v = 0;
+        cudasim::device_attribute(a, &v);
+        return v;
+    };
+    prop->totalGlobalMem = cudasim::physical_memory();
+    prop->sharedMemPerBlock = static_cast<size_t>(attr(cudaDevAttrMaxSharedMemoryPerBlock));
+    prop->sharedMemPerBlockOptin = static_cast<size_t>(attr(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+    prop->sharedMemPerMultiprocessor = static_cast<size_t>(attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor));
+    prop->reservedSharedMemPerBlock = static_cast<size_t>(attr(cudaDevAttrReservedSharedMemoryPerBlock));
+    prop->regsPerBlock = attr(cudaDevAttrMaxRegistersPerBlock);
+    prop->regsPerMultiprocessor = attr(cudaDevAttrMaxRegistersPerMultiprocessor);
+    prop->warpSize = attr(cudaDevAttrWarpSize);
+    prop->memPitch = static_cast<size_t>(attr(cudaDevAttrMaxPitch));
+    prop->maxThreadsPerBlock = attr(cudaDevAttrMaxThreadsPerBlock);
+    prop->maxThreadsDim[0] = attr(cudaDevAttrMaxBlockDimX);
+    prop->maxThreadsDim[1] = attr(cudaDevAttrMaxBlockDimY);
+    prop->maxThreadsDim[2] = attr(cudaDevAttrMaxBlockDimZ);
+    prop->maxGridSize[0] = attr(cudaDevAttrMaxGridDimX);
+    prop->maxGridSize[1] = attr(cudaDevAttrMaxGridDimY);
+    prop->maxGridSize[2] = attr(cudaDevAttrMaxGridDimZ);
+    prop->totalConstMem = static_cast<size_t>(attr(cudaDevAttrTotalConstantMemory));
+    prop->major = attr(cudaDevAttrComputeCapabilityMajor);
+    prop->minor = attr(cudaDevAttrComputeCapabilityMinor);
+    prop->textureAlignment = static_cast<size_t>(attr(cudaDevAttrTextureAlignment));
+    prop->texturePitchAlignment = static_cast<size_t>(attr(cudaDevAttrTexturePitchAlignment));
+    prop->surfaceAlignment = static_cast<size_t>(attr(cudaDevAttrSurfaceAlignment));
+    prop->multiProcessorCount = attr(cudaDevAttrMultiProcessorCount);
+    prop->integrated = attr(cudaDevAttrIntegrated);
+    prop->canMapHostMemory = attr(cudaDevAttrCanMapHostMemory);
+    prop->concurrentKernels = attr(cudaDevAttrConcurrentKernels);
+    prop->ECCEnabled = attr(cudaDevAttrEccEnabled);
+    prop->asyncEngineCount = attr(cudaDevAttrAsyncEngineCount);
+    prop->unifiedAddressing = attr(cudaDevAttrUnifiedAddressing);
+    prop->memoryBusWidth = attr(cudaDevAttrGlobalMemoryBusWidth);
+    prop->l2CacheSize = attr(cudaDevAttrL2CacheSize);
+    prop->maxThreadsPerMultiProcessor = attr(cudaDevAttrMaxThreadsPerMultiProcessor);
+    prop->maxBlocksPerMultiProcessor = attr(cudaDevAttrMaxBlocksPerMultiprocessor);
+    prop->streamPrioritiesSupported = attr(cudaDevAttrStreamPrioritiesSupported);
+    prop->globalL1CacheSupported = attr(cudaDevAttrGlobalL1CacheSupported);
+    prop->localL1CacheSupported = attr(cudaDevAttrLocalL1CacheSupported);
+    prop->managedMemory = attr(cudaDevAttrManagedMemory);
+    prop->hostNativeAtomicSupported = attr(cudaDevAttrHostNativeAtomicSupported);
+    prop->pageableMemoryAccess = attr(cudaDevAttrPageableMemoryAccess);
+    prop->concurrentManagedAccess = attr(cudaDevAttrConcurrentManagedAccess);
+    prop->computePreemptionSupported = attr(cudaDevAttrComputePreemptionSupported);
+    prop->canUseHostPointerForRegisteredMem = attr(cudaDevAttrCanUseHostPointerForRegisteredMem);
+    prop->cooperativeLaunch = attr(cudaDevAttrCooperativeLaunch);
+    prop->pageableMemoryAccessUsesHostPageTables = attr(cudaDevAttrPageableMemoryAccessUsesHostPageTables);
+    prop->directManagedMemAccessFromHost = attr(cudaDevAttrDirectManagedMemAccessFromHost);
+    prop->hostRegisterSupported = attr(cudaDevAttrHostRegisterSupported);
+    prop->hostRegisterReadOnlySupported = attr(cudaDevAttrHostRegisterReadOnlySupported);
+    prop->memoryPoolsSupported = attr(cudaDevAttrMemoryPoolsSupported);
+    prop->memoryPoolSupportedHandleTypes = static_cast<unsigned>(attr(cudaDevAttrMemoryPoolSupportedHandleTypes));
+    prop->deviceNumaId = prop->hostNumaId = -1;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+    if (device != 0)
+        return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute: device %d (only device 0 exists)", device);
+    if (!cudasim::device_attribute(attr, value))
+        return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute %d is not known to the virtual device",
+                    static_cast<int>(attr));
+    return cudaSuccess;
+}
+cudaError_t cudaChooseDevice(int* device, const cudaDeviceProp*) {
+    *device = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceCanAccessPeer(int* can, int, int) {
+    *can = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* v) {
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDeviceFlags(unsigned flags) {
+    cudasim::g_device_flags = flags;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceFlags(unsigned* flags) {
+    *flags = cudasim::g_device_flags;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSetLimit(cudaLimit limit, size_t value) {
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    if (!cudasim::g_limits.count(limit)) return fail(cudaErrorUnsupportedLimit, "cudaDeviceSetLimit: limit %d", limit);
+    cudasim::g_limits[limit] = value;  // recorded and read back; the CPU's own limits do not change
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetLimit(size_t* value, cudaLimit limit) {
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    if (!cudasim::g_limits.count(limit)) return fail(cudaErrorUnsupportedLimit, "cudaDeviceGetLimit: limit %d", limit);
+    *value = cudasim::g_limits[limit];
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSetCacheConfig(cudaFuncCache) { return cudaSuccess; }  // cache carve-out hints: nothing to do
+cudaError_t cudaDeviceGetCacheConfig(cudaFuncCache* c) {
+    *c = cudaFuncCachePreferNone;
+    return cudaSuccess;
+}
+cudaError_t cudaFuncSetCacheConfig(const void*, cudaFuncCache) { return cudaSuccess; }
+cudaError_t cudaDeviceGetStreamPriorityRange(int* least, int* greatest) {
+    if (least) *least = 0;
+    if (greatest) *greatest = -5;
+    return cudaSuccess;
+}
+cudaError_t cudaProfilerStart() { return cudaSuccess; }  // no profiler to switch on
+cudaError_t cudaProfilerStop() { return cudaSuccess; }
+
+// Kernel attributes: what the CPU build knows. No compiler reports registers or local memory, so
+// every kernel is described as using 32 registers per thread (a full block of 1024 then fits).
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attr, const void* func) {
+    if (!attr || !func) return fail(cudaErrorInvalidDeviceFunction, "cudaFuncGetAttributes: no kernel given");
+    std::memset(attr, 0, sizeof *attr);
+    attr->maxThreadsPerBlock = cudasim::max_threads_per_block;
+    attr->numRegs = cudasim::device_profile.regs_per_thread;
+    attr->ptxVersion = attr->binaryVersion = 80;
+    attr->preferredShmemCarveout = -1;
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    auto it = cudasim::g_max_dynamic_shared.find(func);
+    attr->maxDynamicSharedSizeBytes =
+        it == cudasim::g_max_dynamic_shared.end() ? static_cast<int>(cudasim::default_shared_bytes) : it->second;
+    return cudaSuccess;
+}
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* blocks, const void* func, int block_size,
+                                                                   size_t smem, unsigned) {
+    *blocks = cudasim::max_active_blocks_per_sm(func, block_size, smem);
+    return cudaSuccess;
+}
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void* func, int block_size, size_t smem) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(blocks, func, block_size, smem, 0);
+}
+cudaError_t cudaOccupancyAvailableDynamicSMemPerBlock(size_t* bytes, const void*, int blocks_per_sm, int) {
+    if (blocks_per_sm <= 0)
+        return fail(cudaErrorInvalidValue, "cudaOccupancyAvailableDynamicSMemPerBlock: %d blocks", blocks_per_sm);
+    size_t per_block = cudasim::device_profile.shared_per_sm / static_cast<size_t>(blocks_per_sm);
+    *bytes = std::min(per_block > 1024 ? per_block - 1024 : 0, cudasim::max_shared_bytes_optin);
+    return cudaSuccess;
+}
+
+// ----------------------------------------------------------------------------
+// Host memory: pinned, mapped (zero-copy) and registered. Device memory is host memory, so the device
+// pointer of a host allocation is the host pointer itself.
+cudaError_t cudaHostRegister(void* p, size_t bytes, unsigned) {
+    if (!p || bytes == 0) return fail(cudaErrorInvalidValue, "cudaHostRegister(%p, %zu): empty range", p, bytes);
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    if (cudasim::g_registered_host.count(p))
+        return fail(cudaErrorHostMemoryAlreadyRegistered, "cudaHostRegister(%p): already registered", p);
+    cudasim::g_registered_host[p] = bytes;
+    return cudaSuccess;
+}
+cudaError_t cudaHostUnregister(void* p) {
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    if (!cudasim::g_registered_host.erase(p))
+        return fail(cudaErrorHostMemoryNotRegistered, "cudaHostUnregister(%p): not registered with cudaHostRegister",
+                    p);
+    return cudaSuccess;
+}
+cudaError_t cudaHostGetDevicePointer(void** device, void* host, unsigned flags) {
+    if (flags != 0) return fail(cudaErrorInvalidValue, "cudaHostGetDevicePointer: flags must be 0 (got %u)", flags);
+    *device = host;
+    return cudaSuccess;
+}
+cudaError_t cudaHostGetFlags(unsigned* flags, void*) {
+    *flags = cudaHostAllocMapped;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamAttachMemAsync(cudaStream_t, void*, size_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaMemPrefetchAsync(const void*, size_t, cudaMemLocation, unsigned, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaMemAdvise(const void*, size_t, cudaMemoryAdvise, cudaMemLocation) { return cudaSuccess; }
+cudaError_t cudaMemcpyToSymbolAsync(const void* symbol, const void* src, size_t bytes, size_t offset,
+                                    cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpyToSymbol(symbol, src, bytes, offset, kind);
+}
+cudaError_t cudaMemcpyFromSymbolAsync(void* dst, const void* symbol, size_t bytes, size_t offset, cudaMemcpyKind kind,
+                                      cudaStream_t) {
+    return cudaMemcpyFromSymbol(dst, symbol, bytes, offset, kind);
+}
+cudaError_t cudaGetSymbolAddress(void** address, const void* symbol) {
+    *address = const_cast<void*>(symbol);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                         cudaMemcpyKind) {
+    if (width > dpitch || width > spitch)
+        return fail(cudaErrorInvalidPitchValue, "cudaMemcpy2D: width %zu exceeds a pitch (%zu, %zu)", width, dpitch,
+                    spitch);
+    for (size_t r = 0; r < height; r++)
+        std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy2D(dst, dpitch, src, spitch, width, height, kind);
+}
+cudaError_t cudaMallocPitch(void** p, size_t* pitch, size_t width, size_t height) {
+    *pitch = (width + 511) / 512 * 512;  // rows aligned as the texture alignment says
+    return cudaMalloc(p, *pitch * height);
+}
+
+// ----------------------------------------------------------------------------
+// Streams and events beyond create/record/synchronize: everything has completed when it returns.
+cudaError_t cudaEventQuery(cudaEvent_t) { return cudasim::sticky_error(); }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudasim::sticky_error(); }
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t* s, unsigned flags, int) {
+    return cudaStreamCreateWithFlags(s, flags);
+}
+cudaError_t cudaStreamGetPriority(cudaStream_t, int* priority) {
+    *priority = 0;
+    return cudaSuccess;
+}
+// Stream attributes are cache hints (the L2 access policy window): accepted and read back as unset.
+cudaError_t cudaStreamSetAttribute(cudaStream_t, cudaStreamAttrID, const cudaStreamAttrValue*) { return cudaSuccess; }
+cudaError_t cudaStreamGetAttribute(cudaStream_t, cudaStreamAttrID, cudaStreamAttrValue* value) {
+    std::memset(static_cast<void*>(value), 0, sizeof *value);
+    return cudaSuccess;
+}
+cudaError_t cudaCtxResetPersistingL2Cache() { return cudaSuccess; }
+cudaError_t cudaStreamGetFlags(cudaStream_t, unsigned* flags) {
+    *flags = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* data) {
+    if (cudasim::capture_node(stream, "cudaLaunchHostFunc",
+                              [&] { return cudasim::BoundLaunch([fn, data] { fn(data); }); }))
+        return cudaSuccess;
+    fn(data);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamAddCallback(cudaStream_t stream, cudaStreamCallback_t callback, void* data, unsigned) {
+    callback(stream, cudasim::sticky_error(), data);
+    return cudaSuccess;
+}
+
+// cudaLaunchKernel: a launch with `void** args`, for kernels dev/cudasim_rewrite registered.
+cudaError_t cudaLaunchKernel(const void* kernel, dim3 grid, dim3 block, void** args, size_t smem, cudaStream_t stream) {
+    cudasim::BoundLaunch run = cudasim::bind_kernel("cudaLaunchKernel", kernel, grid, block, args, smem, stream);
+    if (cudasim::capture_node(stream, "cudaLaunchKernel", [&] { return run; })) return cudaSuccess;
+    run();
+    return cudaGetLastError();
+}
+
+// ----------------------------------------------------------------------------
+// Graphs.
+cudaError_t cudaGraphCreate(cudaGraph_t* graph, unsigned) {
+    *graph = new CUgraph_st{};
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    delete graph;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddEmptyNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps) {
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeEmpty, nullptr);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddKernelNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
+                                   const cudaKernelNodeParams* p) {
+    if (p->extra)
+        return fail(cudaErrorInvalidValue,
+                    "cudaGraphAddKernelNode: `extra` arguments are not emulated; use kernelParams");
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeKernel,
+                              cudasim::bind_kernel("cudaGraphAddKernelNode", p->func, p->gridDim, p->blockDim,
+                                                   p->kernelParams, p->sharedMemBytes, nullptr));
+    (*node)->kernel = *p;
+    (*node)->kernel.kernelParams = nullptr;  // the arguments were copied into the node
+    return cudaSuccess;
+}
+cudaError_t cudaGraphKernelNodeGetParams(cudaGraphNode_t node, cudaKernelNodeParams* p) {
+    *p = node->kernel;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphKernelNodeSetParams(cudaGraphNode_t node, const cudaKernelNodeParams* p) {
+    node->work = cudasim::bind_kernel("cudaGraphKernelNodeSetParams", p->func, p->gridDim, p->blockDim, p->kernelParams,
+                                      p->sharedMemBytes, nullptr);
+    node->kernel = *p;
+    node->kernel.kernelParams = nullptr;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecKernelNodeSetParams(cudaGraphExec_t exec, cudaGraphNode_t node,
+                                             const cudaKernelNodeParams* p) {
+    auto it = exec->step_of.find(node);
+    if (it == exec->step_of.end())
+        return fail(cudaErrorInvalidValue, "cudaGraphExecKernelNodeSetParams: node not in the graph");
+    exec->steps[it->second] = cudasim::bind_kernel("cudaGraphExecKernelNodeSetParams", p->func, p->gridDim, p->blockDim,
+                                                   p->kernelParams, p->sharedMemBytes, nullptr);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddMemcpyNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
+                                   const cudaMemcpy3DParms* p) {
+    if (p->srcArray || p->dstArray)
+        return fail(cudaErrorInvalidValue,
+                    "cudaGraphAddMemcpyNode: CUDA arrays (textures) are not supported on the CPU");
+    cudaMemcpy3DParms c = *p;
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemcpy, [c] {
+        // rows of extent.width bytes, extent.height rows per slice, extent.depth slices (pitched pointers)
+        for (size_t z = 0; z < c.extent.depth; z++)
+            for (size_t y = 0; y < c.extent.height; y++) {
+                size_t s_row = (z + c.srcPos.z) * c.srcPtr.ysize + y + c.srcPos.y;
+                size_t d_row = (z + c.dstPos.z) * c.dstPtr.ysize + y + c.dstPos.y;
+                std::memmove(static_cast<char*>(c.dstPtr.ptr) + d_row * c.dstPtr.pitch + c.dstPos.x,
+                             static_cast<const char*>(c.srcPtr.ptr) + s_row * c.srcPtr.pitch + c.srcPos.x,
+                             c.extent.width);
+            }
+    });
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddMemcpyNode1D(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                                     size_t ndeps, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemcpy, [=] { cudaMemcpy(dst, src, bytes, kind); });
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddMemsetNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
+                                   const cudaMemsetParams* p) {
+    cudaMemsetParams m = *p;
+    if (m.elementSize != 1 && m.elementSize != 2 && m.elementSize != 4)
+        return fail(cudaErrorInvalidValue, "cudaGraphAddMemsetNode: elementSize %u (must be 1, 2 or 4)", m.elementSize);
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemset, [m] {
+        for (size_t y = 0; y < std::max<size_t>(m.height, 1); y++)
+            for (size_t x = 0; x < m.width; x++)
+                std::memcpy(static_cast<char*>(m.dst) + y * m.pitch + x * m.elementSize, &m.value, m.elementSize);
+    });
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddHostNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
+                                 const cudaHostNodeParams* p) {
+    cudaHostFn_t fn = p->fn;
+    void* data = p->userData;
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeHost, [fn, data] { fn(data); });
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddChildGraphNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                                       size_t ndeps, cudaGraph_t child) {
+    std::vector<size_t> order = cudasim::topological_order(child);
+    std::vector<cudasim::BoundLaunch> steps;
+    for (size_t i : order) steps.push_back(child->nodes[i]->work);
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeGraph, [steps] {
+        for (const auto& s : steps)
+            if (s) s();
+    });
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddDependencies(cudaGraph_t, const cudaGraphNode_t* from, const cudaGraphNode_t* to,
+                                     const cudaGraphEdgeData*, size_t n) {
+    for (size_t i = 0; i < n; i++) to[i]->deps.push_back(from[i]);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* count) {
+    if (nodes)
+        for (size_t i = 0; i < std::min(*count, graph->nodes.size()); i++) nodes[i] = graph->nodes[i].get();
+    *count = graph->nodes.size();
+    return cudaSuccess;
+}
+cudaError_t cudaGraphNodeGetType(cudaGraphNode_t node, cudaGraphNodeType* type) {
+    *type = node->type;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphClone(cudaGraph_t* clone, cudaGraph_t graph) {
+    auto* g = new CUgraph_st{};
+    std::map<cudaGraphNode_t, cudaGraphNode_t> copy_of;
+    for (const auto& n : graph->nodes) {
+        g->nodes.push_back(std::make_unique<CUgraphNode_st>(*n));
+        g->nodes.back()->graph = g;
+        copy_of[n.get()] = g->nodes.back().get();
+    }
+    for (auto& n : g->nodes)
+        for (auto& d : n->deps) d = copy_of.at(d);
+    *clone = g;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+    auto* e = new CUgraphExec_st{};
+    for (size_t i : cudasim::topological_order(graph)) {
+        e->step_of[graph->nodes[i].get()] = e->steps.size();
+        e->steps.push_back(graph->nodes[i]->work);
+    }
+    *exec = e;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags) {
+    return cudaGraphInstantiate(exec, graph, flags);
+}
+cudaError_t cudaGraphUpload(cudaGraphExec_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+    if (cudasim::capture_node(stream, "cudaGraphLaunch", [&] {
+            auto steps = exec->steps;
+            return cudasim::BoundLaunch([steps] {
+                for (const auto& s : steps)
+                    if (s) s();
+            });
+        }))
+        return cudaSuccess;
+    for (const auto& s : exec->steps)
+        if (s) s();
+    return cudasim::sticky_error();
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    delete exec;
+    return cudaSuccess;
+}
+// Graph memory nodes: the allocation is made when the node is added (its address is fixed from then on,
+// as on a GPU) and lives until the program ends; the nodes themselves do nothing when the graph runs.
+cudaError_t cudaGraphAddMemAllocNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                                     size_t ndeps, cudaMemAllocNodeParams* p) {
+    if (cudaError_t e = cudaMalloc(&p->dptr, p->bytesize); e != cudaSuccess) return e;
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemAlloc, nullptr);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphAddMemFreeNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
+                                    void*) {
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemFree, nullptr);
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetGraphMemAttribute(int, cudaGraphMemAttributeType, void* value) {
+    *static_cast<unsigned long long*>(value) = 0;  // graph memory is ordinary memory here: none is reserved
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSetGraphMemAttribute(int, cudaGraphMemAttributeType, void*) { return cudaSuccess; }
+
+// Memory pools: one pool, the heap; allocations from it are cudaMalloc's.
+struct CUmemPoolHandle_st {
+    unsigned long long release_threshold = 0;
+};
+static CUmemPoolHandle_st g_default_pool;
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) {
+    *pool = &g_default_pool;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetMemPool(cudaMemPool_t* pool, int) {
+    *pool = &g_default_pool;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceSetMemPool(int, cudaMemPool_t) { return cudaSuccess; }
+cudaError_t cudaMemPoolCreate(cudaMemPool_t* pool, const cudaMemPoolProps*) {
+    *pool = new CUmemPoolHandle_st{};
+    return cudaSuccess;
+}
+cudaError_t cudaMemPoolDestroy(cudaMemPool_t pool) {
+    if (pool != &g_default_pool) delete pool;
+    return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
+    if (attr == cudaMemPoolAttrReleaseThreshold) pool->release_threshold = *static_cast<unsigned long long*>(value);
+    return cudaSuccess;
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
+    if (attr == cudaMemPoolAttrReleaseThreshold)
+        *static_cast<unsigned long long*>(value) = pool->release_threshold;
+    else if (attr == cudaMemPoolReuseFollowEventDependencies || attr == cudaMemPoolReuseAllowOpportunistic ||
+             attr == cudaMemPoolReuseAllowInternalDependencies)
+        *static_cast<int*>(value) = 1;
+    else
+        *static_cast<unsigned long long*>(value) = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t) { return cudaSuccess; }
+cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t, cudaStream_t s) {
+    return cudaMallocAsync(p, bytes, s);
+}
+cudaError_t cudaDeviceGraphMemTrim(int) { return cudaSuccess; }
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+    if (!stream)
+        return fail(cudaErrorStreamCaptureUnsupported,
+                    "cudaStreamBeginCapture: the legacy default stream cannot capture");
+    std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
+    if (cudasim::g_captures.count(stream))
+        return fail(cudaErrorIllegalState, "cudaStreamBeginCapture: the stream is already capturing");
+    cudasim::g_captures[stream] = cudasim::Capture{new CUgraph_st{}, stream};
+    cudasim::g_capturing_streams++;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+    std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
+    auto it = cudasim::g_captures.find(stream);
+    if (it == cudasim::g_captures.end() || it->second.origin != stream)
+        return fail(cudaErrorIllegalState, "cudaStreamEndCapture: the stream did not begin a capture");
+    *graph = it->second.graph;
+    // The capture ends for every stream that joined it.
+    for (auto c = cudasim::g_captures.begin(); c != cudasim::g_captures.end();) {
+        if (c->second.graph == *graph) {
+            cudasim::g_capture_tail.erase(c->first);
+            c = cudasim::g_captures.erase(c);
+            cudasim::g_capturing_streams--;
+        } else {
+            ++c;
+        }
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+    std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
+    *status = cudasim::g_captures.count(stream) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
+namespace cudasim {
+// An event recorded in a capturing stream marks a point of the graph; a stream that waits for it joins
+// the capture, its next node depending on that point.
+bool capture_event_record(cudaEvent_t e, cudaStream_t stream) {
+    if (g_capturing_streams.load() == 0) return false;
+    std::lock_guard<std::mutex> lock(g_capture_mutex);
+    auto it = g_captures.find(stream);
+    if (it == g_captures.end()) return false;
+    g_captured_events[e] = {it->second.graph, g_capture_tail.count(stream) ? g_capture_tail[stream] : nullptr};
+    return true;
+}
+bool capture_stream_wait(cudaStream_t stream, cudaEvent_t e) {
+    if (g_capturing_streams.load() == 0) return false;
+    std::lock_guard<std::mutex> lock(g_capture_mutex);
+    auto ev = g_captured_events.find(e);
+    if (ev == g_captured_events.end()) return false;
+    auto [graph, point] = ev->second;
+    auto it = g_captures.find(stream);
+    if (it == g_captures.end()) {
+        g_captures[stream] = Capture{graph, nullptr};
+        g_capturing_streams++;
+    }
+    // join: an empty node that depends on this stream's tail and on the event's point
+    std::vector<cudaGraphNode_t> deps;
+    if (g_capture_tail.count(stream) && g_capture_tail[stream]) deps.push_back(g_capture_tail[stream]);
+    if (point) deps.push_back(point);
+    g_capture_tail[stream] = add_node(graph, deps.data(), deps.size(), cudaGraphNodeTypeEmpty, nullptr);
+    return true;
+}
+}  // namespace cudasim
+
+#endif  // GPTCU_CUDASIM_RUNTIME_IMPLEMENTED
