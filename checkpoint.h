@@ -11,6 +11,7 @@
 //   then          float32 m[P], v[P]  if has_optimizer
 // Written to PATH.tmp and renamed over PATH, so a crash at any moment leaves the previous checkpoint.
 #pragma once
+#include <algorithm>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
@@ -55,20 +56,42 @@ struct Checkpoint {
     std::vector<float> params, m, v;
 };
 
+// The arrays a checkpoint writes, each num_parameters floats, where they live (m and v nullptr: weights
+// only). They are read in chunks through to_host (a memcpy for host memory, cudaMemcpy from a GPU), so
+// writing never holds a host copy of a whole array: at GPT-2 124M the three would be 1.5 GB on top of
+// the training run's own memory (docs/benchmarks.md, peak RSS).
+struct CheckpointArrays {
+    size_t num_parameters = 0;
+    const float* params = nullptr;  // (num_parameters)
+    const float* m = nullptr;       // (num_parameters) AdamW first moment, or nullptr
+    const float* v = nullptr;       // (num_parameters) AdamW second moment, or nullptr
+    void (*to_host)(void* dst, const void* src, size_t bytes) = nullptr;  // nullptr: the arrays are host memory
+};
+
 template <class Config>
 void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok, const nlohmann::json& meta,
-                      const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
-    bool has_optimizer = !m.empty();
-    nlohmann::json header = {{"model", config}, {"tokenizer", to_json_info(tok)}, {"num_parameters", params.size()},
+                      const CheckpointArrays& arrays) {
+    const size_t P = arrays.num_parameters;
+    bool has_optimizer = arrays.m != nullptr;
+    nlohmann::json header = {{"model", config}, {"tokenizer", to_json_info(tok)}, {"num_parameters", P},
                              {"dtype", "float32"}, {"has_optimizer", has_optimizer}, {"meta", meta}};
     std::string text = header.dump();
+    std::vector<float> staging(arrays.to_host ? std::min<size_t>(P, size_t(1) << 20) : 0);  // 4 MB at most
+    auto write_floats = [&](File& f, const float* src, size_t n) {
+        if (!arrays.to_host) return f.write(src, n * sizeof(float));
+        for (size_t done = 0; done < n; done += staging.size()) {
+            size_t chunk = std::min(staging.size(), n - done);
+            arrays.to_host(staging.data(), src + done, chunk * sizeof(float));
+            f.write(staging.data(), chunk * sizeof(float));
+        }
+    };
     write_file_atomically(path, [&](File& f) {
         uint32_t n = static_cast<uint32_t>(text.size());
         f.write(checkpoint_magic, 8);
         f.write(&checkpoint_version, 4);
         f.write(&n, 4);
         f.write(text.data(), text.size());
-        f.write(params.data(), params.size() / 2 * sizeof(float));
+        write_floats(f, arrays.params, P / 2);
         // Test hook: GPTCU_TEST_DIE_DURING_CHECKPOINT=K dies halfway through this process's K-th
         // checkpoint write, as a kill or a power cut would (test/test_train.cu).
         static int writes = 0;
@@ -76,12 +99,20 @@ void write_checkpoint(const std::string& path, const Config& config, const Token
             std::fflush(f.f);
             std::raise(SIGKILL);
         }
-        f.write(params.data() + params.size() / 2, (params.size() - params.size() / 2) * sizeof(float));
+        write_floats(f, arrays.params + P / 2, P - P / 2);
         if (has_optimizer) {
-            f.write(m.data(), m.size() * sizeof(float));
-            f.write(v.data(), v.size() * sizeof(float));
+            write_floats(f, arrays.m, P);
+            write_floats(f, arrays.v, P);
         }
     });
+}
+
+// The same from host vectors (m and v empty: weights only).
+template <class Config>
+void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok, const nlohmann::json& meta,
+                      const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
+    CheckpointArrays arrays{params.size(), params.data(), m.empty() ? nullptr : m.data(), v.empty() ? nullptr : v.data()};
+    write_checkpoint(path, config, tok, meta, arrays);
 }
 
 // Reads and validates a checkpoint: magic, version, header, and that the file holds exactly the

@@ -1,7 +1,8 @@
 // gpt.cuh — the model: one description of a GPT (GPT-2 or Llama family) that runs on two backends.
 //
 //   DeviceOps: the CUDA kernels of layers.cuh and attention.cuh (on a GPU; emulated by cudasim in the CPU build)
-//   HostOps:   the plain CPU reference ops (OpenBLAS for the matmuls), the fast path of the CPU build
+//   HostOps:   the CPU ops: the _cpu references, and for what dominates a training step their fast
+//              versions (layers_cpu_blas.h: OpenBLAS, OpenMP, SIMD), the fast path of the CPU build
 //
 // `GPT<Ops>` holds one contiguous buffer each for parameters, gradients and AdamW's two moments (so a
 // data-parallel all-reduce or a ZeRO shard is one pointer and a length), an activation buffer sized from
@@ -279,7 +280,7 @@ struct HostOps {
         return p;
     }
     static void release(void* p) { std::free(p); }
-    static void zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+    static void zero(void* p, size_t bytes) { zero_cpu_fast(p, bytes); }
     static void to_backend(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
     static void to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
     static void copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
@@ -292,11 +293,11 @@ struct HostOps {
         encoder_backward_cpu(dwte, dwpe, dout, tok, B, T, C);
     }
     static void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* w, const floatX* b, int N, int C) {
-        layernorm_forward_cpu(out, mean, rstd, inp, w, b, N, C);
+        layernorm_forward_cpu_fast(out, mean, rstd, inp, w, b, N, C);
     }
     static void layernorm_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w,
                                    const float* mean, const float* rstd, int N, int C) {
-        layernorm_backward_cpu(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+        layernorm_backward_cpu_fast(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
     }
     static void rmsnorm_forward(floatX* out, float* rstd, const floatX* inp, const floatX* w, int N, int C, float eps) {
         rmsnorm_forward_cpu(out, rstd, inp, w, N, C, eps);
@@ -310,27 +311,27 @@ struct HostOps {
     static void matmul_backward(floatX* dinp, floatX* dw, floatX* db, const floatX* dout, const floatX* inp, const floatX* w, int N, int C, int OC) {
         matmul_backward_cpu_blas(dinp, dw, db, dout, inp, w, N, C, OC);
     }
-    static void gelu_forward(floatX* out, const floatX* inp, int N) { gelu_forward_cpu(out, inp, N); }
-    static void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N) { gelu_backward_cpu(dinp, inp, dout, N); }
+    static void gelu_forward(floatX* out, const floatX* inp, int N) { gelu_forward_cpu_fast(out, inp, N); }
+    static void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N) { gelu_backward_cpu_fast(dinp, inp, dout, N); }
     static void swiglu_forward(floatX* out, const floatX* inp, int N, int H) { swiglu_forward_cpu(out, inp, N, H); }
     static void swiglu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N, int H) { swiglu_backward_cpu(dinp, inp, dout, N, H); }
-    static void residual_forward(floatX* out, const floatX* a, const floatX* b, int N) { residual_forward_cpu(out, a, b, N); }
+    static void residual_forward(floatX* out, const floatX* a, const floatX* b, int N) { residual_forward_cpu_fast(out, a, b, N); }
     static void rope_forward(floatX* qkv, int B, int T, int NH, int NKV, int hs, float theta) { rope_forward_cpu(qkv, B, T, NH, NKV, hs, theta); }
     static void rope_backward(floatX* dqkv, int B, int T, int NH, int NKV, int hs, float theta) { rope_backward_cpu(dqkv, B, T, NH, NKV, hs, theta); }
     static void attention_forward(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs) {
-        attention_forward_cpu(out, lse, qkv, B, T, NH, NKV, hs);
+        attention_forward_cpu_fast(out, lse, qkv, B, T, NH, NKV, hs);
     }
     static void attention_backward(floatX* dqkv, const floatX* dout, const floatX* out, const float* lse, const floatX* qkv, int B, int T,
                                    int NH, int NKV, int hs) {
-        attention_backward_cpu(dqkv, dout, out, lse, qkv, B, T, NH, NKV, hs);
+        attention_backward_cpu_fast(dqkv, dout, out, lse, qkv, B, T, NH, NKV, hs);
     }
     static void fused_classifier(floatX* logits, float* losses, const int* targets, float dloss, int N, int V, int Vp, bool write_dlogits) {
         fused_classifier_cpu(logits, losses, targets, dloss, N, V, Vp, write_dlogits);
     }
-    static float global_norm_squared(const float* g, size_t n) { return static_cast<float>(global_norm_squared_cpu(g, n)); }
+    static float global_norm_squared(const float* g, size_t n) { return static_cast<float>(global_norm_squared_cpu_fast(g, n)); }
     static void adamw_update(float* p, const float* g, float* m, float* v, size_t n, float lr, float b1, float b2, float eps, float wd,
                              int step, float grad_scale) {
-        adamw_update_cpu(p, g, m, v, n, lr, b1, b2, eps, wd, step, grad_scale);
+        adamw_update_cpu_fast(p, g, m, v, n, lr, b1, b2, eps, wd, step, grad_scale);
     }
 };
 

@@ -390,8 +390,9 @@ static int train(const TrainOptions& o, const std::string& device_name) {
 
     auto save = [&](int step) {
         json meta = {{"step", step}, {"data", train_data.state()}, {"sample_rng", rng_to_json(sample_rng)}};
-        write_checkpoint(ckpt_path, config, tok_info, meta, model.get_parameters(), model.get(model.m_memory, model.num_parameters),
-                         model.get(model.v_memory, model.num_parameters));
+        // straight from the model's buffers, in chunks: no host copy of the weights or moments
+        CheckpointArrays arrays{model.num_parameters, model.params_memory, model.m_memory, model.v_memory, Ops::to_host};
+        write_checkpoint(ckpt_path, config, tok_info, meta, arrays);
         last_checkpoint_step = step;
     };
     auto val_loss = [&]() {
@@ -469,6 +470,7 @@ static int train(const TrainOptions& o, const std::string& device_name) {
 }
 
 int main(int argc, char** argv) {
+    restart_with_passive_openmp(argv);  // the CPU path's OpenMP threads must not spin against OpenBLAS's
     try {
         TrainOptions o = parse_options(argc, argv);
         if (o.print_config) {

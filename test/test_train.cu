@@ -124,9 +124,10 @@ TEST_CASE("a sanitizer build writes only into build/asan, and ./train_gpt_cpu is
     // the normal build writes the programs at the top (the check below can tell)
     auto [normal, normal_commands] = make_outputs("train_gpt_cpu");
     CHECK(std::find(normal.begin(), normal.end(), "train_gpt_cpu") != normal.end());
-    // SANITIZE=1 (make test-asan): programs, objects and tests all under build/asan/, and its tests run its programs
-    auto [asan, asan_commands] = make_outputs("SANITIZE=1 build/asan/train_gpt_cpu build/asan/infer_gpt_cpu "
-                                              "build/asan/tokenizer/tok build/asan/test/test_train build/asan/test/test_tokenizer");
+    // SANITIZE=1 (make test-asan): programs, objects, tests all under build/asan/; its tests run its programs
+    const std::string asan_targets = "build/asan/train_gpt_cpu build/asan/infer_gpt_cpu build/asan/tokenizer/tok "
+                                     "build/asan/test/test_train build/asan/test/test_tokenizer";
+    auto [asan, asan_commands] = make_outputs("SANITIZE=1 " + asan_targets);
     REQUIRE(asan.size() > 5);
     for (const std::string& out : asan) {
         INFO("SANITIZE=1 writes " << out);
