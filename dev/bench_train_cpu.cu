@@ -71,15 +71,17 @@ int main(int argc, char** argv) {
     GPTConfig gpt2;  // GPTConfig's defaults are GPT-2 124M (L12, C768, maxT 1024)
     std::vector<Case> cases;
     if (which != "124m")
-        cases.insert(cases.end(), {{"shakespeare_cpu (L4 C128, V 50257)", shakespeare, 16, 128}, {"L6 C384, V 50257", wider, 8, 128}});
+        cases.insert(cases.end(), {{"shakespeare_cpu (L4 C128, V 50257)", shakespeare, 16, 128},
+                                   {"L6 C384, V 50257", wider, 8, 128}});
     if (which != "small") cases.insert(cases.end(), {{"GPT-2 124M", gpt2, 4, 64}, {"GPT-2 124M", gpt2, 8, 256}});
     const int steps = 4;
     double sgemm = sgemm_gflops(1024, 5);
     std::printf("CPU training path (HostOps) vs OpenBLAS sgemm 1024^3 on this machine\n");
     std::printf("sgemm 1024^3: %.1f GFLOP/s (best of 5)\n", sgemm);
-    std::printf("per step (median of %d after a warm-up): zero_grad | forward (+ loss) | backward | grad norm | AdamW\n\n", steps);
-    std::printf("%-36s %11s %7s %8s %9s %7s %9s  %s\n", "model", "params", "B x T", "tok/s", "GFLOP/s", "%sgemm", "peak MiB",
-                "ms: step = zero + fwd + bwd + norm + adamw");
+    std::printf("per step (median of %d after a warm-up): zero grad, forward, backward, norm, AdamW\n\n",
+                steps);
+    std::printf("%-36s %11s %7s %8s %9s %7s %9s  %s\n", "model", "params", "B x T", "tok/s", "GFLOP/s", "%sgemm",
+                "peak MiB", "ms: step = zero + fwd + bwd + norm + adamw");
     for (const Case& c : cases) {
         reset_peak_rss();
         GPT<HostOps> model(c.config);
@@ -107,12 +109,13 @@ int main(int argc, char** argv) {
             for (int i = 0; i < 5; i++) phase[i].push_back(ms[i]);
         }
         auto median = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; };
-        double step_ms = median(total), tok_s = c.B * c.T / (step_ms / 1000.0), gflops = 6.0 * model.num_parameters * tok_s / 1e9;
+        double step_ms = median(total), tok_s = c.B * c.T / (step_ms / 1000.0);
+        double gflops = 6.0 * model.num_parameters * tok_s / 1e9;
         char shape[32];
         std::snprintf(shape, sizeof shape, "%dx%d", c.B, c.T);
-        std::printf("%-36s %11zu %7s %8.0f %9.1f %6.1f%% %9.0f  %.0f = %.0f + %.0f + %.0f + %.0f + %.0f\n", c.name, model.num_parameters,
-                    shape, tok_s, gflops, 100.0 * gflops / sgemm, peak_rss_mib(), step_ms, median(phase[0]), median(phase[1]),
-                    median(phase[2]), median(phase[3]), median(phase[4]));
+        std::printf("%-36s %11zu %7s %8.0f %9.1f %6.1f%% %9.0f  %.0f = %.0f + %.0f + %.0f + %.0f + %.0f\n", c.name,
+                    model.num_parameters, shape, tok_s, gflops, 100.0 * gflops / sgemm, peak_rss_mib(), step_ms,
+                    median(phase[0]), median(phase[1]), median(phase[2]), median(phase[3]), median(phase[4]));
         std::fflush(stdout);
     }
     return 0;
