@@ -7,7 +7,7 @@
 #
 #   make train        prepare data, build, train the default model, print samples
 #   make test         CPU tests, GPU build of the tests (compile + link), GPU tests if a GPU exists
-#   make test-asan    CPU tests under AddressSanitizer + UBSan
+#   make test-asan    CPU tests under AddressSanitizer + UBSan (everything in build/asan/, programs included)
 #   make clean
 .DEFAULT_GOAL := all
 SHELL := /bin/bash
@@ -19,15 +19,23 @@ BUILD     := build
 
 # ----------------------------------------------------------------------------
 # CPU build. SANITIZE=1 builds into build/asan with the sanitizers (cudasim tells AddressSanitizer
-# about every fiber switch).
+# about every fiber switch). A flag variant never writes the real programs: its programs go to its
+# build directory too (build/asan/train_gpt_cpu, build/asan/tokenizer/tok, ...), and its test binaries
+# run those (they are compiled with GPTCU_PROGRAMS_DIR, test/test_util.h).
 ifeq ($(SANITIZE),1)
 CPU          := $(BUILD)/asan
 CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined
 CPU_LDFLAGS  := -fsanitize=address,undefined,bounds
+PROGRAMS_DIR := $(CPU)
+PROG         := $(CPU)/
 else
 CPU          := $(BUILD)/cpu
-CPU_OPT      := -O2 -g -march=native
+# -fno-math-errno: nothing reads errno after a math call, and without it sqrt cannot be one SIMD instruction
+# (AdamW's loop in layers_cpu_blas.h stays scalar)
+CPU_OPT      := -O2 -g -march=native -fno-math-errno
 CPU_LDFLAGS  :=
+PROGRAMS_DIR := .
+PROG         :=
 endif
 WARNINGS     := -Wall -Wextra
 # -fopenmp: the CPU reference ops split their outer loops over the cores (the CPU training path)
@@ -36,7 +44,8 @@ GEN          := $(CPU)/gen
 REWRITE      := $(BUILD)/tools/cudasim_rewrite
 # Quoted includes resolve to rewritten copies in $(GEN); the real CUDA headers give the host types.
 CPU_CUDAFLAGS := -x c++ -include dev/cudasim.h -Idev/shadow -I$(GEN)$(CURDIR) -I. -isystem $(CUDA_HOME)/include \
-                 -isystem $(CUDA_HOME)/include/cccl  # libcu++ (<cuda/std/...>); dev/shadow/cuda/ comes first
+                 -isystem $(CUDA_HOME)/include/cccl \
+                 -DGPTCU_PROGRAMS_DIR=\"$(PROGRAMS_DIR)\"
 CPU_LIBS     := -lboost_context -lopenblas -lpthread -fopenmp
 
 # ----------------------------------------------------------------------------
@@ -62,28 +71,43 @@ TEST_BINS_GPU :=
 
 # ----------------------------------------------------------------------------
 # Missing Debian packages are installed once (apt-get as root; otherwise a message naming them).
+# Every compile waits for it (order-only: | $(DEPS_STAMP)), so a fresh machine has the headers first.
 DEPS_STAMP := $(BUILD)/.deps-ok
 $(DEPS_STAMP): dev/install_deps.sh
 	@bash dev/install_deps.sh
 	@mkdir -p $(@D) && touch $@
+
+# Flags stamps: each build directory records the flags it compiles with, rewritten (so: newer) only
+# when they differ from the last build's; every object there depends on it, so changed flags rebuild
+# everything compiled with them. Written while make reads this file, so `make -n` shows the truth.
+# A build directory without a stamp (made before stamps existed) gets one dated 1970: its objects are
+# taken as built with today's flags instead of all being rebuilt once.
+CPU_FLAGS_STAMP := $(CPU)/.flags
+GPU_FLAGS_STAMP := $(GPU)/.flags
+define flags_stamp  # $(1): the stamp file, $(2): the flags
+$(shell mkdir -p $(dir $(1)) && if [ ! -e $(1) ]; then printf '%s\n' '$(2)' > $(1) && touch -d @0 $(1); \
+        elif [ "$$(cat $(1))" != '$(2)' ]; then printf '%s\n' '$(2)' > $(1); fi)
+endef
+$(call flags_stamp,$(CPU_FLAGS_STAMP),$(CXX) $(CXXFLAGS) $(CPU_LDFLAGS) $(CPU_LIBS))
+$(call flags_stamp,$(GPU_FLAGS_STAMP),$(NVCC) $(NVCCFLAGS) $(GPU_LIBS))
 
 $(REWRITE): dev/cudasim_rewrite.cpp dev/cudasim_rewrite.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CXX) -std=c++20 -O2 $(WARNINGS) $< -o $@
 
 # cudasim's implementation, compiled once per CPU build.
-$(CPU)/cudasim.o: dev/cudasim.h dev/cudasim_runtime.h dev/cudasim_cublaslt.h dev/cudasim_intrinsics.h | $(DEPS_STAMP)
+$(CPU)/cudasim.o: dev/cudasim.h dev/cudasim_runtime.h dev/cudasim_cublaslt.h dev/cudasim_intrinsics.h $(CPU_FLAGS_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -x c++ -DCUDASIM_IMPLEMENTATION -Idev/shadow -isystem $(CUDA_HOME)/include -c $< -o $@
 
 # Any .cu in the CPU build: rewrite (chevrons, extern __shared__), then g++.
-$(CPU)/%.o: %.cu $(HEADERS) $(REWRITE) | $(DEPS_STAMP)
+$(CPU)/%.o: %.cu $(HEADERS) $(REWRITE) $(CPU_FLAGS_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	@src=$$($(REWRITE) $< $(GEN) -I .) && echo "$(CXX) [cpu] $<" && \
 	  $(CXX) $(CXXFLAGS) $(CPU_CUDAFLAGS) -c $$src -o $@
 
 # Any .cu in the GPU build.
-$(GPU)/%.o: %.cu $(HEADERS) | $(DEPS_STAMP)
+$(GPU)/%.o: %.cu $(HEADERS) $(GPU_FLAGS_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
@@ -96,11 +120,12 @@ $(CPU)/test/%: $(CPU)/test/%.o $(CPU)/test/test_main.o $(CPU)/cudasim.o $(TOK_LI
 $(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
 # test_train runs the CPU training program
-$(CPU)/test/test_train: | train_gpt_cpu  # order-only: built first, not linked in
+$(CPU)/test/test_train: | $(PROG)train_gpt_cpu  # order-only: built first, not linked in
 
 # ----------------------------------------------------------------------------
-# Programs: NAME (GPU build) and NAME_cpu (CPU build) at the top, as llm.c does.
-train_gpt_cpu: $(CPU)/train_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+# Programs: NAME (GPU build) and NAME_cpu (CPU build) at the top, as llm.c does ($(PROG): a flag
+# variant's build directory instead, see SANITIZE above).
+$(PROG)train_gpt_cpu: $(CPU)/train_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
 train_gpt: $(GPU)/train_gpt.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
@@ -119,7 +144,7 @@ endif
 TRAIN_OUT    ?= out/$(basename $(notdir $(TRAIN_CONFIG)))
 TRAIN_ARGS   ?=
 data: $(DATA_DIR)/train_000.bin
-$(DATA_DIR)/train_000.bin: | tokenizer/tok
+$(DATA_DIR)/train_000.bin: | $(PROG)tokenizer/tok
 	bash dev/prepare_shakespeare.sh $(DATA_DIR)
 # The loss curve (SVG) is drawn from the run's log when python3 is there; training does not need it.
 train: data $(TRAIN_BIN)
@@ -136,7 +161,7 @@ TEST_BINS_CPU += $(addprefix $(CPU)/test/,$(TESTS))
 TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 
 .PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean train data print-cpu-flags
-all: train_gpt_cpu tokenizer/tok $(TEST_BINS_CPU)
+all: $(PROG)train_gpt_cpu $(PROG)tokenizer/tok $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
 # The builds run in parallel on every core even when make was started without -j.
@@ -172,15 +197,15 @@ clean:
 # Hugging Face GPT-2/Llama import/export (engine.cuh, paged_kv.cuh, hf.h, safetensors.h, sampling.h).
 # test_infer runs infer_gpt_cpu.
 # make fuzz-safetensors: libFuzzer on safetensors.h's reader for INFER_FUZZ_SECONDS (default 300).
-infer_gpt_cpu: $(CPU)/infer_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+$(PROG)infer_gpt_cpu: $(CPU)/infer_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
 infer_gpt: $(GPU)/infer_gpt.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
-$(CPU)/test/test_infer: | infer_gpt_cpu
-all: infer_gpt_cpu
+$(CPU)/test/test_infer: | $(PROG)infer_gpt_cpu
+all: $(PROG)infer_gpt_cpu
 
 INFER_FUZZ_SECONDS ?= 300
-$(BUILD)/fuzz/fuzz_safetensors: dev/fuzz_safetensors.cpp safetensors.h common.cuh
+$(BUILD)/fuzz/fuzz_safetensors: dev/fuzz_safetensors.cpp safetensors.h common.cuh | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(TOK_FUZZ_CXX) $(TOK_FUZZ_FLAGS) -I. -isystem $(CUDA_HOME)/include $< -o $@
 fuzz-safetensors: $(BUILD)/fuzz/fuzz_safetensors
@@ -201,18 +226,18 @@ LLAMA_TEXT   ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) data/
 LLAMA_VOCAB  := data/tok_shakespeare_4096
 LLAMA_DATA   := data/shakespeare_llama
 LLAMA_CONFIG ?= configs/shakespeare_llama_cpu.json
-$(LLAMA_VOCAB)/encoder.json: | tokenizer/tok
+$(LLAMA_VOCAB)/encoder.json: | $(PROG)tokenizer/tok
 	@[ -f "$(LLAMA_TEXT)" ] || { echo "no Tiny Shakespeare at $(LLAMA_TEXT): run 'make data' (downloads it) or set LLAMA_TEXT=FILE" >&2; exit 1; }
 	@mkdir -p $(@D)
 	head -c $$(( $$(wc -c < $(LLAMA_TEXT)) * 9 / 10 )) $(LLAMA_TEXT) > $(@D)/train_text.txt
 	tokenizer/tok train --vocab-size 4096 --out $(@D) $(@D)/train_text.txt
-$(LLAMA_DATA)/train_000.bin: $(LLAMA_VOCAB)/encoder.json | tokenizer/tok
+$(LLAMA_DATA)/train_000.bin: $(LLAMA_VOCAB)/encoder.json | $(PROG)tokenizer/tok
 	tokenizer/tok prepare --val-fraction 0.1 --out $(@D) --vocab $(LLAMA_VOCAB) $(LLAMA_TEXT)
 .PHONY: train-llama
 train-llama: $(LLAMA_DATA)/train_000.bin train_gpt_cpu
 	./train_gpt_cpu --config $(LLAMA_CONFIG) $(TRAIN_ARGS)
 # test_llama also runs the CPU training program with --arch llama
-$(CPU)/test/test_llama: | train_gpt_cpu
+$(CPU)/test/test_llama: | $(PROG)train_gpt_cpu
 
 # ---- evaluation (issue 17) ----------------------------------------------------------------------------
 # eval_gpt (GPU build) and eval_gpt_cpu (CPU build): multiple-choice accuracy (HellaSwag format), loss / perplexity /
@@ -220,12 +245,12 @@ $(CPU)/test/test_llama: | train_gpt_cpu
 # make eval (after make train): scores the trained checkpoint on a multiple-choice set made from the val split of
 # Tiny Shakespeare (dev/make_choice_set.sh; third-party text, so made here, never committed) and on the val text
 # itself; the report goes to $(TRAIN_OUT)/eval.json. EVAL_ARGS adds flags (e.g. --baseline old.json).
-eval_gpt_cpu: $(CPU)/eval_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+$(PROG)eval_gpt_cpu: $(CPU)/eval_gpt.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
 eval_gpt: $(GPU)/eval_gpt.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
-$(CPU)/test/test_eval: | eval_gpt_cpu train_gpt_cpu  # test_eval runs both programs
-all: eval_gpt_cpu
+$(CPU)/test/test_eval: | $(PROG)eval_gpt_cpu $(PROG)train_gpt_cpu  # test_eval runs both programs
+all: $(PROG)eval_gpt_cpu
 EVAL_BIN     := $(if $(GPU_CC),./eval_gpt,./eval_gpt_cpu)
 EVAL_TEXT    ?= $(firstword $(wildcard ../shared/data/tinyshakespeare.txt) data/tinyshakespeare.txt)
 EVAL_ARGS    ?=
@@ -252,9 +277,9 @@ HTTPLIB_CFLAGS := $(shell pkg-config --cflags cpp-httplib 2>/dev/null || \
 HTTPLIB_LIBS   := $(shell pkg-config --libs cpp-httplib 2>/dev/null || echo -lcpp-httplib)
 $(CPU)/infer_gpt.o $(CPU)/test/test_serve.o $(CPU)/dev/serve_load.o: CXXFLAGS += $(HTTPLIB_CFLAGS)
 $(GPU)/infer_gpt.o $(GPU)/test/test_serve.o $(GPU)/dev/serve_load.o: NVCCFLAGS += $(HTTPLIB_CFLAGS)
-infer_gpt_cpu $(CPU)/test/test_serve $(CPU)/dev/serve_load: CPU_LIBS += $(HTTPLIB_LIBS)
+$(PROG)infer_gpt_cpu $(CPU)/test/test_serve $(CPU)/dev/serve_load: CPU_LIBS += $(HTTPLIB_LIBS)
 infer_gpt $(GPU)/test/test_serve $(GPU)/dev/serve_load: GPU_LIBS += $(HTTPLIB_LIBS)
-$(CPU)/test/test_serve: | infer_gpt_cpu
+$(CPU)/test/test_serve: | $(PROG)infer_gpt_cpu
 $(GPU)/test/test_serve: | infer_gpt
 # make bench-serve: dev/serve_load, offline vs online throughput and latency (docs/benchmarks.md, Serving)
 SERVE_LOAD_ARGS ?=

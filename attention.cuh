@@ -927,5 +927,5 @@ inline void attention_backward(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const
         attention_backward_flash_launch<decltype(capacity)::value>(dqkv, dout, lse, D, qkv, B, T, NH, NKV, hs, stream);
     });
 }
-GPTCU_OP(attention_forward)
-GPTCU_OP(attention_backward)
+// GPTCU_OP_WITH(attention_forward, ...): layers_cpu_blas.h (a faster CPU path)
+// GPTCU_OP_WITH(attention_backward, ...): layers_cpu_blas.h (a faster CPU path)

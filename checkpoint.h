@@ -12,6 +12,7 @@
 // Written to PATH.tmp, fsynced and renamed over PATH, so a crash or a power cut at any moment leaves the previous
 // checkpoint or the new one. Every value in it is finite (write_checkpoint refuses NaN and inf).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -61,24 +62,51 @@ struct Checkpoint {
 struct NonFiniteError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
-// Throws NonFiniteError naming the first element of `x` that is NaN or ±inf.
-inline void check_finite(const char* what, const std::vector<float>& x) {
-    for (size_t i = 0; i < x.size(); i++)
-        if (!std::isfinite(x[i]))
-            throw NonFiniteError(std::string(what) + "[" + std::to_string(i) + "] is " + std::to_string(x[i]) +
-                                 " (of " + std::to_string(x.size()) + " values)");
-}
 
-// Refuses (NonFiniteError) tensors that are not all finite; then writes atomically and durably
-// (write_file_atomically: the old file or the new one survives a kill or a power cut, never a torn one).
+// The arrays a checkpoint writes, each num_parameters floats, where they live (m and v nullptr: weights
+// only). They are read in chunks through to_host (a memcpy for host memory, cudaMemcpy from a GPU), so
+// writing never holds a host copy of a whole array: at GPT-2 124M the three would be 1.5 GB on top of
+// the training run's own memory (docs/benchmarks.md, peak RSS).
+struct CheckpointArrays {
+    size_t num_parameters = 0;
+    const float* params = nullptr;  // (num_parameters)
+    const float* m = nullptr;       // (num_parameters) AdamW first moment, or nullptr
+    const float* v = nullptr;       // (num_parameters) AdamW second moment, or nullptr
+    void (*to_host)(void* dst, const void* src, size_t bytes) = nullptr;  // nullptr: the arrays are host memory
+};
+
+// Refuses (NonFiniteError, naming the first bad element) arrays that are not all finite, before a byte is
+// written; then writes atomically and durably (write_file_atomically: the old file or the new one survives a kill
+// or a power cut, never a torn one).
 template <class Config>
 void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok, const nlohmann::json& meta,
-                      const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
-    bool has_optimizer = !m.empty();
-    check_finite("parameters", params);
-    check_finite("AdamW m", m);
-    check_finite("AdamW v", v);
-    nlohmann::json header = {{"model", config}, {"tokenizer", to_json_info(tok)}, {"num_parameters", params.size()},
+                      const CheckpointArrays& arrays) {
+    const size_t P = arrays.num_parameters;
+    bool has_optimizer = arrays.m != nullptr;
+    std::vector<float> staging(arrays.to_host ? std::min<size_t>(P, size_t(1) << 20) : 0);  // 4 MB at most
+    // calls fn(chunk pointer, offset, count) over `src` in host-readable chunks
+    auto for_chunks = [&](const float* src, auto&& fn) {
+        if (!arrays.to_host) return fn(src, size_t{0}, P);
+        for (size_t done = 0; done < P; done += staging.size()) {
+            size_t chunk = std::min(staging.size(), P - done);
+            arrays.to_host(staging.data(), src + done, chunk * sizeof(float));
+            fn(staging.data(), done, chunk);
+        }
+    };
+    auto check_finite = [&](const char* what, const float* src) {
+        for_chunks(src, [&](const float* x, size_t offset, size_t n) {
+            for (size_t i = 0; i < n; i++)
+                if (!std::isfinite(x[i]))
+                    throw NonFiniteError(std::string(what) + "[" + std::to_string(offset + i) + "] is " + std::to_string(x[i]) +
+                                         " (of " + std::to_string(P) + " values)");
+        });
+    };
+    check_finite("parameters", arrays.params);
+    if (has_optimizer) {
+        check_finite("AdamW m", arrays.m);
+        check_finite("AdamW v", arrays.v);
+    }
+    nlohmann::json header = {{"model", config}, {"tokenizer", to_json_info(tok)}, {"num_parameters", P},
                              {"dtype", "float32"}, {"has_optimizer", has_optimizer}, {"meta", meta}};
     std::string text = header.dump();
     write_file_atomically(path, [&](File& f) {
@@ -87,12 +115,21 @@ void write_checkpoint(const std::string& path, const Config& config, const Token
         f.write(&checkpoint_version, 4);
         f.write(&n, 4);
         f.write(text.data(), text.size());
-        f.write(params.data(), params.size() * sizeof(float));
+        auto write = [&](const float* x, size_t, size_t count) { f.write(x, count * sizeof(float)); };
+        for_chunks(arrays.params, write);
         if (has_optimizer) {
-            f.write(m.data(), m.size() * sizeof(float));
-            f.write(v.data(), v.size() * sizeof(float));
+            for_chunks(arrays.m, write);
+            for_chunks(arrays.v, write);
         }
     });
+}
+
+// The same from host vectors (m and v empty: weights only).
+template <class Config>
+void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok, const nlohmann::json& meta,
+                      const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
+    CheckpointArrays arrays{params.size(), params.data(), m.empty() ? nullptr : m.data(), v.empty() ? nullptr : v.data()};
+    write_checkpoint(path, config, tok, meta, arrays);
 }
 
 // Reads and validates a checkpoint: magic, version, header, and that the file holds exactly the

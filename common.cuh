@@ -69,9 +69,15 @@ struct Exec {
 #define GPTCU_OP(op) GPTCU_OP_WITH(op, op##_cpu)
 
 // Zeroes memory where exec's ops run: the device's (on its stream) or the host's.
+// On the host the memset is split over the cores in 1 MiB chunks (the gradients are zeroed every step:
+// 0.5 GB at GPT-2 124M).
 inline void zero_memory(const Exec& exec, void* p, size_t bytes) {
-    if (exec.on_device) cuda_check(cudaMemsetAsync(p, 0, bytes, exec.stream));
-    else std::memset(p, 0, bytes);
+    if (exec.on_device) return cuda_check(cudaMemsetAsync(p, 0, bytes, exec.stream));
+    const size_t chunk = size_t(1) << 20;
+    const long chunks = static_cast<long>((bytes + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (chunks > 4)
+    for (long i = 0; i < chunks; i++)
+        std::memset(static_cast<char*>(p) + i * chunk, 0, std::min(chunk, bytes - i * chunk));
 }
 
 // A small index array the host builds and an op reads (tokens, positions, slots, block tables): the host

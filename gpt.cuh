@@ -1,7 +1,8 @@
 // gpt.cuh — the model: one description of a GPT (GPT-2 or Llama family) that runs on two backends.
 //
 //   DeviceOps: the CUDA kernels of layers.cuh and attention.cuh (on a GPU; emulated by cudasim in the CPU build)
-//   HostOps:   the plain CPU reference ops (OpenBLAS for the matmuls), the fast path of the CPU build
+//   HostOps:   the CPU ops: the _cpu references, and for what dominates a training step their fast
+//              versions (layers_cpu_blas.h: OpenBLAS, OpenMP, SIMD), the fast path of the CPU build
 //
 // The transformer block is one function, block_forward (with its backward, block_backward), used by
 // training (GPT::forward, causal attention over the batch) and by inference (engine.cuh, attention through

@@ -360,8 +360,8 @@ inline void layernorm_backward(floatX* dinp,          // (N, C), accumulated
     cuda_check(cudaGetLastError());
     column_reduce(dweight, dbias, dout, inp, mean, rstd, N, C, stream);
 }
-GPTCU_OP(layernorm_forward)
-GPTCU_OP(layernorm_backward)
+// GPTCU_OP_WITH(layernorm_forward, ...): layers_cpu_blas.h (a faster CPU path)
+// GPTCU_OP_WITH(layernorm_backward, ...): layers_cpu_blas.h (a faster CPU path)
 
 // ----------------------------------------------------------------------------
 // 2b. RMSNorm (Llama): LayerNorm without the mean and the bias
@@ -737,8 +737,8 @@ inline void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, i
     gelu_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dinp, inp, dout, N);
     cuda_check(cudaGetLastError());
 }
-GPTCU_OP(gelu_forward)
-GPTCU_OP(gelu_backward)
+// GPTCU_OP_WITH(gelu_forward, ...): layers_cpu_blas.h (a faster CPU path)
+// GPTCU_OP_WITH(gelu_backward, ...): layers_cpu_blas.h (a faster CPU path)
 
 // ----------------------------------------------------------------------------
 // 4b. SwiGLU (Llama's MLP activation), on the fused [gate | up] projection of width 2H per row
@@ -849,7 +849,7 @@ inline void residual_backward(floatX* da, floatX* db, const floatX* dout, int N,
     residual_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(da, db, dout, N);
     cuda_check(cudaGetLastError());
 }
-GPTCU_OP(residual_forward)
+// GPTCU_OP_WITH(residual_forward, ...): layers_cpu_blas.h (a faster CPU path)
 GPTCU_OP(residual_backward)
 
 // ----------------------------------------------------------------------------
@@ -1000,7 +1000,7 @@ inline void adamw_update(float* params, const float* grads, float* m, float* v, 
         params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, correction1, correction2, grad_scale);
     cuda_check(cudaGetLastError());
 }
-GPTCU_OP(adamw_update)
+// GPTCU_OP_WITH(adamw_update, ...): layers_cpu_blas.h (a faster CPU path)
 
 // ----------------------------------------------------------------------------
 // 7b. Global gradient norm (for clipping): ‖g‖² = Σ_i g_i² over all parameters
@@ -1044,13 +1044,4 @@ inline void global_norm_squared(float* out,            // device scalar, OVERWRI
     global_norm_finish_kernel<<<1, 1024, 0, stream>>>(out, partial, blocks);
     cuda_check(cudaGetLastError());
 }
-// The model's call: ‖g‖² on the host, from the kernels (through a device scalar) or the CPU reference.
-inline float global_norm_squared(const Exec& exec, const float* grads, size_t n) {
-    if (!exec.on_device) return global_norm_squared_cpu(grads, n);
-    static DeviceBuffer<float> out(1);
-    global_norm_squared(out, grads, n, exec.stream);
-    float host = 0.0f;
-    cuda_check(cudaMemcpyAsync(&host, out, sizeof host, cudaMemcpyDeviceToHost, exec.stream));
-    cuda_check(cudaStreamSynchronize(exec.stream));
-    return host;
-}
+// The model's call, global_norm_squared(exec, grads, n): layers_cpu_blas.h (a faster CPU path).

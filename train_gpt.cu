@@ -402,10 +402,9 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     };
     auto save = [&](int step) {
         json meta = {{"step", step}, {"data", train_data.state()}, {"sample_rng", rng_to_json(sample_rng)}};
-        try {
-            size_t P = model.num_parameters;
-            write_checkpoint(ckpt_path, config, tok_info, meta, model.get_parameters(), model.get(model.m_memory, P),
-                             model.get(model.v_memory, P));
+        try {  // straight from the model's buffers, in chunks: no host copy of the weights or moments
+            CheckpointArrays arrays{model.num_parameters, model.params_memory, model.m_memory, model.v_memory, Ops::to_host};
+            write_checkpoint(ckpt_path, config, tok_info, meta, arrays);
         } catch (const NonFiniteError& e) {
             stop(step, std::string("after the update ") + e.what() + ", so the checkpoint was not written");
         }
@@ -505,6 +504,7 @@ static int train(const TrainOptions& o, const std::string& device_name) {
 }
 
 int main(int argc, char** argv) {
+    restart_with_passive_openmp(argv);  // the CPU path's OpenMP threads must not spin against OpenBLAS's
     try {
         TrainOptions o = parse_options(argc, argv);
         if (o.print_config) {

@@ -1,5 +1,6 @@
-// Tests of attention.cuh: RoPE, causal attention (CPU reference, naive path, fused path) forward and
-// backward, GQA/MQA, decode against a (paged) KV cache, and the fused path's memory bound.
+// Tests of attention.cuh: RoPE, causal attention (CPU reference, naive path, fused path, the CPU training
+// path's fast loops) forward and backward, GQA/MQA, decode against a (paged) KV cache, and the fused
+// path's memory bound.
 #include <algorithm>
 #include <numeric>
 #include <cstring>
@@ -7,6 +8,7 @@
 
 #include "attention.cuh"
 #include "paged_kv.cuh"
+#include "layers_cpu_blas.h"
 #include "test/test_util.h"
 
 namespace {
@@ -449,4 +451,31 @@ TEST_CASE("decode: sequences of different lengths in one batch, paged cache fill
                         kv.block_size, kv.max_blocks, nullptr);
         check_close("paged_attention, mixed lengths", d_out.download(), reference_rows(c, last), tolerance_fp32_attention);
     });
+}
+
+// ----------------------------------------------------------------------------
+// The CPU training path's attention (layers_cpu_blas.h) against the plain-loop reference: forward out and
+// lse; backward accumulating into a random dqkv (so an overwrite fails); MHA, GQA, MQA; odd T and hs.
+TEST_CASE("attention CPU fast path matches the CPU reference (T 1..129, MHA/GQA/MQA)") {
+    Rng rng(407);
+    for (int T : {1, 7, 64, 129})
+        for (int hs : {8, 64})
+            for (int NKV : {4, 2, 1}) {
+                Shape s{2, T, 4, NKV, hs};
+                CAPTURE(describe(s));
+                std::vector<float> qkv = random_vector(s.qkv_count(), rng), dout = random_vector(s.out_count(), rng);
+                std::vector<float> dqkv_init = random_vector(s.qkv_count(), rng);
+                std::vector<float> out_ref(s.out_count()), lse_ref(s.lse_count());
+                std::vector<float> out(s.out_count(), NAN), lse(s.lse_count(), NAN);
+                attention_forward_cpu(out_ref.data(), lse_ref.data(), qkv.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+                attention_forward_cpu_fast(out.data(), lse.data(), qkv.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+                check_close("fast forward out", out, out_ref, tolerance_fp32);
+                check_close("fast forward lse", lse, lse_ref, tolerance_fp32);
+                std::vector<float> dqkv_ref = dqkv_init, dqkv = dqkv_init;
+                attention_backward_cpu(dqkv_ref.data(), dout.data(), out_ref.data(), lse_ref.data(), qkv.data(), s.B, s.T,
+                                       s.NH, s.NKV, s.hs);
+                attention_backward_cpu_fast(dqkv.data(), dout.data(), out_ref.data(), lse_ref.data(), qkv.data(), s.B,
+                                            s.T, s.NH, s.NKV, s.hs);
+                check_close("fast backward dqkv", dqkv, dqkv_ref, tolerance_fp32);
+            }
 }

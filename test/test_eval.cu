@@ -258,7 +258,7 @@ TEST_CASE("regression gate: fails naming the metric when worse than the baseline
 
 // ----------------------------------------------------------------------------
 // The programs, as a user runs them (CPU build)
-static CommandResult eval_gpt(const std::string& args) { return run_command("./eval_gpt_cpu --device cpu " + args); }
+static CommandResult eval_gpt(const std::string& args) { return run_command(program_path("eval_gpt_cpu") + " --device cpu " + args); }
 
 TEST_CASE("eval_gpt: per-item choices of an HF GPT-2 directory equal transformers' on the same file") {
     const json mcase = read_json("test/fixtures/eval_hf.json").at("models").at(0);
@@ -444,7 +444,7 @@ TEST_CASE("train_gpt --eval-every N --eval-multiple-choice FILE logs accuracy to
     bpe::write_shard(s / "val_000.bin", val, 50257);
     write_text(s / "items.jsonl", R"({"ctx": "To be, or not", "endings": ["to be", "a cat", "the sea"], "label": 0})" "\n"
                                   R"({"ctx": "Whether 'tis", "endings": ["nobler", "in the mind"], "label": 1})" "\n");
-    const std::string args = "./train_gpt_cpu --model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device cpu "
+    const std::string args = program_path("train_gpt_cpu") + " --model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device cpu "
                              "--batch-size 2 --seq-len 8 --val-every 2 --val-batches 1 --sample-every 0 --sample-tokens 2 --warmup-steps 1 "
                              "--max-steps 5 --eval-every 2 --train-data " + (s / "train_*.bin") + " --val-data " + (s / "val_*.bin") +
                              " --out-dir " + (s / "out");

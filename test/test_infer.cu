@@ -555,7 +555,7 @@ TEST_CASE("speculative decoding: greedy output equals the target's greedy output
 // ----------------------------------------------------------------------------
 // The program, run as a user would (CPU build): a request file with bad lines
 static std::string run_infer(const std::string& args, int& code) {
-    CommandResult r = run_command("./infer_gpt_cpu " + args);
+    CommandResult r = run_command(program_path("infer_gpt_cpu") + " " + args);
     code = r.exit_code;
     return r.output;
 }

@@ -499,3 +499,66 @@ TEST_CASE("global norm squared: kernel matches CPU reference and is deterministi
         });
     }
 }
+
+// ----------------------------------------------------------------------------
+// The CPU training path's fast ops (layers_cpu_blas.h) against the plain-loop references, at shapes that
+// cover a partial last block (rows > 32 for layernorm's blocks, n > 16384 for the norm's). Gradients
+// start random, so an op that overwrites instead of accumulating fails.
+TEST_CASE("CPU fast ops (layers_cpu_blas.h) match the plain-loop references") {
+    Rng rng(801);
+    for (auto [N, C] : {std::pair{1, 7}, std::pair{67, 130}, std::pair{256, 768}}) {
+        CAPTURE(N); CAPTURE(C);
+        const size_t NC = static_cast<size_t>(N) * C;
+        std::vector<float> x = random_vector(NC, rng), w = random_vector(C, rng), b = random_vector(C, rng);
+        std::vector<float> dy = random_vector(NC, rng);
+        std::vector<float> out_ref(NC), mean_ref(N), rstd_ref(N), out(NC, NAN), mean(N, NAN), rstd(N, NAN);
+        layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), x.data(), w.data(), b.data(), N, C);
+        layernorm_forward_cpu_fast(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C);
+        check_close("layernorm out", out, out_ref, tolerance_fp32);
+        check_close("layernorm mean", mean, mean_ref, tolerance_fp32);
+        check_close("layernorm rstd", rstd, rstd_ref, tolerance_fp32);
+        std::vector<float> dx_ref = random_vector(NC, rng), dw_ref = random_vector(C, rng);
+        std::vector<float> db_ref = random_vector(C, rng), dx = dx_ref, dw = dw_ref, db = db_ref;
+        layernorm_backward_cpu(dx_ref.data(), dw_ref.data(), db_ref.data(), dy.data(), x.data(), w.data(),
+                               mean_ref.data(), rstd_ref.data(), N, C);
+        layernorm_backward_cpu_fast(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean_ref.data(),
+                                    rstd_ref.data(), N, C);
+        check_close("layernorm dinp", dx, dx_ref, tolerance_fp32);
+        check_close("layernorm dweight", dw, dw_ref, tolerance_fp32);
+        check_close("layernorm dbias", db, db_ref, tolerance_fp32);
+
+        const int n = static_cast<int>(NC);
+        std::vector<float> g_ref(NC), g(NC, NAN), dg_ref = random_vector(NC, rng), dg = dg_ref;
+        std::vector<float> sum_ref(NC), sum(NC, NAN);
+        gelu_forward_cpu(g_ref.data(), x.data(), n);
+        gelu_forward_cpu_fast(g.data(), x.data(), n);
+        check_close("gelu out", g, g_ref, tolerance_fp32);
+        gelu_backward_cpu(dg_ref.data(), x.data(), dy.data(), n);
+        gelu_backward_cpu_fast(dg.data(), x.data(), dy.data(), n);
+        check_close("gelu dinp", dg, dg_ref, tolerance_fp32);
+        residual_forward_cpu(sum_ref.data(), x.data(), dy.data(), n);
+        residual_forward_cpu_fast(sum.data(), x.data(), dy.data(), n);
+        check_close("residual out", sum, sum_ref, tolerance_fp32);
+    }
+    for (size_t n : {size_t{1}, size_t{16385}, size_t{100003}}) {
+        CAPTURE(n);
+        std::vector<float> g = random_vector(n, rng);
+        double ref = global_norm_squared_cpu(g.data(), n), got = global_norm_squared_cpu_fast(g.data(), n);
+        CHECK(std::abs(got - ref) <= 1e-5 * ref);
+        std::vector<float> p_ref = random_vector(n, rng), m_ref(n, 0.0f), v_ref(n, 0.0f);
+        std::vector<float> p = p_ref, m = m_ref, v = v_ref;
+        for (int step = 1; step <= 3; step++) {
+            CAPTURE(step);
+            std::vector<float> grads = random_vector(n, rng);
+            const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, scale = 0.5f;
+            adamw_update_cpu(p_ref.data(), grads.data(), m_ref.data(), v_ref.data(), n, lr, b1, b2, eps, wd, step, scale);
+            adamw_update_cpu_fast(p.data(), grads.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd, step, scale);
+            check_close("adamw params", p, p_ref, tolerance_fp32);
+            check_close("adamw m", m, m_ref, tolerance_fp32);
+            check_close("adamw v", v, v_ref, tolerance_fp32);
+        }
+    }
+    std::vector<float> z(5'000'003, 1.0f);  // 20 MB: zeroed in 1 MB chunks over the cores, the last one partial
+    zero_memory(Exec{false, 0}, z.data(), z.size() * sizeof(float));
+    CHECK(std::all_of(z.begin(), z.end(), [](float f) { return f == 0.0f; }));
+}

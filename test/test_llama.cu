@@ -72,7 +72,7 @@ TEST_CASE("KV cache per token: 2·L·NKV·hs values; GQA divides it by NH/NKV") 
 
 // ./train_gpt_cpu as a user runs it (as in test/test_train.cu): exit code and everything it printed.
 static std::pair<int, std::string> run_train_gpt(const std::string& args) {
-    CommandResult r = run_command("./train_gpt_cpu " + args);
+    CommandResult r = run_command(program_path("train_gpt_cpu") + " " + args);
     return {r.exit_code, r.output};
 }
 

@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 using namespace serve_client;
 
 #if defined(CUDASIM)
-static const std::string program = "./infer_gpt_cpu";
+static const std::string program = program_path("infer_gpt_cpu");
 #else
 static const std::string program = "./infer_gpt";
 #endif

@@ -22,6 +22,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The tok program of this build: ./tokenizer/tok, or build/asan/tokenizer/tok in a sanitizer build (Makefile).
+#ifndef GPTCU_PROGRAMS_DIR
+#define GPTCU_PROGRAMS_DIR "."
+#endif
+const std::string tok_program = GPTCU_PROGRAMS_DIR "/tokenizer/tok";
+
 std::string data_dir() {
     const char* d = getenv("GPTCU_DATA");
     return d && *d ? d : "../shared/data";
@@ -399,8 +405,8 @@ TEST_CASE("shards: bad tokens and corrupt files are clear errors") {
 // ---- the tok CLI -------------------------------------------------------------------
 
 TEST_CASE("tok CLI: encode, decode, --allow-special, errors and exit codes") {
-    REQUIRE(fs::exists("tokenizer/tok"));
-    const std::string tok = "GPTCU_DATA=" + data_dir() + " tokenizer/tok";
+    REQUIRE(fs::exists(tok_program));
+    const std::string tok = "GPTCU_DATA=" + data_dir() + " " + tok_program;
     std::string out;
     CHECK(run(tok + " --help", &out) == 0);
     CHECK(out.find("tok prepare") != std::string::npos);
@@ -434,7 +440,7 @@ TEST_CASE("tok CLI: encode, decode, --allow-special, errors and exit codes") {
 }
 
 TEST_CASE("tok CLI: train and prepare") {
-    const std::string tok = "GPTCU_DATA=" + data_dir() + " tokenizer/tok";
+    const std::string tok = "GPTCU_DATA=" + data_dir() + " " + tok_program;
     const std::string ts = data_dir() + "/tinyshakespeare.txt";
     std::string out;
     fs::path vdir = scratch() / "cli_vocab";

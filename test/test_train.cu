@@ -21,7 +21,9 @@
 namespace fs = std::filesystem;
 
 using RunResult = CommandResult;
-static RunResult run(const std::string& args, const std::string& env = "") { return run_command(env + " ./train_gpt_cpu " + args); }
+static RunResult run(const std::string& args, const std::string& env = "") {
+    return run_command(env + " " + program_path("train_gpt_cpu") + " " + args);
+}
 
 // A scratch directory with random-token shards: train (enough for several steps) and val.
 struct Workspace {
@@ -295,4 +297,44 @@ TEST_CASE("unknown flags and wrong types are refused with a message") {
     r = run("--batch-size lots");
     CHECK(r.exit_code == 1);
     CHECK(r.output.find("wrong type") != std::string::npos);
+}
+
+// The outputs (-o PATH) of every command `make ARGS` would run from scratch (-n: printed, not run; -B: as if
+// nothing were built), and the commands themselves.
+static std::pair<std::vector<std::string>, std::string> make_outputs(const std::string& args) {
+    // without the MAKEFLAGS of a surrounding make (make test-asan passes SANITIZE=1 down through it)
+    CommandResult r = run_command("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -n -B " + args);
+    REQUIRE_MESSAGE(r.exit_code == 0, "make -n -B " << args << " failed:\n" << r.output);
+    std::vector<std::string> outputs;
+    for (size_t at = r.output.find(" -o "); at != std::string::npos; at = r.output.find(" -o ", at + 4)) {
+        size_t begin = at + 4, end = r.output.find_first_of(" \n", begin);
+        outputs.push_back(r.output.substr(begin, end - begin));
+    }
+    return {outputs, r.output};
+}
+
+TEST_CASE("a sanitizer build writes only into build/asan, and ./train_gpt_cpu is the real program") {
+    // the normal build writes the programs at the top (the check below can tell)
+    auto [normal, normal_commands] = make_outputs("train_gpt_cpu");
+    CHECK(std::find(normal.begin(), normal.end(), "train_gpt_cpu") != normal.end());
+    // SANITIZE=1 (make test-asan): programs, objects, tests all under build/asan/; its tests run its programs
+    const std::string asan_targets = "build/asan/train_gpt_cpu build/asan/infer_gpt_cpu build/asan/tokenizer/tok "
+                                     "build/asan/test/test_train build/asan/test/test_tokenizer";
+    auto [asan, asan_commands] = make_outputs("SANITIZE=1 " + asan_targets);
+    REQUIRE(asan.size() > 5);
+    for (const std::string& out : asan) {
+        INFO("SANITIZE=1 writes " << out);
+        CHECK(out.rfind("build/", 0) == 0);
+        CHECK(out.rfind("build/cpu/", 0) != 0);
+    }
+    CHECK(std::find(asan.begin(), asan.end(), "build/asan/train_gpt_cpu") != asan.end());
+    CHECK(asan_commands.find("-DGPTCU_PROGRAMS_DIR=\\\"build/asan\\\"") != std::string::npos);
+    CHECK(normal_commands.find("-fsanitize") == std::string::npos);
+    // and the program `make train` runs is not linked against the sanitizer runtimes
+    if (std::string(GPTCU_PROGRAMS_DIR) == ".") {
+        CommandResult ldd = run_command("ldd ./train_gpt_cpu");
+        REQUIRE(ldd.exit_code == 0);
+        CHECK(ldd.output.find("libasan") == std::string::npos);
+        CHECK(ldd.output.find("libubsan") == std::string::npos);
+    }
 }

@@ -163,6 +163,14 @@ inline double rel_error(const std::vector<double>& out, const std::vector<double
     return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
 }
 
+// Where the programs this build's tests run live: "." for the normal build (./train_gpt_cpu,
+// ./infer_gpt_cpu, ./tokenizer/tok), the build directory for a flag variant (make SANITIZE=1 sets
+// build/asan), so sanitizer tests run sanitizer programs and never need them in place of the real ones.
+#ifndef GPTCU_PROGRAMS_DIR
+#define GPTCU_PROGRAMS_DIR "."
+#endif
+inline std::string program_path(const std::string& name) { return std::string(GPTCU_PROGRAMS_DIR) + "/" + name; }
+
 // A program run as a user runs it (through sh, from the repository root): its exit code, or minus the
 // signal that killed it, and everything it printed (stdout and stderr together).
 struct CommandResult {

@@ -13,16 +13,17 @@ TOK_HEADERS  := tokenizer/bpe.h tokenizer/pretokenize.h tokenizer/unicode_tables
 TOK_LIB_OBJS := $(CPU)/tokenizer/bpe.o $(CPU)/tokenizer/unicode.o $(CPU)/tokenizer/train.o \
                 $(CPU)/tokenizer/shard.o
 
-$(CPU)/tokenizer/%.o: tokenizer/%.cpp $(TOK_HEADERS)
+$(CPU)/tokenizer/%.o: tokenizer/%.cpp $(TOK_HEADERS) $(CPU_FLAGS_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CXX) $(TOK_CXXFLAGS) -c $< -o $@
 
-tokenizer/tok: $(CPU)/tokenizer/tok.o $(TOK_LIB_OBJS)
+$(PROG)tokenizer/tok: $(CPU)/tokenizer/tok.o $(TOK_LIB_OBJS)
 	$(CXX) $(TOK_CXXFLAGS) $^ -o $@ $(LDLIBS_CPU)
 
-$(CPU)/test/test_tokenizer: test/test_tokenizer.cpp $(TOK_LIB_OBJS) $(TOK_HEADERS) tokenizer/tok
+$(CPU)/test/test_tokenizer: test/test_tokenizer.cpp $(TOK_LIB_OBJS) $(TOK_HEADERS) $(PROG)tokenizer/tok $(CPU_FLAGS_STAMP) \
+                             | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -Itokenizer test/test_tokenizer.cpp $(TOK_LIB_OBJS) -o $@ $(LDLIBS_CPU)
+	$(CXX) $(CXXFLAGS) -DGPTCU_PROGRAMS_DIR=\"$(PROGRAMS_DIR)\" -Itokenizer test/test_tokenizer.cpp $(TOK_LIB_OBJS) -o $@ $(LDLIBS_CPU)
 
 TEST_BINS_CPU += $(CPU)/test/test_tokenizer
 
@@ -31,7 +32,7 @@ test-tokenizer: $(CPU)/test/test_tokenizer
 	$(CPU)/test/test_tokenizer
 
 # ---- benchmark (dev only) ----------------------------------------------------
-$(CPU)/dev/bench_tokenizer: dev/bench_tokenizer.cpp $(TOK_LIB_OBJS) $(TOK_HEADERS)
+$(CPU)/dev/bench_tokenizer: dev/bench_tokenizer.cpp $(TOK_LIB_OBJS) $(TOK_HEADERS) $(CPU_FLAGS_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CXX) $(TOK_CXXFLAGS) -Itokenizer dev/bench_tokenizer.cpp $(TOK_LIB_OBJS) -o $@ $(LDLIBS_CPU)
 
@@ -46,7 +47,7 @@ TOK_FUZZ_TARGETS := fuzz_encode fuzz_encoder_json fuzz_vocab_bpe
 TOK_FUZZ_BINS    := $(TOK_FUZZ_TARGETS:%=$(BUILD)/fuzz/%)
 TOK_FUZZ_SECONDS ?= 60
 
-$(BUILD)/fuzz/fuzz_%: tokenizer/fuzz_%.cpp $(TOK_FUZZ_SRCS) $(TOK_HEADERS)
+$(BUILD)/fuzz/fuzz_%: tokenizer/fuzz_%.cpp $(TOK_FUZZ_SRCS) $(TOK_HEADERS) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(TOK_FUZZ_CXX) $(TOK_FUZZ_FLAGS) -Itokenizer $< $(TOK_FUZZ_SRCS) -o $@
 
