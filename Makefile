@@ -26,8 +26,7 @@ BUILD     := build
 # turned into a call to cudasim's checker (dev/cudasim_check.h: bounds of every kernel access, and
 # shared-memory races under CUDASIM_RACECHECK=1); host-only objects (test main, tokenizer) come from
 # build/cpu, and cudasim.o itself is never instrumented.
-CHECK_CFLAGS := -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0 \
-                --param asan-stack=0 --param asan-globals=0 -DCUDASIM_CHECKED
+CHECK_CFLAGS := -fsanitize=thread --param tsan-instrument-func-entry-exit=0 -DCUDASIM_CHECKED
 ifeq ($(SANITIZE),1)
 CPU          := $(BUILD)/asan
 CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined

@@ -4,20 +4,19 @@
 // cudasim's implementation (build/cpu/cudasim.o). docs/cpu-execution.md, "What the CPU build checks".
 //
 // Per-access checks need every load and store of kernel code to tell us its address. The checked build
-// (CHECK=1: build/check, and dev/cudarun by default) compiles with GCC's kernel-address sanitizer
-// instrumentation reduced to calls (CHECK_CFLAGS in the Makefile):
-//     -fsanitize=kernel-address --param asan-instrumentation-with-call-threshold=0
-//     --param asan-stack=0 --param asan-globals=0
-// so every load or store of N bytes at address a becomes a call to __asan_loadN_noabort(a) /
-// __asan_storeN_noabort(a), which this file defines (there is no shadow memory and no sanitizer
-// runtime). Outside kernel code a thread-local flag makes the call return at once; inside, the address
+// (CHECK=1: build/check, and dev/cudarun by default) compiles with GCC's ThreadSanitizer instrumentation
+// (CHECK_CFLAGS in the Makefile: -fsanitize=thread --param tsan-instrument-func-entry-exit=0, linked
+// without the sanitizer's runtime), so every load or store of N bytes at address a becomes a call to
+// __tsan_readN(a) / __tsan_writeN(a), which this file defines. (AddressSanitizer's instrumentation,
+// -fsanitize=kernel-address, would do for bounds, but it drops the check of a store that follows a load
+// of the same address — `s[t] += x` — which the race check must see.) Outside kernel code a thread-local flag makes the call return at once; inside, the address
 // must lie in memory a CUDA thread may touch — a live cudaMalloc/cudaMallocHost allocation, the block's
 // shared memory, the thread's own stack, the program's static data (__constant__/__device__ variables)
 // or the kernel's parameters — or the run aborts naming kernel, block, thread, address, source line and
 // the nearest allocation. With CUDASIM_RACECHECK=1 every shared-memory byte also remembers, until the
 // next __syncthreads, which thread last wrote it and which threads read it, so two threads touching the
 // same byte without a barrier (or a warp-level sync inside one warp) between them abort as a race.
-// The ASan build (SANITIZE=1) does not use this: AddressSanitizer defines the same functions.
+// The ASan build (SANITIZE=1) does not use these checks (AddressSanitizer checks bounds there).
 #ifndef GPTCU_CUDASIM_CHECK_H
 #define GPTCU_CUDASIM_CHECK_H
 
@@ -68,10 +67,10 @@ void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaF
 
 // Code in this header that kernels inline but that must not be checked access by access: atomics (checked
 // for bounds by atomic_access, and never races) and the barrier bookkeeping in cudasim's own structures.
-// CUDASIM_CHECKED comes with the checked build's flags (g++ defines __SANITIZE_ADDRESS__ for both
-// sanitizers). noinline: g++ would otherwise inline the body into the kernel and instrument it there.
+// CUDASIM_CHECKED comes with the checked build's flags. noinline: g++ would otherwise inline the body
+// into the kernel and instrument it there.
 #if defined(CUDASIM_CHECKED)
-#define CUDASIM_UNCHECKED __attribute__((noinline, no_sanitize("kernel-address")))
+#define CUDASIM_UNCHECKED __attribute__((noinline, no_sanitize("thread")))
 #else
 #define CUDASIM_UNCHECKED
 #endif
@@ -367,9 +366,6 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
     State& s = t_state;
     Worker& w = *this_worker;
     char* c = reinterpret_cast<char*>(a);
-    // The thread's own stack (locals, arguments), or the OS thread's (a scheduler that runs code there).
-    char* stack = w.stacks + static_cast<size_t>(w.current->linear) * w.stack_bytes;
-    if ((c >= stack && c + size <= stack + w.stack_bytes) || (c >= s.os_stack_lo && c + size <= s.os_stack_hi)) return;
     // Dynamic shared memory: the launch's bytes only.
     char* dyn = reinterpret_cast<char*>(w.shared);
     if (c >= dyn && c < dyn + sizeof w.shared) {
@@ -398,6 +394,10 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
             }
             return;
         }
+    // The thread's own stack (locals, arguments), or the OS thread's (a scheduler that runs code there;
+    // a pool thread's TLS, and so its shared memory, lies at the top of that range: checked above).
+    char* stack = w.stacks + static_cast<size_t>(w.current->linear) * w.stack_bytes;
+    if ((c >= stack && c + size <= stack + w.stack_bytes) || (c >= s.os_stack_lo && c + size <= s.os_stack_hi)) return;
     // The program's static data (__constant__ and __device__ variables, tables), the OS thread's TLS.
     if ((c >= __executable_start && c + size <= _end) || (c >= s.tls_lo && c + size <= s.tls_hi)) return;
     {
@@ -498,20 +498,72 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
 
 }  // namespace cudasim::check
 
-// The functions the instrumentation calls (AddressSanitizer's own names; in the ASan build its runtime
-// defines them instead).
-#if !defined(__SANITIZE_ADDRESS__)
+// The functions the instrumentation calls (ThreadSanitizer's names; no sanitizer runtime is linked).
+// Atomics in instrumented code become __tsan_atomic* calls: they are performed here, unchecked (the
+// kernel-side atomics of dev/cudasim.h are not instrumented; these serve host code such as std::atomic).
 #define CUDASIM_ACCESS(size)                                                                                         \
-    extern "C" void __asan_load##size##_noabort(void* p) { cudasim::check::access(p, size, false, __builtin_return_address(0)); } \
-    extern "C" void __asan_store##size##_noabort(void* p) { cudasim::check::access(p, size, true, __builtin_return_address(0)); }
+    extern "C" void __tsan_read##size(void* p) { cudasim::check::access(p, size, false, __builtin_return_address(0)); } \
+    extern "C" void __tsan_write##size(void* p) { cudasim::check::access(p, size, true, __builtin_return_address(0)); }  \
+    extern "C" void __tsan_unaligned_read##size(void* p) {                                                           \
+        cudasim::check::access(p, size, false, __builtin_return_address(0));                                         \
+    }                                                                                                                \
+    extern "C" void __tsan_unaligned_write##size(void* p) {                                                          \
+        cudasim::check::access(p, size, true, __builtin_return_address(0));                                          \
+    }
 CUDASIM_ACCESS(1)
 CUDASIM_ACCESS(2)
 CUDASIM_ACCESS(4)
 CUDASIM_ACCESS(8)
 CUDASIM_ACCESS(16)
 #undef CUDASIM_ACCESS
-extern "C" void __asan_loadN_noabort(void* p, size_t n) { cudasim::check::access(p, n, false, __builtin_return_address(0)); }
-extern "C" void __asan_storeN_noabort(void* p, size_t n) { cudasim::check::access(p, n, true, __builtin_return_address(0)); }
-extern "C" void __asan_handle_no_return() {}
-#endif
+extern "C" void __tsan_read_range(void* p, size_t n) {
+    if (n) cudasim::check::access(p, n, false, __builtin_return_address(0));
+}
+extern "C" void __tsan_write_range(void* p, size_t n) {
+    if (n) cudasim::check::access(p, n, true, __builtin_return_address(0));
+}
+extern "C" void __tsan_init() {}
+extern "C" void __tsan_func_entry(void*) {}
+extern "C" void __tsan_func_exit() {}
+extern "C" void __tsan_vptr_update(void**, void*) {}
+extern "C" void __tsan_vptr_read(void**) {}
+extern "C" void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+extern "C" void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+// Every memory order is performed as seq_cst (at least as strong as asked).
+#define CUDASIM_TSAN_ATOMICS(bits, T)                                                                                  \
+    extern "C" T __tsan_atomic##bits##_load(const volatile T* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); } \
+    extern "C" void __tsan_atomic##bits##_store(volatile T* a, T v, int) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); } \
+    extern "C" T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                                             \
+        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                          \
+    }                                                                                                                \
+    extern "C" T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                                            \
+        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                           \
+    }                                                                                                                \
+    extern "C" T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                                            \
+        return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                           \
+    }                                                                                                                \
+    extern "C" T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                                            \
+        return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                           \
+    }                                                                                                                \
+    extern "C" T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                                             \
+        return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                            \
+    }                                                                                                                \
+    extern "C" T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                                            \
+        return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                           \
+    }                                                                                                                \
+    extern "C" int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {                 \
+        return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                      \
+    }                                                                                                                \
+    extern "C" int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {                   \
+        return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                       \
+    }                                                                                                                \
+    extern "C" T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                       \
+        __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                            \
+        return c;                                                                                                    \
+    }
+CUDASIM_TSAN_ATOMICS(8, uint8_t)
+CUDASIM_TSAN_ATOMICS(16, uint16_t)
+CUDASIM_TSAN_ATOMICS(32, uint32_t)
+CUDASIM_TSAN_ATOMICS(64, uint64_t)
+#undef CUDASIM_TSAN_ATOMICS
 #endif  // implementation
