@@ -92,10 +92,12 @@ $(CPU)/%.o: %.cu $(HEADERS) $(REWRITE) | $(DEPS_STAMP)
 	@src=$$($(REWRITE) $< $(GEN) -I .) && echo "$(CXX) [cpu] $<" && \
 	  $(CXX) $(CXXFLAGS) $(CPU_CUDAFLAGS) -c $$src -o $@
 
-# Any .cu in the GPU build.
+# Any .cu in the GPU build. ptxas's report of every kernel (registers, spills, shared memory) goes to
+# OBJ.ptxas for make check-resources; everything else nvcc prints still shows.
 $(GPU)/%.o: %.cu $(HEADERS) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -Xptxas -v -c $< -o $@ 2> $@.ptxas || { cat $@.ptxas >&2; exit 1; }
+	@grep -vE '^ptxas info|bytes stack frame' $@.ptxas >&2 || true
 
 # Components add their own rules (the tokenizer library: $(TOK_LIB_OBJS)).
 include tokenizer/tokenizer.mk
@@ -171,7 +173,7 @@ test:
 	@$(MAKE) --no-print-directory -j$(NPROC) CHECK=1 $(CHECK_BINS)
 	@rm -f $(LAUNCH_LOG)
 	@CUDASIM_LAUNCH_LOG=$(LAUNCH_LOG) bash test/run_tests.sh --cpu $(TEST_BINS_CPU) --racecheck $(CHECK_BINS) \
-	  --resources "bash dev/check_resources.sh $(LAUNCH_LOG)" --gpu $(TEST_BINS_GPU)
+	  --resources "$(MAKE) --no-print-directory check-resources" --gpu $(TEST_BINS_GPU)
 
 test-check:
 	@$(MAKE) --no-print-directory -j$(NPROC) CHECK=1 $(CHECK_BINS)
@@ -180,11 +182,12 @@ test-check:
 # ptxas -v for sm_80 and sm_90: fails on register spills, on static shared memory over 48 KB, and on
 # registers x threads over the SM's 64K registers for the block sizes in the launch log the CPU tests
 # write (make test writes it; without one, the kernel tests run first to write it).
-check-resources:
+check-resources: $(GPU)/test/test_layers.o $(GPU)/test/test_attention.o $(GPU)/train_gpt.o
+	@for o in $^; do [ -f $$o.ptxas ] || { rm -f $$o && $(MAKE) --no-print-directory $$o; } || exit 1; done
 	@[ -s $(LAUNCH_LOG) ] || { $(MAKE) --no-print-directory -j$(NPROC) $(BUILD)/cpu/test/test_layers $(BUILD)/cpu/test/test_attention && \
 	  CUDASIM_LAUNCH_LOG=$(LAUNCH_LOG) $(BUILD)/cpu/test/test_layers >/dev/null && \
 	  CUDASIM_LAUNCH_LOG=$(LAUNCH_LOG) $(BUILD)/cpu/test/test_attention >/dev/null; }
-	@bash dev/check_resources.sh $(LAUNCH_LOG)
+	@bash dev/check_resources.sh $(LAUNCH_LOG) $(addsuffix .ptxas,$^)
 
 # On a lent GPU machine: GPU tests, compute-sanitizer, benchmarks, GPT-2 124M training, PyTorch SDPA,
 # all into one report (dev/gpu_check.sh; GPU_CHECK_REPORT names the file).
