@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs doctest binaries and ends with one line of its own: "N passed, N failed" (test cases across
 # all binaries). Usage: run_tests.sh --cpu BIN... [--racecheck BIN...] [--resources CMD] [--gpu BIN...].
-# --racecheck binaries (the checked build) run with CUDASIM_RACECHECK=1; --resources runs one shell
+# --racecheck binaries (the checked build) run with CUDASIM_RACECHECK=1 and the doctest arguments in
+# $RACECHECK_DOCTEST_ARGS (one argument; the Makefile sets it); --resources runs one shell
 # command that counts as one test case (make check-resources). GPU binaries run only where
 # nvidia-smi finds a GPU; a binary that crashes counts as one failed test case.
 set -u
@@ -21,7 +22,11 @@ for arg in "$@"; do
     continue
   fi
   echo "=== $arg$([ "$mode" = racecheck ] && echo ' (CUDASIM_RACECHECK=1)')"
-  if [ "$mode" = racecheck ]; then out=$(CUDASIM_RACECHECK=1 "$arg" 2>&1); rc=$?; else out=$("$arg" 2>&1); rc=$?; fi
+  if [ "$mode" = racecheck ]; then
+    out=$(CUDASIM_RACECHECK=1 "$arg" ${RACECHECK_DOCTEST_ARGS:+"$RACECHECK_DOCTEST_ARGS"} 2>&1); rc=$?
+  else
+    out=$("$arg" 2>&1); rc=$?
+  fi
   echo "$out" | tail -n 40
   line=$(echo "$out" | grep -E '^\[doctest\] test cases:' | tail -n1)
   if [ -n "$line" ]; then
