@@ -108,7 +108,7 @@ TEST_CASE("broken kernel: a race every thread order hides is reported by --racec
         INFO(order << "\n" << r.output);
         CHECK(r.status == 0);  // the lost updates of a GPU cannot happen between fibers
     }
-    Run r = rerun("CUDASIM_RACECHECK=1", "broken_racy_sum");
+    Run r = rerun("CUDASIM_RACECHECK=1 CUDASIM_THREADS=1", "broken_racy_sum");  // block 0 first
     INFO(r.output);
     CHECK(r.status == 128 + 6);
     CHECK(contains(r.output, "cudasim: race (read after write) on shared memory in kernel 'block_sum_kernel' block (0,0,0): "

@@ -6,7 +6,7 @@
 // random alike. The race check sees it, whatever the order:
 //
 //   dev/cudarun dev/examples/broken_racy_sum.cu                     # PASS (the race hides)
-//   dev/cudarun --racecheck dev/examples/broken_racy_sum.cu
+//   dev/cudarun --racecheck --threads 1 dev/examples/broken_racy_sum.cu
 //   cudasim: race (read after write) on shared memory in kernel 'block_sum_kernel' block (0,0,0):
 //   thread (1,0,0) reads `total` at byte offset 0 at dev/examples/broken_racy_sum.cu:NN, and thread (0,0,0)
 //   wrote it at dev/examples/broken_racy_sum.cu:NN, with no __syncthreads between them ...
