@@ -6,8 +6,9 @@
 #   4. the kernel benchmarks (bench_layers, bench_attention --full, bench_infer);
 #   5. GPT-2 124M training for a few steps (configs/gpt2_124m_gpu.json): tok/s and MFU;
 #   6. PyTorch SDPA at the shapes of bench_attention --full (dev/bench_sdpa.py), when torch imports.
-# Each step has a time limit, so the whole run stays under 8 minutes on one H100/H200; a step that fails
-# or times out is recorded and the next one runs. The report ends with one line per step.
+# Each step has a time limit, and all of them together a budget of 460 s (GPU_CHECK_BUDGET), so the run
+# stays under 8 minutes on one H100/H200; a step that fails or times out is recorded and the next one
+# runs; a step the budget no longer covers is skipped. The report ends with one line per step.
 # usage: dev/gpu_check.sh [REPORT]   (default gpu-check-report.txt; GPU_CHECK_STEPS=N sets the training steps)
 set -uo pipefail
 report=${1:-gpu-check-report.txt}
@@ -17,9 +18,19 @@ exec > >(tee -a "$report") 2>&1
 summary=()
 start=$(date +%s)
 
-# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with a time limit and records how it ended.
+budget=${GPU_CHECK_BUDGET:-460}  # seconds for all steps together: under 8 minutes with the setup
+
+# step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with a time limit (cut to what is left of the budget)
+# and records how it ended.
 step() {
   local name=$1 limit=$2; shift 2
+  local left=$(( budget - ($(date +%s) - start) ))
+  if [ $left -lt 15 ]; then
+    echo; echo "=== $name: skipped, the ${budget}s budget is spent"
+    summary+=("$(printf '%-34s %-18s' "$name" "SKIPPED (budget)")")
+    return 0
+  fi
+  [ $limit -le $left ] || limit=$left
   echo; echo "=== $name (limit ${limit}s): $*"
   local t0=$(date +%s) rc
   timeout --kill-after=10 "$limit" "$@"; rc=$?
@@ -44,13 +55,13 @@ gpu=build/gpu
 tests=$(ls test/test_*.cu | sed -E 's|test/(.*)\.cu|'$gpu'/test/\1|' | grep -v test_main)
 benches="$gpu/dev/bench_layers $gpu/dev/bench_attention $gpu/dev/bench_infer"
 step "build (GPU, local arch)" 240 make -j"$(nproc)" --no-print-directory $tests $benches train_gpt
-step "GPU tests" 120 bash test/run_tests.sh --gpu $tests
+step "GPU tests" 90 bash test/run_tests.sh --gpu $tests
 
 # 3. compute-sanitizer on the kernel tests (the shapes the tests use; the sanitizer slows kernels ~100x).
 if [ -n "$sanitizer" ]; then
   for tool in memcheck racecheck; do
     for t in test_layers test_attention; do
-      step "compute-sanitizer $tool $t" 75 "$sanitizer" --tool "$tool" --error-exitcode 1 --print-limit 20 "$gpu/test/$t"
+      step "compute-sanitizer $tool $t" 45 "$sanitizer" --tool "$tool" --error-exitcode 1 --print-limit 20 "$gpu/test/$t"
     done
   done
 else
@@ -65,7 +76,7 @@ step "bench_infer" 45 "$gpu/dev/bench_infer"
 
 # 5. GPT-2 124M (B=8, T=1024) for a few steps; its progress lines print tok/s and MFU.
 if [ ! -f data/shakespeare/train_000.bin ]; then step "tokenize Tiny Shakespeare" 60 make --no-print-directory data; fi
-step "train GPT-2 124M, $steps steps" 120 ./train_gpt --config configs/gpt2_124m_gpu.json --max-steps "$steps" \
+step "train GPT-2 124M, $steps steps" 90 ./train_gpt --config configs/gpt2_124m_gpu.json --max-steps "$steps" \
   --out-dir "${TMPDIR:-/tmp}/gpu_check_124m"
 
 # 6. PyTorch SDPA at the attention benchmark's shapes.
@@ -78,3 +89,5 @@ fi
 
 echo; echo "=== summary ($(( $(date +%s) - start ))s in all; report: $report)"
 printf '%s\n' "${summary[@]}"
+# Non-zero when a step failed or timed out (the report has the details).
+! printf '%s\n' "${summary[@]}" | grep -qE 'FAILED|TIMED OUT'
