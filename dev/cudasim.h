@@ -127,6 +127,7 @@ struct Launcher {
         std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
         int index = 0;
         std::apply([&](const auto&... p) { (check::argument(config, index++, p), ...); }, params);  // no host pointers
+#if defined(CUDASIM_CHECKED)
         run_grid(config, [&] {
             // Copied before the per-access checks start: `params` lives on the launching thread's stack.
             auto function = kernel;
@@ -135,6 +136,9 @@ struct Launcher {
             std::apply(function, std::move(own));
             check::leave_kernel();
         });
+#else
+        run_grid(config, [&] { std::apply(kernel, params); });
+#endif
     }
 };
 template <class... Params>
@@ -536,11 +540,11 @@ static void asan_fiber_resumed(void*) {}
 void yield_to_scheduler() {
     Worker& w = *this_worker;
     void* fake = nullptr;
-    check::leave_kernel();
+    bool checked = check::leave_kernel();  // the scheduler's own accesses are not the kernel's
     asan_leave_fiber(&fake);
     w.scheduler = std::move(w.scheduler).resume();
     asan_fiber_resumed(fake);
-    check::enter_kernel();  // only kernel code waits at barriers
+    if (checked) check::enter_kernel();
 }
 
 void* dynamic_shared_memory() {

@@ -25,8 +25,9 @@ struct LaunchConfig;
 namespace check {
 
 // The fiber that calls these is entering / leaving kernel code: per-access checks apply in between.
+// (Only the checked build's launches call enter_kernel.) leave_kernel says whether checks were on.
 void enter_kernel();
-void leave_kernel();
+bool leave_kernel();
 bool racecheck_enabled();  // CUDASIM_RACECHECK=1
 
 // A static `__shared__` variable, as the rewrite declares it: `__shared__ T cudasim_shared_NAME;
@@ -209,7 +210,11 @@ void enter_kernel() {
     s.stack_bytes = w.stack_bytes;
     t_active = s.active = true;
 }
-void leave_kernel() { t_active = t_state.active = false; }
+bool leave_kernel() {
+    bool was = t_active;
+    t_active = t_state.active = false;
+    return was;
+}
 
 void on_block_start(unsigned) {
     State& s = t_state;
