@@ -9,14 +9,14 @@
 // without the sanitizer's runtime), so every load or store of N bytes at address a becomes a call to
 // __tsan_readN(a) / __tsan_writeN(a), which this file defines. (AddressSanitizer's instrumentation,
 // -fsanitize=kernel-address, would do for bounds, but it drops the check of a store that follows a load
-// of the same address — `s[t] += x` — which the race check must see.) Outside kernel code a thread-local flag makes the call return at once; inside, the address
-// must lie in memory a CUDA thread may touch — a live cudaMalloc/cudaMallocHost allocation, the block's
-// shared memory, the thread's own stack, the program's static data (__constant__/__device__ variables)
-// or the kernel's parameters — or the run aborts naming kernel, block, thread, address, source line and
-// the nearest allocation. With CUDASIM_RACECHECK=1 every shared-memory byte also remembers, until the
-// next __syncthreads, which thread last wrote it and which threads read it, so two threads touching the
-// same byte without a barrier (or a warp-level sync inside one warp) between them abort as a race.
-// The ASan build (SANITIZE=1) does not use these checks (AddressSanitizer checks bounds there).
+// of the same address — `s[t] += x` — which the race check must see.) Outside kernel code a thread-local flag makes the
+// call return at once; inside, the address must lie in memory a CUDA thread may touch — a live
+// cudaMalloc/cudaMallocHost allocation, the block's shared memory, the thread's own stack, the program's static data
+// (__constant__/__device__ variables) or the kernel's parameters — or the run aborts naming kernel, block, thread,
+// address, source line and the nearest allocation. With CUDASIM_RACECHECK=1 every shared-memory byte also remembers,
+// until the next __syncthreads, which thread last wrote it and which threads read it, so two threads touching the same
+// byte without a barrier (or a warp-level sync inside one warp) between them abort as a race. The ASan build
+// (SANITIZE=1) does not use these checks (AddressSanitizer checks bounds there).
 #ifndef GPTCU_CUDASIM_CHECK_H
 #define GPTCU_CUDASIM_CHECK_H
 
@@ -38,7 +38,9 @@ bool racecheck_enabled();  // CUDASIM_RACECHECK=1
 // goes through a pointer and is instrumented in the checked build.
 void* shared_variable_at(void* p, size_t bytes, const char* name);
 template <class T>
-T* shared_variable(T* p, const char* name) { return static_cast<T*>(shared_variable_at(p, sizeof(T), name)); }
+T* shared_variable(T* p, const char* name) {
+    return static_cast<T*>(shared_variable_at(p, sizeof(T), name));
+}
 
 // `__launch_bounds__(max_threads)`: the rewrite inserts this call at the top of the kernel's body.
 void launch_bounds(unsigned max_threads, const char* kernel);
@@ -47,8 +49,10 @@ void launch_bounds(unsigned max_threads, const char* kernel);
 void pointer_argument(const LaunchConfig& config, int index, const void* p);
 template <class T>
 void argument(const LaunchConfig& config, int index, const T& value) {
-    if constexpr (std::is_pointer_v<T>) pointer_argument(config, index, static_cast<const void*>(value));
-    else (void)config, (void)index, (void)value;
+    if constexpr (std::is_pointer_v<T>)
+        pointer_argument(config, index, static_cast<const void*>(value));
+    else
+        (void)config, (void)index, (void)value;
 }
 
 // An atomic read-modify-write at p (the atomics below are not instrumented, so they are never races):
@@ -101,8 +105,10 @@ bool racecheck_enabled() { return g_racecheck; }
 static std::map<uintptr_t, size_t> g_host_allocations;
 void on_malloc_host(void* p, size_t bytes, bool add) {
     std::lock_guard<std::mutex> lock(g_mutex);
-    if (add) g_host_allocations[reinterpret_cast<uintptr_t>(p)] = bytes;
-    else g_host_allocations.erase(reinterpret_cast<uintptr_t>(p));
+    if (add)
+        g_host_allocations[reinterpret_cast<uintptr_t>(p)] = bytes;
+    else
+        g_host_allocations.erase(reinterpret_cast<uintptr_t>(p));
 }
 
 // Static __shared__ bytes per kernel: kernel -> (variable, as its offset from the thread pointer, which
@@ -142,7 +148,7 @@ void on_launch(const LaunchConfig& c) {
 struct ShadowByte {
     uint32_t w_epoch = 0, r_epoch = 0;
     uint16_t writer = 0, reader[2] = {0, 0};  // linear thread ids
-    uint8_t readers = 0;                       // 0, 1 or 2 (2: at least two distinct)
+    uint8_t readers = 0;                      // 0, 1 or 2 (2: at least two distinct)
     uint32_t w_wsync = 0, r_wsync[2] = {0, 0};
     const void* w_pc = nullptr;
     const void* r_pc[2] = {nullptr, nullptr};
@@ -157,16 +163,18 @@ struct SharedRange {  // a static __shared__ variable's copy on this OS thread
 };
 
 struct State {
-    bool active = false;        // a fiber of this OS thread is running kernel code
+    bool active = false;  // a fiber of this OS thread is running kernel code
     bool initialised = false;
     char *os_stack_lo = nullptr, *os_stack_hi = nullptr;  // this OS thread's own stack
     char *tls_lo = nullptr, *tls_hi = nullptr;            // this OS thread's static TLS block
     uintptr_t stack_lo = 0, stack_bytes = 0;              // the running fiber's stack
-    struct Range { uintptr_t lo = 0, hi = 0; } cache[4];  // recently hit allocations
+    struct Range {
+        uintptr_t lo = 0, hi = 0;
+    } cache[4];  // recently hit allocations
     unsigned next_cache = 0;
     std::vector<SharedRange> statics;
     std::vector<ShadowByte> dynamic_shadow;
-    uint32_t epoch = 0;      // increases at every block start and every released __syncthreads
+    uint32_t epoch = 0;       // increases at every block start and every released __syncthreads
     uint32_t wsync[32] = {};  // per warp: warp collectives completed since the block started
 };
 static thread_local State t_state;
@@ -235,7 +243,8 @@ static std::string source_line(const void* pc) {
     if (!pc || !dladdr(pc, &info) || !info.dli_fname) return "an unknown line";
     char cmd[1024];
     auto offset = reinterpret_cast<uintptr_t>(pc) - reinterpret_cast<uintptr_t>(info.dli_fbase) - 1;
-    std::snprintf(cmd, sizeof cmd, "addr2line -i -e '%s' 0x%lx 2>/dev/null", info.dli_fname, static_cast<unsigned long>(offset));
+    std::snprintf(cmd, sizeof cmd, "addr2line -i -e '%s' 0x%lx 2>/dev/null", info.dli_fname,
+                  static_cast<unsigned long>(offset));
     std::string line;
     if (FILE* f = popen(cmd, "r")) {
         char buf[512];
@@ -268,10 +277,13 @@ static std::string thread_name(unsigned linear) {
 // Where `a` lies relative to the allocation [lo, lo + bytes).
 static std::string relative(uintptr_t a, uintptr_t lo, size_t bytes, const char* what) {
     char b[200];
-    if (a < lo) std::snprintf(b, sizeof b, "%zu bytes before a %zu-byte %s [%p, %p)", static_cast<size_t>(lo - a), bytes, what,
-                              reinterpret_cast<void*>(lo), reinterpret_cast<void*>(lo + bytes));
-    else std::snprintf(b, sizeof b, "%zu bytes past the end of a %zu-byte %s [%p, %p)", static_cast<size_t>(a - lo - bytes),
-                       bytes, what, reinterpret_cast<void*>(lo), reinterpret_cast<void*>(lo + bytes));
+    if (a < lo)
+        std::snprintf(b, sizeof b, "%zu bytes before a %zu-byte %s [%p, %p)", static_cast<size_t>(lo - a), bytes, what,
+                      reinterpret_cast<void*>(lo), reinterpret_cast<void*>(lo + bytes));
+    else
+        std::snprintf(b, sizeof b, "%zu bytes past the end of a %zu-byte %s [%p, %p)",
+                      static_cast<size_t>(a - lo - bytes), bytes, what, reinterpret_cast<void*>(lo),
+                      reinterpret_cast<void*>(lo + bytes));
     return b;
 }
 
@@ -280,7 +292,10 @@ static std::string nearest_allocation(uintptr_t a) {
     auto it = g_device_allocations.upper_bound(a);
     const std::pair<const uintptr_t, size_t>* best = nullptr;
     uintptr_t best_distance = UINTPTR_MAX;
-    if (it != g_device_allocations.end()) { best = &*it; best_distance = it->first - a; }
+    if (it != g_device_allocations.end()) {
+        best = &*it;
+        best_distance = it->first - a;
+    }
     if (it != g_device_allocations.begin()) {
         auto below = std::prev(it);
         uintptr_t d = a - (below->first + below->second);
@@ -293,10 +308,11 @@ static std::string nearest_allocation(uintptr_t a) {
 [[noreturn]] static void out_of_bounds(uintptr_t a, size_t size, bool store, const void* pc, const std::string& where) {
     Worker& w = *this_worker;
     leave_kernel();
-    fatal("out of bounds: kernel '%s' block (%u,%u,%u) thread (%u,%u,%u) %s %zu bytes at %p, %s; at %s — on a GPU this "
-          "reads garbage, corrupts another buffer or stops the kernel with an illegal address",
-          w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z,
-          store ? "writes" : "reads", size, reinterpret_cast<void*>(a), where.c_str(), source_line(pc).c_str());
+    fatal(
+        "out of bounds: kernel '%s' block (%u,%u,%u) thread (%u,%u,%u) %s %zu bytes at %p, %s; at %s — on a GPU this "
+        "reads garbage, corrupts another buffer or stops the kernel with an illegal address",
+        w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z,
+        store ? "writes" : "reads", size, reinterpret_cast<void*>(a), where.c_str(), source_line(pc).c_str());
 }
 
 [[noreturn]] static void race(const char* kind, const char* variable, size_t offset, unsigned me, bool my_store,
@@ -305,11 +321,13 @@ static std::string nearest_allocation(uintptr_t a) {
     leave_kernel();
     std::string mine = source_line(my_pc), theirs = source_line(other_pc);
     std::string what = variable ? std::string("`") + variable + "`" : "dynamic shared memory (extern __shared__)";
-    fatal("race (%s) on shared memory in kernel '%s' block (%u,%u,%u): thread %s %s %s at byte offset %zu at %s, and "
-          "thread %s %s it at %s, with no __syncthreads between them (nor a __syncwarp inside one warp) — the result "
-          "depends on which thread runs first",
-          kind, w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, thread_name(me).c_str(), my_store ? "writes" : "reads",
-          what.c_str(), offset, mine.c_str(), thread_name(other).c_str(), other_store ? "wrote" : "read", theirs.c_str());
+    fatal(
+        "race (%s) on shared memory in kernel '%s' block (%u,%u,%u): thread %s %s %s at byte offset %zu at %s, and "
+        "thread %s %s it at %s, with no __syncthreads between them (nor a __syncwarp inside one warp) — the result "
+        "depends on which thread runs first",
+        kind, w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, thread_name(me).c_str(),
+        my_store ? "writes" : "reads", what.c_str(), offset, mine.c_str(), thread_name(other).c_str(),
+        other_store ? "wrote" : "read", theirs.c_str());
 }
 
 // ----------------------------------------------------------------------------
@@ -327,7 +345,8 @@ static void race_check(ShadowByte* shadow, size_t n, bool store, const void* pc,
     for (size_t i = 0; i < n; i += step) {
         ShadowByte& b = shadow[i];
         if (b.w_epoch == E && b.writer != me && !ordered(b.writer, b.w_wsync))
-            race(store ? "write after write" : "read after write", variable, offset + i, me, store, pc, b.writer, true, b.w_pc);
+            race(store ? "write after write" : "read after write", variable, offset + i, me, store, pc, b.writer, true,
+                 b.w_pc);
         if (store) {
             if (b.r_epoch == E)
                 for (int r = 0; r < b.readers; r++)
@@ -388,7 +407,8 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
         size_t offset = static_cast<size_t>(c - dyn);
         if (offset + size > w.config->shared_bytes) {
             char b[160];
-            std::snprintf(b, sizeof b, "byte %zu of the block's dynamic shared memory, of which the launch asked for %zu bytes",
+            std::snprintf(b, sizeof b,
+                          "byte %zu of the block's dynamic shared memory, of which the launch asked for %zu bytes",
                           offset, w.config->shared_bytes);
             out_of_bounds(a, size, store, pc, b);
         }
@@ -401,8 +421,9 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
     for (auto& r : s.statics)
         if (c >= r.p && c < r.p + r.bytes) {
             size_t offset = static_cast<size_t>(c - r.p);
-            if (offset + size > r.bytes) out_of_bounds(a, size, store, pc, relative(a, reinterpret_cast<uintptr_t>(r.p), r.bytes,
-                                                                                      "__shared__ variable"));
+            if (offset + size > r.bytes)
+                out_of_bounds(a, size, store, pc,
+                              relative(a, reinterpret_cast<uintptr_t>(r.p), r.bytes, "__shared__ variable"));
             if (g_racecheck) {
                 if (r.shadow.empty()) r.shadow.resize(r.bytes);
                 race_check(r.shadow.data() + offset, size, store, pc, r.name, offset);
@@ -418,7 +439,8 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         State::Range hit;
-        if (in_allocation_table(g_device_allocations, a, size, hit) || in_allocation_table(g_host_allocations, a, size, hit)) {
+        if (in_allocation_table(g_device_allocations, a, size, hit) ||
+            in_allocation_table(g_host_allocations, a, size, hit)) {
             s.cache[s.next_cache++ % 4] = hit;
             return;
         }
@@ -466,20 +488,23 @@ void* shared_variable_at(void* p, size_t bytes, const char* name) {
             for (auto& [k, b] : vars) total += b;
         }
         if (total > default_shared_bytes)
-            fatal("kernel '%s' declares %zu bytes of static __shared__ memory (`%s` has %zu): a GPU allows at most %zu "
-                  "(ptxas refuses the kernel: \"uses too much shared data\"); use extern __shared__ memory and "
-                  "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) to go up to %zu",
-                  w->config->name, total, name, bytes, default_shared_bytes, max_shared_bytes_optin);
+            fatal(
+                "kernel '%s' declares %zu bytes of static __shared__ memory (`%s` has %zu): a GPU allows at most %zu "
+                "(ptxas refuses the kernel: \"uses too much shared data\"); use extern __shared__ memory and "
+                "cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) to go up to %zu",
+                w->config->name, total, name, bytes, default_shared_bytes, max_shared_bytes_optin);
         bool opted_in = false;
         {
             std::lock_guard<std::mutex> lock(g_mutex);
             opted_in = g_max_dynamic_shared.count(w->config->function) > 0;
         }
         if (total + w->config->shared_bytes > (opted_in ? max_shared_bytes_optin : default_shared_bytes))
-            fatal("kernel '%s' uses %zu bytes of static __shared__ memory + %zu bytes of dynamic: over the %zu bytes a block "
-                  "may have without cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) "
-                  "(at most %zu with it); the launch fails on a GPU (cudaErrorInvalidValue)",
-                  w->config->name, total, w->config->shared_bytes, default_shared_bytes, max_shared_bytes_optin);
+            fatal(
+                "kernel '%s' uses %zu bytes of static __shared__ memory + %zu bytes of dynamic: over the %zu bytes a "
+                "block "
+                "may have without cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) "
+                "(at most %zu with it); the launch fails on a GPU (cudaErrorInvalidValue)",
+                w->config->name, total, w->config->shared_bytes, default_shared_bytes, max_shared_bytes_optin);
     }
     // An opaque call: the compiler cannot tell the result is `p`, so every access through it is instrumented.
     return p;
@@ -489,8 +514,11 @@ void launch_bounds(unsigned max_threads, const char* kernel) {
     unsigned n = blockDim.x * blockDim.y * blockDim.z;
     if (n > max_threads) {
         leave_kernel();
-        fatal("kernel '%s' launched with %u threads per block, but it is declared __launch_bounds__(%u): a GPU refuses the "
-              "launch (cudaErrorLaunchOutOfResources: too many resources requested for launch)", kernel, n, max_threads);
+        fatal(
+            "kernel '%s' launched with %u threads per block, but it is declared __launch_bounds__(%u): a GPU refuses "
+            "the "
+            "launch (cudaErrorLaunchOutOfResources: too many resources requested for launch)",
+            kernel, n, max_threads);
     }
 }
 
@@ -503,12 +531,15 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
         std::lock_guard<std::mutex> lock(g_mutex);
         for (auto* table : {&g_device_allocations, &g_host_allocations}) {
             auto it = table->upper_bound(a);
-            if (it != table->begin() && a <= std::prev(it)->first + std::prev(it)->second) return;  // inside, or one past
+            if (it != table->begin() && a <= std::prev(it)->first + std::prev(it)->second)
+                return;  // inside, or one past
         }
     }
-    fatal("kernel '%s' argument %d is %p, a host pointer (stack, malloc or std::vector memory, not from cudaMalloc): "
-          "a GPU kernel cannot read it (an illegal address, or garbage); copy the data into cudaMalloc memory with "
-          "cudaMemcpy and pass that pointer", config.name, index + 1, p);
+    fatal(
+        "kernel '%s' argument %d is %p, a host pointer (stack, malloc or std::vector memory, not from cudaMalloc): "
+        "a GPU kernel cannot read it (an illegal address, or garbage); copy the data into cudaMalloc memory with "
+        "cudaMemcpy and pass that pointer",
+        config.name, index + 1, p);
 }
 
 }  // namespace cudasim::check
@@ -516,14 +547,18 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
 // The functions the instrumentation calls (ThreadSanitizer's names; no sanitizer runtime is linked).
 // Atomics in instrumented code become __tsan_atomic* calls: they are performed here, unchecked (the
 // kernel-side atomics of dev/cudasim.h are not instrumented; these serve host code such as std::atomic).
-#define CUDASIM_ACCESS(size)                                                                                         \
-    extern "C" void __tsan_read##size(void* p) { cudasim::check::access(p, size, false, __builtin_return_address(0)); } \
-    extern "C" void __tsan_write##size(void* p) { cudasim::check::access(p, size, true, __builtin_return_address(0)); }  \
-    extern "C" void __tsan_unaligned_read##size(void* p) {                                                           \
-        cudasim::check::access(p, size, false, __builtin_return_address(0));                                         \
-    }                                                                                                                \
-    extern "C" void __tsan_unaligned_write##size(void* p) {                                                          \
-        cudasim::check::access(p, size, true, __builtin_return_address(0));                                          \
+#define CUDASIM_ACCESS(size)                                                 \
+    extern "C" void __tsan_read##size(void* p) {                             \
+        cudasim::check::access(p, size, false, __builtin_return_address(0)); \
+    }                                                                        \
+    extern "C" void __tsan_write##size(void* p) {                            \
+        cudasim::check::access(p, size, true, __builtin_return_address(0));  \
+    }                                                                        \
+    extern "C" void __tsan_unaligned_read##size(void* p) {                   \
+        cudasim::check::access(p, size, false, __builtin_return_address(0)); \
+    }                                                                        \
+    extern "C" void __tsan_unaligned_write##size(void* p) {                  \
+        cudasim::check::access(p, size, true, __builtin_return_address(0));  \
     }
 CUDASIM_ACCESS(1)
 CUDASIM_ACCESS(2)
@@ -549,32 +584,32 @@ extern "C" void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC
     extern "C" T __tsan_atomic##bits##_load(const volatile T* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); } \
     extern "C" void __tsan_atomic##bits##_store(volatile T* a, T v, int) { __atomic_store_n(a, v, __ATOMIC_SEQ_CST); } \
     extern "C" T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                                             \
-        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                          \
-    }                                                                                                                \
+        return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                            \
+    }                                                                                                                  \
     extern "C" T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                                            \
-        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                \
+        return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                             \
+    }                                                                                                                  \
     extern "C" T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                                            \
-        return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                \
+        return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                             \
+    }                                                                                                                  \
     extern "C" T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                                            \
-        return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                \
+        return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                             \
+    }                                                                                                                  \
     extern "C" T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                                             \
-        return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                            \
-    }                                                                                                                \
+        return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                              \
+    }                                                                                                                  \
     extern "C" T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                                            \
-        return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                           \
-    }                                                                                                                \
+        return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                             \
+    }                                                                                                                  \
     extern "C" int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {                 \
-        return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                      \
-    }                                                                                                                \
+        return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                        \
+    }                                                                                                                  \
     extern "C" int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {                   \
-        return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                       \
-    }                                                                                                                \
+        return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                         \
+    }                                                                                                                  \
     extern "C" T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                       \
-        __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                            \
-        return c;                                                                                                    \
+        __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                              \
+        return c;                                                                                                      \
     }
 CUDASIM_TSAN_ATOMICS(8, uint8_t)
 CUDASIM_TSAN_ATOMICS(16, uint16_t)

@@ -88,15 +88,18 @@ TEST_CASE("broken kernel: an off-by-one write is out of bounds, in the checked b
     Run checked = cudarun("dev/examples/broken_off_by_one.cu");
     INFO(checked.output);
     CHECK(checked.status == 128 + 6);
-    CHECK(contains(checked.output, "cudasim: out of bounds: kernel 'scale_kernel' block (3,0,0) thread (232,0,0) writes 4 bytes"));
+    CHECK(contains(checked.output,
+                   "cudasim: out of bounds: kernel 'scale_kernel' block (3,0,0) thread (232,0,0) writes 4 bytes"));
     CHECK(contains(checked.output, "0 bytes past the end of a 4000-byte cudaMalloc allocation"));
     CHECK(contains(checked.output, "at dev/examples/broken_off_by_one.cu:25"));
     Run asan = cudarun("--asan dev/examples/broken_off_by_one.cu");
     CHECK(asan.status != 0);
-    CHECK(contains(asan.output, "cudasim: the access below was made by kernel 'scale_kernel', block (3,0,0), thread (232,0,0)"));
+    CHECK(contains(asan.output,
+                   "cudasim: the access below was made by kernel 'scale_kernel', block (3,0,0), thread (232,0,0)"));
     CHECK(contains(asan.output, "AddressSanitizer: heap-buffer-overflow"));
     CHECK(contains(asan.output, "WRITE of size 4"));
-    CHECK(contains(asan.output, "in scale_kernel(float*, float const*, float, int) dev/examples/broken_off_by_one.cu:25"));
+    CHECK(contains(asan.output,
+                   "in scale_kernel(float*, float const*, float, int) dev/examples/broken_off_by_one.cu:25"));
 }
 
 // docs/cpu-execution.md, "What the checked build catches": the checks of issue 14.
@@ -111,20 +114,24 @@ TEST_CASE("broken kernel: a race every thread order hides is reported by --racec
     Run r = rerun("CUDASIM_RACECHECK=1 CUDASIM_THREADS=1", "broken_racy_sum");  // block 0 first
     INFO(r.output);
     CHECK(r.status == 128 + 6);
-    CHECK(contains(r.output, "cudasim: race (read after write) on shared memory in kernel 'block_sum_kernel' block (0,0,0): "
-                             "thread (1,0,0) reads `total` at byte offset 0 at dev/examples/broken_racy_sum.cu:28, and "
-                             "thread (0,0,0) wrote it at dev/examples/broken_racy_sum.cu:28"));
+    CHECK(contains(r.output, "cudasim: race (read after write) on shared memory in kernel 'block_sum_kernel' "
+                             "block (0,0,0): thread (1,0,0) reads `total` at byte offset 0 at "
+                             "dev/examples/broken_racy_sum.cu:28, and thread (0,0,0) wrote it at "
+                             "dev/examples/broken_racy_sum.cu:28"));
 }
 
-TEST_CASE("broken kernel: --racecheck finds the missing __syncthreads under the order that hides it, and passes the fix") {
+TEST_CASE("broken kernel: --racecheck finds the missing __syncthreads under the order that hides it, "
+          "and passes the fix") {
     Run r = cudarun("--racecheck --order forward dev/examples/broken_missing_barrier.cu");
     INFO(r.output);
     CHECK(r.status == 128 + 6);
     CHECK(contains(r.output, "race (read after write) on shared memory in kernel 'adjacent_difference_kernel'"));
-    CHECK(contains(r.output, "thread (1,0,0) reads `tile` at byte offset 4 at dev/examples/broken_missing_barrier.cu:29, and "
-                             "thread (0,0,0) wrote it at dev/examples/broken_missing_barrier.cu:26"));
+    CHECK(contains(r.output, "thread (1,0,0) reads `tile` at byte offset 4 at "
+                             "dev/examples/broken_missing_barrier.cu:29, and thread (0,0,0) wrote it at "
+                             "dev/examples/broken_missing_barrier.cu:26"));
     // The same file with the barrier restored (a copy under build/, as a reader would edit it).
-    CommandResult fix = run_command("mkdir -p build/cudarun && sed 's|// __syncthreads();   <- missing.*|__syncthreads();|' "
+    CommandResult fix = run_command("mkdir -p build/cudarun && "
+                                    "sed 's|// __syncthreads();   <- missing.*|__syncthreads();|' "
                                     "dev/examples/broken_missing_barrier.cu > build/cudarun/fixed_missing_barrier.cu");
     REQUIRE(fix.exit_code == 0);
     Run built = cudarun("--keep build/cudarun/fixed_missing_barrier.cu");
@@ -149,7 +156,8 @@ TEST_CASE("broken kernel: static + dynamic shared memory over 48 KB without the 
     Run r = cudarun("dev/examples/broken_shared_limit.cu");
     INFO(r.output);
     CHECK(r.status == 128 + 6);
-    CHECK(contains(r.output, "cudasim: kernel 'two_buffer_kernel' uses 32768 bytes of static __shared__ memory + 32768 bytes "
-                             "of dynamic: over the 49152 bytes a block may have without cudaFuncSetAttribute"));
+    CHECK(contains(r.output, "cudasim: kernel 'two_buffer_kernel' uses 32768 bytes of static __shared__ memory + "
+                             "32768 bytes of dynamic: over the 49152 bytes a block may have without "
+                             "cudaFuncSetAttribute"));
 }
 #endif  // CUDASIM
