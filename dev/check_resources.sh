@@ -19,10 +19,14 @@ if [ ${#reports[@]} -eq 0 ]; then
   mapfile -t reports < <(find build/gpu -name '*.ptxas' 2>/dev/null | sort)
 fi
 if [ ${#reports[@]} -eq 0 ]; then
-  echo "check_resources: no ptxas reports under build/gpu (the GPU build writes them: make build/gpu/test/test_layers.o)" >&2
+  echo "check_resources: no ptxas reports under build/gpu" \
+       "(the GPU build writes them: make build/gpu/test/test_layers.o)" >&2
   exit 1
 fi
-[ -s "$log" ] || { echo "check_resources: launch log $log is missing or empty (run the CPU kernel tests with CUDASIM_LAUNCH_LOG=$log)" >&2; exit 1; }
+if [ ! -s "$log" ]; then
+  echo "check_resources: launch log $log is missing or empty (run the CPU kernel tests with CUDASIM_LAUNCH_LOG=$log)" >&2
+  exit 1
+fi
 command -v c++filt >/dev/null || { echo "check_resources: needs c++filt (binutils)" >&2; exit 1; }
 
 # ptxas -v prints, per kernel and arch:
@@ -32,13 +36,17 @@ command -v c++filt >/dev/null || { echo "check_resources: needs c++filt (binutil
 #   ptxas info    : Used 40 registers, 1024 bytes smem, 380 bytes cmem[0]
 # -> "mangled arch registers smem spill_stores spill_loads", one line per kernel and arch.
 cat "${reports[@]}" | awk '
-  /Compiling entry function/ { match($0, /function .[^ ]+. for .sm_[0-9]+./); split(substr($0, RSTART, RLENGTH), w, "\047");
+  /Compiling entry function/ { match($0, /function .[^ ]+. for .sm_[0-9]+./)
+                               split(substr($0, RSTART, RLENGTH), w, "\047")
                                name = w[2]; arch = w[4]; stores = 0; loads = 0; next }
   /bytes spill stores/ && name != "" { for (i = 1; i <= NF; i++) { if ($(i+1) == "bytes" && $(i+2) == "spill") {
                                if ($(i+3) ~ /stores/) stores = $i; else loads = $i } } next }
   /Used [0-9]+ registers/ && name != "" { regs = 0; smem = 0
-                               for (i = 1; i <= NF; i++) { if ($i == "Used") regs = $(i+1); if ($(i+1) == "bytes" && $(i+2) ~ /^smem/) smem = $i }
-                               print name, arch, regs, smem, stores, loads; name = "" }' | sort -u > "${TMPDIR:-/tmp}/check_resources.$$"
+                               for (i = 1; i <= NF; i++) {
+                                 if ($i == "Used") regs = $(i+1)
+                                 if ($(i+1) == "bytes" && $(i+2) ~ /^smem/) smem = $i }
+                               print name, arch, regs, smem, stores, loads; name = "" }' |
+  sort -u > "${TMPDIR:-/tmp}/check_resources.$$"
 trap 'rm -f "${TMPDIR:-/tmp}/check_resources.$$"' EXIT
 kernels=${TMPDIR:-/tmp}/check_resources.$$
 [ -s "$kernels" ] || { echo "check_resources: no kernels found in ${reports[*]}" >&2; exit 1; }
@@ -66,11 +74,13 @@ while read -r mangled arch regs smem stores loads; do
   verdict=ok
   if [ "$stores" -gt 0 ] || [ "$loads" -gt 0 ]; then verdict="FAIL: spills $stores bytes stored, $loads loaded"; fi
   if [ "$block_regs" -gt 65536 ]; then
-    verdict="FAIL: $regs registers x $n threads needs $block_regs registers, an SM has 65536 (lower the block or use __launch_bounds__)"
+    verdict="FAIL: $regs registers x $n threads needs $block_regs registers, an SM has 65536"
+    verdict+=" (lower the block or use __launch_bounds__)"
   fi
   if [ "$smem" -gt 49152 ]; then verdict="FAIL: $smem bytes of static shared memory (48 KB at most)"; fi
   [ "$verdict" = ok ] || failed=$((failed + 1))
-  printf '%-44s %-6s %5s %7s %7s %9s %s\n' "$name" "$arch" "$regs" "$n" "$((smem + ${dyn[$name]:-0}))" "$block_regs" "$verdict"
+  printf '%-44s %-6s %5s %7s %7s %9s %s\n' "$name" "$arch" "$regs" "$n" "$((smem + ${dyn[$name]:-0}))" "$block_regs" \
+    "$verdict"
 done < "$kernels"
 [ ${#unlaunched[@]} -eq 0 ] || echo "not launched by the CPU tests (not checked against a block size): ${unlaunched[*]}"
 echo "check_resources: $checked kernel/arch pairs checked, $failed over a limit"
