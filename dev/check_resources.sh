@@ -11,6 +11,7 @@
 #   - has more than 48 KB of static shared memory plus the dynamic shared memory of a launch (above
 #     48 KB only with the cudaFuncSetAttribute opt-in, which the CPU build checks at the launch).
 # usage: dev/check_resources.sh LAUNCH_LOG [PTXAS_REPORT...]   (default: every build/gpu/**/*.ptxas)
+# KNOWN_SPILLS="kernel/arch ..." lists spills that are known and accepted for now: reported, not failed.
 set -euo pipefail
 log=${1:?usage: dev/check_resources.sh LAUNCH_LOG [PTXAS_REPORT...]}
 shift
@@ -72,16 +73,20 @@ while read -r mangled arch regs smem stores loads; do
   checked=$((checked + 1))
   per_warp=$(( (regs * 32 + 255) / 256 * 256 )); block_regs=$(( per_warp * ((n + 31) / 32) ))
   verdict=ok
-  if [ "$stores" -gt 0 ] || [ "$loads" -gt 0 ]; then verdict="FAIL: spills $stores bytes stored, $loads loaded"; fi
+  if [ "$stores" -gt 0 ] || [ "$loads" -gt 0 ]; then
+    verdict="FAIL: spills $stores bytes stored, $loads loaded"
+    [[ " ${KNOWN_SPILLS:-} " == *" $name/$arch "* ]] && verdict="known: spills $stores bytes stored, $loads loaded (KNOWN_SPILLS)"
+  fi
   if [ "$block_regs" -gt 65536 ]; then
     verdict="FAIL: $regs registers x $n threads needs $block_regs registers, an SM has 65536"
     verdict+=" (lower the block or use __launch_bounds__)"
   fi
   if [ "$smem" -gt 49152 ]; then verdict="FAIL: $smem bytes of static shared memory (48 KB at most)"; fi
-  [ "$verdict" = ok ] || failed=$((failed + 1))
+  [ "$verdict" = ok ] || [[ "$verdict" == known:* ]] || failed=$((failed + 1))
   printf '%-44s %-6s %5s %7s %7s %9s %s\n' "$name" "$arch" "$regs" "$n" "$((smem + ${dyn[$name]:-0}))" "$block_regs" \
     "$verdict"
 done < "$kernels"
-[ ${#unlaunched[@]} -eq 0 ] || echo "not launched by the CPU tests (not checked against a block size): ${unlaunched[*]}"
+[ ${#unlaunched[@]} -eq 0 ] || echo "not launched by the CPU tests (not checked against a block size):" \
+  "$(printf '%s\n' "${unlaunched[@]}" | sort -u | tr '\n' ' ')"
 echo "check_resources: $checked kernel/arch pairs checked, $failed over a limit"
 [ $failed -eq 0 ]
