@@ -8,6 +8,9 @@
 #   make train        prepare data, build, train the default model, print samples
 #   make test         CPU tests, GPU build of the tests (compile + link), GPU tests if a GPU exists
 #   make test-asan    CPU tests under AddressSanitizer + UBSan (everything in build/asan/, programs included)
+#   make test-check   the kernel tests with every load/store checked and CUDASIM_RACECHECK=1 (part of make test)
+#   make check-resources  registers, spills and shared memory of every kernel from ptxas (part of make test)
+#   make gpu-check    on a machine with a GPU: everything worth measuring there, into one report file
 #   make clean
 .DEFAULT_GOAL := all
 SHELL := /bin/bash
@@ -22,10 +25,21 @@ BUILD     := build
 # about every fiber switch). A flag variant never writes the real programs: its programs go to its
 # build directory too (build/asan/train_gpt_cpu, build/asan/tokenizer/tok, ...), and its test binaries
 # run those (they are compiled with GPTCU_PROGRAMS_DIR, test/test_util.h).
+# CHECK=1 builds into build/check with every load and store of compiled code
+# turned into a call to cudasim's checker (dev/cudasim_check.h: bounds of every kernel access, and
+# shared-memory races under CUDASIM_RACECHECK=1); host-only objects (test main, tokenizer) come from
+# build/cpu, and cudasim.o itself is never instrumented.
+CHECK_CFLAGS := -fsanitize=thread --param tsan-instrument-func-entry-exit=0 -DCUDASIM_CHECKED
 ifeq ($(SANITIZE),1)
 CPU          := $(BUILD)/asan
 CPU_OPT      := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined,bounds -fno-sanitize-recover=undefined
 CPU_LDFLAGS  := -fsanitize=address,undefined,bounds
+PROGRAMS_DIR := $(CPU)
+PROG         := $(CPU)/
+else ifeq ($(CHECK),1)
+CPU          := $(BUILD)/check
+CPU_OPT      := -O2 -g -march=native $(CHECK_CFLAGS)
+CPU_LDFLAGS  :=
 PROGRAMS_DIR := $(CPU)
 PROG         := $(CPU)/
 else
@@ -95,10 +109,11 @@ $(REWRITE): dev/cudasim_rewrite.cpp dev/cudasim_rewrite.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CXX) -std=c++20 -O2 $(WARNINGS) $< -o $@
 
-# cudasim's implementation, compiled once per CPU build.
-$(CPU)/cudasim.o: dev/cudasim.h dev/cudasim_runtime.h dev/cudasim_cublaslt.h dev/cudasim_intrinsics.h $(CPU_FLAGS_STAMP) | $(DEPS_STAMP)
+# cudasim's implementation, compiled once per CPU build (never instrumented: it is the checker).
+$(CPU)/cudasim.o: dev/cudasim.h dev/cudasim_check.h dev/cudasim_runtime.h dev/cudasim_cublaslt.h dev/cudasim_intrinsics.h \
+                  $(CPU_FLAGS_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -x c++ -DCUDASIM_IMPLEMENTATION -Idev/shadow -isystem $(CUDA_HOME)/include -c $< -o $@
+	$(CXX) $(filter-out $(CHECK_CFLAGS),$(CXXFLAGS)) -x c++ -DCUDASIM_IMPLEMENTATION -Idev/shadow -isystem $(CUDA_HOME)/include -c $< -o $@
 
 # Any .cu in the CPU build: rewrite (chevrons, extern __shared__), then g++.
 $(CPU)/%.o: %.cu $(HEADERS) $(REWRITE) $(CPU_FLAGS_STAMP) | $(DEPS_STAMP)
@@ -106,16 +121,28 @@ $(CPU)/%.o: %.cu $(HEADERS) $(REWRITE) $(CPU_FLAGS_STAMP) | $(DEPS_STAMP)
 	@src=$$($(REWRITE) $< $(GEN) -I .) && echo "$(CXX) [cpu] $<" && \
 	  $(CXX) $(CXXFLAGS) $(CPU_CUDAFLAGS) -c $$src -o $@
 
-# Any .cu in the GPU build.
+# Any .cu in the GPU build. ptxas's report of every kernel (registers, spills, shared memory) goes to
+# OBJ.ptxas for make check-resources; everything else nvcc prints still shows.
 $(GPU)/%.o: %.cu $(HEADERS) $(GPU_FLAGS_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -Xptxas -v -c $< -o $@ 2> $@.ptxas || { cat $@.ptxas >&2; exit 1; }
+	@grep -vE '^ptxas info|bytes stack frame' $@.ptxas >&2 || true
 
 # Components add their own rules (the tokenizer library: $(TOK_LIB_OBJS)).
 include tokenizer/tokenizer.mk
 
+# The checked build links the host-only objects of build/cpu (a make without CHECK builds them).
+CPU_HOST     := $(CPU)
+ifeq ($(CHECK),1)
+CPU_HOST     := $(BUILD)/cpu
+TOK_LIB_OBJS := $(patsubst $(CPU)/%,$(CPU_HOST)/%,$(TOK_LIB_OBJS))
+$(CPU_HOST)/%.o: FORCE
+	@$(MAKE) -q --no-print-directory CHECK= $@ || $(MAKE) --no-print-directory CHECK= $@
+endif
+.PHONY: FORCE
+
 # Test binaries: test/NAME.cu + the doctest main, in each build.
-$(CPU)/test/%: $(CPU)/test/%.o $(CPU)/test/test_main.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
+$(CPU)/test/%: $(CPU)/test/%.o $(CPU_HOST)/test/test_main.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 	$(CXX) $(CPU_LDFLAGS) $^ -o $@ $(CPU_LIBS)
 $(GPU)/test/%: $(GPU)/test/%.o $(GPU)/test/test_main.o $(TOK_LIB_OBJS)
 	$(NVCC) $(NVCC_ARCH) $^ -o $@ $(GPU_LIBS)
@@ -160,15 +187,48 @@ $(GPU)/dev/%: $(GPU)/dev/%.o
 TEST_BINS_CPU += $(addprefix $(CPU)/test/,$(TESTS))
 TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 
-.PHONY: all test test-cpu test-asan bench bench-cpu bench-gpu clean train data print-cpu-flags
+.PHONY: all test test-cpu test-asan test-check check-resources gpu-check bench bench-cpu bench-gpu clean train data print-cpu-flags
 all: $(PROG)train_gpt_cpu $(PROG)tokenizer/tok $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
 # The builds run in parallel on every core even when make was started without -j.
 NPROC := $(shell nproc 2>/dev/null || echo 2)
+# The kernel tests also run once in the checked build with the race check (test-check), and ptxas's
+# register/spill/shared-memory report is checked for the launch configurations the CPU tests used.
+CHECK_TESTS  := test_layers test_attention
+CHECK_BINS   := $(addprefix $(BUILD)/check/test/,$(CHECK_TESTS))
+# Under the race check, the tests whose kernels a smaller test already covers, and the CPU-only ones, are left out.
+export RACECHECK_DOCTEST_ARGS := --test-case-exclude=*T=512*,*allocates nothing*,*finite differences*
+LAUNCH_LOG   := $(BUILD)/cpu/launches.txt
 test:
 	@$(MAKE) --no-print-directory -j$(NPROC) $(TEST_BINS_CPU) $(TEST_BINS_GPU)
-	@bash test/run_tests.sh --cpu $(TEST_BINS_CPU) --gpu $(TEST_BINS_GPU)
+	@$(MAKE) --no-print-directory -j$(NPROC) CHECK=1 $(CHECK_BINS)
+	@rm -f $(LAUNCH_LOG)
+	@CUDASIM_LAUNCH_LOG=$(LAUNCH_LOG) bash test/run_tests.sh --cpu $(TEST_BINS_CPU) --racecheck $(CHECK_BINS) \
+	  --resources "$(MAKE) --no-print-directory check-resources" --gpu $(TEST_BINS_GPU)
+
+test-check:
+	@$(MAKE) --no-print-directory -j$(NPROC) CHECK=1 $(CHECK_BINS)
+	@bash test/run_tests.sh --racecheck $(CHECK_BINS)
+
+# ptxas -v for sm_80 and sm_90: fails on register spills, on static shared memory over 48 KB, and on
+# registers x threads over the SM's 64K registers for the block sizes in the launch log the CPU tests
+# write (make test writes it; without one, the kernel tests run first to write it).
+# Accepted for now (2026-11-29, nvcc of this machine): the fused attention backward at hs 64 spills 4 bytes
+# on sm_80 (96 registers; none on sm_90). Remove once fixed.
+KNOWN_SPILLS ?= attention_backward_flash_kernel/sm_80
+check-resources: $(GPU)/test/test_layers.o $(GPU)/test/test_attention.o $(GPU)/train_gpt.o
+	@for o in $^; do [ -f $$o.ptxas ] || { rm -f $$o && $(MAKE) --no-print-directory $$o; } || exit 1; done
+	@[ -s $(LAUNCH_LOG) ] || { $(MAKE) --no-print-directory -j$(NPROC) $(BUILD)/cpu/test/test_layers $(BUILD)/cpu/test/test_attention && \
+	  CUDASIM_LAUNCH_LOG=$(LAUNCH_LOG) $(BUILD)/cpu/test/test_layers >/dev/null && \
+	  CUDASIM_LAUNCH_LOG=$(LAUNCH_LOG) $(BUILD)/cpu/test/test_attention >/dev/null; }
+	@KNOWN_SPILLS="$(KNOWN_SPILLS)" bash dev/check_resources.sh $(LAUNCH_LOG) $(addsuffix .ptxas,$^)
+
+# On a lent GPU machine: GPU tests, compute-sanitizer, benchmarks, GPT-2 124M training, PyTorch SDPA,
+# all into one report (dev/gpu_check.sh; GPU_CHECK_REPORT names the file).
+GPU_CHECK_REPORT ?= gpu-check-report.txt
+gpu-check:
+	@bash dev/gpu_check.sh $(GPU_CHECK_REPORT)
 
 test-cpu:
 	@$(MAKE) --no-print-directory -j$(NPROC) $(TEST_BINS_CPU)

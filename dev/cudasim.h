@@ -46,6 +46,7 @@
 #include <utility>
 #include <vector>
 #include <boost/context/fiber.hpp>
+#include "cudasim_check.h"  // memory, race and launch-resource checks (issue 14)
 
 // ----------------------------------------------------------------------------
 // Function and variable qualifiers. The CUDA headers define them as attributes g++ would warn about.
@@ -140,6 +141,20 @@ bool capture_launch(const LaunchConfig& config, F&& later) {
            capture_launch_slow(config, std::forward<F>(later));
 }
 
+// One CUDA thread's call of the kernel. In the checked build the per-access checks are on only inside it, and the
+// parameters are copied first: `params` lives on the launching thread's stack, outside every checked region.
+template <class F, class Tuple>
+void run_kernel_body(F function, const Tuple& params) {
+#if defined(CUDASIM_CHECKED)
+    auto own = params;
+    check::enter_kernel();
+    std::apply(function, std::move(own));
+    check::leave_kernel();
+#else
+    std::apply(function, params);
+#endif
+}
+
 template <class... Params>
 struct Launcher {
     void (*kernel)(Params...);
@@ -149,9 +164,11 @@ struct Launcher {
         static_assert(sizeof...(Args) == sizeof...(Params), "kernel launched with the wrong number of arguments");
         // Like the GPU, every thread gets its own copy of the parameters, converted to the kernel's types.
         std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-        auto later = [k = kernel, c = config, params] { run_grid(c, [&] { std::apply(k, params); }); };
+        int index = 0;
+        std::apply([&](const auto&... p) { (check::argument(config, index++, p), ...); }, params);  // no host pointers
+        auto later = [k = kernel, c = config, params] { run_grid(c, [&] { run_kernel_body(k, params); }); };
         if (capture_launch(config, later)) return;
-        run_grid(config, [&] { std::apply(kernel, params); });
+        run_grid(config, [&] { run_kernel_body(kernel, params); });
     }
 };
 template <class... Params>
@@ -173,9 +190,11 @@ struct CallLauncher {
     template <class... Args>
     void operator()(Args&&... args) const {
         std::tuple<std::decay_t<Args>...> params(std::forward<Args>(args)...);
-        auto later = [f = call, c = config, params] { run_grid(c, [&] { std::apply(f, params); }); };
+        int index = 0;
+        std::apply([&](const auto&... p) { (check::argument(config, index++, p), ...); }, params);  // no host pointers
+        auto later = [f = call, c = config, params] { run_grid(c, [&] { run_kernel_body(f, params); }); };
         if (capture_launch(config, later)) return;
-        run_grid(config, [&] { std::apply(call, params); });
+        run_grid(config, [&] { run_kernel_body(call, params); });
     }
 };
 template <class F>
@@ -188,7 +207,7 @@ CallLauncher<F> launch_call(F call, const char* name, dim3 grid, dim3 block, siz
 // ----------------------------------------------------------------------------
 // Collectives. The calling thread records what it brings and yields; the scheduler releases it when
 // all the threads that must take part have arrived, with `result` filled in.
-inline int block_barrier(BarrierKind kind, int predicate) {
+CUDASIM_UNCHECKED inline int block_barrier(BarrierKind kind, int predicate) {
     Thread& t = current_thread();
     t.wait = Wait::block_barrier;
     t.barrier = kind;
@@ -198,7 +217,7 @@ inline int block_barrier(BarrierKind kind, int predicate) {
 }
 
 template <class T>
-T warp_collective(WarpOp op, unsigned mask, T value, int arg, int width) {
+CUDASIM_UNCHECKED T warp_collective(WarpOp op, unsigned mask, T value, int arg, int width) {
     static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "warp shuffles move at most 8 bytes");
     Thread& t = current_thread();
     t.wait = Wait::warp_collective;
@@ -320,27 +339,41 @@ struct atomic_ref {
 };
 #endif
 }  // namespace cudasim
-template <class T> T cudasim_atomic_add(T* a, T v) { return cudasim::atomic_ref<T>(*a).fetch_add(v); }
+template <class T> CUDASIM_UNCHECKED T cudasim_atomic_add(T* a, T v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<T>(*a).fetch_add(v);
+}
 inline float atomicAdd(float* a, float v) { return cudasim_atomic_add(a, v); }
 inline double atomicAdd(double* a, double v) { return cudasim_atomic_add(a, v); }
 inline int atomicAdd(int* a, int v) { return cudasim_atomic_add(a, v); }
 inline unsigned atomicAdd(unsigned* a, unsigned v) { return cudasim_atomic_add(a, v); }
 inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) { return cudasim_atomic_add(a, v); }
-inline int atomicSub(int* a, int v) { return cudasim::atomic_ref<int>(*a).fetch_sub(v); }
-inline unsigned atomicSub(unsigned* a, unsigned v) { return cudasim::atomic_ref<unsigned>(*a).fetch_sub(v); }
-template <class T> T cudasim_atomic_exch(T* a, T v) { return cudasim::atomic_ref<T>(*a).exchange(v); }
+CUDASIM_UNCHECKED inline int atomicSub(int* a, int v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<int>(*a).fetch_sub(v);
+}
+CUDASIM_UNCHECKED inline unsigned atomicSub(unsigned* a, unsigned v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<unsigned>(*a).fetch_sub(v);
+}
+template <class T> CUDASIM_UNCHECKED T cudasim_atomic_exch(T* a, T v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<T>(*a).exchange(v);
+}
 inline int atomicExch(int* a, int v) { return cudasim_atomic_exch(a, v); }
 inline unsigned atomicExch(unsigned* a, unsigned v) { return cudasim_atomic_exch(a, v); }
 inline float atomicExch(float* a, float v) { return cudasim_atomic_exch(a, v); }
 inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { return cudasim_atomic_exch(a, v); }
-template <class T> T cudasim_atomic_cas(T* a, T expected, T desired) {
+template <class T> CUDASIM_UNCHECKED T cudasim_atomic_cas(T* a, T expected, T desired) {
+    cudasim::check::atomic_access(a, sizeof *a);
     cudasim::atomic_ref<T>(*a).compare_exchange_strong(expected, desired);
     return expected;  // the old value, whether or not the swap happened
 }
 inline int atomicCAS(int* a, int c, int v) { return cudasim_atomic_cas(a, c, v); }
 inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) { return cudasim_atomic_cas(a, c, v); }
 inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) { return cudasim_atomic_cas(a, c, v); }
-template <class T, class F> T cudasim_atomic_update(T* a, F f) {
+template <class T, class F> CUDASIM_UNCHECKED T cudasim_atomic_update(T* a, F f) {
+    cudasim::check::atomic_access(a, sizeof *a);
     cudasim::atomic_ref<T> ref(*a);
     T old = ref.load();
     while (!ref.compare_exchange_weak(old, f(old))) {}
@@ -351,12 +384,30 @@ inline unsigned atomicMax(unsigned* a, unsigned v) { return cudasim_atomic_updat
 inline long long atomicMax(long long* a, long long v) { return cudasim_atomic_update(a, [v](long long o) { return o > v ? o : v; }); }
 inline int atomicMin(int* a, int v) { return cudasim_atomic_update(a, [v](int o) { return o < v ? o : v; }); }
 inline unsigned atomicMin(unsigned* a, unsigned v) { return cudasim_atomic_update(a, [v](unsigned o) { return o < v ? o : v; }); }
-inline int atomicAnd(int* a, int v) { return cudasim::atomic_ref<int>(*a).fetch_and(v); }
-inline int atomicOr(int* a, int v) { return cudasim::atomic_ref<int>(*a).fetch_or(v); }
-inline int atomicXor(int* a, int v) { return cudasim::atomic_ref<int>(*a).fetch_xor(v); }
-inline unsigned atomicAnd(unsigned* a, unsigned v) { return cudasim::atomic_ref<unsigned>(*a).fetch_and(v); }
-inline unsigned atomicOr(unsigned* a, unsigned v) { return cudasim::atomic_ref<unsigned>(*a).fetch_or(v); }
-inline unsigned atomicXor(unsigned* a, unsigned v) { return cudasim::atomic_ref<unsigned>(*a).fetch_xor(v); }
+CUDASIM_UNCHECKED inline int atomicAnd(int* a, int v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<int>(*a).fetch_and(v);
+}
+CUDASIM_UNCHECKED inline int atomicOr(int* a, int v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<int>(*a).fetch_or(v);
+}
+CUDASIM_UNCHECKED inline int atomicXor(int* a, int v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<int>(*a).fetch_xor(v);
+}
+CUDASIM_UNCHECKED inline unsigned atomicAnd(unsigned* a, unsigned v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<unsigned>(*a).fetch_and(v);
+}
+CUDASIM_UNCHECKED inline unsigned atomicOr(unsigned* a, unsigned v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<unsigned>(*a).fetch_or(v);
+}
+CUDASIM_UNCHECKED inline unsigned atomicXor(unsigned* a, unsigned v) {
+    cudasim::check::atomic_access(a, sizeof *a);
+    return cudasim::atomic_ref<unsigned>(*a).fetch_xor(v);
+}
 
 // ----------------------------------------------------------------------------
 // Math and bit intrinsics: the fast-math versions are the exact ones here.
@@ -601,9 +652,11 @@ static void asan_fiber_resumed(void*) {}
 void yield_to_scheduler() {
     Worker& w = *this_worker;
     void* fake = nullptr;
+    bool checked = check::leave_kernel();  // the scheduler's own accesses are not the kernel's
     asan_leave_fiber(&fake);
     w.scheduler = std::move(w.scheduler).resume();
     asan_fiber_resumed(fake);
+    if (checked) check::enter_kernel();
 }
 
 void* dynamic_shared_memory() {
@@ -767,7 +820,8 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
                 if (t->op == WarpOp::shfl_up) src = static_cast<int>(l) - t->arg < section ? l : l - t->arg;
                 if (t->op == WarpOp::shfl_down) src = static_cast<int>(l) + t->arg >= section + width ? l : l + t->arg;
                 if (t->op == WarpOp::shfl_xor) src = (static_cast<int>(l) ^ t->arg) >= section + width ? l : (l ^ t->arg);
-                if (warp_base + src >= n) { t->result = t->value; break; }  // a lane that does not exist
+                // A lane past the end of a partial warp does not exist: undefined on a GPU, poison (NaN, -1) here.
+                if (warp_base + src >= n) { t->result = ~0ull; break; }
                 if (!lanes[src]) {
                     char who[48];
                     describe_thread(who, sizeof who, *t);
@@ -780,6 +834,7 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
     }
     for (unsigned l = 0; l < 32; l++)
         if (lanes[l]) lanes[l]->wait = Wait::run;
+    check::on_warp_sync(warp_base / 32);
 }
 
 // Runs the lanes of one warp until none can go on inside the warp: each is done, waiting at a block
@@ -879,6 +934,7 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
     // Fibers left by the previous block (only a trapped block leaves any) are released before any new
     // one is built: a fiber's record lives in a stack slot a new fiber may be built in.
     for (unsigned i = 0; i < w.block_threads; i++) w.threads[i].fiber = boost::context::fiber();
+    check::on_block_start(n);
     for (unsigned i = 0; i < n; i++) {
         Thread& t = w.threads[i];
         t.idx = uint3{i % b.x, i / b.x % b.y, i / b.x / b.y};
@@ -938,6 +994,7 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
             w.threads[i].result = result;
             w.threads[i].wait = Wait::run;
         }
+        check::on_barrier();
     }
 }
 
@@ -1057,20 +1114,29 @@ void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
              "or grid (%u,%u,%u) exceeds (2^31-1, 65535, 65535)", c.name, b.x, b.y, b.z, threads, g.x, g.y, g.z);
         return;
     }
+    // Without the opt-in, static + dynamic shared memory fit in 48 KB; with it, the dynamic part fits
+    // in the attribute's value and the sum in 227 KB. (Static bytes are known once the kernel has run.)
     size_t limit = default_shared_bytes;
+    bool opted_in = false;
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         auto it = g_max_dynamic_shared.find(c.function);
-        if (it != g_max_dynamic_shared.end()) limit = std::max(limit, static_cast<size_t>(it->second));
+        if (it != g_max_dynamic_shared.end()) { limit = static_cast<size_t>(it->second); opted_in = true; }
         if (!c.function)  // issue 20: a launch by call (launch_call) does not know its kernel's address
-            for (auto [kernel, bytes] : g_max_dynamic_shared) limit = std::max(limit, static_cast<size_t>(bytes));
+            for (auto [kernel, bytes] : g_max_dynamic_shared) {
+                limit = std::max(limit, static_cast<size_t>(bytes));
+                opted_in = true;
+            }
     }
-    if (c.shared_bytes > limit) {
-        fail(cudaErrorInvalidValue, "launch of '%s': %zu bytes of dynamic shared memory, but the limit is %zu "
-             "(raise it up to %zu with cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))",
-             c.name, c.shared_bytes, limit, max_shared_bytes_optin);
+    size_t static_bytes = check::static_shared_bytes(c.function);
+    if (c.shared_bytes > limit || static_bytes + c.shared_bytes > (opted_in ? max_shared_bytes_optin : default_shared_bytes)) {
+        fail(cudaErrorInvalidValue, "launch of '%s': %zu bytes of dynamic shared memory + %zu static, but the limit is %zu "
+             "dynamic and %zu in all (raise it up to %zu with cudaFuncSetAttribute(kernel, "
+             "cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))", c.name, c.shared_bytes, static_bytes, limit,
+             opted_in ? max_shared_bytes_optin : default_shared_bytes, max_shared_bytes_optin);
         return;
     }
+    check::on_launch(c);
     std::lock_guard<std::mutex> lock(g_launch_mutex);
     pool().run(c, body, blocks);
 }
@@ -1159,6 +1225,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     if (bytes == 0) return cudaSuccess;
     void* q = nullptr;  // exact size, so an address sanitizer sees the first byte past the end
     if (posix_memalign(&q, 256, bytes) != 0) return fail(cudaErrorMemoryAllocation, "cudaMalloc of %zu bytes failed", bytes);
+    std::memset(q, 0xff, bytes);  // as on a GPU, new memory holds no useful values: NaN as floats, -1 as ints
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     cudasim::g_device_allocations[reinterpret_cast<uintptr_t>(q)] = bytes;
     *p = q;
@@ -1186,10 +1253,15 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
 }
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
     *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (*p) cudasim::check::on_malloc_host(*p, bytes, true);  // kernels may read pinned memory, as on a GPU
     return *p || bytes == 0 ? cudaSuccess : fail(cudaErrorMemoryAllocation, "cudaMallocHost of %zu bytes failed", bytes);
 }
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) { return cudaMallocHost(p, bytes); }
-cudaError_t cudaFreeHost(void* p) { std::free(p); return cudaSuccess; }
+cudaError_t cudaFreeHost(void* p) {
+    if (p) cudasim::check::on_malloc_host(p, 0, false);
+    std::free(p);
+    return cudaSuccess;
+}
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
     if (cudaError_t e = cudasim::sticky_error()) return e;  // issue 20
@@ -1471,4 +1543,5 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta
 #include "cudasim_cublaslt.h"
 // ---- end issue 20
 
+#include "cudasim_check.h"  // the checks' implementation (needs the Worker and the allocation table)
 #endif  // CUDASIM_IMPLEMENTATION

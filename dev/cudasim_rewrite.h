@@ -5,8 +5,10 @@
 // keeping every newline (so line numbers stay true):
 //   name<<<grid, block, smem, stream>>>(args)  ->  ::cudasim::launch(name, "name", grid, block, smem, stream)(args)
 //   extern __shared__ __align__(16) T buf[];   ->  static thread_local T* const buf = (T*)::cudasim::dynamic_shared_memory();
-//   __shared__ float tile[32][33];             ->  the same, followed on the same line by a registration that
-//                                                  lets cudasim fill `tile` with NaN bytes at every block start
+//   __shared__ float tile[32][33];             ->  `__shared__ float cudasim_shared_tile[32][33]; auto& tile = ...`
+//                                                  through cudasim, which fills `tile` with NaN bytes at every block
+//                                                  start and checks it (rewrite_shared)
+//   __launch_bounds__(N) ... {                 ->  the body starts by checking that the block has at most N threads
 //   asm / __asm__ (inline PTX)                 ->  a compile error that names the feature
 // Comments, string and character literals are copied untouched, so a `<<<` inside them stays as it is.
 //
@@ -105,9 +107,12 @@ inline std::string rewrite_extern_shared(const std::string& decl /* between "__s
            "*>(::cudasim::dynamic_shared_memory())";
 }
 
-// For `__shared__ DECL;` (one declarator, no initializer): the statement that registers it for
-// poisoning, or "" when the declaration has another shape (then it is simply not poisoned).
-inline std::string shared_registration(const std::string& decl /* between "__shared__" and ";" */) {
+// `__shared__ DECL;` (one declarator, no initializer) -> the same declaration of `cudasim_shared_NAME`
+// and a reference NAME to it through cudasim, which NaN-fills the variable at every block start, counts
+// it toward the kernel's static shared memory, and (being opaque to the compiler) makes every access
+// to it go through a pointer, so the checked build sees each one. Other shapes are copied unchanged
+// (then simply not poisoned nor checked).
+inline std::string rewrite_shared(const std::string& decl /* between "__shared__" and ";" */) {
     std::string d = decl;
     for (const char* attr : {"__align__", "alignas"})
         for (size_t p; (p = d.find(attr)) != std::string::npos;) {
@@ -116,14 +121,15 @@ inline std::string shared_registration(const std::string& decl /* between "__sha
             d.erase(p, close + 1 - p);
         }
     if (d.find_first_of("=,(){};") != std::string::npos) return "";
-    size_t bracket = d.find('[');
-    std::string head = trim(d.substr(0, bracket));
-    size_t n = head.size();
-    while (n > 0 && is_ident_char(head[n - 1])) n--;
-    std::string name = head.substr(n);
-    if (name.empty() || n == 0) return "";
-    return " [[maybe_unused]] static thread_local const bool cudasim_shared_" + name + " = ::cudasim::shared_declared(&" +
-           name + ", sizeof(" + name + "));";
+    size_t bracket = decl.find('['), end = bracket == std::string::npos ? decl.size() : bracket;
+    while (end > 0 && std::isspace(static_cast<unsigned char>(decl[end - 1]))) end--;
+    size_t start = end;
+    while (start > 0 && is_ident_char(decl[start - 1])) start--;
+    std::string name = decl.substr(start, end - start);
+    if (name.empty() || trim(decl.substr(0, start)).empty() || std::isdigit(static_cast<unsigned char>(name[0]))) return "";
+    std::string storage = "cudasim_shared_" + name;
+    return decl.substr(0, start) + storage + decl.substr(end) + "; auto& " + name +
+           " = *::cudasim::check::shared_variable(&" + storage + ", \"" + name + "\")";
 }
 
 // ---- issue 20: what the rewrite knows about the kernels of a translation unit
@@ -279,6 +285,8 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
     std::string out;
     out.reserve(s.size() + 256);
     std::map<size_t, std::string> registrations;  // position just after a kernel's closing brace -> its registration
+    std::string pending_bounds;  // the thread limit of a __launch_bounds__ kernel whose body comes next
+    int bounds_depth = 0;
     size_t i = 0;
     while (i < s.size()) {
         if (!registrations.empty() && i >= registrations.begin()->first) {
@@ -342,12 +350,40 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
             size_t semi = s.find(';', i);
             if (semi != std::string::npos) {
                 std::string decl = s.substr(i + 10, semi - i - 10);
-                if (decl.find('\n') == std::string::npos) {  // one-line declarations only: lines stay in place
-                    out.append(s, i, semi + 1 - i);
-                    out += shared_registration(decl);
-                    i = semi + 1;
+                std::string rewritten = decl.find('\n') == std::string::npos ? rewrite_shared(decl) : "";
+                if (!rewritten.empty()) {  // one-line declarations only: lines stay in place
+                    out += "__shared__" + rewritten;
+                    i = semi;  // the ';' is copied next
                     continue;
                 }
+            }
+        }
+        // `__launch_bounds__(N, ...)`: the macro expands to nothing; the kernel's body starts with a check
+        // that the block has at most N threads (a GPU refuses the launch otherwise).
+        if (s.compare(i, 17, "__launch_bounds__") == 0 && (i == 0 || !is_ident_char(s[i - 1])) && !is_ident_char(s[i + 17])) {
+            size_t open = s.find('(', i);
+            int depth = 0;
+            size_t j = open, arg_end = std::string::npos;
+            for (; j < s.size(); j++) {
+                if (s[j] == '(') depth++;
+                if (s[j] == ')' && --depth == 0) break;
+                if (s[j] == ',' && depth == 1 && arg_end == std::string::npos) arg_end = j;
+            }
+            if (open == std::string::npos || j >= s.size()) throw std::runtime_error("malformed __launch_bounds__");
+            pending_bounds = trim(s.substr(open + 1, (arg_end == std::string::npos ? j : arg_end) - open - 1));
+            out.append(s, i, j + 1 - i);
+            i = j + 1;
+            continue;
+        }
+        if (!pending_bounds.empty()) {
+            if (s[i] == '(') bounds_depth++;
+            if (s[i] == ')') bounds_depth--;
+            if (s[i] == ';' && bounds_depth == 0) pending_bounds.clear();  // a declaration, not the definition
+            if (s[i] == '{' && bounds_depth == 0) {
+                out += "{ ::cudasim::check::launch_bounds(" + pending_bounds + ", __func__);";
+                pending_bounds.clear();
+                i++;
+                continue;
             }
         }
         if (s.compare(i, 3, "<<<") == 0) {

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs doctest binaries and ends with one line of its own: "N passed, N failed" (test cases across
-# all binaries). Usage: run_tests.sh --cpu BIN... [--gpu BIN...]. GPU binaries run only where
+# all binaries). Usage: run_tests.sh --cpu BIN... [--racecheck BIN...] [--resources CMD] [--gpu BIN...].
+# --racecheck binaries (the checked build) run with CUDASIM_RACECHECK=1 and the doctest arguments in
+# $RACECHECK_DOCTEST_ARGS (one argument; the Makefile sets it); --resources runs one shell
+# command that counts as one test case (make check-resources). GPU binaries run only where
 # nvidia-smi finds a GPU; a binary that crashes counts as one failed test case.
 set -u
 passed=0; failed=0; mode=cpu; have_gpu=0
@@ -8,11 +11,22 @@ nvidia-smi -L >/dev/null 2>&1 && have_gpu=1
 for arg in "$@"; do
   case "$arg" in
     --cpu) mode=cpu; continue ;;
+    --racecheck) mode=racecheck; continue ;;
+    --resources) mode=resources; continue ;;
     --gpu) mode=gpu; [ $have_gpu = 1 ] || echo "GPU build of the tests compiled and linked; no GPU here, so not run"; continue ;;
   esac
   [ "$mode" = gpu ] && [ $have_gpu = 0 ] && continue
-  echo "=== $arg"
-  out=$("$arg" 2>&1); rc=$?
+  if [ "$mode" = resources ]; then
+    echo "=== $arg"
+    if bash -c "$arg"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+    continue
+  fi
+  echo "=== $arg$([ "$mode" = racecheck ] && echo ' (CUDASIM_RACECHECK=1)')"
+  if [ "$mode" = racecheck ]; then
+    out=$(CUDASIM_RACECHECK=1 "$arg" ${RACECHECK_DOCTEST_ARGS:+"$RACECHECK_DOCTEST_ARGS"} 2>&1); rc=$?
+  else
+    out=$("$arg" 2>&1); rc=$?
+  fi
   echo "$out" | tail -n 40
   line=$(echo "$out" | grep -E '^\[doctest\] test cases:' | tail -n1)
   if [ -n "$line" ]; then

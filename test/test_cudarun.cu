@@ -29,6 +29,13 @@ Run cudarun(const std::string& args) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
+// A program built once by `dev/cudarun --keep` (build/cudarun/NAME), run again with ENV (as `CUDASIM_ORDER=reverse`):
+// one compile for several runs.
+Run rerun(const std::string& env, const std::string& name) {
+    CommandResult r = run_command(env + " build/cudarun/" + name);
+    return {r.exit_code < 0 ? 128 - r.exit_code : r.exit_code, r.output};
+}
+
 // A self-checking example: exits 0 and says PASS.
 void check_example(const std::string& args) {
     Run r = cudarun(args);
@@ -83,9 +90,9 @@ TEST_CASE("cudarun: a failed device assert stops the kernel and leaves a sticky 
     CHECK(contains(r.output, "device_assert: PASS"));
 }
 
-TEST_CASE("cudarun: the examples run unmodified on the CPU and pass") {
+TEST_CASE("cudarun: the examples run unmodified on the CPU and pass, with the race check") {
     for (const char* example : {"reduction", "transpose", "softmax_cg"})
-        check_example(std::string("dev/examples/") + example + ".cu");
+        check_example(std::string("--racecheck dev/examples/") + example + ".cu");
 }
 
 TEST_CASE("cudarun: options reach the program (--order, --threads, arguments after --)") {
@@ -122,14 +129,82 @@ TEST_CASE("broken kernel: a divergent __syncthreads aborts naming the kernel, bl
                              "but 24 of the block's 256 threads (thread (232,0,0) the first) returned without reaching it"));
 }
 
-TEST_CASE("broken kernel: an off-by-one write is reported by --asan with the CUDA thread") {
-    Run plain = cudarun("dev/examples/broken_off_by_one.cu");
-    CHECK(plain.status == 0);  // without a sanitizer the stray write goes unnoticed
+TEST_CASE("broken kernel: an off-by-one write is out of bounds, in the checked build and under --asan") {
+    Run plain = cudarun("--no-check dev/examples/broken_off_by_one.cu");
+    CHECK(plain.status == 0);  // without checks the stray write goes unnoticed
+    Run checked = cudarun("dev/examples/broken_off_by_one.cu");
+    INFO(checked.output);
+    CHECK(checked.status == 128 + 6);
+    CHECK(contains(checked.output,
+                   "cudasim: out of bounds: kernel 'scale_kernel' block (3,0,0) thread (232,0,0) writes 4 bytes"));
+    CHECK(contains(checked.output, "0 bytes past the end of a 4000-byte cudaMalloc allocation"));
+    CHECK(contains(checked.output, "at dev/examples/broken_off_by_one.cu:25"));
     Run asan = cudarun("--asan dev/examples/broken_off_by_one.cu");
     CHECK(asan.status != 0);
-    CHECK(contains(asan.output, "cudasim: the access below was made by kernel 'scale_kernel', block (3,0,0), thread (232,0,0)"));
+    CHECK(contains(asan.output,
+                   "cudasim: the access below was made by kernel 'scale_kernel', block (3,0,0), thread (232,0,0)"));
     CHECK(contains(asan.output, "AddressSanitizer: heap-buffer-overflow"));
     CHECK(contains(asan.output, "WRITE of size 4"));
-    CHECK(contains(asan.output, "in scale_kernel(float*, float const*, float, int) dev/examples/broken_off_by_one.cu:20"));
+    CHECK(contains(asan.output,
+                   "in scale_kernel(float*, float const*, float, int) dev/examples/broken_off_by_one.cu:25"));
+}
+
+// docs/cpu-execution.md, "What the checked build catches": the checks of issue 14.
+TEST_CASE("broken kernel: a race every thread order hides is reported by --racecheck") {
+    Run built = cudarun("--keep dev/examples/broken_racy_sum.cu");
+    CHECK(built.status == 0);
+    for (const char* order : {"forward", "reverse", "random"}) {
+        Run r = rerun(std::string("CUDASIM_ORDER=") + order, "broken_racy_sum");
+        INFO(order << "\n" << r.output);
+        CHECK(r.status == 0);  // the lost updates of a GPU cannot happen between fibers
+    }
+    Run r = rerun("CUDASIM_RACECHECK=1 CUDASIM_THREADS=1", "broken_racy_sum");  // block 0 first
+    INFO(r.output);
+    CHECK(r.status == 128 + 6);
+    CHECK(contains(r.output, "cudasim: race (read after write) on shared memory in kernel 'block_sum_kernel' "
+                             "block (0,0,0): thread (1,0,0) reads `total` at byte offset 0 at "
+                             "dev/examples/broken_racy_sum.cu:28, and thread (0,0,0) wrote it at "
+                             "dev/examples/broken_racy_sum.cu:28"));
+}
+
+TEST_CASE("broken kernel: --racecheck finds the missing __syncthreads under the order that hides it, "
+          "and passes the fix") {
+    Run r = cudarun("--racecheck --order forward dev/examples/broken_missing_barrier.cu");
+    INFO(r.output);
+    CHECK(r.status == 128 + 6);
+    CHECK(contains(r.output, "race (read after write) on shared memory in kernel 'adjacent_difference_kernel'"));
+    CHECK(contains(r.output, "thread (1,0,0) reads `tile` at byte offset 4 at "
+                             "dev/examples/broken_missing_barrier.cu:29, and thread (0,0,0) wrote it at "
+                             "dev/examples/broken_missing_barrier.cu:26"));
+    // The same file with the barrier restored (a copy under build/, as a reader would edit it).
+    CommandResult fix = run_command("mkdir -p build/cudarun && "
+                                    "sed 's|// __syncthreads();   <- missing.*|__syncthreads();|' "
+                                    "dev/examples/broken_missing_barrier.cu > build/cudarun/fixed_missing_barrier.cu");
+    REQUIRE(fix.exit_code == 0);
+    Run built = cudarun("--keep build/cudarun/fixed_missing_barrier.cu");
+    CHECK(built.status == 0);
+    for (const char* order : {"forward", "reverse", "random"}) {
+        Run fixed = rerun(std::string("CUDASIM_RACECHECK=1 CUDASIM_ORDER=") + order, "fixed_missing_barrier");
+        INFO(order << "\n" << fixed.output);
+        CHECK(fixed.status == 0);
+        CHECK(contains(fixed.output, "broken_missing_barrier: PASS"));
+    }
+}
+
+TEST_CASE("broken kernel: a host pointer given to a kernel is refused at the launch") {
+    Run r = cudarun("dev/examples/broken_host_pointer.cu");
+    INFO(r.output);
+    CHECK(r.status == 128 + 6);
+    CHECK(contains(r.output, "cudasim: kernel 'scale_kernel' argument 2 is 0x"));
+    CHECK(contains(r.output, "a host pointer (stack, malloc or std::vector memory, not from cudaMalloc)"));
+}
+
+TEST_CASE("broken kernel: static + dynamic shared memory over 48 KB without the opt-in is refused") {
+    Run r = cudarun("dev/examples/broken_shared_limit.cu");
+    INFO(r.output);
+    CHECK(r.status == 128 + 6);
+    CHECK(contains(r.output, "cudasim: kernel 'two_buffer_kernel' uses 32768 bytes of static __shared__ memory + "
+                             "32768 bytes of dynamic: over the 49152 bytes a block may have without "
+                             "cudaFuncSetAttribute"));
 }
 #endif  // CUDASIM

@@ -422,6 +422,63 @@ TEST_CASE("a missing barrier gives a wrong answer under one of the two thread or
     CHECK(wrong == 1);
 }
 
+// ----------------------------------------------------------------------------
+// Issue 14: the checks every CPU build makes (the per-access ones are in test/test_cudarun.cu).
+__global__ void partial_warp_shuffle_kernel(int* out) {  // out: (blockDim.x)
+    out[threadIdx.x] = __shfl_down_sync(0xffffffffu, static_cast<int>(threadIdx.x), 4);
+}
+__global__ void __launch_bounds__(64) bounded_kernel(int* out) { out[threadIdx.x] = 1; }
+__global__ void static_shared_kernel(float* out) {  // out: (1)
+    __shared__ float big[10240];  // 40 KB
+    big[threadIdx.x] = 1.0f;
+    __syncthreads();
+    if (threadIdx.x == 0) out[0] = big[0];
+}
+
+TEST_CASE("a shuffle from a lane past a partial warp gives poison; cudaMalloc memory starts as NaN") {
+    DeviceBuffer<int> out(40);
+    partial_warp_shuffle_kernel<<<1, 40>>>(out);  // the second warp has lanes 0..7 only
+    std::vector<int> got = out.download();
+    for (int t = 0; t < 40; t++) {
+        // Past lane 31 a shuffle down keeps the lane's own value; lanes 8..31 of warp 1 do not exist.
+        int want = t < 32 ? (t + 4 < 32 ? t + 4 : t) : (t + 4 < 40 ? t + 4 : -1);
+        CHECK(got[t] == want);
+    }
+    DeviceBuffer<float> fresh(3);
+    for (float v : fresh.download()) CHECK(std::isnan(v));
+}
+
+TEST_CASE("__launch_bounds__, static shared memory and host pointers are checked at the launch") {
+    auto [too_many, err] = run_in_child([] {
+        DeviceBuffer<int> out(128);
+        bounded_kernel<<<1, 128>>>(out);
+    });
+    CHECK(too_many);
+    CHECK(err.find("kernel 'bounded_kernel' launched with 128 threads per block, but it is declared "
+                   "__launch_bounds__(64)") != std::string::npos);
+    DeviceBuffer<int> ok(64);
+    bounded_kernel<<<1, 64>>>(ok);
+    CHECK(cudaGetLastError() == cudaSuccess);
+
+    // 40 KB static: fine alone; with 16 KB dynamic it is over 48 KB, which the second launch knows.
+    DeviceBuffer<float> out(1);
+    static_shared_kernel<<<1, 32>>>(out);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    static_shared_kernel<<<1, 32, 16 * 1024>>>(out);
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+    cuda_check(cudaFuncSetAttribute(static_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 16 * 1024));
+    static_shared_kernel<<<1, 32, 16 * 1024>>>(out);
+    CHECK(cudaGetLastError() == cudaSuccess);
+
+    auto [refused, msg] = run_in_child([] {
+        std::vector<int> host(64);
+        bounded_kernel<<<1, 64>>>(host.data());
+    });
+    CHECK(refused);
+    CHECK(msg.find("kernel 'bounded_kernel' argument 1 is 0x") != std::string::npos);
+    CHECK(msg.find("a host pointer") != std::string::npos);
+}
+
 TEST_CASE("memcpy outside an allocation and launches from a kernel are refused") {
     DeviceBuffer<float> d(10);
     std::vector<float> h(11);
@@ -445,8 +502,15 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
           "static thread_local float4* const smem = reinterpret_cast<float4*>(::cudasim::dynamic_shared_memory());");
     CHECK(rewrite_cuda_source("asm volatile(\"mov\");").find("GCC error") != std::string::npos);
     CHECK(rewrite_cuda_source("int plasma = 1;") == "int plasma = 1;");
-    CHECK(rewrite_cuda_source("__shared__ float t[32][33];") == "__shared__ float t[32][33]; [[maybe_unused]] static thread_local "
-                              "const bool cudasim_shared_t = ::cudasim::shared_declared(&t, sizeof(t));");
+    CHECK(rewrite_cuda_source("__shared__ float t[32][33];") ==
+          "__shared__ float cudasim_shared_t[32][33]; auto& t = *::cudasim::check::shared_variable(&cudasim_shared_t, \"t\");");
+    CHECK(rewrite_cuda_source("__shared__ __align__(16) int n;") ==
+          "__shared__ __align__(16) int cudasim_shared_n; auto& n = *::cudasim::check::shared_variable(&cudasim_shared_n, \"n\");");
+    CHECK(rewrite_cuda_source("__shared__ float a[2], b[2];") == "__shared__ float a[2], b[2];");  // left as it is
+    CHECK(rewrite_cuda_source("__global__ void __launch_bounds__(N, 2) k(float* x) { x[0] = 1; }") ==
+          "__global__ void __launch_bounds__(N, 2) k(float* x) { ::cudasim::check::launch_bounds(N, __func__); x[0] = 1; }");
+    CHECK(rewrite_cuda_source("__global__ void __launch_bounds__(256) k(float* x);") ==
+          "__global__ void __launch_bounds__(256) k(float* x);");  // a declaration: no body to check in
     CHECK_THROWS(rewrite_cuda_source("k<<<g, b(x);"));
     CHECK(rewrite_cuda_source("extern float __shared__ s[];") ==  // the qualifier after the type (issue 20)
           "static thread_local float* const s = reinterpret_cast<float*>(::cudasim::dynamic_shared_memory());");

@@ -1,8 +1,13 @@
 // broken_off_by_one.cu — a kernel whose bounds check is off by one (`i <= n`), so the thread with
-// i == n writes one float past the end of the output allocation. Nothing visible happens without a
-// sanitizer (here, and usually on a GPU too); with one, the write is reported with the CUDA thread:
+// i == n writes one float past the end of the output allocation. Nothing visible happens on a GPU
+// (usually), nor in the CPU build without checks; dev/cudarun checks every kernel access and stops:
 //
-//   dev/cudarun dev/examples/broken_off_by_one.cu          # PASS: the stray write goes unnoticed
+//   dev/cudarun dev/examples/broken_off_by_one.cu
+//   cudasim: out of bounds: kernel 'scale_kernel' block (3,0,0) thread (232,0,0) writes 4 bytes at 0x...,
+//   0 bytes past the end of a 4000-byte cudaMalloc allocation [...); at dev/examples/broken_off_by_one.cu:NN
+//
+// and so does AddressSanitizer, with the CUDA thread:
+//
 //   dev/cudarun --asan dev/examples/broken_off_by_one.cu
 //   cudasim: the access below was made by kernel 'scale_kernel', block (3,0,0), thread (232,0,0)
 //   ==...==ERROR: AddressSanitizer: heap-buffer-overflow on address ... WRITE of size 4 ...
