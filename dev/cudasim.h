@@ -146,9 +146,9 @@ bool capture_launch(const LaunchConfig& config, F&& later) {
 template <class F, class Tuple>
 void run_kernel_body(F function, const Tuple& params) {
 #if defined(CUDASIM_CHECKED)
-    auto own = params;
+    auto own = params;  // passed as lvalues: a launch by call takes its arguments as `auto&...`
     check::enter_kernel();
-    std::apply(function, std::move(own));
+    std::apply(function, own);
     check::leave_kernel();
 #else
     std::apply(function, params);
@@ -314,28 +314,29 @@ template <class T> using atomic_ref = std::atomic_ref<T>;
 #else
 // C++17 (dev/cudarun's default dialect, as nvcc's) has no std::atomic_ref: the same operations on
 // GCC's __atomic built-ins, which is what std::atomic_ref compiles to.
+// Not instrumented by the checked build (CUDASIM_UNCHECKED): the atomic itself is checked once by the caller.
 template <class T>
 struct atomic_ref {
     T* p;
-    explicit atomic_ref(T& x) : p(&x) {}
-    T load() const { T v; __atomic_load(p, &v, __ATOMIC_SEQ_CST); return v; }
-    T exchange(T v) const { T old; __atomic_exchange(p, &v, &old, __ATOMIC_SEQ_CST); return old; }
-    bool compare_exchange_strong(T& expected, T desired) const {
+    CUDASIM_UNCHECKED explicit atomic_ref(T& x) : p(&x) {}
+    CUDASIM_UNCHECKED T load() const { T v; __atomic_load(p, &v, __ATOMIC_SEQ_CST); return v; }
+    CUDASIM_UNCHECKED T exchange(T v) const { T old; __atomic_exchange(p, &v, &old, __ATOMIC_SEQ_CST); return old; }
+    CUDASIM_UNCHECKED bool compare_exchange_strong(T& expected, T desired) const {
         return __atomic_compare_exchange(p, &expected, &desired, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     }
-    bool compare_exchange_weak(T& expected, T desired) const {
+    CUDASIM_UNCHECKED bool compare_exchange_weak(T& expected, T desired) const {
         return __atomic_compare_exchange(p, &expected, &desired, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     }
-    T fetch_add(T v) const {
+    CUDASIM_UNCHECKED T fetch_add(T v) const {
         if constexpr (std::is_integral_v<T>) return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
         T old = load();
         while (!compare_exchange_weak(old, old + v)) {}
         return old;
     }
-    T fetch_sub(T v) const { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
-    T fetch_and(T v) const { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
-    T fetch_or(T v) const { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
-    T fetch_xor(T v) const { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }
+    CUDASIM_UNCHECKED T fetch_sub(T v) const { return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST); }
+    CUDASIM_UNCHECKED T fetch_and(T v) const { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
+    CUDASIM_UNCHECKED T fetch_or(T v) const { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
+    CUDASIM_UNCHECKED T fetch_xor(T v) const { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }
 };
 #endif
 }  // namespace cudasim

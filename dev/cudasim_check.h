@@ -214,8 +214,10 @@ void enter_kernel() {
     State& s = t_state;
     if (!s.initialised) initialise(s);
     Worker& w = *this_worker;
-    s.stack_lo = reinterpret_cast<uintptr_t>(w.stacks) + static_cast<uintptr_t>(w.current->linear) * w.stack_bytes;
-    s.stack_bytes = w.stack_bytes;
+    // Any fiber stack of this worker: a thread that reaches no barrier runs on the fiber of the lane before it
+    // (the scheduler's chained fibers), so its locals are in that lane's stack slot, not its own.
+    s.stack_lo = reinterpret_cast<uintptr_t>(w.stacks);
+    s.stack_bytes = w.stack_bytes * max_threads_per_block;
     t_active = s.active = true;
 }
 bool leave_kernel() {
@@ -430,10 +432,11 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
             }
             return;
         }
-    // The thread's own stack (locals, arguments), or the OS thread's (a scheduler that runs code there;
+    // A fiber's stack (locals, arguments), or the OS thread's (a scheduler that runs code there;
     // a pool thread's TLS, and so its shared memory, lies at the top of that range: checked above).
-    char* stack = w.stacks + static_cast<size_t>(w.current->linear) * w.stack_bytes;
-    if ((c >= stack && c + size <= stack + w.stack_bytes) || (c >= s.os_stack_lo && c + size <= s.os_stack_hi)) return;
+    char* stack = w.stacks;  // any fiber stack of this worker, as in enter_kernel
+    const size_t stacks_bytes = w.stack_bytes * max_threads_per_block;
+    if ((c >= stack && c + size <= stack + stacks_bytes) || (c >= s.os_stack_lo && c + size <= s.os_stack_hi)) return;
     // The program's static data (__constant__ and __device__ variables, tables), the OS thread's TLS.
     if ((c >= __executable_start && c + size <= _end) || (c >= s.tls_lo && c + size <= s.tls_hi)) return;
     {

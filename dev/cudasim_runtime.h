@@ -532,17 +532,23 @@ cudaError_t cudaOccupancyAvailableDynamicSMemPerBlock(size_t* bytes, const void*
 // pointer of a host allocation is the host pointer itself.
 cudaError_t cudaHostRegister(void* p, size_t bytes, unsigned) {
     if (!p || bytes == 0) return fail(cudaErrorInvalidValue, "cudaHostRegister(%p, %zu): empty range", p, bytes);
-    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
-    if (cudasim::g_registered_host.count(p))
-        return fail(cudaErrorHostMemoryAlreadyRegistered, "cudaHostRegister(%p): already registered", p);
-    cudasim::g_registered_host[p] = bytes;
+    {
+        std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+        if (cudasim::g_registered_host.count(p))
+            return fail(cudaErrorHostMemoryAlreadyRegistered, "cudaHostRegister(%p): already registered", p);
+        cudasim::g_registered_host[p] = bytes;
+    }
+    cudasim::check::on_malloc_host(p, bytes, true);  // a kernel may read it (mapped), not a "host pointer"
     return cudaSuccess;
 }
 cudaError_t cudaHostUnregister(void* p) {
-    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
-    if (!cudasim::g_registered_host.erase(p))
-        return fail(cudaErrorHostMemoryNotRegistered, "cudaHostUnregister(%p): not registered with cudaHostRegister",
-                    p);
+    {
+        std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+        if (!cudasim::g_registered_host.erase(p))
+            return fail(cudaErrorHostMemoryNotRegistered, "cudaHostUnregister(%p): not registered with cudaHostRegister",
+                        p);
+    }
+    cudasim::check::on_malloc_host(p, 0, false);
     return cudaSuccess;
 }
 cudaError_t cudaHostGetDevicePointer(void** device, void* host, unsigned flags) {
