@@ -148,7 +148,9 @@ TEST_CASE("serve: 64 concurrent requests (streamed and not, greedy and seeded) e
         CHECK(counts[i] == static_cast<int>(offline[i]["tokens"].size()));
         CHECK(finish[i] == offline[i]["finish_reason"]);
     }
-    auto m = metrics(server.port);
+    // a request's last token reaches its client inside the engine's step, and /metrics is refreshed right after
+    // that step: wait (bounded) for it, then every block must be back
+    auto m = wait_metrics(server.port, [](auto& m) { return m["gptcu_requests_running"] == 0; }, 10);
     CHECK(m["gptcu_kv_blocks_used"] == 0);
     CHECK(m["gptcu_requests_running"] == 0);
     CHECK(m["gptcu_requests_finished_total{finish=\"cancelled\"}"] == 0);
