@@ -79,8 +79,8 @@ struct CheckpointArrays {
 // written; then writes atomically and durably (write_file_atomically: the old file or the new one survives a kill
 // or a power cut, never a torn one).
 template <class Config>
-void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok, const nlohmann::json& meta,
-                      const CheckpointArrays& arrays) {
+void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok,
+                      const nlohmann::json& meta, const CheckpointArrays& arrays) {
     const size_t P = arrays.num_parameters;
     bool has_optimizer = arrays.m != nullptr;
     std::vector<float> staging(arrays.to_host ? std::min<size_t>(P, size_t(1) << 20) : 0);  // 4 MB at most
@@ -97,8 +97,8 @@ void write_checkpoint(const std::string& path, const Config& config, const Token
         for_chunks(src, [&](const float* x, size_t offset, size_t n) {
             for (size_t i = 0; i < n; i++)
                 if (!std::isfinite(x[i]))
-                    throw NonFiniteError(std::string(what) + "[" + std::to_string(offset + i) + "] is " + std::to_string(x[i]) +
-                                         " (of " + std::to_string(P) + " values)");
+                    throw NonFiniteError(std::string(what) + "[" + std::to_string(offset + i) + "] is " +
+                                         std::to_string(x[i]) + " (of " + std::to_string(P) + " values)");
         });
     };
     check_finite("parameters", arrays.params);
@@ -126,9 +126,11 @@ void write_checkpoint(const std::string& path, const Config& config, const Token
 
 // The same from host vectors (m and v empty: weights only).
 template <class Config>
-void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok, const nlohmann::json& meta,
-                      const std::vector<float>& params, const std::vector<float>& m, const std::vector<float>& v) {
-    CheckpointArrays arrays{params.size(), params.data(), m.empty() ? nullptr : m.data(), v.empty() ? nullptr : v.data()};
+void write_checkpoint(const std::string& path, const Config& config, const TokenizerInfo& tok,
+                      const nlohmann::json& meta, const std::vector<float>& params, const std::vector<float>& m,
+                      const std::vector<float>& v) {
+    CheckpointArrays arrays{params.size(), params.data(), m.empty() ? nullptr : m.data(),
+                            v.empty() ? nullptr : v.data()};
     write_checkpoint(path, config, tok, meta, arrays);
 }
 
@@ -138,17 +140,23 @@ inline Checkpoint read_checkpoint(const std::string& path) {
     File f(path, "rb");
     size_t file_bytes = f.size();
     char magic[8];
-    if (file_bytes < 16) throw std::runtime_error("checkpoint " + path + ": only " + std::to_string(file_bytes) + " bytes, too short to be a gpt.cu checkpoint");
+    if (file_bytes < 16)
+        throw std::runtime_error("checkpoint " + path + ": only " + std::to_string(file_bytes) +
+                                 " bytes, too short to be a gpt.cu checkpoint");
     f.read(magic, 8, "magic");
     if (std::memcmp(magic, checkpoint_magic, 8) != 0)
-        throw std::runtime_error("checkpoint " + path + ": does not start with GPTCUCKP, so it is not a gpt.cu checkpoint; was it written by another program?");
+        throw std::runtime_error(
+            "checkpoint " + path +
+            ": does not start with GPTCUCKP, so it is not a gpt.cu checkpoint; was it written by another program?");
     uint32_t version = 0, n = 0;
     f.read(&version, 4, "version");
     if (version != checkpoint_version)
-        throw std::runtime_error("checkpoint " + path + ": format version " + std::to_string(version) + ", but this program reads version " +
-                                 std::to_string(checkpoint_version));
+        throw std::runtime_error("checkpoint " + path + ": format version " + std::to_string(version) +
+                                 ", but this program reads version " + std::to_string(checkpoint_version));
     f.read(&n, 4, "header length");
-    if (16ull + n > file_bytes) throw std::runtime_error("checkpoint " + path + ": header length " + std::to_string(n) + " runs past the end of the file (truncated?)");
+    if (16ull + n > file_bytes)
+        throw std::runtime_error("checkpoint " + path + ": header length " + std::to_string(n) +
+                                 " runs past the end of the file (truncated?)");
     std::string text(n, '\0');
     f.read(text.data(), n, "JSON header");
     Checkpoint ck;
@@ -157,11 +165,13 @@ inline Checkpoint read_checkpoint(const std::string& path) {
         ck.meta = ck.header.at("meta");
         size_t P = ck.header.at("num_parameters");
         bool opt = ck.header.at("has_optimizer");
-        if (ck.header.at("dtype") != "float32") throw std::runtime_error("dtype " + ck.header.at("dtype").dump() + " is not float32");
+        if (ck.header.at("dtype") != "float32")
+            throw std::runtime_error("dtype " + ck.header.at("dtype").dump() + " is not float32");
         size_t expected = 16 + n + P * sizeof(float) * (opt ? 3 : 1);
         if (file_bytes != expected)
-            throw std::runtime_error("holds " + std::to_string(file_bytes) + " bytes but its header announces " + std::to_string(expected) +
-                                     " (" + std::to_string(P) + " parameters" + (opt ? " + optimizer state" : "") + "): truncated or corrupt");
+            throw std::runtime_error("holds " + std::to_string(file_bytes) + " bytes but its header announces " +
+                                     std::to_string(expected) + " (" + std::to_string(P) + " parameters" +
+                                     (opt ? " + optimizer state" : "") + "): truncated or corrupt");
         ck.params.resize(P);
         f.read(ck.params.data(), P * sizeof(float), "parameters");
         if (opt) {
@@ -184,9 +194,9 @@ template <class Config>
 void check_compatible(const Checkpoint& ck, const Config& config, const TokenizerInfo& tok, const std::string& path) {
     nlohmann::json want = config, have = ck.header.at("model");
     if (want != have)
-        throw std::runtime_error("checkpoint " + path + " is of another model config:\n  checkpoint: " + have.dump() + "\n  requested:  " +
-                                 want.dump() + "\nuse the same --model, or another --out-dir");
+        throw std::runtime_error("checkpoint " + path + " is of another model config:\n  checkpoint: " + have.dump() +
+                                 "\n  requested:  " + want.dump() + "\nuse the same --model, or another --out-dir");
     if (ck.header.at("tokenizer").at("fingerprint") != tok.fingerprint)
-        throw std::runtime_error("checkpoint " + path + " was trained with another tokenizer (" + ck.header.at("tokenizer").dump() +
-                                 "); pass the same --tokenizer directory");
+        throw std::runtime_error("checkpoint " + path + " was trained with another tokenizer (" +
+                                 ck.header.at("tokenizer").dump() + "); pass the same --tokenizer directory");
 }

@@ -33,11 +33,14 @@ using floatX = float;
 }
 inline void cuda_check_impl(cudaError_t e, const char* call, const char* file, int line) {
     if (e != cudaSuccess)
-        throw_error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " + call, file, line);
+        throw_error(std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " + call,
+                    file, line);
 }
 inline void cublas_check_impl(cublasStatus_t s, const char* call, const char* file, int line) {
     if (s != CUBLAS_STATUS_SUCCESS)
-        throw_error(std::string("cuBLAS error ") + cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ") in " + call, file, line);
+        throw_error(
+            std::string("cuBLAS error ") + cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ") in " + call,
+            file, line);
 }
 #define cuda_check(call) cuda_check_impl((call), #call, __FILE__, __LINE__)
 #define cublas_check(call) cublas_check_impl((call), #call, __FILE__, __LINE__)
@@ -136,11 +139,15 @@ struct File {
                                      " bytes, got " + std::to_string(got) + ")");
     }
     void write(const void* src, size_t bytes) {
-        if (std::fwrite(src, 1, bytes, f) != bytes) throw std::runtime_error(path + ": write failed (" + std::strerror(errno) + ")");
+        if (std::fwrite(src, 1, bytes, f) != bytes)
+            throw std::runtime_error(path + ": write failed (" + std::strerror(errno) + ")");
     }
     // Flushes to disk and closes; a full disk shows up here rather than as a silently short file.
     void close() {
-        if (std::fflush(f) != 0 || std::fclose(f) != 0) { f = nullptr; throw std::runtime_error(path + ": close failed (" + std::strerror(errno) + ")"); }
+        if (std::fflush(f) != 0 || std::fclose(f) != 0) {
+            f = nullptr;
+            throw std::runtime_error(path + ": close failed (" + std::strerror(errno) + ")");
+        }
         f = nullptr;
     }
     size_t size() {
@@ -227,12 +234,18 @@ struct DeviceBuffer {
     T* ptr = nullptr;
     size_t count = 0;
     DeviceBuffer() = default;
-    explicit DeviceBuffer(size_t n) : count(n) { cuda_check(cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(T))); }
+    explicit DeviceBuffer(size_t n) : count(n) {
+        cuda_check(cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(T)));
+    }
     explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
     DeviceBuffer(const DeviceBuffer&) = delete;
     DeviceBuffer& operator=(const DeviceBuffer&) = delete;
     DeviceBuffer(DeviceBuffer&& o) noexcept : ptr(o.ptr), count(o.count) { o.ptr = nullptr; o.count = 0; }
-    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept { std::swap(ptr, o.ptr); std::swap(count, o.count); return *this; }
+    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+        std::swap(ptr, o.ptr);
+        std::swap(count, o.count);
+        return *this;
+    }
     ~DeviceBuffer() { if (ptr) cudaFree(ptr); }
     size_t bytes() const { return count * sizeof(T); }
     void upload(const std::vector<T>& host) {

@@ -73,7 +73,8 @@ struct InferenceEngine {
     Mirrored tables;                                             // (max_seqs, max_blocks), uploaded each step
     Mirrored tokens, positions, slots;                           // (max_rows) the step's rows
     // activations for up to max_rows rows, reused by every layer (no backward: nothing is kept)
-    floatX *x = nullptr, *ln = nullptr, *qkv = nullptr, *atty = nullptr, *proj = nullptr, *fch = nullptr, *fch_act = nullptr, *logits = nullptr;
+    floatX *x = nullptr, *ln = nullptr, *qkv = nullptr, *atty = nullptr, *proj = nullptr, *fch = nullptr,
+           *fch_act = nullptr, *logits = nullptr;
     float *mean = nullptr, *rstd = nullptr;
     std::vector<void*> owned;
 
@@ -84,8 +85,9 @@ struct InferenceEngine {
         max_blocks = blocks_for(config.max_seq_len, block_size);
         num_blocks = lim.num_blocks > 0 ? lim.num_blocks : max_seqs * max_blocks;
         if (num_blocks < max_blocks)
-            throw std::runtime_error("a KV pool of " + std::to_string(num_blocks) + " blocks cannot hold one full context (" +
-                                     std::to_string(max_blocks) + " blocks of " + std::to_string(block_size) + " tokens)");
+            throw std::runtime_error("a KV pool of " + std::to_string(num_blocks) +
+                                     " blocks cannot hold one full context (" + std::to_string(max_blocks) +
+                                     " blocks of " + std::to_string(block_size) + " tokens)");
         const size_t C = config.n_embd, N = max_rows;
         k_pool = take<floatX>(pool_elements());
         v_pool = take<floatX>(pool_elements());
@@ -117,7 +119,8 @@ struct InferenceEngine {
 
     // Points slot's block table at `blocks` (the scheduler calls this whenever a sequence's blocks change).
     void set_blocks(int slot, const std::vector<int>& blocks) {
-        if (slot < 0 || slot >= max_seqs || static_cast<int>(blocks.size()) > max_blocks) throw std::logic_error("set_blocks: bad slot or table");
+        if (slot < 0 || slot >= max_seqs || static_cast<int>(blocks.size()) > max_blocks)
+            throw std::logic_error("set_blocks: bad slot or table");
         std::copy(blocks.begin(), blocks.end(), tables.host.begin() + static_cast<size_t>(slot) * max_blocks);
     }
 
@@ -126,7 +129,9 @@ struct InferenceEngine {
     std::vector<float> forward(const std::vector<StepRow>& rows) {
         const GPTConfig& c = config;
         const int N = static_cast<int>(rows.size()), C = c.n_embd, Vp = c.padded_vocab_size;
-        if (N < 1 || N > max_rows) throw std::runtime_error("engine: a step has " + std::to_string(N) + " rows (1.." + std::to_string(max_rows) + ")");
+        if (N < 1 || N > max_rows)
+            throw std::runtime_error("engine: a step has " + std::to_string(N) + " rows (1.." +
+                                     std::to_string(max_rows) + ")");
         tokens.host.resize(N);
         positions.host.resize(N);
         slots.host.resize(N);
@@ -134,11 +139,13 @@ struct InferenceEngine {
         int max_len = 0;
         for (int i = 0; i < N; i++) {
             const StepRow& r = rows[i];
-            if (r.token < 0 || r.token >= c.vocab_size) throw std::runtime_error("engine: token " + std::to_string(r.token) + " outside the vocabulary");
+            if (r.token < 0 || r.token >= c.vocab_size)
+                throw std::runtime_error("engine: token " + std::to_string(r.token) + " outside the vocabulary");
             if (r.position < 0 || r.position >= c.max_seq_len)
-                throw std::runtime_error("engine: position " + std::to_string(r.position) + " outside the context (max_seq_len " +
-                                         std::to_string(c.max_seq_len) + ")");
-            if (r.slot < 0 || r.slot >= max_seqs) throw std::runtime_error("engine: slot " + std::to_string(r.slot) + " out of range");
+                throw std::runtime_error("engine: position " + std::to_string(r.position) +
+                                         " outside the context (max_seq_len " + std::to_string(c.max_seq_len) + ")");
+            if (r.slot < 0 || r.slot >= max_seqs)
+                throw std::runtime_error("engine: slot " + std::to_string(r.slot) + " out of range");
             tokens.host[i] = r.token;
             positions.host[i] = r.position;
             slots.host[i] = r.slot;
@@ -159,7 +166,8 @@ struct InferenceEngine {
         if (M == 0) return {};
         norm_forward(exec, c, ln, mean, rstd, x, p[LNFW], p[LNFB], N);
         for (int j = 0; j < M; j++)
-            if (want[j] != j) Ops::copy(ln + static_cast<size_t>(j) * C, ln + static_cast<size_t>(want[j]) * C, C * sizeof(floatX));
+            if (want[j] != j)
+                Ops::copy(ln + static_cast<size_t>(j) * C, ln + static_cast<size_t>(want[j]) * C, C * sizeof(floatX));
         matmul_forward(exec, logits, ln, c.tied_embeddings ? p[WTE] : p[LMHEAD], nullptr, M, C, Vp);
         std::vector<floatX> out(static_cast<size_t>(M) * Vp);
         Ops::to_host(out.data(), logits, out.size() * sizeof(floatX));
@@ -211,8 +219,15 @@ public:
     };
 
     Scheduler(int max_seqs, int max_rows, int block_size, int num_blocks, int max_seq_len, int vocab_size, int eot_id)
-        : alloc_(num_blocks), max_seqs_(max_seqs), max_rows_(max_rows), block_size_(block_size), max_seq_len_(max_seq_len),
-          vocab_size_(vocab_size), eot_id_(eot_id), slot_free_(max_seqs, 1), start_() {}
+        : alloc_(num_blocks),
+          max_seqs_(max_seqs),
+          max_rows_(max_rows),
+          block_size_(block_size),
+          max_seq_len_(max_seq_len),
+          vocab_size_(vocab_size),
+          eot_id_(eot_id),
+          slot_free_(max_seqs, 1),
+          start_() {}
 
     // Invalid requests finish at once with an error; the others wait. Results come back in `finished`.
     void submit(Request r) {
@@ -229,11 +244,13 @@ public:
         }
         if (err.empty() && r.prompt.empty()) err = "the prompt is empty";
         if (err.empty() && static_cast<int>(r.prompt.size()) >= max_seq_len_)
-            err = "the prompt has " + std::to_string(r.prompt.size()) + " tokens; the model's context is " + std::to_string(max_seq_len_) +
-                  " (at most " + std::to_string(max_seq_len_ - 1) + " leave room for one new token)";
+            err = "the prompt has " + std::to_string(r.prompt.size()) + " tokens; the model's context is " +
+                  std::to_string(max_seq_len_) + " (at most " + std::to_string(max_seq_len_ - 1) +
+                  " leave room for one new token)";
         if (err.empty() && r.max_tokens < 1) err = "max_tokens " + std::to_string(r.max_tokens) + " must be >= 1";
         for (int t : r.prompt)
-            if (err.empty() && (t < 0 || t >= vocab_size_)) err = "prompt token " + std::to_string(t) + " is outside the vocabulary";
+            if (err.empty() && (t < 0 || t >= vocab_size_))
+                err = "prompt token " + std::to_string(t) + " is outside the vocabulary";
         if (!err.empty()) {
             seq->result.finish_reason = "error";
             seq->result.error = err;
@@ -423,10 +440,11 @@ private:
 
 // Serves `requests` on `engine` to completion; results in request order of completion.
 template <class Ops>
-std::vector<Result> serve(InferenceEngine<Ops>& engine, std::vector<Request> requests, int eot_id, Scheduler::Stats* stats = nullptr,
+std::vector<Result> serve(InferenceEngine<Ops>& engine, std::vector<Request> requests, int eot_id,
+                          Scheduler::Stats* stats = nullptr,
                           std::function<void(const std::string&, int, const float*)> on_token = nullptr) {
-    Scheduler sched(engine.max_seqs, engine.max_rows, engine.block_size, engine.num_blocks, engine.config.max_seq_len, engine.config.vocab_size,
-                    eot_id);
+    Scheduler sched(engine.max_seqs, engine.max_rows, engine.block_size, engine.num_blocks, engine.config.max_seq_len,
+                    engine.config.vocab_size, eot_id);
     sched.on_blocks = [&](int slot, const std::vector<int>& blocks) { engine.set_blocks(slot, blocks); };
     sched.on_token = std::move(on_token);
     for (Request& r : requests) sched.submit(std::move(r));
@@ -485,16 +503,19 @@ struct SpeculativeStats {
 // rejection, which is replaced by a draw from the residual; when all k pass, one more token comes free
 // from the target's last distribution. Both models must share the tokenizer (same vocab_size).
 template <class Ops>
-std::vector<int> generate_speculative(InferenceEngine<Ops>& target, InferenceEngine<Ops>& draft, const std::vector<int>& prompt, int max_tokens,
-                                      int k, const SamplingSettings& s, uint64_t seed, int eot_id, SpeculativeStats* stats = nullptr,
+std::vector<int> generate_speculative(InferenceEngine<Ops>& target, InferenceEngine<Ops>& draft,
+                                      const std::vector<int>& prompt, int max_tokens, int k, const SamplingSettings& s,
+                                      uint64_t seed, int eot_id, SpeculativeStats* stats = nullptr,
                                       const std::function<void(int)>& on_token = nullptr) {
     const int V = target.config.vocab_size, Vp = target.config.padded_vocab_size;
     if (draft.config.vocab_size != V)
-        throw std::runtime_error("the draft model's vocabulary (" + std::to_string(draft.config.vocab_size) + ") differs from the target's (" +
-                                 std::to_string(V) + "): they must share a tokenizer");
+        throw std::runtime_error("the draft model's vocabulary (" + std::to_string(draft.config.vocab_size) +
+                                 ") differs from the target's (" + std::to_string(V) +
+                                 "): they must share a tokenizer");
     if (k < 1) throw std::runtime_error("--speculate must be >= 1");
     const int maxT = std::min(target.config.max_seq_len, draft.config.max_seq_len);
-    if (prompt.empty() || static_cast<int>(prompt.size()) >= maxT) throw std::runtime_error("the prompt must have 1 to maxT-1 tokens");
+    if (prompt.empty() || static_cast<int>(prompt.size()) >= maxT)
+        throw std::runtime_error("the prompt must have 1 to maxT-1 tokens");
     s.validate();
     Rng rng(seed);
     SoloSequence<Ops> tseq(target), dseq(draft);
@@ -535,7 +556,9 @@ std::vector<int> generate_speculative(InferenceEngine<Ops>& target, InferenceEng
             st.accepted++;
             go = emit(v.token);
         }
-        if (go && i == kk) go = emit(draw(sampling_distribution(pl.data() + static_cast<size_t>(kk) * Vp, V, s), rng));  // all passed: a free token
+        if (go && i == kk)
+            go = emit(draw(sampling_distribution(pl.data() + static_cast<size_t>(kk) * Vp, V, s),
+                           rng));  // all passed: a free token
         // keep only the cache rows of accepted tokens; the newest token is fed next round
         tseq.rewind(static_cast<int>(tokens.size()) - 1);
         dseq.rewind(static_cast<int>(tokens.size()) - 1);

@@ -281,12 +281,8 @@ static int run(const EvalOptions& o, const std::string& device_name) {
 int main(int argc, char** argv) {
     try {
         EvalOptions o = parse_options(argc, argv);
-        std::string gpu;
-        bool real_gpu = have_real_gpu(gpu);
-        std::string device = o.device == "auto" ? (real_gpu ? "cuda" : "cpu") : o.device;
-        if (device == "cuda") return run<DeviceOps>(o, gpu);
-        if (device == "cpu") return run<HostOps>(o, "CPU reference ops + OpenBLAS");
-        throw std::runtime_error("--device must be auto, cpu or cuda (got '" + o.device + "')");
+        return with_device_ops(o.device,
+                               [&](auto ops, const std::string& backend) { return run<decltype(ops)>(o, backend); });
     } catch (const std::exception& e) {
         std::fprintf(stderr, "eval_gpt: error: %s\n", e.what());
         return 1;

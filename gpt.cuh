@@ -257,6 +257,18 @@ struct HostOps {
     static void synchronize() {}
 };
 
+// The programs' --device flag: "auto" picks the kernels on a real GPU and the CPU reference ops otherwise.
+// Calls body(DeviceOps{} or HostOps{}, description of the backend) and returns what it returns.
+template <class Body>
+int with_device_ops(const std::string& device_flag, Body&& body) {
+    std::string gpu;
+    bool real_gpu = have_real_gpu(gpu);
+    std::string device = device_flag == "auto" ? (real_gpu ? "cuda" : "cpu") : device_flag;
+    if (device == "cuda") return body(DeviceOps{}, gpu);
+    if (device == "cpu") return body(HostOps{}, std::string("CPU reference ops + OpenBLAS"));
+    throw std::runtime_error("--device must be auto, cpu or cuda (got '" + device_flag + "')");
+}
+
 // ----------------------------------------------------------------------------
 // GPT-2 vs Llama: every difference between the two families, in one place.
 //              GPT-2                                  | Llama                            | where

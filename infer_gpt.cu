@@ -27,7 +27,8 @@ using json = nlohmann::json;
 
 struct InferOptions {
     std::string model, draft, tokenizer, prompt, prompt_ids, requests, out, dump_logits, export_hf, device = "auto";
-    int max_tokens = 128, top_k = 0, speculate = 4, max_seqs = 16, block_size = 16, kv_blocks = 0, max_step_tokens = 256;
+    int max_tokens = 128, top_k = 0, speculate = 4, max_seqs = 16, block_size = 16, kv_blocks = 0,
+        max_step_tokens = 256;
     float temperature = 1.0f, top_p = 1.0f;
     uint64_t seed = 1337;
     // ---- --serve (issue 19)
@@ -41,7 +42,8 @@ static void print_help() {
         "usage: infer_gpt --model PATH [options]\n"
         "  --model PATH            gpt.cu checkpoint (train_gpt's checkpoint.bin) or a directory with config.json +\n"
         "                          model.safetensors (Hugging Face GPT-2)\n"
-        "  --tokenizer DIR         encoder.json + vocab.bpe (default: the checkpoint's; for HF models ../shared/data/gpt2)\n"
+        "  --tokenizer DIR         encoder.json + vocab.bpe (default: the checkpoint's; for HF models "
+        "../shared/data/gpt2)\n"
         "  --prompt TEXT           text to continue (default: <|endoftext|>)\n"
         "  --prompt-ids 1,2,3      token ids to continue instead of text (no tokenizer needed)\n"
         "  --max-tokens N          new tokens at most (default 128); generation also stops at <|endoftext|>\n"
@@ -58,11 +60,13 @@ static void print_help() {
         "  --draft PATH            draft model for speculative decoding (same tokenizer) ...\n"
         "  --speculate K           ... proposing K tokens per target forward (default 4)\n"
         "  --dump-logits FILE      write the raw float32 logits (V values) that chose the last generated token\n"
-        "  --export-hf DIR         write the model as Hugging Face GPT-2 or Llama (config.json + model.safetensors) and exit\n"
+        "  --export-hf DIR         write the model as Hugging Face GPT-2 or Llama (config.json + model.safetensors) "
+        "and exit\n"
         "  --device auto|cpu|cuda  auto: cuda on a GPU, else the CPU reference ops\n"
         "  --serve                 serve the OpenAI completions API over HTTP (docs/serving.md) until SIGTERM/SIGINT:\n"
         "                          POST /v1/completions, GET /v1/models /health /metrics; --max-seqs, --kv-blocks,\n"
-        "                          --max-step-tokens size the batch; --max-tokens, --temperature, ... are the defaults\n"
+        "                          --max-step-tokens size the batch; --max-tokens, --temperature, ... are the "
+        "defaults\n"
         "  --host ADDR             address to listen on (default 127.0.0.1: this machine only)\n"
         "  --port N                port (default 8000; 0 = any free port, printed)\n"
         "  --max-queue N           requests waiting beyond the --max-seqs running; more get 429 (default 64)\n"
@@ -77,14 +81,16 @@ static InferOptions parse_options(int argc, char** argv) {
         return [&f, name](const std::string& v) {
             size_t used = 0;
             try { f = std::stoi(v, &used); } catch (const std::exception&) { used = 0; }
-            if (used != v.size() || v.empty()) throw std::runtime_error(std::string(name) + " needs an integer, got '" + v + "'");
+            if (used != v.size() || v.empty())
+                throw std::runtime_error(std::string(name) + " needs an integer, got '" + v + "'");
         };
     };
     auto real = [](float& f, const char* name) {
         return [&f, name](const std::string& v) {
             size_t used = 0;
             try { f = std::stof(v, &used); } catch (const std::exception&) { used = 0; }
-            if (used != v.size() || v.empty()) throw std::runtime_error(std::string(name) + " needs a number, got '" + v + "'");
+            if (used != v.size() || v.empty())
+                throw std::runtime_error(std::string(name) + " needs a number, got '" + v + "'");
         };
     };
     flags["--model"] = str(o.model);
@@ -111,7 +117,11 @@ static InferOptions parse_options(int argc, char** argv) {
     flags["--temperature"] = real(o.temperature, "--temperature");
     flags["--top-p"] = real(o.top_p, "--top-p");
     flags["--seed"] = [&o](const std::string& v) {
-        try { o.seed = std::stoull(v); } catch (const std::exception&) { throw std::runtime_error("--seed needs a non-negative integer, got '" + v + "'"); }
+        try {
+            o.seed = std::stoull(v);
+        } catch (const std::exception&) {
+            throw std::runtime_error("--seed needs a non-negative integer, got '" + v + "'");
+        }
     };
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
@@ -129,7 +139,8 @@ static InferOptions parse_options(int argc, char** argv) {
         f->second(argv[++i]);
     }
     if (o.model.empty()) throw std::runtime_error("--model PATH is required (see --help)");
-    if (o.port < 0 || o.port > 65535) throw std::runtime_error("--port " + std::to_string(o.port) + " is not a port (0..65535)");
+    if (o.port < 0 || o.port > 65535)
+        throw std::runtime_error("--port " + std::to_string(o.port) + " is not a port (0..65535)");
     if (o.max_queue < 0) throw std::runtime_error("--max-queue " + std::to_string(o.max_queue) + " must be >= 0");
     return o;
 }
@@ -160,7 +171,8 @@ static std::string valid_utf8_text(const bpe::Tokenizer& tok, const std::vector<
 }
 
 // One JSONL line → a request (or a request carrying the error that makes it unservable).
-static Request parse_request(const std::string& line, int lineno, const InferOptions& o, const std::optional<bpe::Tokenizer>& tok, int eot) {
+static Request parse_request(const std::string& line, int lineno, const InferOptions& o,
+                             const std::optional<bpe::Tokenizer>& tok, int eot) {
     Request r;
     r.id = "line " + std::to_string(lineno);
     r.max_tokens = o.max_tokens;
@@ -189,12 +201,14 @@ template <class Ops>
 static int run(const InferOptions& o, const std::string& device_name) {
     Timer load_timer;
     LoadedModel m = load_model(o.model);
-    std::fprintf(stderr, "model: %s (%s), %d layers, %d heads, C=%d, vocab %d, context %d; device %s (%s)\n", o.model.c_str(), m.format.c_str(),
-                 m.config.n_layer, m.config.n_head, m.config.n_embd, m.config.vocab_size, m.config.max_seq_len, Ops::name, device_name.c_str());
+    std::fprintf(stderr, "model: %s (%s), %d layers, %d heads, C=%d, vocab %d, context %d; device %s (%s)\n",
+                 o.model.c_str(), m.format.c_str(), m.config.n_layer, m.config.n_head, m.config.n_embd,
+                 m.config.vocab_size, m.config.max_seq_len, Ops::name, device_name.c_str());
     std::fprintf(stderr, "%s\n", kv_cache_summary(m.config, m.config.max_seq_len).c_str());  // what GQA saves
     if (!o.export_hf.empty()) {
         export_hf(o.export_hf, m.config, m.params, m.eot_id);
-        std::fprintf(stderr, "wrote %s/config.json and %s/model.safetensors\n", o.export_hf.c_str(), o.export_hf.c_str());
+        std::fprintf(stderr, "wrote %s/config.json and %s/model.safetensors\n", o.export_hf.c_str(),
+                     o.export_hf.c_str());
         return 0;
     }
     bool need_tok = o.prompt_ids.empty();
@@ -210,8 +224,8 @@ static int run(const InferOptions& o, const std::string& device_name) {
     // ---- --serve (issue 19): the HTTP server owns this thread until SIGTERM / SIGINT
     if (o.serve) {
         InferenceEngine<Ops> engine(model, {o.max_seqs, o.max_step_tokens, o.block_size, o.kv_blocks});
-        std::fprintf(stderr, "KV cache: %d blocks of %d tokens, %.1f MB; up to %d sequences per step, %d waiting\n", engine.num_blocks,
-                     engine.block_size, engine.kv_pool_bytes() / 1e6, engine.max_seqs, o.max_queue);
+        std::fprintf(stderr, "KV cache: %d blocks of %d tokens, %.1f MB; up to %d sequences per step, %d waiting\n",
+                     engine.num_blocks, engine.block_size, engine.kv_pool_bytes() / 1e6, engine.max_seqs, o.max_queue);
         serving::CompletionDefaults d{o.model_name, o.max_tokens, sampling, o.seed};
         if (d.model_name.empty()) d.model_name = fs::path(o.model).filename().string();
         if (d.model_name.empty()) d.model_name = fs::path(o.model).parent_path().filename().string();  // "dir/"
@@ -226,13 +240,15 @@ static int run(const InferOptions& o, const std::string& device_name) {
         std::vector<Request> reqs;
         std::string line;
         for (int lineno = 1; std::getline(in, line); lineno++)
-            if (line.find_first_not_of(" \t\r") != std::string::npos) reqs.push_back(parse_request(line, lineno, o, tok, eot));
+            if (line.find_first_not_of(" \t\r") != std::string::npos)
+                reqs.push_back(parse_request(line, lineno, o, tok, eot));
         std::vector<std::string> order;
         std::map<std::string, std::string> prompts;
         for (const Request& r : reqs) order.push_back(r.id);
         InferenceEngine<Ops> engine(model, {o.max_seqs, o.max_step_tokens, o.block_size, o.kv_blocks});
-        std::fprintf(stderr, "KV cache: %d blocks of %d tokens, %.1f MB (%zu bytes per token); %zu requests\n", engine.num_blocks, engine.block_size,
-                     engine.kv_pool_bytes() / 1e6, engine.kv_bytes_per_token(), reqs.size());
+        std::fprintf(stderr, "KV cache: %d blocks of %d tokens, %.1f MB (%zu bytes per token); %zu requests\n",
+                     engine.num_blocks, engine.block_size, engine.kv_pool_bytes() / 1e6, engine.kv_bytes_per_token(),
+                     reqs.size());
         Timer t;
         Scheduler::Stats st;
         std::vector<Result> results = serve(engine, std::move(reqs), eot, &st);
@@ -263,9 +279,12 @@ static int run(const InferOptions& o, const std::string& device_name) {
             }
             out << j.dump() << "\n";
         }
-        std::fprintf(stderr, "served %zu requests (%d errors): %ld tokens generated in %.0f ms = %.1f tok/s; %ld steps, %ld prefill + %ld decode rows, "
-                     "%ld preemptions, at most %d running\n", results.size(), errors, generated, ms, generated / (ms / 1000), st.steps,
-                     st.prefill_rows, st.decode_rows, st.preemptions, st.max_running);
+        std::fprintf(stderr,
+                     "served %zu requests (%d errors): %ld tokens generated in %.0f ms = %.1f tok/s; %ld steps, %ld "
+                     "prefill + %ld decode rows, "
+                     "%ld preemptions, at most %d running\n",
+                     results.size(), errors, generated, ms, generated / (ms / 1000), st.steps, st.prefill_rows,
+                     st.decode_rows, st.preemptions, st.max_running);
         return 0;
     }
 
@@ -274,8 +293,9 @@ static int run(const InferOptions& o, const std::string& device_name) {
                               : o.prompt.empty()    ? std::vector<int>{eot >= 0 ? eot : 0}
                                                     : tok->encode_ordinary(o.prompt);
     if (static_cast<int>(prompt.size()) >= m.config.max_seq_len)
-        throw std::runtime_error("the prompt has " + std::to_string(prompt.size()) + " tokens but the model's context is " +
-                                 std::to_string(m.config.max_seq_len) + "; shorten it");
+        throw std::runtime_error("the prompt has " + std::to_string(prompt.size()) +
+                                 " tokens but the model's context is " + std::to_string(m.config.max_seq_len) +
+                                 "; shorten it");
     std::optional<bpe::StreamDecoder> decoder;
     if (tok) decoder.emplace(*tok);
     std::vector<float> last_logits;
@@ -290,29 +310,36 @@ static int run(const InferOptions& o, const std::string& device_name) {
         LoadedModel dm = load_model(o.draft);
         GPT<Ops> draft(dm.config);
         draft.set_parameters(dm.params);
-        InferenceEngine<Ops> te(model, {1, o.max_step_tokens, o.block_size, 0}), de(draft, {1, o.max_step_tokens, o.block_size, 0});
+        InferenceEngine<Ops> te(model, {1, o.max_step_tokens, o.block_size, 0}),
+            de(draft, {1, o.max_step_tokens, o.block_size, 0});
         SpeculativeStats st;
         generated = generate_speculative(te, de, prompt, o.max_tokens, o.speculate, sampling, o.seed, eot, &st, print);
-        std::fprintf(stderr, "\nspeculative: %ld of %ld proposals accepted (%.1f%%), %ld target forwards for %zu tokens, %ld draft forwards\n",
-                     st.accepted, st.proposed, 100 * st.acceptance_rate(), st.target_forwards, generated.size(), st.draft_forwards);
+        std::fprintf(stderr,
+                     "\nspeculative: %ld of %ld proposals accepted (%.1f%%), %ld target forwards for %zu tokens, %ld "
+                     "draft forwards\n",
+                     st.accepted, st.proposed, 100 * st.acceptance_rate(), st.target_forwards, generated.size(),
+                     st.draft_forwards);
         if (!o.dump_logits.empty()) std::fprintf(stderr, "--dump-logits is not supported with --draft (ignored)\n");
     } else {
         InferenceEngine<Ops> engine(model, {1, o.max_step_tokens, o.block_size, 0});
         Request r{"prompt", prompt, o.max_tokens, sampling, o.seed, ""};
-        std::vector<Result> res = serve(engine, {r}, eot, nullptr, [&](const std::string&, int token, const float* row) {
-            print(token);
-            if (!o.dump_logits.empty()) last_logits.assign(row, row + m.config.vocab_size);
-        });
+        std::vector<Result> res =
+            serve(engine, {r}, eot, nullptr, [&](const std::string&, int token, const float* row) {
+                print(token);
+                if (!o.dump_logits.empty()) last_logits.assign(row, row + m.config.vocab_size);
+            });
         if (!res.at(0).error.empty()) throw std::runtime_error(res[0].error);
         generated = res[0].tokens;
-        std::fprintf(stderr, "\n[%zu prompt tokens, %zu generated (%s), first token after %.0f ms, %.1f tok/s after it]\n", prompt.size(),
-                     generated.size(), res[0].finish_reason.c_str(), res[0].ttft_ms,
-                     generated.size() > 1 ? (generated.size() - 1) / ((res[0].latency_ms - res[0].ttft_ms) / 1000) : 0.0);
+        std::fprintf(
+            stderr, "\n[%zu prompt tokens, %zu generated (%s), first token after %.0f ms, %.1f tok/s after it]\n",
+            prompt.size(), generated.size(), res[0].finish_reason.c_str(), res[0].ttft_ms,
+            generated.size() > 1 ? (generated.size() - 1) / ((res[0].latency_ms - res[0].ttft_ms) / 1000) : 0.0);
     }
     if (decoder && o.prompt_ids.empty()) std::cout << decoder->flush();
     std::cout << std::endl;
     if (!o.dump_logits.empty() && !last_logits.empty()) {
-        write_file_atomically(o.dump_logits, [&](File& f) { f.write(last_logits.data(), last_logits.size() * sizeof(float)); });
+        write_file_atomically(o.dump_logits,
+                              [&](File& f) { f.write(last_logits.data(), last_logits.size() * sizeof(float)); });
         std::fprintf(stderr, "wrote %zu float32 logits to %s\n", last_logits.size(), o.dump_logits.c_str());
     }
     (void)t;
@@ -322,12 +349,8 @@ static int run(const InferOptions& o, const std::string& device_name) {
 int main(int argc, char** argv) {
     try {
         InferOptions o = parse_options(argc, argv);
-        std::string gpu;
-        bool real_gpu = have_real_gpu(gpu);
-        std::string device = o.device == "auto" ? (real_gpu ? "cuda" : "cpu") : o.device;
-        if (device == "cuda") return run<DeviceOps>(o, gpu);
-        if (device == "cpu") return run<HostOps>(o, "CPU reference ops + OpenBLAS");
-        throw std::runtime_error("--device must be auto, cpu or cuda (got '" + o.device + "')");
+        return with_device_ops(o.device,
+                               [&](auto ops, const std::string& backend) { return run<decltype(ops)>(o, backend); });
     } catch (const std::exception& e) {
         std::fprintf(stderr, "infer_gpt: error: %s\n", e.what());
         return 1;

@@ -55,7 +55,9 @@ public:
     }
     void release(std::vector<int>& blocks) {
         for (int b : blocks) {
-            if (b < 0 || b >= num_blocks() || !in_use_[b]) throw std::logic_error("BlockAllocator: block " + std::to_string(b) + " freed twice or never allocated");
+            if (b < 0 || b >= num_blocks() || !in_use_[b])
+                throw std::logic_error("BlockAllocator: block " + std::to_string(b) +
+                                       " freed twice or never allocated");
             in_use_[b] = 0;
             free_.push_back(b);
         }
@@ -76,16 +78,16 @@ inline int blocks_for(int tokens, int block_size) { return (tokens + block_size 
 // embed_at_positions: out_i = wte[token_i] + wpe[pos_i]   (wpe null for RoPE models)
 //   cost: N·C adds; reads 2·N·C, writes N·C floats: memory-bound.
 template <class Real>
-void embed_at_positions_cpu(Real* out /*(N, C)*/, const int* tokens, const int* positions /*(N)*/, const Real* wte /*(Vp, C)*/,
-                            const Real* wpe /*(maxT, C) or null*/, int N, int C) {
+void embed_at_positions_cpu(Real* out /*(N, C)*/, const int* tokens, const int* positions /*(N)*/,
+                            const Real* wte /*(Vp, C)*/, const Real* wpe /*(maxT, C) or null*/, int N, int C) {
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++)
-            out[static_cast<size_t>(i) * C + c] =
-                wte[static_cast<size_t>(tokens[i]) * C + c] + (wpe ? wpe[static_cast<size_t>(positions[i]) * C + c] : Real(0));
+            out[static_cast<size_t>(i) * C + c] = wte[static_cast<size_t>(tokens[i]) * C + c] +
+                                                  (wpe ? wpe[static_cast<size_t>(positions[i]) * C + c] : Real(0));
 }
 // One thread per (row, channel), channel fastest: coalesced reads of both embedding rows and of the write.
-__global__ void embed_at_positions_kernel(floatX* out, const int* tokens, const int* positions, const floatX* wte, const floatX* wpe,
-                                          int N, int C) {
+__global__ void embed_at_positions_kernel(floatX* out, const int* tokens, const int* positions, const floatX* wte,
+                                          const floatX* wpe, int N, int C) {
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<size_t>(N) * C) return;
     int i = static_cast<int>(idx / C), c = static_cast<int>(idx % C);
@@ -93,11 +95,11 @@ __global__ void embed_at_positions_kernel(floatX* out, const int* tokens, const 
     if (wpe) x += wpe[static_cast<size_t>(positions[i]) * C + c];
     out[idx] = x;
 }
-inline void embed_at_positions(floatX* out, const int* tokens, const int* positions /*(N)*/, const floatX* wte, const floatX* wpe,
-                               int N, int C, cudaStream_t stream) {
+inline void embed_at_positions(floatX* out, const int* tokens, const int* positions /*(N)*/, const floatX* wte,
+                               const floatX* wpe, int N, int C, cudaStream_t stream) {
     const int block = 256;
-    embed_at_positions_kernel<<<static_cast<unsigned>(ceil_div<size_t>(static_cast<size_t>(N) * C, block)), block, 0, stream>>>(
-        out, tokens, positions, wte, wpe, N, C);
+    embed_at_positions_kernel<<<static_cast<unsigned>(ceil_div<size_t>(static_cast<size_t>(N) * C, block)), block, 0,
+                                stream>>>(out, tokens, positions, wte, wpe, N, C);
     cuda_check(cudaGetLastError());
 }
 GPTCU_OP(embed_at_positions)  // op(exec, ...): the kernel or the CPU reference (common.cuh)
@@ -105,12 +107,13 @@ GPTCU_OP(embed_at_positions)  // op(exec, ...): the kernel or the CPU reference 
 // paged_kv_append: the K and V of row i go to position pos_i of sequence s_i's blocks.
 //   tables: (max_seqs, max_blocks) block ids; row i uses tables[s_i]. Cost: 2·N·NKV·hs floats copied.
 template <class Real>
-void paged_kv_append_cpu(Real* k_pool, Real* v_pool /*(num_blocks, NKV, block_size, hs)*/, const Real* qkv /*(N, (NH+2NKV)·hs)*/,
-                         const int* tables, const int* slots, const int* positions /*(N)*/, int N, int NH, int NKV, int hs,
-                         int block_size, int max_blocks) {
+void paged_kv_append_cpu(Real* k_pool, Real* v_pool /*(num_blocks, NKV, block_size, hs)*/,
+                         const Real* qkv /*(N, (NH+2NKV)·hs)*/, const int* tables, const int* slots,
+                         const int* positions /*(N)*/, int N, int NH, int NKV, int hs, int block_size, int max_blocks) {
     for (int i = 0; i < N; i++)
         for (int g = 0; g < NKV; g++) {
-            size_t row = paged_kv_row(tables + static_cast<size_t>(slots[i]) * max_blocks, positions[i], g, NKV, block_size, hs);
+            size_t row =
+                paged_kv_row(tables + static_cast<size_t>(slots[i]) * max_blocks, positions[i], g, NKV, block_size, hs);
             for (int d = 0; d < hs; d++) {
                 k_pool[row + d] = qkv[qkv_k_offset(0, i, g, N, NH, NKV, hs) + d];
                 v_pool[row + d] = qkv[qkv_v_offset(0, i, g, N, NH, NKV, hs) + d];
@@ -118,20 +121,24 @@ void paged_kv_append_cpu(Real* k_pool, Real* v_pool /*(num_blocks, NKV, block_si
         }
 }
 // One thread per (row, kv head, d), d fastest: a warp copies consecutive floats of one K row and one V row.
-__global__ void paged_kv_append_kernel(floatX* k_pool, floatX* v_pool, const floatX* qkv, const int* tables, const int* slots,
-                                       const int* positions, int N, int NH, int NKV, int hs, int block_size, int max_blocks) {
+__global__ void paged_kv_append_kernel(floatX* k_pool, floatX* v_pool, const floatX* qkv, const int* tables,
+                                       const int* slots, const int* positions, int N, int NH, int NKV, int hs,
+                                       int block_size, int max_blocks) {
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<size_t>(N) * NKV * hs) return;
     int d = static_cast<int>(idx % hs), g = static_cast<int>(idx / hs % NKV), i = static_cast<int>(idx / hs / NKV);
-    size_t row = paged_kv_row(tables + static_cast<size_t>(slots[i]) * max_blocks, positions[i], g, NKV, block_size, hs);
+    size_t row =
+        paged_kv_row(tables + static_cast<size_t>(slots[i]) * max_blocks, positions[i], g, NKV, block_size, hs);
     k_pool[row + d] = qkv[qkv_k_offset(0, i, g, N, NH, NKV, hs) + d];
     v_pool[row + d] = qkv[qkv_v_offset(0, i, g, N, NH, NKV, hs) + d];
 }
-inline void paged_kv_append(floatX* k_pool, floatX* v_pool, const floatX* qkv, const int* tables, const int* slots, const int* positions,
-                            int N, int NH, int NKV, int hs, int block_size, int max_blocks, cudaStream_t stream) {
+inline void paged_kv_append(floatX* k_pool, floatX* v_pool, const floatX* qkv, const int* tables, const int* slots,
+                            const int* positions, int N, int NH, int NKV, int hs, int block_size, int max_blocks,
+                            cudaStream_t stream) {
     const int block = 256;
-    paged_kv_append_kernel<<<static_cast<unsigned>(ceil_div<size_t>(static_cast<size_t>(N) * NKV * hs, block)), block, 0, stream>>>(
-        k_pool, v_pool, qkv, tables, slots, positions, N, NH, NKV, hs, block_size, max_blocks);
+    paged_kv_append_kernel<<<static_cast<unsigned>(ceil_div<size_t>(static_cast<size_t>(N) * NKV * hs, block)), block,
+                             0, stream>>>(k_pool, v_pool, qkv, tables, slots, positions, N, NH, NKV, hs, block_size,
+                                          max_blocks);
     cuda_check(cudaGetLastError());
 }
 GPTCU_OP(paged_kv_append)
@@ -146,8 +153,8 @@ GPTCU_OP(paged_kv_append)
 // grid and the reference's scratch).
 template <class Real>
 void paged_attention_cpu(Real* out /*(N, NH·hs)*/, const Real* qkv /*(N, (NH+2NKV)·hs)*/, const Real* k_pool,
-                         const Real* v_pool, const int* tables, const int* slots, const int* positions /*(N)*/, int max_len,
-                         int N, int NH, int NKV, int hs, int block_size, int max_blocks) {
+                         const Real* v_pool, const int* tables, const int* slots, const int* positions /*(N)*/,
+                         int max_len, int N, int NH, int NKV, int hs, int block_size, int max_blocks) {
     Real scale = 1 / std::sqrt(static_cast<Real>(hs));
     for (int i = 0; i < N; i++)
         if (positions[i] + 1 > max_len)
@@ -240,7 +247,8 @@ paged_attention_partial_kernel(float* partial_o /*(N, NH, chunks, hs)*/, float* 
 
 // Pass 2. Block (h, i): thread d merges the chunks' partial results for output column d, chunks in order.
 __global__ void paged_attention_combine_kernel(floatX* out /*(N, NH·hs)*/, const float* partial_o,
-                                               const float* partial_ml, const int* positions, int NH, int hs, int chunks) {
+                                               const float* partial_ml, const int* positions, int NH, int hs,
+                                               int chunks) {
     int h = blockIdx.x, i = blockIdx.y;
     int used = min(chunks, positions[i] / paged_attention_chunk + 1);  // the chunks pass 1 wrote: ceil(len / 128)
     size_t part0 = (static_cast<size_t>(i) * NH + h) * chunks;
@@ -257,10 +265,10 @@ __global__ void paged_attention_combine_kernel(floatX* out /*(N, NH·hs)*/, cons
     }
 }
 
-inline void paged_attention(floatX* out /*(N, NH·hs)*/, const floatX* qkv /*(N, (NH+2NKV)·hs)*/,
-                            const floatX* k_pool, const floatX* v_pool /*(num_blocks, NKV, block_size, hs)*/,
-                            const int* tables, const int* slots, const int* positions /*(N)*/, int max_len, int N, int NH,
-                            int NKV, int hs, int block_size, int max_blocks, cudaStream_t stream) {
+inline void paged_attention(floatX* out /*(N, NH·hs)*/, const floatX* qkv /*(N, (NH+2NKV)·hs)*/, const floatX* k_pool,
+                            const floatX* v_pool /*(num_blocks, NKV, block_size, hs)*/, const int* tables,
+                            const int* slots, const int* positions /*(N)*/, int max_len, int N, int NH, int NKV, int hs,
+                            int block_size, int max_blocks, cudaStream_t stream) {
     attention_check_shape("paged_attention", 1, N, NH, NKV, hs);
     if (hs > paged_attention_max_hs)
         throw std::runtime_error("paged_attention: head size " + std::to_string(hs) + " is above the " +

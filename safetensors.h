@@ -88,7 +88,8 @@ public:
         r.bytes_ = std::move(bytes);
         auto fail = [&](const std::string& m) -> void { throw std::runtime_error("safetensors " + where + ": " + m); };
         const size_t size = r.bytes_.size();
-        if (size < 8) fail("only " + std::to_string(size) + " bytes; a safetensors file starts with an 8-byte header length");
+        if (size < 8)
+            fail("only " + std::to_string(size) + " bytes; a safetensors file starts with an 8-byte header length");
         uint64_t n = 0;
         std::memcpy(&n, r.bytes_.data(), 8);
         if (n > size - 8)
@@ -98,7 +99,8 @@ public:
         const size_t data_bytes = size - r.data_offset_;
         nlohmann::json header;
         try {
-            header = nlohmann::json::parse(r.bytes_.begin() + 8, r.bytes_.begin() + static_cast<std::ptrdiff_t>(r.data_offset_));
+            header = nlohmann::json::parse(r.bytes_.begin() + 8,
+                                           r.bytes_.begin() + static_cast<std::ptrdiff_t>(r.data_offset_));
         } catch (const nlohmann::json::exception& e) {
             fail(std::string("the header is not valid JSON (") + e.what() + ")");
         }
@@ -131,9 +133,11 @@ public:
             // numel × bytes per element, overflow-checked (a hostile shape must not wrap around)
             size_t nbytes = dtype_bytes(t.dtype);
             for (const auto& x : sh) {
-                if (!x.is_number_integer() || x.get<int64_t>() < 0) bad("shape " + sh.dump() + " must hold non-negative integers");
+                if (!x.is_number_integer() || x.get<int64_t>() < 0)
+                    bad("shape " + sh.dump() + " must hold non-negative integers");
                 uint64_t dim = x.get<uint64_t>();
-                if (dim != 0 && nbytes > std::numeric_limits<size_t>::max() / dim) bad("shape " + sh.dump() + " overflows");
+                if (dim != 0 && nbytes > std::numeric_limits<size_t>::max() / dim)
+                    bad("shape " + sh.dump() + " overflows");
                 nbytes *= dim;
                 t.shape.push_back(static_cast<int64_t>(dim));
             }
@@ -142,11 +146,12 @@ public:
                 bad("data_offsets " + off.dump() + " must be [begin, end] with non-negative integers");
             uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
             if (begin > end || end > data_bytes)
-                bad("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] are out of range (the data buffer has " +
-                    std::to_string(data_bytes) + " bytes)");
+                bad("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                    "] are out of range (the data buffer has " + std::to_string(data_bytes) + " bytes)");
             if (end - begin != nbytes)
-                bad("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] hold " + std::to_string(end - begin) +
-                    " bytes, but shape " + shape_string(t.shape) + " of " + d + " needs " + std::to_string(nbytes));
+                bad("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] hold " +
+                    std::to_string(end - begin) + " bytes, but shape " + shape_string(t.shape) + " of " + d +
+                    " needs " + std::to_string(nbytes));
             t.begin = static_cast<size_t>(begin);
             t.end = static_cast<size_t>(end);
             r.tensors_[name] = std::move(t);
@@ -154,19 +159,22 @@ public:
         // The ranges, in order, must tile the buffer: no overlap, no hole, nothing after the last one.
         std::vector<const TensorInfo*> by_offset;
         for (const auto& [name, t] : r.tensors_) by_offset.push_back(&t);
-        std::sort(by_offset.begin(), by_offset.end(), [](auto* a, auto* b) { return a->begin != b->begin ? a->begin < b->begin : a->end < b->end; });
+        std::sort(by_offset.begin(), by_offset.end(),
+                  [](auto* a, auto* b) { return a->begin != b->begin ? a->begin < b->begin : a->end < b->end; });
         size_t expected = 0;
         for (size_t i = 0; i < by_offset.size(); i++) {
             const TensorInfo& t = *by_offset[i];
             if (t.begin < expected)
-                fail("tensors '" + by_offset[i - 1]->name + "' and '" + t.name + "' overlap (bytes " + std::to_string(t.begin) + ".." +
-                     std::to_string(expected) + ")");
+                fail("tensors '" + by_offset[i - 1]->name + "' and '" + t.name + "' overlap (bytes " +
+                     std::to_string(t.begin) + ".." + std::to_string(expected) + ")");
             if (t.begin > expected)
-                fail("bytes " + std::to_string(expected) + ".." + std::to_string(t.begin) + " of the data buffer belong to no tensor");
+                fail("bytes " + std::to_string(expected) + ".." + std::to_string(t.begin) +
+                     " of the data buffer belong to no tensor");
             expected = t.end;
         }
         if (expected != data_bytes)
-            fail("the data buffer has " + std::to_string(data_bytes) + " bytes but the tensors end at " + std::to_string(expected));
+            fail("the data buffer has " + std::to_string(data_bytes) + " bytes but the tensors end at " +
+                 std::to_string(expected));
         return r;
     }
 
@@ -177,7 +185,8 @@ public:
 
     const TensorInfo& info(const std::string& name) const {
         auto it = tensors_.find(name);
-        if (it == tensors_.end()) throw std::runtime_error("safetensors " + where_ + ": no tensor named '" + name + "'");
+        if (it == tensors_.end())
+            throw std::runtime_error("safetensors " + where_ + ": no tensor named '" + name + "'");
         return it->second;
     }
 
@@ -185,8 +194,8 @@ public:
     std::vector<float> get(const std::string& name, const std::vector<int64_t>& expected = {}) const {
         const TensorInfo& t = info(name);
         if (!expected.empty() && t.shape != expected)
-            throw std::runtime_error("safetensors " + where_ + ": tensor '" + name + "' has shape " + shape_string(t.shape) + ", expected " +
-                                     shape_string(expected));
+            throw std::runtime_error("safetensors " + where_ + ": tensor '" + name + "' has shape " +
+                                     shape_string(t.shape) + ", expected " + shape_string(expected));
         std::vector<float> out(t.numel());
         const uint8_t* src = bytes_.data() + data_offset_ + t.begin;
         for (size_t i = 0; i < out.size(); i++) {
@@ -217,7 +226,8 @@ struct Tensor {
 
 // The bytes of a safetensors file holding `tensors` as F32, in the order given. The header is padded
 // with spaces to a multiple of 8 bytes so the data buffer starts aligned (as the reference writer does).
-inline std::vector<uint8_t> serialize(const std::vector<Tensor>& tensors, const std::map<std::string, std::string>& metadata) {
+inline std::vector<uint8_t> serialize(const std::vector<Tensor>& tensors,
+                                      const std::map<std::string, std::string>& metadata) {
     nlohmann::ordered_json header;
     if (!metadata.empty()) header["__metadata__"] = metadata;
     size_t offset = 0;
@@ -225,9 +235,10 @@ inline std::vector<uint8_t> serialize(const std::vector<Tensor>& tensors, const 
         size_t n = 1;
         for (int64_t d : t.shape) n *= static_cast<size_t>(d);
         if (n != t.values.size())
-            throw std::runtime_error("safetensors write: tensor '" + t.name + "' has " + std::to_string(t.values.size()) +
-                                     " values but shape " + shape_string(t.shape));
-        if (header.contains(t.name)) throw std::runtime_error("safetensors write: tensor '" + t.name + "' appears twice");
+            throw std::runtime_error("safetensors write: tensor '" + t.name + "' has " +
+                                     std::to_string(t.values.size()) + " values but shape " + shape_string(t.shape));
+        if (header.contains(t.name))
+            throw std::runtime_error("safetensors write: tensor '" + t.name + "' appears twice");
         header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * n}}};
         offset += 4 * n;
     }
@@ -246,7 +257,8 @@ inline std::vector<uint8_t> serialize(const std::vector<Tensor>& tensors, const 
     return out;
 }
 
-inline void save(const std::string& path, const std::vector<Tensor>& tensors, const std::map<std::string, std::string>& metadata) {
+inline void save(const std::string& path, const std::vector<Tensor>& tensors,
+                 const std::map<std::string, std::string>& metadata) {
     std::vector<uint8_t> bytes = serialize(tensors, metadata);
     write_file_atomically(path, [&](::File& f) { f.write(bytes.data(), bytes.size()); });
 }

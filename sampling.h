@@ -33,7 +33,8 @@ struct SamplingSettings {
         if (!(temperature >= 0.0f) || !std::isfinite(temperature))
             throw std::runtime_error("temperature " + std::to_string(temperature) + " must be >= 0 (0 = greedy)");
         if (top_k < 0) throw std::runtime_error("top_k " + std::to_string(top_k) + " must be >= 0 (0 = all tokens)");
-        if (!(top_p > 0.0f && top_p <= 1.0f)) throw std::runtime_error("top_p " + std::to_string(top_p) + " must be in (0, 1] (1 = all tokens)");
+        if (!(top_p > 0.0f && top_p <= 1.0f))
+            throw std::runtime_error("top_p " + std::to_string(top_p) + " must be in (0, 1] (1 = all tokens)");
     }
 };
 
@@ -115,9 +116,11 @@ struct SpeculativeVerdict {
     bool accepted;
     int token;  // x when accepted, else the token drawn from the residual
 };
-inline SpeculativeVerdict speculative_accept(int x, const std::vector<double>& p, const std::vector<double>& q, Rng& rng) {
+inline SpeculativeVerdict speculative_accept(int x, const std::vector<double>& p, const std::vector<double>& q,
+                                             Rng& rng) {
     if (p.size() != q.size() || x < 0 || static_cast<size_t>(x) >= p.size())
-        throw std::runtime_error("speculative_accept: proposal " + std::to_string(x) + " or distribution sizes are inconsistent");
+        throw std::runtime_error("speculative_accept: proposal " + std::to_string(x) +
+                                 " or distribution sizes are inconsistent");
     // q(x) > 0 for a token the draft sampled; p(x) >= q(x) accepts without spending a random number
     if (p[x] >= q[x]) return {true, x};
     if (rng.uniform() < p[x] / q[x]) return {true, x};

@@ -91,7 +91,8 @@ inline CompletionParams parse_completion(const std::string& body, const Completi
     CompletionParams p;
     p.sampling = d.sampling;
     auto type_error = [](const std::string& key, const char* want, const json& v) {
-        return ApiError(400, "'" + key + "' must be " + want + ", got " + std::string(v.type_name()) + " " + v.dump(), key);
+        return ApiError(400, "'" + key + "' must be " + want + ", got " + std::string(v.type_name()) + " " + v.dump(),
+                        key);
     };
     auto number = [&](const std::string& key, const json& v) {
         if (!v.is_number()) throw type_error(key, "a number", v);
@@ -116,24 +117,31 @@ inline CompletionParams parse_completion(const std::string& body, const Completi
         if (key == "model") {
             if (!v.is_string()) throw type_error(key, "a string", v);
             if (v.get<std::string>() != d.model_name)
-                throw ApiError(404, "The model '" + v.get<std::string>() + "' does not exist (this server serves '" + d.model_name + "')",
+                throw ApiError(404,
+                               "The model '" + v.get<std::string>() + "' does not exist (this server serves '" +
+                                   d.model_name + "')",
                                key, "invalid_request_error", "model_not_found");
         } else if (key == "prompt") {
             have_prompt = true;
             const json* x = &v;
-            if (x->is_array() && x->size() == 1 && ((*x)[0].is_string() || (*x)[0].is_array())) x = &(*x)[0];  // a batch of one
+            if (x->is_array() && x->size() == 1 && ((*x)[0].is_string() || (*x)[0].is_array()))
+                x = &(*x)[0];  // a batch of one
             if (x->is_string()) {
                 p.prompt_text = x->get<std::string>();
             } else if (x->is_array() && !x->empty()) {
                 p.prompt_is_text = false;
                 for (const json& t : *x) {
                     if (!t.is_number_integer()) {
-                        if (t.is_string() || t.is_array()) throw ApiError(400, "'prompt': one prompt per request (got a batch of " +
-                                                                                   std::to_string(x->size()) + ")", key);
+                        if (t.is_string() || t.is_array())
+                            throw ApiError(
+                                400,
+                                "'prompt': one prompt per request (got a batch of " + std::to_string(x->size()) + ")",
+                                key);
                         throw type_error("prompt", "a string or an array of token ids", t);
                     }
                     int64_t id = t.get<int64_t>();
-                    if (id < 0 || id > INT32_MAX) throw ApiError(400, "'prompt': token id " + t.dump() + " is outside the vocabulary", key);
+                    if (id < 0 || id > INT32_MAX)
+                        throw ApiError(400, "'prompt': token id " + t.dump() + " is outside the vocabulary", key);
                     p.prompt_ids.push_back(static_cast<int>(id));
                 }
             } else if (x->is_array()) {
@@ -147,7 +155,8 @@ inline CompletionParams parse_completion(const std::string& body, const Completi
             p.max_tokens = static_cast<int>(n);
         } else if (key == "temperature") {
             double t = number(key, v);
-            if (!(t >= 0 && t <= 2)) throw ApiError(400, "'temperature' must be in [0, 2] (0 = greedy), got " + v.dump(), key);
+            if (!(t >= 0 && t <= 2))
+                throw ApiError(400, "'temperature' must be in [0, 2] (0 = greedy), got " + v.dump(), key);
             p.sampling.temperature = static_cast<float>(t);
         } else if (key == "top_p") {
             double t = number(key, v);
@@ -155,7 +164,8 @@ inline CompletionParams parse_completion(const std::string& body, const Completi
             p.sampling.top_p = static_cast<float>(t);
         } else if (key == "top_k") {  // an extension (vLLM's): -1 or 0 = all tokens
             int64_t k = integer(key, v);
-            if (k < -1 || k > INT32_MAX) throw ApiError(400, "'top_k' must be >= 0 (0 or -1 = all tokens), got " + v.dump(), key);
+            if (k < -1 || k > INT32_MAX)
+                throw ApiError(400, "'top_k' must be >= 0 (0 or -1 = all tokens), got " + v.dump(), key);
             p.sampling.top_k = static_cast<int>(std::max<int64_t>(k, 0));
         } else if (key == "seed") {
             p.has_seed = true;
@@ -163,7 +173,8 @@ inline CompletionParams parse_completion(const std::string& body, const Completi
         } else if (key == "stop") {
             json list = v.is_string() ? json::array({v}) : v;
             if (!list.is_array()) throw type_error(key, "a string or an array of strings", v);
-            if (list.size() > 4) throw ApiError(400, "'stop' takes at most 4 strings, got " + std::to_string(list.size()), key);
+            if (list.size() > 4)
+                throw ApiError(400, "'stop' takes at most 4 strings, got " + std::to_string(list.size()), key);
             for (const json& s : list) {
                 if (!s.is_string()) throw type_error(key, "a string or an array of strings", s);
                 if (s.get<std::string>().empty()) throw ApiError(400, "'stop' strings must not be empty", key);
@@ -174,7 +185,8 @@ inline CompletionParams parse_completion(const std::string& body, const Completi
         } else if (key == "stream_options") {
             if (!v.is_object()) throw type_error(key, "an object", v);
             for (auto& [k2, v2] : v.items()) {
-                if (k2 != "include_usage") throw ApiError(400, "Unrecognized request argument supplied: stream_options." + k2, key);
+                if (k2 != "include_usage")
+                    throw ApiError(400, "Unrecognized request argument supplied: stream_options." + k2, key);
                 p.include_usage = boolean("stream_options.include_usage", v2);
             }
         } else if (key == "logprobs") {
@@ -199,7 +211,8 @@ inline CompletionParams parse_completion(const std::string& body, const Completi
         }
     }
     if (!have_prompt) throw ApiError(400, "'prompt' is required (a string or an array of token ids)", "prompt");
-    if (p.include_usage && !p.stream) throw ApiError(400, "'stream_options' is only allowed with 'stream': true", "stream_options");
+    if (p.include_usage && !p.stream)
+        throw ApiError(400, "'stream_options' is only allowed with 'stream': true", "stream_options");
     return p;
 }
 
@@ -243,24 +256,33 @@ struct Metrics {
 
     std::string prometheus(int inbox) const {
         auto gauge = [](const std::string& n, const std::string& help, long v, const char* type = "gauge") {
-            return "# HELP " + n + " " + help + "\n# TYPE " + n + " " + type + "\n" + n + " " + std::to_string(v) + "\n";
+            return "# HELP " + n + " " + help + "\n# TYPE " + n + " " + type + "\n" + n + " " + std::to_string(v) +
+                   "\n";
         };
-        std::string s = gauge("gptcu_requests_running", "Requests in the running batch.", running) +
-                        gauge("gptcu_requests_waiting", "Requests queued for admission (preempted ones included).", waiting + inbox) +
-                        gauge("gptcu_kv_blocks_used", "KV-cache blocks held by running requests.", kv_blocks_used) +
-                        gauge("gptcu_kv_blocks_free", "KV-cache blocks on the free list.", kv_blocks_free) +
-                        gauge("gptcu_prompt_tokens_total", "Prompt tokens of admitted requests.", prompt_tokens, "counter") +
-                        gauge("gptcu_generation_tokens_total", "Tokens generated.", generated_tokens, "counter") +
-                        gauge("gptcu_engine_steps_total", "Engine forwards (steps of the batch).", steps, "counter") +
-                        gauge("gptcu_preemptions_total", "Sequences preempted for KV blocks (recomputed later).", preemptions, "counter");
-        s += "# HELP gptcu_requests_finished_total Requests ended, by how.\n# TYPE gptcu_requests_finished_total counter\n";
+        std::string s =
+            gauge("gptcu_requests_running", "Requests in the running batch.", running) +
+            gauge("gptcu_requests_waiting", "Requests queued for admission (preempted ones included).",
+                  waiting + inbox) +
+            gauge("gptcu_kv_blocks_used", "KV-cache blocks held by running requests.", kv_blocks_used) +
+            gauge("gptcu_kv_blocks_free", "KV-cache blocks on the free list.", kv_blocks_free) +
+            gauge("gptcu_prompt_tokens_total", "Prompt tokens of admitted requests.", prompt_tokens, "counter") +
+            gauge("gptcu_generation_tokens_total", "Tokens generated.", generated_tokens, "counter") +
+            gauge("gptcu_engine_steps_total", "Engine forwards (steps of the batch).", steps, "counter") +
+            gauge("gptcu_preemptions_total", "Sequences preempted for KV blocks (recomputed later).", preemptions,
+                  "counter");
+        s += "# HELP gptcu_requests_finished_total Requests ended, by how.\n# TYPE gptcu_requests_finished_total "
+             "counter\n";
         for (const char* r : {"stop", "length", "cancelled", "error"}) {
             auto it = finished.find(r);
-            s += std::string("gptcu_requests_finished_total{finish=\"") + r + "\"} " + std::to_string(it == finished.end() ? 0 : it->second) + "\n";
+            s += std::string("gptcu_requests_finished_total{finish=\"") + r + "\"} " +
+                 std::to_string(it == finished.end() ? 0 : it->second) + "\n";
         }
-        s += "# HELP gptcu_http_errors_total Requests answered with an error status.\n# TYPE gptcu_http_errors_total counter\n";
-        for (auto& [status, n] : rejected) s += "gptcu_http_errors_total{status=\"" + std::to_string(status) + "\"} " + std::to_string(n) + "\n";
-        return s + ttft.prometheus("gptcu_time_to_first_token_seconds", "From the request's arrival to its first token.") +
+        s += "# HELP gptcu_http_errors_total Requests answered with an error status.\n# TYPE gptcu_http_errors_total "
+             "counter\n";
+        for (auto& [status, n] : rejected)
+            s += "gptcu_http_errors_total{status=\"" + std::to_string(status) + "\"} " + std::to_string(n) + "\n";
+        return s +
+               ttft.prometheus("gptcu_time_to_first_token_seconds", "From the request's arrival to its first token.") +
                itl.prometheus("gptcu_inter_token_latency_seconds", "Between two consecutive tokens of a request.");
     }
 };
@@ -272,7 +294,7 @@ using Clock = std::chrono::steady_clock;
 
 // One token's worth of output, as the engine thread hands it to the HTTP thread.
 struct Piece {
-    std::string text;                               // new text to show (may be empty: held back, or part of a character)
+    std::string text;  // new text to show (may be empty: held back, or part of a character)
     bool has_token = false;                         // false for the final piece (the rest of the held-back text)
     std::string token_text;                         // this token's own text (logprobs' "tokens")
     size_t text_offset = 0;                         // where the token's text starts in the completion
@@ -332,8 +354,8 @@ struct ServerOptions {
 // ============================================================================
 class CompletionServer {
 public:
-    CompletionServer(const ServerOptions& o, const CompletionDefaults& d, const bpe::Tokenizer& tok, const GPTConfig& c, int eot_id,
-                     int max_seqs)
+    CompletionServer(const ServerOptions& o, const CompletionDefaults& d, const bpe::Tokenizer& tok, const GPTConfig& c,
+                     int eot_id, int max_seqs)
         : opt_(o), defaults_(d), tok_(tok), config_(c), eot_(eot_id), max_live_(max_seqs + o.max_queue) {}
 
     // Binds, serves HTTP on a thread of its own and runs the engine loop on this one until a SIGTERM or
@@ -358,8 +380,9 @@ public:
         sigaction(SIGTERM, &sa, nullptr);
         sigaction(SIGINT, &sa, nullptr);
         std::signal(SIGPIPE, SIG_IGN);  // a client gone mid-write must fail the write, not kill the server
-        std::fprintf(stderr, "infer_gpt: serving '%s' on http://%s:%d (POST /v1/completions; GET /v1/models /health /metrics)\n",
-                     defaults_.model_name.c_str(), opt_.host.c_str(), port);
+        std::fprintf(
+            stderr, "infer_gpt: serving '%s' on http://%s:%d (POST /v1/completions; GET /v1/models /health /metrics)\n",
+            defaults_.model_name.c_str(), opt_.host.c_str(), port);
         std::thread http([this] { svr_.listen_after_bind(); });
         for (int i = 0; i < 5000 && !svr_.is_running(); i++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
         try {
@@ -394,7 +417,8 @@ private:
     // ---- the engine thread ---------------------------------------------------------------------------
     template <class Ops>
     void run_engine(InferenceEngine<Ops>& engine) {
-        Scheduler sched(engine.max_seqs, engine.max_rows, engine.block_size, engine.num_blocks, config_.max_seq_len, config_.vocab_size, eot_);
+        Scheduler sched(engine.max_seqs, engine.max_rows, engine.block_size, engine.num_blocks, config_.max_seq_len,
+                        config_.vocab_size, eot_);
         sched.on_blocks = [&](int slot, const std::vector<int>& blocks) { engine.set_blocks(slot, blocks); };
         std::unordered_map<std::string, std::shared_ptr<LiveRequest>> live;
         std::vector<std::string> stopped;  // hit a stop string this step: cancelled after commit()
@@ -433,8 +457,8 @@ private:
     }
 
     template <class Ops, class Live, class Retire>
-    void engine_loop(InferenceEngine<Ops>& engine, Scheduler& sched, Live& live, std::vector<std::string>& stopped, Retire& retire,
-                     int& signals_seen) {
+    void engine_loop(InferenceEngine<Ops>& engine, Scheduler& sched, Live& live, std::vector<std::string>& stopped,
+                     Retire& retire, int& signals_seen) {
         for (;;) {
             std::deque<std::shared_ptr<LiveRequest>> fresh;
             std::vector<std::string> cancels;
@@ -442,7 +466,8 @@ private:
                 std::unique_lock<std::mutex> lk(mu_);
                 if (sched.done() && inbox_.empty() && cancels_.empty()) {
                     if (draining_) break;
-                    inbox_cv_.wait_for(lk, std::chrono::milliseconds(50), [&] { return !inbox_.empty() || g_stop_signals.load() > signals_seen; });
+                    inbox_cv_.wait_for(lk, std::chrono::milliseconds(50),
+                                       [&] { return !inbox_.empty() || g_stop_signals.load() > signals_seen; });
                 }
                 fresh.swap(inbox_);
                 cancels.swap(cancels_);
@@ -450,8 +475,10 @@ private:
             int sig = g_stop_signals.load();
             if (sig > signals_seen) {
                 if (signals_seen == 0) {
-                    std::fprintf(stderr, "infer_gpt: stopping: no new requests; finishing %zu live ones (signal again to cancel them)\n",
-                                 live.size() + fresh.size());
+                    std::fprintf(
+                        stderr,
+                        "infer_gpt: stopping: no new requests; finishing %zu live ones (signal again to cancel them)\n",
+                        live.size() + fresh.size());
                     {
                         std::lock_guard<std::mutex> lk(mu_);
                         draining_ = true;
@@ -516,7 +543,8 @@ private:
         size_t show = stop ? std::max(hit, l.shown) : l.text.size();
         if (!stop && longest > 0) {
             show = std::max(l.shown, l.text.size() >= longest - 1 ? l.text.size() - (longest - 1) : size_t(0));
-            while (show > l.shown && show < l.text.size() && (static_cast<unsigned char>(l.text[show]) & 0xC0) == 0x80) show--;  // UTF-8
+            while (show > l.shown && show < l.text.size() && (static_cast<unsigned char>(l.text[show]) & 0xC0) == 0x80)
+                show--;  // UTF-8
         }
         piece.text = l.text.substr(l.shown, show - l.shown);
         l.shown = show;
@@ -543,7 +571,8 @@ private:
         std::vector<int> order(V);
         std::iota(order.begin(), order.end(), 0);
         k = std::min(k, V);
-        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int a, int b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+        std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                          [&](int a, int b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
         for (int i = 0; i < k; i++) piece.top.push_back({token_text(order[i]), row[order[i]] - log_z});
     }
     // One token's text on its own; bytes that are only part of a character show as U+FFFD.
@@ -559,12 +588,15 @@ private:
         if (!l.finished) {
             l.finished = true;
             if (r.finish_reason == "error" || r.finish_reason == "cancelled") {
-                l.error = r.finish_reason == "error" ? r.error : "the request was cancelled (client gone, or the server is stopping)";
+                l.error = r.finish_reason == "error"
+                              ? r.error
+                              : "the request was cancelled (client gone, or the server is stopping)";
                 l.error_status = r.finish_reason == "error" ? error_status : 503;
                 count_finish(r.finish_reason);
             } else {
                 Piece last;
-                last.text = l.text.substr(l.shown) + l.decoder->flush();  // held back for the stop strings; a cut character
+                last.text =
+                    l.text.substr(l.shown) + l.decoder->flush();  // held back for the stop strings; a cut character
                 l.pieces.push_back(std::move(last));
                 l.finish_reason = r.finish_reason == "stop" ? "stop" : "length";  // "context" is a length limit too
                 count_finish(l.finish_reason);
@@ -599,8 +631,11 @@ private:
             res.set_content(metrics_.prometheus(static_cast<int>(inbox_.size())), "text/plain; version=0.0.4");
         });
         svr_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-            json m = {{"id", defaults_.model_name}, {"object", "model"}, {"created", static_cast<long>(std::time(nullptr))},
-                      {"owned_by", "gpt.cu"}, {"max_model_len", config_.max_seq_len}};
+            json m = {{"id", defaults_.model_name},
+                      {"object", "model"},
+                      {"created", static_cast<long>(std::time(nullptr))},
+                      {"owned_by", "gpt.cu"},
+                      {"max_model_len", config_.max_seq_len}};
             res.set_content(json({{"object", "list"}, {"data", json::array({m})}}).dump(), "application/json");
         });
         svr_.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
@@ -611,11 +646,14 @@ private:
             }
         });
         // bodies for what httplib answers itself (404 no route, 413 too large, 400 unparsable HTTP)
-        svr_.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+        svr_.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
+                                                                           httplib::Response& res) {
             if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours, already in shape
-            ApiError e(res.status, res.status == 404   ? "no route " + req.method + " " + req.path + " (POST /v1/completions; GET /v1/models, /health, /metrics)"
-                                   : res.status == 413 ? "the body is larger than " + std::to_string(opt_.max_body_bytes) + " bytes"
-                                                       : "bad request (HTTP status " + std::to_string(res.status) + ")");
+            ApiError e(res.status, res.status == 404 ? "no route " + req.method + " " + req.path +
+                                                           " (POST /v1/completions; GET /v1/models, /health, /metrics)"
+                                   : res.status == 413
+                                       ? "the body is larger than " + std::to_string(opt_.max_body_bytes) + " bytes"
+                                       : "bad request (HTTP status " + std::to_string(res.status) + ")");
             send_error(res, e);
             return httplib::Server::HandlerResponse::Handled;
         }));
@@ -636,20 +674,29 @@ private:
         l->params = parse_completion(req.body, defaults_);
         const CompletionParams& p = l->params;
         const int maxT = config_.max_seq_len;
-        if (p.prompt_is_text) l->prompt = p.prompt_text.empty() ? std::vector<int>{eot_ >= 0 ? eot_ : 0} : tok_.encode_ordinary(p.prompt_text);
+        if (p.prompt_is_text)
+            l->prompt =
+                p.prompt_text.empty() ? std::vector<int>{eot_ >= 0 ? eot_ : 0} : tok_.encode_ordinary(p.prompt_text);
         else l->prompt = p.prompt_ids;
         for (int t : l->prompt)
             if (t >= config_.vocab_size)
-                throw ApiError(400, "'prompt': token id " + std::to_string(t) + " is outside the vocabulary (" + std::to_string(config_.vocab_size) +
-                                        " tokens)", "prompt");
+                throw ApiError(400,
+                               "'prompt': token id " + std::to_string(t) + " is outside the vocabulary (" +
+                                   std::to_string(config_.vocab_size) + " tokens)",
+                               "prompt");
         const int n = static_cast<int>(l->prompt.size());
         if (n >= maxT)
-            throw ApiError(400, "This model's maximum context length is " + std::to_string(maxT) + " tokens, however your prompt has " +
-                                    std::to_string(n) + " tokens. Please shorten the prompt.", "prompt", "invalid_request_error", "context_length_exceeded");
+            throw ApiError(400,
+                           "This model's maximum context length is " + std::to_string(maxT) +
+                               " tokens, however your prompt has " + std::to_string(n) +
+                               " tokens. Please shorten the prompt.",
+                           "prompt", "invalid_request_error", "context_length_exceeded");
         if (p.max_tokens > maxT - n)
-            throw ApiError(400, "This model's maximum context length is " + std::to_string(maxT) + " tokens, however you requested " +
-                                    std::to_string(static_cast<long>(n) + p.max_tokens) + " tokens (" + std::to_string(n) + " in your prompt; " +
-                                    std::to_string(p.max_tokens) + " for the completion). Please reduce your prompt or completion length.",
+            throw ApiError(400,
+                           "This model's maximum context length is " + std::to_string(maxT) +
+                               " tokens, however you requested " + std::to_string(static_cast<long>(n) + p.max_tokens) +
+                               " tokens (" + std::to_string(n) + " in your prompt; " + std::to_string(p.max_tokens) +
+                               " for the completion). Please reduce your prompt or completion length.",
                            "max_tokens", "invalid_request_error", "context_length_exceeded");
         l->max_tokens = p.max_tokens > 0 ? p.max_tokens : std::min(defaults_.max_tokens, maxT - n);
         l->decoder.emplace(tok_);
@@ -657,8 +704,10 @@ private:
             std::lock_guard<std::mutex> lk(mu_);
             if (draining_) throw ApiError(503, "the server is stopping", "", "server_error");
             if (live_ >= max_live_)
-                throw ApiError(429, "the server is busy: " + std::to_string(live_) + " requests are running or waiting (" +
-                                        std::to_string(max_live_) + " at most); retry after a second", "", "rate_limit_error", "rate_limit_exceeded");
+                throw ApiError(429,
+                               "the server is busy: " + std::to_string(live_) + " requests are running or waiting (" +
+                                   std::to_string(max_live_) + " at most); retry after a second",
+                               "", "rate_limit_error", "rate_limit_exceeded");
             l->id = "cmpl-" + std::to_string(++serial_);
             l->seed = p.has_seed ? p.seed : defaults_.seed + static_cast<uint64_t>(serial_);
             live_++;
@@ -669,7 +718,10 @@ private:
         const long created = static_cast<long>(std::time(nullptr));
         auto chunk = [this, created, l](const std::string& text, const json& logprobs, const json& finish) {
             json c = {{"index", 0}, {"text", text}, {"logprobs", logprobs}, {"finish_reason", finish}};
-            return json{{"id", l->id}, {"object", "text_completion"}, {"created", created}, {"model", defaults_.model_name},
+            return json{{"id", l->id},
+                        {"object", "text_completion"},
+                        {"created", created},
+                        {"model", defaults_.model_name},
                         {"choices", json::array({c})}};
         };
         auto usage = [l] {
@@ -679,7 +731,9 @@ private:
         if (!p.stream) {
             std::unique_lock<std::mutex> lk(l->mu);
             l->cv.wait(lk, [&] { return l->finished; });
-            if (!l->error.empty()) throw ApiError(l->error_status, l->error, "", l->error_status == 400 ? "invalid_request_error" : "server_error");
+            if (!l->error.empty())
+                throw ApiError(l->error_status, l->error, "",
+                               l->error_status == 400 ? "invalid_request_error" : "server_error");
             std::string text;
             json lp = logprobs_json({l->pieces.begin(), l->pieces.end()});
             for (const Piece& x : l->pieces) text += x.text;
@@ -713,13 +767,16 @@ private:
                 std::string rest;  // the final piece (no token): text held back until the finish
                 for (const Piece& x : got) {
                     if (!x.has_token) rest += x.text;
-                    else if (!event(chunk(x.text, l->params.logprobs >= 0 ? logprobs_json({x}) : json(nullptr), nullptr))) return false;
+                    else if (!event(
+                                 chunk(x.text, l->params.logprobs >= 0 ? logprobs_json({x}) : json(nullptr), nullptr)))
+                        return false;
                 }
                 if (!finished) return true;
                 if (!error.empty()) {
                     if (!event(ApiError(l->error_status, error, "", "server_error").body())) return false;
                 } else {
-                    if (!event(chunk(rest, l->params.logprobs >= 0 ? logprobs_json({}) : json(nullptr), reason))) return false;
+                    if (!event(chunk(rest, l->params.logprobs >= 0 ? logprobs_json({}) : json(nullptr), reason)))
+                        return false;
                     if (l->params.include_usage) {
                         json u = chunk("", nullptr, nullptr);
                         u["choices"] = json::array();

@@ -513,14 +513,10 @@ int main(int argc, char** argv) {
             std::printf("%s\n", j.dump(2).c_str());
             return 0;
         }
-        std::string gpu;
-        bool real_gpu = have_real_gpu(gpu);
-        std::string device = o.device == "auto" ? (real_gpu ? "cuda" : "cpu") : o.device;
         if (o.matmul != "cublas" && o.matmul != "tiled") throw std::runtime_error("--matmul must be cublas or tiled");
         set_matmul_backend(o.matmul == "tiled" ? MatmulBackend::tiled : MatmulBackend::cublas);
-        if (device == "cuda") return train<DeviceOps>(o, gpu);
-        if (device == "cpu") return train<HostOps>(o, "CPU reference ops + OpenBLAS");
-        throw std::runtime_error("--device must be auto, cpu or cuda (got '" + o.device + "')");
+        return with_device_ops(o.device,
+                               [&](auto ops, const std::string& backend) { return train<decltype(ops)>(o, backend); });
     } catch (const std::exception& e) {
         std::fprintf(stderr, "train_gpt: error: %s\n", e.what());
         return 1;

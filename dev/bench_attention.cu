@@ -58,7 +58,10 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; i++) {
         if (std::strcmp(argv[i], "--full") == 0) full = true;
         else {
-            std::fprintf(stderr, "usage: %s [--full]\n  --full  GPU shapes (B=4, T 256..4096, hs 64 and 128); default: small shapes for the CPU build\n", argv[0]);
+            std::fprintf(stderr,
+                         "usage: %s [--full]\n  --full  GPU shapes (B=4, T 256..4096, hs 64 and 128); default: small "
+                         "shapes for the CPU build\n",
+                         argv[0]);
             return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
         }
     }
@@ -75,9 +78,11 @@ int main(int argc, char** argv) {
         int warmup = full ? 3 : 1, repeats = full ? 20 : 3;
         DeviceBuffer<unsigned char> flush(dev.l2_bytes * 2);
 
-        std::printf("attention benchmark on %s%s\n", dev.name.c_str(), full ? "" : " (small shapes; --full for GPU sizes)");
+        std::printf("attention benchmark on %s%s\n", dev.name.c_str(),
+                    full ? "" : " (small shapes; --full for GPU sizes)");
         if (dev.peak_fp32_tflops > 0) std::printf("fp32 floor: %.1f TFLOP/s (CUDA cores, FMA)\n", dev.peak_fp32_tflops);
-        std::printf("%-8s %-5s %-26s %10s %9s %8s %14s\n", "op", "path", "shape", "time ms", "TFLOP/s", "% floor", "extra mem MiB");
+        std::printf("%-8s %-5s %-26s %10s %9s %8s %14s\n", "op", "path", "shape", "time ms", "TFLOP/s", "% floor",
+                    "extra mem MiB");
         Rng rng(4);
         for (const Shape& s : shapes) {
             int NKV = s.NH, W = (s.NH + 2 * NKV) * s.hs;
@@ -97,23 +102,31 @@ int main(int argc, char** argv) {
             auto row = [&](const char* op, const char* path, double ms, double flop, double mib) {
                 double tflops = flop / (ms * 1e-3) / 1e12;
                 char pct[16] = "n/a";
-                if (dev.peak_fp32_tflops > 0) std::snprintf(pct, sizeof pct, "%.1f", 100 * tflops / dev.peak_fp32_tflops);
+                if (dev.peak_fp32_tflops > 0)
+                    std::snprintf(pct, sizeof pct, "%.1f", 100 * tflops / dev.peak_fp32_tflops);
                 std::printf("%-8s %-5s %-26s %10.3f %9.4f %8s %14.1f\n", op, path, shape, ms, tflops, pct, mib);
             };
             const double MiB = 1024.0 * 1024.0;
             {  // naive: the caller's att and datt (B, NH, T, T), plus its workspace
                 attention_workspace_release();
                 DeviceBuffer<floatX> att(n_att), datt(n_att);
-                double f = median_ms([&] { attention_forward_naive(out, att, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup, repeats, flush);
-                double b = median_ms([&] { attention_backward_naive(dqkv, datt, dout, att, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup, repeats, flush);
+                double f =
+                    median_ms([&] { attention_forward_naive(out, att, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                              warmup, repeats, flush);
+                double b = median_ms(
+                    [&] { attention_backward_naive(dqkv, datt, dout, att, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                    warmup, repeats, flush);
                 double mem = (att.bytes() + datt.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "naive", f, fwd_flop, mem);
                 row("backward", "naive", b, bwd_flop, mem);
             }
             {  // fused: lse (B, NH, T) plus its workspace (D and partial dQ)
                 attention_workspace_release();
-                double f = median_ms([&] { attention_forward(out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup, repeats, flush);
-                double b = median_ms([&] { attention_backward(dqkv, dout, out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup, repeats, flush);
+                double f = median_ms([&] { attention_forward(out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                                     warmup, repeats, flush);
+                double b = median_ms(
+                    [&] { attention_backward(dqkv, dout, out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup,
+                    repeats, flush);
                 double mem = (lse.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "fused", f, fwd_flop, mem);
                 row("backward", "fused", b, bwd_flop, mem);

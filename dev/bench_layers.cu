@@ -38,8 +38,9 @@ static Machine describe_machine() {
         cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0) == cudaSuccess &&
         cudaDeviceGetAttribute(&sm_khz, cudaDevAttrClockRate, 0) == cudaSuccess) {
         int fp32_lanes_per_sm = prop.major == 8 && prop.minor == 0 ? 64 : 128;  // A100: 64; sm_86/89/90: 128
-        m.bytes_per_ms = 2.0 * mem_khz * (bus_bits / 8);                          // double data rate; kHz·bytes = bytes/ms
-        m.flops_per_ms = 2.0 * fp32_lanes_per_sm * prop.multiProcessorCount * static_cast<double>(sm_khz);  // FMA = 2 FLOP
+        m.bytes_per_ms = 2.0 * mem_khz * (bus_bits / 8);  // double data rate; kHz·bytes = bytes/ms
+        m.flops_per_ms =
+            2.0 * fp32_lanes_per_sm * prop.multiProcessorCount * static_cast<double>(sm_khz);  // FMA = 2 FLOP
         m.floor_source = "nominal (memory clock × bus width; SMs × fp32 lanes × clock)";
         return m;
     }
@@ -56,7 +57,8 @@ static Machine describe_machine() {
         std::vector<double> t;
         for (int i = 0; i < 5; i++) {
             Timer timer;
-            cublas_check(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, n, b, n, &zero, c, n));
+            cublas_check(
+                cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, a, n, b, n, &zero, c, n));
             t.push_back(timer.elapsed_ms());
         }
         m.flops_per_ms = 2.0 * n * n * n / median(t);
@@ -84,7 +86,8 @@ struct Bench {
         char achieved[32];
         if (compute_floor > memory_floor) std::snprintf(achieved, sizeof achieved, "%.3f TFLOP/s", flops / ms * 1e-9);
         else std::snprintf(achieved, sizeof achieved, "%.1f GB/s", bytes / ms * 1e-6);
-        std::printf("%-34s %-30s %10.3f %14s %10.4f %7.1f%%\n", name.c_str(), shape.c_str(), ms, achieved, floor, 100.0 * floor / ms);
+        std::printf("%-34s %-30s %10.3f %14s %10.4f %7.1f%%\n", name.c_str(), shape.c_str(), ms, achieved, floor,
+                    100.0 * floor / ms);
     }
 };
 
@@ -102,7 +105,8 @@ int main(int argc, char** argv) {
         if (a == "--full") full = true;
         else if (a == "--iters" && i + 1 < argc) iters = std::atoi(argv[++i]);
         else {
-            std::fprintf(stderr, "bench_layers: unknown argument '%s' (usage: bench_layers [--full] [--iters N])\n", a.c_str());
+            std::fprintf(stderr, "bench_layers: unknown argument '%s' (usage: bench_layers [--full] [--iters N])\n",
+                         a.c_str());
             return 1;
         }
     }
@@ -110,11 +114,12 @@ int main(int argc, char** argv) {
         Machine machine = describe_machine();
         bool big = full || !machine.emulated;
         if (iters < 0) iters = machine.emulated ? 5 : 20;
-        const int B = big ? 8 : 2, T = big ? 1024 : 64, C = big ? 768 : 128, V = big ? 50257 : 1000, Vp = big ? 50304 : 1024;
+        const int B = big ? 8 : 2, T = big ? 1024 : 64, C = big ? 768 : 128, V = big ? 50257 : 1000,
+                  Vp = big ? 50304 : 1024;
         const int N = B * T, H = (8 * C / 3 + 63) / 64 * 64;  // Llama hidden width (a multiple of 64, as Llama rounds)
         const size_t n_params = big ? 124475904 : 1 << 20;
-        std::printf("machine: %s\nfloors: %s: %.0f GB/s, %.2f TFLOP/s fp32\n", machine.name.c_str(), machine.floor_source.c_str(),
-                    machine.bytes_per_ms * 1e-6, machine.flops_per_ms * 1e-9);
+        std::printf("machine: %s\nfloors: %s: %.0f GB/s, %.2f TFLOP/s fp32\n", machine.name.c_str(),
+                    machine.floor_source.c_str(), machine.bytes_per_ms * 1e-6, machine.flops_per_ms * 1e-9);
         std::printf("shapes: B=%d T=%d C=%d V=%d Vp=%d H=%d (N = B·T = %d)%s\n\n", B, T, C, V, Vp, H, N,
                     big ? "" : "  [small: the CPU emulator; --full for GPT-2 124M]");
 
@@ -138,10 +143,12 @@ int main(int argc, char** argv) {
         for (auto& t : tokens) t = static_cast<int>(rng.below(V));
         for (auto& t : targets) t = static_cast<int>(rng.below(V));
         DeviceBuffer<int> d_tokens(tokens), d_targets(targets);
-        DeviceBuffer<floatX> wte(random_host(static_cast<size_t>(V) * C, rng)), wpe(random_host(static_cast<size_t>(T) * C, rng));
+        DeviceBuffer<floatX> wte(random_host(static_cast<size_t>(V) * C, rng)),
+            wpe(random_host(static_cast<size_t>(T) * C, rng));
         DeviceBuffer<floatX> dwte(static_cast<size_t>(V) * C), dwpe(static_cast<size_t>(T) * C);
         size_t act = static_cast<size_t>(N) * std::max(4 * C, 2 * H);
-        DeviceBuffer<floatX> x(random_host(act, rng)), y(random_host(act, rng)), dx(random_host(act, rng)), dy(random_host(act, rng));
+        DeviceBuffer<floatX> x(random_host(act, rng)), y(random_host(act, rng)), dx(random_host(act, rng)),
+            dy(random_host(act, rng));
         DeviceBuffer<floatX> w(random_host(static_cast<size_t>(Vp) * C, rng)), dw(static_cast<size_t>(Vp) * C);
         DeviceBuffer<floatX> bias(random_host(std::max(Vp, 4 * C), rng)), dbias(std::max(Vp, 4 * C));
         DeviceBuffer<float> mean(N), rstd(N), losses(N), norm(1);
@@ -171,9 +178,12 @@ int main(int argc, char** argv) {
         for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled}) {
             set_matmul_backend(backend);
             std::string tag = backend == MatmulBackend::cublas ? " [cublas]" : " [tiled]";
-            for (Linear l : {Linear{"qkv", C, 3 * C}, Linear{"fc", C, 4 * C}, Linear{"fcproj", 4 * C, C}, Linear{"lm_head", C, Vp}}) {
+            for (Linear l : {Linear{"qkv", C, 3 * C}, Linear{"fc", C, 4 * C}, Linear{"fcproj", 4 * C, C},
+                             Linear{"lm_head", C, Vp}}) {
                 double flops = 2.0 * N * l.in * l.out;
-                double bytes = (static_cast<double>(N) * l.in + static_cast<double>(l.out) * l.in + static_cast<double>(N) * l.out) * f;
+                double bytes = (static_cast<double>(N) * l.in + static_cast<double>(l.out) * l.in +
+                                static_cast<double>(N) * l.out) *
+                               f;
                 floatX* out = l.name == std::string("lm_head") ? logits.ptr : y.ptr;
                 std::string s = shape({{"N", N}, {"C", l.in}, {"OC", l.out}});
                 bench.run(std::string("matmul_forward ") + l.name + tag, s, bytes, flops,
@@ -186,17 +196,22 @@ int main(int argc, char** argv) {
 
         // 4. activations: GELU on the fc output (N, 4C); SwiGLU on Llama's (N, 2H) -> (N, H)
         int n_gelu = N * 4 * C;
-        bench.run("gelu_forward", shape({{"N", N}, {"4C", 4 * C}}), 2.0 * n_gelu * f, 0, [&] { gelu_forward(y, x, n_gelu, nullptr); });
+        bench.run("gelu_forward", shape({{"N", N}, {"4C", 4 * C}}), 2.0 * n_gelu * f, 0,
+                  [&] { gelu_forward(y, x, n_gelu, nullptr); });
         bench.run("gelu_backward", shape({{"N", N}, {"4C", 4 * C}}), 4.0 * n_gelu * f, 0,
                   [&] { gelu_backward(dx, x, dy, n_gelu, nullptr); });
         double NH = static_cast<double>(N) * H;
-        bench.run("swiglu_forward", shape({{"N", N}, {"H", H}}), 3 * NH * f, 0, [&] { swiglu_forward(y, x, N, H, nullptr); });
-        bench.run("swiglu_backward", shape({{"N", N}, {"H", H}}), 7 * NH * f, 0, [&] { swiglu_backward(dx, x, dy, N, H, nullptr); });
+        bench.run("swiglu_forward", shape({{"N", N}, {"H", H}}), 3 * NH * f, 0,
+                  [&] { swiglu_forward(y, x, N, H, nullptr); });
+        bench.run("swiglu_backward", shape({{"N", N}, {"H", H}}), 7 * NH * f, 0,
+                  [&] { swiglu_backward(dx, x, dy, N, H, nullptr); });
 
         // 5. residual
         int n_res = N * C;
-        bench.run("residual_forward", shape({{"N", N}, {"C", C}}), 3 * NC * f, 0, [&] { residual_forward(y, x, dx, n_res, nullptr); });
-        bench.run("residual_backward", shape({{"N", N}, {"C", C}}), 5 * NC * f, 0, [&] { residual_backward(dx, y, dy, n_res, nullptr); });
+        bench.run("residual_forward", shape({{"N", N}, {"C", C}}), 3 * NC * f, 0,
+                  [&] { residual_forward(y, x, dx, n_res, nullptr); });
+        bench.run("residual_backward", shape({{"N", N}, {"C", C}}), 5 * NC * f, 0,
+                  [&] { residual_backward(dx, y, dy, n_res, nullptr); });
 
         // 6. classifier (in place: after the first call the buffer holds dlogits; the cost is the same)
         double NV = static_cast<double>(N) * V, NVp = static_cast<double>(N) * Vp;
@@ -210,8 +225,9 @@ int main(int argc, char** argv) {
         for (auto* buf : {&params, &grads, &m, &v}) cuda_check(cudaMemset(*buf, 0, buf->bytes()));
         int step = 0;
         double n = static_cast<double>(n_params);
-        bench.run("adamw_update", shape({{"params", static_cast<long>(n_params)}}), 7 * n * 4, 0,
-                  [&] { adamw_update(params, grads, m, v, n_params, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, ++step, 1.0f, nullptr); });
+        bench.run("adamw_update", shape({{"params", static_cast<long>(n_params)}}), 7 * n * 4, 0, [&] {
+            adamw_update(params, grads, m, v, n_params, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, ++step, 1.0f, nullptr);
+        });
         bench.run("global_norm_squared", shape({{"params", static_cast<long>(n_params)}}), n * 4, 0,
                   [&] { global_norm_squared(norm, grads, n_params, nullptr); });
     } catch (const std::exception& e) {

@@ -60,10 +60,19 @@ std::string generate_corpus(size_t target_bytes) {
     lines.insert(lines.end(), more.begin(), more.end());
     const char* syllables[] = {"ka", "zu", "mor", "tel", "qui", "rax", "on", "ve", "strin", "plo", "ex", "gh",
                                "ith", "yr", "sco", "bl", "ae", "dre", "nu", "fy"};
-    const char* foreign[] = {"\xD0\xBF\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82", "\xD0\xBC\xD0\xB8\xD1\x80",
-                             "\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E", "\xE4\xB8\xAD\xE6\x96\x87", "caf\xC3\xA9",
-                             "na\xC3\xAFve", "Stra\xC3\x9F" "e", "\xE1\x9E\x9F\xE1\x9E\xBD\xE1\x9E\x9F",
-                             "Vi\xE1\xBB\x87t", "\xF0\x9F\x8C\x8D", "\xCE\xB1\xCE\xB2\xCE\xB3", "\xD8\xB3\xD9\x84\xD8\xA7\xD9\x85"};
+    const char* foreign[] = {"\xD0\xBF\xD1\x80\xD0\xB8\xD0\xB2\xD0\xB5\xD1\x82",
+                             "\xD0\xBC\xD0\xB8\xD1\x80",
+                             "\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E",
+                             "\xE4\xB8\xAD\xE6\x96\x87",
+                             "caf\xC3\xA9",
+                             "na\xC3\xAFve",
+                             "Stra\xC3\x9F"
+                             "e",
+                             "\xE1\x9E\x9F\xE1\x9E\xBD\xE1\x9E\x9F",
+                             "Vi\xE1\xBB\x87t",
+                             "\xF0\x9F\x8C\x8D",
+                             "\xCE\xB1\xCE\xB2\xCE\xB3",
+                             "\xD8\xB3\xD9\x84\xD8\xA7\xD9\x85"};
     std::mt19937 rng(2026);
     std::string out;
     out.reserve(target_bytes + 4096);
@@ -154,7 +163,10 @@ int main(int argc, char** argv) {
         r.sum = checksum(ids);
         r.ours1 = median_mbps(r.bytes, repeats, [&] { pick().encode_ordinary(text); });
         r.oursN = median_mbps(r.bytes, repeats, [&] { pick().encode_ordinary_parallel(text, threads); });
-        if (tok_a.encode_ordinary_parallel(text, threads) != ids) { fprintf(stderr, "parallel != serial!\n"); return 1; }
+        if (tok_a.encode_ordinary_parallel(text, threads) != ids) {
+            fprintf(stderr, "parallel != serial!\n");
+            return 1;
+        }
         r.decode = median_mbps(r.bytes, repeats, [&] { tok_a.decode(ids); });
         rows.push_back(r);
         fprintf(stderr, "ours done: %s\n", name.c_str());
@@ -185,7 +197,11 @@ int main(int argc, char** argv) {
     if (FILE* f = fopen("/proc/cpuinfo", "r")) {
         char line[512];
         while (fgets(line, sizeof line, f))
-            if (!strncmp(line, "model name", 10)) { snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2); cpu[strcspn(cpu, "\n")] = 0; break; }
+            if (!strncmp(line, "model name", 10)) {
+                snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
+                cpu[strcspn(cpu, "\n")] = 0;
+                break;
+            }
         fclose(f);
     }
     printf("GPT-2 BPE encode throughput (MB/s, median of %d after warm-up); CPU: %s, %d threads available\n",

@@ -23,11 +23,13 @@ static double sgemm_gflops(int n, int repeats) {
     Rng rng(1);
     for (auto& x : a) x = rng.uniform(-1, 1);
     for (auto& x : b) x = rng.uniform(-1, 1);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
+                n);  // warm-up
     double best = 1e30;
     for (int r = 0; r < repeats; r++) {
         Timer t;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(),
+                    n);
         best = std::min(best, t.elapsed_ms());
     }
     return 2.0 * n * n * n / (best / 1000.0) / 1e9;

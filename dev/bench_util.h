@@ -61,7 +61,8 @@ inline double host_copy_bytes_per_ms() {
 inline double host_read_bytes_per_ms() {
     const long n = 256 << 20, chunk = 4096;
     void* mem = nullptr;
-    if (posix_memalign(&mem, size_t{2} << 20, n * sizeof(float)) != 0) throw std::runtime_error("host_read_bytes_per_ms: out of memory");
+    if (posix_memalign(&mem, size_t{2} << 20, n * sizeof(float)) != 0)
+        throw std::runtime_error("host_read_bytes_per_ms: out of memory");
     madvise(mem, n * sizeof(float), MADV_HUGEPAGE);
     float* x = static_cast<float*>(mem);
     for (long k = 0; k < n; k++) x[k] = 1.0f;

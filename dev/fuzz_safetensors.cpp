@@ -18,7 +18,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (again.tensors().size() != all.size()) __builtin_trap();
         for (const auto& t : all) {
             std::vector<float> v = again.get(t.name, t.shape);
-            if (v.size() != t.values.size() || (!v.empty() && std::memcmp(v.data(), t.values.data(), 4 * v.size()) != 0)) __builtin_trap();
+            if (v.size() != t.values.size() ||
+                (!v.empty() && std::memcmp(v.data(), t.values.data(), 4 * v.size()) != 0))
+                __builtin_trap();
         }
     } catch (const std::runtime_error&) {
     }

@@ -109,7 +109,9 @@ inline std::unique_ptr<httplib::Client> client(int port) {
     return c;
 }
 
-inline httplib::Result post(int port, const std::string& body) { return client(port)->Post("/v1/completions", body, "application/json"); }
+inline httplib::Result post(int port, const std::string& body) {
+    return client(port)->Post("/v1/completions", body, "application/json");
+}
 
 // /metrics as "name{labels}" → value.
 inline std::map<std::string, double> metrics(int port) {
@@ -126,7 +128,8 @@ inline std::map<std::string, double> metrics(int port) {
 }
 
 // Polls /metrics until `done` holds or timeout_s passes; returns the last reading.
-inline std::map<std::string, double> wait_metrics(int port, const std::function<bool(std::map<std::string, double>&)>& done,
+inline std::map<std::string, double> wait_metrics(int port,
+                                                  const std::function<bool(std::map<std::string, double>&)>& done,
                                                   double timeout_s = 30) {
     for (auto start = Clock::now();;) {
         auto m = metrics(port);

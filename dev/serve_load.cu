@@ -82,18 +82,23 @@ int main(int argc, char** argv) try {
     std::string flags = " --max-seqs " + std::to_string(max_seqs);
     char host[256] = "";
     gethostname(host, sizeof host);
-    std::printf("serve_load: %d requests x %d new tokens (greedy), prompts 8-160 tokens, --max-seqs %d, model %s; %s, %u threads\n", n,
-                max_tokens, max_seqs, model.c_str(), host, std::thread::hardware_concurrency());
+    std::printf(
+        "serve_load: %d requests x %d new tokens (greedy), prompts 8-160 tokens, --max-seqs %d, model %s; %s, %u "
+        "threads\n",
+        n, max_tokens, max_seqs, model.c_str(), host, std::thread::hardware_concurrency());
     // offline: all requests known up front; infer_gpt reports its own generation time (after loading)
     std::string off;
-    FILE* pipe = popen((program + " --model " + model + flags + " --requests " + dir + "/requests.jsonl --out /dev/null 2>&1").c_str(), "r");
+    FILE* pipe = popen(
+        (program + " --model " + model + flags + " --requests " + dir + "/requests.jsonl --out /dev/null 2>&1").c_str(),
+        "r");
     char buf[4096];
     for (size_t k; pipe && (k = std::fread(buf, 1, sizeof buf, pipe)) > 0;) off.append(buf, k);
     std::smatch m;
     if (!pipe || pclose(pipe) != 0 || !std::regex_search(off, m, std::regex("([0-9.]+) tok/s")))
         throw std::runtime_error("offline run failed:\n" + off);
     double offline = std::stod(m[1]);
-    std::printf("%-22s %8s %10s %12s %12s %12s %12s\n", "mode", "tokens", "tok/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms");
+    std::printf("%-22s %8s %10s %12s %12s %12s %12s\n", "mode", "tokens", "tok/s", "TTFT p50 ms", "TTFT p99 ms",
+                "ITL p50 ms", "ITL p99 ms");
     std::printf("%-22s %8s %10.1f %12s %12s %12s %12s\n", "offline --requests", "", offline, "", "", "", "");
     ServerProcess server(program + " --model " + model + flags + " --max-queue 256");
     std::stringstream cs(conc);
@@ -113,7 +118,8 @@ int main(int argc, char** argv) try {
                     body["stream"] = true;
                     Streamed s = stream(server.port, body);
                     std::lock_guard<std::mutex> lk(mu);
-                    if (!s.done) failed = "a stream ended early (status " + std::to_string(s.status) + " " + s.error + ")";
+                    if (!s.done)
+                        failed = "a stream ended early (status " + std::to_string(s.status) + " " + s.error + ")";
                     int k = static_cast<int>(s.events.size()) - 1;  // token events; the last one is the finish
                     tokens += k;
                     if (k > 0) ttft.push_back(s.at[0] * 1000);
@@ -126,8 +132,9 @@ int main(int argc, char** argv) try {
             throw std::runtime_error(failed + "; the server exited with " + std::to_string(code) + ":\n" + server.log);
         }
         double wall = seconds(Clock::now() - start);
-        std::printf("%-22s %8ld %10.1f %12.1f %12.1f %12.2f %12.2f\n", ("online, concurrency " + item).c_str(), tokens, tokens / wall,
-                    percentile(ttft, 0.5), percentile(ttft, 0.99), percentile(itl, 0.5), percentile(itl, 0.99));
+        std::printf("%-22s %8ld %10.1f %12.1f %12.1f %12.2f %12.2f\n", ("online, concurrency " + item).c_str(), tokens,
+                    tokens / wall, percentile(ttft, 0.5), percentile(ttft, 0.99), percentile(itl, 0.5),
+                    percentile(itl, 0.99));
         std::fflush(stdout);
     }
     int code = server.stop();

@@ -52,7 +52,10 @@ inline Fixture load_fixture(const std::string& path) {
         x.greedy = x.header.at("greedy").get<std::vector<int>>();
     }
     size_t P = x.header.at("num_parameters"), N = static_cast<size_t>(x.B) * x.T, V = x.config.vocab_size;
-    auto floats = [&](std::vector<float>& v, size_t count, const char* what) { v.resize(count); f.read(v.data(), count * 4, what); };
+    auto floats = [&](std::vector<float>& v, size_t count, const char* what) {
+        v.resize(count);
+        f.read(v.data(), count * 4, what);
+    };
     floats(x.params, P, "params");
     x.inputs.resize(N);
     x.targets.resize(N);

@@ -70,14 +70,16 @@ TEST_CASE("rope forward/backward/at-positions: kernel matches CPU reference") {
         // v is untouched by design: exactly equal
         std::vector<float> f = to_float(fwd);
         for (int bt = 0; bt < s.B * s.T; bt++)
-            for (int i = (s.NH + s.NKV) * s.hs; i < s.W(); i++) REQUIRE(f[static_cast<size_t>(bt) * s.W() + i] == x[static_cast<size_t>(bt) * s.W() + i]);
+            for (int i = (s.NH + s.NKV) * s.hs; i < s.W(); i++)
+                REQUIRE(f[static_cast<size_t>(bt) * s.W() + i] == x[static_cast<size_t>(bt) * s.W() + i]);
     }
 }
 
 TEST_CASE("rope CPU backward matches finite differences of the CPU forward") {
     Rng rng(402);
     Shape s{2, 5, 2, 1, 8};
-    std::vector<double> x = to_double(random_vector(s.qkv_count(), rng)), w = to_double(random_vector(s.qkv_count(), rng));
+    std::vector<double> x = to_double(random_vector(s.qkv_count(), rng)),
+                        w = to_double(random_vector(s.qkv_count(), rng));
     auto loss = [&](const std::vector<double>& in) {
         std::vector<double> y = in;
         rope_forward_cpu(y.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
@@ -248,7 +250,8 @@ TEST_CASE("attention launchers reject bad shapes with a message") {
                          doctest::Contains("head size 264 is outside 1..256"), std::runtime_error);
     CHECK_THROWS_WITH_AS(attention_forward(out, lse, qkv, 1, 1, 3, 2, 64, nullptr),
                          doctest::Contains("NKV must divide NH"), std::runtime_error);
-    CHECK_THROWS_WITH_AS(rope_forward(qkv, 1, 1, 1, 1, 5, rope_theta, nullptr), doctest::Contains("odd"), std::runtime_error);
+    CHECK_THROWS_WITH_AS(rope_forward(qkv, 1, 1, 1, 1, 5, rope_theta, nullptr), doctest::Contains("odd"),
+                         std::runtime_error);
 }
 
 // ----------------------------------------------------------------------------
@@ -270,7 +273,8 @@ TEST_CASE("fused attention allocates nothing O(T^2)") {
     attention_backward(d_dqkv, d_dout, d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
     size_t used = attention_workspace_bytes();
     size_t linear_bound = 2 * s.out_count() * sizeof(float) + 2 * s.lse_count() * sizeof(float) + 1024;  // + alignment
-    INFO("fused workspace " << used << " bytes; O(T) bound " << linear_bound << "; one score matrix " << score_matrix_bytes);
+    INFO("fused workspace " << used << " bytes; O(T) bound " << linear_bound << "; one score matrix "
+                            << score_matrix_bytes);
     CHECK(used <= linear_bound);
     CHECK(used <= budget_bytes);
     // and the result is right: the last query row (which sees all 2048 keys) against the CPU reference
@@ -297,7 +301,11 @@ struct DecodeCase {
 };
 
 DecodeCase make_decode_case(Shape s, Rng& rng) {
-    DecodeCase c{s, random_vector(s.qkv_count(), rng, 1.5f), {}, std::vector<double>(s.out_count()), std::vector<double>(s.lse_count())};
+    DecodeCase c{s,
+                 random_vector(s.qkv_count(), rng, 1.5f),
+                 {},
+                 std::vector<double>(s.out_count()),
+                 std::vector<double>(s.lse_count())};
     c.roped = to_double(c.raw);
     rope_forward_cpu(c.roped.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
     attention_forward_cpu(c.out.data(), c.lse.data(), c.roped.data(), s.B, s.T, s.NH, s.NKV, s.hs);
@@ -309,7 +317,8 @@ std::vector<float> token_rows(const DecodeCase& c, const std::vector<int>& t_of_
     int W = c.s.W();
     std::vector<float> rows(static_cast<size_t>(c.s.B) * W);
     for (int b = 0; b < c.s.B; b++)
-        std::copy_n(c.raw.begin() + (static_cast<size_t>(b) * c.s.T + t_of_b[b]) * W, W, rows.begin() + static_cast<size_t>(b) * W);
+        std::copy_n(c.raw.begin() + (static_cast<size_t>(b) * c.s.T + t_of_b[b]) * W, W,
+                    rows.begin() + static_cast<size_t>(b) * W);
     return rows;
 }
 // Row t of full attention for every sequence: (B, NH·hs).
@@ -317,7 +326,8 @@ std::vector<float> reference_rows(const DecodeCase& c, const std::vector<int>& t
     size_t C = static_cast<size_t>(c.s.NH) * c.s.hs;
     std::vector<float> rows(c.s.B * C);
     for (int b = 0; b < c.s.B; b++)
-        for (size_t i = 0; i < C; i++) rows[b * C + i] = static_cast<float>(c.out[(static_cast<size_t>(b) * c.s.T + t_of_b[b]) * C + i]);
+        for (size_t i = 0; i < C; i++)
+            rows[b * C + i] = static_cast<float>(c.out[(static_cast<size_t>(b) * c.s.T + t_of_b[b]) * C + i]);
     return rows;
 }
 
@@ -355,7 +365,8 @@ TEST_CASE("decode: prefill + appends to a paged cache, then paged_attention equa
                 // prefill: the first tokens of every sequence, roped at positions 0..prefill-1
                 std::vector<float> first(static_cast<size_t>(s.B) * prefill * s.W());
                 for (int b = 0; b < s.B; b++)
-                    std::copy_n(c.raw.begin() + static_cast<size_t>(b) * s.T * s.W(), prefill * s.W(), first.begin() + static_cast<size_t>(b) * prefill * s.W());
+                    std::copy_n(c.raw.begin() + static_cast<size_t>(b) * s.T * s.W(), prefill * s.W(),
+                                first.begin() + static_cast<size_t>(b) * prefill * s.W());
                 std::vector<int> prefill_pos(static_cast<size_t>(s.B) * prefill), prefill_slot(prefill_pos.size());
                 for (size_t i = 0; i < prefill_pos.size(); i++) {
                     prefill_pos[i] = static_cast<int>(i % prefill);
@@ -415,7 +426,8 @@ TEST_CASE("decode: sequences of different lengths in one batch, paged cache fill
     // decode reference on the CPU too: paged_attention_cpu equals the last row of full attention
     std::vector<double> q_rows(static_cast<size_t>(s.B) * s.W()), dec_ref(static_cast<size_t>(s.B) * s.NH * s.hs);
     for (int b = 0; b < s.B; b++)
-        std::copy_n(c.roped.begin() + (static_cast<size_t>(b) * s.T + last[b]) * s.W(), s.W(), q_rows.begin() + static_cast<size_t>(b) * s.W());
+        std::copy_n(c.roped.begin() + (static_cast<size_t>(b) * s.T + last[b]) * s.W(), s.W(),
+                    q_rows.begin() + static_cast<size_t>(b) * s.W());
     paged_attention_cpu(dec_ref.data(), q_rows.data(), k_ref.data(), v_ref.data(), kv.tables.data(), seq.data(),
                         last.data(), maxT, s.B, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks);
     check_close("paged_attention_cpu vs full attention", to_float(dec_ref), reference_rows(c, last), 1e-6);
@@ -449,7 +461,8 @@ TEST_CASE("decode: sequences of different lengths in one batch, paged cache fill
         poison_attention_workspace();
         paged_attention(d_out, d_q, k_pool, v_pool, d_tables, d_seq_slots, d_last, maxT, s.B, s.NH, s.NKV, s.hs,
                         kv.block_size, kv.max_blocks, nullptr);
-        check_close("paged_attention, mixed lengths", d_out.download(), reference_rows(c, last), tolerance_fp32_attention);
+        check_close("paged_attention, mixed lengths", d_out.download(), reference_rows(c, last),
+                    tolerance_fp32_attention);
     });
 }
 
@@ -472,8 +485,8 @@ TEST_CASE("attention CPU fast path matches the CPU reference (T 1..129, MHA/GQA/
                 check_close("fast forward out", out, out_ref, tolerance_fp32);
                 check_close("fast forward lse", lse, lse_ref, tolerance_fp32);
                 std::vector<float> dqkv_ref = dqkv_init, dqkv = dqkv_init;
-                attention_backward_cpu(dqkv_ref.data(), dout.data(), out_ref.data(), lse_ref.data(), qkv.data(), s.B, s.T,
-                                       s.NH, s.NKV, s.hs);
+                attention_backward_cpu(dqkv_ref.data(), dout.data(), out_ref.data(), lse_ref.data(), qkv.data(), s.B,
+                                       s.T, s.NH, s.NKV, s.hs);
                 attention_backward_cpu_fast(dqkv.data(), dout.data(), out_ref.data(), lse_ref.data(), qkv.data(), s.B,
                                             s.T, s.NH, s.NKV, s.hs);
                 check_close("fast backward dqkv", dqkv, dqkv_ref, tolerance_fp32);

@@ -81,7 +81,8 @@ TEST_CASE("speculative acceptance: the output follows the target distribution ex
             if (p[i] == 0) CHECK(count[i] == 0);
             else chi2 += (count[i] - n * p[i]) * (count[i] - n * p[i]) / (n * p[i]);
         }
-        INFO("trial " << trial << ": chi2 " << chi2 << ", acceptance " << double(accepted) / n << " (theory " << overlap << ")");
+        INFO("trial " << trial << ": chi2 " << chi2 << ", acceptance " << double(accepted) / n << " (theory " << overlap
+                      << ")");
         CHECK(chi2 < 25.0);  // p < 1e-4 for 5 degrees of freedom
         CHECK(std::abs(double(accepted) / n - overlap) < 0.01);  // acceptance rate = Σ min(p, q)
     }
@@ -99,12 +100,15 @@ static std::vector<uint8_t> st_file(const std::string& header, size_t data_bytes
 
 TEST_CASE("safetensors: write, read back; F16 and BF16 convert exactly") {
     Rng rng(3);
-    std::vector<safetensors::Tensor> ts = {{"a", {2, 3}, random_vector(6, rng)}, {"b.c", {5}, random_vector(5, rng)}, {"empty", {0, 4}, {}}};
+    std::vector<safetensors::Tensor> ts = {
+        {"a", {2, 3}, random_vector(6, rng)}, {"b.c", {5}, random_vector(5, rng)}, {"empty", {0, 4}, {}}};
     auto r = safetensors::Reader::parse(safetensors::serialize(ts, {{"format", "pt"}}), "mem");
     CHECK(r.metadata().at("format") == "pt");
     for (const auto& t : ts) CHECK(r.get(t.name, t.shape) == t.values);
-    // F16: 1.0 = 0x3c00, -2.5 = 0xc100, 65504 = 0x7bff, smallest subnormal 2^-24 = 0x0001; BF16: 1.0 = 0x3f80, -3.0 = 0xc040
-    std::string h = R"({"h":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]}})";
+    // F16: 1.0 = 0x3c00, -2.5 = 0xc100, 65504 = 0x7bff, smallest subnormal 2^-24 = 0x0001; BF16: 1.0 = 0x3f80, -3.0 =
+    // 0xc040
+    std::string h =
+        R"({"h":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]}})";
     auto bytes = st_file(h, 12);
     uint16_t vals[6] = {0x3c00, 0xc100, 0x7bff, 0x0001, 0x3f80, 0xc040};
     std::memcpy(bytes.data() + 8 + h.size(), vals, 12);
@@ -128,10 +132,19 @@ TEST_CASE("safetensors: malformed files are refused with a message naming the pr
     refuse(st_file(R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,32]}})", 16), "out of range");
     refuse(st_file(R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[8,4]}})", 16), "out of range");
     refuse(st_file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", 16), "needs 12");
-    refuse(st_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12), "overlap");
-    refuse(st_file(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}})", 16), "belong to no tensor");
+    refuse(
+        st_file(
+            R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+            12),
+        "overlap");
+    refuse(
+        st_file(
+            R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}})",
+            16),
+        "belong to no tensor");
     refuse(st_file(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "non-negative");
-    refuse(st_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", 8), "overflows");
+    refuse(st_file(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", 8),
+           "overflows");
     refuse(st_file(R"({"w":{"dtype":"F32","shape":[2]}})", 8), "data_offsets");
     refuse(st_file(R"({"__metadata__":{"format":1}})", 0), "not a string");
     auto r = safetensors::Reader::parse(st_file(ok, 16), "good.safetensors");
@@ -151,7 +164,8 @@ static Generation load_generation() {
     std::ifstream f(hf_dir + "/generation.json");
     REQUIRE(f.good());
     nlohmann::json j = nlohmann::json::parse(f);
-    return {j.at("prompt").get<std::vector<int>>(), j.at("greedy").get<std::vector<int>>(), j.at("logits").get<std::vector<std::vector<float>>>()};
+    return {j.at("prompt").get<std::vector<int>>(), j.at("greedy").get<std::vector<int>>(),
+            j.at("logits").get<std::vector<std::vector<float>>>()};
 }
 
 TEST_CASE("HF GPT-2: the fixture loads; export and reload give the same parameters") {
@@ -161,7 +175,8 @@ TEST_CASE("HF GPT-2: the fixture loads; export and reload give the same paramete
     CHECK(m.config.padded_vocab_size == 128);
     CHECK(m.config.n_layer == 2);
     // padding rows of wte are zero
-    for (size_t i = static_cast<size_t>(97) * m.config.n_embd; i < static_cast<size_t>(128) * m.config.n_embd; i++) REQUIRE(m.params[i] == 0.0f);
+    for (size_t i = static_cast<size_t>(97) * m.config.n_embd; i < static_cast<size_t>(128) * m.config.n_embd; i++)
+        REQUIRE(m.params[i] == 0.0f);
     std::string out = (fs::temp_directory_path() / "gptcu_test_export_hf").string();
     fs::remove_all(out);
     export_hf(out, m.config, m.params, m.eot_id);
@@ -190,16 +205,19 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
         std::vector<float> qkv = random_vector(static_cast<size_t>(N) * QKVW, rng);
         size_t pool = static_cast<size_t>(num_blocks) * NKV * block_size * hs;
         std::vector<float> k_ref(pool, 0.0f), v_ref(pool, 0.0f), out_ref(static_cast<size_t>(N) * NH * hs);
-        paged_kv_append_cpu(k_ref.data(), v_ref.data(), qkv.data(), tables.data(), slots.data(), positions.data(), N, NH, NKV, hs, block_size, max_blocks);
+        paged_kv_append_cpu(k_ref.data(), v_ref.data(), qkv.data(), tables.data(), slots.data(), positions.data(), N,
+                            NH, NKV, hs, block_size, max_blocks);
         paged_attention_cpu(out_ref.data(), qkv.data(), k_ref.data(), v_ref.data(), tables.data(), slots.data(),
                             positions.data(), 10, N, NH, NKV, hs, block_size, max_blocks);
         // the reference equals attention.cuh's causal attention of each sequence on its own
         for (int s = 0, row0 = 0; s < 2; row0 += lens[s], s++) {
             int T = lens[s];
-            std::vector<float> q(qkv.begin() + static_cast<size_t>(row0) * QKVW, qkv.begin() + static_cast<size_t>(row0 + T) * QKVW);
+            std::vector<float> q(qkv.begin() + static_cast<size_t>(row0) * QKVW,
+                                 qkv.begin() + static_cast<size_t>(row0 + T) * QKVW);
             std::vector<float> o(static_cast<size_t>(T) * NH * hs), lse(static_cast<size_t>(NH) * T);
             attention_forward_cpu(o.data(), lse.data(), q.data(), 1, T, NH, NKV, hs);
-            std::vector<float> mine(out_ref.begin() + static_cast<size_t>(row0) * NH * hs, out_ref.begin() + static_cast<size_t>(row0 + T) * NH * hs);
+            std::vector<float> mine(out_ref.begin() + static_cast<size_t>(row0) * NH * hs,
+                                    out_ref.begin() + static_cast<size_t>(row0 + T) * NH * hs);
             check_close("paged attention cpu vs attention_forward_cpu", mine, o, tolerance_fp32_attention);
         }
         for_each_thread_order([&] {
@@ -209,13 +227,15 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
             poison(d_v);
             poison(d_out);
             paged_kv_append(d_k, d_v, d_qkv, d_tables, d_slots, d_pos, N, NH, NKV, hs, block_size, max_blocks, 0);
-            paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 10, N, NH, NKV, hs, block_size, max_blocks, 0);
+            paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 10, N, NH, NKV, hs, block_size,
+                            max_blocks, 0);
             check_close("paged attention kernel", d_out.download(), out_ref, tolerance_fp32_attention);
             // every appended K and V row sits where the reference put it (the rest of the pool keeps its poison)
             std::vector<float> k = d_k.download(), v = d_v.download();
             for (int i = 0; i < N; i++)
                 for (int g = 0; g < NKV; g++) {
-                    size_t at = paged_kv_row(tables.data() + static_cast<size_t>(slots[i]) * max_blocks, positions[i], g, NKV, block_size, hs);
+                    size_t at = paged_kv_row(tables.data() + static_cast<size_t>(slots[i]) * max_blocks, positions[i],
+                                             g, NKV, block_size, hs);
                     REQUIRE(std::equal(k.begin() + at, k.begin() + at + hs, k_ref.begin() + at));
                     REQUIRE(std::equal(v.begin() + at, v.begin() + at + hs, v_ref.begin() + at));
                 }
@@ -242,7 +262,8 @@ TEST_CASE("paged attention, one row per sequence over several split-K chunks: ke
         DeviceBuffer<float> d_qkv(qkv), d_k(k_pool), d_v(v_pool), d_out(ref.size());
         DeviceBuffer<int> d_tables(tables), d_slots(slots), d_pos(positions);
         poison(d_out);
-        paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 300, B, NH, NKV, hs, block_size, max_blocks, 0);
+        paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 300, B, NH, NKV, hs, block_size, max_blocks,
+                        0);
         check_close("paged_attention split-K vs cpu", d_out.download(), ref, tolerance_fp32_attention);
     });
 }
@@ -272,7 +293,8 @@ static void randomize(GPT<Ops>& model, uint64_t seed) {
         for (size_t k = 0; k < model.sizes[i]; k++) {
             float& w = p[off + k];
             if (i == WTE && k >= static_cast<size_t>(model.config.vocab_size) * model.config.n_embd) continue;
-            w = (i == LN1W || i == LN2W || i == LNFW) ? 1.0f + 0.2f * rng.normal() : (w == 0.0f ? 0.05f * rng.normal() : w * 10.0f);
+            w = (i == LN1W || i == LN2W || i == LNFW) ? 1.0f + 0.2f * rng.normal()
+                                                      : (w == 0.0f ? 0.05f * rng.normal() : w * 10.0f);
         }
         off += model.sizes[i];
     }
@@ -368,8 +390,12 @@ static void check_hf_fixture() {
         check_close("logits vs transformers", seen[i], g.logits[i], tolerance_model);
     }
 }
-TEST_CASE("HF GPT-2 fixture: greedy tokens exact, logits within 1e-4 of transformers (CPU reference ops)") { check_hf_fixture<HostOps>(); }
-TEST_CASE("HF GPT-2 fixture: greedy tokens exact, logits within 1e-4 of transformers (kernels)") { check_hf_fixture<DeviceOps>(); }
+TEST_CASE("HF GPT-2 fixture: greedy tokens exact, logits within 1e-4 of transformers (CPU reference ops)") {
+    check_hf_fixture<HostOps>();
+}
+TEST_CASE("HF GPT-2 fixture: greedy tokens exact, logits within 1e-4 of transformers (kernels)") {
+    check_hf_fixture<DeviceOps>();
+}
 
 // ----------------------------------------------------------------------------
 // Continuous batching
@@ -408,7 +434,8 @@ TEST_CASE("scheduler: no block leaks, every request finishes, results independen
     // scheduling must give the same tokens. Small pools force preemption and recomputation.
     const int V = 40, Vp = 48, maxT = 40, eot = 3;
     Rng rng(99);
-    for (auto [max_seqs, max_rows, block_size, num_blocks] : std::vector<std::array<int, 4>>{{1, 64, 4, 10}, {4, 16, 4, 10}, {8, 7, 3, 20}, {16, 64, 5, 8}}) {
+    for (auto [max_seqs, max_rows, block_size, num_blocks] :
+         std::vector<std::array<int, 4>>{{1, 64, 4, 10}, {4, 16, 4, 10}, {8, 7, 3, 20}, {16, 64, 5, 8}}) {
         CAPTURE(max_seqs); CAPTURE(max_rows); CAPTURE(block_size); CAPTURE(num_blocks);
         std::vector<Request> reqs = random_requests(60, V, maxT, rng, rng.uniform() < 0.5f);
         Scheduler sched(max_seqs, max_rows, block_size, num_blocks, maxT, V, eot);
@@ -510,10 +537,15 @@ static void check_batched_equals_solo() {
         CHECK(solo.at(0).tokens == b.at(r.id).tokens);
     }
     CHECK(stats.preemptions > 0);
-    MESSAGE("batched: " << stats.steps << " steps, " << stats.preemptions << " preemptions, max " << stats.max_running << " running");
+    MESSAGE("batched: " << stats.steps << " steps, " << stats.preemptions << " preemptions, max " << stats.max_running
+                        << " running");
 }
-TEST_CASE("continuous batching + paged KV: greedy outputs equal one-at-a-time (CPU reference ops)") { check_batched_equals_solo<HostOps>(); }
-TEST_CASE("continuous batching + paged KV: greedy outputs equal one-at-a-time (kernels)") { check_batched_equals_solo<DeviceOps>(); }
+TEST_CASE("continuous batching + paged KV: greedy outputs equal one-at-a-time (CPU reference ops)") {
+    check_batched_equals_solo<HostOps>();
+}
+TEST_CASE("continuous batching + paged KV: greedy outputs equal one-at-a-time (kernels)") {
+    check_batched_equals_solo<DeviceOps>();
+}
 
 // ----------------------------------------------------------------------------
 // Speculative decoding
@@ -538,8 +570,9 @@ static void check_speculative_greedy(const std::vector<int>& ks) {
             std::vector<int> out = generate_speculative(te, de, prompt, 20, k, {0.0f, 0, 1.0f}, 1, -1, &st);
             CAPTURE(k);
             CHECK(out == ref.at(0).tokens);
-            MESSAGE(std::string(draft == &noisy ? "noisy copy" : "tiny random") << " draft, k=" << k << ": acceptance " << st.acceptance_rate()
-                    << ", target forwards " << st.target_forwards << " for 20 tokens");
+            MESSAGE(std::string(draft == &noisy ? "noisy copy" : "tiny random")
+                    << " draft, k=" << k << ": acceptance " << st.acceptance_rate() << ", target forwards "
+                    << st.target_forwards << " for 20 tokens");
         }
     // the draft is the target itself (its own engine): every proposal is accepted
     InferenceEngine<Ops> same(target, {1, 32, 4, 0});
@@ -549,8 +582,12 @@ static void check_speculative_greedy(const std::vector<int>& ks) {
     CHECK(st.target_forwards == 4);  // 20 tokens = 4 rounds of 4 accepted + 1 free
 }
 
-TEST_CASE("speculative decoding: greedy output equals the target's greedy output (CPU reference ops)") { check_speculative_greedy<HostOps>({1, 3, 5}); }
-TEST_CASE("speculative decoding: greedy output equals the target's greedy output (kernels)") { check_speculative_greedy<DeviceOps>({3}); }  // fewer k: emulated kernels are slow under ASan
+TEST_CASE("speculative decoding: greedy output equals the target's greedy output (CPU reference ops)") {
+    check_speculative_greedy<HostOps>({1, 3, 5});
+}
+TEST_CASE("speculative decoding: greedy output equals the target's greedy output (kernels)") {
+    check_speculative_greedy<DeviceOps>({3});
+}  // fewer k: emulated kernels are slow under ASan
 
 // ----------------------------------------------------------------------------
 // The program, run as a user would (CPU build): a request file with bad lines
@@ -568,18 +605,25 @@ TEST_CASE("infer_gpt: a request file with bad lines serves the good ones and nam
     randomize(model, 3);
     std::string dir = (fs::temp_directory_path() / ("gptcu_test_infer_" + std::to_string(getpid()))).string();
     fs::create_directories(dir);
-    write_checkpoint(dir + "/model.bin", c, tokenizer_info(tok_dir, tok), nlohmann::json::object(), model.get_parameters(), {}, {});
+    write_checkpoint(dir + "/model.bin", c, tokenizer_info(tok_dir, tok), nlohmann::json::object(),
+                     model.get_parameters(), {}, {});
     {
         std::ofstream f(dir + "/requests.jsonl");
-        f << R"({"id": "a", "prompt": "To be", "max_tokens": 5, "temperature": 0})" << "\n"
-          << R"({"id": "b", "prompt": "or not", "max_tokens": 3)" << "\n"                       // truncated JSON
-          << R"({"id": "c", "max_tokens": 3})" << "\n"                                          // no prompt
-          << "\n"                                                                              // blank: skipped
-          << R"({"id": "d", "prompt": "that is the question, whether tis nobler in the mind", "max_tokens": 2})" << "\n"  // > context
-          << R"({"id": "e", "prompt": "x", "max_tokens": 4, "temperature": 0.8, "top_k": 5, "top_p": 0.9, "seed": 3})" << "\n";
+        f << R"({"id": "a", "prompt": "To be", "max_tokens": 5, "temperature": 0})"
+          << "\n"
+          << R"({"id": "b", "prompt": "or not", "max_tokens": 3)"
+          << "\n"  // truncated JSON
+          << R"({"id": "c", "max_tokens": 3})"
+          << "\n"  // no prompt
+          << "\n"  // blank: skipped
+          << R"({"id": "d", "prompt": "that is the question, whether tis nobler in the mind", "max_tokens": 2})"
+          << "\n"  // > context
+          << R"({"id": "e", "prompt": "x", "max_tokens": 4, "temperature": 0.8, "top_k": 5, "top_p": 0.9, "seed": 3})"
+          << "\n";
     }
     int code = 0;
-    std::string out = run_infer("--model " + dir + "/model.bin --requests " + dir + "/requests.jsonl --out " + dir + "/out.jsonl", code);
+    std::string out = run_infer(
+        "--model " + dir + "/model.bin --requests " + dir + "/requests.jsonl --out " + dir + "/out.jsonl", code);
     INFO(out);
     REQUIRE(code == 0);
     std::ifstream in(dir + "/out.jsonl");
@@ -597,13 +641,15 @@ TEST_CASE("infer_gpt: a request file with bad lines serves the good ones and nam
     CHECK(r["d"].at("error").get<std::string>().find("context is 16") != std::string::npos);
     CHECK(r["e"].at("tokens").size() == 4);
     // greedy is reproducible through the program: the same request alone gives the same tokens
-    std::string one = run_infer("--model " + dir + "/model.bin --prompt \"To be\" --max-tokens 5 --temperature 0", code);
+    std::string one =
+        run_infer("--model " + dir + "/model.bin --prompt \"To be\" --max-tokens 5 --temperature 0", code);
     CHECK(code == 0);
     CHECK(one.find("To be" + r["a"].at("text").get<std::string>()) != std::string::npos);
     // errors a user can meet
     CHECK(run_infer("--model " + dir + "/nope.bin", code).find("cannot open") != std::string::npos);
     CHECK(code == 1);
     CHECK(run_infer("--model " + dir + "/model.bin --top-p 2", code).find("top_p") != std::string::npos);
-    CHECK(run_infer("--model " + dir + "/model.bin --max-tokens x", code).find("--max-tokens needs an integer") != std::string::npos);
+    CHECK(run_infer("--model " + dir + "/model.bin --max-tokens x", code).find("--max-tokens needs an integer") !=
+          std::string::npos);
     fs::remove_all(dir);
 }

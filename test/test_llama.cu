@@ -15,7 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
-TEST_CASE("Llama matches Hugging Face (logits, greedy tokens, loss, every gradient, 10 AdamW steps): CPU reference path") {
+TEST_CASE(
+    "Llama matches Hugging Face (logits, greedy tokens, loss, every gradient, 10 AdamW steps): CPU reference path") {
     Fixture x = load_fixture("test/fixtures/llama_tiny.bin");
     REQUIRE(x.config.is_llama());
     check_against_huggingface<HostOps>(x);
@@ -46,20 +47,25 @@ TEST_CASE("Llama parameter layout: no biases, no wpe, fused [gate | up], GQA-siz
 
 TEST_CASE("Llama's default ffn_hidden is 8/3·C rounded up to a multiple of 32") {
     auto hidden = [](int C) {
-        return nlohmann::json{{"arch", "llama"}, {"n_layer", 1}, {"n_head", 1}, {"n_embd", C}, {"max_seq_len", 8}}.get<GPTConfig>().ffn_hidden;
+        return nlohmann::json{{"arch", "llama"}, {"n_layer", 1}, {"n_head", 1}, {"n_embd", C}, {"max_seq_len", 8}}
+            .get<GPTConfig>()
+            .ffn_hidden;
     };
     CHECK(hidden(64) == 192);     // 170.7 → 192
     CHECK(hidden(96) == 256);     // 256 exactly
     CHECK(hidden(128) == 352);    // 341.3 → 352
     CHECK(hidden(4096) == 10944); // 10922.7 → 10944 (Llama-2-7B rounds to a multiple of 256 instead: 11008)
     // GPT-2 keeps 4·C
-    CHECK(nlohmann::json{{"n_layer", 1}, {"n_head", 1}, {"n_embd", 64}, {"max_seq_len", 8}}.get<GPTConfig>().ffn_hidden == 256);
+    CHECK(
+        nlohmann::json{{"n_layer", 1}, {"n_head", 1}, {"n_embd", 64}, {"max_seq_len", 8}}.get<GPTConfig>().ffn_hidden ==
+        256);
 }
 
 TEST_CASE("KV cache per token: 2·L·NKV·hs values; GQA divides it by NH/NKV") {
     // Llama-2-7B (32 layers, 32 heads of 128, MHA) and the same with 8 kv heads (as Llama-2-70B / Llama-3 do)
-    GPTConfig mha = nlohmann::json{{"arch", "llama"}, {"n_layer", 32}, {"n_head", 32}, {"n_embd", 4096}, {"max_seq_len", 4096},
-                                   {"ffn_hidden", 11008}, {"vocab_size", 32000}}.get<GPTConfig>();
+    GPTConfig mha = nlohmann::json{{"arch", "llama"},     {"n_layer", 32},       {"n_head", 32},       {"n_embd", 4096},
+                                   {"max_seq_len", 4096}, {"ffn_hidden", 11008}, {"vocab_size", 32000}}
+                        .get<GPTConfig>();
     GPTConfig gqa = mha;
     gqa.n_kv_head = 8;
     CHECK(mha.kv_cache_bytes_per_token() == 2u * 32 * 32 * 128 * sizeof(floatX));  // 1 MiB in fp32, 0.5 MiB in bf16
@@ -87,10 +93,11 @@ TEST_CASE("train_gpt --arch llama: model flags override the model JSON, it train
     bpe::write_shard(dir + "/train_000.bin", train, 50257);
     bpe::write_shard(dir + "/val_000.bin", val, 50257);
     // a GPT-2 model JSON turned into a GQA Llama by flags, given before and after --model
-    const std::string args = "--arch llama --n-kv-head 2 --model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":32,"
-                             "\"max_seq_len\":16}' --n-head 4 --device cpu --batch-size 2 --seq-len 8 --max-steps 3 --val-every 0 "
-                             "--sample-every 0 --sample-tokens 2 --warmup-steps 1 --train-data " + dir + "/train_*.bin --val-data " +
-                             dir + "/val_*.bin --out-dir " + dir + "/out";
+    const std::string args =
+        "--arch llama --n-kv-head 2 --model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":32,"
+        "\"max_seq_len\":16}' --n-head 4 --device cpu --batch-size 2 --seq-len 8 --max-steps 3 --val-every 0 "
+        "--sample-every 0 --sample-tokens 2 --warmup-steps 1 --train-data " +
+        dir + "/train_*.bin --val-data " + dir + "/val_*.bin --out-dir " + dir + "/out";
     auto [code, out] = run_train_gpt(args + " --print-config");
     REQUIRE(code == 0);
     nlohmann::json resolved = nlohmann::json::parse(out);
@@ -134,7 +141,8 @@ TEST_CASE("HF Llama: config.json maps to our config; export and reload give the 
     CHECK(c.norm_eps == 1e-6f);
     CHECK(c.tied_embeddings);
     CHECK(m.eot_id == 99);
-    for (size_t i = static_cast<size_t>(100) * c.n_embd; i < static_cast<size_t>(128) * c.n_embd; i++) REQUIRE(m.params[i] == 0.0f);
+    for (size_t i = static_cast<size_t>(100) * c.n_embd; i < static_cast<size_t>(128) * c.n_embd; i++)
+        REQUIRE(m.params[i] == 0.0f);
     namespace fs = std::filesystem;
     std::string out = (fs::temp_directory_path() / ("gptcu_test_export_hf_llama_" + std::to_string(getpid()))).string();
     fs::remove_all(out);
@@ -148,8 +156,9 @@ TEST_CASE("HF Llama: config.json maps to our config; export and reload give the 
 }
 
 TEST_CASE("HF Llama: configs our ops would compute differently are refused with a message") {
-    nlohmann::json j = {{"model_type", "llama"}, {"vocab_size", 100}, {"max_position_embeddings", 64}, {"hidden_size", 128},
-                        {"intermediate_size", 96}, {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 1}};
+    nlohmann::json j = {{"model_type", "llama"},    {"vocab_size", 100},       {"max_position_embeddings", 64},
+                        {"hidden_size", 128},       {"intermediate_size", 96}, {"num_hidden_layers", 2},
+                        {"num_attention_heads", 4}, {"num_key_value_heads", 1}};
     CHECK(hf_llama_config(j, "c").n_kv_head == 1);
     CHECK(hf_llama_config(j, "c").rope_theta == 10000.0f);  // neither spelling: LlamaConfig's default
     auto refused = [&](nlohmann::json bad, const char* what) {

@@ -47,7 +47,8 @@ static std::string model_path() {
     std::vector<float> p = model.get_parameters();
     for (float& w : p) w *= 4.0f;
     model.set_parameters(p);
-    write_checkpoint(dir + "/model.bin", c, tokenizer_info(tok_dir, tok), json::object(), model.get_parameters(), {}, {});
+    write_checkpoint(dir + "/model.bin", c, tokenizer_info(tok_dir, tok), json::object(), model.get_parameters(), {},
+                     {});
     path = dir + "/model.bin";
     std::atexit([] { fs::remove_all(fs::path(path).parent_path()); });
     return path;
@@ -60,8 +61,9 @@ struct TestServer : serve_client::ServerProcess {
 
 // ----------------------------------------------------------------------------
 TEST_CASE("serve: 64 concurrent requests (streamed and not, greedy and seeded) equal their offline results") {
-    std::string words[] = {"To be", "or not to be", "that is the question", "whether tis nobler", "in the mind", "to suffer",
-                           "the slings and arrows", "of outrageous fortune", "Friends, Romans", "countrymen"};
+    std::string words[] = {"To be",           "or not to be", "that is the question",  "whether tis nobler",
+                           "in the mind",     "to suffer",    "the slings and arrows", "of outrageous fortune",
+                           "Friends, Romans", "countrymen"};
     Rng rng(19);
     const int n = 64;
     std::vector<json> reqs;
@@ -85,7 +87,8 @@ TEST_CASE("serve: 64 concurrent requests (streamed and not, greedy and seeded) e
             f << r.dump() << "\n";
         }
     }
-    CommandResult off = run_command(program + " --model " + model_path() + " --requests " + dir + "/requests.jsonl --out " + dir + "/out.jsonl");
+    CommandResult off = run_command(program + " --model " + model_path() + " --requests " + dir +
+                                    "/requests.jsonl --out " + dir + "/out.jsonl");
     INFO(off.output);
     REQUIRE(off.exit_code == 0);
     std::map<int, json> offline;
@@ -124,7 +127,8 @@ TEST_CASE("serve: 64 concurrent requests (streamed and not, greedy and seeded) e
                 texts[i] = s.text();
                 for (const json& e : s.events) {
                     if (e.contains("usage") && e["usage"].is_object()) counts[i] = e["usage"]["completion_tokens"];
-                    if (!e["choices"].empty() && !e["choices"][0]["finish_reason"].is_null()) finish[i] = e["choices"][0]["finish_reason"];
+                    if (!e["choices"].empty() && !e["choices"][0]["finish_reason"].is_null())
+                        finish[i] = e["choices"][0]["finish_reason"];
                 }
                 // one event per token, then the finish and the usage
                 if (counts[i] >= 0 && static_cast<int>(s.events.size()) != counts[i] + 2) statuses[i] = -3;
@@ -157,8 +161,9 @@ TEST_CASE("serve: 64 concurrent requests (streamed and not, greedy and seeded) e
     CHECK(m["gptcu_time_to_first_token_seconds_count"] == n + 2);
     // a greedy request as the single-prompt program generates it
     for (int i : {2, 4}) {
-        CommandResult one = run_command(program + " --model " + model_path() + " --prompt \"" + reqs[i]["prompt"].get<std::string>() +
-                                        "\" --temperature 0 --max-tokens " + std::to_string(reqs[i]["max_tokens"].get<int>()));
+        CommandResult one =
+            run_command(program + " --model " + model_path() + " --prompt \"" + reqs[i]["prompt"].get<std::string>() +
+                        "\" --temperature 0 --max-tokens " + std::to_string(reqs[i]["max_tokens"].get<int>()));
         CHECK(one.exit_code == 0);
         CHECK(one.output.find(reqs[i]["prompt"].get<std::string>() + texts[i].c_str()) != std::string::npos);
     }
@@ -257,10 +262,11 @@ TEST_CASE("serve: a full queue answers 429 with Retry-After; SIGTERM finishes th
     std::atomic<int> a_events{0};
     Streamed a;
     std::thread ta([&] {
-        a = stream(server.port, {{"prompt", "To be"}, {"max_tokens", 1000}, {"temperature", 0}, {"stream", true}}, [&](const Streamed& x) {
-            a_events = static_cast<int>(x.events.size());
-            return true;
-        });
+        a = stream(server.port, {{"prompt", "To be"}, {"max_tokens", 1000}, {"temperature", 0}, {"stream", true}},
+                   [&](const Streamed& x) {
+                       a_events = static_cast<int>(x.events.size());
+                       return true;
+                   });
     });
     for (auto start = Clock::now(); a_events == 0 && Clock::now() - start < std::chrono::seconds(30);)
         std::this_thread::sleep_for(std::chrono::milliseconds(5));

@@ -272,7 +272,8 @@ TEST_CASE("bad input: missing data, a short shard, a foreign or truncated checkp
     CHECK(r.output.find("has 10 tokens") != std::string::npos);
 
     REQUIRE(run(w.args("ok", 2)).exit_code == 0);
-    r = run(w.args("ok", 4) + " --resume --model '{\"arch\":\"gpt2\",\"n_layer\":2,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}'");
+    r = run(w.args("ok", 4) +
+            " --resume --model '{\"arch\":\"gpt2\",\"n_layer\":2,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}'");
     CHECK(r.exit_code == 1);
     CHECK(r.output.find("another model config") != std::string::npos);
 

@@ -20,7 +20,11 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 static bool valid_utf8(const std::string& s) {
     for (size_t i = 0; i < s.size();) {
         unsigned char c = (unsigned char)s[i];
-        int need = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+        int need = c < 0x80                   ? 1
+                   : (c >= 0xC2 && c <= 0xDF) ? 2
+                   : (c >= 0xE0 && c <= 0xEF) ? 3
+                   : (c >= 0xF0 && c <= 0xF4) ? 4
+                                              : 0;
         if (need == 0 || i + need > s.size()) return false;
         for (int k = 1; k < need; k++) if (((unsigned char)s[i + k] & 0xC0) != 0x80) return false;
         unsigned char d = (unsigned char)s[i + 1];

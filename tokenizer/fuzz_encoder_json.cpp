@@ -21,7 +21,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (std::string_view merges : {std::string_view(g_merges), std::string_view("#version: 0.2\n")}) {
         try {
             bpe::Tokenizer tok = bpe::Tokenizer::from_strings(json, merges, "fuzz");
-            for (std::string_view text : {std::string_view("The tokens, 2024! caf\xC3\xA9 \xF0\x9F\x8C\x8D"), json.substr(0, 256)}) {
+            for (std::string_view text :
+                 {std::string_view("The tokens, 2024! caf\xC3\xA9 \xF0\x9F\x8C\x8D"), json.substr(0, 256)}) {
                 if (tok.decode(tok.encode(text)) != text) __builtin_trap();
                 if (tok.decode(tok.encode_ordinary(text)) != text) __builtin_trap();
             }

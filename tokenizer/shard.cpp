@@ -75,7 +75,8 @@ std::vector<int> read_shard(const std::string& path) {
         fail(path + ": magic " + std::to_string(magic) + " is not a token shard (expected " +
              std::to_string(kShardMagicU16) + " or " + std::to_string(kShardMagicU32) +
              "); is it a .bin written by tok prepare or llm.c?");
-    if (count < 0) fail(path + ": negative token count " + std::to_string(count) + " in the header; the file is corrupt");
+    if (count < 0)
+        fail(path + ": negative token count " + std::to_string(count) + " in the header; the file is corrupt");
     if (fseek(f.f, 0, SEEK_END) != 0) fail(path + ": cannot seek (" + strerror(errno) + ")");
     long size = ftell(f.f);
     long expected = (long)kShardHeaderBytes + (long)count * width;

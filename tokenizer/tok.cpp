@@ -86,7 +86,8 @@ Args parse(int argc, char** argv, int first, const std::vector<std::string>& val
                 if (i + 1 >= argc) throw UsageError("tok " + cmd + ": option " + name + " needs a value");
                 value = argv[++i];
             }
-            if (is_bool && eq != std::string::npos) throw UsageError("tok " + cmd + ": option " + name + " takes no value");
+            if (is_bool && eq != std::string::npos)
+                throw UsageError("tok " + cmd + ": option " + name + " takes no value");
             a.flags.emplace_back(name, value);
         } else if (s == "-") {
             a.positional.push_back(s);
@@ -219,7 +220,11 @@ struct ShardWriter {
             buf.erase(buf.begin(), buf.begin() + (ptrdiff_t)shard_tokens);
         }
     }
-    void add(const std::vector<int>& ids) { buf.insert(buf.end(), ids.begin(), ids.end()); total += ids.size(); flush_full(); }
+    void add(const std::vector<int>& ids) {
+        buf.insert(buf.end(), ids.begin(), ids.end());
+        total += ids.size();
+        flush_full();
+    }
     void write(std::span<const int> ids) {
         char file[64];
         snprintf(file, sizeof file, "/%s_%03d.bin", name.c_str(), n_shards++);
@@ -284,7 +289,8 @@ int cmd_prepare(int argc, char** argv) {
     for (size_t i = 0; i < a.positional.size(); i++) {
         std::string data = bpe::read_file(a.positional[i]);
         size_t split = (size_t)((double)data.size() * (1.0 - frac));
-        while (split > 0 && split < data.size() && ((unsigned char)data[split] & 0xC0) == 0x80) split--;  // not inside a character
+        while (split > 0 && split < data.size() && ((unsigned char)data[split] & 0xC0) == 0x80)
+            split--;  // not inside a character
         std::string_view all(data);
         if (i > 0 && tok.eot_id() >= 0) {                      // files are separate documents
             if (split > 0) train.add({tok.eot_id()});
