@@ -361,6 +361,6 @@ $(PROG)train_gpt_cpu: CPU_LIBS += $(MPI_LIBS)
 train_gpt: GPU_LIBS += $(MPI_LIBS) -lnccl
 $(CPU)/test/test_distributed: | $(PROG)train_gpt_cpu
 .PHONY: bench-distributed
-bench-distributed: train_gpt_cpu
+bench-distributed: data train_gpt_cpu
 	bash dev/bench_distributed.sh
 # ---- end data parallel (issue 16) ---------------------------------------------
