@@ -349,3 +349,18 @@ $(CPU)/dev/serve_load: $(CPU)/dev/serve_load.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 bench-serve: $(CPU)/dev/serve_load infer_gpt_cpu
 	$(CPU)/dev/serve_load $(SERVE_LOAD_ARGS)
 # ---- end serving (issue 19) ---------------------------------------------------
+# ---- data parallel (issue 16) -------------------------------------------------
+# train_gpt(_cpu) runs as one rank of N under mpirun (distributed.cuh): OpenMPI's flags from its compiler wrapper
+# (Debian libopenmpi-dev), NCCL from the CUDA install for the GPU build. test_distributed runs train_gpt_cpu
+# under mpirun; make bench-distributed prints bytes per step by ZeRO stage against the formula.
+MPI_CFLAGS := $(shell mpicxx --showme:compile 2>/dev/null || pkg-config --cflags ompi 2>/dev/null)
+MPI_LIBS   := $(shell mpicxx --showme:link 2>/dev/null || pkg-config --libs ompi 2>/dev/null || echo -lmpi)
+$(CPU)/train_gpt.o: CXXFLAGS += $(MPI_CFLAGS)
+$(GPU)/train_gpt.o: NVCCFLAGS += $(MPI_CFLAGS)
+$(PROG)train_gpt_cpu: CPU_LIBS += $(MPI_LIBS)
+train_gpt: GPU_LIBS += $(MPI_LIBS) -lnccl
+$(CPU)/test/test_distributed: | $(PROG)train_gpt_cpu
+.PHONY: bench-distributed
+bench-distributed: data train_gpt_cpu
+	bash dev/bench_distributed.sh
+# ---- end data parallel (issue 16) ---------------------------------------------

@@ -21,6 +21,7 @@
 
 #include "gpt.cuh"
 #include "checkpoint.h"
+#include "distributed.cuh"  // data parallel (issue 16)
 #include "eval.h"
 #include "sampling.h"
 #include "tokenizer/bpe.h"
@@ -62,6 +63,7 @@ struct TrainOptions {
     bool resume = false;
     uint64_t seed = 1337;
     bool print_config = false;
+    int zero_stage = 0;                // data parallel (issue 16): 0 DDP, 1-3 ZeRO (docs/distributed.md)
 };
 
 struct OptionInfo {
@@ -129,6 +131,7 @@ static const std::vector<OptionInfo>& option_table() {
         OPTION(resume, "continue from out_dir/checkpoint.bin"),
         OPTION(seed, "seed of initialisation, data order and sampling"),
         OPTION(print_config, "print the resolved options as JSON and exit"),
+        OPTION(zero_stage, "under mpirun: 0 = DDP, 1 = shard AdamW state, 2 = + gradients, 3 = + parameters (docs/distributed.md)"),
     };
     return table;
 }
@@ -338,7 +341,7 @@ static double peak_fp32_flops(const std::string& gpu) {
 }
 
 template <class Ops>
-static int train(const TrainOptions& o, const std::string& device_name) {
+static int train(const TrainOptions& o, const std::string& device_name, Comm& comm) {
     GPTConfig config = o.model.get<GPTConfig>();
     bpe::Tokenizer tok = bpe::Tokenizer::load(o.tokenizer);
     if (!o.model.contains("vocab_size")) {
@@ -355,14 +358,30 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     if (accum_tokens % tokens_per_micro)
         throw std::runtime_error("--grad-accum-tokens " + std::to_string(accum_tokens) + " is not a multiple of B*T = " + std::to_string(tokens_per_micro));
     const int micro_steps = static_cast<int>(accum_tokens / tokens_per_micro);
+    // ---- data parallel (issue 16): the global batch's micro-batches are dealt out to the ranks
+    if (micro_steps % comm.size)
+        throw std::runtime_error("--grad-accum-tokens " + std::to_string(accum_tokens) + " is " + std::to_string(micro_steps) +
+                                 " micro-batches of B*T, not a multiple of the " + std::to_string(comm.size) +
+                                 " ranks: each rank takes every N-th micro-batch");
+    // ---- end data parallel
 
     GPT<Ops> model(config);
     DataLoader train_data(o.train_data, o.batch_size, o.seq_len, true, o.seed);
     DataLoader val_data(o.val_data, o.batch_size, o.seq_len, false, o.seed);
     Rng sample_rng(o.seed + 1);
     fs::create_directories(o.out_dir);
-    const std::string ckpt_path = o.out_dir + "/checkpoint.bin", log_path = o.out_dir + "/log.jsonl";
+    const std::string ckpt_path = o.out_dir + "/checkpoint.bin";
+    const std::string log_path = comm.rank == 0 ? o.out_dir + "/log.jsonl" : "/dev/null";  // issue 16: rank 0 logs
     TokenizerInfo tok_info = tokenizer_info(o.tokenizer, tok);
+    // ---- data parallel (issue 16): every rank must have the same options and see the same files
+    if (comm.size > 1) {
+        json same;
+        for (const auto& info : option_table()) same[info.key] = info.get(o);
+        for (const DataLoader* d : {&train_data, &val_data})
+            for (const std::string& f : d->files) same["file " + f] = fs::file_size(f);
+        require_same_on_every_rank(comm, same);
+    }
+    // ---- end data parallel
 
     int start_step = 0;
     int last_checkpoint_step = -1;
@@ -384,6 +403,7 @@ static int train(const TrainOptions& o, const std::string& device_name) {
         std::ofstream(log_path, std::ios::trunc);  // a fresh run starts a fresh log
     }
     std::ofstream log(log_path, std::ios::app);
+    DataParallel<Ops> dp(comm, model, o.zero_stage);  // issue 16: takes over the model's buffers (distributed.cuh)
 
     std::printf("model: %s, %d layers, %d heads (%d kv), C=%d, vocab %d (padded %d), %zu parameters (%.1f MB fp32)\n",
                 config.is_llama() ? "llama" : "gpt2", config.n_layer, config.n_head, config.n_kv_head, config.n_embd,
@@ -391,6 +411,9 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     std::printf("%s\n", kv_cache_summary(config, config.max_seq_len).c_str());
     std::printf("device: %s (%s); batch %d x %d, %d micro-steps = %ld tokens/step; %zu train shards\n", Ops::name,
                 device_name.c_str(), o.batch_size, o.seq_len, micro_steps, accum_tokens, train_data.files.size());
+    if (comm.size > 1 || o.zero_stage > 0)  // issue 16
+        std::printf("data parallel: %d ranks x %d micro-steps\n%s\n", comm.size, micro_steps / comm.size,
+                    dp.memory_report(o.batch_size, o.seq_len).c_str());
 
     // Training stops at the first non-finite value, naming the step, what was not finite, and the last
     // checkpoint (which holds only finite numbers: write_checkpoint refuses anything else).
@@ -403,8 +426,9 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     auto save = [&](int step) {
         json meta = {{"step", step}, {"data", train_data.state()}, {"sample_rng", rng_to_json(sample_rng)}};
         try {  // straight from the model's buffers, in chunks: no host copy of the weights or moments
-            CheckpointArrays arrays{model.num_parameters, model.params_memory, model.m_memory, model.v_memory, Ops::to_host};
-            write_checkpoint(ckpt_path, config, tok_info, meta, arrays);
+            CheckpointArrays arrays = dp.checkpoint_arrays();  // issue 16: gathered from every rank, rank 0 writes
+            if (comm.rank == 0) write_checkpoint(ckpt_path, config, tok_info, meta, arrays);
+            dp.release_checkpoint_buffers();
         } catch (const NonFiniteError& e) {
             stop(step, std::string("after the update ") + e.what() + ", so the checkpoint was not written");
         }
@@ -441,11 +465,13 @@ static int train(const TrainOptions& o, const std::string& device_name) {
     };
 
     const double peak = peak_fp32_flops(device_name);
-    std::vector<int> x, y;
+    std::vector<int> x, y, skipped_x, skipped_y;  // skipped: the other ranks' micro-batches (issue 16)
     Timer run_timer;
     double ms_sum = 0;
     int timed_steps = 0;
     for (int step = start_step; step < o.max_steps; step++) {
+        double comm_seconds = comm.seconds, comm_bytes = comm.sent.total();  // issue 16: this step's communication
+        dp.ensure_params();  // issue 16: ZeRO-3 gathers the parameters before anything runs the model
         if (o.val_every > 0 && step % o.val_every == 0) {
             double v = val_loss();
             std::printf("step %5d | val loss %.4f\n", step, v);
@@ -457,24 +483,31 @@ static int train(const TrainOptions& o, const std::string& device_name) {
         if (o.sample_every > 0 && step > 0 && step % o.sample_every == 0) print_sample(step);
 
         Timer step_timer;
-        model.zero_grad();
+        // ---- data parallel (issue 16): rank r takes micro-batches r, r+N, ... of the one-rank order; the loss is
+        // scaled by the global token count, so the gradients summed over ranks are the one-rank gradients
+        dp.begin_step();
         double loss = 0;
-        for (int micro = 0; micro < micro_steps; micro++) {
-            train_data.next(x, y);
+        for (int micro = 0; micro < micro_steps / comm.size; micro++) {
+            for (int r = 0; r < comm.size; r++)
+                if (r == comm.rank) train_data.next(x, y);
+                else train_data.next(skipped_x, skipped_y);
             loss += model.forward(x.data(), y.data(), o.batch_size, o.seq_len, 1.0f / static_cast<float>(accum_tokens));
             model.backward();
+            dp.after_backward();
         }
-        loss /= micro_steps;
+        dp.finish_gradients();
+        loss = comm.sum(loss) / micro_steps;
+        // ---- end data parallel
         // Both checked before the update touches the weights. A NaN norm would also skip clipping silently
         // (norm > grad_clip is false for NaN) and an infinite one would zero the update.
         auto str = [](double x) { char b[32]; std::snprintf(b, sizeof b, "%g", x); return std::string(b); };
         if (!std::isfinite(loss)) stop(step + 1, "the loss is " + str(loss) + ", before the update");
-        float norm = model.grad_norm();
+        float norm = dp.grad_norm();  // issue 16: across shards
         if (!std::isfinite(norm))
             stop(step + 1, "the gradient norm is " + str(norm) + " (loss " + str(loss) + "), before the update");
         float scale = o.grad_clip > 0 && norm > o.grad_clip ? static_cast<float>(o.grad_clip / norm) : 1.0f;
         double lr = lr_at(o, step);
-        model.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.adam_eps),
+        dp.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.adam_eps),
                      static_cast<float>(o.weight_decay), step + 1, scale);
         Ops::synchronize();
         double ms = step_timer.elapsed_ms();
@@ -489,8 +522,12 @@ static int train(const TrainOptions& o, const std::string& device_name) {
                     norm, ms, tok_s, mfu, format_duration(mean_ms * (o.max_steps - step - 1) / 1000.0).c_str());
         std::fflush(stdout);
         log << json{{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"norm", norm}, {"ms", ms}, {"tok_per_s", tok_s}}.dump() << "\n" << std::flush;
+        if (comm.size > 1)  // issue 16: time in collectives, and the bytes this rank sent (distributed.cuh, Comm)
+            log << json{{"step", step + 1}, {"comm_ms", 1000 * (comm.seconds - comm_seconds)}, {"comm_bytes", comm.sent.total() - comm_bytes},
+                        {"zero_stage", o.zero_stage}, {"ranks", comm.size}}.dump() << "\n" << std::flush;
         if (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0 && step + 1 < o.max_steps) save(step + 1);
     }
+    dp.ensure_params();  // issue 16
     if (o.max_steps > start_step) {
         double v = val_loss();
         std::printf("step %5d | val loss %.4f | %s total\n", o.max_steps, v, format_duration(run_timer.elapsed_ms() / 1000).c_str());
@@ -505,20 +542,28 @@ static int train(const TrainOptions& o, const std::string& device_name) {
 
 int main(int argc, char** argv) {
     restart_with_passive_openmp(argv);  // the CPU path's OpenMP threads must not spin against OpenBLAS's
+    Comm comm;  // issue 16: under mpirun, one rank of N; else rank 0 of 1 without MPI
+    comm.init(&argc, &argv);
+    if (comm.rank > 0 && !std::freopen("/dev/null", "w", stdout)) comm.abort(1);  // rank 0 speaks for all
     try {
         TrainOptions o = parse_options(argc, argv);
         if (o.print_config) {
             json j;
             for (const auto& info : option_table()) j[info.key] = info.get(o);
             std::printf("%s\n", j.dump(2).c_str());
+            comm.finalize();  // issue 16
             return 0;
         }
         if (o.matmul != "cublas" && o.matmul != "tiled") throw std::runtime_error("--matmul must be cublas or tiled");
         set_matmul_backend(o.matmul == "tiled" ? MatmulBackend::tiled : MatmulBackend::cublas);
-        return with_device_ops(o.device,
-                               [&](auto ops, const std::string& backend) { return train<decltype(ops)>(o, backend); });
+        int rc = with_device_ops(o.device, [&](auto ops, const std::string& backend) {
+            return train<decltype(ops)>(o, backend, comm);
+        });
+        comm.finalize();
+        return rc;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "train_gpt: error: %s\n", e.what());
-        return 1;
+        if (comm.size > 1) std::fprintf(stderr, "train_gpt: rank %d of %d: error: %s\n", comm.rank, comm.size, e.what());
+        else std::fprintf(stderr, "train_gpt: error: %s\n", e.what());
+        comm.abort(1);  // issue 16: the other ranks may be waiting for this one in a collective
     }
 }

@@ -12,6 +12,8 @@ declare -A need=(
   [libopenblas-dev]="/usr/lib/*/libopenblas.so /usr/include/*/cblas.h"
   [libboost-context-dev]="/usr/include/boost/context/fiber.hpp /usr/lib/*/libboost_context.so"
   [libcpp-httplib-dev]="/usr/include/httplib.h"
+  [libopenmpi-dev]="/usr/lib/*/openmpi/include/mpi.h"  # data parallel training (distributed.cuh)
+  [openmpi-bin]="/usr/bin/mpirun"                      # test_distributed launches ranks with it
 )
 # true when every pattern of the list matches an existing file
 have_all() {
