@@ -648,10 +648,11 @@ void matmul_tiled(floatX* out, const floatX* a, const floatX* b, const floatX* b
 // exact product, with ã = a(1 + α), b̃ = b(1 + β), |α|, |β| ≤ u:
 //     |Σ_k ã_k·b̃_k − Σ_k a_k·b_k| ≤ (2u + u²)·Σ_k |a_k·b_k|          (inputs), plus
 //     the fp32 sums' own error                  ≤ ~K·2^-24·Σ_k |a_k·b_k|  (2.4e-5 at K = 400: small beside 2u),
-// a bound relative to Σ|a·b|, not to the result, which can cancel to ~0. With rounding errors that are independent
-// and spread evenly over [−u, u] (variance u²/3 each, two per product), the error of a sum of K products is a
-// random walk: ‖error‖/‖out‖ ≈ √(2/3)·u ≈ 3.2e-3 over a whole tensor of random inputs, at any K. The tests check
-// both (test_util.h: check_bf16_product). fp32's unit roundoff, 2^-24, is 2^16× smaller.
+// a bound relative to Σ|a·b|, not to the result, which can cancel to ~0. Typical errors are smaller: rounding x = m·2^e
+// (m in [1, 2)) moves it by an amount spread evenly over ±ulp/2 = ±u·2^e, a relative error of rms (u/√3)/m, which
+// over m spread evenly in [1, 2) is u/√6. Two such independent errors per product, summed over K products, are a
+// random walk: ‖error‖/‖out‖ ≈ u/√3 ≈ 2.3e-3 over a tensor of random inputs, at any K (test_layers measures 2.0e-3
+// to 2.1e-3). The tests check both (test_util.h: check_bf16_product). fp32's unit roundoff, 2^-24, is 2^16× smaller.
 //
 // Work split: a block of 128 threads (4 warps) computes a 64×64 tile of out; warp w computes the 32×32 quarter
 // (w / 2, w % 2) of it as 2×2 wmma accumulators of 16×16. The block walks K in steps of 32: it stages a 64×32 slab

@@ -5,6 +5,7 @@
 #include <mma.h>
 
 #include <cstring>
+#include <ios>
 
 #include "test/test_util.h"
 
@@ -123,7 +124,8 @@ static void check_wmma_tile(Rng& rng, bool c_col_major) {
         CHECK(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
         for (int i = 0; i < M * N; i++)
             if (std::memcmp(&got[i], &want[i], 4) != 0) {
-                FAIL_CHECK("element (" << i / N << ", " << i % N << "): " << got[i] << ", reference " << want[i]);
+                FAIL_CHECK("element (" << i / N << ", " << i % N << "): " << std::hexfloat << got[i] << ", reference "
+                                       << want[i]);
                 break;
             }
     } else {
