@@ -4,14 +4,14 @@
 // layout is unspecified: the row a lane reads was stored by other lanes, and store_matrix_sync is no barrier
 // between lanes. Without a __syncwarp() after the store, a lane may read before the others have written: on a
 // GPU that usually works (the warp's stores happen together), and breaks when the compiler moves a load ahead.
-// The CPU build runs each lane on to its next collective, so a lane reads the NaN-poisoned shared memory the
-// other lanes have not written yet, and the race check names both lines:
+// The CPU build runs each lane on to its next collective, so lane 0 reads the NaN-poisoned shared memory lane 1
+// has not written yet, and the race check names both lines (the store's is inside <mma.h>):
 //
 //   dev/cudarun dev/examples/broken_wmma_missing_syncwarp.cu               # FAIL (NaN)
 //   dev/cudarun --racecheck dev/examples/broken_wmma_missing_syncwarp.cu
-//   cudasim: race (read after write) on shared memory in kernel 'tile_bias_kernel' block (0,0,0): thread (0,0,0)
-//   reads `stage` at byte offset 64 at dev/examples/broken_wmma_missing_syncwarp.cu:NN, and thread (2,0,0) wrote
-//   it at dev/shadow/mma.h:NN, with no __syncthreads between them (nor a __syncwarp inside one warp) ...
+//   cudasim: race (write after read) on shared memory in kernel 'tile_bias_kernel' block (0,0,0): thread (1,0,0)
+//   writes `stage` at byte offset 32 at dev/shadow/mma.h:NN, and thread (0,0,0) read it at
+//   dev/examples/broken_wmma_missing_syncwarp.cu:43, with no __syncthreads between them (nor a __syncwarp ...
 //
 // The fix is the __syncwarp() the comment in the kernel shows (-DFIXED adds it).
 #include <cuda_bf16.h>
