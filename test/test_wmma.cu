@@ -156,6 +156,39 @@ TEST_CASE("wmma mma_sync: bf16 and fp16 tiles, every layout, match the fp32 scal
     }
 }
 
+// fp16 inputs with an fp16 result: D (fp16) = A·B + C (fp32), summed in fp32 and rounded to fp16 once here.
+__global__ void wmma_half_result_kernel(__half* d, const __half* a, const __half* b, const float* c) {  // all (16, 16)
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, __half> fd;
+    wmma::load_matrix_sync(fa, a, 16);
+    wmma::load_matrix_sync(fb, b, 16);
+    wmma::load_matrix_sync(fc, c, 16, wmma::mem_row_major);
+    wmma::mma_sync(fd, fa, fb, fc);
+    wmma::store_matrix_sync(d, fd, 16, wmma::mem_row_major);
+}
+
+TEST_CASE("wmma mma_sync: fp16 inputs, fp32 C, fp16 D") {
+    Rng rng(1502);
+    std::vector<float> a = random_vector(256, rng), b = random_vector(256, rng), c = random_vector(256, rng);
+    for (auto* v : {&a, &b})
+        for (float& x : *v) x = __half2float(__float2half_rn(x));
+    std::vector<__half> a16(a.begin(), a.end()), b16(b.begin(), b.end());
+    DeviceBuffer<__half> d_a(a16), d_b(b16), d_d(256);
+    DeviceBuffer<float> d_c(c);
+    wmma_half_result_kernel<<<1, 32>>>(d_d, d_a, d_b, d_c);
+    cuda_check(cudaGetLastError());
+    std::vector<__half> d = d_d.download();
+    std::vector<float> want = mma_reference(a, b, c, 16, 16, 16), got(256);
+    for (int i = 0; i < 256; i++) got[i] = __half2float(d[i]);
+    if (cpu_build) {
+        for (int i = 0; i < 256; i++) CHECK(got[i] == __half2float(__float2half_rn(want[i])));
+    } else {
+        check_close("wmma fp16 result", got, want, Tolerance{1e-3, 1e-3, 1e-3});  // fp16: 11 significant bits
+    }
+}
+
 // ----------------------------------------------------------------------------
 // Per-element arithmetic on fragments (x[], num_elements), as the CUDA samples scale C by beta, with the GPU's
 // num_elements; fill_fragment.

@@ -189,15 +189,17 @@ inline void store_matrix_sync(typename cudasim::wmma::same<T>::type* p, const fr
 }
 
 // d = a·b + c. The lane brings the addresses of its fragments; the scheduler calls mma_compute once all 32 are here.
-template <int M, int N, int K, class Tin, class LayoutA, class LayoutB, class Tacc>
-inline void mma_sync(fragment<accumulator, M, N, K, Tacc>& d, const fragment<matrix_a, M, N, K, Tin, LayoutA>& a,
-                     const fragment<matrix_b, M, N, K, Tin, LayoutB>& b, const fragment<accumulator, M, N, K, Tacc>& c) {
-    static_assert(std::is_same_v<Tacc, float> || std::is_same_v<Tin, __half>,
+// fp16 inputs may mix fp16 and fp32 accumulators for c and d, as on the GPU.
+template <int M, int N, int K, class Tin, class LayoutA, class LayoutB, class Td, class Tc>
+inline void mma_sync(fragment<accumulator, M, N, K, Td>& d, const fragment<matrix_a, M, N, K, Tin, LayoutA>& a,
+                     const fragment<matrix_b, M, N, K, Tin, LayoutB>& b, const fragment<accumulator, M, N, K, Tc>& c) {
+    static_assert((std::is_same_v<Td, float> && std::is_same_v<Tc, float>) || std::is_same_v<Tin, __half>,
                   "cudasim: __nv_bfloat16 wmma accumulates in float only (as on the GPU)");
-    using FD = fragment<accumulator, M, N, K, Tacc>;
+    using FD = fragment<accumulator, M, N, K, Td>;
     using FA = fragment<matrix_a, M, N, K, Tin, LayoutA>;
     using FB = fragment<matrix_b, M, N, K, Tin, LayoutB>;
-    cudasim::WmmaMma me{&cudasim::wmma::mma_compute<FD, FA, FB, FD>, &a, &b, &c, &d};
+    using FC = fragment<accumulator, M, N, K, Tc>;
+    cudasim::WmmaMma me{&cudasim::wmma::mma_compute<FD, FA, FB, FC>, &a, &b, &c, &d};
     cudasim::warp_collective<uint64_t>(cudasim::WarpOp::wmma_mma, 0xffffffffu, reinterpret_cast<uintptr_t>(&me), 0, 0);
 }
 }  // namespace wmma
