@@ -17,9 +17,9 @@
 //   lse: (B, NH, T) the row log-sum-exp of the scaled scores, saved by the fused forward for the backward.
 // Softmax scale 1/sqrt(hs). Causal: query t sees keys 0..t.
 //
-// Not here (on purpose): a tensor-core (bf16 mma/wmma) version of the fused kernels. It needs PTX/wmma,
-// which the CPU build cannot run; it belongs to the mixed-precision work. Everything here is fp32 CUDA C++
-// that runs in both builds. floatX is the storage type of activations; all arithmetic is in float.
+// Not here yet: a tensor-core (bf16 wmma) version of the fused kernels (issue 15; the CPU build runs wmma
+// since then: layers.cuh's matmul_wmma_kernel is the first). Everything here is fp32 CUDA C++ that runs in both
+// builds. floatX is the storage type of activations; all arithmetic is in float.
 #pragma once
 #include <algorithm>
 #include <cmath>

@@ -16,6 +16,8 @@
 #include <cmath>
 #include <type_traits>
 
+#include <mma.h>  // nvcuda::wmma: the tensor-core matmul (the CPU build's is dev/shadow/mma.h)
+
 #include "common.cuh"
 
 // ----------------------------------------------------------------------------
@@ -472,10 +474,11 @@ GPTCU_OP(rmsnorm_backward)
 //   cost: forward 2·N·C·OC FLOP, backward 4·N·C·OC: compute-bound at every shape of the model
 //         (arithmetic intensity ~ min(N, C, OC)/2 FLOP per byte... far above the ~10-20 of a GPU's balance).
 //
-// Two backends, chosen at run time (set_matmul_backend):
+// Three backends, chosen at run time (set_matmul_backend):
 //   cublas: cublasSgemm with TF32 off (CUBLAS_DEFAULT_MATH: full fp32 products and sums), fast.
 //   tiled:  matmul_tiled_kernel below, written out to be read: shared-memory tiles, an 8×8 register
 //           block per thread, float4 loads. Deterministic too (fixed summation order).
+//   wmma:   matmul_wmma_kernel below: the same products on tensor cores, inputs rounded to bf16, sums in fp32.
 
 template <class Real>
 void matmul_forward_cpu(Real* out,            // (N, OC)
@@ -516,7 +519,7 @@ void matmul_backward_cpu(Real* dinp,           // (N, C) or nullptr, accumulated
         }
 }
 
-enum class MatmulBackend { cublas, tiled };
+enum class MatmulBackend { cublas, tiled, wmma };
 inline MatmulBackend& matmul_backend_setting() {
     static MatmulBackend backend = MatmulBackend::cublas;
     return backend;
@@ -634,6 +637,119 @@ void matmul_tiled(floatX* out, const floatX* a, const floatX* b, const floatX* b
     cuda_check(cudaGetLastError());
 }
 
+// ---- The same product on tensor cores (issue 15): bf16 inputs, fp32 sums, through nvcuda::wmma.
+// A tensor core multiplies a 16×16 bf16 tile by a 16×16 bf16 tile and adds a 16×16 fp32 tile in one warp-wide
+// operation (wmma::mma_sync): 4096 multiply-adds per warp per call, at ~16× the fp32 FMA rate (A100 datasheet: 312
+// bf16 vs 19.5 fp32 TFLOP/s). The warp's 32 lanes hold the tiles as opaque "fragments"; load_matrix_sync and
+// store_matrix_sync move them between fragments and memory, all 32 lanes together.
+//
+// Precision. Each input is rounded to bf16 (8 significant bits: relative error ≤ u = 2^-8 ≈ 3.9e-3, round to nearest
+// even); a product of two bf16 numbers is exact in fp32 (8 + 8 ≤ 24 bits), and the sums are fp32. So against the
+// exact product, with ã = a(1 + α), b̃ = b(1 + β), |α|, |β| ≤ u:
+//     |Σ_k ã_k·b̃_k − Σ_k a_k·b_k| ≤ (2u + u²)·Σ_k |a_k·b_k|          (inputs), plus
+//     the fp32 sums' own error                  ≤ ~K·2^-24·Σ_k |a_k·b_k|  (2.4e-5 at K = 400: small beside 2u),
+// a bound relative to Σ|a·b|, not to the result, which can cancel to ~0. Typical errors are smaller: rounding x = m·2^e
+// (m in [1, 2)) moves it by an amount spread evenly over ±ulp/2 = ±u·2^e, a relative error of rms (u/√3)/m, which
+// over m spread evenly in [1, 2) is u/√6. Two such independent errors per product, summed over K products, are a
+// random walk: ‖error‖/‖out‖ ≈ u/√3 ≈ 2.3e-3 over a tensor of random inputs, at any K (test_layers measures 2.0e-3
+// to 2.1e-3). The tests check both (test_util.h: check_bf16_product). fp32's unit roundoff, 2^-24, is 2^16× smaller.
+//
+// Work split: a block of 128 threads (4 warps) computes a 64×64 tile of out; warp w computes the 32×32 quarter
+// (w / 2, w % 2) of it as 2×2 wmma accumulators of 16×16. The block walks K in steps of 32: it stages a 64×32 slab
+// of A and of B in shared memory, converted to bf16 and stored k-contiguous (slab[row][k], the layout wmma's
+// row_major A and col_major B read), syncs, and each warp does 2 k-steps of 16 × (2 A + 2 B fragment loads, 4
+// mma_sync). Slab rows are 32 + 8 bf16 = 80 bytes: wmma wants a row stride that is a multiple of 16 bytes, and the
+// 8 extra elements shift consecutive rows by 4 banks. The out tile goes through shared memory (store_matrix_sync,
+// one 32×32 fp32 quarter per warp, rows of 36 floats) so that the lanes can add the bias, accumulate and skip the
+// rows and columns past the matrix with plain coalesced stores: a fragment's layout is unspecified.
+// Loads are coalesced in both layouts: 32 consecutive floats of a row per warp instruction (a k-contiguous operand
+// along k, a k-strided one along its rows); out-of-range elements are zeros, so any M, N, K works.
+// Cost per block and K step: (64·32 + 32·64)·4 = 16 KB read for 64·64·32·2 FLOP: 16 FLOP per byte.
+constexpr int matmul_wmma_tile = 64, matmul_wmma_tile_k = 32, matmul_wmma_threads = 128;
+constexpr int matmul_wmma_slab_ld = matmul_wmma_tile_k + 8;  // bf16 elements per slab row (80 bytes)
+constexpr int matmul_wmma_out_ld = 32 + 4;                   // floats per row of a warp's staged 32×32 quarter
+
+// slab[r][k] = bf16(x(r0 + r, k0 + k)) for the 64×32 slab at rows r0, k k0 (zeros outside the matrix).
+template <bool K_CONTIGUOUS>
+__device__ inline void matmul_wmma_load_slab(__nv_bfloat16 (*slab)[matmul_wmma_slab_ld], const floatX* x, int ld, int r0,
+                                             int rows, int k0, int K, int tid) {
+    if (K_CONTIGUOUS) {  // x(r, k) = x[r·ld + k]: a warp reads 32 consecutive k of one row, 4 rows per pass
+        int k = tid % 32, gk = k0 + k;
+        for (int r = tid / 32; r < matmul_wmma_tile; r += matmul_wmma_threads / 32) {
+            int gr = r0 + r;
+            float v = gr < rows && gk < K ? static_cast<float>(x[static_cast<size_t>(gr) * ld + gk]) : 0.0f;
+            slab[r][k] = __float2bfloat16_rn(v);
+        }
+    } else {  // x(r, k) = x[k·ld + r]: a warp reads 32 consecutive r of one row of x, 2 values of k per pass
+        int r = tid % matmul_wmma_tile, gr = r0 + r;
+        for (int k = tid / matmul_wmma_tile; k < matmul_wmma_tile_k; k += matmul_wmma_threads / matmul_wmma_tile) {
+            int gk = k0 + k;
+            float v = gr < rows && gk < K ? static_cast<float>(x[static_cast<size_t>(gk) * ld + gr]) : 0.0f;
+            slab[r][k] = __float2bfloat16_rn(v);
+        }
+    }
+}
+
+template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
+__global__ void __launch_bounds__(matmul_wmma_threads)
+matmul_wmma_kernel(floatX* out,           // (M, N), leading dimension ldo
+                   const floatX* a,       // A(i, k), as matmul_tiled_kernel
+                   const floatX* b,       // B(k, j), as matmul_tiled_kernel
+                   const floatX* bias,    // (N) or nullptr
+                   int M, int N, int K, int lda, int ldb, int ldo, bool accumulate) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // bf16 wmma needs compute capability 8.0 (A100) or newer; the GPU build targets sm_80 and sm_90
+#else
+    namespace wmma = nvcuda::wmma;
+    __shared__ __align__(32) __nv_bfloat16 a_slab[matmul_wmma_tile][matmul_wmma_slab_ld];
+    __shared__ __align__(32) __nv_bfloat16 b_slab[matmul_wmma_tile][matmul_wmma_slab_ld];
+    __shared__ __align__(32) float out_stage[matmul_wmma_threads / 32][32][matmul_wmma_out_ld];
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int wr = (warp / 2) * 32, wc = (warp % 2) * 32;  // this warp's quarter of the block's tile
+    const int m0 = blockIdx.y * matmul_wmma_tile, n0 = blockIdx.x * matmul_wmma_tile;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int k0 = 0; k0 < K; k0 += matmul_wmma_tile_k) {
+        matmul_wmma_load_slab<A_K_CONTIGUOUS>(a_slab, a, lda, m0, M, k0, K, tid);
+        matmul_wmma_load_slab<B_K_CONTIGUOUS>(b_slab, b, ldb, n0, N, k0, K, tid);
+        __syncthreads();
+        for (int kk = 0; kk < matmul_wmma_tile_k; kk += 16) {
+            // A(i, k) row-major at a_slab[i][k]; B(k, j) column-major at b_slab[j][k].
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2];
+            for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], &a_slab[wr + i * 16][kk], matmul_wmma_slab_ld);
+            for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], &b_slab[wc + j * 16][kk], matmul_wmma_slab_ld);
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+        __syncthreads();  // the slabs are read before the next step overwrites them
+    }
+    float (*stage)[matmul_wmma_out_ld] = out_stage[warp];
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++)
+            wmma::store_matrix_sync(&stage[i * 16][j * 16], acc[i][j], matmul_wmma_out_ld, wmma::mem_row_major);
+    __syncwarp();  // the lanes read what other lanes' stores wrote
+    for (int r = 0; r < 32; r++) {  // lane = column: one row of 32 consecutive floats per warp store
+        int row = m0 + wr + r, col = n0 + wc + lane;
+        if (row >= M || col >= N) continue;
+        float v = stage[r][lane] + (bias ? static_cast<float>(bias[col]) : 0.0f);
+        floatX* o = out + static_cast<size_t>(row) * ldo + col;
+        *o = accumulate ? static_cast<float>(*o) + v : v;
+    }
+#endif
+}
+
+template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
+void matmul_wmma(floatX* out, const floatX* a, const floatX* b, const floatX* bias, int M, int N, int K, int lda, int ldb,
+                 int ldo, bool accumulate, cudaStream_t stream) {
+    dim3 grid(ceil_div(N, matmul_wmma_tile), ceil_div(M, matmul_wmma_tile));
+    matmul_wmma_kernel<A_K_CONTIGUOUS, B_K_CONTIGUOUS><<<grid, matmul_wmma_threads, 0, stream>>>(
+        out, a, b, bias, M, N, K, lda, ldb, ldo, accumulate);
+    cuda_check(cudaGetLastError());
+}
+// ---- end of the tensor-core matmul
+
 // out[n, o] += bias[o] after the cuBLAS GEMM: one thread per element, coalesced. Cost: 8·N·OC bytes.
 __global__ void add_bias_kernel(floatX* out, const floatX* bias, int N, int OC) {  // out (N, OC), bias (OC)
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -651,6 +767,10 @@ inline void matmul_forward(floatX* out,            // (N, OC)
                            int N, int C, int OC, cudaStream_t stream) {
     if (get_matmul_backend() == MatmulBackend::tiled) {
         matmul_tiled<true, true>(out, inp, weight, bias, N, OC, C, C, C, OC, false, stream);
+        return;
+    }
+    if (get_matmul_backend() == MatmulBackend::wmma) {
+        matmul_wmma<true, true>(out, inp, weight, bias, N, OC, C, C, C, OC, false, stream);
         return;
     }
     const float one = 1.0f, zero = 0.0f;
@@ -676,6 +796,9 @@ inline void matmul_backward(floatX* dinp,           // (N, C) or nullptr (skippe
     if (get_matmul_backend() == MatmulBackend::tiled) {
         if (dinp) matmul_tiled<true, false>(dinp, dout, weight, nullptr, N, C, OC, OC, C, C, true, stream);
         matmul_tiled<false, false>(dweight, dout, inp, nullptr, OC, C, N, OC, C, C, true, stream);
+    } else if (get_matmul_backend() == MatmulBackend::wmma) {
+        if (dinp) matmul_wmma<true, false>(dinp, dout, weight, nullptr, N, C, OC, OC, C, C, true, stream);
+        matmul_wmma<false, false>(dweight, dout, inp, nullptr, OC, C, N, OC, C, C, true, stream);
     } else {
         const float one = 1.0f;
         cublas_check(cublasSetStream(cublas_handle(), stream));

@@ -87,7 +87,8 @@ Order get_order();
 enum class Wait : uint8_t { not_started, run, block_barrier, warp_collective, done, trapped, spin };
 // issue 20: match_any/match_all (__match_*_sync), coalesce (cg::coalesced_threads: the lanes at the same call)
 enum class WarpOp : uint8_t {
-    sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, match_any, match_all, coalesce
+    sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, match_any, match_all, coalesce,
+    wmma_load, wmma_store, wmma_mma  // issue 15: nvcuda::wmma (dev/shadow/mma.h); keep them last
 };
 enum class BarrierKind : uint8_t { sync, count, and_, or_ };
 
@@ -233,6 +234,16 @@ CUDASIM_UNCHECKED T warp_collective(WarpOp op, unsigned mask, T value, int arg, 
     return result;
 }
 
+// ---- issue 15: nvcuda::wmma (dev/shadow/mma.h). load_matrix_sync / store_matrix_sync: each lane brings the
+// pointer as `value`, ldm as `arg`, and 2·(element bytes) + (1 if column-major) as `width`. mma_sync: `value`
+// points to the lane's WmmaMma; the scheduler calls `compute` once, with all 32 lanes' fragments.
+struct WmmaMma {
+    void (*compute)(const WmmaMma* const lanes[32]);  // one instantiation per combination of fragment types
+    const void *a, *b, *c;
+    void* d;
+};
+// ---- end issue 15
+
 // CUDA features with no CPU version: using one instantiates one of these, and the compile fails with
 // a message that names the feature (a static_assert that fires only when instantiated).
 template <class T> constexpr bool dependent_false = false;
@@ -250,11 +261,6 @@ struct unsupported_grid_sync {
     static_assert(dependent_false<T>, "cudasim: grid-wide synchronisation (cooperative_groups::this_grid, grid_group::sync) "
                                       "is not supported on the CPU, whose blocks do not all run at once; split the kernel "
                                       "into two launches");
-};
-template <class T = void>
-struct unsupported_wmma {
-    static_assert(dependent_false<T>, "cudasim: warp matrix operations (nvcuda::wmma, tensor cores) are not supported on "
-                                      "the CPU; write the product with plain multiply-adds");
 };
 
 }  // namespace cudasim
@@ -475,7 +481,7 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, i
 
 // ----------------------------------------------------------------------------
 // Features with no CPU version fail to compile, naming themselves, instead of giving a wrong answer.
-// Inline PTX `asm` is caught by the rewrite step; grid groups and wmma by the shadow headers; dynamic
+// Inline PTX `asm` is caught by the rewrite step; grid groups by the shadow headers; dynamic
 // parallelism, cudaLaunchCooperativeKernel, cudaLaunchKernel and texture/surface object creation
 // abort at run time with a message (see the implementation).
 #define CUDASIM_TEXTURE_FUNCTION(name) \
@@ -701,6 +707,9 @@ static const char* op_name(WarpOp op) {
         case WarpOp::match_any: return "__match_any_sync";
         case WarpOp::match_all: return "__match_all_sync";
         case WarpOp::coalesce: return "cooperative_groups::coalesced_threads";
+        case WarpOp::wmma_load: return "nvcuda::wmma::load_matrix_sync";    // issue 15
+        case WarpOp::wmma_store: return "nvcuda::wmma::store_matrix_sync";  // issue 15
+        case WarpOp::wmma_mma: return "nvcuda::wmma::mma_sync";             // issue 15
     }
     return "?";
 }
@@ -789,6 +798,53 @@ void trap_current_thread() {
 }
 // ---- end issue 20
 
+// ---- issue 15: nvcuda::wmma (dev/shadow/mma.h). A wmma call needs all 32 lanes of a full warp, with the same
+// arguments, and the GPU's alignment (a 32-byte aligned pointer, ldm a multiple of 16 bytes). It is not a warp
+// sync for the race check (no check::on_warp_sync): the GPU's wmma loads and stores are plain loads and stores.
+static void perform_wmma(Worker& w, unsigned warp_base, unsigned n, unsigned group, Thread* const lanes[32]) {
+    const Thread& first = *lanes[__builtin_ctz(group)];
+    const char* op = op_name(first.op);
+    if (group != 0xffffffffu)
+        fatal("kernel '%s' block (%u,%u,%u): %s in warp %u, which has %u threads (the block has %u): wmma needs all "
+              "32 lanes of a full warp", w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, op, warp_base / 32,
+              static_cast<unsigned>(__builtin_popcount(group)), n);
+    char who[48];
+    if (first.op == WarpOp::wmma_mma) {
+        const WmmaMma* args[32];
+        for (unsigned l = 0; l < 32; l++) {
+            args[l] = reinterpret_cast<const WmmaMma*>(lanes[l]->value);
+            describe_thread(who, sizeof who, *lanes[l]);
+            if (args[l]->compute != args[0]->compute)
+                fatal("kernel '%s' block (%u,%u,%u): thread %s calls %s with other fragment types than lane 0",
+                      w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who, op);
+        }
+        args[0]->compute(args);
+    } else {
+        for (unsigned l = 1; l < 32; l++) {
+            const Thread& t = *lanes[l];
+            describe_thread(who, sizeof who, t);
+            if (t.value != first.value || t.arg != first.arg || t.width != first.width)
+                fatal("kernel '%s' block (%u,%u,%u): thread %s calls %s(p = %p, ldm = %d, %s) but lane 0 calls it with "
+                      "(p = %p, ldm = %d, %s): all lanes of the warp must pass the same arguments", w.config->name,
+                      blockIdx.x, blockIdx.y, blockIdx.z, who, op, reinterpret_cast<void*>(t.value), t.arg,
+                      t.width % 2 ? "column-major" : "row-major", reinterpret_cast<void*>(first.value), first.arg,
+                      first.width % 2 ? "column-major" : "row-major");
+        }
+        int bytes = first.width / 2;
+        describe_thread(who, sizeof who, first);
+        if (first.value % 32 != 0 || (static_cast<long>(first.arg) * bytes) % 16 != 0)
+            fatal("kernel '%s' block (%u,%u,%u): thread %s calls %s(p = %p, ldm = %d): the pointer must be 32-byte "
+                  "aligned and ldm a multiple of 16 bytes (%d elements of %d bytes), or a GPU faults or misreads",
+                  w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who, op, reinterpret_cast<void*>(first.value),
+                  first.arg, 16 / bytes, bytes);
+    }
+    for (unsigned l = 0; l < 32; l++) {
+        lanes[l]->result = 0;
+        lanes[l]->wait = Wait::run;
+    }
+}
+// ---- end issue 15
+
 // Performs one warp collective for the lanes in `group` (indices into the block's threads), all of
 // which are waiting at the same operation with the same mask.
 static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned group) {
@@ -796,6 +852,7 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
     for (unsigned l = 0; l < 32; l++)
         if (group >> l & 1u) lanes[l] = &w.threads[warp_base + l];
     Thread& first = *lanes[__builtin_ctz(group)];
+    if (first.op >= WarpOp::wmma_load) return perform_wmma(w, warp_base, n, group, lanes);  // issue 15
     unsigned ballot = 0;
     for (unsigned l = 0; l < 32; l++)
         if (lanes[l] && lanes[l]->value) ballot |= 1u << l;  // ballot/any/all bring their predicate as the value

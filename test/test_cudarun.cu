@@ -67,7 +67,7 @@ std::vector<Run> cudarun_all(const std::vector<std::string>& runs) {
 TEST_CASE("cudarun: the issue 20 examples (runtime API, cuBLASLt, graphs, cg, intrinsics, libcu++) pass") {
     std::vector<std::string> runs;
     for (const char* example : {"device_query", "cublaslt_bias", "graphs", "zero_copy", "occupancy", "intrinsics",
-                                "launch_forms", "cg_groups", "barrier_pipeline"})
+                                "launch_forms", "cg_groups", "barrier_pipeline", "wmma_gemm" /* issue 15 */})
         runs.push_back(std::string("dev/examples/") + example + ".cu");
     runs.push_back("--order reverse --threads 1 dev/examples/cg_groups.cu");
     runs.push_back("--order random --threads 3 dev/examples/barrier_pipeline.cu");
@@ -165,6 +165,20 @@ TEST_CASE("broken kernel: a race every thread order hides is reported by --racec
                              "block (0,0,0): thread (1,0,0) reads `total` at byte offset 0 at "
                              "dev/examples/broken_racy_sum.cu:28, and thread (0,0,0) wrote it at "
                              "dev/examples/broken_racy_sum.cu:28"));
+}
+
+// Issue 15: a wmma store is no barrier between lanes.
+TEST_CASE("broken kernel: lanes reading a store_matrix_sync tile without __syncwarp fail, and --racecheck names it") {
+    Run built = cudarun("--keep dev/examples/broken_wmma_missing_syncwarp.cu");
+    INFO(built.output);
+    CHECK(built.status == 1);  // lane 0 reads what lane 1 has not stored yet: NaN poison
+    CHECK(contains(built.output, "broken_wmma_missing_syncwarp: FAIL"));
+    Run r = rerun("CUDASIM_RACECHECK=1", "broken_wmma_missing_syncwarp");
+    INFO(r.output);
+    CHECK(r.status == 128 + 6);
+    CHECK(contains(r.output, "race (write after read) on shared memory in kernel 'tile_bias_kernel' block (0,0,0): "
+                             "thread (1,0,0) writes `stage` at byte offset 32 at dev/shadow/mma.h:"));
+    CHECK(contains(r.output, "and thread (0,0,0) read it at dev/examples/broken_wmma_missing_syncwarp.cu:43"));
 }
 
 TEST_CASE("broken kernel: --racecheck finds the missing __syncthreads under the order that hides it, "

@@ -333,37 +333,6 @@ TEST_CASE("cuBLAS sgemm, strided batched and GemmEx match naive column-major loo
 #if defined(CUDASIM)
 // ----------------------------------------------------------------------------
 // What only the emulator does.
-#include <fcntl.h>
-#include <csignal>
-#include <sys/wait.h>
-#include <unistd.h>
-
-// Runs `body` in a child process; returns (killed by SIGABRT, what it wrote to stderr).
-static std::pair<bool, std::string> run_in_child(const std::function<void()>& body) {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    std::fflush(nullptr);
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        signal(SIGABRT, SIG_DFL);  // not doctest's crash handler: the parent checks the signal
-        int null_fd = open("/dev/null", O_WRONLY);
-        dup2(null_fd, 1);
-        dup2(fds[1], 2);
-        close(fds[0]);
-        body();
-        _exit(0);
-    }
-    close(fds[1]);
-    std::string err;
-    char buf[4096];
-    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) err.append(buf, got);
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return {WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, err};
-}
-
 __global__ void divergent_barrier_kernel(float* x) {
     if (threadIdx.x >= 40) return;  // threads 40.. never reach the barrier
     x[threadIdx.x] = 1.0f;

@@ -265,6 +265,37 @@ TEST_CASE("matmul tiled matches cuBLAS at every GPT-2 and Llama block shape (sca
     }
 }
 
+// Issue 15: the tensor-core backend rounds the inputs to bf16, so it is checked against the fp32 reference with the
+// bound bf16 allows (test_util.h, check_bf16_product), not fp32's tolerance.
+TEST_CASE("matmul wmma (bf16 tensor cores) forward/backward matches the fp32 CPU reference within bf16 rounding") {
+    Rng rng(303);
+    BackendGuard guard;
+    struct Shape { int N, C, OC; bool bias, dinp; };
+    for (Shape s : {Shape{1, 7, 5, true, true}, Shape{33, 70, 130, true, true}, Shape{66, 64, 1000, false, true},
+                    Shape{17, 96, 200, true, false}, Shape{128, 128, 64, true, true}, Shape{300, 40, 260, true, true},
+                    Shape{66, 192, 768, true, true}}) {
+        CAPTURE(s.N); CAPTURE(s.C); CAPTURE(s.OC); CAPTURE(s.bias); CAPTURE(s.dinp);
+        MatmulCase mc(s.N, s.C, s.OC, s.bias, s.dinp, rng);
+        MatmulResult ref = mc.run_cpu();
+        MatmulCase absolute = mc;  // the reference on |inputs| gives Σ|a·b| (+ |bias|, + |accumulated|) per element
+        for (auto* v : {&absolute.inp, &absolute.weight, &absolute.b, &absolute.dout, &absolute.dinp0,
+                        &absolute.dweight0, &absolute.dbias0})
+            for (float& x : *v) x = std::fabs(x);
+        MatmulResult magnitude = absolute.run_cpu();
+        const int K = std::max({s.N, s.C, s.OC});
+        set_matmul_backend(MatmulBackend::wmma);
+        for_each_thread_order([&] {
+            MatmulResult got = mc.run_device();
+            check_bf16_product("matmul wmma out", got.out, ref.out, magnitude.out, K);
+            check_bf16_product("matmul wmma dinp", got.dinp, ref.dinp, magnitude.dinp, K);
+            check_bf16_product("matmul wmma dweight", got.dweight, ref.dweight, magnitude.dweight, K);
+            check_bf16_product("matmul wmma dbias", got.dbias, ref.dbias, magnitude.dbias, K);
+            // and the inputs really were rounded to bf16 (fp32 products stay within tolerance_fp32 = 1e-5)
+            if (s.C >= 16) CHECK(rel_error(got.out, ref.out) > 1e-4);
+        });
+    }
+}
+
 // OpenBLAS versions: compiled and run in the CPU build only (the nvcc build does not link OpenBLAS).
 template <bool run>
 void check_matmul_cpu_blas() {

@@ -3,9 +3,12 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -70,6 +73,43 @@ constexpr Tolerance tolerance_fp32_reduction{1e-5, 1e-4, 1e-5};
 constexpr Tolerance tolerance_fp32_matmul{2e-4, 1e-4, 1e-5};
 // Attention: softmax, then a sum of up to T products; backward through exp and two such sums.
 constexpr Tolerance tolerance_fp32_attention{2e-5, 1e-4, 1e-5};
+
+// bf16 products with fp32 sums (tensor cores: matmul_wmma_kernel) against an fp32 reference. layers.cuh derives the
+// bound at matmul_wmma_kernel: rounding both inputs to bf16 (unit roundoff u = 2^-8) moves a sum of products by at
+// most (2u + u²)·Σ|a·b|, and the fp32 sums of K terms add at most ~K·2^-24·Σ|a·b| on each side. So per element
+//     |out − ref| <= (2u + u² + 2·K·2^-24 + 2^-22)·magnitude,
+// where `magnitude` is the reference run on the absolute values of every input (Σ|a·b| + |bias| + |accumulated|;
+// 2^-22 covers the last roundings of bias and accumulation), K the longest sum. The bound is relative to Σ|a·b|,
+// not to the output, which can cancel to ~0. Over the whole tensor the rounding errors average out (a random walk:
+// ‖out − ref‖/‖ref‖ ≈ u/√3 ≈ 2.3e-3, derived there; 2.0e-3 measured): the norm check allows 2u = 7.8e-3, which a
+// product dropped from every sum (an error of ~1/√K of the output) or a wrong tile still fails.
+constexpr double bf16_unit_roundoff = 1.0 / 256;  // 2^-8: bf16 keeps 8 significant bits
+constexpr double tolerance_bf16_product_norm = 2 * bf16_unit_roundoff;
+inline void check_bf16_product(const std::string& what, const std::vector<float>& out, const std::vector<float>& ref,
+                               const std::vector<float>& magnitude, int K) {
+    REQUIRE(out.size() == ref.size());
+    REQUIRE(magnitude.size() == ref.size());
+    const double u = bf16_unit_roundoff, factor = 2 * u + u * u + 2.0 * K * std::ldexp(1.0, -24) + std::ldexp(1.0, -22);
+    size_t bad = 0, worst = 0;
+    double worst_ratio = 0;  // |out − ref| / bound: > 1 fails
+    for (size_t i = 0; i < out.size(); i++) {
+        if (!std::isfinite(out[i])) {
+            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i] << ") — unwritten or overflowed");
+            return;
+        }
+        double ratio = std::fabs(static_cast<double>(out[i]) - ref[i]) / (factor * magnitude[i]);
+        if (ratio > 1) bad++;
+        if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
+    }
+    if (bad)
+        FAIL_CHECK(what << ": " << bad << " of " << out.size() << " elements differ by more than " << factor
+                        << "·Σ|a·b|; worst: element " << worst << " = " << out[worst] << ", reference " << ref[worst]
+                        << ", Σ|a·b| " << magnitude[worst] << " (" << worst_ratio << "× the bound)");
+    double e = rel_error(out, ref);
+    INFO(what << ": relative error " << e << " (tolerance " << tolerance_bf16_product_norm << "); worst element at "
+              << worst_ratio << "× its bound");
+    CHECK(e <= tolerance_bf16_product_norm);
+}
 
 // Every element finite, then per element |out − ref| <= atol + rtol·|ref|, then the tensor's relative error.
 // A failure names the first non-finite element, or the number of elements out of tolerance and the worst.
@@ -192,4 +232,31 @@ inline CommandResult run_command(const std::string& command) {
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? -WTERMSIG(status) : -1000;
     if (code > 128) code = -(code - 128);  // sh reports a child killed by signal S as exit status 128 + S
     return {code, output};
+}
+
+// Runs `body` in a child process; returns (killed by SIGABRT, what it wrote to stderr): how the tests of what the
+// CPU build stops (a stuck barrier, a misused warp collective) see the message without stopping themselves.
+inline std::pair<bool, std::string> run_in_child(const std::function<void()>& body) {
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    std::fflush(nullptr);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        signal(SIGABRT, SIG_DFL);  // not doctest's crash handler: the parent checks the signal
+        int null_fd = open("/dev/null", O_WRONLY);
+        dup2(null_fd, 1);
+        dup2(fds[1], 2);
+        close(fds[0]);
+        body();
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string err;
+    char buf[4096];
+    for (ssize_t got; (got = read(fds[0], buf, sizeof buf)) > 0;) err.append(buf, got);
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return {WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, err};
 }
