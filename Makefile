@@ -328,6 +328,11 @@ clean: clean-eval
 clean-eval:
 	rm -f eval_gpt eval_gpt_cpu
 # ---- end evaluation (issue 17) ------------------------------------------------------------------------
+
+# ---- fine-tuning (issue 18) ---------------------------------------------------------------------------------
+# test_preference runs train_gpt_cpu (--objective sft|dpo|ipo|kto) and eval_gpt_cpu (--pairs).
+$(CPU)/test/test_preference: | $(PROG)eval_gpt_cpu $(PROG)train_gpt_cpu
+# ---- end fine-tuning (issue 18) -----------------------------------------------------------------------------
 # ---- serving (issue 19) -------------------------------------------------------
 # infer_gpt --serve (server.h) speaks HTTP through cpp-httplib: Debian's libcpp-httplib-dev is a header of
 # declarations and a shared library, built with the flags pkg-config names (they change the header's class
