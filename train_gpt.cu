@@ -608,9 +608,9 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
         }
         return line;
     };
-    Rng sample_rng(o.seed + 1);
-    auto sample = [&](const char* when) {
+    auto sample = [&](const char* when) {  // the same random stream before and after: only the model differs
         if (!tok || o.sample_tokens <= 0) return;
+        Rng sample_rng(o.seed + 1);
         std::printf("--- sample %s ---\n%s\n---\n", when, generate(model, *tok, o, sample_rng).c_str());
         std::fflush(stdout);
     };
