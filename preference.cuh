@@ -370,8 +370,8 @@ inline void check_same_vocabulary(const GPTConfig& policy, const nlohmann::json&
         throw std::runtime_error("reference model " + ref_path + " has a vocabulary of " + std::to_string(ref.vocab_size) +
                                  " tokens, the policy " + std::to_string(policy.vocab_size) +
                                  ": the reference must use the policy's tokenizer (usually: the checkpoint the policy started from)");
-    if (policy_tokenizer.is_object() && ref_tokenizer.is_object() && policy_tokenizer.contains("fingerprint") &&
-        ref_tokenizer.contains("fingerprint") && policy_tokenizer["fingerprint"] != ref_tokenizer["fingerprint"])
+    auto fingerprint = [](const nlohmann::json& t) { return t.is_object() ? t.value("fingerprint", "") : std::string(); };
+    if (!fingerprint(policy_tokenizer).empty() && !fingerprint(ref_tokenizer).empty() && fingerprint(policy_tokenizer) != fingerprint(ref_tokenizer))
         throw std::runtime_error("reference model " + ref_path + " was trained with another tokenizer (" + ref_tokenizer.dump() +
                                  ") than the policy (" + policy_tokenizer.dump() + ")");
 }

@@ -334,6 +334,23 @@ TEST_CASE("train_gpt --objective sft, ipo, kto run and lower their loss") {
     }
 }
 
+TEST_CASE("train_gpt --objective dpo from a Hugging Face model (token ids, no tokenizer); eval_gpt reads the result") {
+    Scratch s("hf");
+    std::string lines;
+    for (int i = 0; i < 8; i++)
+        lines += json{{"prompt", {1 + i, 2 + i}}, {"chosen", {10 + i, 20, 30}}, {"rejected", {30, 20, 10 + i}}}.dump() + "\n";
+    write_text(s / "pairs.jsonl", lines);
+    const std::string hf = "test/fixtures/hf_gpt2_tiny";
+    CommandResult r = train_gpt("--objective dpo --init-from " + hf + " --pairs " + (s / "pairs.jsonl") +
+                                " --batch-size 8 --max-steps 20 --learning-rate 3e-3 --warmup-steps 0 --sample-tokens 0 --out-dir " + s.dir);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    CHECK(read_jsonl(s / "log.jsonl").back()["eval_reward_accuracy"].get<double>() > 0.9);
+    r = eval_gpt("--model " + (s / "checkpoint.bin") + " --pairs " + (s / "pairs.jsonl") + " --ref-model " + hf);
+    INFO(r.output);
+    CHECK(r.exit_code == 0);
+}
+
 TEST_CASE("fine-tuning: bad input is an error naming the file and line, or the mismatch") {
     Scratch s("bad");
     write_tiny_model(s / "base.bin", 16);
