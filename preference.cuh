@@ -46,9 +46,9 @@
 //   cost: forward B·T floats read; backward B·T·Vp read and written once (the classifier's own traffic).
 
 template <class Real>
-void sequence_logprob_forward_cpu(Real* logp,           // (B): overwritten
-                                  const Real* losses,   // (B, T): the fused classifier's per-position losses
-                                  const int* targets,   // (B, T): −1 = masked (prompt, padding)
+void sequence_logprob_forward_cpu(Real* logp,          // (B): overwritten
+                                  const Real* losses,  // (B, T): the fused classifier's per-position losses
+                                  const int* targets,  // (B, T): −1 = masked (prompt, padding)
                                   int B, int T) {
     for (int b = 0; b < B; b++) {
         Real sum = 0;
@@ -59,11 +59,12 @@ void sequence_logprob_forward_cpu(Real* logp,           // (B): overwritten
 }
 
 template <class Real>
-void sequence_logprob_backward_cpu(Real* dlogits,      // (B, T, Vp): in p − onehot (classifier, dloss 1); out ∂L/∂z
+void sequence_logprob_backward_cpu(Real* dlogits,  // (B, T, Vp): in p − onehot (classifier, dloss 1); out ∂L/∂z
                                    const Real* dlogp,  // (B): ∂L/∂logp
                                    int B, int T, int Vp) {
     for (int b = 0; b < B; b++)
-        for (size_t i = 0; i < static_cast<size_t>(T) * Vp; i++) dlogits[static_cast<size_t>(b) * T * Vp + i] *= -dlogp[b];
+        for (size_t i = 0; i < static_cast<size_t>(T) * Vp; i++)
+            dlogits[static_cast<size_t>(b) * T * Vp + i] *= -dlogp[b];
 }
 
 // One block per row b: threads stride over t (consecutive threads, consecutive floats: coalesced) and the
@@ -79,7 +80,8 @@ __global__ void sequence_logprob_forward_kernel(float* logp, const float* losses
 
 // One thread per logit (grid-stride), coalesced; its row's factor is one load that every thread of a row shares.
 __global__ void sequence_logprob_backward_kernel(floatX* dlogits, const float* dlogp, size_t row_elements, size_t n) {
-    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
         dlogits[i] = static_cast<float>(dlogits[i]) * -dlogp[i / row_elements];
 }
 
@@ -119,22 +121,27 @@ GPTCU_OP(sequence_logprob_backward)
 enum class PairLoss : int { dpo = 0, ipo = 1 };
 
 template <class Real>
-Real softplus(Real x) { return std::max(x, Real(0)) + std::log1p(std::exp(-std::abs(x))); }
+Real softplus(Real x) {
+    return std::max(x, Real(0)) + std::log1p(std::exp(-std::abs(x)));
+}
 template <class Real>
-Real sigmoid(Real x) { return x >= 0 ? Real(1) / (Real(1) + std::exp(-x)) : std::exp(x) / (Real(1) + std::exp(x)); }
+Real sigmoid(Real x) {
+    return x >= 0 ? Real(1) / (Real(1) + std::exp(-x)) : std::exp(x) / (Real(1) + std::exp(x));
+}
 
 template <class Real>
-void pair_loss_forward_cpu(Real* losses,        // (P): overwritten
-                           const Real* logp,    // (2P): policy, [chosen | rejected]
-                           const Real* ref,     // (2P): reference, same rows
+void pair_loss_forward_cpu(Real* losses,      // (P): overwritten
+                           const Real* logp,  // (2P): policy, [chosen | rejected]
+                           const Real* ref,   // (2P): reference, same rows
                            PairLoss kind, std::type_identity_t<Real> beta, int P) {
     for (int i = 0; i < P; i++) {
         Real h = (logp[i] - ref[i]) - (logp[P + i] - ref[P + i]);
-        losses[i] = kind == PairLoss::dpo ? softplus(-beta * h) : (h - Real(1) / (2 * beta)) * (h - Real(1) / (2 * beta));
+        losses[i] =
+            kind == PairLoss::dpo ? softplus(-beta * h) : (h - Real(1) / (2 * beta)) * (h - Real(1) / (2 * beta));
     }
 }
 template <class Real>
-void pair_loss_backward_cpu(Real* dlogp,         // (2P): accumulated
+void pair_loss_backward_cpu(Real* dlogp,                        // (2P): accumulated
                             const Real* logp, const Real* ref,  // (2P) each
                             PairLoss kind, std::type_identity_t<Real> beta, std::type_identity_t<Real> dloss, int P) {
     for (int i = 0; i < P; i++) {
@@ -146,15 +153,19 @@ void pair_loss_backward_cpu(Real* dlogp,         // (2P): accumulated
 }
 
 // One thread per pair (P is a batch of pairs: tens); reads four floats, writes one or two.
-__device__ inline float sigmoidf_stable(float x) { return x >= 0.0f ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x)); }
-__global__ void pair_loss_forward_kernel(float* losses, const float* logp, const float* ref, int kind, float beta, int P) {
+__device__ inline float sigmoidf_stable(float x) {
+    return x >= 0.0f ? 1.0f / (1.0f + expf(-x)) : expf(x) / (1.0f + expf(x));
+}
+__global__ void pair_loss_forward_kernel(float* losses, const float* logp, const float* ref, int kind, float beta,
+                                         int P) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= P) return;
     float h = (logp[i] - ref[i]) - (logp[P + i] - ref[P + i]);
     float x = -beta * h, d = h - 0.5f / beta;
     losses[i] = kind == static_cast<int>(PairLoss::dpo) ? fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))) : d * d;
 }
-__global__ void pair_loss_backward_kernel(float* dlogp, const float* logp, const float* ref, int kind, float beta, float dloss, int P) {
+__global__ void pair_loss_backward_kernel(float* dlogp, const float* logp, const float* ref, int kind, float beta,
+                                          float dloss, int P) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= P) return;
     float h = (logp[i] - ref[i]) - (logp[P + i] - ref[P + i]);
@@ -162,13 +173,15 @@ __global__ void pair_loss_backward_kernel(float* dlogp, const float* logp, const
     dlogp[i] += dloss * dh;
     dlogp[P + i] -= dloss * dh;
 }
-inline void pair_loss_forward(float* losses, const float* logp, const float* ref, PairLoss kind, float beta, int P, cudaStream_t stream) {
+inline void pair_loss_forward(float* losses, const float* logp, const float* ref, PairLoss kind, float beta, int P,
+                              cudaStream_t stream) {
     pair_loss_forward_kernel<<<ceil_div(P, 256), 256, 0, stream>>>(losses, logp, ref, static_cast<int>(kind), beta, P);
     cuda_check(cudaGetLastError());
 }
-inline void pair_loss_backward(float* dlogp, const float* logp, const float* ref, PairLoss kind, float beta, float dloss, int P,
-                               cudaStream_t stream) {
-    pair_loss_backward_kernel<<<ceil_div(P, 256), 256, 0, stream>>>(dlogp, logp, ref, static_cast<int>(kind), beta, dloss, P);
+inline void pair_loss_backward(float* dlogp, const float* logp, const float* ref, PairLoss kind, float beta,
+                               float dloss, int P, cudaStream_t stream) {
+    pair_loss_backward_kernel<<<ceil_div(P, 256), 256, 0, stream>>>(dlogp, logp, ref, static_cast<int>(kind), beta,
+                                                                    dloss, P);
     cuda_check(cudaGetLastError());
 }
 GPTCU_OP(pair_loss_forward)
@@ -183,7 +196,7 @@ GPTCU_OP(pair_loss_backward)
 // The paper estimates z₀ on mismatched pairs (x_i, y_j≠i); we use the batch's own completions (one forward
 // fewer; docs/preference.md says what that changes). backward ACCUMULATES dloss·∂loss_i/∂π_i into dlogp.
 template <class Real>
-void kto_reference_point_cpu(Real* z0,            // (1): overwritten
+void kto_reference_point_cpu(Real* z0,                           // (1): overwritten
                              const Real* logp, const Real* ref,  // (N) each
                              int N) {
     Real sum = 0;
@@ -191,19 +204,20 @@ void kto_reference_point_cpu(Real* z0,            // (1): overwritten
     *z0 = std::max(Real(0), sum / N);
 }
 template <class Real>
-void kto_loss_forward_cpu(Real* losses,                    // (N): overwritten
+void kto_loss_forward_cpu(Real* losses,                       // (N): overwritten
                           const Real* logp, const Real* ref,  // (N) each
-                          const int* desirable,            // (N): 1 desirable, 0 undesirable
-                          const Real* z0,                  // (1)
+                          const int* desirable,               // (N): 1 desirable, 0 undesirable
+                          const Real* z0,                     // (1)
                           std::type_identity_t<Real> beta, std::type_identity_t<Real> weight_desirable,
                           std::type_identity_t<Real> weight_undesirable, int N) {
     for (int i = 0; i < N; i++) {
         Real r = logp[i] - ref[i];
-        losses[i] = desirable[i] ? weight_desirable * (1 - sigmoid(beta * (r - *z0))) : weight_undesirable * (1 - sigmoid(beta * (*z0 - r)));
+        losses[i] = desirable[i] ? weight_desirable * (1 - sigmoid(beta * (r - *z0)))
+                                 : weight_undesirable * (1 - sigmoid(beta * (*z0 - r)));
     }
 }
 template <class Real>
-void kto_loss_backward_cpu(Real* dlogp,                     // (N): accumulated
+void kto_loss_backward_cpu(Real* dlogp,  // (N): accumulated
                            const Real* logp, const Real* ref, const int* desirable, const Real* z0,
                            std::type_identity_t<Real> beta, std::type_identity_t<Real> weight_desirable,
                            std::type_identity_t<Real> weight_undesirable, std::type_identity_t<Real> dloss, int N) {
@@ -223,16 +237,18 @@ __global__ void kto_reference_point_kernel(float* z0, const float* logp, const f
     if (threadIdx.x == 0) *z0 = fmaxf(0.0f, sum / N);
 }
 // One thread per example.
-__global__ void kto_loss_forward_kernel(float* losses, const float* logp, const float* ref, const int* desirable, const float* z0,
-                                        float beta, float weight_desirable, float weight_undesirable, int N) {
+__global__ void kto_loss_forward_kernel(float* losses, const float* logp, const float* ref, const int* desirable,
+                                        const float* z0, float beta, float weight_desirable, float weight_undesirable,
+                                        int N) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) return;
     float r = logp[i] - ref[i], z = *z0;
     losses[i] = desirable[i] ? weight_desirable * (1.0f - sigmoidf_stable(beta * (r - z)))
                              : weight_undesirable * (1.0f - sigmoidf_stable(beta * (z - r)));
 }
-__global__ void kto_loss_backward_kernel(float* dlogp, const float* logp, const float* ref, const int* desirable, const float* z0,
-                                         float beta, float weight_desirable, float weight_undesirable, float dloss, int N) {
+__global__ void kto_loss_backward_kernel(float* dlogp, const float* logp, const float* ref, const int* desirable,
+                                         const float* z0, float beta, float weight_desirable, float weight_undesirable,
+                                         float dloss, int N) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) return;
     float r = logp[i] - ref[i], z = *z0;
@@ -243,16 +259,17 @@ inline void kto_reference_point(float* z0, const float* logp, const float* ref, 
     kto_reference_point_kernel<<<1, 256, 0, stream>>>(z0, logp, ref, N);
     cuda_check(cudaGetLastError());
 }
-inline void kto_loss_forward(float* losses, const float* logp, const float* ref, const int* desirable, const float* z0, float beta,
-                             float weight_desirable, float weight_undesirable, int N, cudaStream_t stream) {
-    kto_loss_forward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(losses, logp, ref, desirable, z0, beta, weight_desirable,
-                                                                  weight_undesirable, N);
+inline void kto_loss_forward(float* losses, const float* logp, const float* ref, const int* desirable, const float* z0,
+                             float beta, float weight_desirable, float weight_undesirable, int N, cudaStream_t stream) {
+    kto_loss_forward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(losses, logp, ref, desirable, z0, beta,
+                                                                  weight_desirable, weight_undesirable, N);
     cuda_check(cudaGetLastError());
 }
-inline void kto_loss_backward(float* dlogp, const float* logp, const float* ref, const int* desirable, const float* z0, float beta,
-                              float weight_desirable, float weight_undesirable, float dloss, int N, cudaStream_t stream) {
-    kto_loss_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dlogp, logp, ref, desirable, z0, beta, weight_desirable,
-                                                                   weight_undesirable, dloss, N);
+inline void kto_loss_backward(float* dlogp, const float* logp, const float* ref, const int* desirable, const float* z0,
+                              float beta, float weight_desirable, float weight_undesirable, float dloss, int N,
+                              cudaStream_t stream) {
+    kto_loss_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dlogp, logp, ref, desirable, z0, beta,
+                                                                   weight_desirable, weight_undesirable, dloss, N);
     cuda_check(cudaGetLastError());
 }
 GPTCU_OP(kto_reference_point)
@@ -291,15 +308,18 @@ struct CompletionExample {
 
 // Reads a file of pairs (want_pairs) or of completions. KTO reads completions and accepts pairs on any line.
 // max_seq_len: prompt + completion − 1 must fit (the last token is only predicted).
-inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* tok, int vocab_size, int max_seq_len, bool want_pairs,
-                               bool want_labels, std::vector<PairExample>& pairs, std::vector<CompletionExample>& completions) {
+inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* tok, int vocab_size, int max_seq_len,
+                               bool want_pairs, bool want_labels, std::vector<PairExample>& pairs,
+                               std::vector<CompletionExample>& completions) {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw std::runtime_error(path + ": cannot open");
     std::string line;
     for (int lineno = 1; std::getline(in, line); lineno++) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        auto fail = [&](const std::string& m) { throw std::runtime_error(path + ":" + std::to_string(lineno) + ": " + m); };
+        auto fail = [&](const std::string& m) {
+            throw std::runtime_error(path + ":" + std::to_string(lineno) + ": " + m);
+        };
         if (size_t bad = utf8_invalid_at(line); bad != std::string::npos)
             fail("invalid UTF-8 at byte " + std::to_string(bad + 1) + " of the line (the file must be UTF-8 text)");
         nlohmann::json j;
@@ -314,11 +334,14 @@ inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* to
             const nlohmann::json& v = j[key];
             std::vector<int> ids;
             if (v.is_string()) {
-                if (!tok) fail(std::string("\"") + key + "\" is text but there is no tokenizer (pass --tokenizer DIR, or give token ids)");
+                if (!tok)
+                    fail(std::string("\"") + key +
+                         "\" is text but there is no tokenizer (pass --tokenizer DIR, or give token ids)");
                 ids = tok->encode_ordinary(v.get<std::string>());
             } else if (v.is_array()) {
                 for (const auto& x : v) {
-                    if (!x.is_number_integer()) fail(std::string("\"") + key + "\" must be text or a list of token ids");
+                    if (!x.is_number_integer())
+                        fail(std::string("\"") + key + "\" must be text or a list of token ids");
                     ids.push_back(x.get<int>());
                 }
             } else {
@@ -327,15 +350,15 @@ inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* to
             if (ids.empty()) fail(std::string("\"") + key + "\" is empty");
             for (int id : ids)
                 if (id < 0 || id >= vocab_size)
-                    fail(std::string("\"") + key + "\": token " + std::to_string(id) + " is outside the model's vocabulary [0, " +
-                         std::to_string(vocab_size) + ")");
+                    fail(std::string("\"") + key + "\": token " + std::to_string(id) +
+                         " is outside the model's vocabulary [0, " + std::to_string(vocab_size) + ")");
             return ids;
         };
         auto check_fits = [&](const std::vector<int>& prompt, const std::vector<int>& c, const char* key) {
             if (static_cast<int>(prompt.size() + c.size()) - 1 > max_seq_len)
-                fail("prompt + " + std::string(key) + " is " + std::to_string(prompt.size() + c.size()) + " tokens (prompt " +
-                     std::to_string(prompt.size()) + "); the model reads at most " + std::to_string(max_seq_len) +
-                     " (+1 predicted): shorten the example");
+                fail("prompt + " + std::string(key) + " is " + std::to_string(prompt.size() + c.size()) +
+                     " tokens (prompt " + std::to_string(prompt.size()) + "); the model reads at most " +
+                     std::to_string(max_seq_len) + " (+1 predicted): shorten the example");
         };
         std::vector<int> prompt = tokens("prompt");
         bool is_pair = j.contains("chosen") || j.contains("rejected");
@@ -343,7 +366,8 @@ inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* to
             PairExample p{lineno, prompt, tokens("chosen"), tokens("rejected")};
             check_fits(p.prompt, p.chosen, "chosen");
             check_fits(p.prompt, p.rejected, "rejected");
-            if (want_pairs) pairs.push_back(std::move(p));
+            if (want_pairs)
+                pairs.push_back(std::move(p));
             else {
                 completions.push_back({lineno, p.prompt, p.chosen, true});
                 completions.push_back({lineno, p.prompt, p.rejected, false});
@@ -367,13 +391,17 @@ inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* to
 inline void check_same_vocabulary(const GPTConfig& policy, const nlohmann::json& policy_tokenizer, const GPTConfig& ref,
                                   const nlohmann::json& ref_tokenizer, const std::string& ref_path) {
     if (policy.vocab_size != ref.vocab_size)
-        throw std::runtime_error("reference model " + ref_path + " has a vocabulary of " + std::to_string(ref.vocab_size) +
-                                 " tokens, the policy " + std::to_string(policy.vocab_size) +
-                                 ": the reference must use the policy's tokenizer (usually: the checkpoint the policy started from)");
-    auto fingerprint = [](const nlohmann::json& t) { return t.is_object() ? t.value("fingerprint", "") : std::string(); };
-    if (!fingerprint(policy_tokenizer).empty() && !fingerprint(ref_tokenizer).empty() && fingerprint(policy_tokenizer) != fingerprint(ref_tokenizer))
-        throw std::runtime_error("reference model " + ref_path + " was trained with another tokenizer (" + ref_tokenizer.dump() +
-                                 ") than the policy (" + policy_tokenizer.dump() + ")");
+        throw std::runtime_error(
+            "reference model " + ref_path + " has a vocabulary of " + std::to_string(ref.vocab_size) +
+            " tokens, the policy " + std::to_string(policy.vocab_size) +
+            ": the reference must use the policy's tokenizer (usually: the checkpoint the policy started from)");
+    auto fingerprint = [](const nlohmann::json& t) {
+        return t.is_object() ? t.value("fingerprint", "") : std::string();
+    };
+    if (!fingerprint(policy_tokenizer).empty() && !fingerprint(ref_tokenizer).empty() &&
+        fingerprint(policy_tokenizer) != fingerprint(ref_tokenizer))
+        throw std::runtime_error("reference model " + ref_path + " was trained with another tokenizer (" +
+                                 ref_tokenizer.dump() + ") than the policy (" + policy_tokenizer.dump() + ")");
 }
 
 // ============================================================================
@@ -405,17 +433,25 @@ float sft_step(GPT<Ops>& model, const std::vector<CompletionExample>& batch) {
 // completions, not from samples of the policy.
 struct PreferenceMetrics {
     double loss = 0, accuracy = 0, chosen_reward = 0, rejected_reward = 0, margin = 0, kl = 0;
-    long count = 0;  // pairs (DPO, IPO) or examples (KTO) the sums are over
+    long count = 0;                                              // pairs (DPO, IPO) or examples (KTO) the sums are over
     PreferenceMetrics& operator+=(const PreferenceMetrics& o) {  // running means over batches, weighted by count
         auto mix = [&](double& a, double b) { a = (a * count + b * o.count) / std::max<long>(1, count + o.count); };
-        mix(loss, o.loss); mix(accuracy, o.accuracy); mix(chosen_reward, o.chosen_reward); mix(rejected_reward, o.rejected_reward);
-        mix(margin, o.margin); mix(kl, o.kl);
+        mix(loss, o.loss);
+        mix(accuracy, o.accuracy);
+        mix(chosen_reward, o.chosen_reward);
+        mix(rejected_reward, o.rejected_reward);
+        mix(margin, o.margin);
+        mix(kl, o.kl);
         count += o.count;
         return *this;
     }
     nlohmann::json to_json(const std::string& prefix = "") const {
-        return {{prefix + "loss", loss}, {prefix + "reward_accuracy", accuracy}, {prefix + "chosen_reward", chosen_reward},
-                {prefix + "rejected_reward", rejected_reward}, {prefix + "margin", margin}, {prefix + "kl", kl}};
+        return {{prefix + "loss", loss},
+                {prefix + "reward_accuracy", accuracy},
+                {prefix + "chosen_reward", chosen_reward},
+                {prefix + "rejected_reward", rejected_reward},
+                {prefix + "margin", margin},
+                {prefix + "kl", kl}};
     }
 };
 
@@ -441,8 +477,8 @@ struct PreferenceBuffers {
         desirable = static_cast<int*>(Ops::alloc(rows * sizeof(int)));
     }
     void release() {
-        for (void* p : {static_cast<void*>(logp), static_cast<void*>(ref), static_cast<void*>(dlogp), static_cast<void*>(losses),
-                        static_cast<void*>(z0), static_cast<void*>(desirable)})
+        for (void* p : {static_cast<void*>(logp), static_cast<void*>(ref), static_cast<void*>(dlogp),
+                        static_cast<void*>(losses), static_cast<void*>(z0), static_cast<void*>(desirable)})
             if (p) Ops::release(p);
         logp = ref = dlogp = losses = z0 = nullptr;
         desirable = nullptr;
@@ -474,8 +510,9 @@ void sequence_logprobs(GPT<Ops>& model, const ScoreBatch& s, float* logp, bool f
 // DPO / IPO, `examples` for KTO. Returns the batch's metrics; `ipo_loss` (pairs, without backward) also gets
 // IPO's mean loss, for eval_gpt's report of both.
 template <class Ops>
-PreferenceMetrics preference_step(GPT<Ops>& policy, GPT<Ops>& reference, PreferenceBuffers<Ops>& buf, const PreferenceSettings& set,
-                                  const std::vector<PairExample>& pairs, const std::vector<CompletionExample>& examples, bool backward,
+PreferenceMetrics preference_step(GPT<Ops>& policy, GPT<Ops>& reference, PreferenceBuffers<Ops>& buf,
+                                  const PreferenceSettings& set, const std::vector<PairExample>& pairs,
+                                  const std::vector<CompletionExample>& examples, bool backward,
                                   double* ipo_loss = nullptr) {
     const bool kto = set.objective == Objective::kto;
     std::vector<ScoreRequest> rows = kto ? completion_requests(examples) : pair_requests(pairs);
@@ -493,7 +530,8 @@ PreferenceMetrics preference_step(GPT<Ops>& policy, GPT<Ops>& reference, Prefere
         kto_loss_forward(ex, buf.losses, buf.logp, buf.ref, buf.desirable, buf.z0, set.beta, set.weight_desirable,
                          set.weight_undesirable, B);
     } else {
-        pair_loss_forward(ex, buf.losses, buf.logp, buf.ref, set.objective == Objective::ipo ? PairLoss::ipo : PairLoss::dpo, set.beta, P);
+        pair_loss_forward(ex, buf.losses, buf.logp, buf.ref,
+                          set.objective == Objective::ipo ? PairLoss::ipo : PairLoss::dpo, set.beta, P);
     }
     std::vector<float> losses(P), logp(B), ref(B);
     Ops::to_host(losses.data(), buf.losses, P * sizeof(float));
@@ -505,9 +543,10 @@ PreferenceMetrics preference_step(GPT<Ops>& policy, GPT<Ops>& reference, Prefere
             kto_loss_backward(ex, buf.dlogp, buf.logp, buf.ref, buf.desirable, buf.z0, set.beta, set.weight_desirable,
                               set.weight_undesirable, 1.0f / B, B);
         else
-            pair_loss_backward(ex, buf.dlogp, buf.logp, buf.ref, set.objective == Objective::ipo ? PairLoss::ipo : PairLoss::dpo,
-                               set.beta, 1.0f / P, P);
-        sequence_logprob_backward(ex, policy.template act<floatX>(LOGITS), buf.dlogp, B, s.T, policy.config.padded_vocab_size);
+            pair_loss_backward(ex, buf.dlogp, buf.logp, buf.ref,
+                               set.objective == Objective::ipo ? PairLoss::ipo : PairLoss::dpo, set.beta, 1.0f / P, P);
+        sequence_logprob_backward(ex, policy.template act<floatX>(LOGITS), buf.dlogp, B, s.T,
+                                  policy.config.padded_vocab_size);
         policy.backward();
     }
     // metrics on the host, in double

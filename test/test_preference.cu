@@ -17,7 +17,8 @@ using json = nlohmann::json;
 static std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
 // A backward (analytic, double) against central finite differences of its forward.
-static void check_finite_differences(const std::string& what, const std::vector<double>& x, const std::vector<double>& grad,
+static void check_finite_differences(const std::string& what, const std::vector<double>& x,
+                                     const std::vector<double>& grad,
                                      const std::function<double(const std::vector<double>&)>& f) {
     std::vector<double> fd = finite_difference(f, x);
     double e = rel_error(grad, fd);
@@ -29,11 +30,15 @@ static void check_finite_differences(const std::string& what, const std::vector<
 // 1. Sequence log-probability
 TEST_CASE("sequence log-prob forward/backward: kernel matches CPU reference") {
     Rng rng(1801);
-    struct Shape { int B, T, Vp; };
+    struct Shape {
+        int B, T, Vp;
+    };
     for (Shape s : {Shape{1, 1, 128}, Shape{3, 17, 128}, Shape{5, 300, 256}}) {
-        CAPTURE(s.B); CAPTURE(s.T);
+        CAPTURE(s.B);
+        CAPTURE(s.T);
         const size_t N = static_cast<size_t>(s.B) * s.T;
-        std::vector<float> losses = random_vector(N, rng), dlogits = random_vector(N * s.Vp, rng), dlogp = random_vector(s.B, rng);
+        std::vector<float> losses = random_vector(N, rng), dlogits = random_vector(N * s.Vp, rng),
+                           dlogp = random_vector(s.B, rng);
         std::vector<int> targets(N);
         for (auto& t : targets) t = rng.uniform() < 0.3f ? -1 : static_cast<int>(rng.below(100));
         std::vector<float> logp_ref(s.B), dlogits_ref = dlogits;
@@ -75,7 +80,8 @@ TEST_CASE("DPO and IPO forward/backward: kernel matches CPU reference") {
     Rng rng(1803);
     for (PairLoss kind : {PairLoss::dpo, PairLoss::ipo})
         for (int P : {1, 7, 300}) {
-            CAPTURE(static_cast<int>(kind)); CAPTURE(P);
+            CAPTURE(static_cast<int>(kind));
+            CAPTURE(P);
             std::vector<float> logp = random_vector(2 * P, rng, 20.0f), ref = random_vector(2 * P, rng, 20.0f);
             std::vector<float> dlogp = random_vector(2 * P, rng);  // accumulated into
             std::vector<float> losses_ref(P), dlogp_ref = dlogp;
@@ -98,7 +104,8 @@ TEST_CASE("DPO and IPO backward (CPU, double) matches finite differences of the 
     const int P = 5;
     for (PairLoss kind : {PairLoss::dpo, PairLoss::ipo}) {
         CAPTURE(static_cast<int>(kind));
-        std::vector<double> logp = to_double(random_vector(2 * P, rng, 5.0f)), ref = to_double(random_vector(2 * P, rng, 5.0f));
+        std::vector<double> logp = to_double(random_vector(2 * P, rng, 5.0f)),
+                            ref = to_double(random_vector(2 * P, rng, 5.0f));
         std::vector<double> dlogp(2 * P, 0.0);
         pair_loss_backward_cpu(dlogp.data(), logp.data(), ref.data(), kind, 0.7, 1.0 / P, P);
         check_finite_differences("pair dlogp", logp, dlogp, [&](const std::vector<double>& x) {
@@ -113,8 +120,10 @@ TEST_CASE("KTO reference point, forward and backward: kernel matches CPU referen
     Rng rng(1805);
     for (int N : {1, 9, 700}) {
         for (float shift : {3.0f, -3.0f}) {  // mean π − ρ above 0, and below (z0 clamped to 0)
-            CAPTURE(N); CAPTURE(shift);
-            std::vector<float> logp = random_vector(N, rng, 4.0f), ref = random_vector(N, rng, 4.0f), dlogp = random_vector(N, rng);
+            CAPTURE(N);
+            CAPTURE(shift);
+            std::vector<float> logp = random_vector(N, rng, 4.0f), ref = random_vector(N, rng, 4.0f),
+                               dlogp = random_vector(N, rng);
             for (auto& x : logp) x += shift;
             std::vector<int> desirable(N);
             for (auto& d : desirable) d = rng.uniform() < 0.5f;
@@ -123,8 +132,10 @@ TEST_CASE("KTO reference point, forward and backward: kernel matches CPU referen
             std::vector<float> losses_ref(N), dlogp_ref = dlogp;
             kto_reference_point_cpu(&z0_ref, logp.data(), ref.data(), N);
             if (shift < 0 && N > 100) CHECK(z0_ref == 0.0f);
-            kto_loss_forward_cpu(losses_ref.data(), logp.data(), ref.data(), desirable.data(), &z0_ref, beta, wd, wu, N);
-            kto_loss_backward_cpu(dlogp_ref.data(), logp.data(), ref.data(), desirable.data(), &z0_ref, beta, wd, wu, dloss, N);
+            kto_loss_forward_cpu(losses_ref.data(), logp.data(), ref.data(), desirable.data(), &z0_ref, beta, wd, wu,
+                                 N);
+            kto_loss_backward_cpu(dlogp_ref.data(), logp.data(), ref.data(), desirable.data(), &z0_ref, beta, wd, wu,
+                                  dloss, N);
             for_each_thread_order([&] {
                 DeviceBuffer<float> d_logp(logp), d_ref(ref), d_losses(N), d_dlogp(dlogp), d_z0(1);
                 DeviceBuffer<int> d_desirable(desirable);
@@ -174,7 +185,8 @@ static void check_preference_fixture() {
     json x = json::parse(f);
     LoadedModel ref_loaded = load_model("test/fixtures/hf_gpt2_tiny");
     const GPTConfig& config = ref_loaded.config;
-    std::vector<float> policy_params = hf_params(safetensors::Reader::load(fixture_dir + "/policy.safetensors"), config);
+    std::vector<float> policy_params =
+        hf_params(safetensors::Reader::load(fixture_dir + "/policy.safetensors"), config);
     GPT<Ops> policy(config), reference(config);
     policy.set_parameters(policy_params);
     reference.set_parameters(ref_loaded.params);
@@ -185,23 +197,32 @@ static void check_preference_fixture() {
     for (const auto& p : pairs) examples.push_back({0, p.prompt, p.rejected, false});
     const int B = 2 * static_cast<int>(pairs.size());
     PreferenceBuffers<Ops> buf;
-    struct Case { std::string name; Objective objective; };
+    struct Case {
+        std::string name;
+        Objective objective;
+    };
     for (const Case& c : {Case{"dpo", Objective::dpo}, Case{"ipo", Objective::ipo}, Case{"kto", Objective::kto}}) {
         const std::string& name = c.name;
         const Objective objective = c.objective;
         CAPTURE(name);
-        PreferenceSettings set{objective, x["beta"].get<float>(), x["weight_desirable"].get<float>(), x["weight_undesirable"].get<float>()};
+        PreferenceSettings set{objective, x["beta"].get<float>(), x["weight_desirable"].get<float>(),
+                               x["weight_undesirable"].get<float>()};
         policy.zero_grad();
         PreferenceMetrics m = preference_step(policy, reference, buf, set, pairs, examples, true);
-        check_close("policy logp", policy.get(buf.logp, B), x["policy_logp"].get<std::vector<float>>(), tolerance_preference);
-        check_close("reference logp", reference.get(buf.ref, B), x["ref_logp"].get<std::vector<float>>(), tolerance_preference);
+        check_close("policy logp", policy.get(buf.logp, B), x["policy_logp"].get<std::vector<float>>(),
+                    tolerance_preference);
+        check_close("reference logp", reference.get(buf.ref, B), x["ref_logp"].get<std::vector<float>>(),
+                    tolerance_preference);
         double want = x[name]["loss"];
         INFO("loss " << m.loss << " vs PyTorch " << want);
         CHECK(std::abs(m.loss - want) <= tolerance_preference * std::abs(want));
-        check_close("dloss/dlogp", policy.get(buf.dlogp, B), x[name]["dlogp"].get<std::vector<float>>(), tolerance_preference);
-        if (objective == Objective::kto) CHECK(std::abs(policy.get(buf.z0, 1)[0] - x["kto"]["z0"].get<double>()) <= 1e-5);
+        check_close("dloss/dlogp", policy.get(buf.dlogp, B), x[name]["dlogp"].get<std::vector<float>>(),
+                    tolerance_preference);
+        if (objective == Objective::kto)
+            CHECK(std::abs(policy.get(buf.z0, 1)[0] - x["kto"]["z0"].get<double>()) <= 1e-5);
         std::vector<float> grads = policy.get_gradients();
-        std::vector<float> want_grads = hf_params(safetensors::Reader::load(fixture_dir + "/grad_" + name + ".safetensors"), config);
+        std::vector<float> want_grads =
+            hf_params(safetensors::Reader::load(fixture_dir + "/grad_" + name + ".safetensors"), config);
         size_t offset = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             if (!policy.sizes[i]) continue;
@@ -265,31 +286,43 @@ static std::string pair_lines() {
     std::string out;
     for (int i = 0; i < 16; i++) {
         std::string a = words[i % 8], b = words[(i * 3 + 1) % 8];
-        out += json{{"prompt", "Line " + std::to_string(i) + ":"}, {"chosen", " " + a + " saw " + b + "."},
-                    {"rejected", " saw " + b + " " + a + "."}}.dump() + "\n";
+        out += json{{"prompt", "Line " + std::to_string(i) + ":"},
+                    {"chosen", " " + a + " saw " + b + "."},
+                    {"rejected", " saw " + b + " " + a + "."}}
+                   .dump() +
+               "\n";
     }
     return out;
 }
 
-static CommandResult train_gpt(const std::string& args) { return run_command(program_path("train_gpt_cpu") + " --device cpu " + args); }
-static CommandResult eval_gpt(const std::string& args) { return run_command(program_path("eval_gpt_cpu") + " --device cpu " + args); }
+static CommandResult train_gpt(const std::string& args) {
+    return run_command(program_path("train_gpt_cpu") + " --device cpu " + args);
+}
+static CommandResult eval_gpt(const std::string& args) {
+    return run_command(program_path("eval_gpt_cpu") + " --device cpu " + args);
+}
 
 TEST_CASE("train_gpt --objective dpo: reward accuracy on its training pairs rises above 0.9; eval_gpt --pairs agrees") {
     Scratch s("dpo");
     write_tiny_model(s / "base.bin");
     write_text(s / "pairs.jsonl", pair_lines());
-    CommandResult r = train_gpt("--objective dpo --init-from " + (s / "base.bin") + " --pairs " + (s / "pairs.jsonl") +
-                                " --beta 0.1 --batch-size 8 --max-steps 30 --learning-rate 3e-3 --warmup-steps 0 --val-batches 2"
-                                " --sample-tokens 0 --out-dir " + s.dir);
+    CommandResult r =
+        train_gpt("--objective dpo --init-from " + (s / "base.bin") + " --pairs " + (s / "pairs.jsonl") +
+                  " --beta 0.1 --batch-size 8 --max-steps 30 --learning-rate 3e-3 --warmup-steps 0 --val-batches 2"
+                  " --sample-tokens 0 --out-dir " +
+                  s.dir);
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     std::vector<json> log = read_jsonl(s / "log.jsonl");
     REQUIRE(log.size() == 32);  // eval at step 0, 30 steps, eval at the end
-    for (const char* key : {"eval_loss", "eval_reward_accuracy", "eval_chosen_reward", "eval_rejected_reward", "eval_margin", "eval_kl"}) {
+    for (const char* key : {"eval_loss", "eval_reward_accuracy", "eval_chosen_reward", "eval_rejected_reward",
+                            "eval_margin", "eval_kl"}) {
         CHECK(log.front().contains(key));
         CHECK(log.back().contains(key));
     }
-    for (const char* key : {"loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin", "kl", "lr", "norm"}) CHECK(log[1].contains(key));
+    for (const char* key :
+         {"loss", "reward_accuracy", "chosen_reward", "rejected_reward", "margin", "kl", "lr", "norm"})
+        CHECK(log[1].contains(key));
     // the policy starts as the reference: every reward is 0, the loss log 2
     CHECK(std::abs(log.front()["eval_loss"].get<double>() - std::log(2.0)) < 1e-5);
     CHECK(log.front()["eval_reward_accuracy"].get<double>() == 0.0);
@@ -297,8 +330,8 @@ TEST_CASE("train_gpt --objective dpo: reward accuracy on its training pairs rise
     CHECK(log.back()["eval_margin"].get<double>() > 0.0);
     CHECK(log.back()["eval_loss"].get<double>() < std::log(2.0));
     // the same pairs scored by eval_gpt against the same reference: the same accuracy and DPO loss
-    r = eval_gpt("--model " + (s / "checkpoint.bin") + " --pairs " + (s / "pairs.jsonl") + " --ref-model " + (s / "base.bin") +
-                 " --beta 0.1 --batch-size 8 --report " + (s / "report.json"));
+    r = eval_gpt("--model " + (s / "checkpoint.bin") + " --pairs " + (s / "pairs.jsonl") + " --ref-model " +
+                 (s / "base.bin") + " --beta 0.1 --batch-size 8 --report " + (s / "report.json"));
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     std::ifstream f(s / "report.json");
@@ -306,7 +339,8 @@ TEST_CASE("train_gpt --objective dpo: reward accuracy on its training pairs rise
     CHECK(report["pair_count"] == 16);
     CHECK(std::abs(report["reward_accuracy"].get<double>() - log.back()["eval_reward_accuracy"].get<double>()) < 1e-9);
     CHECK(std::abs(report["dpo_loss"].get<double>() - log.back()["eval_loss"].get<double>()) < 1e-5);
-    for (const char* key : {"ipo_loss", "reward_margin", "chosen_reward", "rejected_reward", "kl"}) CHECK(report.contains(key));
+    for (const char* key : {"ipo_loss", "reward_margin", "chosen_reward", "rejected_reward", "kl"})
+        CHECK(report.contains(key));
 }
 
 TEST_CASE("train_gpt --objective sft, ipo, kto run and lower their loss") {
@@ -321,10 +355,13 @@ TEST_CASE("train_gpt --objective sft, ipo, kto run and lower their loss") {
     kto += pair_lines();  // pairs too: each a desirable and an undesirable example
     write_text(s / "sft.jsonl", sft);
     write_text(s / "kto.jsonl", kto);
-    const std::string common = " --init-from " + (s / "base.bin") + " --batch-size 8 --max-steps 20 --learning-rate 3e-3 --warmup-steps 0"
-                               " --val-batches 4 --sample-tokens 0 --out-dir " + s.dir;
-    for (std::string args : {"--objective sft --sft-data " + (s / "sft.jsonl"), "--objective ipo --pairs " + (s / "pairs.jsonl"),
-                             "--objective kto --pairs " + (s / "kto.jsonl")}) {
+    const std::string common = " --init-from " + (s / "base.bin") +
+                               " --batch-size 8 --max-steps 20 --learning-rate 3e-3 --warmup-steps 0"
+                               " --val-batches 4 --sample-tokens 0 --out-dir " +
+                               s.dir;
+    for (std::string args :
+         {"--objective sft --sft-data " + (s / "sft.jsonl"), "--objective ipo --pairs " + (s / "pairs.jsonl"),
+          "--objective kto --pairs " + (s / "kto.jsonl")}) {
         CAPTURE(args);
         CommandResult r = train_gpt(args + common);
         INFO(r.output);
@@ -338,11 +375,13 @@ TEST_CASE("train_gpt --objective dpo from a Hugging Face model (token ids, no to
     Scratch s("hf");
     std::string lines;
     for (int i = 0; i < 8; i++)
-        lines += json{{"prompt", {1 + i, 2 + i}}, {"chosen", {10 + i, 20, 30}}, {"rejected", {30, 20, 10 + i}}}.dump() + "\n";
+        lines += json{{"prompt", {1 + i, 2 + i}}, {"chosen", {10 + i, 20, 30}}, {"rejected", {30, 20, 10 + i}}}.dump() +
+                 "\n";
     write_text(s / "pairs.jsonl", lines);
     const std::string hf = "test/fixtures/hf_gpt2_tiny";
-    CommandResult r = train_gpt("--objective dpo --init-from " + hf + " --pairs " + (s / "pairs.jsonl") +
-                                " --batch-size 8 --max-steps 20 --learning-rate 3e-3 --warmup-steps 0 --sample-tokens 0 --out-dir " + s.dir);
+    CommandResult r = train_gpt(
+        "--objective dpo --init-from " + hf + " --pairs " + (s / "pairs.jsonl") +
+        " --batch-size 8 --max-steps 20 --learning-rate 3e-3 --warmup-steps 0 --sample-tokens 0 --out-dir " + s.dir);
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     CHECK(read_jsonl(s / "log.jsonl").back()["eval_reward_accuracy"].get<double>() > 0.9);
@@ -361,18 +400,29 @@ TEST_CASE("fine-tuning: bad input is an error naming the file and line, or the m
         return train_gpt("--objective " + objective + " --init-from " + (s / "base.bin") + flag + (s / "data.jsonl") +
                          " --max-steps 1 --sample-tokens 0 --out-dir " + s.dir + extra);
     };
-    struct Case { std::string objective, lines, extra, message; };
-    const std::string ok_pair = R"({"prompt": "a", "chosen": " b", "rejected": " c"})" "\n";
+    struct Case {
+        std::string objective, lines, extra, message;
+    };
+    const std::string ok_pair = R"({"prompt": "a", "chosen": " b", "rejected": " c"})"
+                                "\n";
     for (const Case& c : std::vector<Case>{
-             {"dpo", ok_pair + R"({"prompt": "a", "chosen": " b"})" "\n", "", "data.jsonl:2: missing field \"rejected\""},
-             {"dpo", ok_pair + ok_pair + R"({"prompt": "a", "chosen": "", "rejected": " c"})", "", "data.jsonl:3: \"chosen\" is empty"},
+             {"dpo",
+              ok_pair + R"({"prompt": "a", "chosen": " b"})"
+                        "\n",
+              "", "data.jsonl:2: missing field \"rejected\""},
+             {"dpo", ok_pair + ok_pair + R"({"prompt": "a", "chosen": "", "rejected": " c"})", "",
+              "data.jsonl:3: \"chosen\" is empty"},
              {"sft", R"({"prompt": "a", "completion": []})", "", "data.jsonl:1: \"completion\" is empty"},
-             {"sft", R"({"prompt": "a b c d e f g h i j k l m n o p q", "completion": " x"})", "", "data.jsonl:1: prompt + completion is"},
-             {"kto", R"({"prompt": "a", "completion": " b", "label": 1})", "", "data.jsonl:1: \"label\" must be true or false"},
+             {"sft", R"({"prompt": "a b c d e f g h i j k l m n o p q", "completion": " x"})", "",
+              "data.jsonl:1: prompt + completion is"},
+             {"kto", R"({"prompt": "a", "completion": " b", "label": 1})", "",
+              "data.jsonl:1: \"label\" must be true or false"},
              {"kto", R"({"prompt": "a", "completion": " b"})", "", "data.jsonl:1: missing field \"label\""},
-             {"dpo", R"({"prompt": [5, 999], "chosen": " b", "rejected": " c"})", "", "data.jsonl:1: \"prompt\": token 999 is outside"},
+             {"dpo", R"({"prompt": [5, 999], "chosen": " b", "rejected": " c"})", "",
+              "data.jsonl:1: \"prompt\": token 999 is outside"},
              {"dpo", "not json\n", "", "data.jsonl:1: not JSON"},
-             {"dpo", ok_pair, " --ref-model " + (s / "other_vocab.bin"), "has a vocabulary of 400 tokens, the policy 320"},
+             {"dpo", ok_pair, " --ref-model " + (s / "other_vocab.bin"),
+              "has a vocabulary of 400 tokens, the policy 320"},
              {"dpo", ok_pair, " --beta 0", "--beta must be > 0"},
          }) {
         CAPTURE(c.lines);
