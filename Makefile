@@ -328,6 +328,25 @@ clean: clean-eval
 clean-eval:
 	rm -f eval_gpt eval_gpt_cpu
 # ---- end evaluation (issue 17) ------------------------------------------------------------------------
+
+# ---- fine-tuning (issue 18) ---------------------------------------------------------------------------------
+# test_preference runs train_gpt_cpu (--objective sft|dpo|ipo|kto) and eval_gpt_cpu (--pairs).
+$(CPU)/test/test_preference: | $(PROG)eval_gpt_cpu $(PROG)train_gpt_cpu
+# make train-dpo (after make train): DPO from the trained checkpoint, against it as the frozen reference, on pairs
+# made from Tiny Shakespeare's train split (dev/make_preference_set.sh: chosen = the true next line, rejected = its
+# words shuffled); prints the reward accuracy on the pairs and a sample, before and after. DPO_ARGS adds flags.
+DPO_OUT      ?= out/shakespeare_dpo
+DPO_ARGS     ?=
+DPO_PAIRS    := data/preference/shakespeare_pairs.jsonl
+$(DPO_PAIRS): dev/make_preference_set.sh
+	bash dev/make_preference_set.sh $@ $(EVAL_TEXT)
+.PHONY: train-dpo
+train-dpo: $(DPO_PAIRS) $(TRAIN_BIN)
+	@[ -f $(TRAIN_OUT)/checkpoint.bin ] || { echo "no $(TRAIN_OUT)/checkpoint.bin: run 'make train' first" >&2; exit 1; }
+	$(TRAIN_BIN) --objective dpo --init-from $(TRAIN_OUT)/checkpoint.bin --ref-model $(TRAIN_OUT)/checkpoint.bin \
+	  --pairs $(DPO_PAIRS) --beta 0.1 --batch-size 16 --max-steps 60 --learning-rate 1e-4 --warmup-steps 5 \
+	  --val-batches 16 --sample-prompt "ROMEO:" --sample-tokens 64 --out-dir $(DPO_OUT) $(DPO_ARGS)
+# ---- end fine-tuning (issue 18) -----------------------------------------------------------------------------
 # ---- serving (issue 19) -------------------------------------------------------
 # infer_gpt --serve (server.h) speaks HTTP through cpp-httplib: Debian's libcpp-httplib-dev is a header of
 # declarations and a shared library, built with the flags pkg-config names (they change the header's class

@@ -37,41 +37,55 @@ struct ScoreRequest {
     std::vector<int> target;
 };
 
-// The log-probabilities of every request's target tokens, in one forward of B = batch.size() rows.
+// A batch of requests laid out as the rows of one forward (the layout every scoring and fine-tuning forward
+// uses: target_logprobs here, SFT and the preference losses in preference.cuh).
 //   Row b holds seq = context + target, cut to its first |seq| − 1 tokens as input; the target of input
 //   position t is seq[t + 1], kept only where seq[t + 1] is a target token (t ≥ |context| − 1), −1 elsewhere
 //   (the fused classifier skips −1 rows and writes loss 0). Rows are padded to the longest with token 0 and
 //   target −1: attention is causal, so padding after a row's tokens cannot change them.
-//   log p(target_k) = −loss at position |context| − 1 + k: the fused classifier's per-position loss is
-//   −log softmax(logits)[target], so only B·T floats come back to the host, never the (B, T, Vp) logits.
-// Returns (B) vectors of |target| log-probabilities. Throws when a request does not fit the model's context.
-template <class Ops>
-std::vector<std::vector<float>> target_logprobs(GPT<Ops>& model, const std::vector<ScoreRequest>& batch) {
-    const int B = static_cast<int>(batch.size());
-    if (B == 0) return {};
-    int T = 0;
+struct ScoreBatch {
+    int B = 0, T = 0;
+    std::vector<int> inputs, targets;  // (B, T) each
+};
+inline ScoreBatch make_score_batch(const std::vector<ScoreRequest>& batch, int max_seq_len) {
+    ScoreBatch s;
+    s.B = static_cast<int>(batch.size());
     for (const ScoreRequest& r : batch) {
         if (r.context.empty() || r.target.empty()) throw std::runtime_error("target_logprobs: context and target must be non-empty");
-        T = std::max(T, static_cast<int>(r.context.size() + r.target.size()) - 1);
+        s.T = std::max(s.T, static_cast<int>(r.context.size() + r.target.size()) - 1);
     }
-    if (T > model.config.max_seq_len)
-        throw std::runtime_error("context + target is " + std::to_string(T + 1) + " tokens; the model reads at most " +
-                                 std::to_string(model.config.max_seq_len) + " (+1 predicted)");
-    std::vector<int> inputs(static_cast<size_t>(B) * T, 0), targets(static_cast<size_t>(B) * T, -1);  // (B, T)
-    for (int b = 0; b < B; b++) {
+    if (s.T > max_seq_len)
+        throw std::runtime_error("context + target is " + std::to_string(s.T + 1) + " tokens; the model reads at most " +
+                                 std::to_string(max_seq_len) + " (+1 predicted)");
+    s.inputs.assign(static_cast<size_t>(s.B) * s.T, 0);
+    s.targets.assign(static_cast<size_t>(s.B) * s.T, -1);
+    for (int b = 0; b < s.B; b++) {
         const ScoreRequest& r = batch[b];
         const int nc = static_cast<int>(r.context.size()), n = nc + static_cast<int>(r.target.size());
         auto token = [&](int i) { return i < nc ? r.context[i] : r.target[i - nc]; };
         for (int t = 0; t + 1 < n; t++) {
-            inputs[static_cast<size_t>(b) * T + t] = token(t);
-            if (t + 1 >= nc) targets[static_cast<size_t>(b) * T + t] = token(t + 1);
+            s.inputs[static_cast<size_t>(b) * s.T + t] = token(t);
+            if (t + 1 >= nc) s.targets[static_cast<size_t>(b) * s.T + t] = token(t + 1);
         }
     }
-    model.forward(inputs.data(), targets.data(), B, T, 0.0f);  // dloss 0: losses only, logits untouched
-    std::vector<std::vector<float>> out(B);
-    for (int b = 0; b < B; b++) {
+    return s;
+}
+
+// The log-probabilities of every request's target tokens, in one forward of B = batch.size() rows laid out
+// by make_score_batch. log p(target_k) = −loss at position |context| − 1 + k: the fused classifier's
+// per-position loss is −log softmax(logits)[target], so only B·T floats come back to the host, never the
+// (B, T, Vp) logits. (The sum over a row, on the backend and with its backward, is preference.cuh's
+// sequence_logprob_forward.)
+// Returns (B) vectors of |target| log-probabilities. Throws when a request does not fit the model's context.
+template <class Ops>
+std::vector<std::vector<float>> target_logprobs(GPT<Ops>& model, const std::vector<ScoreRequest>& batch) {
+    if (batch.empty()) return {};
+    const ScoreBatch s = make_score_batch(batch, model.config.max_seq_len);
+    model.forward(s.inputs.data(), s.targets.data(), s.B, s.T, 0.0f);  // dloss 0: losses only, logits untouched
+    std::vector<std::vector<float>> out(s.B);
+    for (int b = 0; b < s.B; b++) {
         const int nc = static_cast<int>(batch[b].context.size());
-        for (size_t k = 0; k < batch[b].target.size(); k++) out[b].push_back(-model.losses_host[static_cast<size_t>(b) * T + nc - 1 + k]);
+        for (size_t k = 0; k < batch[b].target.size(); k++) out[b].push_back(-model.losses_host[static_cast<size_t>(b) * s.T + nc - 1 + k]);
     }
     return out;
 }
@@ -305,7 +319,8 @@ struct MetricRule {
 };
 inline const std::vector<MetricRule>& gated_metrics() {
     static const std::vector<MetricRule> rules = {
-        {"acc", true}, {"acc_norm", true}, {"loss", false}, {"bits_per_byte", false}, {"golden_changed", false}};
+        {"acc", true}, {"acc_norm", true}, {"loss", false}, {"bits_per_byte", false}, {"golden_changed", false},
+        {"reward_accuracy", true}};
     return rules;
 }
 
@@ -316,7 +331,7 @@ inline const std::vector<MetricRule>& gated_metrics() {
 inline std::vector<std::string> regressions(const nlohmann::json& report, const nlohmann::json& baseline, double max_regression) {
     const nlohmann::json& now = report.at("metrics");
     const nlohmann::json& before = baseline.at("metrics");
-    for (const char* key : {"count", "text_tokens", "golden_prompts"})
+    for (const char* key : {"count", "text_tokens", "golden_prompts", "pair_count"})
         if (now.contains(key) && before.contains(key) && now[key] != before[key])
             throw std::runtime_error(std::string("the baseline's ") + key + " is " + before[key].dump() + ", this run's " + now[key].dump() +
                                      ": they were measured on different data and cannot be compared");

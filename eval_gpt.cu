@@ -7,6 +7,7 @@
 //   ./eval_gpt_cpu --model M --text val.txt --stride 64                   loss, perplexity, bits per byte
 //   ./eval_gpt_cpu --model M --golden golden.jsonl                        which greedy continuations changed
 //   ./eval_gpt_cpu --model M ... --report new.json --baseline old.json --max-regression 0.01
+//   ./eval_gpt_cpu --model M --pairs pairs.jsonl --ref-model REF          DPO / IPO losses, reward accuracy, margin
 //
 // Exit status: 0 all good; 1 an error (bad input names FILE:LINE; no report is written); 3 a check failed
 // (a metric regressed past --max-regression, or a golden continuation changed; the report is written).
@@ -19,6 +20,7 @@
 #include "hf.h"
 #include "engine.cuh"
 #include "eval.h"
+#include "preference.cuh"
 #include "tokenizer/bpe.h"
 
 namespace fs = std::filesystem;
@@ -28,6 +30,8 @@ struct EvalOptions {
     std::string model, tokenizer, device = "auto", text, multiple_choice, per_item, report, baseline, golden, write_golden;
     int context = 0, stride = 0, batch_size = 4, max_items = 0;
     double max_regression = 0.0;
+    std::string pairs, ref_model;  // preference pairs (issue 18; preference.cuh)
+    double beta = 0.1;
 };
 
 static void print_help() {
@@ -45,6 +49,9 @@ static void print_help() {
         "  --batch-size N            text windows per forward (default 4)\n"
         "  --golden FILE             JSONL {prompt, expected[, max_tokens]}: report prompts whose greedy continuation changed\n"
         "  --write-golden OUT.jsonl  write the golden file's prompts with this model's greedy continuations (to make one)\n"
+        "  --pairs FILE              JSONL {prompt, chosen, rejected}: DPO and IPO losses, reward accuracy, mean margin ...\n"
+        "  --ref-model PATH          ... against this frozen reference model (the policy's starting point) ...\n"
+        "  --beta B                  ... with this beta (default 0.1); pairs go --batch-size at a time\n"
         "  --report OUT.json         write every metric as JSON (only after everything ran without error)\n"
         "  --baseline OLD.json       a report to compare with ...\n"
         "  --max-regression X        ... exit 3 naming each metric worse than the baseline by more than X (default 0)\n"
@@ -71,6 +78,13 @@ static EvalOptions parse_options(int argc, char** argv) {
     flags["--report"] = str(o.report);
     flags["--baseline"] = str(o.baseline);
     flags["--golden"] = str(o.golden);
+    flags["--pairs"] = str(o.pairs);
+    flags["--ref-model"] = str(o.ref_model);
+    flags["--beta"] = [&o](const std::string& v) {
+        size_t used = 0;
+        try { o.beta = std::stod(v, &used); } catch (const std::exception&) { used = 0; }
+        if (used != v.size() || v.empty() || !(o.beta > 0)) throw std::runtime_error("--beta needs a number > 0, got '" + v + "'");
+    };
     flags["--write-golden"] = str(o.write_golden);
     flags["--context"] = integer(o.context, "--context");
     flags["--stride"] = integer(o.stride, "--stride");
@@ -94,8 +108,10 @@ static EvalOptions parse_options(int argc, char** argv) {
         f->second(argv[++i]);
     }
     if (o.model.empty()) throw std::runtime_error("--model PATH is required (see --help)");
-    if (o.multiple_choice.empty() && o.text.empty() && o.golden.empty())
-        throw std::runtime_error("nothing to evaluate: pass --multiple-choice FILE, --text FILE and/or --golden FILE (see --help)");
+    if (o.multiple_choice.empty() && o.text.empty() && o.golden.empty() && o.pairs.empty())
+        throw std::runtime_error("nothing to evaluate: pass --multiple-choice FILE, --text FILE, --golden FILE and/or --pairs FILE (see --help)");
+    if (!o.pairs.empty() && o.ref_model.empty())
+        throw std::runtime_error("--pairs needs --ref-model PATH: the rewards are log-ratios against a reference model");
     if (o.batch_size < 1) throw std::runtime_error("--batch-size must be >= 1");
     if (!o.write_golden.empty() && o.golden.empty()) throw std::runtime_error("--write-golden needs --golden FILE (the prompts)");
     return o;
@@ -166,6 +182,14 @@ static int run(const EvalOptions& o, const std::string& device_name) {
     }
     std::vector<GoldenPrompt> golden;
     if (!o.golden.empty()) golden = read_golden(o.golden, *tok);
+    std::vector<PairExample> pairs;
+    std::vector<CompletionExample> unused;
+    std::optional<LoadedModel> ref;
+    if (!o.pairs.empty()) {
+        read_finetune_file(o.pairs, tok ? &*tok : nullptr, m.config.vocab_size, m.config.max_seq_len, true, false, pairs, unused);
+        ref = load_model(o.ref_model);
+        check_same_vocabulary(m.config, m.tokenizer, ref->config, ref->tokenizer, o.ref_model);
+    }
     json baseline;
     if (!o.baseline.empty()) {
         try {
@@ -204,6 +228,37 @@ static int run(const EvalOptions& o, const std::string& device_name) {
         metrics["acc_stderr"] = se;
         metrics["acc_norm_stderr"] = se_norm;
         report["multiple_choice"] = o.multiple_choice;
+    }
+
+    if (!pairs.empty()) {  // ---- preference pairs (issue 18): the policy against a frozen reference, no training
+        GPT<Ops> reference(ref->config);
+        reference.set_parameters(ref->params);
+        PreferenceBuffers<Ops> buffers;
+        PreferenceSettings settings{Objective::dpo, static_cast<float>(o.beta)};
+        PreferenceMetrics total;
+        double ipo = 0;
+        Progress progress("pairs", "pairs");
+        for (size_t b = 0; b < pairs.size(); b += o.batch_size) {
+            std::vector<PairExample> batch(pairs.begin() + b, pairs.begin() + std::min(pairs.size(), b + o.batch_size));
+            double ipo_batch = 0;
+            PreferenceMetrics mb = preference_step(model, reference, buffers, settings, batch, {}, false, &ipo_batch);
+            ipo += ipo_batch * mb.count;
+            total += mb;
+            progress.update(static_cast<long>(std::min(pairs.size(), b + o.batch_size)), static_cast<long>(pairs.size()));
+        }
+        ipo /= total.count;
+        std::printf("pairs %s: %ld pairs, beta %g, reference %s | DPO loss %.4f | IPO loss %.4f | reward accuracy %.4f | margin %.4f "
+                    "| chosen %.4f | rejected %.4f | kl %.4f\n", o.pairs.c_str(), total.count, o.beta, o.ref_model.c_str(), total.loss, ipo,
+                    total.accuracy, total.margin, total.chosen_reward, total.rejected_reward, total.kl);
+        metrics["pair_count"] = total.count;
+        metrics["dpo_loss"] = total.loss;
+        metrics["ipo_loss"] = ipo;
+        metrics["reward_accuracy"] = total.accuracy;
+        metrics["reward_margin"] = total.margin;
+        metrics["chosen_reward"] = total.chosen_reward;
+        metrics["rejected_reward"] = total.rejected_reward;
+        metrics["kl"] = total.kl;
+        report["pairs"] = {{"file", o.pairs}, {"ref_model", o.ref_model}, {"beta", o.beta}};
     }
 
     if (!o.text.empty()) {  // ---- loss, perplexity, bits per byte

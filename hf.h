@@ -302,7 +302,8 @@ inline std::optional<bpe::Tokenizer> open_model_tokenizer(std::string dir, const
         return std::nullopt;
     }
     bpe::Tokenizer tok = bpe::Tokenizer::load(dir);
-    if (m.tokenizer.is_object() && m.tokenizer.contains("fingerprint") && tokenizer_info(dir, tok).fingerprint != m.tokenizer["fingerprint"])
+    // (an empty fingerprint: the model was fine-tuned from a Hugging Face model with token ids, no tokenizer known)
+    if (m.tokenizer.is_object() && m.tokenizer.value("fingerprint", "") != "" && tokenizer_info(dir, tok).fingerprint != m.tokenizer["fingerprint"])
         throw std::runtime_error("tokenizer " + dir + " is not the one the model was trained with (" + m.tokenizer.dump() +
                                  "); pass that one with --tokenizer");
     if (tok.vocab_size() > m.config.vocab_size) {

@@ -23,6 +23,8 @@
 #include "checkpoint.h"
 #include "distributed.cuh"  // data parallel (issue 16)
 #include "eval.h"
+#include "hf.h"
+#include "preference.cuh"
 #include "sampling.h"
 #include "tokenizer/bpe.h"
 
@@ -64,6 +66,15 @@ struct TrainOptions {
     uint64_t seed = 1337;
     bool print_config = false;
     int zero_stage = 0;                // data parallel (issue 16): 0 DDP, 1-3 ZeRO (docs/distributed.md)
+    // ---- fine-tuning (issue 18; preference.cuh)
+    std::string objective = "lm";      // lm (pretraining) | sft | dpo | ipo | kto
+    std::string init_from = "";        // the pretrained model to start from (checkpoint or HF directory)
+    std::string sft_data = "";         // SFT: JSONL {prompt, completion}
+    std::string pairs = "";            // DPO/IPO: JSONL {prompt, chosen, rejected}; KTO: {prompt, completion, label} or pairs
+    std::string ref_model = "";        // the frozen reference (default: init_from)
+    double beta = 0.1;
+    double kto_desirable_weight = 1.0, kto_undesirable_weight = 1.0;
+    // ---- end fine-tuning
 };
 
 struct OptionInfo {
@@ -132,6 +143,16 @@ static const std::vector<OptionInfo>& option_table() {
         OPTION(seed, "seed of initialisation, data order and sampling"),
         OPTION(print_config, "print the resolved options as JSON and exit"),
         OPTION(zero_stage, "under mpirun: 0 = DDP, 1 = shard AdamW state, 2 = + gradients, 3 = + parameters (docs/distributed.md)"),
+        // ---- fine-tuning (issue 18; preference.cuh, docs/preference.md)
+        OPTION(objective, "lm (pretraining on shards) | sft | dpo | ipo | kto (fine-tuning from --init-from)"),
+        OPTION(init_from, "fine-tuning: the pretrained model (checkpoint.bin or a Hugging Face directory)"),
+        OPTION(sft_data, "sft: JSONL {prompt, completion} per line; loss on completion tokens only"),
+        OPTION(pairs, "dpo/ipo: JSONL {prompt, chosen, rejected}; kto: {prompt, completion, label: true|false} or pairs"),
+        OPTION(ref_model, "dpo/ipo/kto: the frozen reference model (default: --init-from)"),
+        OPTION(beta, "dpo/ipo/kto: beta, the strength of the KL regularisation (IPO's target margin is 1/(2 beta))"),
+        OPTION(kto_desirable_weight, "kto: lambda_D, the weight of desirable examples"),
+        OPTION(kto_undesirable_weight, "kto: lambda_U, the weight of undesirable examples"),
+        // ---- end fine-tuning
     };
     return table;
 }
@@ -540,6 +561,155 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
     return 0;
 }
 
+// ---- fine-tuning (issue 18): SFT, DPO, IPO, KTO from a pretrained model (preference.cuh, docs/preference.md)
+// Per step: --batch-size examples (SFT, KTO) or pairs (DPO, IPO) in an order drawn per epoch from the seed; the
+// loss's gradient, clipping and AdamW as in pretraining. The reference model (DPO, IPO, KTO) is a second model,
+// forward only. Before the first step and after the last: the metrics over the first --val-batches batches of
+// the training data (forward only) and a sample from --sample-prompt; the checkpoint goes to --out-dir.
+template <class Ops>
+static int finetune(const TrainOptions& o, const std::string& device_name) {
+    const Objective objective = parse_objective(o.objective);
+    const bool preference = objective != Objective::sft;
+    if (o.init_from.empty())
+        throw std::runtime_error("--objective " + o.objective + " fine-tunes a pretrained model: pass --init-from CHECKPOINT (e.g. " +
+                                 "out/shakespeare_cpu/checkpoint.bin after `make train`)");
+    if (o.resume) throw std::runtime_error("--resume continues pretraining only; a fine-tuning run restarts from --init-from");
+    const std::string& data_path = preference ? o.pairs : o.sft_data;
+    if (data_path.empty()) throw std::runtime_error(std::string("--objective ") + o.objective + " needs " + (preference ? "--pairs FILE.jsonl" : "--sft-data FILE.jsonl"));
+    if (preference && !(o.beta > 0)) throw std::runtime_error("--beta must be > 0 (got " + std::to_string(o.beta) + ")");
+    LoadedModel init = load_model(o.init_from);
+    const GPTConfig& config = init.config;
+    // --tokenizer when given, else the one the checkpoint recorded (open_model_tokenizer's rule)
+    const std::string default_tokenizer = TrainOptions().tokenizer;
+    std::optional<bpe::Tokenizer> tok = open_model_tokenizer(o.tokenizer == default_tokenizer ? "" : o.tokenizer, init, false);
+    std::vector<PairExample> pairs;
+    std::vector<CompletionExample> examples;
+    read_finetune_file(data_path, tok ? &*tok : nullptr, config.vocab_size, config.max_seq_len,
+                       objective == Objective::dpo || objective == Objective::ipo, objective == Objective::kto, pairs, examples);
+    GPT<Ops> model(config);
+    model.set_parameters(init.params);
+    std::unique_ptr<GPT<Ops>> reference;
+    const std::string ref_path = o.ref_model.empty() ? o.init_from : o.ref_model;
+    if (preference) {
+        LoadedModel ref = load_model(ref_path);
+        check_same_vocabulary(config, init.tokenizer, ref.config, ref.tokenizer, ref_path);
+        reference = std::make_unique<GPT<Ops>>(ref.config);
+        reference->set_parameters(ref.params);
+    }
+    PreferenceSettings settings{objective, static_cast<float>(o.beta), static_cast<float>(o.kto_desirable_weight),
+                                static_cast<float>(o.kto_undesirable_weight)};
+    PreferenceBuffers<Ops> buffers;
+    const size_t count = objective == Objective::dpo || objective == Objective::ipo ? pairs.size() : examples.size();
+    const char* unit = objective == Objective::dpo || objective == Objective::ipo ? "pairs" : "examples";
+    std::printf("fine-tuning (%s) %s: %s, %zu parameters; %zu %s from %s; %s%s\n", o.objective.c_str(), o.init_from.c_str(), init.format.c_str(),
+                model.num_parameters, count, unit, data_path.c_str(), preference ? ("reference " + ref_path + ", ").c_str() : "",
+                device_name.c_str());
+
+    // batches: a permutation of the examples per epoch (the project RNG, from the seed)
+    std::vector<size_t> order(count);
+    Rng order_rng(o.seed);
+    size_t next = count;  // start of the next batch in `order`; count: draw a new epoch first
+    auto batch_at = [&](const std::vector<size_t>& idx, size_t begin, auto& out_pairs, auto& out_examples) {
+        out_pairs.clear();
+        out_examples.clear();
+        for (size_t i = begin; i < std::min(idx.size(), begin + o.batch_size); i++) {
+            if (objective == Objective::dpo || objective == Objective::ipo) out_pairs.push_back(pairs[idx[i]]);
+            else out_examples.push_back(examples[idx[i]]);
+        }
+    };
+    std::vector<PairExample> batch_pairs;
+    std::vector<CompletionExample> batch_examples;
+    // forward only, over the first val_batches batches in file order
+    auto evaluate = [&](int step) {
+        std::vector<size_t> idx(count);
+        std::iota(idx.begin(), idx.end(), 0);
+        PreferenceMetrics total;
+        double sft_loss = 0;
+        int n = 0;
+        for (size_t b = 0; b < count && n < std::max(1, o.val_batches); b += o.batch_size, n++) {
+            batch_at(idx, b, batch_pairs, batch_examples);
+            if (preference) total += preference_step(model, *reference, buffers, settings, batch_pairs, batch_examples, false);
+            else {
+                ScoreBatch s = make_score_batch(completion_requests(batch_examples), config.max_seq_len);
+                sft_loss += model.forward(s.inputs.data(), s.targets.data(), s.B, s.T, 0.0f);
+            }
+        }
+        json line = {{"step", step}};
+        if (preference) {
+            std::printf("step %5d | eval on %ld training %s: loss %.4f | reward accuracy %.3f | chosen %.3f | rejected %.3f | margin %.3f | kl %.3f\n",
+                        step, total.count, unit, total.loss, total.accuracy, total.chosen_reward, total.rejected_reward, total.margin, total.kl);
+            line.update(total.to_json("eval_"));
+        } else {
+            std::printf("step %5d | eval loss on completions %.4f (%d batches)\n", step, sft_loss / n, n);
+            line["eval_loss"] = sft_loss / n;
+        }
+        return line;
+    };
+    auto sample = [&](const char* when) {  // the same random stream before and after: only the model differs
+        if (!tok || o.sample_tokens <= 0) return;
+        Rng sample_rng(o.seed + 1);
+        std::printf("--- sample %s ---\n%s\n---\n", when, generate(model, *tok, o, sample_rng).c_str());
+        std::fflush(stdout);
+    };
+
+    fs::create_directories(o.out_dir);
+    const std::string ckpt_path = o.out_dir + "/checkpoint.bin";
+    std::ofstream log(o.out_dir + "/log.jsonl", std::ios::trunc);
+    sample("before fine-tuning");
+    log << evaluate(0).dump() << "\n" << std::flush;
+    auto str = [](double x) { char b[32]; std::snprintf(b, sizeof b, "%g", x); return std::string(b); };
+    for (int step = 0; step < o.max_steps; step++) {
+        if (next >= count) {  // a new epoch: Fisher-Yates with the project RNG
+            std::iota(order.begin(), order.end(), 0);
+            for (size_t i = count; i > 1; i--) std::swap(order[i - 1], order[order_rng.below(static_cast<uint32_t>(i))]);
+            next = 0;
+        }
+        batch_at(order, next, batch_pairs, batch_examples);
+        next += o.batch_size;
+        Timer step_timer;
+        model.zero_grad();
+        PreferenceMetrics m;
+        if (preference) m = preference_step(model, *reference, buffers, settings, batch_pairs, batch_examples, true);
+        else m.loss = sft_step(model, batch_examples);
+        float norm = model.grad_norm();
+        if (!std::isfinite(m.loss) || !std::isfinite(norm))
+            throw std::runtime_error("step " + std::to_string(step + 1) + ": loss " + str(m.loss) + ", gradient norm " + str(norm) +
+                                     " before the update; fine-tuning stopped (no checkpoint written). Try a lower --learning-rate.");
+        float scale = o.grad_clip > 0 && norm > o.grad_clip ? static_cast<float>(o.grad_clip / norm) : 1.0f;
+        double lr = lr_at(o, step);
+        model.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.adam_eps),
+                     static_cast<float>(o.weight_decay), step + 1, scale);
+        Ops::synchronize();
+        double ms = step_timer.elapsed_ms();
+        json line = {{"step", step + 1}, {"loss", m.loss}, {"lr", lr}, {"norm", norm}, {"ms", ms}};
+        if (preference) {
+            std::printf("step %5d/%d | loss %.4f | reward acc %.3f | chosen %.3f | rejected %.3f | margin %.3f | kl %.3f | lr %.2e | norm %.3f | %.0f ms\n",
+                        step + 1, o.max_steps, m.loss, m.accuracy, m.chosen_reward, m.rejected_reward, m.margin, m.kl, lr, norm, ms);
+            line.update(m.to_json());
+        } else {
+            std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms\n", step + 1, o.max_steps, m.loss, lr, norm, ms);
+        }
+        std::fflush(stdout);
+        log << line.dump() << "\n" << std::flush;
+    }
+    log << evaluate(o.max_steps).dump() << "\n" << std::flush;
+    // the checkpoint records the tokenizer the policy came with (its own, or the one the data was read with)
+    TokenizerInfo tok_info{"", config.vocab_size, init.eot_id, ""};
+    if (init.tokenizer.is_object())
+        tok_info = {init.tokenizer.value("dir", ""), init.tokenizer.value("vocab_size", config.vocab_size), init.tokenizer.value("eot_id", -1),
+                    init.tokenizer.value("fingerprint", "")};
+    else if (tok)
+        tok_info = tokenizer_info(o.tokenizer, *tok);
+    json meta = {{"step", o.max_steps}, {"objective", o.objective}, {"init_from", o.init_from}, {"data", data_path}};
+    if (preference) meta["ref_model"] = ref_path, meta["beta"] = o.beta;
+    CheckpointArrays arrays{model.num_parameters, model.params_memory, nullptr, nullptr, Ops::to_host};
+    write_checkpoint(ckpt_path, config, tok_info, meta, arrays);
+    std::printf("checkpoint: %s\n", ckpt_path.c_str());
+    sample("after fine-tuning");
+    return 0;
+}
+// ---- end fine-tuning
+
 int main(int argc, char** argv) {
     restart_with_passive_openmp(argv);  // the CPU path's OpenMP threads must not spin against OpenBLAS's
     Comm comm;  // issue 16: under mpirun, one rank of N; else rank 0 of 1 without MPI
@@ -557,7 +727,10 @@ int main(int argc, char** argv) {
         if (o.matmul != "cublas" && o.matmul != "tiled") throw std::runtime_error("--matmul must be cublas or tiled");
         set_matmul_backend(o.matmul == "tiled" ? MatmulBackend::tiled : MatmulBackend::cublas);
         int rc = with_device_ops(o.device, [&](auto ops, const std::string& backend) {
-            return train<decltype(ops)>(o, backend, comm);
+            using Ops = decltype(ops);
+            if (o.objective == "lm") return train<Ops>(o, backend, comm);
+            if (comm.size > 1) throw std::runtime_error("fine-tuning (--objective " + o.objective + ") runs on one rank");
+            return finetune<Ops>(o, backend);
         });
         comm.finalize();
         return rc;
