@@ -722,7 +722,11 @@ static Thread* next_unstarted(Worker& w, const Thread& t) {
 }
 
 // Switches to `fiber`, which runs thread `t` (and maybe the threads after it), until it yields or ends.
-static void switch_to(Worker& w, Thread& t, boost::context::fiber&& fiber) {
+// Always inlined into the scheduler's loop: called out of line, it made every switch ~7 ns dearer (the
+// barrier and shuffle kernels of dev/bench_cudasim 15-17% slower; measured 2026-11-29, load ~2). Boost's
+// jump_fcontext returns with an indirect jump, not `ret`, so the CPU's return-address predictor is off after
+// every switch, and each extra `ret` on the way back into the scheduler likely pays a misprediction.
+__attribute__((always_inline)) inline static void switch_to(Worker& w, Thread& t, boost::context::fiber&& fiber) {
     threadIdx = t.idx;
     w.current = &t;
     asan_enter_fiber(w.stacks + t.stack_slot * w.stack_bytes + w.page, w.stack_bytes - w.page);
@@ -954,9 +958,19 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
             run_warp(w, warp, n, lane_order);
             if (w.trapped) return;
         }
+        // One pass over the block's threads: which have returned, which spin, and what the barrier collects.
+        unsigned done = 0, count = 0, spinning = 0, first_done = n, first_waiting = n;
+        bool all_same = true;
+        BarrierKind kind = BarrierKind::sync;
+        for (unsigned i = 0; i < n; i++) {
+            const Thread& t = w.threads[i];
+            if (t.wait == Wait::done) { done++; first_done = std::min(first_done, i); continue; }
+            if (t.wait == Wait::spin) { spinning++; continue; }
+            if (first_waiting == n) { first_waiting = i; kind = t.barrier; }
+            all_same = all_same && t.barrier == kind;
+            count += t.predicate != 0;
+        }
         // ---- issue 20: spinning threads look again, as long as some thread did something since they last looked
-        bool spinning = false;
-        for (unsigned i = 0; i < n; i++) spinning = spinning || w.threads[i].wait == Wait::spin;
         if (spinning) {
             if (w.progress == progress_seen)
                 fatal("kernel '%s' block (%u,%u,%u): threads wait for arrivals that never come (cuda::barrier, a "
@@ -968,16 +982,6 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
             continue;
         }
         // ---- end issue 20
-        unsigned done = 0, count = 0, first_done = n, first_waiting = n;
-        bool all_same = true;
-        BarrierKind kind = BarrierKind::sync;
-        for (unsigned i = 0; i < n; i++) {
-            const Thread& t = w.threads[i];
-            if (t.wait == Wait::done) { done++; first_done = std::min(first_done, i); continue; }
-            if (first_waiting == n) { first_waiting = i; kind = t.barrier; }
-            all_same = all_same && t.barrier == kind;
-            count += t.predicate != 0;
-        }
         if (done == n) return;
         if (done > 0) {
             char a[48], c[48];
