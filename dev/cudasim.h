@@ -28,6 +28,10 @@
 #ifndef GPTCU_CUDASIM_H
 #define GPTCU_CUDASIM_H
 #define CUDASIM 1
+// __CUDA_ARCH__ as the virtual device's device code sees it (sm_80, as cudaDevAttrComputeCapabilityMajor/Minor
+// say). Never defined as __CUDA_ARCH__ itself: host code must not see it. The rewrite puts this name where device
+// code tests __CUDA_ARCH__ (resolve_cuda_arch in dev/cudasim_rewrite.h).
+#define CUDASIM_CUDA_ARCH 800
 
 #include <cuda_runtime.h>  // real CUDA host headers: they compile with g++ and give the exact types
 #include <cublas_v2.h>

@@ -10,6 +10,8 @@
 //                                                  start and checks it (rewrite_shared)
 //   __launch_bounds__(N) ... {                 ->  the body starts by checking that the block has at most N threads
 //   asm / __asm__ (inline PTX)                 ->  a compile error that names the feature
+//   #if __CUDA_ARCH__ >= 700 (and friends)     ->  decided as nvcc's device or host pass would, by where the
+//                                                  conditional stands (resolve_cuda_arch, run first)
 // Comments, string and character literals are copied untouched, so a `<<<` inside them stays as it is.
 //
 // Kernels the rewrite has seen (issue 20; `scan_kernels`, over the file and the files it includes) change
@@ -26,6 +28,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace cudasim {
 
@@ -281,6 +284,200 @@ inline LaunchForm launch_form(const KernelTable* table, const std::string& name)
 }
 // ---- end issue 20
 
+// ---- __CUDA_ARCH__ in one pass. nvcc preprocesses a file twice: the device pass with __CUDA_ARCH__ set to
+// the target (800 for sm_80) and the host pass without it; the program is the host pass's host code plus the
+// device pass's device code. The CPU build compiles once, so the rewrite decides each conditional that
+// mentions __CUDA_ARCH__ by where it stands (`resolve_cuda_arch`):
+//   - inside the body of a device-only function (`__global__`, or `__device__` without `__host__`): as the
+//     device pass, with __CUDA_ARCH__ = CUDASIM_CUDA_ARCH (800, the virtual device's sm_80; dev/cudasim.h);
+//     the token in ordinary code there becomes CUDASIM_CUDA_ARCH too;
+//   - inside any other function body (host, or `__host__ __device__`, which is one function here for both
+//     callers): as the host pass, unchanged; that branch is the one written for a host compiler;
+//   - at declaration level (file, namespace, class scope): as the union of the two passes. A branch that only
+//     one pass selects is kept when the other pass selects nothing (an empty branch or none), so device
+//     functions under `#if __CUDA_ARCH__ >= 700` and host helpers under `#ifndef __CUDA_ARCH__` both exist;
+//     where each pass selects code of its own (`#ifdef __CUDA_ARCH__ A #else B #endif`), the host pass's.
+// Only directive lines change (each stays one line, continuation lines become empty ones), so lines stay true.
+
+// `cond` (the text after #if/#elif, comments blanked) with __CUDA_ARCH__ decided: defined(...) -> 1 or 0,
+// the value -> CUDASIM_CUDA_ARCH or 0 (as the preprocessor reads an undefined name).
+inline std::string arch_condition(const std::string& cond, bool device) {
+    const std::string name = "__CUDA_ARCH__";
+    std::string out;
+    for (size_t i = 0; i < cond.size();) {
+        if (cond.compare(i, 7, "defined") == 0 && (i == 0 || !is_ident_char(cond[i - 1])) &&
+            !is_ident_char(cond[i + 7])) {
+            size_t j = cond.find_first_not_of(" \t", i + 7);
+            bool paren = j != std::string::npos && cond[j] == '(';
+            if (paren) j = cond.find_first_not_of(" \t", j + 1);
+            if (j != std::string::npos && cond.compare(j, name.size(), name) == 0 &&
+                !is_ident_char(cond[j + name.size()])) {
+                size_t e = j + name.size();
+                if (paren) e = cond.find(')', e) + 1;
+                out += device ? " 1 " : " 0 ";
+                i = e;
+                continue;
+            }
+        }
+        if (cond.compare(i, name.size(), name) == 0 && (i == 0 || !is_ident_char(cond[i - 1])) &&
+            !is_ident_char(cond[i + name.size()])) {
+            out += device ? "CUDASIM_CUDA_ARCH" : "0";
+            i += name.size();
+            continue;
+        }
+        out += cond[i++];
+    }
+    return out;
+}
+
+inline std::string resolve_cuda_arch(const std::string& s) {
+    const std::string name = "__CUDA_ARCH__";
+    if (s.find(name) == std::string::npos) return s;
+    std::string code;  // s with comments and literals blanked, same length
+    for (size_t i = 0; i < s.size();) {
+        if (size_t skip = skip_non_code(s, i)) {
+            for (size_t j = 0; j < skip; j++) code += s[i + j] == '\n' ? '\n' : ' ';
+            i += skip;
+            continue;
+        }
+        code += s[i++];
+    }
+    // Directive lines (with their continuation lines) and, for each position, the scope it is in.
+    struct Directive {
+        size_t begin, end;  // [begin, end): the directive's text, continuation lines included, no final newline
+        std::string keyword, rest;
+        char scope;  // 'd': a device-only function body, 'f': another function body, 'n': declaration level
+    };
+    std::vector<Directive> directives;
+    std::vector<char> scopes;  // the kind of each open brace: 'n' namespace/class, 'd' device body, 'f' other
+    std::vector<bool> in_device(code.size() + 1, false);  // position lies in a device-only function body
+    for (size_t i = 0; i < code.size();) {
+        size_t line_end = code.find('\n', i);
+        if (line_end == std::string::npos) line_end = code.size();
+        size_t h = code.find_first_not_of(" \t", i);
+        if (h < line_end && code[h] == '#') {
+            size_t e = line_end;
+            while (e < code.size() && e > 0 && code[e - 1] == '\\') {  // continuation lines
+                size_t n = code.find('\n', e + 1);
+                e = n == std::string::npos ? code.size() : n;
+            }
+            size_t k = code.find_first_not_of(" \t", h + 1), ke = k;
+            while (ke < e && is_ident_char(code[ke])) ke++;
+            char scope = 'n';
+            for (char c : scopes) scope = c == 'n' ? scope : c;
+            std::string rest = code.substr(ke, e - ke);
+            for (char& c : rest) c = c == '\\' || c == '\n' ? ' ' : c;
+            directives.push_back({i, e, k < e ? code.substr(k, ke - k) : "", rest, scope});
+            i = e + 1;
+            continue;
+        }
+        for (size_t p = i; p < line_end; p++) {
+            in_device[p] = !scopes.empty() && scopes.back() == 'd';
+            if (code[p] == '}' && !scopes.empty()) scopes.pop_back();
+            if (code[p] != '{') continue;
+            bool in_function = false;
+            for (char c : scopes) in_function = in_function || c != 'n';
+            if (in_function) { scopes.push_back(scopes.back()); continue; }
+            std::string head = declaration_head(code, p);
+            size_t t = head.find_last_not_of(" \t\r\n");
+            bool declares = has_token(head, "namespace") || has_token(head, "struct") || has_token(head, "class") ||
+                            has_token(head, "union") || has_token(head, "enum") || trim(head) == "extern" ||
+                            (t != std::string::npos && head[t] == '=');  // an initializer
+            bool device = (has_token(head, "__global__") || has_token(head, "__device__")) &&
+                          !has_token(head, "__host__");
+            scopes.push_back(declares ? 'n' : device ? 'd' : 'f');
+        }
+        i = line_end + 1;
+    }
+    // Conditional groups that mention __CUDA_ARCH__: rewrite their directives.
+    std::vector<std::string> replacement(directives.size());
+    std::vector<bool> replaced(directives.size(), false);
+    std::vector<std::vector<size_t>> open;  // per open group: its directives (#if, #elif..., #else)
+    auto empty_between = [&](size_t a, size_t b) {  // only blanks between directives a and b
+        return code.find_first_not_of(" \t\r\n\\", directives[a].end) >= directives[b].begin;
+    };
+    for (size_t d = 0; d < directives.size(); d++) {
+        const std::string& kw = directives[d].keyword;
+        if (kw == "if" || kw == "ifdef" || kw == "ifndef") open.push_back({d});
+        else if ((kw == "elif" || kw == "else") && !open.empty()) open.back().push_back(d);
+        else if (kw == "endif" && !open.empty()) {
+            std::vector<size_t> group = open.back();
+            open.pop_back();
+            std::vector<std::string> cond;  // each branch's condition as an #if expression
+            bool mentions = false;
+            for (size_t g : group) {
+                const Directive& x = directives[g];
+                std::string name_arg = trim(x.rest);
+                if (x.keyword == "ifdef") cond.push_back("defined(" + name_arg + ")");
+                else if (x.keyword == "ifndef") cond.push_back("!defined(" + name_arg + ")");
+                else if (x.keyword == "else") cond.push_back("1");
+                else cond.push_back(x.rest);
+                mentions = mentions || has_token(x.rest, name);
+            }
+            if (!mentions) continue;
+            char scope = directives[group[0]].scope;
+            std::vector<std::string> dev, host;
+            for (const std::string& c : cond) {
+                dev.push_back("(" + arch_condition(c, true) + ")");
+                host.push_back("(" + arch_condition(c, false) + ")");
+            }
+            auto selects = [&](const std::vector<std::string>& view, size_t b) {  // view picks branch b
+                std::string e;
+                for (size_t a = 0; a < b; a++) e += "!" + view[a] + " && ";
+                return "(" + e + view[b] + ")";
+            };
+            std::vector<std::string> out(group.size());
+            if (scope == 'd') out = dev;
+            if (scope == 'n') {
+                std::vector<size_t> ends = group;
+                ends.push_back(d);
+                std::string host_code;  // the host pass selects a branch that is not empty
+                for (size_t b = 0; b < group.size(); b++)
+                    if (!empty_between(ends[b], ends[b + 1]))
+                        host_code += (host_code.empty() ? "" : " || ") + selects(host, b);
+                for (size_t b = 0; b < group.size(); b++)
+                    out[b] = empty_between(ends[b], ends[b + 1]) ? "0" :
+                             "(" + selects(host, b) + " || (" + selects(dev, b) + " && !(" +
+                             (host_code.empty() ? "0" : host_code) + ")))";
+            }
+            if (scope == 'f') continue;  // the host pass: as written
+            for (size_t b = 0; b < group.size(); b++) {
+                replacement[group[b]] = (b == 0 ? "#if " : "#elif ") + out[b];
+                replaced[group[b]] = true;
+            }
+        }
+    }
+    // Assemble: replaced directives (one line, then the continuation lines' newlines); in device-only bodies
+    // the token elsewhere becomes CUDASIM_CUDA_ARCH.
+    std::string result;
+    size_t pos = 0;
+    auto copy_code = [&](size_t a, size_t b) {
+        for (size_t i = a; i < b;) {
+            if (in_device[i] && code.compare(i, name.size(), name) == 0 && (i == 0 || !is_ident_char(code[i - 1])) &&
+                !is_ident_char(code[i + name.size()])) {
+                result += "CUDASIM_CUDA_ARCH";
+                i += name.size();
+                continue;
+            }
+            result += s[i++];
+        }
+    };
+    for (size_t d = 0; d < directives.size(); d++) {
+        const Directive& x = directives[d];
+        copy_code(pos, x.begin);
+        if (replaced[d]) {
+            result += replacement[d];
+            for (size_t i = x.begin; i < x.end; i++)
+                if (s[i] == '\n') result += '\n';
+        } else {
+            result.append(s, x.begin, x.end - x.begin);
+        }
+        pos = x.end;
+    }
+    copy_code(pos, s.size());
+    return result;
+}
+
 inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* table = nullptr) {
     std::string out;
     out.reserve(s.size() + 256);
@@ -303,8 +500,8 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
             size_t len = std::char_traits<char>::length(kw);
             if (s.compare(i, len, kw) == 0 && (i == 0 || !is_ident_char(s[i - 1])) &&
                 (i + len >= s.size() || !is_ident_char(s[i + len]))) {
-                out += "_Pragma(\"GCC error \\\"cudasim: inline PTX (asm) cannot run on the CPU; keep it behind "
-                       "#ifdef __CUDA_ARCH__ with a plain C++ fallback\\\"\") ";
+                out += "_Pragma(\"GCC error \\\"cudasim: inline PTX (asm) cannot run on the CPU; give it a plain C++ "
+                       "fallback under #ifdef CUDASIM (device code sees __CUDA_ARCH__ as 800 here)\\\"\") ";
                 break;
             }
         }

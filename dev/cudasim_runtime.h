@@ -160,8 +160,8 @@ static bool device_attribute(cudaDeviceAttr attr, int* value) {
         case cudaDevAttrMultiProcessorCount: *value = d.sms; return true;
         case cudaDevAttrMaxThreadsPerMultiProcessor: *value = d.threads_per_sm; return true;
         case cudaDevAttrMaxBlocksPerMultiprocessor: *value = d.blocks_per_sm; return true;
-        case cudaDevAttrComputeCapabilityMajor: *value = 8; return true;
-        case cudaDevAttrComputeCapabilityMinor: *value = 0; return true;
+        case cudaDevAttrComputeCapabilityMajor: *value = CUDASIM_CUDA_ARCH / 100; return true;
+        case cudaDevAttrComputeCapabilityMinor: *value = CUDASIM_CUDA_ARCH % 100 / 10; return true;
         case cudaDevAttrComputeMode: *value = cudaComputeModeDefault; return true;
         case cudaDevAttrTextureAlignment: *value = 512; return true;
         case cudaDevAttrTexturePitchAlignment: *value = 32; return true;
