@@ -79,6 +79,13 @@ void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaF
 #else
 #define CUDASIM_UNCHECKED
 #endif
+// Host-only functions (the rewrite's mark_host_functions): a kernel cannot call them, and outside a kernel no
+// access is checked, so the checked build does not instrument them and they run at the plain build's speed.
+#if defined(CUDASIM_CHECKED)
+#define CUDASIM_HOST_CODE __attribute__((no_sanitize("thread")))
+#else
+#define CUDASIM_HOST_CODE
+#endif
 
 #endif  // GPTCU_CUDASIM_CHECK_H
 

@@ -191,7 +191,24 @@ inline std::string declaration_head(const std::string& s, size_t p) {
         }
         b--;
     }
+    if (b == 0 && s.find_first_not_of(" \t") < p && s[s.find_first_not_of(" \t")] == '#') {  // the file's first line
+        size_t e = s.find('\n');
+        b = e == std::string::npos || e >= p ? p : e + 1;
+    }
     return s.substr(b, p - b);
+}
+
+// `head` without its template argument and parameter lists (`template <class T> void f(S<T> x)` ->
+// `template  void f(S x)`), so a keyword inside them (`class T`) is not taken for the declaration's own.
+inline std::string without_angle_brackets(const std::string& head) {
+    std::string out;
+    int depth = 0;
+    for (size_t i = 0; i < head.size(); i++) {
+        if (head[i] == '<' && (i + 1 >= head.size() || head[i + 1] != '<') && (i == 0 || head[i - 1] != '<')) depth++;
+        else if (head[i] == '>' && depth > 0) depth--;
+        else if (depth == 0) out += head[i];
+    }
+    return out;
 }
 
 // Records the __global__ functions of `s` (and host functions sharing their names) in `table`.
@@ -330,10 +347,10 @@ inline std::string arch_condition(const std::string& cond, bool device) {
     return out;
 }
 
-inline std::string resolve_cuda_arch(const std::string& s) {
-    const std::string name = "__CUDA_ARCH__";
-    if (s.find(name) == std::string::npos) return s;
-    std::string code;  // s with comments and literals blanked, same length
+// `s` with comments and literals blanked (newlines kept): the same length, only code left.
+inline std::string code_only(const std::string& s) {
+    std::string code;
+    code.reserve(s.size());
     for (size_t i = 0; i < s.size();) {
         if (size_t skip = skip_non_code(s, i)) {
             for (size_t j = 0; j < skip; j++) code += s[i + j] == '\n' ? '\n' : ' ';
@@ -342,19 +359,81 @@ inline std::string resolve_cuda_arch(const std::string& s) {
         }
         code += s[i++];
     }
-    // Directive lines (with their continuation lines) and, for each position, the scope it is in.
+    return code;
+}
+
+// Is a function whose declaration reads `head` plainly host-only? Not when anything in it could make it callable
+// from device code: __device__/__global__, constexpr (nvcc's --expt-relaxed-constexpr), or a name outside its
+// parameter and template lists that may be a macro standing for them (ALL_CAPS, or reserved: `__x`, `_X`), apart
+// from the qualifiers known to mean nothing here.
+inline bool plainly_host_only(const std::string& head) {
+    if (head.find('(') == std::string::npos || has_token(head, "constexpr") || has_token(head, "consteval"))
+        return false;
+    int depth = 0;
+    for (char c : head) {
+        depth += c == '(' || c == '<' || c == '[' ? 1 : c == ')' || c == '>' || c == ']' ? -1 : 0;
+        if (c == '=' && depth == 0) return false;  // a variable (`auto f = [](...) {`), not a function
+    }
+    std::string outside;  // the head outside parentheses and angle brackets: where a qualifying macro would stand
+    depth = 0;
+    for (char c : without_angle_brackets(head)) {
+        if (c == ')') depth--;
+        if (depth == 0) outside += c;
+        if (c == '(') depth++;
+    }
+    for (size_t i = 0; i < outside.size();) {
+        if (!is_ident_char(outside[i]) || (i > 0 && is_ident_char(outside[i - 1]))) { i++; continue; }
+        size_t e = i;
+        while (e < outside.size() && is_ident_char(outside[e])) e++;
+        std::string w = outside.substr(i, e - i);
+        i = e;
+        if (w == "__host__" || w == "__forceinline__" || w == "__noinline__" || w == "__inline__" ||
+            w == "__restrict__" || w == "__attribute__")
+            continue;
+        auto up = [](char c) { return std::isupper(static_cast<unsigned char>(c)) != 0; };
+        bool caps = w.size() >= 2, letter = false;
+        for (char c : w) {
+            caps = caps && (up(c) || std::isdigit(static_cast<unsigned char>(c)) || c == '_');
+            letter = letter || std::isalpha(static_cast<unsigned char>(c));
+        }
+        bool reserved = w.size() >= 2 && w[0] == '_' && (w[1] == '_' || up(w[1]));
+        if ((caps && letter) || reserved) return false;
+    }
+    return true;
+}
+
+// Where each part of a source stands: every position's scope, the function bodies opened at declaration level, and
+// the preprocessor directives. Scopes: 'n' declaration level (file, namespace, class), 'd' the body of a device-only
+// function (`__global__`, or `__device__` without `__host__`), 'h' a plainly host-only function's body
+// (`plainly_host_only`), 'f' any other function's (`__host__ __device__`, or one whose head has a macro in it).
+struct SourceScopes {
+    std::string code;  // code_only(s)
+    std::vector<char> at;  // the scope of each position
+    struct Body {
+        size_t head, brace;  // where the function's declaration starts (after blanks), its opening brace
+        char kind;
+    };
+    std::vector<Body> bodies;
     struct Directive {
         size_t begin, end;  // [begin, end): the directive's text, continuation lines included, no final newline
         std::string keyword, rest;
-        char scope;  // 'd': a device-only function body, 'f': another function body, 'n': declaration level
+        char scope;
     };
     std::vector<Directive> directives;
-    std::vector<char> scopes;  // the kind of each open brace: 'n' namespace/class, 'd' device body, 'f' other
-    std::vector<bool> in_device(code.size() + 1, false);  // position lies in a device-only function body
+};
+
+inline SourceScopes scan_scopes(const std::string& s) {
+    SourceScopes r;
+    r.code = code_only(s);
+    const std::string& code = r.code;
+    r.at.assign(code.size() + 1, 'n');
+    std::vector<char> scopes;  // the kind of each open brace
     for (size_t i = 0; i < code.size();) {
         size_t line_end = code.find('\n', i);
         if (line_end == std::string::npos) line_end = code.size();
         size_t h = code.find_first_not_of(" \t", i);
+        char scope = 'n';
+        for (char c : scopes) scope = c == 'n' ? scope : c;
         if (h < line_end && code[h] == '#') {
             size_t e = line_end;
             while (e < code.size() && e > 0 && code[e - 1] == '\\') {  // continuation lines
@@ -363,32 +442,93 @@ inline std::string resolve_cuda_arch(const std::string& s) {
             }
             size_t k = code.find_first_not_of(" \t", h + 1), ke = k;
             while (ke < e && is_ident_char(code[ke])) ke++;
-            char scope = 'n';
-            for (char c : scopes) scope = c == 'n' ? scope : c;
             std::string rest = code.substr(ke, e - ke);
             for (char& c : rest) c = c == '\\' || c == '\n' ? ' ' : c;
-            directives.push_back({i, e, k < e ? code.substr(k, ke - k) : "", rest, scope});
+            r.directives.push_back({i, e, k < e ? code.substr(k, ke - k) : "", rest, scope});
+            for (size_t p = i; p < e; p++) r.at[p] = scope;
             i = e + 1;
             continue;
         }
         for (size_t p = i; p < line_end; p++) {
-            in_device[p] = !scopes.empty() && scopes.back() == 'd';
+            r.at[p] = scopes.empty() ? 'n' : scopes.back();
             if (code[p] == '}' && !scopes.empty()) scopes.pop_back();
             if (code[p] != '{') continue;
             bool in_function = false;
             for (char c : scopes) in_function = in_function || c != 'n';
             if (in_function) { scopes.push_back(scopes.back()); continue; }
-            std::string head = declaration_head(code, p);
+            std::string head = declaration_head(code, p), bare = without_angle_brackets(head);
             size_t t = head.find_last_not_of(" \t\r\n");
-            bool declares = has_token(head, "namespace") || has_token(head, "struct") || has_token(head, "class") ||
-                            has_token(head, "union") || has_token(head, "enum") || trim(head) == "extern" ||
+            bool declares = has_token(bare, "namespace") || has_token(bare, "struct") || has_token(bare, "class") ||
+                            has_token(bare, "union") || has_token(bare, "enum") || trim(head) == "extern" ||
                             (t != std::string::npos && head[t] == '=');  // an initializer
-            bool device = (has_token(head, "__global__") || has_token(head, "__device__")) &&
-                          !has_token(head, "__host__");
-            scopes.push_back(declares ? 'n' : device ? 'd' : 'f');
+            bool device = has_token(head, "__global__") || has_token(head, "__device__");
+            char kind = declares ? 'n' : device && !has_token(head, "__host__") ? 'd' :
+                        !device && plainly_host_only(head) ? 'h' : 'f';
+            scopes.push_back(kind);
+            size_t first = code.find_first_not_of(" \t\r\n", p - head.size());
+            if (kind != 'n') r.bodies.push_back({std::min(first, p), p, kind});
         }
         i = line_end + 1;
     }
+    return r;
+}
+
+// issue 20: the checked build (CUDASIM_CHECKED) instruments every access of compiled code, and host code pays for
+// it without being checked (the checks are on only inside a kernel): a CPU reference ran ~4x slower than nvcc's
+// host code. A plainly host-only function definition gets CUDASIM_HOST_CODE (no instrumentation in the checked
+// build, nothing otherwise) in front of its declaration, after any `template <...>` and `extern "C"`.
+inline std::string mark_host_functions(const std::string& s) {
+    SourceScopes scopes = scan_scopes(s);
+    const std::string& code = scopes.code;
+    std::vector<size_t> marks;
+    for (const SourceScopes::Body& b : scopes.bodies) {
+        if (b.kind != 'h') continue;
+        size_t p = b.head;
+        for (;;) {  // template heads, extern "C", [[attributes]]
+            p = code.find_first_not_of(" \t\r\n", p);
+            if (p >= b.brace) break;
+            if (code.compare(p, 8, "template") == 0 && !is_ident_char(code[p + 8])) {
+                size_t open = code.find_first_not_of(" \t\r\n", p + 8);
+                if (open >= b.brace || code[open] != '<') break;
+                int depth = 0;
+                size_t q = open;
+                for (; q < b.brace; q++) {
+                    if (code[q] == '<' || code[q] == '(') depth++;
+                    if ((code[q] == '>' || code[q] == ')') && --depth == 0) break;
+                }
+                p = q + 1;
+                continue;
+            }
+            if (code.compare(p, 6, "extern") == 0 && !is_ident_char(code[p + 6])) { p += 6; continue; }
+            if (code.compare(p, 2, "[[") == 0) {
+                size_t q = code.find("]]", p);
+                if (q == std::string::npos || q > b.brace) break;
+                p = q + 2;
+                continue;
+            }
+            break;
+        }
+        if (p < b.brace) marks.push_back(p);
+    }
+    if (marks.empty()) return s;
+    std::string out;
+    size_t pos = 0;
+    for (size_t m : marks) {
+        out.append(s, pos, m - pos);
+        out += "CUDASIM_HOST_CODE ";
+        pos = m;
+    }
+    out.append(s, pos, std::string::npos);
+    return out;
+}
+
+inline std::string resolve_cuda_arch(const std::string& s) {
+    const std::string name = "__CUDA_ARCH__";
+    if (s.find(name) == std::string::npos) return s;
+    SourceScopes scopes = scan_scopes(s);
+    const std::string& code = scopes.code;
+    using Directive = SourceScopes::Directive;
+    std::vector<Directive>& directives = scopes.directives;
     // Conditional groups that mention __CUDA_ARCH__: rewrite their directives.
     std::vector<std::string> replacement(directives.size());
     std::vector<bool> replaced(directives.size(), false);
@@ -440,7 +580,7 @@ inline std::string resolve_cuda_arch(const std::string& s) {
                              "(" + selects(host, b) + " || (" + selects(dev, b) + " && !(" +
                              (host_code.empty() ? "0" : host_code) + ")))";
             }
-            if (scope == 'f') continue;  // the host pass: as written
+            if (scope == 'f' || scope == 'h') continue;  // the host pass: as written
             for (size_t b = 0; b < group.size(); b++) {
                 replacement[group[b]] = (b == 0 ? "#if " : "#elif ") + out[b];
                 replaced[group[b]] = true;
@@ -453,7 +593,8 @@ inline std::string resolve_cuda_arch(const std::string& s) {
     size_t pos = 0;
     auto copy_code = [&](size_t a, size_t b) {
         for (size_t i = a; i < b;) {
-            if (in_device[i] && code.compare(i, name.size(), name) == 0 && (i == 0 || !is_ident_char(code[i - 1])) &&
+            if (scopes.at[i] == 'd' && code.compare(i, name.size(), name) == 0 &&
+                (i == 0 || !is_ident_char(code[i - 1])) &&
                 !is_ident_char(code[i + name.size()])) {
                 result += "CUDASIM_CUDA_ARCH";
                 i += name.size();
@@ -544,15 +685,34 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
             }
         }
         if (s.compare(i, 10, "__shared__") == 0 && (i == 0 || !is_ident_char(s[i - 1])) && !is_ident_char(s[i + 10])) {
-            size_t semi = s.find(';', i);
+            // `__shared__ alignas(N) T x[..]`: nvcc accepts it; in C++ (`static thread_local alignas(N) T`) an
+            // attribute may not stand between decl-specifiers, so it moves in front of the qualifier.
+            size_t after = i + 10;
+            std::string attributes;
+            for (;;) {
+                size_t a = s.find_first_not_of(" \t", after);
+                if (a == std::string::npos || s.compare(a, 7, "alignas") != 0 || is_ident_char(s[a + 7])) break;
+                size_t open = s.find_first_not_of(" \t", a + 7);
+                size_t close = open != std::string::npos && s[open] == '(' ? matching_bracket(s, open)
+                                                                            : std::string::npos;
+                if (close == std::string::npos) break;
+                attributes += s.substr(a, close + 1 - a) + " ";
+                after = close + 1;
+            }
+            size_t semi = s.find(';', after);
             if (semi != std::string::npos) {
-                std::string decl = s.substr(i + 10, semi - i - 10);
+                std::string decl = s.substr(after, semi - after);
                 std::string rewritten = decl.find('\n') == std::string::npos ? rewrite_shared(decl) : "";
                 if (!rewritten.empty()) {  // one-line declarations only: lines stay in place
-                    out += "__shared__" + rewritten;
+                    out += attributes + "__shared__" + rewritten;
                     i = semi;  // the ';' is copied next
                     continue;
                 }
+            }
+            if (!attributes.empty()) {
+                out += attributes + "__shared__";
+                i = after;
+                continue;
             }
         }
         // `__launch_bounds__(N, ...)`: the macro expands to nothing; the kernel's body starts with a check

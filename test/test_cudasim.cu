@@ -546,6 +546,11 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
     CHECK(rewrite_cuda_source("__shared__ __align__(16) int n;") ==
           "__shared__ __align__(16) int cudasim_shared_n; auto& n = *::cudasim::check::shared_variable(&cudasim_shared_n, \"n\");");
     CHECK(rewrite_cuda_source("__shared__ float a[2], b[2];") == "__shared__ float a[2], b[2];");  // left as it is
+    CHECK(rewrite_cuda_source("__shared__ alignas(alignof(float4)) float t[4];") ==  // attributes first, as C++ wants
+          "alignas(alignof(float4)) __shared__ float cudasim_shared_t[4]; auto& t = "
+          "*::cudasim::check::shared_variable(&cudasim_shared_t, \"t\");");
+    CHECK(rewrite_cuda_source("__shared__ alignas(16) float a[2], b[2];") ==
+          "alignas(16) __shared__ float a[2], b[2];");
     CHECK(rewrite_cuda_source("__global__ void __launch_bounds__(N, 2) k(float* x) { x[0] = 1; }") ==
           "__global__ void __launch_bounds__(N, 2) k(float* x) { ::cudasim::check::launch_bounds(N, __func__); x[0] = 1; }");
     CHECK(rewrite_cuda_source("__global__ void __launch_bounds__(256) k(float* x);") ==
@@ -577,6 +582,28 @@ TEST_CASE("__CUDA_ARCH__ conditionals: device bodies as the device pass, host bo
     const std::string both = "#ifdef __CUDA_ARCH__\n#define X 1\n#else\n#define X 2\n#endif\n";
     CHECK(resolve_cuda_arch(both).find("#elif ((!( 0 ) && (1)) ||") != std::string::npos);  // the host's #else wins
     CHECK(resolve_cuda_arch("int x;\n") == "int x;\n");
+}
+
+TEST_CASE("host-only function definitions are marked (not instrumented by the checked build); others are not") {
+    using cudasim::mark_host_functions;
+    CHECK(mark_host_functions("void ref(float* out, int B, int OC) { out[0] = 0; }") ==
+          "CUDASIM_HOST_CODE void ref(float* out, int B, int OC) { out[0] = 0; }");
+    CHECK(mark_host_functions("template <class T>\nstatic T twice(T x) { return 2 * x; }") ==
+          "template <class T>\nCUDASIM_HOST_CODE static T twice(T x) { return 2 * x; }");
+    CHECK(mark_host_functions("struct S {\n  int get() const { return 1; }\n};") ==
+          "struct S {\n  CUDASIM_HOST_CODE int get() const { return 1; }\n};");
+    CHECK(mark_host_functions("extern \"C\" int c() { return 0; }") ==
+          "extern \"C\" CUDASIM_HOST_CODE int c() { return 0; }");
+    // what a kernel may call, or might: left instrumented
+    for (const char* kept : {"__global__ void k(float* x) { x[0] = 1; }", "__device__ float d(float x) { return x; }",
+                             "__host__ __device__ float hd(float x) { return x; }",
+                             "#define HD __host__ __device__\nHD float hd(float x) { return x; }",
+                             "constexpr int c(int x) { return x; }", "auto f = [](int x) { return x; };",
+                             "template <class T> __global__ void tk(T* x) { x[0] = 1; }"})
+        CHECK(mark_host_functions(kept) == kept);
+    // only declaration-level functions: a lambda inside one is part of its body
+    CHECK(mark_host_functions("void h() { auto l = [](int x) { return x; }; }") ==
+          "CUDASIM_HOST_CODE void h() { auto l = [](int x) { return x; }; }");
 }
 
 // Issue 20: what the rewrite knows about a file's kernels decides how a launch is written.
