@@ -1008,6 +1008,9 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
 }
 
 cudaError_t sticky_error();  // issue 20: cudaErrorAssert etc. after a device assert; cudaSuccess before
+bool release_graph_memory(void* p);  // a live graph allocation at p is freed (false: p is not one)
+bool graph_memory_live(void* p);     // p is a graph allocation, allocated and not yet freed
+bool capture_graph_malloc(void** p, size_t bytes, cudaStream_t stream);  // cudaMallocAsync into a captured graph
 
 // ----------------------------------------------------------------------------
 // The pool of OS threads. The launching thread works too; the others wait for the next grid.
@@ -1241,9 +1244,13 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     return cudaSuccess;
 }
 cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned) { return cudaMalloc(p, bytes); }
-cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t stream) {
+    if (cudasim::capture_graph_malloc(p, bytes, stream)) return cudaSuccess;  // an allocation node of the graph
+    return cudaMalloc(p, bytes);
+}
 cudaError_t cudaFree(void* p) {
     if (!p) return cudaSuccess;
+    if (cudasim::release_graph_memory(p)) return cudaSuccess;  // issue 20: graph memory is freed, not given back
     {
         std::lock_guard<std::mutex> lock(cudasim::g_mutex);
         auto it = cudasim::g_device_allocations.find(reinterpret_cast<uintptr_t>(p));
@@ -1256,8 +1263,12 @@ invalid:
     return fail(cudaErrorInvalidValue, "cudaFree(%p): not the start of a cudaMalloc allocation", p);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
-    // issue 20: freed in a captured stream, the memory must outlive every launch of the graph: it is kept
-    if (cudasim::capture_node(stream, "cudaFreeAsync", [] { return cudasim::BoundLaunch(); })) return cudaSuccess;
+    // issue 20: freed in a captured stream: a graph allocation is freed when the graph runs; other memory must
+    // outlive every launch of the graph, and is kept
+    if (cudasim::capture_node(stream, "cudaFreeAsync", [p] { return cudasim::BoundLaunch([p] {
+            cudasim::release_graph_memory(p);
+        }); }))
+        return cudaSuccess;
     return cudaFree(p);
 }
 cudaError_t cudaMallocHost(void** p, size_t bytes) {

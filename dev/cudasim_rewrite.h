@@ -476,7 +476,7 @@ inline SourceScopes scan_scopes(const std::string& s) {
 // issue 20: the checked build (CUDASIM_CHECKED) instruments every access of compiled code, and host code pays for
 // it without being checked (the checks are on only inside a kernel): a CPU reference ran ~4x slower than nvcc's
 // host code. A plainly host-only function definition gets CUDASIM_HOST_CODE (no instrumentation in the checked
-// build, nothing otherwise) in front of its declaration, after any `template <...>` and `extern "C"`.
+// build, nothing otherwise) in front of its declaration, after any `template <...>`, `extern "C"` and `public:`.
 inline std::string mark_host_functions(const std::string& s) {
     SourceScopes scopes = scan_scopes(s);
     const std::string& code = scopes.code;
@@ -500,6 +500,15 @@ inline std::string mark_host_functions(const std::string& s) {
                 continue;
             }
             if (code.compare(p, 6, "extern") == 0 && !is_ident_char(code[p + 6])) { p += 6; continue; }
+            bool access = false;  // `public:` and friends end the previous member's declaration
+            for (const char* a : {"public", "private", "protected"}) {
+                size_t len = std::char_traits<char>::length(a), colon = code.find_first_not_of(" \t\r\n", p + len);
+                if (code.compare(p, len, a) == 0 && colon < b.brace && code[colon] == ':' && code[colon + 1] != ':') {
+                    p = colon + 1;
+                    access = true;
+                }
+            }
+            if (access) continue;
             if (code.compare(p, 2, "[[") == 0) {
                 size_t q = code.find("]]", p);
                 if (q == std::string::npos || q > b.brace) break;
