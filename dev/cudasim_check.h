@@ -544,6 +544,12 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
             if (it != table->begin() && a <= std::prev(it)->first + std::prev(it)->second)
                 return;  // inside, or one past
         }
+        // graph memory (issue 20): a device address from the moment its node is made, though allocated only while
+        // the graph runs (a kernel node or captured launch is given it before; accesses are checked when they happen)
+        auto g = g_graph_memory.upper_bound(const_cast<void*>(p));
+        if (g != g_graph_memory.begin() &&
+            c <= static_cast<const char*>(std::prev(g)->first) + std::prev(g)->second.bytes)
+            return;
     }
     fatal(
         "kernel '%s' argument %d is %p, a host pointer (stack, malloc or std::vector memory, not from cudaMalloc): "
