@@ -590,8 +590,8 @@ TEST_CASE("host-only function definitions are marked (not instrumented by the ch
           "CUDASIM_HOST_CODE void ref(float* out, int B, int OC) { out[0] = 0; }");
     CHECK(mark_host_functions("template <class T>\nstatic T twice(T x) { return 2 * x; }") ==
           "template <class T>\nCUDASIM_HOST_CODE static T twice(T x) { return 2 * x; }");
-    CHECK(mark_host_functions("struct S {\n  int get() const { return 1; }\n};") ==
-          "struct S {\n  CUDASIM_HOST_CODE int get() const { return 1; }\n};");
+    CHECK(mark_host_functions("class S {\npublic:\n  int get() const { return 1; }\n};") ==
+          "class S {\npublic:\n  CUDASIM_HOST_CODE int get() const { return 1; }\n};");
     CHECK(mark_host_functions("extern \"C\" int c() { return 0; }") ==
           "extern \"C\" CUDASIM_HOST_CODE int c() { return 0; }");
     // what a kernel may call, or might: left instrumented
