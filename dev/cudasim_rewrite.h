@@ -456,7 +456,11 @@ inline SourceScopes scan_scopes(const std::string& s) {
             bool in_function = false;
             for (char c : scopes) in_function = in_function || c != 'n';
             if (in_function) { scopes.push_back(scopes.back()); continue; }
-            std::string head = declaration_head(code, p), bare = without_angle_brackets(head);
+            std::string head = declaration_head(code, p);
+            // not past the last directive: declaration_head cannot see a multi-line #define's continuation lines
+            if (!r.directives.empty() && r.directives.back().end + 1 > p - head.size())
+                head = code.substr(r.directives.back().end + 1, p - r.directives.back().end - 1);
+            std::string bare = without_angle_brackets(head);
             size_t t = head.find_last_not_of(" \t\r\n");
             bool declares = has_token(bare, "namespace") || has_token(bare, "struct") || has_token(bare, "class") ||
                             has_token(bare, "union") || has_token(bare, "enum") || trim(head) == "extern" ||

@@ -601,6 +601,9 @@ TEST_CASE("host-only function definitions are marked (not instrumented by the ch
                              "constexpr int c(int x) { return x; }", "auto f = [](int x) { return x; };",
                              "template <class T> __global__ void tk(T* x) { x[0] = 1; }"})
         CHECK(mark_host_functions(kept) == kept);
+    // a multi-line macro before a function is not part of its declaration
+    CHECK(mark_host_functions("#define CHECK(x) \\\n    do { x; } while (0)\nint main() { return 0; }") ==
+          "#define CHECK(x) \\\n    do { x; } while (0)\nCUDASIM_HOST_CODE int main() { return 0; }");
     // only declaration-level functions: a lambda inside one is part of its body
     CHECK(mark_host_functions("void h() { auto l = [](int x) { return x; }; }") ==
           "CUDASIM_HOST_CODE void h() { auto l = [](int x) { return x; }; }");
