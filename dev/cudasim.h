@@ -28,6 +28,10 @@
 #ifndef GPTCU_CUDASIM_H
 #define GPTCU_CUDASIM_H
 #define CUDASIM 1
+// __CUDA_ARCH__ as the virtual device's device code sees it (sm_80, as cudaDevAttrComputeCapabilityMajor/Minor
+// say). Never defined as __CUDA_ARCH__ itself: host code must not see it. The rewrite puts this name where device
+// code tests __CUDA_ARCH__ (resolve_cuda_arch in dev/cudasim_rewrite.h).
+#define CUDASIM_CUDA_ARCH 800
 
 #include <cuda_runtime.h>  // real CUDA host headers: they compile with g++ and give the exact types
 #include <cublas_v2.h>
@@ -731,7 +735,11 @@ static Thread* next_unstarted(Worker& w, const Thread& t) {
 }
 
 // Switches to `fiber`, which runs thread `t` (and maybe the threads after it), until it yields or ends.
-static void switch_to(Worker& w, Thread& t, boost::context::fiber&& fiber) {
+// Always inlined into the scheduler's loop: called out of line, it made every switch ~7 ns dearer (the
+// barrier and shuffle kernels of dev/bench_cudasim 15-17% slower; measured 2026-11-29, load ~2). Boost's
+// jump_fcontext returns with an indirect jump, not `ret`, so the CPU's return-address predictor is off after
+// every switch, and each extra `ret` on the way back into the scheduler likely pays a misprediction.
+__attribute__((always_inline)) inline static void switch_to(Worker& w, Thread& t, boost::context::fiber&& fiber) {
     threadIdx = t.idx;
     w.current = &t;
     asan_enter_fiber(w.stacks + t.stack_slot * w.stack_bytes + w.page, w.stack_bytes - w.page);
@@ -1011,9 +1019,19 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
             run_warp(w, warp, n, lane_order);
             if (w.trapped) return;
         }
+        // One pass over the block's threads: which have returned, which spin, and what the barrier collects.
+        unsigned done = 0, count = 0, spinning = 0, first_done = n, first_waiting = n;
+        bool all_same = true;
+        BarrierKind kind = BarrierKind::sync;
+        for (unsigned i = 0; i < n; i++) {
+            const Thread& t = w.threads[i];
+            if (t.wait == Wait::done) { done++; first_done = std::min(first_done, i); continue; }
+            if (t.wait == Wait::spin) { spinning++; continue; }
+            if (first_waiting == n) { first_waiting = i; kind = t.barrier; }
+            all_same = all_same && t.barrier == kind;
+            count += t.predicate != 0;
+        }
         // ---- issue 20: spinning threads look again, as long as some thread did something since they last looked
-        bool spinning = false;
-        for (unsigned i = 0; i < n; i++) spinning = spinning || w.threads[i].wait == Wait::spin;
         if (spinning) {
             if (w.progress == progress_seen)
                 fatal("kernel '%s' block (%u,%u,%u): threads wait for arrivals that never come (cuda::barrier, a "
@@ -1025,16 +1043,6 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
             continue;
         }
         // ---- end issue 20
-        unsigned done = 0, count = 0, first_done = n, first_waiting = n;
-        bool all_same = true;
-        BarrierKind kind = BarrierKind::sync;
-        for (unsigned i = 0; i < n; i++) {
-            const Thread& t = w.threads[i];
-            if (t.wait == Wait::done) { done++; first_done = std::min(first_done, i); continue; }
-            if (first_waiting == n) { first_waiting = i; kind = t.barrier; }
-            all_same = all_same && t.barrier == kind;
-            count += t.predicate != 0;
-        }
         if (done == n) return;
         if (done > 0) {
             char a[48], c[48];
@@ -1057,6 +1065,9 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
 }
 
 cudaError_t sticky_error();  // issue 20: cudaErrorAssert etc. after a device assert; cudaSuccess before
+bool release_graph_memory(void* p);  // a live graph allocation at p is freed (false: p is not one)
+bool graph_memory_live(void* p);     // p is a graph allocation, allocated and not yet freed
+bool capture_graph_malloc(void** p, size_t bytes, cudaStream_t stream);  // cudaMallocAsync into a captured graph
 
 // ----------------------------------------------------------------------------
 // The pool of OS threads. The launching thread works too; the others wait for the next grid.
@@ -1290,9 +1301,13 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     return cudaSuccess;
 }
 cudaError_t cudaMallocManaged(void** p, size_t bytes, unsigned) { return cudaMalloc(p, bytes); }
-cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) { return cudaMalloc(p, bytes); }
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t stream) {
+    if (cudasim::capture_graph_malloc(p, bytes, stream)) return cudaSuccess;  // an allocation node of the graph
+    return cudaMalloc(p, bytes);
+}
 cudaError_t cudaFree(void* p) {
     if (!p) return cudaSuccess;
+    if (cudasim::release_graph_memory(p)) return cudaSuccess;  // issue 20: graph memory is freed, not given back
     {
         std::lock_guard<std::mutex> lock(cudasim::g_mutex);
         auto it = cudasim::g_device_allocations.find(reinterpret_cast<uintptr_t>(p));
@@ -1305,8 +1320,12 @@ invalid:
     return fail(cudaErrorInvalidValue, "cudaFree(%p): not the start of a cudaMalloc allocation", p);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
-    // issue 20: freed in a captured stream, the memory must outlive every launch of the graph: it is kept
-    if (cudasim::capture_node(stream, "cudaFreeAsync", [] { return cudasim::BoundLaunch(); })) return cudaSuccess;
+    // issue 20: freed in a captured stream: a graph allocation is freed when the graph runs; other memory must
+    // outlive every launch of the graph, and is kept
+    if (cudasim::capture_node(stream, "cudaFreeAsync", [p] { return cudasim::BoundLaunch([p] {
+            cudasim::release_graph_memory(p);
+        }); }))
+        return cudaSuccess;
     return cudaFree(p);
 }
 cudaError_t cudaMallocHost(void** p, size_t bytes) {

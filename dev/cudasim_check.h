@@ -79,6 +79,13 @@ void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaF
 #else
 #define CUDASIM_UNCHECKED
 #endif
+// Host-only functions (the rewrite's mark_host_functions): a kernel cannot call them, and outside a kernel no
+// access is checked, so the checked build does not instrument them and they run at the plain build's speed.
+#if defined(CUDASIM_CHECKED)
+#define CUDASIM_HOST_CODE __attribute__((no_sanitize("thread")))
+#else
+#define CUDASIM_HOST_CODE
+#endif
 
 #endif  // GPTCU_CUDASIM_CHECK_H
 
@@ -537,6 +544,12 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
             if (it != table->begin() && a <= std::prev(it)->first + std::prev(it)->second)
                 return;  // inside, or one past
         }
+        // graph memory (issue 20): a device address from the moment its node is made, though allocated only while
+        // the graph runs (a kernel node or captured launch is given it before; accesses are checked when they happen)
+        auto g = g_graph_memory.upper_bound(const_cast<void*>(p));
+        if (g != g_graph_memory.begin() &&
+            c <= static_cast<const char*>(std::prev(g)->first) + std::prev(g)->second.bytes)
+            return;
     }
     fatal(
         "kernel '%s' argument %d is %p, a host pointer (stack, malloc or std::vector memory, not from cudaMalloc): "

@@ -10,7 +10,9 @@
 //
 // Two passes: the first finds every file and the kernels each declares (`scan_kernels`), the second
 // rewrites each file knowing all of them, so a launch in one file of a kernel from another is written in
-// the form that kernel needs. An include by absolute path ("/abs/x.cuh") is pointed at its rewritten copy.
+// the form that kernel needs. Conditionals on __CUDA_ARCH__ are decided first (`resolve_cuda_arch`), so the
+// kernels and includes seen are those of the branches the CPU build keeps. An include by absolute path
+// ("/abs/x.cuh") is pointed at its rewritten copy.
 #include "cudasim_rewrite.h"
 
 #include <filesystem>
@@ -108,7 +110,8 @@ struct Rewriter {
     void process(const fs::path& file, const std::string& shown_name) {
         fs::path abs = fs::weakly_canonical(fs::absolute(file));
         if (!done.insert(abs).second) return;
-        std::string src = read_file(abs);
+        // which __CUDA_ARCH__ branches exist here; host-only functions marked (not instrumented when checked)
+        std::string src = cudasim::mark_host_functions(cudasim::resolve_cuda_arch(read_file(abs)));
         cudasim::scan_kernels(src, kernels);
         sources.push_back(Source{abs, shown_name, src});
         for (const std::string& name : quoted_includes(src)) {

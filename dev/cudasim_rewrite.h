@@ -10,6 +10,8 @@
 //                                                  start and checks it (rewrite_shared)
 //   __launch_bounds__(N) ... {                 ->  the body starts by checking that the block has at most N threads
 //   asm / __asm__ (inline PTX)                 ->  a compile error that names the feature
+//   #if __CUDA_ARCH__ >= 700 (and friends)     ->  decided as nvcc's device or host pass would, by where the
+//                                                  conditional stands (resolve_cuda_arch, run first)
 // Comments, string and character literals are copied untouched, so a `<<<` inside them stays as it is.
 //
 // Kernels the rewrite has seen (issue 20; `scan_kernels`, over the file and the files it includes) change
@@ -26,6 +28,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace cudasim {
 
@@ -188,7 +191,24 @@ inline std::string declaration_head(const std::string& s, size_t p) {
         }
         b--;
     }
+    if (b == 0 && s.find_first_not_of(" \t") < p && s[s.find_first_not_of(" \t")] == '#') {  // the file's first line
+        size_t e = s.find('\n');
+        b = e == std::string::npos || e >= p ? p : e + 1;
+    }
     return s.substr(b, p - b);
+}
+
+// `head` without its template argument and parameter lists (`template <class T> void f(S<T> x)` ->
+// `template  void f(S x)`), so a keyword inside them (`class T`) is not taken for the declaration's own.
+inline std::string without_angle_brackets(const std::string& head) {
+    std::string out;
+    int depth = 0;
+    for (size_t i = 0; i < head.size(); i++) {
+        if (head[i] == '<' && (i + 1 >= head.size() || head[i + 1] != '<') && (i == 0 || head[i - 1] != '<')) depth++;
+        else if (head[i] == '>' && depth > 0) depth--;
+        else if (depth == 0) out += head[i];
+    }
+    return out;
 }
 
 // Records the __global__ functions of `s` (and host functions sharing their names) in `table`.
@@ -281,6 +301,337 @@ inline LaunchForm launch_form(const KernelTable* table, const std::string& name)
 }
 // ---- end issue 20
 
+// ---- __CUDA_ARCH__ in one pass. nvcc preprocesses a file twice: the device pass with __CUDA_ARCH__ set to
+// the target (800 for sm_80) and the host pass without it; the program is the host pass's host code plus the
+// device pass's device code. The CPU build compiles once, so the rewrite decides each conditional that
+// mentions __CUDA_ARCH__ by where it stands (`resolve_cuda_arch`):
+//   - inside the body of a device-only function (`__global__`, or `__device__` without `__host__`): as the
+//     device pass, with __CUDA_ARCH__ = CUDASIM_CUDA_ARCH (800, the virtual device's sm_80; dev/cudasim.h);
+//     the token in ordinary code there becomes CUDASIM_CUDA_ARCH too;
+//   - inside any other function body (host, or `__host__ __device__`, which is one function here for both
+//     callers): as the host pass, unchanged; that branch is the one written for a host compiler;
+//   - at declaration level (file, namespace, class scope): as the union of the two passes. A branch that only
+//     one pass selects is kept when the other pass selects nothing (an empty branch or none), so device
+//     functions under `#if __CUDA_ARCH__ >= 700` and host helpers under `#ifndef __CUDA_ARCH__` both exist;
+//     where each pass selects code of its own (`#ifdef __CUDA_ARCH__ A #else B #endif`), the host pass's.
+// Only directive lines change (each stays one line, continuation lines become empty ones), so lines stay true.
+
+// `cond` (the text after #if/#elif, comments blanked) with __CUDA_ARCH__ decided: defined(...) -> 1 or 0,
+// the value -> CUDASIM_CUDA_ARCH or 0 (as the preprocessor reads an undefined name).
+inline std::string arch_condition(const std::string& cond, bool device) {
+    const std::string name = "__CUDA_ARCH__";
+    std::string out;
+    for (size_t i = 0; i < cond.size();) {
+        if (cond.compare(i, 7, "defined") == 0 && (i == 0 || !is_ident_char(cond[i - 1])) &&
+            !is_ident_char(cond[i + 7])) {
+            size_t j = cond.find_first_not_of(" \t", i + 7);
+            bool paren = j != std::string::npos && cond[j] == '(';
+            if (paren) j = cond.find_first_not_of(" \t", j + 1);
+            if (j != std::string::npos && cond.compare(j, name.size(), name) == 0 &&
+                !is_ident_char(cond[j + name.size()])) {
+                size_t e = j + name.size();
+                if (paren) e = cond.find(')', e) + 1;
+                out += device ? " 1 " : " 0 ";
+                i = e;
+                continue;
+            }
+        }
+        if (cond.compare(i, name.size(), name) == 0 && (i == 0 || !is_ident_char(cond[i - 1])) &&
+            !is_ident_char(cond[i + name.size()])) {
+            out += device ? "CUDASIM_CUDA_ARCH" : "0";
+            i += name.size();
+            continue;
+        }
+        out += cond[i++];
+    }
+    return out;
+}
+
+// `s` with comments and literals blanked (newlines kept): the same length, only code left.
+inline std::string code_only(const std::string& s) {
+    std::string code;
+    code.reserve(s.size());
+    for (size_t i = 0; i < s.size();) {
+        if (size_t skip = skip_non_code(s, i)) {
+            for (size_t j = 0; j < skip; j++) code += s[i + j] == '\n' ? '\n' : ' ';
+            i += skip;
+            continue;
+        }
+        code += s[i++];
+    }
+    return code;
+}
+
+// Is a function whose declaration reads `head` plainly host-only? Not when anything in it could make it callable
+// from device code: __device__/__global__, constexpr (nvcc's --expt-relaxed-constexpr), or a name outside its
+// parameter and template lists that may be a macro standing for them (ALL_CAPS, or reserved: `__x`, `_X`), apart
+// from the qualifiers known to mean nothing here.
+inline bool plainly_host_only(const std::string& head) {
+    if (head.find('(') == std::string::npos || has_token(head, "constexpr") || has_token(head, "consteval"))
+        return false;
+    int depth = 0;
+    for (char c : head) {
+        depth += c == '(' || c == '<' || c == '[' ? 1 : c == ')' || c == '>' || c == ']' ? -1 : 0;
+        if (c == '=' && depth == 0) return false;  // a variable (`auto f = [](...) {`), not a function
+    }
+    std::string outside;  // the head outside parentheses and angle brackets: where a qualifying macro would stand
+    depth = 0;
+    for (char c : without_angle_brackets(head)) {
+        if (c == ')') depth--;
+        if (depth == 0) outside += c;
+        if (c == '(') depth++;
+    }
+    for (size_t i = 0; i < outside.size();) {
+        if (!is_ident_char(outside[i]) || (i > 0 && is_ident_char(outside[i - 1]))) { i++; continue; }
+        size_t e = i;
+        while (e < outside.size() && is_ident_char(outside[e])) e++;
+        std::string w = outside.substr(i, e - i);
+        i = e;
+        if (w == "__host__" || w == "__forceinline__" || w == "__noinline__" || w == "__inline__" ||
+            w == "__restrict__" || w == "__attribute__")
+            continue;
+        auto up = [](char c) { return std::isupper(static_cast<unsigned char>(c)) != 0; };
+        bool caps = w.size() >= 2, letter = false;
+        for (char c : w) {
+            caps = caps && (up(c) || std::isdigit(static_cast<unsigned char>(c)) || c == '_');
+            letter = letter || std::isalpha(static_cast<unsigned char>(c));
+        }
+        bool reserved = w.size() >= 2 && w[0] == '_' && (w[1] == '_' || up(w[1]));
+        if ((caps && letter) || reserved) return false;
+    }
+    return true;
+}
+
+// Where each part of a source stands: every position's scope, the function bodies opened at declaration level, and
+// the preprocessor directives. Scopes: 'n' declaration level (file, namespace, class), 'd' the body of a device-only
+// function (`__global__`, or `__device__` without `__host__`), 'h' a plainly host-only function's body
+// (`plainly_host_only`), 'f' any other function's (`__host__ __device__`, or one whose head has a macro in it).
+struct SourceScopes {
+    std::string code;  // code_only(s)
+    std::vector<char> at;  // the scope of each position
+    struct Body {
+        size_t head, brace;  // where the function's declaration starts (after blanks), its opening brace
+        char kind;
+    };
+    std::vector<Body> bodies;
+    struct Directive {
+        size_t begin, end;  // [begin, end): the directive's text, continuation lines included, no final newline
+        std::string keyword, rest;
+        char scope;
+    };
+    std::vector<Directive> directives;
+};
+
+inline SourceScopes scan_scopes(const std::string& s) {
+    SourceScopes r;
+    r.code = code_only(s);
+    const std::string& code = r.code;
+    r.at.assign(code.size() + 1, 'n');
+    std::vector<char> scopes;  // the kind of each open brace
+    for (size_t i = 0; i < code.size();) {
+        size_t line_end = code.find('\n', i);
+        if (line_end == std::string::npos) line_end = code.size();
+        size_t h = code.find_first_not_of(" \t", i);
+        char scope = 'n';
+        for (char c : scopes) scope = c == 'n' ? scope : c;
+        if (h < line_end && code[h] == '#') {
+            size_t e = line_end;
+            while (e < code.size() && e > 0 && code[e - 1] == '\\') {  // continuation lines
+                size_t n = code.find('\n', e + 1);
+                e = n == std::string::npos ? code.size() : n;
+            }
+            size_t k = code.find_first_not_of(" \t", h + 1), ke = k;
+            while (ke < e && is_ident_char(code[ke])) ke++;
+            std::string rest = code.substr(ke, e - ke);
+            for (char& c : rest) c = c == '\\' || c == '\n' ? ' ' : c;
+            r.directives.push_back({i, e, k < e ? code.substr(k, ke - k) : "", rest, scope});
+            for (size_t p = i; p < e; p++) r.at[p] = scope;
+            i = e + 1;
+            continue;
+        }
+        for (size_t p = i; p < line_end; p++) {
+            r.at[p] = scopes.empty() ? 'n' : scopes.back();
+            if (code[p] == '}' && !scopes.empty()) scopes.pop_back();
+            if (code[p] != '{') continue;
+            bool in_function = false;
+            for (char c : scopes) in_function = in_function || c != 'n';
+            if (in_function) { scopes.push_back(scopes.back()); continue; }
+            std::string head = declaration_head(code, p);
+            // not past the last directive: declaration_head cannot see a multi-line #define's continuation lines
+            if (!r.directives.empty() && r.directives.back().end + 1 > p - head.size())
+                head = code.substr(r.directives.back().end + 1, p - r.directives.back().end - 1);
+            std::string bare = without_angle_brackets(head);
+            size_t t = head.find_last_not_of(" \t\r\n");
+            bool declares = has_token(bare, "namespace") || has_token(bare, "struct") || has_token(bare, "class") ||
+                            has_token(bare, "union") || has_token(bare, "enum") || trim(head) == "extern" ||
+                            (t != std::string::npos && head[t] == '=');  // an initializer
+            bool device = has_token(head, "__global__") || has_token(head, "__device__");
+            char kind = declares ? 'n' : device && !has_token(head, "__host__") ? 'd' :
+                        !device && plainly_host_only(head) ? 'h' : 'f';
+            scopes.push_back(kind);
+            size_t first = code.find_first_not_of(" \t\r\n", p - head.size());
+            if (kind != 'n') r.bodies.push_back({std::min(first, p), p, kind});
+        }
+        i = line_end + 1;
+    }
+    return r;
+}
+
+// issue 20: the checked build (CUDASIM_CHECKED) instruments every access of compiled code, and host code pays for
+// it without being checked (the checks are on only inside a kernel): a CPU reference ran ~4x slower than nvcc's
+// host code. A plainly host-only function definition gets CUDASIM_HOST_CODE (no instrumentation in the checked
+// build, nothing otherwise) in front of its declaration, after any `template <...>`, `extern "C"` and `public:`.
+inline std::string mark_host_functions(const std::string& s) {
+    SourceScopes scopes = scan_scopes(s);
+    const std::string& code = scopes.code;
+    std::vector<size_t> marks;
+    for (const SourceScopes::Body& b : scopes.bodies) {
+        if (b.kind != 'h') continue;
+        size_t p = b.head;
+        for (;;) {  // template heads, extern "C", [[attributes]]
+            p = code.find_first_not_of(" \t\r\n", p);
+            if (p >= b.brace) break;
+            if (code.compare(p, 8, "template") == 0 && !is_ident_char(code[p + 8])) {
+                size_t open = code.find_first_not_of(" \t\r\n", p + 8);
+                if (open >= b.brace || code[open] != '<') break;
+                int depth = 0;
+                size_t q = open;
+                for (; q < b.brace; q++) {
+                    if (code[q] == '<' || code[q] == '(') depth++;
+                    if ((code[q] == '>' || code[q] == ')') && --depth == 0) break;
+                }
+                p = q + 1;
+                continue;
+            }
+            if (code.compare(p, 6, "extern") == 0 && !is_ident_char(code[p + 6])) { p += 6; continue; }
+            bool access = false;  // `public:` and friends end the previous member's declaration
+            for (const char* a : {"public", "private", "protected"}) {
+                size_t len = std::char_traits<char>::length(a), colon = code.find_first_not_of(" \t\r\n", p + len);
+                if (code.compare(p, len, a) == 0 && colon < b.brace && code[colon] == ':' && code[colon + 1] != ':') {
+                    p = colon + 1;
+                    access = true;
+                }
+            }
+            if (access) continue;
+            if (code.compare(p, 2, "[[") == 0) {
+                size_t q = code.find("]]", p);
+                if (q == std::string::npos || q > b.brace) break;
+                p = q + 2;
+                continue;
+            }
+            break;
+        }
+        if (p < b.brace) marks.push_back(p);
+    }
+    if (marks.empty()) return s;
+    std::string out;
+    size_t pos = 0;
+    for (size_t m : marks) {
+        out.append(s, pos, m - pos);
+        out += "CUDASIM_HOST_CODE ";
+        pos = m;
+    }
+    out.append(s, pos, std::string::npos);
+    return out;
+}
+
+inline std::string resolve_cuda_arch(const std::string& s) {
+    const std::string name = "__CUDA_ARCH__";
+    if (s.find(name) == std::string::npos) return s;
+    SourceScopes scopes = scan_scopes(s);
+    const std::string& code = scopes.code;
+    using Directive = SourceScopes::Directive;
+    std::vector<Directive>& directives = scopes.directives;
+    // Conditional groups that mention __CUDA_ARCH__: rewrite their directives.
+    std::vector<std::string> replacement(directives.size());
+    std::vector<bool> replaced(directives.size(), false);
+    std::vector<std::vector<size_t>> open;  // per open group: its directives (#if, #elif..., #else)
+    auto empty_between = [&](size_t a, size_t b) {  // only blanks between directives a and b
+        return code.find_first_not_of(" \t\r\n\\", directives[a].end) >= directives[b].begin;
+    };
+    for (size_t d = 0; d < directives.size(); d++) {
+        const std::string& kw = directives[d].keyword;
+        if (kw == "if" || kw == "ifdef" || kw == "ifndef") open.push_back({d});
+        else if ((kw == "elif" || kw == "else") && !open.empty()) open.back().push_back(d);
+        else if (kw == "endif" && !open.empty()) {
+            std::vector<size_t> group = open.back();
+            open.pop_back();
+            std::vector<std::string> cond;  // each branch's condition as an #if expression
+            bool mentions = false;
+            for (size_t g : group) {
+                const Directive& x = directives[g];
+                std::string name_arg = trim(x.rest);
+                if (x.keyword == "ifdef") cond.push_back("defined(" + name_arg + ")");
+                else if (x.keyword == "ifndef") cond.push_back("!defined(" + name_arg + ")");
+                else if (x.keyword == "else") cond.push_back("1");
+                else cond.push_back(x.rest);
+                mentions = mentions || has_token(x.rest, name);
+            }
+            if (!mentions) continue;
+            char scope = directives[group[0]].scope;
+            std::vector<std::string> dev, host;
+            for (const std::string& c : cond) {
+                dev.push_back("(" + arch_condition(c, true) + ")");
+                host.push_back("(" + arch_condition(c, false) + ")");
+            }
+            auto selects = [&](const std::vector<std::string>& view, size_t b) {  // view picks branch b
+                std::string e;
+                for (size_t a = 0; a < b; a++) e += "!" + view[a] + " && ";
+                return "(" + e + view[b] + ")";
+            };
+            std::vector<std::string> out(group.size());
+            if (scope == 'd') out = dev;
+            if (scope == 'n') {
+                std::vector<size_t> ends = group;
+                ends.push_back(d);
+                std::string host_code;  // the host pass selects a branch that is not empty
+                for (size_t b = 0; b < group.size(); b++)
+                    if (!empty_between(ends[b], ends[b + 1]))
+                        host_code += (host_code.empty() ? "" : " || ") + selects(host, b);
+                for (size_t b = 0; b < group.size(); b++)
+                    out[b] = empty_between(ends[b], ends[b + 1]) ? "0" :
+                             "(" + selects(host, b) + " || (" + selects(dev, b) + " && !(" +
+                             (host_code.empty() ? "0" : host_code) + ")))";
+            }
+            if (scope == 'f' || scope == 'h') continue;  // the host pass: as written
+            for (size_t b = 0; b < group.size(); b++) {
+                replacement[group[b]] = (b == 0 ? "#if " : "#elif ") + out[b];
+                replaced[group[b]] = true;
+            }
+        }
+    }
+    // Assemble: replaced directives (one line, then the continuation lines' newlines); in device-only bodies
+    // the token elsewhere becomes CUDASIM_CUDA_ARCH.
+    std::string result;
+    size_t pos = 0;
+    auto copy_code = [&](size_t a, size_t b) {
+        for (size_t i = a; i < b;) {
+            if (scopes.at[i] == 'd' && code.compare(i, name.size(), name) == 0 &&
+                (i == 0 || !is_ident_char(code[i - 1])) &&
+                !is_ident_char(code[i + name.size()])) {
+                result += "CUDASIM_CUDA_ARCH";
+                i += name.size();
+                continue;
+            }
+            result += s[i++];
+        }
+    };
+    for (size_t d = 0; d < directives.size(); d++) {
+        const Directive& x = directives[d];
+        copy_code(pos, x.begin);
+        if (replaced[d]) {
+            result += replacement[d];
+            for (size_t i = x.begin; i < x.end; i++)
+                if (s[i] == '\n') result += '\n';
+        } else {
+            result.append(s, x.begin, x.end - x.begin);
+        }
+        pos = x.end;
+    }
+    copy_code(pos, s.size());
+    return result;
+}
+
 inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* table = nullptr) {
     std::string out;
     out.reserve(s.size() + 256);
@@ -303,8 +654,8 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
             size_t len = std::char_traits<char>::length(kw);
             if (s.compare(i, len, kw) == 0 && (i == 0 || !is_ident_char(s[i - 1])) &&
                 (i + len >= s.size() || !is_ident_char(s[i + len]))) {
-                out += "_Pragma(\"GCC error \\\"cudasim: inline PTX (asm) cannot run on the CPU; keep it behind "
-                       "#ifdef __CUDA_ARCH__ with a plain C++ fallback\\\"\") ";
+                out += "_Pragma(\"GCC error \\\"cudasim: inline PTX (asm) cannot run on the CPU; give it a plain C++ "
+                       "fallback under #ifdef CUDASIM (device code sees __CUDA_ARCH__ as 800 here)\\\"\") ";
                 break;
             }
         }
@@ -347,15 +698,34 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
             }
         }
         if (s.compare(i, 10, "__shared__") == 0 && (i == 0 || !is_ident_char(s[i - 1])) && !is_ident_char(s[i + 10])) {
-            size_t semi = s.find(';', i);
+            // `__shared__ alignas(N) T x[..]`: nvcc accepts it; in C++ (`static thread_local alignas(N) T`) an
+            // attribute may not stand between decl-specifiers, so it moves in front of the qualifier.
+            size_t after = i + 10;
+            std::string attributes;
+            for (;;) {
+                size_t a = s.find_first_not_of(" \t", after);
+                if (a == std::string::npos || s.compare(a, 7, "alignas") != 0 || is_ident_char(s[a + 7])) break;
+                size_t open = s.find_first_not_of(" \t", a + 7);
+                size_t close = open != std::string::npos && s[open] == '(' ? matching_bracket(s, open)
+                                                                            : std::string::npos;
+                if (close == std::string::npos) break;
+                attributes += s.substr(a, close + 1 - a) + " ";
+                after = close + 1;
+            }
+            size_t semi = s.find(';', after);
             if (semi != std::string::npos) {
-                std::string decl = s.substr(i + 10, semi - i - 10);
+                std::string decl = s.substr(after, semi - after);
                 std::string rewritten = decl.find('\n') == std::string::npos ? rewrite_shared(decl) : "";
                 if (!rewritten.empty()) {  // one-line declarations only: lines stay in place
-                    out += "__shared__" + rewritten;
+                    out += attributes + "__shared__" + rewritten;
                     i = semi;  // the ';' is copied next
                     continue;
                 }
+            }
+            if (!attributes.empty()) {
+                out += attributes + "__shared__";
+                i = after;
+                continue;
             }
         }
         // `__launch_bounds__(N, ...)`: the macro expands to nothing; the kernel's body starts with a check

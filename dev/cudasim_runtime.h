@@ -160,8 +160,8 @@ static bool device_attribute(cudaDeviceAttr attr, int* value) {
         case cudaDevAttrMultiProcessorCount: *value = d.sms; return true;
         case cudaDevAttrMaxThreadsPerMultiProcessor: *value = d.threads_per_sm; return true;
         case cudaDevAttrMaxBlocksPerMultiprocessor: *value = d.blocks_per_sm; return true;
-        case cudaDevAttrComputeCapabilityMajor: *value = 8; return true;
-        case cudaDevAttrComputeCapabilityMinor: *value = 0; return true;
+        case cudaDevAttrComputeCapabilityMajor: *value = CUDASIM_CUDA_ARCH / 100; return true;
+        case cudaDevAttrComputeCapabilityMinor: *value = CUDASIM_CUDA_ARCH % 100 / 10; return true;
         case cudaDevAttrComputeMode: *value = cudaComputeModeDefault; return true;
         case cudaDevAttrTextureAlignment: *value = 512; return true;
         case cudaDevAttrTexturePitchAlignment: *value = 32; return true;
@@ -270,6 +270,7 @@ struct GraphNodeData {
     BoundLaunch work;  // what the node does (empty for empty nodes)
     std::vector<cudaGraphNode_t> deps;
     cudaKernelNodeParams kernel{};  // kernel nodes: for cudaGraphKernelNodeGetParams
+    void* allocation = nullptr;     // memory allocation nodes (explicit or captured cudaMallocAsync): the address
 };
 }  // namespace cudasim
 
@@ -281,6 +282,8 @@ struct CUgraph_st {
 };
 struct CUgraphExec_st {
     std::vector<cudasim::BoundLaunch> steps;
+    std::vector<void*> allocations;  // the graph's memory allocation nodes
+    bool auto_free = false;          // cudaGraphInstantiateFlagAutoFreeOnLaunch: a launch frees them first
     std::map<cudaGraphNode_t, size_t> step_of;  // a node of the source graph -> its step
 };
 
@@ -763,11 +766,13 @@ cudaError_t cudaGraphClone(cudaGraph_t* clone, cudaGraph_t graph) {
     *clone = g;
     return cudaSuccess;
 }
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags) {
     auto* e = new CUgraphExec_st{};
+    e->auto_free = flags & cudaGraphInstantiateFlagAutoFreeOnLaunch;
     for (size_t i : cudasim::topological_order(graph)) {
         e->step_of[graph->nodes[i].get()] = e->steps.size();
         e->steps.push_back(graph->nodes[i]->work);
+        if (graph->nodes[i]->allocation) e->allocations.push_back(graph->nodes[i]->allocation);
     }
     *exec = e;
     return cudaSuccess;
@@ -785,6 +790,12 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
             });
         }))
         return cudaSuccess;
+    for (void* p : exec->allocations)
+        if (exec->auto_free)
+            cudasim::release_graph_memory(p);
+        else if (cudasim::graph_memory_live(p))
+            return fail(cudaErrorInvalidValue, "cudaGraphLaunch: the graph allocates %p again, but its allocation by "
+                        "the previous launch is still live; free it first (a free node, cudaFree or cudaFreeAsync)", p);
     for (const auto& s : exec->steps)
         if (s) s();
     return cudasim::sticky_error();
@@ -793,17 +804,77 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
     delete exec;
     return cudaSuccess;
 }
-// Graph memory nodes: the allocation is made when the node is added (its address is fixed from then on,
-// as on a GPU) and lives until the program ends; the nodes themselves do nothing when the graph runs.
+// Graph memory (allocation nodes, and cudaMallocAsync in a captured stream), as on a GPU: the address is fixed when
+// the node is made; the memory is live from the node's run (filled with NaN bytes, as new memory is) until a free
+// node, cudaFree or cudaFreeAsync frees it, and a graph cannot be launched again while its allocation is live.
+// While not live it is no device allocation: a kernel that touches it is out of bounds in the checked build.
+namespace cudasim {
+struct GraphMemory {
+    size_t bytes = 0;
+    bool live = false;
+};
+static std::map<void*, GraphMemory> g_graph_memory;  // guarded by g_mutex; the memory is never given back
+static void* reserve_graph_memory(size_t bytes) {
+    void* q = nullptr;
+    if (bytes == 0 || posix_memalign(&q, 256, bytes) != 0) return nullptr;
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_graph_memory[q] = GraphMemory{bytes, false};
+    return q;
+}
+static void allocate_graph_memory(void* p) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    GraphMemory& m = g_graph_memory.at(p);
+    m.live = true;
+    std::memset(p, 0xff, m.bytes);
+    g_device_allocations[reinterpret_cast<uintptr_t>(p)] = m.bytes;
+}
+bool graph_memory_live(void* p) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = g_graph_memory.find(p);
+    return it != g_graph_memory.end() && it->second.live;
+}
+bool release_graph_memory(void* p) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    auto it = g_graph_memory.find(p);
+    if (it == g_graph_memory.end() || !it->second.live) return false;
+    it->second.live = false;
+    g_device_allocations.erase(reinterpret_cast<uintptr_t>(p));
+    return true;
+}
+bool capture_graph_malloc(void** p, size_t bytes, cudaStream_t stream) {
+    if (g_capturing_streams.load(std::memory_order_relaxed) == 0) return false;
+    void* q = reserve_graph_memory(bytes);
+    if (!q) return false;  // cudaMalloc says why
+    if (!capture_node(stream, "cudaMallocAsync", [q] { return BoundLaunch([q] { allocate_graph_memory(q); }); })) {
+        std::lock_guard<std::mutex> lock(g_mutex);
+        g_graph_memory.erase(q);
+        std::free(q);
+        return false;
+    }
+    {
+        std::lock_guard<std::mutex> lock(g_capture_mutex);
+        g_capture_tail.at(stream)->allocation = q;
+    }
+    *p = q;
+    return true;
+}
+}  // namespace cudasim
 cudaError_t cudaGraphAddMemAllocNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
                                      size_t ndeps, cudaMemAllocNodeParams* p) {
-    if (cudaError_t e = cudaMalloc(&p->dptr, p->bytesize); e != cudaSuccess) return e;
-    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemAlloc, nullptr);
+    void* q = cudasim::reserve_graph_memory(p->bytesize);
+    if (!q) return fail(cudaErrorMemoryAllocation, "cudaGraphAddMemAllocNode of %zu bytes failed", p->bytesize);
+    p->dptr = q;
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemAlloc,
+                              [q] { cudasim::allocate_graph_memory(q); });
+    (*node)->allocation = q;
     return cudaSuccess;
 }
 cudaError_t cudaGraphAddMemFreeNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps, size_t ndeps,
-                                    void*) {
-    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemFree, nullptr);
+                                    void* p) {
+    *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeMemFree, [p] {
+        if (!cudasim::release_graph_memory(p))
+            fail(cudaErrorInvalidValue, "a graph's free node: %p is not live graph memory", p);
+    });
     return cudaSuccess;
 }
 cudaError_t cudaDeviceGetGraphMemAttribute(int, cudaGraphMemAttributeType, void* value) {

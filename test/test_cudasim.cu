@@ -256,6 +256,45 @@ TEST_CASE("launches a GPU rejects return its error codes") {
 }
 
 // ----------------------------------------------------------------------------
+// __CUDA_ARCH__ as nvcc's two passes give it: set in device code (sm_80 and later here), unset in host code.
+// Device code guarded by an architecture test exists, and so does host code guarded by its absence.
+#if __CUDA_ARCH__ >= 700
+__device__ int arch_helper(int x) { return 7 * x; }
+#endif
+#ifndef __CUDA_ARCH__
+static int host_helper(int x) { return 3 * x; }
+#endif
+static int host_sees_cuda_arch() {
+#ifdef __CUDA_ARCH__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+__global__ void cuda_arch_kernel(int* out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    out[threadIdx.x] = arch_helper(static_cast<int>(threadIdx.x)) + (__CUDA_ARCH__ >= 800);
+#elif defined(__CUDA_ARCH__)
+    out[threadIdx.x] = -1;  // an older architecture's path
+#else
+    out[threadIdx.x] = -2;  // the host pass's (empty) kernel body
+#endif
+}
+
+TEST_CASE("__CUDA_ARCH__ is defined in device code (sm_80 or later) and not in host code") {
+    DeviceBuffer<int> out(32);
+    cuda_arch_kernel<<<1, 32>>>(out);
+    cuda_check(cudaGetLastError());
+    std::vector<int> got = out.download();
+    for (int t = 0; t < 32; t++) CHECK(got[t] == 7 * t + 1);
+    CHECK(host_sees_cuda_arch() == 0);
+#ifndef __CUDA_ARCH__  // nvcc's device pass parses host code too, without the host pass's helpers
+    CHECK(host_helper(2) == 6);
+#endif
+}
+
+// ----------------------------------------------------------------------------
 // cuBLAS against naive loops: every transpose combination, padded leading dimensions, batches.
 static float at(const std::vector<float>& M, int ld, cublasOperation_t op, int r, int c, size_t offset) {
     return op == CUBLAS_OP_N ? M[offset + static_cast<size_t>(c) * ld + r] : M[offset + static_cast<size_t>(r) * ld + c];
@@ -476,6 +515,11 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
     CHECK(rewrite_cuda_source("__shared__ __align__(16) int n;") ==
           "__shared__ __align__(16) int cudasim_shared_n; auto& n = *::cudasim::check::shared_variable(&cudasim_shared_n, \"n\");");
     CHECK(rewrite_cuda_source("__shared__ float a[2], b[2];") == "__shared__ float a[2], b[2];");  // left as it is
+    CHECK(rewrite_cuda_source("__shared__ alignas(alignof(float4)) float t[4];") ==  // attributes first, as C++ wants
+          "alignas(alignof(float4)) __shared__ float cudasim_shared_t[4]; auto& t = "
+          "*::cudasim::check::shared_variable(&cudasim_shared_t, \"t\");");
+    CHECK(rewrite_cuda_source("__shared__ alignas(16) float a[2], b[2];") ==
+          "alignas(16) __shared__ float a[2], b[2];");
     CHECK(rewrite_cuda_source("__global__ void __launch_bounds__(N, 2) k(float* x) { x[0] = 1; }") ==
           "__global__ void __launch_bounds__(N, 2) k(float* x) { ::cudasim::check::launch_bounds(N, __func__); x[0] = 1; }");
     CHECK(rewrite_cuda_source("__global__ void __launch_bounds__(256) k(float* x);") ==
@@ -485,6 +529,53 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
           "static thread_local float* const s = reinterpret_cast<float*>(::cudasim::dynamic_shared_memory());");
     CHECK(rewrite_cuda_source("extern \"C\" int f();") == "extern \"C\" int f();");
     CHECK(rewrite_cuda_source("k<<<g, b>>>(NULL, x_NULL);") == "::cudasim::launch(k, \"k\", g, b)(nullptr, x_NULL);");
+}
+
+TEST_CASE("__CUDA_ARCH__ conditionals: device bodies as the device pass, host bodies as written, files as both") {
+    using cudasim::resolve_cuda_arch;
+    // in a device-only body: the device pass's value; in a __host__ __device__ or host body: unchanged
+    CHECK(resolve_cuda_arch("__global__ void k(int* p) {\n#if __CUDA_ARCH__ >= 700\np[0] = __CUDA_ARCH__;\n#endif\n}") ==
+          "__global__ void k(int* p) {\n#if ( CUDASIM_CUDA_ARCH >= 700)\np[0] = CUDASIM_CUDA_ARCH;\n#endif\n}");
+    const std::string hd = "__host__ __device__ int f() {\n#ifdef __CUDA_ARCH__\nreturn 1;\n#endif\nreturn 0; }";
+    CHECK(resolve_cuda_arch(hd) == hd);
+    const std::string host = "int g() {\n#if defined(__CUDA_ARCH__)\nreturn 1;\n#endif\nreturn 0; }";
+    CHECK(resolve_cuda_arch(host) == host);
+    // a multi-line directive stays as many lines; comments in a condition do not matter
+    std::string multi = resolve_cuda_arch("__device__ int h() {\n#if __CUDA_ARCH__ /* x */ \\\n >= 900\nreturn 9;\n"
+                                          "#endif\nreturn 8; }");
+    CHECK(std::count(multi.begin(), multi.end(), '\n') == 5);
+    CHECK(multi.find("#if ( CUDASIM_CUDA_ARCH") != std::string::npos);
+    // declaration level: the host pass's branch, or the device pass's where the host's is empty or absent
+    CHECK(resolve_cuda_arch("#if __CUDA_ARCH__ >= 700\n__device__ int a();\n#endif\n") ==
+          "#if ((( 0 >= 700)) || ((( CUDASIM_CUDA_ARCH >= 700)) && !((( 0 >= 700)))))\n__device__ int a();\n#endif\n");
+    const std::string both = "#ifdef __CUDA_ARCH__\n#define X 1\n#else\n#define X 2\n#endif\n";
+    CHECK(resolve_cuda_arch(both).find("#elif ((!( 0 ) && (1)) ||") != std::string::npos);  // the host's #else wins
+    CHECK(resolve_cuda_arch("int x;\n") == "int x;\n");
+}
+
+TEST_CASE("host-only function definitions are marked (not instrumented by the checked build); others are not") {
+    using cudasim::mark_host_functions;
+    CHECK(mark_host_functions("void ref(float* out, int B, int OC) { out[0] = 0; }") ==
+          "CUDASIM_HOST_CODE void ref(float* out, int B, int OC) { out[0] = 0; }");
+    CHECK(mark_host_functions("template <class T>\nstatic T twice(T x) { return 2 * x; }") ==
+          "template <class T>\nCUDASIM_HOST_CODE static T twice(T x) { return 2 * x; }");
+    CHECK(mark_host_functions("class S {\npublic:\n  int get() const { return 1; }\n};") ==
+          "class S {\npublic:\n  CUDASIM_HOST_CODE int get() const { return 1; }\n};");
+    CHECK(mark_host_functions("extern \"C\" int c() { return 0; }") ==
+          "extern \"C\" CUDASIM_HOST_CODE int c() { return 0; }");
+    // what a kernel may call, or might: left instrumented
+    for (const char* kept : {"__global__ void k(float* x) { x[0] = 1; }", "__device__ float d(float x) { return x; }",
+                             "__host__ __device__ float hd(float x) { return x; }",
+                             "#define HD __host__ __device__\nHD float hd(float x) { return x; }",
+                             "constexpr int c(int x) { return x; }", "auto f = [](int x) { return x; };",
+                             "template <class T> __global__ void tk(T* x) { x[0] = 1; }"})
+        CHECK(mark_host_functions(kept) == kept);
+    // a multi-line macro before a function is not part of its declaration
+    CHECK(mark_host_functions("#define CHECK(x) \\\n    do { x; } while (0)\nint main() { return 0; }") ==
+          "#define CHECK(x) \\\n    do { x; } while (0)\nCUDASIM_HOST_CODE int main() { return 0; }");
+    // only declaration-level functions: a lambda inside one is part of its body
+    CHECK(mark_host_functions("void h() { auto l = [](int x) { return x; }; }") ==
+          "CUDASIM_HOST_CODE void h() { auto l = [](int x) { return x; }; }");
 }
 
 // Issue 20: what the rewrite knows about a file's kernels decides how a launch is written.

@@ -1,6 +1,7 @@
 // graphs.cu — CUDA graphs, both ways the CUDA samples' simpleCudaGraphs builds them: by stream capture
 // (a fork onto a second stream and a join through events, kernels, an async copy, a host function) and
-// by explicit nodes (kernel nodes with `void** kernelParams`, a memset node, a memcpy node, edges).
+// by explicit nodes (kernel nodes with `void** kernelParams`, a memset node, a memcpy node, edges), and a
+// graph that allocates memory it leaves to the stream to free (an allocation node, as graphMemoryNodes has).
 // Each graph is instantiated once and launched several times. Self-checking: prints PASS or FAIL,
 // exits 1 on failure.
 //
@@ -138,8 +139,46 @@ int main() {
         }
     }
 
+    // 3. Graph memory (the graphMemoryNodes sample's pattern): an allocation node whose memory the graph does not
+    // free. It stays allocated after the launch, at the address the node was given, until it is freed outside the
+    // graph; launching the graph again before that fails, and after it allocates the memory again.
+    cudaGraph_t mem_graph;
+    CHECK(cudaGraphCreate(&mem_graph, 0));
+    cudaMemAllocNodeParams alloc_params = {};
+    alloc_params.bytesize = n * sizeof(float);
+    alloc_params.poolProps.allocType = cudaMemAllocationTypePinned;
+    alloc_params.poolProps.location.type = cudaMemLocationTypeDevice;
+    alloc_params.poolProps.location.id = 0;
+    cudaGraphNode_t alloc, zero_m, add_m;
+    CHECK(cudaGraphAddMemAllocNode(&alloc, mem_graph, nullptr, 0, &alloc_params));
+    float* m = static_cast<float*>(alloc_params.dptr);  // (n): fixed from now on
+    memset_params.dst = m;
+    CHECK(cudaGraphAddMemsetNode(&zero_m, mem_graph, &alloc, 1, &memset_params));
+    float two = 2.0f;
+    void* add_m_args[] = {&m, &two, &count};
+    cudaKernelNodeParams add_m_params = add_params;
+    add_m_params.kernelParams = add_m_args;
+    CHECK(cudaGraphAddKernelNode(&add_m, mem_graph, &zero_m, 1, &add_m_params));
+    cudaGraphExec_t exec3;
+    CHECK(cudaGraphInstantiate(&exec3, mem_graph, 0));
+    for (int l = 0; l < launches; l++) {
+        CHECK(cudaGraphLaunch(exec3, s1));
+        if (cudaGraphLaunch(exec3, s1) != cudaErrorInvalidValue && wrong++ < 5)  // m is still allocated
+            std::printf("graph memory, launch %d: a second launch before the free did not fail\n", l);
+        cudaGetLastError();
+        add_scalar<<<grid, block, 0, s1>>>(m, 1.0f, n);  // stream work after the graph may use the memory
+        CHECK(cudaMemcpyAsync(h_out, m, n * sizeof(float), cudaMemcpyDeviceToHost, s1));
+        CHECK(cudaStreamSynchronize(s1));
+        for (int i = 0; i < n; i++)
+            if (h_out[i] != 3.0f && wrong++ < 5)
+                std::printf("graph memory, launch %d: m[%d] = %g, expected 3\n", l, i, h_out[i]);
+        CHECK(cudaFree(m));  // freed outside the graph: the next launch allocates it again
+    }
+
     CHECK(cudaGraphExecDestroy(exec));
     CHECK(cudaGraphExecDestroy(exec2));
+    CHECK(cudaGraphExecDestroy(exec3));
+    CHECK(cudaGraphDestroy(mem_graph));
     CHECK(cudaGraphDestroy(captured));
     CHECK(cudaGraphDestroy(graph));
     CHECK(cudaEventDestroy(fork));
