@@ -187,7 +187,7 @@ $(GPU)/dev/%: $(GPU)/dev/%.o
 TEST_BINS_CPU += $(addprefix $(CPU)/test/,$(TESTS))
 TEST_BINS_GPU += $(addprefix $(GPU)/test/,$(TESTS))
 
-.PHONY: all test test-cpu test-asan test-check check-resources gpu-check bench bench-cpu bench-gpu clean train data print-cpu-flags
+.PHONY: all test test-cpu test-asan test-check check-style check-resources gpu-check bench bench-cpu bench-gpu clean train data print-cpu-flags
 all: $(PROG)train_gpt_cpu $(PROG)tokenizer/tok $(TEST_BINS_CPU)
 
 # CPU tests; the GPU build of the tests (proves it compiles and links); GPU tests where a GPU is.
@@ -200,12 +200,16 @@ CHECK_BINS   := $(addprefix $(BUILD)/check/test/,$(CHECK_TESTS))
 # Under the race check, the tests whose kernels a smaller test already covers, and the CPU-only ones, are left out.
 export RACECHECK_DOCTEST_ARGS := --test-case-exclude=*T=512*,*allocates nothing*,*finite differences*
 LAUNCH_LOG   := $(BUILD)/cpu/launches.txt
-test:
+test: check-style
 	@$(MAKE) --no-print-directory -j$(NPROC) $(TEST_BINS_CPU) $(TEST_BINS_GPU)
 	@$(MAKE) --no-print-directory -j$(NPROC) CHECK=1 $(CHECK_BINS)
 	@rm -f $(LAUNCH_LOG)
 	@CUDASIM_LAUNCH_LOG=$(LAUNCH_LOG) bash test/run_tests.sh --cpu $(TEST_BINS_CPU) --racecheck $(CHECK_BINS) \
 	  --resources "$(MAKE) --no-print-directory check-resources" --gpu $(TEST_BINS_GPU)
+
+# Every source line fits in 120 columns (dev/check_style.sh --fix wraps them with clang-format).
+check-style:
+	@bash dev/check_style.sh
 
 test-check:
 	@$(MAKE) --no-print-directory -j$(NPROC) CHECK=1 $(CHECK_BINS)
@@ -299,7 +303,7 @@ train-llama: $(LLAMA_DATA)/train_000.bin train_gpt_cpu
 # test_llama also runs the CPU training program with --arch llama
 $(CPU)/test/test_llama: | $(PROG)train_gpt_cpu
 
-# ---- evaluation (issue 17) ----------------------------------------------------------------------------
+# ---- evaluation ----------------------------------------------------------------------------
 # eval_gpt (GPU build) and eval_gpt_cpu (CPU build): multiple-choice accuracy (HellaSwag format), loss / perplexity /
 # bits per byte of a text, golden greedy continuations, a regression gate (eval.h, docs/evaluation.md).
 # make eval (after make train): scores the trained checkpoint on a multiple-choice set made from the val split of
@@ -327,9 +331,9 @@ eval: data/eval/shakespeare_choices.jsonl data/eval/shakespeare_val.txt $(EVAL_B
 clean: clean-eval
 clean-eval:
 	rm -f eval_gpt eval_gpt_cpu
-# ---- end evaluation (issue 17) ------------------------------------------------------------------------
+# ---- end evaluation ------------------------------------------------------------------------
 
-# ---- fine-tuning (issue 18) ---------------------------------------------------------------------------------
+# ---- fine-tuning ---------------------------------------------------------------------------------
 # test_preference runs train_gpt_cpu (--objective sft|dpo|ipo|kto) and eval_gpt_cpu (--pairs).
 $(CPU)/test/test_preference: | $(PROG)eval_gpt_cpu $(PROG)train_gpt_cpu
 # make train-dpo (after make train): DPO from the trained checkpoint, against it as the frozen reference, on pairs
@@ -346,8 +350,8 @@ train-dpo: $(DPO_PAIRS) $(TRAIN_BIN)
 	$(TRAIN_BIN) --objective dpo --init-from $(TRAIN_OUT)/checkpoint.bin --ref-model $(TRAIN_OUT)/checkpoint.bin \
 	  --pairs $(DPO_PAIRS) --beta 0.1 --batch-size 16 --max-steps 60 --learning-rate 1e-4 --warmup-steps 5 \
 	  --val-batches 16 --sample-prompt "ROMEO:" --sample-tokens 64 --out-dir $(DPO_OUT) $(DPO_ARGS)
-# ---- end fine-tuning (issue 18) -----------------------------------------------------------------------------
-# ---- serving (issue 19) -------------------------------------------------------
+# ---- end fine-tuning -----------------------------------------------------------------------------
+# ---- serving -------------------------------------------------------
 # infer_gpt --serve (server.h) speaks HTTP through cpp-httplib: Debian's libcpp-httplib-dev is a header of
 # declarations and a shared library, built with the flags pkg-config names (they change the header's class
 # layouts, so every file that includes it must use them). test_serve runs the server program of its build.
@@ -367,8 +371,8 @@ $(CPU)/dev/serve_load: $(CPU)/dev/serve_load.o $(CPU)/cudasim.o $(TOK_LIB_OBJS)
 .PHONY: bench-serve
 bench-serve: $(CPU)/dev/serve_load infer_gpt_cpu
 	$(CPU)/dev/serve_load $(SERVE_LOAD_ARGS)
-# ---- end serving (issue 19) ---------------------------------------------------
-# ---- data parallel (issue 16) -------------------------------------------------
+# ---- end serving ---------------------------------------------------
+# ---- data parallel -------------------------------------------------
 # train_gpt(_cpu) runs as one rank of N under mpirun (distributed.cuh): OpenMPI's flags from its compiler wrapper
 # (Debian libopenmpi-dev), NCCL from the CUDA install for the GPU build. test_distributed runs train_gpt_cpu
 # under mpirun; make bench-distributed prints bytes per step by ZeRO stage against the formula.
@@ -382,4 +386,4 @@ $(CPU)/test/test_distributed: | $(PROG)train_gpt_cpu
 .PHONY: bench-distributed
 bench-distributed: data train_gpt_cpu
 	bash dev/bench_distributed.sh
-# ---- end data parallel (issue 16) ---------------------------------------------
+# ---- end data parallel ---------------------------------------------

@@ -17,7 +17,7 @@
 //   lse: (B, NH, T) the row log-sum-exp of the scaled scores, saved by the fused forward for the backward.
 // Softmax scale 1/sqrt(hs). Causal: query t sees keys 0..t.
 //
-// Not here yet: a tensor-core (bf16 wmma) version of the fused kernels (issue 15; the CPU build runs wmma
+// Not here yet: a tensor-core (bf16 wmma) version of the fused kernels (the CPU build runs wmma
 // since then: layers.cuh's matmul_wmma_kernel is the first). Everything here is fp32 CUDA C++ that runs in both
 // builds. floatX is the storage type of activations; all arithmetic is in float.
 #pragma once
@@ -48,8 +48,8 @@ __host__ __device__ inline size_t qkv_v_offset(int b, int t, int g, int T, int N
 inline void attention_check_shape(const char* fn, int B, int T, int NH, int NKV, int hs) {
     if (B < 1 || T < 1 || NH < 1 || NKV < 1 || hs < 1 || NH % NKV != 0)
         throw std::runtime_error(std::string(fn) + ": bad shape B=" + std::to_string(B) + " T=" + std::to_string(T) +
-                                 " NH=" + std::to_string(NH) + " NKV=" + std::to_string(NKV) + " hs=" + std::to_string(hs) +
-                                 " (all must be >= 1 and NKV must divide NH)");
+                                 " NH=" + std::to_string(NH) + " NKV=" + std::to_string(NKV) +
+                                 " hs=" + std::to_string(hs) + " (all must be >= 1 and NKV must divide NH)");
 }
 
 // The scratch memory of attention (common.cuh's ScratchBuffer): launchers carve it into the pieces they need
@@ -121,8 +121,8 @@ __host__ __device__ inline float rope_angle(int pos, int i, int hs, float theta)
 
 // CPU reference. positions (B·T) host array, or nullptr for position t. direction +1 forward, −1 backward.
 template <class Real>
-void rope_rotate_cpu(Real* qkv /*(B, T, (NH + 2·NKV)·hs)*/, const int* positions /*(B·T) or null*/, int B, int T, int NH,
-                     int NKV, int hs, float theta, int direction) {
+void rope_rotate_cpu(Real* qkv /*(B, T, (NH + 2·NKV)·hs)*/, const int* positions /*(B·T) or null*/, int B, int T,
+                     int NH, int NKV, int hs, float theta, int direction) {
     int half = hs / 2;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -148,7 +148,8 @@ void rope_backward_cpu(Real* dqkv, int B, int T, int NH, int NKV, int hs, float 
     rope_rotate_cpu(dqkv, nullptr, B, T, NH, NKV, hs, theta, -1);
 }
 template <class Real>
-void rope_forward_at_cpu(Real* qkv, const int* positions /*(B·T) host*/, int B, int T, int NH, int NKV, int hs, float theta) {
+void rope_forward_at_cpu(Real* qkv, const int* positions /*(B·T) host*/, int B, int T, int NH, int NKV, int hs,
+                         float theta) {
     rope_rotate_cpu(qkv, positions, B, T, NH, NKV, hs, theta, +1);
 }
 
@@ -179,8 +180,8 @@ inline void rope_launch(floatX* qkv, const int* positions, int B, int T, int NH,
     if (hs % 2 != 0) throw std::runtime_error("rope: head size " + std::to_string(hs) + " is odd; RoPE rotates pairs");
     size_t total = static_cast<size_t>(B) * T * (NH + NKV) * (hs / 2);
     const int block = 256;
-    rope_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, block)), block, 0, stream>>>(qkv, positions, B, T, NH, NKV,
-                                                                                            hs, theta, direction);
+    rope_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, block)), block, 0, stream>>>(qkv, positions, B, T, NH,
+                                                                                             NKV, hs, theta, direction);
     cuda_check(cudaGetLastError());
 }
 // Training / prefill: token t is at position t.
@@ -219,8 +220,8 @@ GPTCU_OP(rope_forward_at)
 
 // CPU reference forward. Plain loops, explicit max-subtracted softmax.
 template <class Real>
-void attention_forward_cpu(Real* out /*(B, T, NH·hs)*/, Real* lse /*(B, NH, T)*/, const Real* qkv /*(B, T, (NH+2NKV)·hs)*/,
-                           int B, int T, int NH, int NKV, int hs) {
+void attention_forward_cpu(Real* out /*(B, T, NH·hs)*/, Real* lse /*(B, NH, T)*/,
+                           const Real* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs) {
     Real scale = 1 / std::sqrt(static_cast<Real>(hs));
     // (b, h) pairs write disjoint outputs: split them over the cores (the CPU training path runs this)
 #pragma omp parallel for collapse(2) schedule(dynamic)
@@ -337,7 +338,8 @@ __global__ void attention_permute_kernel(floatX* q, floatX* k, floatX* v /*each 
 // Between the heads layout (B, NH, T, hs) and the token layout (B, T, NH·hs): one thread per element,
 // d fastest. to_heads = false: dst (B, T, NH·hs) = src (B, NH, T, hs), the forward's unpermute;
 // to_heads = true: dst (B, NH, T, hs) = src (B, T, NH·hs), the backward's permute of dout.
-__global__ void attention_unpermute_kernel(floatX* dst, const floatX* src, int B, int T, int NH, int hs, bool to_heads) {
+__global__ void attention_unpermute_kernel(floatX* dst, const floatX* src, int B, int T, int NH, int hs,
+                                           bool to_heads) {
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // index in the token layout
     if (idx >= static_cast<size_t>(B) * T * NH * hs) return;
     int d = static_cast<int>(idx % hs);
@@ -371,7 +373,8 @@ __global__ void attention_softmax_causal_kernel(floatX* att /*(B, NH, T, T)*/, i
 
 // Softmax backward in place: datt holds dP on entry and dS = P∘(dP − Σ P∘dP) on exit (0 above the diagonal).
 // One warp per row, as the forward.
-__global__ void attention_softmax_causal_backward_kernel(floatX* datt /*(B, NH, T, T)*/, const floatX* att, int rows, int T) {
+__global__ void attention_softmax_causal_backward_kernel(floatX* datt /*(B, NH, T, T)*/, const floatX* att, int rows,
+                                                         int T) {
     int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * warps + static_cast<int>(threadIdx.x) / 32;
     bool active = row < rows;
@@ -389,8 +392,8 @@ __global__ void attention_softmax_causal_backward_kernel(floatX* datt /*(B, NH, 
 // dqkv += (dq, Σ_group dk, Σ_group dv): one thread per element of dqkv (coalesced writes); the sum over the
 // heads of a group is a loop in one thread, so it is deterministic.
 __global__ void attention_permute_backward_kernel(floatX* dqkv, const floatX* dq, const floatX* dk,
-                                                  const floatX* dv /*each (B, NH, T, hs)*/, int B, int T, int NH, int NKV,
-                                                  int hs) {
+                                                  const floatX* dv /*each (B, NH, T, hs)*/, int B, int T, int NH,
+                                                  int NKV, int hs) {
     int W = (NH + 2 * NKV) * hs;
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<size_t>(B) * T * W) return;
@@ -398,7 +401,9 @@ __global__ void attention_permute_backward_kernel(floatX* dqkv, const floatX* dq
     int head = static_cast<int>(idx % W / hs);  // 0..NH+2NKV: q heads, then k heads, then v heads
     int t = static_cast<int>(idx / W % T);
     int b = static_cast<int>(idx / W / T);
-    auto at = [&](const floatX* x, int h) { return static_cast<float>(x[((static_cast<size_t>(b) * NH + h) * T + t) * hs + d]); };
+    auto at = [&](const floatX* x, int h) {
+        return static_cast<float>(x[((static_cast<size_t>(b) * NH + h) * T + t) * hs + d]);
+    };
     int group = NH / NKV;
     float sum = 0.0f;
     if (head < NH) sum = at(dq, head);
@@ -421,7 +426,8 @@ inline AttentionNaiveScratch attention_naive_scratch(int B, int T, int NH, int h
     return s;
 }
 
-inline void attention_forward_naive(floatX* out /*(B, T, NH·hs)*/, floatX* att /*(B, NH, T, T) probabilities, kept for backward*/,
+inline void attention_forward_naive(floatX* out /*(B, T, NH·hs)*/,
+                                    floatX* att /*(B, NH, T, T) probabilities, kept for backward*/,
                                     const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
                                     cudaStream_t stream) {
     attention_check_shape("attention_forward_naive", B, T, NH, NKV, hs);
@@ -433,13 +439,14 @@ inline void attention_forward_naive(floatX* out /*(B, T, NH·hs)*/, floatX* att 
     cuda_check(cudaGetLastError());
     // att = scale·Q·Kᵀ: row-major (T, T) = column-major Sᵀ = K·Qᵀ, with K and Q stored as column-major (hs, T).
     long long sT = static_cast<long long>(T) * hs, sTT = static_cast<long long>(T) * T;
-    attention_gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f / std::sqrt(static_cast<float>(hs)), s.k, hs, sT, s.q, hs,
-                           sT, 0.0f, att, T, sTT, B * NH, stream);
+    attention_gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f / std::sqrt(static_cast<float>(hs)), s.k, hs, sT,
+                           s.q, hs, sT, 0.0f, att, T, sTT, B * NH, stream);
     int rows = B * NH * T, warps_per_block = 4;
     attention_softmax_causal_kernel<<<ceil_div(rows, warps_per_block), warps_per_block * 32, 0, stream>>>(att, rows, T);
     cuda_check(cudaGetLastError());
     // y = att·V: column-major yᵀ (hs, T) = Vᵀ (hs, T) · attᵀ (T, T).
-    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, s.v, hs, sT, att, T, sTT, 0.0f, s.y, hs, sT, B * NH, stream);
+    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, 1.0f, s.v, hs, sT, att, T, sTT, 0.0f, s.y, hs, sT,
+                           B * NH, stream);
     attention_unpermute_kernel<<<grid, block, 0, stream>>>(out, s.y, B, T, NH, hs, false);
     cuda_check(cudaGetLastError());
 }
@@ -459,15 +466,20 @@ inline void attention_backward_naive(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/,
     long long sT = static_cast<long long>(T) * hs, sTT = static_cast<long long>(T) * T;
     float scale = 1.0f / std::sqrt(static_cast<float>(hs));
     // dV = attᵀ·dy: column-major dVᵀ (hs, T) = dyᵀ · att
-    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, s.y, hs, sT, att, T, sTT, 0.0f, s.dv, hs, sT, B * NH, stream);
+    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, 1.0f, s.y, hs, sT, att, T, sTT, 0.0f, s.dv, hs, sT,
+                           B * NH, stream);
     // datt = dy·Vᵀ: column-major dattᵀ (T, T) = V · dyᵀ
-    attention_gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, s.v, hs, sT, s.y, hs, sT, 0.0f, datt, T, sTT, B * NH, stream);
+    attention_gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, 1.0f, s.v, hs, sT, s.y, hs, sT, 0.0f, datt, T, sTT,
+                           B * NH, stream);
     int rows = B * NH * T, warps_per_block = 4;
-    attention_softmax_causal_backward_kernel<<<ceil_div(rows, warps_per_block), warps_per_block * 32, 0, stream>>>(datt, att, rows, T);
+    attention_softmax_causal_backward_kernel<<<ceil_div(rows, warps_per_block), warps_per_block * 32, 0, stream>>>(
+        datt, att, rows, T);
     cuda_check(cudaGetLastError());
     // dQ = scale·dS·K: column-major dQᵀ = Kᵀ · dSᵀ;  dK = scale·dSᵀ·Q: column-major dKᵀ = Qᵀ · dS
-    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, scale, s.k, hs, sT, datt, T, sTT, 0.0f, s.dq, hs, sT, B * NH, stream);
-    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, scale, s.q, hs, sT, datt, T, sTT, 0.0f, s.dk, hs, sT, B * NH, stream);
+    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, scale, s.k, hs, sT, datt, T, sTT, 0.0f, s.dq, hs, sT,
+                           B * NH, stream);
+    attention_gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T, scale, s.q, hs, sT, datt, T, sTT, 0.0f, s.dk, hs, sT,
+                           B * NH, stream);
     size_t total = static_cast<size_t>(B) * T * (NH + 2 * NKV) * hs;
     attention_permute_backward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, block)), block, 0, stream>>>(
         dqkv, s.dq, s.dk, s.dv, B, T, NH, NKV, hs);
@@ -534,8 +546,8 @@ constexpr size_t attention_forward_flash_shared_bytes() {
 
 template <int HS, int BR, int BC>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const floatX* qkv, int T, int NH,
-                               int NKV, int hs) {
+    attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const floatX* qkv, int T,
+                                   int NH, int NKV, int hs) {
     static_assert(BR == 64 && BC % 8 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads, 4 rows each");
     constexpr int RPT = BR / 16, CPT = BC / 8, DPT = HS / 8;  // rows, score columns, output columns per thread
     extern __shared__ float flash_smem[];
@@ -588,7 +600,8 @@ attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, 
                 row_max = fmaxf(row_max, s[i][j]);
             }
             // the 8 threads of a row are 8 consecutive lanes: reduce with xor 1, 2, 4
-            for (int offset = 1; offset < 8; offset *= 2) row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, offset));
+            for (int offset = 1; offset < 8; offset *= 2)
+                row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, offset));
             // m_new is finite: the first K tile holds key 0, which every query sees
             float m_new = fmaxf(m[i], row_max);
             float correction = exp2f(m[i] - m_new);  // exp2(−∞) = 0 on the first tile
@@ -687,7 +700,8 @@ __global__ void attention_backward_preprocess_kernel(float* D /*(B, NH, T)*/, co
     float sum = 0.0f;
     if (active)
         for (int d = lane; d < hs; d += 32)
-            sum += static_cast<float>(dout[static_cast<size_t>(row) * hs + d]) * static_cast<float>(out[static_cast<size_t>(row) * hs + d]);
+            sum += static_cast<float>(dout[static_cast<size_t>(row) * hs + d]) *
+                   static_cast<float>(out[static_cast<size_t>(row) * hs + d]);
     sum = warp_reduce_sum(sum);
     if (active && lane == 0) {
         int h = row % NH, t = row / NH % T, b = row / NH / T;

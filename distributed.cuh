@@ -140,7 +140,8 @@ struct Comm {
         sent.reduce_scatter += (size - 1) * 4.0 * S;
         Timed t(*this, on_device);
 #if GPTCU_NCCL
-        if (on_device) return nccl_check(ncclReduceScatter(full, shard, S, ncclFloat, ncclSum, nccl, stream), "ncclReduceScatter");
+        if (on_device)
+            return nccl_check(ncclReduceScatter(full, shard, S, ncclFloat, ncclSum, nccl, stream), "ncclReduceScatter");
 #endif
         if (size == 1) return copy(shard, full, S, on_device);
         MPI_Reduce_scatter_block(full, shard, checked_int(S), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
@@ -213,13 +214,15 @@ inline void require_same_on_every_rank(Comm& comm, const nlohmann::json& what) {
     int differ = 0;
     for (auto it = what.begin(); it != what.end(); ++it)
         if (!theirs.contains(it.key()) || theirs.at(it.key()) != it.value()) {
-            std::fprintf(stderr, "rank %d: %s is %s here but %s on rank 0\n", comm.rank, it.key().c_str(), it.value().dump().c_str(),
+            std::fprintf(stderr, "rank %d: %s is %s here but %s on rank 0\n", comm.rank, it.key().c_str(),
+                         it.value().dump().c_str(),
                          theirs.contains(it.key()) ? theirs.at(it.key()).dump().c_str() : "absent");
             differ = 1;
         }
     if (comm.sum(differ) > 0)
-        throw std::runtime_error("the ranks were started with different options or see different data (the lines above name "
-                                 "each difference); start every rank with the same flags and the same files");
+        throw std::runtime_error(
+            "the ranks were started with different options or see different data (the lines above name "
+            "each difference); start every rank with the same flags and the same files");
 }
 
 // ----------------------------------------------------------------------------
@@ -241,7 +244,8 @@ struct DataParallel {
     float* gathered_v = nullptr;
 
     DataParallel(Comm& c, GPT<Ops>& m, int zero_stage) : comm(c), model(m), stage(zero_stage) {
-        if (stage < 0 || stage > 3) throw std::runtime_error("--zero-stage must be 0, 1, 2 or 3 (got " + std::to_string(stage) + ")");
+        if (stage < 0 || stage > 3)
+            throw std::runtime_error("--zero-stage must be 0, 1, 2 or 3 (got " + std::to_string(stage) + ")");
         P = model.num_parameters;
         S = (P + comm.size - 1) / comm.size;
         S = (S + 63) / 64 * 64;
@@ -333,8 +337,8 @@ struct DataParallel {
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             size_t a = std::max(offset, lo), b = std::min(offset + model.sizes[i], lo + S);
             if (a < b)
-                adamw_update(model.exec, p + (a - lo), grad_shard + (a - lo), m_shard + (a - lo), v_shard + (a - lo), b - a, lr,
-                             beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
+                adamw_update(model.exec, p + (a - lo), grad_shard + (a - lo), m_shard + (a - lo), v_shard + (a - lo),
+                             b - a, lr, beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
             offset += model.sizes[i];
         }
         if (stage <= 2) comm.all_gather(model.params_memory, model.params_memory + lo, S, Ops::on_device);
@@ -399,18 +403,25 @@ struct DataParallel {
     }
     std::string memory_report(int B, int T) const {
         Memory m = memory(B, T);
-        auto mib = [](double b) { char s[32]; std::snprintf(s, sizeof s, "%.2f MiB", b / (1 << 20)); return std::string(s); };
+        auto mib = [](double b) {
+            char s[32];
+            std::snprintf(s, sizeof s, "%.2f MiB", b / (1 << 20));
+            return std::string(s);
+        };
         const char* held[] = {"DDP: all replicated", "optimizer state sharded", "gradients + optimizer state sharded",
                               "parameters + gradients + optimizer state sharded"};
-        std::string s = "memory per rank (ZeRO stage " + std::to_string(stage) + ": " + held[stage] + "; " + std::to_string(comm.size) +
-                        " rank" + (comm.size > 1 ? "s" : "") + ", Ψ = " + std::to_string(P) + " fp32 parameters, shard " + std::to_string(S) + ")\n";
-        s += "  parameters " + mib(m.params) + (m.transient_params ? " (+ " + mib(m.transient_params) + " gathered during forward/backward)" : "") + "\n";
-        s += "  gradients  " + mib(m.grads) + (m.transient_grads ? " (+ " + mib(m.transient_grads) + " full buffer during backward)" : "") + "\n";
+        std::string s = "memory per rank (ZeRO stage " + std::to_string(stage) + ": " + held[stage] + "; " +
+                        std::to_string(comm.size) + " rank" + (comm.size > 1 ? "s" : "") +
+                        ", Ψ = " + std::to_string(P) + " fp32 parameters, shard " + std::to_string(S) + ")\n";
+        s += "  parameters " + mib(m.params) +
+             (m.transient_params ? " (+ " + mib(m.transient_params) + " gathered during forward/backward)" : "") + "\n";
+        s += "  gradients  " + mib(m.grads) +
+             (m.transient_grads ? " (+ " + mib(m.transient_grads) + " full buffer during backward)" : "") + "\n";
         s += "  AdamW m, v " + mib(m.optimizer) + "\n";
         s += "  activations " + mib(m.activations) + ", communication buffers " + mib(m.comm_buffers) + "\n";
         const char* formula[] = {"16Ψ", "8Ψ + 8Ψ/N", "4Ψ + 12Ψ/N", "16Ψ/N"};
-        s += "  model state kept " + mib(m.state()) + "; ZeRO formula " + formula[stage] + " = " + mib(formula_bytes()) +
-             " (one rank, no ZeRO: " + mib(16.0 * P) + ")";
+        s += "  model state kept " + mib(m.state()) + "; ZeRO formula " + formula[stage] + " = " +
+             mib(formula_bytes()) + " (one rank, no ZeRO: " + mib(16.0 * P) + ")";
         return s;
     }
 

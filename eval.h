@@ -51,12 +51,13 @@ inline ScoreBatch make_score_batch(const std::vector<ScoreRequest>& batch, int m
     ScoreBatch s;
     s.B = static_cast<int>(batch.size());
     for (const ScoreRequest& r : batch) {
-        if (r.context.empty() || r.target.empty()) throw std::runtime_error("target_logprobs: context and target must be non-empty");
+        if (r.context.empty() || r.target.empty())
+            throw std::runtime_error("target_logprobs: context and target must be non-empty");
         s.T = std::max(s.T, static_cast<int>(r.context.size() + r.target.size()) - 1);
     }
     if (s.T > max_seq_len)
-        throw std::runtime_error("context + target is " + std::to_string(s.T + 1) + " tokens; the model reads at most " +
-                                 std::to_string(max_seq_len) + " (+1 predicted)");
+        throw std::runtime_error("context + target is " + std::to_string(s.T + 1) +
+                                 " tokens; the model reads at most " + std::to_string(max_seq_len) + " (+1 predicted)");
     s.inputs.assign(static_cast<size_t>(s.B) * s.T, 0);
     s.targets.assign(static_cast<size_t>(s.B) * s.T, -1);
     for (int b = 0; b < s.B; b++) {
@@ -85,7 +86,8 @@ std::vector<std::vector<float>> target_logprobs(GPT<Ops>& model, const std::vect
     std::vector<std::vector<float>> out(s.B);
     for (int b = 0; b < s.B; b++) {
         const int nc = static_cast<int>(batch[b].context.size());
-        for (size_t k = 0; k < batch[b].target.size(); k++) out[b].push_back(-model.losses_host[static_cast<size_t>(b) * s.T + nc - 1 + k]);
+        for (size_t k = 0; k < batch[b].target.size(); k++)
+            out[b].push_back(-model.losses_host[static_cast<size_t>(b) * s.T + nc - 1 + k]);
     }
     return out;
 }
@@ -126,7 +128,8 @@ ChoiceScore score_choices(GPT<Ops>& model, const ChoiceItem& item) {
     }
     for (size_t i = 1; i < lp.size(); i++) {
         if (s.sum_logprob[i] > s.sum_logprob[s.pred]) s.pred = static_cast<int>(i);
-        if (s.sum_logprob[i] / s.tokens[i] > s.sum_logprob[s.pred_norm] / s.tokens[s.pred_norm]) s.pred_norm = static_cast<int>(i);
+        if (s.sum_logprob[i] / s.tokens[i] > s.sum_logprob[s.pred_norm] / s.tokens[s.pred_norm])
+            s.pred_norm = static_cast<int>(i);
     }
     return s;
 }
@@ -179,7 +182,9 @@ inline std::vector<ChoiceItem> read_choice_file(const std::string& path, const b
     for (int lineno = 1; std::getline(in, line); lineno++) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        auto fail = [&](const std::string& m) { throw std::runtime_error(path + ":" + std::to_string(lineno) + ": " + m); };
+        auto fail = [&](const std::string& m) {
+            throw std::runtime_error(path + ":" + std::to_string(lineno) + ": " + m);
+        };
         if (size_t bad = utf8_invalid_at(line); bad != std::string::npos)
             fail("invalid UTF-8 at byte " + std::to_string(bad + 1) + " of the line (the file must be UTF-8 text)");
         nlohmann::json j;
@@ -193,7 +198,9 @@ inline std::vector<ChoiceItem> read_choice_file(const std::string& path, const b
         const char* ctx_key = hellaswag ? "ctx" : "context";
         const char* choices_key = hellaswag ? "endings" : "choices";
         for (const char* key : {ctx_key, choices_key, "label"})
-            if (!j.contains(key)) fail(std::string("missing field \"") + key + "\" (HellaSwag: ctx, endings, label; generic: context, choices, label)");
+            if (!j.contains(key))
+                fail(std::string("missing field \"") + key +
+                     "\" (HellaSwag: ctx, endings, label; generic: context, choices, label)");
         // text → tokens (context: as is; an ending: " " + ending); token ids → checked against the vocabulary
         auto tokens = [&](const nlohmann::json& v, const std::string& what, bool ending) {
             std::vector<int> ids;
@@ -212,23 +219,29 @@ inline std::vector<ChoiceItem> read_choice_file(const std::string& path, const b
                 fail(what + " must be " + (hellaswag ? "a string" : "a string or a list of token ids"));
             }
             for (int id : ids)
-                if (id < 0 || id >= vocab_size) fail(what + ": token " + std::to_string(id) + " is outside the model's vocabulary [0, " + std::to_string(vocab_size) + ")");
+                if (id < 0 || id >= vocab_size)
+                    fail(what + ": token " + std::to_string(id) + " is outside the model's vocabulary [0, " +
+                         std::to_string(vocab_size) + ")");
             return ids;
         };
         ChoiceItem item;
         item.line = lineno;
         item.context = tokens(j[ctx_key], std::string("\"") + ctx_key + "\"", false);
         const auto& ch = j[choices_key];
-        if (!ch.is_array() || ch.size() < 2) fail(std::string("\"") + choices_key + "\" must be a list of at least two endings");
-        for (size_t i = 0; i < ch.size(); i++) item.choices.push_back(tokens(ch[i], std::string(choices_key) + "[" + std::to_string(i) + "]", true));
+        if (!ch.is_array() || ch.size() < 2)
+            fail(std::string("\"") + choices_key + "\" must be a list of at least two endings");
+        for (size_t i = 0; i < ch.size(); i++)
+            item.choices.push_back(tokens(ch[i], std::string(choices_key) + "[" + std::to_string(i) + "]", true));
         const auto& label = j["label"];
         // the public HellaSwag file writes the label as a number; some copies write "3"
         if (label.is_number_integer()) item.label = label.get<int>();
-        else if (label.is_string() && !label.get<std::string>().empty() && label.get<std::string>().find_first_not_of("0123456789") == std::string::npos)
+        else if (label.is_string() && !label.get<std::string>().empty() &&
+                 label.get<std::string>().find_first_not_of("0123456789") == std::string::npos)
             item.label = std::stoi(label.get<std::string>());
         else fail("\"label\" must be an integer, got " + label.dump());
         if (item.label < 0 || item.label >= static_cast<int>(ch.size()))
-            fail("label " + std::to_string(item.label) + " is out of range: there are " + std::to_string(ch.size()) + " endings (0-based)");
+            fail("label " + std::to_string(item.label) + " is out of range: there are " + std::to_string(ch.size()) +
+                 " endings (0-based)");
         items.push_back(std::move(item));
     }
     if (items.empty()) throw std::runtime_error(path + ": no items");
@@ -240,8 +253,10 @@ inline void check_choices_fit(const std::vector<ChoiceItem>& items, int max_seq_
     for (const ChoiceItem& it : items)
         for (const auto& c : it.choices)
             if (static_cast<int>(it.context.size() + c.size()) - 1 > max_seq_len)
-                throw std::runtime_error(path + ":" + std::to_string(it.line) + ": context + ending is " + std::to_string(it.context.size() + c.size()) +
-                                         " tokens; the model reads at most " + std::to_string(max_seq_len) + " (+1 predicted): shorten the item");
+                throw std::runtime_error(path + ":" + std::to_string(it.line) + ": context + ending is " +
+                                         std::to_string(it.context.size() + c.size()) +
+                                         " tokens; the model reads at most " + std::to_string(max_seq_len) +
+                                         " (+1 predicted): shorten the item");
 }
 
 // ============================================================================
@@ -259,7 +274,8 @@ struct TextWindow {
 };
 inline std::vector<TextWindow> sliding_windows(int n_tokens, int T, int stride) {
     if (T < 1 || stride < 1 || stride > T)
-        throw std::runtime_error("sliding window: stride " + std::to_string(stride) + " must be in [1, context " + std::to_string(T) + "]");
+        throw std::runtime_error("sliding window: stride " + std::to_string(stride) + " must be in [1, context " +
+                                 std::to_string(T) + "]");
     std::vector<TextWindow> w;
     if (n_tokens < 2) return w;
     int end = std::min(n_tokens, T + 1);
@@ -297,14 +313,16 @@ TextScore score_text(GPT<Ops>& model, const std::vector<int>& tokens, size_t byt
         std::vector<ScoreRequest> reqs;
         for (size_t w = w0; w < std::min(windows.size(), w0 + batch); w++) {
             const TextWindow& x = windows[w];
-            reqs.push_back({{tokens.begin() + x.begin, tokens.begin() + x.first}, {tokens.begin() + x.first, tokens.begin() + x.end}});
+            reqs.push_back({{tokens.begin() + x.begin, tokens.begin() + x.first},
+                            {tokens.begin() + x.first, tokens.begin() + x.end}});
         }
         for (const auto& row : target_logprobs(model, reqs))
             for (float lp : row) {
                 s.nats -= lp;
                 s.tokens++;
             }
-        if (progress) progress(static_cast<long>(std::min(windows.size(), w0 + batch)), static_cast<long>(windows.size()));
+        if (progress)
+            progress(static_cast<long>(std::min(windows.size(), w0 + batch)), static_cast<long>(windows.size()));
     }
     return s;
 }
@@ -328,12 +346,14 @@ inline const std::vector<MetricRule>& gated_metrics() {
 // max_regression (in the metric's own units: 0.01 = one accuracy point, or 0.01 nats / bits): one message
 // each, naming the metric and both values. Empty: the gate passes. Reports measured on different data
 // (another item count) are not comparable: that throws.
-inline std::vector<std::string> regressions(const nlohmann::json& report, const nlohmann::json& baseline, double max_regression) {
+inline std::vector<std::string> regressions(const nlohmann::json& report, const nlohmann::json& baseline,
+                                            double max_regression) {
     const nlohmann::json& now = report.at("metrics");
     const nlohmann::json& before = baseline.at("metrics");
     for (const char* key : {"count", "text_tokens", "golden_prompts", "pair_count"})
         if (now.contains(key) && before.contains(key) && now[key] != before[key])
-            throw std::runtime_error(std::string("the baseline's ") + key + " is " + before[key].dump() + ", this run's " + now[key].dump() +
+            throw std::runtime_error(std::string("the baseline's ") + key + " is " + before[key].dump() +
+                                     ", this run's " + now[key].dump() +
                                      ": they were measured on different data and cannot be compared");
     std::vector<std::string> out;
     for (const MetricRule& r : gated_metrics()) {
@@ -342,8 +362,8 @@ inline std::vector<std::string> regressions(const nlohmann::json& report, const 
         double worse_by = r.higher_is_better ? b - a : a - b;
         if (worse_by > max_regression) {
             char buf[256];
-            std::snprintf(buf, sizeof buf, "%s regressed: %.6g vs baseline %.6g (%s by %.6g > --max-regression %g)", r.key, a, b,
-                          r.higher_is_better ? "lower" : "higher", worse_by, max_regression);
+            std::snprintf(buf, sizeof buf, "%s regressed: %.6g vs baseline %.6g (%s by %.6g > --max-regression %g)",
+                          r.key, a, b, r.higher_is_better ? "lower" : "higher", worse_by, max_regression);
             out.push_back(buf);
         }
     }
@@ -355,13 +375,14 @@ struct Progress {
     std::string what, unit;
     Timer timer;
     double last_ms = 0, every_ms;
-    explicit Progress(std::string w, std::string u, double every_s = 5.0) : what(std::move(w)), unit(std::move(u)), every_ms(every_s * 1000) {}
+    explicit Progress(std::string w, std::string u, double every_s = 5.0)
+        : what(std::move(w)), unit(std::move(u)), every_ms(every_s * 1000) {}
     void update(long done, long total) {
         double ms = timer.elapsed_ms();
         if (done < total && ms - last_ms < every_ms) return;
         last_ms = ms;
         double rate = done / std::max(ms / 1000, 1e-9), eta = rate > 0 ? (total - done) / rate : 0;
-        std::fprintf(stderr, "%s: %ld/%ld %s, %.1f %s/s, ETA %dm%02ds\n", what.c_str(), done, total, unit.c_str(), rate, unit.c_str(),
-                     static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
+        std::fprintf(stderr, "%s: %ld/%ld %s, %.1f %s/s, ETA %dm%02ds\n", what.c_str(), done, total, unit.c_str(), rate,
+                     unit.c_str(), static_cast<int>(eta) / 60, static_cast<int>(eta) % 60);
     }
 };

@@ -59,7 +59,9 @@ struct GPTConfig {
     int head_size() const { return n_embd / n_head; }                                   // hs
     // What generation keeps per token: K and V, of every layer, for NKV heads of hs values. GQA divides it
     // by NH / NKV (the attention reads the same bytes per query head group instead of per head).
-    size_t kv_cache_bytes_per_token() const { return 2 * static_cast<size_t>(n_layer) * n_kv_head * head_size() * sizeof(floatX); }
+    size_t kv_cache_bytes_per_token() const {
+        return 2 * static_cast<size_t>(n_layer) * n_kv_head * head_size() * sizeof(floatX);
+    }
     int qkv_channels() const { return (n_head + 2 * n_kv_head) * head_size(); }         // c_attn's output width
     int fc_channels() const { return arch == Arch::gpt2 ? ffn_hidden : 2 * ffn_hidden; } // c_fc's output width
     bool is_llama() const { return arch == Arch::llama; }
@@ -69,8 +71,11 @@ struct GPTConfig {
         auto fail = [](const std::string& m) { throw std::runtime_error("model config: " + m); };
         if (n_layer < 1 || n_head < 1 || n_embd < 1 || vocab_size < 1 || max_seq_len < 1 || ffn_hidden < 1)
             fail("n_layer, n_head, n_embd, vocab_size, max_seq_len and ffn_hidden must be positive");
-        if (n_embd % n_head) fail("n_embd (" + std::to_string(n_embd) + ") must be divisible by n_head (" + std::to_string(n_head) + ")");
-        if (n_kv_head < 1 || n_head % n_kv_head) fail("n_kv_head must divide n_head (got " + std::to_string(n_kv_head) + ")");
+        if (n_embd % n_head)
+            fail("n_embd (" + std::to_string(n_embd) + ") must be divisible by n_head (" + std::to_string(n_head) +
+                 ")");
+        if (n_kv_head < 1 || n_head % n_kv_head)
+            fail("n_kv_head must divide n_head (got " + std::to_string(n_kv_head) + ")");
         if (arch == Arch::gpt2 && n_kv_head != n_head) fail("GPT-2 has n_kv_head == n_head; use arch llama for GQA");
         if (padded_vocab_size < vocab_size) fail("padded_vocab_size must be >= vocab_size");
         if (is_llama() && head_size() % 2) fail("RoPE needs an even head size");
@@ -81,14 +86,23 @@ struct GPTConfig {
 };
 
 inline void to_json(nlohmann::json& j, const GPTConfig& c) {
-    j = {{"arch", c.arch == Arch::gpt2 ? "gpt2" : "llama"}, {"max_seq_len", c.max_seq_len}, {"vocab_size", c.vocab_size},
-         {"padded_vocab_size", c.padded_vocab_size}, {"n_layer", c.n_layer}, {"n_head", c.n_head}, {"n_kv_head", c.n_kv_head},
-         {"n_embd", c.n_embd}, {"ffn_hidden", c.ffn_hidden}, {"rope_theta", c.rope_theta}, {"norm_eps", c.norm_eps},
+    j = {{"arch", c.arch == Arch::gpt2 ? "gpt2" : "llama"},
+         {"max_seq_len", c.max_seq_len},
+         {"vocab_size", c.vocab_size},
+         {"padded_vocab_size", c.padded_vocab_size},
+         {"n_layer", c.n_layer},
+         {"n_head", c.n_head},
+         {"n_kv_head", c.n_kv_head},
+         {"n_embd", c.n_embd},
+         {"ffn_hidden", c.ffn_hidden},
+         {"rope_theta", c.rope_theta},
+         {"norm_eps", c.norm_eps},
          {"tied_embeddings", c.tied_embeddings}};
 }
 inline void from_json(const nlohmann::json& j, GPTConfig& c) {
     std::string arch = j.value("arch", "gpt2");
-    if (arch != "gpt2" && arch != "llama") throw std::runtime_error("model config: arch '" + arch + "' is not gpt2 or llama");
+    if (arch != "gpt2" && arch != "llama")
+        throw std::runtime_error("model config: arch '" + arch + "' is not gpt2 or llama");
     c.arch = arch == "gpt2" ? Arch::gpt2 : Arch::llama;
     c.max_seq_len = j.at("max_seq_len");
     c.vocab_size = j.value("vocab_size", 50257);  // GPT-2's; train_gpt takes the tokenizer's when absent
@@ -116,12 +130,13 @@ inline std::string kv_cache_summary(const GPTConfig& c, int context) {
         return std::string(buf);
     };
     size_t per_token = c.kv_cache_bytes_per_token(), mha = per_token / c.n_kv_head * c.n_head;
-    std::string s = "KV cache: " + human(per_token) + "/token = 2 (K, V) x " + std::to_string(c.n_layer) + " layers x " +
-                    std::to_string(c.n_kv_head) + " kv heads x " + std::to_string(c.head_size()) + " x " + std::to_string(sizeof(floatX)) +
-                    " bytes; " + human(static_cast<double>(per_token) * context) + " for " + std::to_string(context) + " tokens";
+    std::string s = "KV cache: " + human(per_token) + "/token = 2 (K, V) x " + std::to_string(c.n_layer) +
+                    " layers x " + std::to_string(c.n_kv_head) + " kv heads x " + std::to_string(c.head_size()) +
+                    " x " + std::to_string(sizeof(floatX)) + " bytes; " +
+                    human(static_cast<double>(per_token) * context) + " for " + std::to_string(context) + " tokens";
     if (c.n_kv_head < c.n_head)
-        s += " (with n_kv_head = n_head = " + std::to_string(c.n_head) + ": " + human(static_cast<double>(mha) * context) + ", " +
-             std::to_string(c.n_head / c.n_kv_head) + "x more)";
+        s += " (with n_kv_head = n_head = " + std::to_string(c.n_head) + ": " +
+             human(static_cast<double>(mha) * context) + ", " + std::to_string(c.n_head / c.n_kv_head) + "x more)";
     return s;
 }
 
@@ -138,10 +153,13 @@ inline const char* param_name(int i) {
                                   "fcw", "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb", "lm_head"};
     return names[i];
 }
-inline bool param_decays(int i) { return i == WTE || i == WPE || i == QKVW || i == ATTPROJW || i == FCW || i == FCPROJW || i == LMHEAD; }
+inline bool param_decays(int i) {
+    return i == WTE || i == WPE || i == QKVW || i == ATTPROJW || i == FCW || i == FCPROJW || i == LMHEAD;
+}
 
 inline std::array<size_t, NUM_PARAM_TENSORS> param_sizes(const GPTConfig& c) {
-    size_t Vp = c.padded_vocab_size, C = c.n_embd, L = c.n_layer, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
+    size_t Vp = c.padded_vocab_size, C = c.n_embd, L = c.n_layer, QKVC = c.qkv_channels(), F = c.fc_channels(),
+           H = c.ffn_hidden;
     bool g = !c.is_llama();
     return {
         Vp * C,                   // wte      (Vp, C)  token embedding; rows V..Vp-1 stay zero
@@ -231,9 +249,15 @@ struct DeviceOps {
         return p;
     }
     static void release(void* p) { cuda_check(cudaFree(p)); }
-    static void to_backend(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice)); }
-    static void to_host(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost)); }
-    static void copy(void* dst, const void* src, size_t bytes) { cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice)); }
+    static void to_backend(void* dst, const void* src, size_t bytes) {
+        cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    }
+    static void to_host(void* dst, const void* src, size_t bytes) {
+        cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+    }
+    static void copy(void* dst, const void* src, size_t bytes) {
+        cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+    }
     static void synchronize() { cuda_check(cudaDeviceSynchronize()); }
 };
 
@@ -246,7 +270,8 @@ struct HostOps {
     static void* alloc(size_t bytes) {
         void* p = nullptr;
         const size_t align = bytes >= (size_t{4} << 20) ? size_t{2} << 20 : 64;
-        if (posix_memalign(&p, align, bytes ? bytes : 64) != 0) throw std::runtime_error("out of host memory allocating " + std::to_string(bytes) + " bytes");
+        if (posix_memalign(&p, align, bytes ? bytes : 64) != 0)
+            throw std::runtime_error("out of host memory allocating " + std::to_string(bytes) + " bytes");
         if (align > 64) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: where THP is off, nothing changes
         return p;
     }
@@ -274,8 +299,9 @@ int with_device_ops(const std::string& device_flag, Body&& body) {
 //              GPT-2                                  | Llama                            | where
 //   norm       LayerNorm: (x − mean)·rstd·w + b       | RMSNorm: x·rstd·w                | norm_forward/_backward
 //   positions  learned wpe, added by the encoder      | RoPE on q and k in attention     | uses_rope
-//   MLP        GELU over fc's F = 4C outputs          | SwiGLU over [gate | up], F = 2H  | mlp_activation_forward/_backward
-//   tensors    biases, wpe, lm_head tied to wte       | no biases, no wpe, own lm_head   | param_sizes
+//   MLP        GELU over fc's F = 4C outputs          | SwiGLU over [gate | up], F = 2H  |
+//   mlp_activation_forward/_backward tensors    biases, wpe, lm_head tied to wte       | no biases, no wpe, own lm_head
+//   | param_sizes
 // (An absent tensor is a null pointer, which every op skips.)
 inline bool uses_rope(const GPTConfig& c) { return c.is_llama(); }
 
@@ -290,8 +316,8 @@ inline void norm_backward(const Exec& ex, const GPTConfig& c, floatX* dinp /*(N,
     if (c.is_llama()) rmsnorm_backward(ex, dinp, dw, dout, inp, w, rstd, N, c.n_embd);
     else layernorm_backward(ex, dinp, dw, db, dout, inp, w, mean, rstd, N, c.n_embd);
 }
-inline void mlp_activation_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, H)*/, const floatX* fch /*(N, F)*/,
-                                   int N) {
+inline void mlp_activation_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, H)*/,
+                                   const floatX* fch /*(N, F)*/, int N) {
     if (c.is_llama()) swiglu_forward(ex, out, fch, N, c.ffn_hidden);
     else gelu_forward(ex, out, fch, N * c.ffn_hidden);
 }
@@ -343,16 +369,16 @@ void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p
     const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
                  FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
     // x + attn(norm_1(x))
-    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, layer_slice(p[LN1W], l, C), layer_slice(p[LN1B], l, C),
-                 N);
+    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, layer_slice(p[LN1W], l, C),
+                 layer_slice(p[LN1B], l, C), N);
     matmul_forward(ex, a.qkv, a.ln1, layer_slice(p[QKVW], l, QKVCC), layer_slice(p[QKVB], l, QKVC), N, C, QKVC);
     if (uses_rope(c)) attention.rope(ex, a.qkv);
     attention.forward(ex, a.atty, a.lse, a.qkv, l);
     matmul_forward(ex, a.attproj, a.atty, layer_slice(p[ATTPROJW], l, CC), layer_slice(p[ATTPROJB], l, C), N, C, C);
     residual_forward(ex, a.residual2, a.residual, a.attproj, N * C);
     // x + mlp(norm_2(x))
-    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer_slice(p[LN2W], l, C), layer_slice(p[LN2B], l, C),
-                 N);
+    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer_slice(p[LN2W], l, C),
+                 layer_slice(p[LN2B], l, C), N);
     matmul_forward(ex, a.fch, a.ln2, layer_slice(p[FCW], l, FC), layer_slice(p[FCB], l, F), N, C, F);
     mlp_activation_forward(ex, c, a.fch_act, a.fch, N);
     matmul_forward(ex, a.fcproj, a.fch_act, layer_slice(p[FCPROJW], l, CH), layer_slice(p[FCPROJB], l, C), N, H, C);
@@ -457,8 +483,9 @@ struct GPT {
     GPT(const GPT&) = delete;
     GPT& operator=(const GPT&) = delete;
     ~GPT() {
-        for (void* p : {static_cast<void*>(params_memory), static_cast<void*>(grads_memory), static_cast<void*>(m_memory),
-                        static_cast<void*>(v_memory), acts_memory, static_cast<void*>(inputs), static_cast<void*>(targets)})
+        for (void* p :
+             {static_cast<void*>(params_memory), static_cast<void*>(grads_memory), static_cast<void*>(m_memory),
+              static_cast<void*>(v_memory), acts_memory, static_cast<void*>(inputs), static_cast<void*>(targets)})
             if (p) Ops::release(p);
     }
 
@@ -479,7 +506,8 @@ struct GPT {
             else if (param_decays(i)) {
                 float stdev = (i == ATTPROJW || i == FCPROJW) ? residual_std : 0.02f;
                 // rows V..Vp-1 of the vocabulary are padding: zero, and they never receive a gradient
-                size_t count = (i == WTE || i == LMHEAD) ? static_cast<size_t>(config.vocab_size) * config.n_embd : sizes[i];
+                size_t count =
+                    (i == WTE || i == LMHEAD) ? static_cast<size_t>(config.vocab_size) * config.n_embd : sizes[i];
                 for (size_t k = 0; k < count; k++) p[k] = stdev * rng.normal();
             }
             offset += sizes[i];
@@ -519,7 +547,8 @@ struct GPT {
 
     void ensure_activations(int b, int t) {
         if (t > config.max_seq_len)
-            throw std::runtime_error("sequence length " + std::to_string(t) + " exceeds the model's max_seq_len " + std::to_string(config.max_seq_len));
+            throw std::runtime_error("sequence length " + std::to_string(t) + " exceeds the model's max_seq_len " +
+                                     std::to_string(config.max_seq_len));
         if (acts_memory && b <= max_B && t <= max_T) return;
         if (acts_memory) { Ops::release(acts_memory); Ops::release(inputs); Ops::release(targets); }
         max_B = std::max(b, max_B);

@@ -42,7 +42,8 @@ struct HFTensor {
 };
 inline std::vector<HFTensor> hf_gpt2_tensors(const GPTConfig& c) {
     int64_t C = c.n_embd, F = c.ffn_hidden;
-    std::vector<HFTensor> t = {{WTE, -1, "wte.weight", {c.vocab_size, C}, false}, {WPE, -1, "wpe.weight", {c.max_seq_len, C}, false}};
+    std::vector<HFTensor> t = {{WTE, -1, "wte.weight", {c.vocab_size, C}, false},
+                               {WPE, -1, "wpe.weight", {c.max_seq_len, C}, false}};
     for (int l = 0; l < c.n_layer; l++) {
         std::string h = "h." + std::to_string(l) + ".";
         t.push_back({LN1W, l, h + "ln_1.weight", {C}, false});
@@ -60,7 +61,8 @@ inline std::vector<HFTensor> hf_gpt2_tensors(const GPTConfig& c) {
     }
     t.push_back({LNFW, -1, "ln_f.weight", {C}, false});
     t.push_back({LNFB, -1, "ln_f.bias", {C}, false});
-    if (!c.tied_embeddings) t.push_back({LMHEAD, -1, "lm_head.weight", {c.vocab_size, C}, false});  // outside "transformer."
+    if (!c.tied_embeddings)
+        t.push_back({LMHEAD, -1, "lm_head.weight", {c.vocab_size, C}, false});  // outside "transformer."
     return t;
 }
 
@@ -83,7 +85,9 @@ inline std::vector<HFTensor> hf_llama_tensors(const GPTConfig& c) {
     if (!c.tied_embeddings) t.push_back({LMHEAD, -1, "lm_head.weight", {c.vocab_size, C}, false});  // outside "model."
     return t;
 }
-inline std::vector<HFTensor> hf_tensors(const GPTConfig& c) { return c.is_llama() ? hf_llama_tensors(c) : hf_gpt2_tensors(c); }
+inline std::vector<HFTensor> hf_tensors(const GPTConfig& c) {
+    return c.is_llama() ? hf_llama_tensors(c) : hf_gpt2_tensors(c);
+}
 // The prefix of every tensor of the transformer body (all but lm_head) in a save_pretrained file.
 inline std::string hf_body_prefix(const GPTConfig& c) { return c.is_llama() ? "model." : "transformer."; }
 
@@ -108,28 +112,32 @@ inline GPTConfig hf_gpt2_config(const nlohmann::json& j, const std::string& wher
     auto fail = [&](const std::string& m) { throw std::runtime_error(where + ": " + m); };
     if (!j.is_object()) fail("not a JSON object");
     try {
-    if (json_or<std::string>(j, "model_type", "gpt2") != "gpt2") fail("model_type '" + json_or<std::string>(j, "model_type", "") + "' is not gpt2 or llama");
-    for (const char* key : {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head"})
-        if (!j.contains(key) || !j[key].is_number_integer()) fail(std::string("missing integer \"") + key + "\"");
-    std::string act = json_or<std::string>(j, "activation_function", "gelu_new");
-    if (act != "gelu_new" && act != "gelu_pytorch_tanh")
-        fail("activation_function '" + act + "': gpt.cu's GELU is the tanh approximation (gelu_new)");
-    double eps = json_or(j, "layer_norm_epsilon", 1e-5);
-    if (std::abs(eps - layernorm_eps) > 1e-12) fail("layer_norm_epsilon " + std::to_string(eps) + ": gpt.cu's LayerNorm uses 1e-5");
-    if (json_or(j, "scale_attn_by_inverse_layer_idx", false)) fail("scale_attn_by_inverse_layer_idx is not supported");
-    if (!json_or(j, "scale_attn_weights", true)) fail("scale_attn_weights=false is not supported");
-    GPTConfig c;
-    c.arch = Arch::gpt2;
-    c.vocab_size = j["vocab_size"];
-    c.padded_vocab_size = padded_vocab(c.vocab_size);
-    c.max_seq_len = j["n_positions"];
-    c.n_embd = j["n_embd"];
-    c.n_layer = j["n_layer"];
-    c.n_head = c.n_kv_head = j["n_head"];
-    c.ffn_hidden = j.contains("n_inner") && j["n_inner"].is_number_integer() ? j["n_inner"].get<int>() : 4 * c.n_embd;
-    c.tied_embeddings = json_or(j, "tie_word_embeddings", true);
-    c.validate();
-    return c;
+        if (json_or<std::string>(j, "model_type", "gpt2") != "gpt2")
+            fail("model_type '" + json_or<std::string>(j, "model_type", "") + "' is not gpt2 or llama");
+        for (const char* key : {"vocab_size", "n_positions", "n_embd", "n_layer", "n_head"})
+            if (!j.contains(key) || !j[key].is_number_integer()) fail(std::string("missing integer \"") + key + "\"");
+        std::string act = json_or<std::string>(j, "activation_function", "gelu_new");
+        if (act != "gelu_new" && act != "gelu_pytorch_tanh")
+            fail("activation_function '" + act + "': gpt.cu's GELU is the tanh approximation (gelu_new)");
+        double eps = json_or(j, "layer_norm_epsilon", 1e-5);
+        if (std::abs(eps - layernorm_eps) > 1e-12)
+            fail("layer_norm_epsilon " + std::to_string(eps) + ": gpt.cu's LayerNorm uses 1e-5");
+        if (json_or(j, "scale_attn_by_inverse_layer_idx", false))
+            fail("scale_attn_by_inverse_layer_idx is not supported");
+        if (!json_or(j, "scale_attn_weights", true)) fail("scale_attn_weights=false is not supported");
+        GPTConfig c;
+        c.arch = Arch::gpt2;
+        c.vocab_size = j["vocab_size"];
+        c.padded_vocab_size = padded_vocab(c.vocab_size);
+        c.max_seq_len = j["n_positions"];
+        c.n_embd = j["n_embd"];
+        c.n_layer = j["n_layer"];
+        c.n_head = c.n_kv_head = j["n_head"];
+        c.ffn_hidden =
+            j.contains("n_inner") && j["n_inner"].is_number_integer() ? j["n_inner"].get<int>() : 4 * c.n_embd;
+        c.tied_embeddings = json_or(j, "tie_word_embeddings", true);
+        c.validate();
+        return c;
     } catch (const nlohmann::json::exception& e) {
         fail(std::string("a field has the wrong type (") + e.what() + ")");
     }
@@ -142,17 +150,19 @@ inline GPTConfig hf_gpt2_config(const nlohmann::json& j, const std::string& wher
 inline GPTConfig hf_llama_config(const nlohmann::json& j, const std::string& where) {
     auto fail = [&](const std::string& m) { throw std::runtime_error(where + ": " + m); };
     if (!j.is_object()) fail("not a JSON object");
-    for (const char* key : {"vocab_size", "max_position_embeddings", "hidden_size", "intermediate_size", "num_hidden_layers",
-                            "num_attention_heads"})
+    for (const char* key : {"vocab_size", "max_position_embeddings", "hidden_size", "intermediate_size",
+                            "num_hidden_layers", "num_attention_heads"})
         if (!j.contains(key) || !j[key].is_number_integer()) fail(std::string("missing integer \"") + key + "\"");
     std::string act = json_or<std::string>(j, "hidden_act", "silu");
     if (act != "silu") fail("hidden_act '" + act + "': gpt.cu's SwiGLU gates with silu");
-    if (json_or(j, "attention_bias", false) || json_or(j, "mlp_bias", false)) fail("attention_bias / mlp_bias: gpt.cu's Llama has no biases");
+    if (json_or(j, "attention_bias", false) || json_or(j, "mlp_bias", false))
+        fail("attention_bias / mlp_bias: gpt.cu's Llama has no biases");
     nlohmann::json rope = j.contains("rope_parameters") && j["rope_parameters"].is_object() ? j["rope_parameters"]
                           : j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"]
                                                                                         : nlohmann::json::object();
     std::string rope_type = rope.value("rope_type", rope.value("type", "default"));
-    if (rope_type != "default") fail("RoPE scaling '" + rope_type + "' is not implemented (only plain RoPE with rope_theta)");
+    if (rope_type != "default")
+        fail("RoPE scaling '" + rope_type + "' is not implemented (only plain RoPE with rope_theta)");
     GPTConfig c;
     c.arch = Arch::llama;
     c.vocab_size = j["vocab_size"];
@@ -161,13 +171,17 @@ inline GPTConfig hf_llama_config(const nlohmann::json& j, const std::string& whe
     c.n_embd = j["hidden_size"];
     c.n_layer = j["num_hidden_layers"];
     c.n_head = j["num_attention_heads"];
-    c.n_kv_head = j.contains("num_key_value_heads") && j["num_key_value_heads"].is_number_integer() ? j["num_key_value_heads"].get<int>() : c.n_head;
+    c.n_kv_head = j.contains("num_key_value_heads") && j["num_key_value_heads"].is_number_integer()
+                      ? j["num_key_value_heads"].get<int>()
+                      : c.n_head;
     c.ffn_hidden = j["intermediate_size"];
     c.rope_theta = rope.contains("rope_theta") ? rope["rope_theta"].get<float>() : json_or(j, "rope_theta", 10000.0f);
     c.norm_eps = json_or(j, "rms_norm_eps", 1e-6f);  // LlamaConfig's default
     c.tied_embeddings = json_or(j, "tie_word_embeddings", false);
-    if (c.n_head > 0 && j.contains("head_dim") && j["head_dim"].is_number_integer() && j["head_dim"].get<int>() != c.n_embd / c.n_head)
-        fail("head_dim " + j["head_dim"].dump() + " is not hidden_size / num_attention_heads: gpt.cu's heads split the channels");
+    if (c.n_head > 0 && j.contains("head_dim") && j["head_dim"].is_number_integer() &&
+        j["head_dim"].get<int>() != c.n_embd / c.n_head)
+        fail("head_dim " + j["head_dim"].dump() +
+             " is not hidden_size / num_attention_heads: gpt.cu's heads split the channels");
     try {
         c.validate();
     } catch (const std::exception& e) {
@@ -211,13 +225,25 @@ inline std::vector<float> hf_params(const safetensors::Reader& st, const GPTConf
 // Our config as the family's HF config.json (the inverse of hf_gpt2_config / hf_llama_config).
 inline nlohmann::json hf_config_json(const GPTConfig& c) {
     if (c.is_llama())
-        return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", c.vocab_size},
-                {"max_position_embeddings", c.max_seq_len}, {"hidden_size", c.n_embd}, {"intermediate_size", c.ffn_hidden},
-                {"num_hidden_layers", c.n_layer}, {"num_attention_heads", c.n_head}, {"num_key_value_heads", c.n_kv_head},
-                {"head_dim", c.head_size()}, {"hidden_act", "silu"}, {"rms_norm_eps", c.norm_eps}, {"attention_bias", false},
-                {"mlp_bias", false}, {"tie_word_embeddings", c.tied_embeddings}, {"torch_dtype", "float32"},
+        return {{"architectures", {"LlamaForCausalLM"}},
+                {"model_type", "llama"},
+                {"vocab_size", c.vocab_size},
+                {"max_position_embeddings", c.max_seq_len},
+                {"hidden_size", c.n_embd},
+                {"intermediate_size", c.ffn_hidden},
+                {"num_hidden_layers", c.n_layer},
+                {"num_attention_heads", c.n_head},
+                {"num_key_value_heads", c.n_kv_head},
+                {"head_dim", c.head_size()},
+                {"hidden_act", "silu"},
+                {"rms_norm_eps", c.norm_eps},
+                {"attention_bias", false},
+                {"mlp_bias", false},
+                {"tie_word_embeddings", c.tied_embeddings},
+                {"torch_dtype", "float32"},
                 // both spellings: transformers 4 reads rope_theta, transformers 5 rope_parameters
-                {"rope_theta", c.rope_theta}, {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", c.rope_theta}}}};
+                {"rope_theta", c.rope_theta},
+                {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", c.rope_theta}}}};
     return {{"architectures", {"GPT2LMHeadModel"}}, {"model_type", "gpt2"}, {"vocab_size", c.vocab_size},
             {"n_positions", c.max_seq_len}, {"n_embd", c.n_embd}, {"n_layer", c.n_layer}, {"n_head", c.n_head},
             {"n_inner", c.ffn_hidden}, {"activation_function", "gelu_new"}, {"layer_norm_epsilon", 1e-5},
@@ -257,7 +283,9 @@ inline LoadedModel load_model(const std::string& path) {
     if (fs::is_directory(path)) {
         std::string cfg = path + "/config.json", weights = path + "/model.safetensors";
         if (!fs::exists(cfg) || !fs::exists(weights))
-            throw std::runtime_error("model " + path + ": a directory must hold config.json and model.safetensors (a Hugging Face GPT-2 or Llama)");
+            throw std::runtime_error(
+                "model " + path +
+                ": a directory must hold config.json and model.safetensors (a Hugging Face GPT-2 or Llama)");
         nlohmann::json j;
         try {
             std::ifstream f(cfg);
@@ -284,8 +312,8 @@ inline LoadedModel load_model(const std::string& path) {
     size_t expected = 0;
     for (size_t s : param_sizes(m.config)) expected += s;
     if (ck.params.size() != expected)
-        throw std::runtime_error("checkpoint " + path + ": holds " + std::to_string(ck.params.size()) + " parameters but its model config needs " +
-                                 std::to_string(expected));
+        throw std::runtime_error("checkpoint " + path + ": holds " + std::to_string(ck.params.size()) +
+                                 " parameters but its model config needs " + std::to_string(expected));
     m.params = std::move(ck.params);
     m.format = "gpt.cu checkpoint";
     return m;
@@ -298,18 +326,22 @@ inline std::optional<bpe::Tokenizer> open_model_tokenizer(std::string dir, const
     if (dir.empty() && m.tokenizer.is_object()) dir = m.tokenizer.value("dir", "");
     if (dir.empty()) dir = "../shared/data/gpt2";
     if (!std::filesystem::exists(dir + "/encoder.json")) {
-        if (needed) throw std::runtime_error("tokenizer " + dir + ": no encoder.json there; pass --tokenizer DIR (or token ids)");
+        if (needed)
+            throw std::runtime_error("tokenizer " + dir +
+                                     ": no encoder.json there; pass --tokenizer DIR (or token ids)");
         return std::nullopt;
     }
     bpe::Tokenizer tok = bpe::Tokenizer::load(dir);
     // (an empty fingerprint: the model was fine-tuned from a Hugging Face model with token ids, no tokenizer known)
-    if (m.tokenizer.is_object() && m.tokenizer.value("fingerprint", "") != "" && tokenizer_info(dir, tok).fingerprint != m.tokenizer["fingerprint"])
-        throw std::runtime_error("tokenizer " + dir + " is not the one the model was trained with (" + m.tokenizer.dump() +
-                                 "); pass that one with --tokenizer");
+    if (m.tokenizer.is_object() && m.tokenizer.value("fingerprint", "") != "" &&
+        tokenizer_info(dir, tok).fingerprint != m.tokenizer["fingerprint"])
+        throw std::runtime_error("tokenizer " + dir + " is not the one the model was trained with (" +
+                                 m.tokenizer.dump() + "); pass that one with --tokenizer");
     if (tok.vocab_size() > m.config.vocab_size) {
         if (needed)
-            throw std::runtime_error("tokenizer " + dir + " has " + std::to_string(tok.vocab_size()) + " tokens but the model only " +
-                                     std::to_string(m.config.vocab_size) + "; pass the model's with --tokenizer");
+            throw std::runtime_error("tokenizer " + dir + " has " + std::to_string(tok.vocab_size()) +
+                                     " tokens but the model only " + std::to_string(m.config.vocab_size) +
+                                     "; pass the model's with --tokenizer");
         std::fprintf(stderr, "note: tokenizer %s does not fit this model's vocabulary; using token ids\n", dir.c_str());
         return std::nullopt;
     }

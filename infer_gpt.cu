@@ -31,7 +31,7 @@ struct InferOptions {
         max_step_tokens = 256;
     float temperature = 1.0f, top_p = 1.0f;
     uint64_t seed = 1337;
-    // ---- --serve (issue 19)
+    // ---- --serve
     bool serve = false;
     std::string host = "127.0.0.1", model_name;
     int port = 8000, max_queue = 64;
@@ -221,7 +221,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
     SamplingSettings sampling{o.temperature, o.top_k, o.top_p};
     sampling.validate();
 
-    // ---- --serve (issue 19): the HTTP server owns this thread until SIGTERM / SIGINT
+    // ---- --serve: the HTTP server owns this thread until SIGTERM / SIGINT
     if (o.serve) {
         InferenceEngine<Ops> engine(model, {o.max_seqs, o.max_step_tokens, o.block_size, o.kv_blocks});
         std::fprintf(stderr, "KV cache: %d blocks of %d tokens, %.1f MB; up to %d sequences per step, %d waiting\n",

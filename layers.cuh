@@ -25,8 +25,8 @@
 
 // Per-column sums over rows, written as fixed partial sums then added in a fixed order: the weight and
 // bias gradients of LayerNorm and RMSNorm, and the bias gradient of matmul.
-//   partial_w[r, c] = Σ_{n in chunk r} dout[n, c] · x̂[n, c],  x̂ = (inp − mean)·rstd  (mean = nullptr: RMSNorm, x̂ = inp·rstd)
-//   partial_b[r, c] = Σ_{n in chunk r} dout[n, c]
+//   partial_w[r, c] = Σ_{n in chunk r} dout[n, c] · x̂[n, c],  x̂ = (inp − mean)·rstd  (mean = nullptr: RMSNorm, x̂ =
+//   inp·rstd) partial_b[r, c] = Σ_{n in chunk r} dout[n, c]
 // Block (32, 8): threadIdx.x owns one column, so each warp reads 32 consecutive floats of a row
 // (coalesced); threadIdx.y strides over the chunk's rows; the 8 row-partials are added in shared memory
 // in y order. Grid (ceil(C/32), R): R row chunks of rows_per_chunk rows, so any N and C work.
@@ -66,7 +66,8 @@ __global__ void column_reduce_partial_kernel(float* partial_w,      // (R, C) or
 
 // out[c] += Σ_r partial[r, c], r in order. One thread per column; consecutive threads read consecutive
 // columns of each partial row (coalesced). Cost: 4·R·C bytes read, C read+written.
-__global__ void column_reduce_finish_kernel(floatX* out, const float* partial, int R, int C) {  // out (C), partial (R, C)
+__global__ void column_reduce_finish_kernel(floatX* out, const float* partial, int R,
+                                            int C) {  // out (C), partial (R, C)
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     float sum = 0.0f;
@@ -140,7 +141,8 @@ void encoder_backward_cpu(Real* dwte,          // (V, C), accumulated
 
 // One thread per output element (n, c); consecutive threads take consecutive c, so the reads of the
 // wte row, the wpe row and the write of out are coalesced. Cost: 12·N·C bytes (8·N·C without wpe).
-__global__ void encoder_forward_kernel(floatX* out, const int* tokens, const floatX* wte, const floatX* wpe, int N, int T, int C) {
+__global__ void encoder_forward_kernel(floatX* out, const int* tokens, const floatX* wte, const floatX* wpe, int N,
+                                       int T, int C) {
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= static_cast<size_t>(N) * C) return;
     int n = static_cast<int>(i / C), c = static_cast<int>(i % C), t = n % T;
@@ -204,7 +206,8 @@ inline void encoder_forward(floatX* out,            // (B, T, C)
                             const floatX* wpe,      // (maxT, C) or nullptr
                             int B, int T, int C, cudaStream_t stream) {
     size_t total = static_cast<size_t>(B) * T * C;
-    encoder_forward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(out, tokens, wte, wpe, B * T, T, C);
+    encoder_forward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(out, tokens, wte,
+                                                                                                    wpe, B * T, T, C);
     cuda_check(cudaGetLastError());
 }
 
@@ -218,7 +221,8 @@ inline void encoder_backward(floatX* dwte,          // (V, C), accumulated
     encoder_backward_wte_kernel<<<grid, block, 0, stream>>>(dwte, dout, tokens, B * T, C);
     cuda_check(cudaGetLastError());
     if (dwpe) {
-        encoder_backward_wpe_kernel<<<static_cast<unsigned>(ceil_div<size_t>(static_cast<size_t>(T) * C, 256)), 256, 0, stream>>>(dwpe, dout, B, T, C);
+        encoder_backward_wpe_kernel<<<static_cast<unsigned>(ceil_div<size_t>(static_cast<size_t>(T) * C, 256)), 256, 0,
+                                      stream>>>(dwpe, dout, B, T, C);
         cuda_check(cudaGetLastError());
     }
 }
@@ -344,7 +348,8 @@ inline void layernorm_forward(floatX* out,            // (N, C)
                               const floatX* bias,     // (C)
                               int N, int C, cudaStream_t stream) {
     const int block = 256, rows_per_block = block / 32;
-    layernorm_forward_kernel<<<ceil_div(N, rows_per_block), block, 0, stream>>>(out, mean, rstd, inp, weight, bias, N, C);
+    layernorm_forward_kernel<<<ceil_div(N, rows_per_block), block, 0, stream>>>(out, mean, rstd, inp, weight, bias, N,
+                                                                                C);
     cuda_check(cudaGetLastError());
 }
 
@@ -358,7 +363,8 @@ inline void layernorm_backward(floatX* dinp,          // (N, C), accumulated
                                const float* rstd,     // (N)
                                int N, int C, cudaStream_t stream) {
     const int block = 256, rows_per_block = block / 32;
-    layernorm_backward_kernel<<<ceil_div(N, rows_per_block), block, 0, stream>>>(dinp, dout, inp, weight, mean, rstd, N, C);
+    layernorm_backward_kernel<<<ceil_div(N, rows_per_block), block, 0, stream>>>(dinp, dout, inp, weight, mean, rstd, N,
+                                                                                 C);
     cuda_check(cudaGetLastError());
     column_reduce(dweight, dbias, dout, inp, mean, rstd, N, C, stream);
 }
@@ -413,7 +419,8 @@ void rmsnorm_backward_cpu(Real* dinp,          // (N, C), accumulated
 }
 
 // One warp per row, lanes strided by 32 (coalesced), shuffle sums: as layernorm_forward_kernel.
-__global__ void rmsnorm_forward_kernel(floatX* out, float* rstd, const floatX* inp, const floatX* weight, int N, int C, float eps) {
+__global__ void rmsnorm_forward_kernel(floatX* out, float* rstd, const floatX* inp, const floatX* weight, int N, int C,
+                                       float eps) {
     int lane = threadIdx.x % 32, row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
     const floatX* x = inp + static_cast<size_t>(row) * C;
@@ -555,8 +562,8 @@ constexpr int matmul_tile = 128, matmul_tile_k = 8, matmul_threads = 256;
 
 // Loads rows [r0, r0+128) × k [k0, k0+8) of an operand into tile[k][r] (zeros outside the matrix).
 template <bool K_CONTIGUOUS>
-__device__ inline void matmul_load_tile(float (*tile)[matmul_tile], const floatX* x, int ld, int r0, int rows, int k0, int K,
-                                        bool vector_ok, int tid) {
+__device__ inline void matmul_load_tile(float (*tile)[matmul_tile], const floatX* x, int ld, int r0, int rows, int k0,
+                                        int K, bool vector_ok, int tid) {
     if (K_CONTIGUOUS) {  // x(r, k) = x[r·ld + k]: thread reads 4 consecutive k of row r
         int r = tid / 2, k = (tid % 2) * 4, gr = r0 + r, gk = k0 + k;
         float v[4];
@@ -564,7 +571,8 @@ __device__ inline void matmul_load_tile(float (*tile)[matmul_tile], const floatX
             float4 f = *reinterpret_cast<const float4*>(x + static_cast<size_t>(gr) * ld + gk);
             v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
         } else {
-            for (int q = 0; q < 4; q++) v[q] = gr < rows && gk + q < K ? x[static_cast<size_t>(gr) * ld + gk + q] : 0.0f;
+            for (int q = 0; q < 4; q++)
+                v[q] = gr < rows && gk + q < K ? x[static_cast<size_t>(gr) * ld + gk + q] : 0.0f;
         }
         for (int q = 0; q < 4; q++) tile[k + q][r] = v[q];
     } else {  // x(r, k) = x[k·ld + r]: thread reads 4 consecutive r of row k
@@ -574,7 +582,8 @@ __device__ inline void matmul_load_tile(float (*tile)[matmul_tile], const floatX
             float4 f = *reinterpret_cast<const float4*>(x + static_cast<size_t>(gk) * ld + gr);
             v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
         } else {
-            for (int q = 0; q < 4; q++) v[q] = gk < K && gr + q < rows ? x[static_cast<size_t>(gk) * ld + gr + q] : 0.0f;
+            for (int q = 0; q < 4; q++)
+                v[q] = gk < K && gr + q < rows ? x[static_cast<size_t>(gk) * ld + gr + q] : 0.0f;
         }
         for (int q = 0; q < 4; q++) tile[k][r + q] = v[q];
     }
@@ -586,11 +595,12 @@ __device__ inline int matmul_tile_offset(int t, int i) { return (i / 4) * 64 + t
 
 template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
 __global__ void __launch_bounds__(matmul_threads)
-matmul_tiled_kernel(floatX* out,           // (M, N), leading dimension ldo
-                    const floatX* a,       // A(i, k), see above
-                    const floatX* b,       // B(k, j), see above
-                    const floatX* bias,    // (N) or nullptr
-                    int M, int N, int K, int lda, int ldb, int ldo, bool accumulate, bool a_vector_ok, bool b_vector_ok) {
+    matmul_tiled_kernel(floatX* out,         // (M, N), leading dimension ldo
+                        const floatX* a,     // A(i, k), see above
+                        const floatX* b,     // B(k, j), see above
+                        const floatX* bias,  // (N) or nullptr
+                        int M, int N, int K, int lda, int ldb, int ldo, bool accumulate, bool a_vector_ok,
+                        bool b_vector_ok) {
     __shared__ __align__(16) float a_tile[matmul_tile_k][matmul_tile];
     __shared__ __align__(16) float b_tile[matmul_tile_k][matmul_tile];
     int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -626,18 +636,20 @@ matmul_tiled_kernel(floatX* out,           // (M, N), leading dimension ldo
     }
 }
 
-inline bool matmul_vector_ok(const floatX* p, int ld) { return ld % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+inline bool matmul_vector_ok(const floatX* p, int ld) {
+    return ld % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
 
 template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
-void matmul_tiled(floatX* out, const floatX* a, const floatX* b, const floatX* bias, int M, int N, int K, int lda, int ldb,
-                  int ldo, bool accumulate, cudaStream_t stream) {
+void matmul_tiled(floatX* out, const floatX* a, const floatX* b, const floatX* bias, int M, int N, int K, int lda,
+                  int ldb, int ldo, bool accumulate, cudaStream_t stream) {
     dim3 grid(ceil_div(N, matmul_tile), ceil_div(M, matmul_tile));
     matmul_tiled_kernel<A_K_CONTIGUOUS, B_K_CONTIGUOUS><<<grid, matmul_threads, 0, stream>>>(
         out, a, b, bias, M, N, K, lda, ldb, ldo, accumulate, matmul_vector_ok(a, lda), matmul_vector_ok(b, ldb));
     cuda_check(cudaGetLastError());
 }
 
-// ---- The same product on tensor cores (issue 15): bf16 inputs, fp32 sums, through nvcuda::wmma.
+// ---- The same product on tensor cores: bf16 inputs, fp32 sums, through nvcuda::wmma.
 // A tensor core multiplies a 16×16 bf16 tile by a 16×16 bf16 tile and adds a 16×16 fp32 tile in one warp-wide
 // operation (wmma::mma_sync): 4096 multiply-adds per warp per call, at ~16× the fp32 FMA rate (A100 datasheet: 312
 // bf16 vs 19.5 fp32 TFLOP/s). The warp's 32 lanes hold the tiles as opaque "fragments"; load_matrix_sync and
@@ -671,8 +683,8 @@ constexpr int matmul_wmma_out_ld = 32 + 4;                   // floats per row o
 
 // slab[r][k] = bf16(x(r0 + r, k0 + k)) for the 64×32 slab at rows r0, k k0 (zeros outside the matrix).
 template <bool K_CONTIGUOUS>
-__device__ inline void matmul_wmma_load_slab(__nv_bfloat16 (*slab)[matmul_wmma_slab_ld], const floatX* x, int ld, int r0,
-                                             int rows, int k0, int K, int tid) {
+__device__ inline void matmul_wmma_load_slab(__nv_bfloat16 (*slab)[matmul_wmma_slab_ld], const floatX* x, int ld,
+                                             int r0, int rows, int k0, int K, int tid) {
     if (K_CONTIGUOUS) {  // x(r, k) = x[r·ld + k]: a warp reads 32 consecutive k of one row, 4 rows per pass
         int k = tid % 32, gk = k0 + k;
         for (int r = tid / 32; r < matmul_wmma_tile; r += matmul_wmma_threads / 32) {
@@ -741,8 +753,8 @@ matmul_wmma_kernel(floatX* out,           // (M, N), leading dimension ldo
 }
 
 template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
-void matmul_wmma(floatX* out, const floatX* a, const floatX* b, const floatX* bias, int M, int N, int K, int lda, int ldb,
-                 int ldo, bool accumulate, cudaStream_t stream) {
+void matmul_wmma(floatX* out, const floatX* a, const floatX* b, const floatX* bias, int M, int N, int K, int lda,
+                 int ldb, int ldo, bool accumulate, cudaStream_t stream) {
     dim3 grid(ceil_div(N, matmul_wmma_tile), ceil_div(M, matmul_wmma_tile));
     matmul_wmma_kernel<A_K_CONTIGUOUS, B_K_CONTIGUOUS><<<grid, matmul_wmma_threads, 0, stream>>>(
         out, a, b, bias, M, N, K, lda, ldb, ldo, accumulate);
@@ -775,7 +787,8 @@ inline void matmul_forward(floatX* out,            // (N, OC)
     }
     const float one = 1.0f, zero = 0.0f;
     cublas_check(cublasSetStream(cublas_handle(), stream));
-    cublas_check(cublasSgemm(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, weight, C, inp, C, &zero, out, OC));
+    cublas_check(
+        cublasSgemm(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, weight, C, inp, C, &zero, out, OC));
     if (bias) {
         size_t total = static_cast<size_t>(N) * OC;
         add_bias_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(out, bias, N, OC);
@@ -803,8 +816,10 @@ inline void matmul_backward(floatX* dinp,           // (N, C) or nullptr (skippe
         const float one = 1.0f;
         cublas_check(cublasSetStream(cublas_handle(), stream));
         if (dinp)
-            cublas_check(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, weight, C, dout, OC, &one, dinp, C));
-        cublas_check(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dweight, C));
+            cublas_check(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, weight, C, dout, OC,
+                                     &one, dinp, C));
+        cublas_check(
+            cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dweight, C));
     }
     if (dbias) column_reduce(nullptr, dbias, dout, nullptr, nullptr, nullptr, N, OC, stream);
 }
@@ -856,7 +871,8 @@ inline void gelu_forward(floatX* out, const floatX* inp, int N, cudaStream_t str
     cuda_check(cudaGetLastError());
 }
 
-inline void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N, cudaStream_t stream) {  // dinp accumulated
+inline void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N,
+                          cudaStream_t stream) {  // dinp accumulated
     gelu_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dinp, inp, dout, N);
     cuda_check(cudaGetLastError());
 }
@@ -928,7 +944,8 @@ inline void swiglu_backward(floatX* dinp,         // (N, 2H), accumulated
                             const floatX* dout,   // (N, H)
                             int N, int H, cudaStream_t stream) {
     size_t total = static_cast<size_t>(N) * H;
-    swiglu_backward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(dinp, inp, dout, N, H);
+    swiglu_backward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(dinp, inp, dout, N,
+                                                                                                    H);
     cuda_check(cudaGetLastError());
 }
 GPTCU_OP(swiglu_forward)
@@ -1101,9 +1118,9 @@ void adamw_update_cpu(Real* params, const Real* grads, Real* m, Real* v, size_t 
 }
 
 // One thread per parameter, coalesced. The bias corrections are computed once on the host.
-__global__ void adamw_update_kernel(float* params, const float* grads, float* m, float* v, size_t n, float lr, float beta1,
-                                    float beta2, float eps, float weight_decay, float correction1, float correction2,
-                                    float grad_scale) {
+__global__ void adamw_update_kernel(float* params, const float* grads, float* m, float* v, size_t n, float lr,
+                                    float beta1, float beta2, float eps, float weight_decay, float correction1,
+                                    float correction2, float grad_scale) {
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float g = grads[i] * grad_scale;
@@ -1142,7 +1159,8 @@ Real global_norm_squared_cpu(const Real* grads, size_t n) {  // grads (n)
 // Grid-stride loop (consecutive threads read consecutive elements: coalesced), then a block sum.
 __global__ void global_norm_partial_kernel(float* partial, const float* grads, size_t n) {  // partial (gridDim.x)
     float sum = 0.0f;
-    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<size_t>(gridDim.x) * blockDim.x)
+    for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<size_t>(gridDim.x) * blockDim.x)
         sum += grads[i] * grads[i];
     sum = block_reduce_sum(sum);
     if (threadIdx.x == 0) partial[blockIdx.x] = sum;

@@ -111,7 +111,8 @@ inline void matmul_backward_cpu_blas(float* dinp,           // (N, C) or nullptr
                                      const float* inp,      // (N, C)
                                      const float* weight,   // (OC, C)
                                      int N, int C, int OC) {
-    if (dinp) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
     if (dbias) {
         static thread_local std::vector<float> ones;

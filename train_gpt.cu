@@ -21,7 +21,7 @@
 
 #include "gpt.cuh"
 #include "checkpoint.h"
-#include "distributed.cuh"  // data parallel (issue 16)
+#include "distributed.cuh"  // data parallel
 #include "eval.h"
 #include "hf.h"
 #include "preference.cuh"
@@ -54,7 +54,7 @@ struct TrainOptions {
     double grad_clip = 1.0;            // 0 = no clipping
     int val_every = 100;
     int val_batches = 10;
-    int eval_every = 0;                      // multiple-choice accuracy (issue 17): steps between evaluations
+    int eval_every = 0;                      // multiple-choice accuracy: steps between evaluations
     std::string eval_multiple_choice = "";   // HellaSwag-format JSONL (eval.h)
     int sample_every = 500;            // 0 = only at the end
     int sample_tokens = 96;
@@ -65,12 +65,12 @@ struct TrainOptions {
     bool resume = false;
     uint64_t seed = 1337;
     bool print_config = false;
-    int zero_stage = 0;                // data parallel (issue 16): 0 DDP, 1-3 ZeRO (docs/distributed.md)
-    // ---- fine-tuning (issue 18; preference.cuh)
+    int zero_stage = 0;                // data parallel: 0 DDP, 1-3 ZeRO (docs/distributed.md)
+    // ---- fine-tuning (preference.cuh)
     std::string objective = "lm";      // lm (pretraining) | sft | dpo | ipo | kto
     std::string init_from = "";        // the pretrained model to start from (checkpoint or HF directory)
     std::string sft_data = "";         // SFT: JSONL {prompt, completion}
-    std::string pairs = "";            // DPO/IPO: JSONL {prompt, chosen, rejected}; KTO: {prompt, completion, label} or pairs
+    std::string pairs = "";  // DPO/IPO: JSONL {prompt, chosen, rejected}; KTO: {prompt, completion, label} or pairs
     std::string ref_model = "";        // the frozen reference (default: init_from)
     double beta = 0.1;
     double kto_desirable_weight = 1.0, kto_undesirable_weight = 1.0;
@@ -85,8 +85,9 @@ struct OptionInfo {
     bool in_model = false;  // a key of the model JSON (MODEL_OPTION), applied after `model` itself
 };
 
-#define OPTION(field, help) \
-    OptionInfo{#field, help, [](TrainOptions& o, const json& v) { v.get_to(o.field); }, [](const TrainOptions& o) { return json(o.field); }}
+#define OPTION(field, help)                                                      \
+    OptionInfo{#field, help, [](TrainOptions& o, const json& v) { v.get_to(o.field); }, \
+               [](const TrainOptions& o) { return json(o.field); }}
 // A key of the model JSON as a flag of its own: --n-kv-head 2 sets o.model["n_kv_head"]. Reading it gives
 // the value the model will have (GPTConfig's default when the JSON lacks the key), so --help shows it.
 static json model_value(const json& model, const char* key) {
@@ -96,12 +97,18 @@ static json model_value(const json& model, const char* key) {
         return model.value(key, json());
     }
 }
-#define MODEL_OPTION(key, help)                                                                                          \
-    OptionInfo{key, help, [](TrainOptions& o, const json& v) { if (v.is_null()) o.model.erase(key); else o.model[key] = v; }, \
+#define MODEL_OPTION(key, help)                                                                    \
+    OptionInfo{key, help,                                                                          \
+               [](TrainOptions& o, const json& v) {                                                \
+                   if (v.is_null()) o.model.erase(key);                                            \
+                   else o.model[key] = v;                                                          \
+               },                                                                                  \
                [](const TrainOptions& o) { return model_value(o.model, key); }, true}
 static const std::vector<OptionInfo>& option_table() {
     static const std::vector<OptionInfo> table = {
-        OPTION(model, "the model: JSON object {arch, n_layer, n_head, n_kv_head, n_embd, ffn_hidden, max_seq_len, vocab_size, ...}"),
+        OPTION(model,
+               "the model: JSON object {arch, n_layer, n_head, n_kv_head, n_embd, ffn_hidden, max_seq_len, vocab_size, "
+               "...}"),
         MODEL_OPTION("arch", "model family: gpt2 | llama (RMSNorm, SwiGLU, RoPE, GQA, no biases; docs/llama.md)"),
         MODEL_OPTION("n_layer", "L: transformer blocks"),
         MODEL_OPTION("n_head", "NH: query heads (head size = n_embd / n_head)"),
@@ -117,37 +124,35 @@ static const std::vector<OptionInfo>& option_table() {
         OPTION(out_dir, "where checkpoint.bin, log.jsonl and loss.svg go"),
         OPTION(device, "auto | cpu | cuda (auto: cuda on a GPU, else the CPU reference path)"),
         OPTION(matmul, "cublas | tiled: which matmul the CUDA path uses"),
-        OPTION(batch_size, "B: sequences per micro-batch"),
-        OPTION(seq_len, "T: tokens per sequence"),
+        OPTION(batch_size, "B: sequences per micro-batch"), OPTION(seq_len, "T: tokens per sequence"),
         OPTION(grad_accum_tokens, "tokens per optimizer step (a multiple of B*T); 0 = B*T"),
-        OPTION(max_steps, "optimizer steps"),
-        OPTION(learning_rate, "peak learning rate"),
+        OPTION(max_steps, "optimizer steps"), OPTION(learning_rate, "peak learning rate"),
         OPTION(warmup_steps, "linear warmup steps"),
         OPTION(min_lr_fraction, "cosine decay ends at learning_rate * this"),
         OPTION(weight_decay, "AdamW decoupled weight decay (matrices and embeddings only)"),
-        OPTION(beta1, "AdamW beta1"),
-        OPTION(beta2, "AdamW beta2"),
-        OPTION(adam_eps, "AdamW epsilon"),
+        OPTION(beta1, "AdamW beta1"), OPTION(beta2, "AdamW beta2"), OPTION(adam_eps, "AdamW epsilon"),
         OPTION(grad_clip, "clip the global gradient norm to this (0 = off)"),
         OPTION(val_every, "steps between validation losses (0 = never)"),
         OPTION(val_batches, "micro-batches per validation loss"),
         OPTION(eval_every, "steps between multiple-choice evaluations of eval_multiple_choice (0 = never)"),
-        OPTION(eval_multiple_choice, "HellaSwag-format JSONL ({ctx, endings, label} per line): acc and acc_norm go to log.jsonl"),
+        OPTION(eval_multiple_choice,
+               "HellaSwag-format JSONL ({ctx, endings, label} per line): acc and acc_norm go to log.jsonl"),
         OPTION(sample_every, "steps between text samples (0 = only at the end)"),
-        OPTION(sample_tokens, "tokens per sample"),
-        OPTION(temperature, "sampling temperature"),
+        OPTION(sample_tokens, "tokens per sample"), OPTION(temperature, "sampling temperature"),
         OPTION(top_k, "sample from the k most likely tokens (0 = all)"),
         OPTION(sample_prompt, "text the samples start from (empty: <|endoftext|>)"),
         OPTION(checkpoint_every, "steps between checkpoints (0 = only at the end)"),
         OPTION(resume, "continue from out_dir/checkpoint.bin"),
         OPTION(seed, "seed of initialisation, data order and sampling"),
         OPTION(print_config, "print the resolved options as JSON and exit"),
-        OPTION(zero_stage, "under mpirun: 0 = DDP, 1 = shard AdamW state, 2 = + gradients, 3 = + parameters (docs/distributed.md)"),
-        // ---- fine-tuning (issue 18; preference.cuh, docs/preference.md)
+        OPTION(zero_stage,
+               "under mpirun: 0 = DDP, 1 = shard AdamW state, 2 = + gradients, 3 = + parameters (docs/distributed.md)"),
+        // ---- fine-tuning (preference.cuh, docs/preference.md)
         OPTION(objective, "lm (pretraining on shards) | sft | dpo | ipo | kto (fine-tuning from --init-from)"),
         OPTION(init_from, "fine-tuning: the pretrained model (checkpoint.bin or a Hugging Face directory)"),
         OPTION(sft_data, "sft: JSONL {prompt, completion} per line; loss on completion tokens only"),
-        OPTION(pairs, "dpo/ipo: JSONL {prompt, chosen, rejected}; kto: {prompt, completion, label: true|false} or pairs"),
+        OPTION(pairs,
+               "dpo/ipo: JSONL {prompt, chosen, rejected}; kto: {prompt, completion, label: true|false} or pairs"),
         OPTION(ref_model, "dpo/ipo/kto: the frozen reference model (default: --init-from)"),
         OPTION(beta, "dpo/ipo/kto: beta, the strength of the KL regularisation (IPO's target margin is 1/(2 beta))"),
         OPTION(kto_desirable_weight, "kto: lambda_D, the weight of desirable examples"),
@@ -183,7 +188,8 @@ static TrainOptions parse_options(int argc, char** argv) {
         try {
             info.set(o, value);
         } catch (const json::exception& e) {
-            throw std::runtime_error(where + ": " + info.key + " = " + value.dump() + " has the wrong type (" + e.what() + ")");
+            throw std::runtime_error(where + ": " + info.key + " = " + value.dump() + " has the wrong type (" +
+                                     e.what() + ")");
         }
     };
     for (int i = 1; i < argc; i++)
@@ -198,11 +204,15 @@ static TrainOptions parse_options(int argc, char** argv) {
             for (bool model_keys : {false, true})  // "n_kv_head": 2 overrides that key of "model", in any order
                 for (auto it = j.begin(); it != j.end(); ++it) {
                     auto found = by_flag.find(flag_of(it.key()));
-                    if (found == by_flag.end()) throw std::runtime_error(std::string("config ") + argv[i + 1] + ": unknown key '" + it.key() + "'");
-                    if (found->second->in_model == model_keys) apply(*found->second, it.value(), std::string("config ") + argv[i + 1]);
+                    if (found == by_flag.end())
+                        throw std::runtime_error(std::string("config ") + argv[i + 1] + ": unknown key '" + it.key() +
+                                                 "'");
+                    if (found->second->in_model == model_keys)
+                        apply(*found->second, it.value(), std::string("config ") + argv[i + 1]);
                 }
         }
-    std::vector<std::pair<const OptionInfo*, json>> model_flags;  // applied last: --arch llama --model {...} keeps llama
+    std::vector<std::pair<const OptionInfo*, json>>
+        model_flags;  // applied last: --arch llama --model {...} keeps llama
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (a == "--config") { i++; continue; }
@@ -241,10 +251,12 @@ struct DataLoader {
     std::vector<int> tokens;  // the current shard
     int loaded = -1;
 
-    DataLoader(const std::string& pattern, int b, int t, bool shuffled, uint64_t s) : B(b), T(t), shuffle(shuffled), seed(s) {
+    DataLoader(const std::string& pattern, int b, int t, bool shuffled, uint64_t s)
+        : B(b), T(t), shuffle(shuffled), seed(s) {
         files = glob_files(pattern);
         if (files.empty())
-            throw std::runtime_error("no data matches '" + pattern + "': run `make data` (tokenizes Tiny Shakespeare) or pass --train-data/--val-data");
+            throw std::runtime_error("no data matches '" + pattern +
+                                     "': run `make data` (tokenizes Tiny Shakespeare) or pass --train-data/--val-data");
         begin_epoch(0);
     }
     static std::vector<std::string> glob_files(const std::string& pattern) {
@@ -285,8 +297,9 @@ struct DataLoader {
             loaded = index;
             size_t need = static_cast<size_t>(B) * T + 1;
             if (tokens.size() < need)
-                throw std::runtime_error("shard " + files[index] + " has " + std::to_string(tokens.size()) + " tokens, but one batch needs B*T+1 = " +
-                                         std::to_string(need) + ": use a smaller --batch-size or --seq-len");
+                throw std::runtime_error("shard " + files[index] + " has " + std::to_string(tokens.size()) +
+                                         " tokens, but one batch needs B*T+1 = " + std::to_string(need) +
+                                         ": use a smaller --batch-size or --seq-len");
         }
         window_order.resize(windows_in_current());
         std::iota(window_order.begin(), window_order.end(), 0);
@@ -316,7 +329,8 @@ struct DataLoader {
 // Generates text by recomputing the whole window each token (no KV cache: that is infer_gpt's job).
 template <class Ops>
 static std::string generate(GPT<Ops>& model, const bpe::Tokenizer& tok, const TrainOptions& o, Rng& rng) {
-    std::vector<int> ids = o.sample_prompt.empty() ? std::vector<int>{tok.eot_id() >= 0 ? tok.eot_id() : 0} : tok.encode_ordinary(o.sample_prompt);
+    std::vector<int> ids = o.sample_prompt.empty() ? std::vector<int>{tok.eot_id() >= 0 ? tok.eot_id() : 0}
+                                                   : tok.encode_ordinary(o.sample_prompt);
     size_t prompt = ids.size();
     int maxT = std::min(model.config.max_seq_len, model.max_T > 0 ? std::max(model.max_T, o.seq_len) : o.seq_len);
     bpe::StreamDecoder decoder(tok);
@@ -354,7 +368,8 @@ static std::string format_duration(double seconds) {
 
 // Peak fp32 (non-tensor-core) FLOP/s of common cards, for MFU: this trainer runs fp32 without TF32.
 static double peak_fp32_flops(const std::string& gpu) {
-    if (gpu.find("H100") != std::string::npos || gpu.find("H200") != std::string::npos) return gpu.find("PCIe") != std::string::npos ? 51e12 : 67e12;
+    if (gpu.find("H100") != std::string::npos || gpu.find("H200") != std::string::npos)
+        return gpu.find("PCIe") != std::string::npos ? 51e12 : 67e12;
     if (gpu.find("A100") != std::string::npos) return 19.5e12;
     if (gpu.find("L4") != std::string::npos) return 30.3e12;
     if (gpu.find("4090") != std::string::npos) return 82.6e12;
@@ -370,20 +385,22 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         config.padded_vocab_size = padded_vocab(config.vocab_size);
     }
     if (config.vocab_size < tok.vocab_size())
-        throw std::runtime_error("the model's vocab_size " + std::to_string(config.vocab_size) + " is smaller than the tokenizer's " +
-                                 std::to_string(tok.vocab_size()));
+        throw std::runtime_error("the model's vocab_size " + std::to_string(config.vocab_size) +
+                                 " is smaller than the tokenizer's " + std::to_string(tok.vocab_size()));
     if (o.seq_len > config.max_seq_len)
-        throw std::runtime_error("--seq-len " + std::to_string(o.seq_len) + " exceeds the model's max_seq_len " + std::to_string(config.max_seq_len));
+        throw std::runtime_error("--seq-len " + std::to_string(o.seq_len) + " exceeds the model's max_seq_len " +
+                                 std::to_string(config.max_seq_len));
     const long tokens_per_micro = static_cast<long>(o.batch_size) * o.seq_len;
     const long accum_tokens = o.grad_accum_tokens > 0 ? o.grad_accum_tokens : tokens_per_micro;
     if (accum_tokens % tokens_per_micro)
-        throw std::runtime_error("--grad-accum-tokens " + std::to_string(accum_tokens) + " is not a multiple of B*T = " + std::to_string(tokens_per_micro));
+        throw std::runtime_error("--grad-accum-tokens " + std::to_string(accum_tokens) +
+                                 " is not a multiple of B*T = " + std::to_string(tokens_per_micro));
     const int micro_steps = static_cast<int>(accum_tokens / tokens_per_micro);
-    // ---- data parallel (issue 16): the global batch's micro-batches are dealt out to the ranks
+    // ---- data parallel: the global batch's micro-batches are dealt out to the ranks
     if (micro_steps % comm.size)
-        throw std::runtime_error("--grad-accum-tokens " + std::to_string(accum_tokens) + " is " + std::to_string(micro_steps) +
-                                 " micro-batches of B*T, not a multiple of the " + std::to_string(comm.size) +
-                                 " ranks: each rank takes every N-th micro-batch");
+        throw std::runtime_error("--grad-accum-tokens " + std::to_string(accum_tokens) + " is " +
+                                 std::to_string(micro_steps) + " micro-batches of B*T, not a multiple of the " +
+                                 std::to_string(comm.size) + " ranks: each rank takes every N-th micro-batch");
     // ---- end data parallel
 
     GPT<Ops> model(config);
@@ -392,9 +409,9 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
     Rng sample_rng(o.seed + 1);
     fs::create_directories(o.out_dir);
     const std::string ckpt_path = o.out_dir + "/checkpoint.bin";
-    const std::string log_path = comm.rank == 0 ? o.out_dir + "/log.jsonl" : "/dev/null";  // issue 16: rank 0 logs
+    const std::string log_path = comm.rank == 0 ? o.out_dir + "/log.jsonl" : "/dev/null";  // rank 0 logs
     TokenizerInfo tok_info = tokenizer_info(o.tokenizer, tok);
-    // ---- data parallel (issue 16): every rank must have the same options and see the same files
+    // ---- data parallel: every rank must have the same options and see the same files
     if (comm.size > 1) {
         json same;
         for (const auto& info : option_table()) same[info.key] = info.get(o);
@@ -410,7 +427,8 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         Checkpoint ck = read_checkpoint(ckpt_path);
         check_compatible(ck, config, tok_info, ckpt_path);
         model.set_parameters(ck.params);
-        if (ck.m.empty()) throw std::runtime_error("checkpoint " + ckpt_path + " has no optimizer state: it cannot be resumed");
+        if (ck.m.empty())
+            throw std::runtime_error("checkpoint " + ckpt_path + " has no optimizer state: it cannot be resumed");
         model.ensure_optimizer_state();
         Ops::to_backend(model.m_memory, ck.m.data(), ck.m.size() * sizeof(float));
         Ops::to_backend(model.v_memory, ck.v.data(), ck.v.size() * sizeof(float));
@@ -424,7 +442,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         std::ofstream(log_path, std::ios::trunc);  // a fresh run starts a fresh log
     }
     std::ofstream log(log_path, std::ios::app);
-    DataParallel<Ops> dp(comm, model, o.zero_stage);  // issue 16: takes over the model's buffers (distributed.cuh)
+    DataParallel<Ops> dp(comm, model, o.zero_stage);  // takes over the model's buffers (distributed.cuh)
 
     std::printf("model: %s, %d layers, %d heads (%d kv), C=%d, vocab %d (padded %d), %zu parameters (%.1f MB fp32)\n",
                 config.is_llama() ? "llama" : "gpt2", config.n_layer, config.n_head, config.n_kv_head, config.n_embd,
@@ -432,7 +450,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
     std::printf("%s\n", kv_cache_summary(config, config.max_seq_len).c_str());
     std::printf("device: %s (%s); batch %d x %d, %d micro-steps = %ld tokens/step; %zu train shards\n", Ops::name,
                 device_name.c_str(), o.batch_size, o.seq_len, micro_steps, accum_tokens, train_data.files.size());
-    if (comm.size > 1 || o.zero_stage > 0)  // issue 16
+    if (comm.size > 1 || o.zero_stage > 0)
         std::printf("data parallel: %d ranks x %d micro-steps\n%s\n", comm.size, micro_steps / comm.size,
                     dp.memory_report(o.batch_size, o.seq_len).c_str());
 
@@ -441,13 +459,14 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
     auto stop = [&](int step, const std::string& what) {
         std::string where = "none written yet";
         if (last_checkpoint_step >= 0) where = ckpt_path + " (step " + std::to_string(last_checkpoint_step) + ")";
-        throw std::runtime_error("step " + std::to_string(step) + ": " + what + "; training stopped. Last good checkpoint: " +
-                                 where + ". Try a lower --learning-rate.");
+        throw std::runtime_error("step " + std::to_string(step) + ": " + what +
+                                 "; training stopped. Last good checkpoint: " + where +
+                                 ". Try a lower --learning-rate.");
     };
     auto save = [&](int step) {
         json meta = {{"step", step}, {"data", train_data.state()}, {"sample_rng", rng_to_json(sample_rng)}};
         try {  // straight from the model's buffers, in chunks: no host copy of the weights or moments
-            CheckpointArrays arrays = dp.checkpoint_arrays();  // issue 16: gathered from every rank, rank 0 writes
+            CheckpointArrays arrays = dp.checkpoint_arrays();  // gathered from every rank, rank 0 writes
             if (comm.rank == 0) write_checkpoint(ckpt_path, config, tok_info, meta, arrays);
             dp.release_checkpoint_buffers();
         } catch (const NonFiniteError& e) {
@@ -466,7 +485,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         }
         return sum / n;
     };
-    // ---- multiple-choice accuracy (issue 17; eval.h): items read and checked once, before training
+    // ---- multiple-choice accuracy (eval.h): items read and checked once, before training
     std::vector<ChoiceItem> mc_items;
     if (o.eval_every > 0 && !o.eval_multiple_choice.empty()) {
         mc_items = read_choice_file(o.eval_multiple_choice, &tok, config.vocab_size);
@@ -476,8 +495,15 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         if (mc_items.empty() || (step % o.eval_every != 0 && step != o.max_steps)) return;  // and after the last step
         ChoiceTotals totals;
         for (const ChoiceItem& it : mc_items) totals.add(it, score_choices(model, it));
-        std::printf("step %5d | multiple choice acc %.4f | acc_norm %.4f | %ld items\n", step, totals.acc(), totals.acc_norm(), totals.count);
-        log << json{{"step", step}, {"mc_acc", totals.acc()}, {"mc_acc_norm", totals.acc_norm()}, {"mc_count", totals.count}}.dump() << "\n" << std::flush;
+        std::printf("step %5d | multiple choice acc %.4f | acc_norm %.4f | %ld items\n", step, totals.acc(),
+                    totals.acc_norm(), totals.count);
+        log << json{{"step", step},
+                    {"mc_acc", totals.acc()},
+                    {"mc_acc_norm", totals.acc_norm()},
+                    {"mc_count", totals.count}}
+                   .dump()
+            << "\n"
+            << std::flush;
     };
     // ---- end multiple-choice accuracy
     auto print_sample = [&](int step) {
@@ -486,13 +512,13 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
     };
 
     const double peak = peak_fp32_flops(device_name);
-    std::vector<int> x, y, skipped_x, skipped_y;  // skipped: the other ranks' micro-batches (issue 16)
+    std::vector<int> x, y, skipped_x, skipped_y;  // skipped: the other ranks' micro-batches
     Timer run_timer;
     double ms_sum = 0;
     int timed_steps = 0;
     for (int step = start_step; step < o.max_steps; step++) {
-        double comm_seconds = comm.seconds, comm_bytes = comm.sent.total();  // issue 16: this step's communication
-        dp.ensure_params();  // issue 16: ZeRO-3 gathers the parameters before anything runs the model
+        double comm_seconds = comm.seconds, comm_bytes = comm.sent.total();  // this step's communication
+        dp.ensure_params();  // ZeRO-3 gathers the parameters before anything runs the model
         if (o.val_every > 0 && step % o.val_every == 0) {
             double v = val_loss();
             std::printf("step %5d | val loss %.4f\n", step, v);
@@ -504,7 +530,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         if (o.sample_every > 0 && step > 0 && step % o.sample_every == 0) print_sample(step);
 
         Timer step_timer;
-        // ---- data parallel (issue 16): rank r takes micro-batches r, r+N, ... of the one-rank order; the loss is
+        // ---- data parallel: rank r takes micro-batches r, r+N, ... of the one-rank order; the loss is
         // scaled by the global token count, so the gradients summed over ranks are the one-rank gradients
         dp.begin_step();
         double loss = 0;
@@ -523,13 +549,13 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         // (norm > grad_clip is false for NaN) and an infinite one would zero the update.
         auto str = [](double x) { char b[32]; std::snprintf(b, sizeof b, "%g", x); return std::string(b); };
         if (!std::isfinite(loss)) stop(step + 1, "the loss is " + str(loss) + ", before the update");
-        float norm = dp.grad_norm();  // issue 16: across shards
+        float norm = dp.grad_norm();  // across shards
         if (!std::isfinite(norm))
             stop(step + 1, "the gradient norm is " + str(norm) + " (loss " + str(loss) + "), before the update");
         float scale = o.grad_clip > 0 && norm > o.grad_clip ? static_cast<float>(o.grad_clip / norm) : 1.0f;
         double lr = lr_at(o, step);
-        dp.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.adam_eps),
-                     static_cast<float>(o.weight_decay), step + 1, scale);
+        dp.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2),
+                  static_cast<float>(o.adam_eps), static_cast<float>(o.weight_decay), step + 1, scale);
         Ops::synchronize();
         double ms = step_timer.elapsed_ms();
         if (step > start_step) { ms_sum += ms; timed_steps++; }  // the first step warms caches up
@@ -539,19 +565,30 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         char mfu[48] = "";
         if (peak > 0) std::snprintf(mfu, sizeof mfu, " | MFU %.1f%%", 100.0 * model_flops / peak);
         else std::snprintf(mfu, sizeof mfu, " | %.1f GFLOP/s", model_flops / 1e9);
-        std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s%s | ETA %s\n", step + 1, o.max_steps, loss, lr,
-                    norm, ms, tok_s, mfu, format_duration(mean_ms * (o.max_steps - step - 1) / 1000.0).c_str());
+        std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f tok/s%s | ETA %s\n", step + 1,
+                    o.max_steps, loss, lr, norm, ms, tok_s, mfu,
+                    format_duration(mean_ms * (o.max_steps - step - 1) / 1000.0).c_str());
         std::fflush(stdout);
-        log << json{{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"norm", norm}, {"ms", ms}, {"tok_per_s", tok_s}}.dump() << "\n" << std::flush;
-        if (comm.size > 1)  // issue 16: time in collectives, and the bytes this rank sent (distributed.cuh, Comm)
-            log << json{{"step", step + 1}, {"comm_ms", 1000 * (comm.seconds - comm_seconds)}, {"comm_bytes", comm.sent.total() - comm_bytes},
-                        {"zero_stage", o.zero_stage}, {"ranks", comm.size}}.dump() << "\n" << std::flush;
+        log << json{{"step", step + 1}, {"loss", loss}, {"lr", lr}, {"norm", norm}, {"ms", ms}, {"tok_per_s", tok_s}}
+                   .dump()
+            << "\n"
+            << std::flush;
+        if (comm.size > 1)  // time in collectives, and the bytes this rank sent (distributed.cuh, Comm)
+            log << json{{"step", step + 1},
+                        {"comm_ms", 1000 * (comm.seconds - comm_seconds)},
+                        {"comm_bytes", comm.sent.total() - comm_bytes},
+                        {"zero_stage", o.zero_stage},
+                        {"ranks", comm.size}}
+                       .dump()
+                << "\n"
+                << std::flush;
         if (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0 && step + 1 < o.max_steps) save(step + 1);
     }
-    dp.ensure_params();  // issue 16
+    dp.ensure_params();
     if (o.max_steps > start_step) {
         double v = val_loss();
-        std::printf("step %5d | val loss %.4f | %s total\n", o.max_steps, v, format_duration(run_timer.elapsed_ms() / 1000).c_str());
+        std::printf("step %5d | val loss %.4f | %s total\n", o.max_steps, v,
+                    format_duration(run_timer.elapsed_ms() / 1000).c_str());
         log << json{{"step", o.max_steps}, {"val_loss", v}}.dump() << "\n" << std::flush;
         eval_choices(o.max_steps);
         save(o.max_steps);
@@ -561,7 +598,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
     return 0;
 }
 
-// ---- fine-tuning (issue 18): SFT, DPO, IPO, KTO from a pretrained model (preference.cuh, docs/preference.md)
+// ---- fine-tuning: SFT, DPO, IPO, KTO from a pretrained model (preference.cuh, docs/preference.md)
 // Per step: --batch-size examples (SFT, KTO) or pairs (DPO, IPO) in an order drawn per epoch from the seed; the
 // loss's gradient, clipping and AdamW as in pretraining. The reference model (DPO, IPO, KTO) is a second model,
 // forward only. Before the first step and after the last: the metrics over the first --val-batches batches of
@@ -571,21 +608,28 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
     const Objective objective = parse_objective(o.objective);
     const bool preference = objective != Objective::sft;
     if (o.init_from.empty())
-        throw std::runtime_error("--objective " + o.objective + " fine-tunes a pretrained model: pass --init-from CHECKPOINT (e.g. " +
+        throw std::runtime_error("--objective " + o.objective +
+                                 " fine-tunes a pretrained model: pass --init-from CHECKPOINT (e.g. " +
                                  "out/shakespeare_cpu/checkpoint.bin after `make train`)");
-    if (o.resume) throw std::runtime_error("--resume continues pretraining only; a fine-tuning run restarts from --init-from");
+    if (o.resume)
+        throw std::runtime_error("--resume continues pretraining only; a fine-tuning run restarts from --init-from");
     const std::string& data_path = preference ? o.pairs : o.sft_data;
-    if (data_path.empty()) throw std::runtime_error(std::string("--objective ") + o.objective + " needs " + (preference ? "--pairs FILE.jsonl" : "--sft-data FILE.jsonl"));
-    if (preference && !(o.beta > 0)) throw std::runtime_error("--beta must be > 0 (got " + std::to_string(o.beta) + ")");
+    if (data_path.empty())
+        throw std::runtime_error(std::string("--objective ") + o.objective + " needs " +
+                                 (preference ? "--pairs FILE.jsonl" : "--sft-data FILE.jsonl"));
+    if (preference && !(o.beta > 0))
+        throw std::runtime_error("--beta must be > 0 (got " + std::to_string(o.beta) + ")");
     LoadedModel init = load_model(o.init_from);
     const GPTConfig& config = init.config;
     // --tokenizer when given, else the one the checkpoint recorded (open_model_tokenizer's rule)
     const std::string default_tokenizer = TrainOptions().tokenizer;
-    std::optional<bpe::Tokenizer> tok = open_model_tokenizer(o.tokenizer == default_tokenizer ? "" : o.tokenizer, init, false);
+    std::optional<bpe::Tokenizer> tok =
+        open_model_tokenizer(o.tokenizer == default_tokenizer ? "" : o.tokenizer, init, false);
     std::vector<PairExample> pairs;
     std::vector<CompletionExample> examples;
     read_finetune_file(data_path, tok ? &*tok : nullptr, config.vocab_size, config.max_seq_len,
-                       objective == Objective::dpo || objective == Objective::ipo, objective == Objective::kto, pairs, examples);
+                       objective == Objective::dpo || objective == Objective::ipo, objective == Objective::kto, pairs,
+                       examples);
     GPT<Ops> model(config);
     model.set_parameters(init.params);
     std::unique_ptr<GPT<Ops>> reference;
@@ -601,9 +645,9 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
     PreferenceBuffers<Ops> buffers;
     const size_t count = objective == Objective::dpo || objective == Objective::ipo ? pairs.size() : examples.size();
     const char* unit = objective == Objective::dpo || objective == Objective::ipo ? "pairs" : "examples";
-    std::printf("fine-tuning (%s) %s: %s, %zu parameters; %zu %s from %s; %s%s\n", o.objective.c_str(), o.init_from.c_str(), init.format.c_str(),
-                model.num_parameters, count, unit, data_path.c_str(), preference ? ("reference " + ref_path + ", ").c_str() : "",
-                device_name.c_str());
+    std::printf("fine-tuning (%s) %s: %s, %zu parameters; %zu %s from %s; %s%s\n", o.objective.c_str(),
+                o.init_from.c_str(), init.format.c_str(), model.num_parameters, count, unit, data_path.c_str(),
+                preference ? ("reference " + ref_path + ", ").c_str() : "", device_name.c_str());
 
     // batches: a permutation of the examples per epoch (the project RNG, from the seed)
     std::vector<size_t> order(count);
@@ -628,7 +672,8 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
         int n = 0;
         for (size_t b = 0; b < count && n < std::max(1, o.val_batches); b += o.batch_size, n++) {
             batch_at(idx, b, batch_pairs, batch_examples);
-            if (preference) total += preference_step(model, *reference, buffers, settings, batch_pairs, batch_examples, false);
+            if (preference)
+                total += preference_step(model, *reference, buffers, settings, batch_pairs, batch_examples, false);
             else {
                 ScoreBatch s = make_score_batch(completion_requests(batch_examples), config.max_seq_len);
                 sft_loss += model.forward(s.inputs.data(), s.targets.data(), s.B, s.T, 0.0f);
@@ -636,8 +681,11 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
         }
         json line = {{"step", step}};
         if (preference) {
-            std::printf("step %5d | eval on %ld training %s: loss %.4f | reward accuracy %.3f | chosen %.3f | rejected %.3f | margin %.3f | kl %.3f\n",
-                        step, total.count, unit, total.loss, total.accuracy, total.chosen_reward, total.rejected_reward, total.margin, total.kl);
+            std::printf(
+                "step %5d | eval on %ld training %s: loss %.4f | reward accuracy %.3f | chosen %.3f | rejected %.3f | "
+                "margin %.3f | kl %.3f\n",
+                step, total.count, unit, total.loss, total.accuracy, total.chosen_reward, total.rejected_reward,
+                total.margin, total.kl);
             line.update(total.to_json("eval_"));
         } else {
             std::printf("step %5d | eval loss on completions %.4f (%d batches)\n", step, sft_loss / n, n);
@@ -661,7 +709,8 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
     for (int step = 0; step < o.max_steps; step++) {
         if (next >= count) {  // a new epoch: Fisher-Yates with the project RNG
             std::iota(order.begin(), order.end(), 0);
-            for (size_t i = count; i > 1; i--) std::swap(order[i - 1], order[order_rng.below(static_cast<uint32_t>(i))]);
+            for (size_t i = count; i > 1; i--)
+                std::swap(order[i - 1], order[order_rng.below(static_cast<uint32_t>(i))]);
             next = 0;
         }
         batch_at(order, next, batch_pairs, batch_examples);
@@ -673,21 +722,26 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
         else m.loss = sft_step(model, batch_examples);
         float norm = model.grad_norm();
         if (!std::isfinite(m.loss) || !std::isfinite(norm))
-            throw std::runtime_error("step " + std::to_string(step + 1) + ": loss " + str(m.loss) + ", gradient norm " + str(norm) +
-                                     " before the update; fine-tuning stopped (no checkpoint written). Try a lower --learning-rate.");
+            throw std::runtime_error(
+                "step " + std::to_string(step + 1) + ": loss " + str(m.loss) + ", gradient norm " + str(norm) +
+                " before the update; fine-tuning stopped (no checkpoint written). Try a lower --learning-rate.");
         float scale = o.grad_clip > 0 && norm > o.grad_clip ? static_cast<float>(o.grad_clip / norm) : 1.0f;
         double lr = lr_at(o, step);
-        model.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2), static_cast<float>(o.adam_eps),
-                     static_cast<float>(o.weight_decay), step + 1, scale);
+        model.update(static_cast<float>(lr), static_cast<float>(o.beta1), static_cast<float>(o.beta2),
+                     static_cast<float>(o.adam_eps), static_cast<float>(o.weight_decay), step + 1, scale);
         Ops::synchronize();
         double ms = step_timer.elapsed_ms();
         json line = {{"step", step + 1}, {"loss", m.loss}, {"lr", lr}, {"norm", norm}, {"ms", ms}};
         if (preference) {
-            std::printf("step %5d/%d | loss %.4f | reward acc %.3f | chosen %.3f | rejected %.3f | margin %.3f | kl %.3f | lr %.2e | norm %.3f | %.0f ms\n",
-                        step + 1, o.max_steps, m.loss, m.accuracy, m.chosen_reward, m.rejected_reward, m.margin, m.kl, lr, norm, ms);
+            std::printf(
+                "step %5d/%d | loss %.4f | reward acc %.3f | chosen %.3f | rejected %.3f | margin %.3f | kl %.3f | lr "
+                "%.2e | norm %.3f | %.0f ms\n",
+                step + 1, o.max_steps, m.loss, m.accuracy, m.chosen_reward, m.rejected_reward, m.margin, m.kl, lr, norm,
+                ms);
             line.update(m.to_json());
         } else {
-            std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms\n", step + 1, o.max_steps, m.loss, lr, norm, ms);
+            std::printf("step %5d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms\n", step + 1, o.max_steps, m.loss, lr,
+                        norm, ms);
         }
         std::fflush(stdout);
         log << line.dump() << "\n" << std::flush;
@@ -696,8 +750,8 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
     // the checkpoint records the tokenizer the policy came with (its own, or the one the data was read with)
     TokenizerInfo tok_info{"", config.vocab_size, init.eot_id, ""};
     if (init.tokenizer.is_object())
-        tok_info = {init.tokenizer.value("dir", ""), init.tokenizer.value("vocab_size", config.vocab_size), init.tokenizer.value("eot_id", -1),
-                    init.tokenizer.value("fingerprint", "")};
+        tok_info = {init.tokenizer.value("dir", ""), init.tokenizer.value("vocab_size", config.vocab_size),
+                    init.tokenizer.value("eot_id", -1), init.tokenizer.value("fingerprint", "")};
     else if (tok)
         tok_info = tokenizer_info(o.tokenizer, *tok);
     json meta = {{"step", o.max_steps}, {"objective", o.objective}, {"init_from", o.init_from}, {"data", data_path}};
@@ -712,7 +766,7 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
 
 int main(int argc, char** argv) {
     restart_with_passive_openmp(argv);  // the CPU path's OpenMP threads must not spin against OpenBLAS's
-    Comm comm;  // issue 16: under mpirun, one rank of N; else rank 0 of 1 without MPI
+    Comm comm;  // under mpirun, one rank of N; else rank 0 of 1 without MPI
     comm.init(&argc, &argv);
     if (comm.rank > 0 && !std::freopen("/dev/null", "w", stdout)) comm.abort(1);  // rank 0 speaks for all
     try {
@@ -721,7 +775,7 @@ int main(int argc, char** argv) {
             json j;
             for (const auto& info : option_table()) j[info.key] = info.get(o);
             std::printf("%s\n", j.dump(2).c_str());
-            comm.finalize();  // issue 16
+            comm.finalize();
             return 0;
         }
         if (o.matmul != "cublas" && o.matmul != "tiled") throw std::runtime_error("--matmul must be cublas or tiled");
@@ -729,14 +783,16 @@ int main(int argc, char** argv) {
         int rc = with_device_ops(o.device, [&](auto ops, const std::string& backend) {
             using Ops = decltype(ops);
             if (o.objective == "lm") return train<Ops>(o, backend, comm);
-            if (comm.size > 1) throw std::runtime_error("fine-tuning (--objective " + o.objective + ") runs on one rank");
+            if (comm.size > 1)
+                throw std::runtime_error("fine-tuning (--objective " + o.objective + ") runs on one rank");
             return finetune<Ops>(o, backend);
         });
         comm.finalize();
         return rc;
     } catch (const std::exception& e) {
-        if (comm.size > 1) std::fprintf(stderr, "train_gpt: rank %d of %d: error: %s\n", comm.rank, comm.size, e.what());
+        if (comm.size > 1)
+            std::fprintf(stderr, "train_gpt: rank %d of %d: error: %s\n", comm.rank, comm.size, e.what());
         else std::fprintf(stderr, "train_gpt: error: %s\n", e.what());
-        comm.abort(1);  // issue 16: the other ranks may be waiting for this one in a collective
+        comm.abort(1);  // the other ranks may be waiting for this one in a collective
     }
 }

@@ -50,7 +50,7 @@
 #include <utility>
 #include <vector>
 #include <boost/context/fiber.hpp>
-#include "cudasim_check.h"  // memory, race and launch-resource checks (issue 14)
+#include "cudasim_check.h"  // memory, race and launch-resource checks
 
 // ----------------------------------------------------------------------------
 // Function and variable qualifiers. The CUDA headers define them as attributes g++ would warn about.
@@ -89,10 +89,10 @@ Order get_order();
 // spin: it waits for a condition other threads make true (cuda::barrier, a tile of more than 32 threads): it is
 // resumed, to look again, after the other threads of the block have run.
 enum class Wait : uint8_t { not_started, run, block_barrier, warp_collective, done, trapped, spin };
-// issue 20: match_any/match_all (__match_*_sync), coalesce (cg::coalesced_threads: the lanes at the same call)
+// match_any/match_all (__match_*_sync), coalesce (cg::coalesced_threads: the lanes at the same call)
 enum class WarpOp : uint8_t {
     sync, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, match_any, match_all, coalesce,
-    wmma_load, wmma_store, wmma_mma  // issue 15: nvcuda::wmma (dev/shadow/mma.h); keep them last
+    wmma_load, wmma_store, wmma_mma  // nvcuda::wmma (dev/shadow/mma.h); keep them last
 };
 enum class BarrierKind : uint8_t { sync, count, and_, or_ };
 
@@ -118,8 +118,8 @@ void yield_to_scheduler();                 // the running fiber waits; the sched
 void* dynamic_shared_memory();             // this worker's `extern __shared__` buffer (fixed address)
 bool shared_declared(void* p, size_t bytes); // a static __shared__ variable: NaN-fill it at every block start
 [[noreturn]] void fatal(const char* fmt, ...);
-[[noreturn]] void trap_current_thread();   // issue 20: device assert / __trap: this thread stops, the grid ends
-// issue 20: waiting on shared state. `spin_wait` yields until the other threads of the block have had a turn;
+[[noreturn]] void trap_current_thread();   // device assert / __trap: this thread stops, the grid ends
+// waiting on shared state. `spin_wait` yields until the other threads of the block have had a turn;
 // whoever changes what a spinning thread waits for calls `note_progress` (without it, a round in which only
 // spinning threads ran is a deadlock, reported with the kernel's name).
 void spin_wait();
@@ -134,10 +134,10 @@ struct LaunchConfig {
     const void* function;  // identifies the kernel for cudaFuncSetAttribute
     dim3 grid, block;
     size_t shared_bytes;
-    cudaStream_t stream = nullptr;  // issue 20: a capturing stream records the launch instead of running it
+    cudaStream_t stream = nullptr;  // a capturing stream records the launch instead of running it
 };
 void run_grid(const LaunchConfig& config, const std::function<void()>& thread_body);
-// issue 20: true when config.stream is capturing into a graph; the launch is then recorded as `later`.
+// true when config.stream is capturing into a graph; the launch is then recorded as `later`.
 extern std::atomic<int> g_capturing_streams;
 bool capture_launch_slow(const LaunchConfig& config, std::function<void()> later);
 template <class F>
@@ -183,7 +183,7 @@ Launcher<Params...> launch(void (*kernel)(Params...), const char* name, dim3 gri
     return Launcher<Params...>{kernel, config};
 }
 
-// ---- issue 20: launches the rewrite cannot turn into a function pointer (a template kernel whose
+// ---- launches the rewrite cannot turn into a function pointer (a template kernel whose
 // arguments are deduced, a kernel with default arguments, or one that shares its name with a host
 // function) are launched as a call, `kernel(args...)` in every CUDA thread, so C++ overload resolution
 // and template deduction pick the kernel exactly as nvcc does. The kernel's address is then unknown:
@@ -207,7 +207,6 @@ CallLauncher<F> launch_call(F call, const char* name, dim3 grid, dim3 block, siz
                             cudaStream_t stream = nullptr) {
     return CallLauncher<F>{call, LaunchConfig{name, nullptr, grid, block, shared_bytes, stream}};
 }
-// ---- end issue 20
 
 // ----------------------------------------------------------------------------
 // Collectives. The calling thread records what it brings and yields; the scheduler releases it when
@@ -238,7 +237,7 @@ CUDASIM_UNCHECKED T warp_collective(WarpOp op, unsigned mask, T value, int arg, 
     return result;
 }
 
-// ---- issue 15: nvcuda::wmma (dev/shadow/mma.h). load_matrix_sync / store_matrix_sync: each lane brings the
+// ---- nvcuda::wmma (dev/shadow/mma.h). load_matrix_sync / store_matrix_sync: each lane brings the
 // pointer as `value`, ldm as `arg`, and 2·(element bytes) + (1 if column-major) as `width`. mma_sync: `value`
 // points to the lane's WmmaMma; the scheduler calls `compute` once, with all 32 lanes' fragments.
 struct WmmaMma {
@@ -246,7 +245,6 @@ struct WmmaMma {
     const void *a, *b, *c;
     void* d;
 };
-// ---- end issue 15
 
 // CUDA features with no CPU version: using one instantiates one of these, and the compile fails with
 // a message that names the feature (a static_assert that fires only when instantiated).
@@ -262,9 +260,10 @@ struct unsupported_texture {
 };
 template <class T = void>
 struct unsupported_grid_sync {
-    static_assert(dependent_false<T>, "cudasim: grid-wide synchronisation (cooperative_groups::this_grid, grid_group::sync) "
-                                      "is not supported on the CPU, whose blocks do not all run at once; split the kernel "
-                                      "into two launches");
+    static_assert(dependent_false<T>,
+                  "cudasim: grid-wide synchronisation (cooperative_groups::this_grid, grid_group::sync) "
+                  "is not supported on the CPU, whose blocks do not all run at once; split the kernel "
+                  "into two launches");
 };
 
 }  // namespace cudasim
@@ -299,11 +298,17 @@ template <class T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int wi
 template <class T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = warpSize) {
     return cudasim::warp_collective(cudasim::WarpOp::shfl_xor, mask, v, lane_mask, width);
 }
-inline unsigned __ballot_sync(unsigned mask, int p) { return cudasim::warp_collective<unsigned>(cudasim::WarpOp::ballot, mask, p != 0, 0, 32); }
-inline int __any_sync(unsigned mask, int p) { return cudasim::warp_collective<int>(cudasim::WarpOp::any, mask, p != 0, 0, 32); }
-inline int __all_sync(unsigned mask, int p) { return cudasim::warp_collective<int>(cudasim::WarpOp::all, mask, p != 0, 0, 32); }
+inline unsigned __ballot_sync(unsigned mask, int p) {
+    return cudasim::warp_collective<unsigned>(cudasim::WarpOp::ballot, mask, p != 0, 0, 32);
+}
+inline int __any_sync(unsigned mask, int p) {
+    return cudasim::warp_collective<int>(cudasim::WarpOp::any, mask, p != 0, 0, 32);
+}
+inline int __all_sync(unsigned mask, int p) {
+    return cudasim::warp_collective<int>(cudasim::WarpOp::all, mask, p != 0, 0, 32);
+}
 unsigned __activemask();  // the lanes of the warp that have not returned
-// issue 20: the lanes of `mask` whose `value` equals this lane's (any), or all of them if all are equal (all)
+// the lanes of `mask` whose `value` equals this lane's (any), or all of them if all are equal (all)
 template <class T> unsigned __match_any_sync(unsigned mask, T value) {
     return static_cast<unsigned>(cudasim::warp_collective<unsigned long long>(
         cudasim::WarpOp::match_any, mask, static_cast<unsigned long long>(value), 0, 32));
@@ -382,7 +387,9 @@ template <class T> CUDASIM_UNCHECKED T cudasim_atomic_cas(T* a, T expected, T de
 }
 inline int atomicCAS(int* a, int c, int v) { return cudasim_atomic_cas(a, c, v); }
 inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) { return cudasim_atomic_cas(a, c, v); }
-inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) { return cudasim_atomic_cas(a, c, v); }
+inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) {
+    return cudasim_atomic_cas(a, c, v);
+}
 template <class T, class F> CUDASIM_UNCHECKED T cudasim_atomic_update(T* a, F f) {
     cudasim::check::atomic_access(a, sizeof *a);
     cudasim::atomic_ref<T> ref(*a);
@@ -391,10 +398,16 @@ template <class T, class F> CUDASIM_UNCHECKED T cudasim_atomic_update(T* a, F f)
     return old;
 }
 inline int atomicMax(int* a, int v) { return cudasim_atomic_update(a, [v](int o) { return o > v ? o : v; }); }
-inline unsigned atomicMax(unsigned* a, unsigned v) { return cudasim_atomic_update(a, [v](unsigned o) { return o > v ? o : v; }); }
-inline long long atomicMax(long long* a, long long v) { return cudasim_atomic_update(a, [v](long long o) { return o > v ? o : v; }); }
+inline unsigned atomicMax(unsigned* a, unsigned v) {
+    return cudasim_atomic_update(a, [v](unsigned o) { return o > v ? o : v; });
+}
+inline long long atomicMax(long long* a, long long v) {
+    return cudasim_atomic_update(a, [v](long long o) { return o > v ? o : v; });
+}
 inline int atomicMin(int* a, int v) { return cudasim_atomic_update(a, [v](int o) { return o < v ? o : v; }); }
-inline unsigned atomicMin(unsigned* a, unsigned v) { return cudasim_atomic_update(a, [v](unsigned o) { return o < v ? o : v; }); }
+inline unsigned atomicMin(unsigned* a, unsigned v) {
+    return cudasim_atomic_update(a, [v](unsigned o) { return o < v ? o : v; });
+}
 CUDASIM_UNCHECKED inline int atomicAnd(int* a, int v) {
     cudasim::check::atomic_access(a, sizeof *a);
     return cudasim::atomic_ref<int>(*a).fetch_and(v);
@@ -515,11 +528,10 @@ CUDASIM_TEXTURE_FUNCTION(surf3Dwrite)
 // cublasSgemm, cublasSgemmStridedBatched, cublasGemmEx, cublasGemmStridedBatchedEx (fp32 and bf16
 // matrices, fp32 compute), cublasGetStatusString/Name.
 
-// ---- issue 20: the wider runtime API, intrinsics and libraries, each in its own header
+// ---- the wider runtime API, intrinsics and libraries, each in its own header
 #include "cudasim_intrinsics.h"
 #include "cudasim_runtime.h"
 #include "cudasim_cublaslt.h"
-// ---- end issue 20
 
 #endif  // GPTCU_CUDASIM_H
 
@@ -647,11 +659,19 @@ struct AsanStacks {
     void* scheduler_fake = nullptr;
 };
 static thread_local AsanStacks asan_stacks;
-static void asan_enter_fiber(const void* bottom, size_t size) { __sanitizer_start_switch_fiber(&asan_stacks.scheduler_fake, bottom, size); }
+static void asan_enter_fiber(const void* bottom, size_t size) {
+    __sanitizer_start_switch_fiber(&asan_stacks.scheduler_fake, bottom, size);
+}
 static void asan_back_in_scheduler() { __sanitizer_finish_switch_fiber(asan_stacks.scheduler_fake, nullptr, nullptr); }
-static void asan_fiber_started() { __sanitizer_finish_switch_fiber(nullptr, &asan_stacks.scheduler_bottom, &asan_stacks.scheduler_size); }
-static void asan_leave_fiber(void** fake) { __sanitizer_start_switch_fiber(fake, asan_stacks.scheduler_bottom, asan_stacks.scheduler_size); }
-static void asan_fiber_resumed(void* fake) { __sanitizer_finish_switch_fiber(fake, &asan_stacks.scheduler_bottom, &asan_stacks.scheduler_size); }
+static void asan_fiber_started() {
+    __sanitizer_finish_switch_fiber(nullptr, &asan_stacks.scheduler_bottom, &asan_stacks.scheduler_size);
+}
+static void asan_leave_fiber(void** fake) {
+    __sanitizer_start_switch_fiber(fake, asan_stacks.scheduler_bottom, asan_stacks.scheduler_size);
+}
+static void asan_fiber_resumed(void* fake) {
+    __sanitizer_finish_switch_fiber(fake, &asan_stacks.scheduler_bottom, &asan_stacks.scheduler_size);
+}
 #else
 static void asan_enter_fiber(const void*, size_t) {}
 static void asan_back_in_scheduler() {}
@@ -711,14 +731,14 @@ static const char* op_name(WarpOp op) {
         case WarpOp::match_any: return "__match_any_sync";
         case WarpOp::match_all: return "__match_all_sync";
         case WarpOp::coalesce: return "cooperative_groups::coalesced_threads";
-        case WarpOp::wmma_load: return "nvcuda::wmma::load_matrix_sync";    // issue 15
-        case WarpOp::wmma_store: return "nvcuda::wmma::store_matrix_sync";  // issue 15
-        case WarpOp::wmma_mma: return "nvcuda::wmma::mma_sync";             // issue 15
+        case WarpOp::wmma_load: return "nvcuda::wmma::load_matrix_sync";
+        case WarpOp::wmma_store: return "nvcuda::wmma::store_matrix_sync";
+        case WarpOp::wmma_mma: return "nvcuda::wmma::mma_sync";
     }
     return "?";
 }
 
-// ---- issue 20: fibers are chained. A thread that has not started yet runs on the fiber of the lane
+// ---- fibers are chained. A thread that has not started yet runs on the fiber of the lane
 // before it in the warp's order, if that lane finished without waiting at a barrier or a collective:
 // a kernel with neither costs one fiber per warp, not one per thread. A fiber returns to the scheduler
 // only when its current thread waits (the fiber then belongs to that thread) or the warp has no thread
@@ -804,9 +824,8 @@ void trap_current_thread() {
     w.trapped = true;
     for (;;) yield_to_scheduler();  // the scheduler never resumes a trapped thread
 }
-// ---- end issue 20
 
-// ---- issue 15: nvcuda::wmma (dev/shadow/mma.h). A wmma call needs all 32 lanes of a full warp, with the same
+// ---- nvcuda::wmma (dev/shadow/mma.h). A wmma call needs all 32 lanes of a full warp, with the same
 // arguments, and the GPU's alignment (a 32-byte aligned pointer, ldm a multiple of 16 bytes). It is not a warp
 // sync for the race check (no check::on_warp_sync): the GPU's wmma loads and stores are plain loads and stores.
 static void perform_wmma(Worker& w, unsigned warp_base, unsigned n, unsigned group, Thread* const lanes[32]) {
@@ -851,7 +870,6 @@ static void perform_wmma(Worker& w, unsigned warp_base, unsigned n, unsigned gro
         lanes[l]->wait = Wait::run;
     }
 }
-// ---- end issue 15
 
 // Performs one warp collective for the lanes in `group` (indices into the block's threads), all of
 // which are waiting at the same operation with the same mask.
@@ -860,7 +878,7 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
     for (unsigned l = 0; l < 32; l++)
         if (group >> l & 1u) lanes[l] = &w.threads[warp_base + l];
     Thread& first = *lanes[__builtin_ctz(group)];
-    if (first.op >= WarpOp::wmma_load) return perform_wmma(w, warp_base, n, group, lanes);  // issue 15
+    if (first.op >= WarpOp::wmma_load) return perform_wmma(w, warp_base, n, group, lanes);
     unsigned ballot = 0;
     for (unsigned l = 0; l < 32; l++)
         if (lanes[l] && lanes[l]->value) ballot |= 1u << l;  // ballot/any/all bring their predicate as the value
@@ -872,7 +890,7 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
             case WarpOp::ballot: t->result = ballot; break;
             case WarpOp::any: t->result = ballot != 0; break;
             case WarpOp::all: t->result = ballot == group; break;
-            case WarpOp::match_any: case WarpOp::match_all: {  // issue 20: the lanes whose value equals this lane's
+            case WarpOp::match_any: case WarpOp::match_all: {  // the lanes whose value equals this lane's
                 unsigned same = 0;
                 for (unsigned m = 0; m < 32; m++)
                     if (lanes[m] && lanes[m]->value == t->value) same |= 1u << m;
@@ -885,14 +903,17 @@ static void perform_warp_op(Worker& w, unsigned warp_base, unsigned n, unsigned 
                 if (t->op == WarpOp::shfl_idx) src = section + (t->arg % width + width) % width;
                 if (t->op == WarpOp::shfl_up) src = static_cast<int>(l) - t->arg < section ? l : l - t->arg;
                 if (t->op == WarpOp::shfl_down) src = static_cast<int>(l) + t->arg >= section + width ? l : l + t->arg;
-                if (t->op == WarpOp::shfl_xor) src = (static_cast<int>(l) ^ t->arg) >= section + width ? l : (l ^ t->arg);
+                if (t->op == WarpOp::shfl_xor)
+                    src = (static_cast<int>(l) ^ t->arg) >= section + width ? l : (l ^ t->arg);
                 // A lane past the end of a partial warp does not exist: undefined on a GPU, poison (NaN, -1) here.
                 if (warp_base + src >= n) { t->result = ~0ull; break; }
                 if (!lanes[src]) {
                     char who[48];
                     describe_thread(who, sizeof who, *t);
-                    fatal("kernel '%s' block (%u,%u,%u): thread %s reads lane %d in %s, but lane %d is not in the mask 0x%08x",
-                          w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who, src, op_name(t->op), src, t->mask);
+                    fatal(
+                        "kernel '%s' block (%u,%u,%u): thread %s reads lane %d in %s, but lane %d is not in the mask "
+                        "0x%08x",
+                        w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who, src, op_name(t->op), src, t->mask);
                 }
                 t->result = lanes[src]->value;
             }
@@ -925,7 +946,7 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
         for (unsigned l = 0; l < 32; l++) {
             if (!(waiting >> l & 1u)) continue;
             Thread& t = w.threads[base + l];
-            if (t.op == WarpOp::coalesce) continue;  // issue 20: formed below, once nothing else can complete
+            if (t.op == WarpOp::coalesce) continue;  // formed below, once nothing else can complete
             unsigned group = t.mask & exists;
             bool complete = (group >> l & 1u);
             for (unsigned m = 0; m < 32 && complete; m++) {
@@ -940,7 +961,7 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
             }
         }
         if (progressed) continue;
-        // ---- issue 20: cg::coalesced_threads() groups the lanes waiting at the same call (the lanes a GPU
+        // ---- cg::coalesced_threads() groups the lanes waiting at the same call (the lanes a GPU
         // would have converged there), once no other collective of the warp can complete.
         for (unsigned l = 0; l < 32 && !progressed; l++) {
             const Thread& t = w.threads[base + l];
@@ -956,7 +977,6 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
         if (progressed) continue;
         for (unsigned l = 0; l < 32 && base + l < n; l++)  // a spinning lane may still come: the block decides
             if (w.threads[base + l].wait == Wait::spin) return;
-        // ---- end issue 20
         // Nothing can complete: name the first stuck collective and a lane that is missing from it.
         Thread& t = w.threads[base + __builtin_ctz(waiting)];
         unsigned group = t.mask & exists;
@@ -967,11 +987,14 @@ static void run_warp(Worker& w, unsigned warp, unsigned n, const std::vector<uns
             char a[48], b[48];
             describe_thread(a, sizeof a, t);
             describe_thread(b, sizeof b, o);
-            const char* where = o.wait == Wait::done ? "has returned" :
-                                o.wait == Wait::block_barrier ? "waits at __syncthreads" : "waits at a different warp collective";
-            fatal("kernel '%s' block (%u,%u,%u): thread %s waits in %s (mask 0x%08x), but thread %s (lane %u) %s — "
-                  "a warp collective that not all lanes of its mask reach never completes on a GPU (deadlock or undefined result)",
-                  w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, a, op_name(t.op), t.mask, b, m, where);
+            const char* where = o.wait == Wait::done            ? "has returned"
+                                : o.wait == Wait::block_barrier ? "waits at __syncthreads"
+                                                                : "waits at a different warp collective";
+            fatal(
+                "kernel '%s' block (%u,%u,%u): thread %s waits in %s (mask 0x%08x), but thread %s (lane %u) %s — "
+                "a warp collective that not all lanes of its mask reach never completes on a GPU (deadlock or "
+                "undefined result)",
+                w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, a, op_name(t.op), t.mask, b, m, where);
         }
         fatal("kernel '%s': warp collective cannot complete", w.config->name);
     }
@@ -1031,7 +1054,7 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
             all_same = all_same && t.barrier == kind;
             count += t.predicate != 0;
         }
-        // ---- issue 20: spinning threads look again, as long as some thread did something since they last looked
+        // ---- spinning threads look again, as long as some thread did something since they last looked
         if (spinning) {
             if (w.progress == progress_seen)
                 fatal("kernel '%s' block (%u,%u,%u): threads wait for arrivals that never come (cuda::barrier, a "
@@ -1042,18 +1065,21 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
                 if (w.threads[i].wait == Wait::spin) w.threads[i].wait = Wait::run;
             continue;
         }
-        // ---- end issue 20
         if (done == n) return;
         if (done > 0) {
             char a[48], c[48];
             describe_thread(a, sizeof a, w.threads[first_waiting]);
             describe_thread(c, sizeof c, w.threads[first_done]);
-            fatal("kernel '%s' block (%u,%u,%u): thread %s waits at __syncthreads, but %u of the block's %u threads "
-                  "(thread %s the first) returned without reaching it — a divergent barrier hangs or misbehaves on a GPU",
-                  config.name, blockIdx.x, blockIdx.y, blockIdx.z, a, done, n, c);
+            fatal(
+                "kernel '%s' block (%u,%u,%u): thread %s waits at __syncthreads, but %u of the block's %u threads "
+                "(thread %s the first) returned without reaching it — a divergent barrier hangs or misbehaves on a GPU",
+                config.name, blockIdx.x, blockIdx.y, blockIdx.z, a, done, n, c);
         }
-        if (!all_same) fatal("kernel '%s' block (%u,%u,%u): threads wait at different kinds of block barrier "
-                             "(__syncthreads vs __syncthreads_count/and/or)", config.name, blockIdx.x, blockIdx.y, blockIdx.z);
+        if (!all_same)
+            fatal(
+                "kernel '%s' block (%u,%u,%u): threads wait at different kinds of block barrier "
+                "(__syncthreads vs __syncthreads_count/and/or)",
+                config.name, blockIdx.x, blockIdx.y, blockIdx.z);
         unsigned long long result = kind == BarrierKind::count ? count : kind == BarrierKind::and_ ? count == n :
                                     kind == BarrierKind::or_ ? count > 0 : 0;
         for (unsigned i = 0; i < n; i++) {
@@ -1064,7 +1090,7 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
     }
 }
 
-cudaError_t sticky_error();  // issue 20: cudaErrorAssert etc. after a device assert; cudaSuccess before
+cudaError_t sticky_error();  // cudaErrorAssert etc. after a device assert; cudaSuccess before
 bool release_graph_memory(void* p);  // a live graph allocation at p is freed (false: p is not one)
 bool graph_memory_live(void* p);     // p is a graph allocation, allocated and not yet freed
 bool capture_graph_malloc(void** p, size_t bytes, cudaStream_t stream);  // cudaMallocAsync into a captured graph
@@ -1168,9 +1194,10 @@ static cudaError_t fail(cudaError_t code, const char* fmt, ...) {
 }
 
 void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
-    if (this_worker) fatal("kernel '%s' launched from inside kernel '%s': dynamic parallelism is not supported on the CPU",
-                           c.name, this_worker->config->name);
-    if (cudaError_t e = sticky_error()) { g_last_error = e; return; }  // issue 20: after a trap nothing runs
+    if (this_worker)
+        fatal("kernel '%s' launched from inside kernel '%s': dynamic parallelism is not supported on the CPU", c.name,
+              this_worker->config->name);
+    if (cudaError_t e = sticky_error()) { g_last_error = e; return; }  // after a trap nothing runs
     const dim3 g = c.grid, b = c.block;
     unsigned long long threads = 1ull * b.x * b.y * b.z, blocks = 1ull * g.x * g.y * g.z;
     if (blocks == 0 || threads == 0) {
@@ -1191,18 +1218,21 @@ void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
         std::lock_guard<std::mutex> lock(g_mutex);
         auto it = g_max_dynamic_shared.find(c.function);
         if (it != g_max_dynamic_shared.end()) { limit = static_cast<size_t>(it->second); opted_in = true; }
-        if (!c.function)  // issue 20: a launch by call (launch_call) does not know its kernel's address
+        if (!c.function)  // a launch by call (launch_call) does not know its kernel's address
             for (auto [kernel, bytes] : g_max_dynamic_shared) {
                 limit = std::max(limit, static_cast<size_t>(bytes));
                 opted_in = true;
             }
     }
     size_t static_bytes = check::static_shared_bytes(c.function);
-    if (c.shared_bytes > limit || static_bytes + c.shared_bytes > (opted_in ? max_shared_bytes_optin : default_shared_bytes)) {
-        fail(cudaErrorInvalidValue, "launch of '%s': %zu bytes of dynamic shared memory + %zu static, but the limit is %zu "
+    if (c.shared_bytes > limit ||
+        static_bytes + c.shared_bytes > (opted_in ? max_shared_bytes_optin : default_shared_bytes)) {
+        fail(cudaErrorInvalidValue,
+             "launch of '%s': %zu bytes of dynamic shared memory + %zu static, but the limit is %zu "
              "dynamic and %zu in all (raise it up to %zu with cudaFuncSetAttribute(kernel, "
-             "cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))", c.name, c.shared_bytes, static_bytes, limit,
-             opted_in ? max_shared_bytes_optin : default_shared_bytes, max_shared_bytes_optin);
+             "cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))",
+             c.name, c.shared_bytes, static_bytes, limit, opted_in ? max_shared_bytes_optin : default_shared_bytes,
+             max_shared_bytes_optin);
         return;
     }
     check::on_launch(c);
@@ -1211,7 +1241,8 @@ void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
 }
 
 long long clock64_impl() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
 }
 
 static bool find_allocation(const void* p, size_t bytes) {
@@ -1223,7 +1254,9 @@ static bool find_allocation(const void* p, size_t bytes) {
     return a >= it->first && a + bytes <= it->first + it->second;
 }
 
-static size_t physical_memory() { return static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+static size_t physical_memory() {
+    return static_cast<size_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+}
 
 }  // namespace cudasim
 
@@ -1238,7 +1271,7 @@ extern "C" void __asan_on_error() {
                      w->config->name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
 }
 #endif
-// issue 20: cycles of the virtual device's 1410 MHz clock (cudaDevAttrClockRate), so cycles / clock rate is time
+// cycles of the virtual device's 1410 MHz clock (cudaDevAttrClockRate), so cycles / clock rate is time
 long long clock64() { return cudasim::clock64_impl() * 141 / 100; }
 
 // ----------------------------------------------------------------------------
@@ -1246,7 +1279,7 @@ long long clock64() { return cudasim::clock64_impl() * 141 / 100; }
 using cudasim::fail;
 
 cudaError_t cudaGetLastError() {
-    if (cudaError_t e = cudasim::sticky_error()) return e;  // issue 20: a trap's error does not clear
+    if (cudaError_t e = cudasim::sticky_error()) return e;  // a trap's error does not clear
     cudaError_t e = cudasim::g_last_error;
     cudasim::g_last_error = cudaSuccess;
     return e;
@@ -1262,7 +1295,7 @@ const char* cudaGetErrorName(cudaError_t e) {
         CASE(cudaErrorInvalidResourceHandle) CASE(cudaErrorNotReady) CASE(cudaErrorIllegalAddress)
         CASE(cudaErrorLaunchOutOfResources) CASE(cudaErrorLaunchFailure) CASE(cudaErrorNotSupported)
         CASE(cudaErrorInvalidDeviceFunction)
-        CASE(cudaErrorAssert) CASE(cudaErrorUnsupportedLimit) CASE(cudaErrorHostMemoryAlreadyRegistered)  // issue 20
+        CASE(cudaErrorAssert) CASE(cudaErrorUnsupportedLimit) CASE(cudaErrorHostMemoryAlreadyRegistered)
         CASE(cudaErrorHostMemoryNotRegistered) CASE(cudaErrorStreamCaptureUnsupported) CASE(cudaErrorIllegalState)
         CASE(cudaErrorInvalidPitchValue) CASE(cudaErrorIllegalInstruction)
 #undef CASE
@@ -1281,7 +1314,7 @@ const char* cudaGetErrorString(cudaError_t e) {
         case cudaErrorInvalidDevice: return "invalid device ordinal";
         case cudaErrorInvalidResourceHandle: return "invalid resource handle";
         case cudaErrorNotSupported: return "operation not supported";
-        case cudaErrorAssert: return "device-side assert triggered";  // issue 20
+        case cudaErrorAssert: return "device-side assert triggered";
         case cudaErrorLaunchFailure: return "unspecified launch failure";
         case cudaErrorIllegalInstruction: return "an illegal instruction was encountered";
         case cudaErrorUnsupportedLimit: return "limit is not supported on this architecture";
@@ -1293,7 +1326,8 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     *p = nullptr;
     if (bytes == 0) return cudaSuccess;
     void* q = nullptr;  // exact size, so an address sanitizer sees the first byte past the end
-    if (posix_memalign(&q, 256, bytes) != 0) return fail(cudaErrorMemoryAllocation, "cudaMalloc of %zu bytes failed", bytes);
+    if (posix_memalign(&q, 256, bytes) != 0)
+        return fail(cudaErrorMemoryAllocation, "cudaMalloc of %zu bytes failed", bytes);
     std::memset(q, 0xff, bytes);  // as on a GPU, new memory holds no useful values: NaN as floats, -1 as ints
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     cudasim::g_device_allocations[reinterpret_cast<uintptr_t>(q)] = bytes;
@@ -1307,7 +1341,7 @@ cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t stream) {
 }
 cudaError_t cudaFree(void* p) {
     if (!p) return cudaSuccess;
-    if (cudasim::release_graph_memory(p)) return cudaSuccess;  // issue 20: graph memory is freed, not given back
+    if (cudasim::release_graph_memory(p)) return cudaSuccess;  // graph memory is freed, not given back
     {
         std::lock_guard<std::mutex> lock(cudasim::g_mutex);
         auto it = cudasim::g_device_allocations.find(reinterpret_cast<uintptr_t>(p));
@@ -1320,7 +1354,7 @@ invalid:
     return fail(cudaErrorInvalidValue, "cudaFree(%p): not the start of a cudaMalloc allocation", p);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
-    // issue 20: freed in a captured stream: a graph allocation is freed when the graph runs; other memory must
+    // freed in a captured stream: a graph allocation is freed when the graph runs; other memory must
     // outlive every launch of the graph, and is kept
     if (cudasim::capture_node(stream, "cudaFreeAsync", [p] { return cudasim::BoundLaunch([p] {
             cudasim::release_graph_memory(p);
@@ -1331,7 +1365,8 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t stream) {
 cudaError_t cudaMallocHost(void** p, size_t bytes) {
     *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
     if (*p) cudasim::check::on_malloc_host(*p, bytes, true);  // kernels may read pinned memory, as on a GPU
-    return *p || bytes == 0 ? cudaSuccess : fail(cudaErrorMemoryAllocation, "cudaMallocHost of %zu bytes failed", bytes);
+    return *p || bytes == 0 ? cudaSuccess
+                            : fail(cudaErrorMemoryAllocation, "cudaMallocHost of %zu bytes failed", bytes);
 }
 cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) { return cudaMallocHost(p, bytes); }
 cudaError_t cudaFreeHost(void* p) {
@@ -1341,21 +1376,24 @@ cudaError_t cudaFreeHost(void* p) {
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-    if (cudaError_t e = cudasim::sticky_error()) return e;  // issue 20
+    if (cudaError_t e = cudasim::sticky_error()) return e;
     if (bytes == 0) return cudaSuccess;
     bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
     bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
     if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault)
-        return fail(cudaErrorInvalidMemcpyDirection, "cudaMemcpy: kind %d is not a cudaMemcpyKind", static_cast<int>(kind));
+        return fail(cudaErrorInvalidMemcpyDirection, "cudaMemcpy: kind %d is not a cudaMemcpyKind",
+                    static_cast<int>(kind));
     if (dst_device && !cudasim::find_allocation(dst, bytes))
-        return fail(cudaErrorInvalidValue, "cudaMemcpy: destination %p + %zu bytes is not inside one cudaMalloc allocation", dst, bytes);
+        return fail(cudaErrorInvalidValue,
+                    "cudaMemcpy: destination %p + %zu bytes is not inside one cudaMalloc allocation", dst, bytes);
     if (src_device && !cudasim::find_allocation(src, bytes))
-        return fail(cudaErrorInvalidValue, "cudaMemcpy: source %p + %zu bytes is not inside one cudaMalloc allocation", src, bytes);
+        return fail(cudaErrorInvalidValue, "cudaMemcpy: source %p + %zu bytes is not inside one cudaMalloc allocation",
+                    src, bytes);
     std::memmove(dst, src, bytes);
     return cudaSuccess;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
-    if (cudasim::capture_node(stream, "cudaMemcpyAsync", [&] {  // issue 20: a node of the graph being captured
+    if (cudasim::capture_node(stream, "cudaMemcpyAsync", [&] {  // a node of the graph being captured
             return cudasim::BoundLaunch([=] { cudaMemcpy(dst, src, bytes, kind); });
         }))
         return cudaSuccess;
@@ -1363,12 +1401,13 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
 }
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
     if (bytes && !cudasim::find_allocation(p, bytes))
-        return fail(cudaErrorInvalidValue, "cudaMemset: %p + %zu bytes is not inside one cudaMalloc allocation", p, bytes);
+        return fail(cudaErrorInvalidValue, "cudaMemset: %p + %zu bytes is not inside one cudaMalloc allocation", p,
+                    bytes);
     std::memset(p, value, bytes);
     return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
-    if (cudasim::capture_node(stream, "cudaMemsetAsync", [&] {  // issue 20
+    if (cudasim::capture_node(stream, "cudaMemsetAsync", [&] {
             return cudasim::BoundLaunch([=] { cudaMemset(p, value, bytes); });
         }))
         return cudaSuccess;
@@ -1392,19 +1431,25 @@ cudaError_t cudaLaunchCooperativeKernel(const void*, dim3, dim3, void**, size_t,
     cudasim::fatal("cudaLaunchCooperativeKernel: cooperative launches (grid-wide synchronisation) are not supported on "
                    "the CPU, whose blocks do not all run at once; split the kernel into two launches");
 }
-cudaChannelFormatDesc cudaCreateChannelDesc(int x, int y, int z, int w, cudaChannelFormatKind f) { return {x, y, z, w, f}; }
+cudaChannelFormatDesc cudaCreateChannelDesc(int x, int y, int z, int w, cudaChannelFormatKind f) {
+    return {x, y, z, w, f};
+}
 cudaError_t cudaCreateTextureObject(cudaTextureObject_t*, const cudaResourceDesc*, const cudaTextureDesc*,
                                     const cudaResourceViewDesc*) {
-    cudasim::fatal("cudaCreateTextureObject: texture objects are not supported on the CPU; read the array with plain loads");
+    cudasim::fatal(
+        "cudaCreateTextureObject: texture objects are not supported on the CPU; read the array with plain loads");
 }
 cudaError_t cudaCreateSurfaceObject(cudaSurfaceObject_t*, const cudaResourceDesc*) {
-    cudasim::fatal("cudaCreateSurfaceObject: surface objects are not supported on the CPU; write the array with plain stores");
+    cudasim::fatal(
+        "cudaCreateSurfaceObject: surface objects are not supported on the CPU; write the array with plain stores");
 }
 
 cudaError_t cudaDeviceSynchronize() { return cudasim::sticky_error(); }  // every launch and copy is synchronous
 cudaError_t cudaDeviceReset() { return cudaSuccess; }
 cudaError_t cudaSetDevice(int device) {
-    return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice(%d): the CPU is device 0 and the only one", device);
+    return device == 0
+               ? cudaSuccess
+               : fail(cudaErrorInvalidDevice, "cudaSetDevice(%d): the CPU is device 0 and the only one", device);
 }
 cudaError_t cudaGetDevice(int* device) { *device = 0; return cudaSuccess; }
 cudaError_t cudaGetDeviceCount(int* count) { *count = 1; return cudaSuccess; }
@@ -1412,8 +1457,9 @@ cudaError_t cudaGetDeviceCount(int* count) { *count = 1; return cudaSuccess; }
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
     if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaSuccess;  // carve-out hints: nothing to do
     if (value < 0 || static_cast<size_t>(value) > cudasim::max_shared_bytes_optin)
-        return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: %d bytes of dynamic shared memory (the device allows %zu)",
-                    value, cudasim::max_shared_bytes_optin);
+        return fail(cudaErrorInvalidValue,
+                    "cudaFuncSetAttribute: %d bytes of dynamic shared memory (the device allows %zu)", value,
+                    cudasim::max_shared_bytes_optin);
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     cudasim::g_max_dynamic_shared[func] = value;
     return cudaSuccess;
@@ -1426,7 +1472,7 @@ cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st{}; return c
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudasim::sticky_error(); }
-namespace cudasim {  // issue 20: stream capture across streams (dev/cudasim_runtime.h)
+namespace cudasim {  // stream capture across streams (dev/cudasim_runtime.h)
 bool capture_event_record(cudaEvent_t e, cudaStream_t stream);
 bool capture_stream_wait(cudaStream_t stream, cudaEvent_t e);
 }  // namespace cudasim
@@ -1476,7 +1522,9 @@ cublasStatus_t cublasGetMathMode(cublasHandle_t h, cublasMath_t* mode) {
     *mode = h->math;
     return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void*, size_t) { return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED; }
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void*, size_t) {
+    return h ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
+}
 const char* cublasGetStatusName(cublasStatus_t s) {
     switch (s) {
         case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
@@ -1499,8 +1547,8 @@ const char* cublasGetStatusString(cublasStatus_t s) {
 
 namespace cudasim {
 // cuBLAS validates its arguments before it computes; the same checks, with a message saying which.
-static cublasStatus_t check_gemm(const char* fn, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-                                 int k, int lda, int ldb, int ldc, long long batch) {
+static cublasStatus_t check_gemm(const char* fn, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                 int n, int k, int lda, int ldb, int ldc, long long batch) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
     auto bad = [&](const char* what) {
         std::fprintf(stderr, "cudasim: %s: %s (m=%d n=%d k=%d lda=%d ldb=%d ldc=%d) (CUBLAS_STATUS_INVALID_VALUE)\n",
@@ -1523,7 +1571,8 @@ static void sgemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int 
                   const float* B, int ldb, float beta, float* C, int ldc) {
     if (m == 0 || n == 0) return;
     if (beta == 0.0f)
-        for (int j = 0; j < n; j++) std::fill(C + static_cast<size_t>(j) * ldc, C + static_cast<size_t>(j) * ldc + m, 0.0f);
+        for (int j = 0; j < n; j++)
+            std::fill(C + static_cast<size_t>(j) * ldc, C + static_cast<size_t>(j) * ldc + m, 0.0f);
     if (k == 0 || alpha == 0.0f) {
         if (beta != 0.0f && beta != 1.0f)
             for (int j = 0; j < n; j++) for (int i = 0; i < m; i++) C[static_cast<size_t>(j) * ldc + i] *= beta;
@@ -1536,21 +1585,25 @@ static void sgemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int 
 static std::vector<float> widen(const void* p, cudaDataType t, size_t count) {
     std::vector<float> out(count);
     if (t == CUDA_R_32F) std::memcpy(out.data(), p, count * 4);
-    else if (t == CUDA_R_16BF) for (size_t i = 0; i < count; i++) out[i] = __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    else if (t == CUDA_R_16BF)
+        for (size_t i = 0; i < count; i++) out[i] = __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
     else for (size_t i = 0; i < count; i++) out[i] = __half2float(static_cast<const __half*>(p)[i]);
     return out;
 }
 static size_t storage(int rows_of_op, int cols_of_op, cublasOperation_t op, int ld) {
     int cols = op == CUBLAS_OP_N ? cols_of_op : rows_of_op;  // columns of the stored matrix
     (void)rows_of_op;
-    return cols == 0 ? 0 : static_cast<size_t>(ld) * (cols - 1) + static_cast<size_t>(op == CUBLAS_OP_N ? rows_of_op : cols_of_op);
+    return cols == 0 ? 0
+                     : static_cast<size_t>(ld) * (cols - 1) +
+                           static_cast<size_t>(op == CUBLAS_OP_N ? rows_of_op : cols_of_op);
 }
 
-static cublasStatus_t gemm_ex(const char* fn, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-                              int k, const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
+static cublasStatus_t gemm_ex(const char* fn, cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                              int n, int k, const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
                               const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
                               cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t compute) {
-    if (cublasStatus_t s = check_gemm(fn, h, ta, tb, m, n, k, lda, ldb, ldc, batch); s != CUBLAS_STATUS_SUCCESS) return s;
+    if (cublasStatus_t s = check_gemm(fn, h, ta, tb, m, n, k, lda, ldb, ldc, batch); s != CUBLAS_STATUS_SUCCESS)
+        return s;
     auto ok_type = [](cudaDataType t) { return t == CUDA_R_32F || t == CUDA_R_16BF || t == CUDA_R_16F; };
     bool ok_compute = compute == CUBLAS_COMPUTE_32F || compute == CUBLAS_COMPUTE_32F_FAST_TF32 ||
                       compute == CUBLAS_COMPUTE_32F_FAST_16BF || compute == CUBLAS_COMPUTE_32F_FAST_16F ||
@@ -1562,17 +1615,19 @@ static cublasStatus_t gemm_ex(const char* fn, cublasHandle_t h, cublasOperation_
     }
     float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     size_t esz_a = at == CUDA_R_32F ? 4 : 2, esz_b = bt == CUDA_R_32F ? 4 : 2, esz_c = ct == CUDA_R_32F ? 4 : 2;
-    size_t na = storage(m, k, ta, lda), nb = storage(k, n, tb, ldb), nc = n == 0 ? 0 : static_cast<size_t>(ldc) * (n - 1) + m;
+    size_t na = storage(m, k, ta, lda), nb = storage(k, n, tb, ldb),
+           nc = n == 0 ? 0 : static_cast<size_t>(ldc) * (n - 1) + m;
     for (int i = 0; i < batch; i++) {
         const char* Ai = static_cast<const char*>(A) + i * sa * esz_a;
         const char* Bi = static_cast<const char*>(B) + i * sb * esz_b;
         char* Ci = static_cast<char*>(C) + i * sc * esz_c;
         if (at == CUDA_R_32F && bt == CUDA_R_32F && ct == CUDA_R_32F) {
-            sgemm(ta, tb, m, n, k, a, reinterpret_cast<const float*>(Ai), lda, reinterpret_cast<const float*>(Bi), ldb, b,
-                  reinterpret_cast<float*>(Ci), ldc);
+            sgemm(ta, tb, m, n, k, a, reinterpret_cast<const float*>(Ai), lda, reinterpret_cast<const float*>(Bi), ldb,
+                  b, reinterpret_cast<float*>(Ci), ldc);
             continue;
         }
-        std::vector<float> fa = widen(Ai, at, na), fb = widen(Bi, bt, nb), fc = b == 0.0f ? std::vector<float>(nc) : widen(Ci, ct, nc);
+        std::vector<float> fa = widen(Ai, at, na), fb = widen(Bi, bt, nb),
+                           fc = b == 0.0f ? std::vector<float>(nc) : widen(Ci, ct, nc);
         sgemm(ta, tb, m, n, k, a, fa.data(), lda, fb.data(), ldb, b, fc.data(), ldc);
         for (int j = 0; j < n; j++)
             for (int r = 0; r < m; r++) {
@@ -1589,36 +1644,43 @@ static cublasStatus_t gemm_ex(const char* fn, cublasHandle_t h, cublasOperation_
 cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                               const float* alpha, const float* A, int lda, const float* B, int ldb, const float* beta,
                               float* C, int ldc) {
-    if (cublasStatus_t s = cudasim::check_gemm("cublasSgemm", h, ta, tb, m, n, k, lda, ldb, ldc, 1); s != CUBLAS_STATUS_SUCCESS) return s;
+    if (cublasStatus_t s = cudasim::check_gemm("cublasSgemm", h, ta, tb, m, n, k, lda, ldb, ldc, 1);
+        s != CUBLAS_STATUS_SUCCESS)
+        return s;
     cudasim::sgemm(ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
     return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                                         const float* alpha, const float* A, int lda, long long sa, const float* B, int ldb,
-                                         long long sb, const float* beta, float* C, int ldc, long long sc, int batch) {
-    if (cublasStatus_t s = cudasim::check_gemm("cublasSgemmStridedBatched", h, ta, tb, m, n, k, lda, ldb, ldc, batch); s != CUBLAS_STATUS_SUCCESS) return s;
-    for (int i = 0; i < batch; i++) cudasim::sgemm(ta, tb, m, n, k, *alpha, A + i * sa, lda, B + i * sb, ldb, *beta, C + i * sc, ldc);
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                         int k, const float* alpha, const float* A, int lda, long long sa,
+                                         const float* B, int ldb, long long sb, const float* beta, float* C, int ldc,
+                                         long long sc, int batch) {
+    if (cublasStatus_t s = cudasim::check_gemm("cublasSgemmStridedBatched", h, ta, tb, m, n, k, lda, ldb, ldc, batch);
+        s != CUBLAS_STATUS_SUCCESS)
+        return s;
+    for (int i = 0; i < batch; i++)
+        cudasim::sgemm(ta, tb, m, n, k, *alpha, A + i * sa, lda, B + i * sb, ldb, *beta, C + i * sc, ldc);
     return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* alpha,
-                            const void* A, cudaDataType at, int lda, const void* B, cudaDataType bt, int ldb, const void* beta,
-                            void* C, cudaDataType ct, int ldc, cublasComputeType_t compute, cublasGemmAlgo_t) {
-    return cudasim::gemm_ex("cublasGemmEx", h, ta, tb, m, n, k, alpha, A, at, lda, 0, B, bt, ldb, 0, beta, C, ct, ldc, 0, 1, compute);
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void* alpha, const void* A, cudaDataType at, int lda, const void* B, cudaDataType bt,
+                            int ldb, const void* beta, void* C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t) {
+    return cudasim::gemm_ex("cublasGemmEx", h, ta, tb, m, n, k, alpha, A, at, lda, 0, B, bt, ldb, 0, beta, C, ct, ldc,
+                            0, 1, compute);
 }
-cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                                          const void* alpha, const void* A, cudaDataType at, int lda, long long sa,
-                                          const void* B, cudaDataType bt, int ldb, long long sb, const void* beta, void* C,
-                                          cudaDataType ct, int ldc, long long sc, int batch, cublasComputeType_t compute,
-                                          cublasGemmAlgo_t) {
-    return cudasim::gemm_ex("cublasGemmStridedBatchedEx", h, ta, tb, m, n, k, alpha, A, at, lda, sa, B, bt, ldb, sb, beta, C, ct,
-                            ldc, sc, batch, compute);
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void* alpha, const void* A, cudaDataType at, int lda,
+                                          long long sa, const void* B, cudaDataType bt, int ldb, long long sb,
+                                          const void* beta, void* C, cudaDataType ct, int ldc, long long sc, int batch,
+                                          cublasComputeType_t compute, cublasGemmAlgo_t) {
+    return cudasim::gemm_ex("cublasGemmStridedBatchedEx", h, ta, tb, m, n, k, alpha, A, at, lda, sa, B, bt, ldb, sb,
+                            beta, C, ct, ldc, sc, batch, compute);
 }
 
-// ---- issue 20: the implementation halves of the headers included above
+// ---- the implementation halves of the headers included above
 #include "cudasim_intrinsics.h"
 #include "cudasim_runtime.h"
 #include "cudasim_cublaslt.h"
-// ---- end issue 20
 
 #include "cudasim_check.h"  // the checks' implementation (needs the Worker and the allocation table)
 #endif  // CUDASIM_IMPLEMENTATION

@@ -1,4 +1,4 @@
-// cudasim_check.h — what the CPU build checks beyond the execution model (issue 14): every load and
+// cudasim_check.h — what the CPU build checks beyond the execution model: every load and
 // store a kernel makes, shared-memory races, host pointers given to a kernel, launch resources.
 // Included twice by dev/cudasim.h: the declarations with the header part, the implementation with
 // cudasim's implementation (build/cpu/cudasim.o). docs/cpu-execution.md, "What the CPU build checks".
@@ -544,7 +544,7 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
             if (it != table->begin() && a <= std::prev(it)->first + std::prev(it)->second)
                 return;  // inside, or one past
         }
-        // graph memory (issue 20): a device address from the moment its node is made, though allocated only while
+        // graph memory: a device address from the moment its node is made, though allocated only while
         // the graph runs (a kernel node or captured launch is given it before; accesses are checked when they happen)
         auto g = g_graph_memory.upper_bound(const_cast<void*>(p));
         if (g != g_graph_memory.begin() &&

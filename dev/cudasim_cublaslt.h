@@ -1,4 +1,4 @@
-// cudasim_cublaslt.h — cuBLASLt on the CPU (issue 20): the subset that llm.c's dev/cuda files and
+// cudasim_cublaslt.h — cuBLASLt on the CPU: the subset that llm.c's dev/cuda files and
 // similar programs use, on the same OpenBLAS GEMM as dev/cudasim.h's cuBLAS, plus cuBLAS level 2 (gemv).
 //
 //   D = epilogue(alpha · op(A) · op(B) + beta · C)      column-major, as cuBLASLt defines it

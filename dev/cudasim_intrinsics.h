@@ -1,4 +1,4 @@
-// cudasim_intrinsics.h — device intrinsics of the CPU build beyond dev/cudasim.h's core set (issue 20):
+// cudasim_intrinsics.h — device intrinsics of the CPU build beyond dev/cudasim.h's core set:
 // the remaining atomics (atomicInc/Dec, 16-bit float and bf16 pairs, 64-bit min/max/and/or/xor, the
 // _system/_block scopes), integer intrinsics (__mul24, __umulhi, __byte_perm, funnel shifts, ...), float
 // arithmetic with explicit rounding (__fadd_rd, ...), the half/bf16 math the CUDA headers give only to

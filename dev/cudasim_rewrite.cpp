@@ -121,8 +121,9 @@ struct Rewriter {
                 std::error_code ec;
                 if (fs::is_regular_file(c, ec)) {
                     fs::path rel = fs::relative(fs::weakly_canonical(c), fs::current_path(), ec);
-                    std::string shown = !ec && !rel.empty() && rel.native().rfind("..", 0) != 0 ? rel.string()
-                                                                                                 : fs::weakly_canonical(c).string();
+                    std::string shown = !ec && !rel.empty() && rel.native().rfind("..", 0) != 0
+                                            ? rel.string()
+                                            : fs::weakly_canonical(c).string();
                     process(c, shown);
                     break;
                 }

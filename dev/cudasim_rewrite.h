@@ -4,7 +4,8 @@
 // CUDA's launch syntax and dynamic shared memory are not C++, so they are rewritten mechanically,
 // keeping every newline (so line numbers stay true):
 //   name<<<grid, block, smem, stream>>>(args)  ->  ::cudasim::launch(name, "name", grid, block, smem, stream)(args)
-//   extern __shared__ __align__(16) T buf[];   ->  static thread_local T* const buf = (T*)::cudasim::dynamic_shared_memory();
+//   extern __shared__ __align__(16) T buf[];   ->  static thread_local T* const buf =
+//   (T*)::cudasim::dynamic_shared_memory();
 //   __shared__ float tile[32][33];             ->  `__shared__ float cudasim_shared_tile[32][33]; auto& tile = ...`
 //                                                  through cudasim, which fills `tile` with NaN bytes at every block
 //                                                  start and checks it (rewrite_shared)
@@ -14,7 +15,7 @@
 //                                                  conditional stands (resolve_cuda_arch, run first)
 // Comments, string and character literals are copied untouched, so a `<<<` inside them stays as it is.
 //
-// Kernels the rewrite has seen (issue 20; `scan_kernels`, over the file and the files it includes) change
+// Kernels the rewrite has seen (`scan_kernels`, over the file and the files it includes) change
 // two things:
 //   - a launch the function-pointer form cannot express becomes a call in every CUDA thread,
 //       k<<<grid, block>>>(args)  ->  ::cudasim::launch_call([](auto&... a) { k(a...); }, "k", grid, block)(args)
@@ -95,7 +96,8 @@ inline std::string rewrite_extern_shared(const std::string& decl /* between "__s
     for (const char* attr : {"__align__", "alignas"}) {
         for (size_t p; (p = d.find(attr)) != std::string::npos;) {
             size_t open = d.find('(', p), close = d.find(')', open);
-            if (open == std::string::npos || close == std::string::npos) throw std::runtime_error("malformed " + std::string(attr));
+            if (open == std::string::npos || close == std::string::npos)
+                throw std::runtime_error("malformed " + std::string(attr));
             d.erase(p, close + 1 - p);
         }
     }
@@ -129,13 +131,14 @@ inline std::string rewrite_shared(const std::string& decl /* between "__shared__
     size_t start = end;
     while (start > 0 && is_ident_char(decl[start - 1])) start--;
     std::string name = decl.substr(start, end - start);
-    if (name.empty() || trim(decl.substr(0, start)).empty() || std::isdigit(static_cast<unsigned char>(name[0]))) return "";
+    if (name.empty() || trim(decl.substr(0, start)).empty() || std::isdigit(static_cast<unsigned char>(name[0])))
+        return "";
     std::string storage = "cudasim_shared_" + name;
     return decl.substr(0, start) + storage + decl.substr(end) + "; auto& " + name +
            " = *::cudasim::check::shared_variable(&" + storage + ", \"" + name + "\")";
 }
 
-// ---- issue 20: what the rewrite knows about the kernels of a translation unit
+// ---- what the rewrite knows about the kernels of a translation unit
 struct KernelInfo {
     int definitions = 0;        // non-template __global__ definitions or declarations with this name
     bool is_template = false;   // some __global__ template has this name
@@ -299,7 +302,6 @@ inline LaunchForm launch_form(const KernelTable* table, const std::string& name)
     if (k.host_same_name) return LaunchForm::typed_pointer;
     return LaunchForm::pointer;
 }
-// ---- end issue 20
 
 // ---- __CUDA_ARCH__ in one pass. nvcc preprocesses a file twice: the device pass with __CUDA_ARCH__ set to
 // the target (800 for sm_80) and the host pass without it; the program is the host pass's host code plus the
@@ -477,7 +479,7 @@ inline SourceScopes scan_scopes(const std::string& s) {
     return r;
 }
 
-// issue 20: the checked build (CUDASIM_CHECKED) instruments every access of compiled code, and host code pays for
+// the checked build (CUDASIM_CHECKED) instruments every access of compiled code, and host code pays for
 // it without being checked (the checks are on only inside a kernel): a CPU reference ran ~4x slower than nvcc's
 // host code. A plainly host-only function definition gets CUDASIM_HOST_CODE (no instrumentation in the checked
 // build, nothing otherwise) in front of its declaration, after any `template <...>`, `extern "C"` and `public:`.
@@ -730,7 +732,8 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
         }
         // `__launch_bounds__(N, ...)`: the macro expands to nothing; the kernel's body starts with a check
         // that the block has at most N threads (a GPU refuses the launch otherwise).
-        if (s.compare(i, 17, "__launch_bounds__") == 0 && (i == 0 || !is_ident_char(s[i - 1])) && !is_ident_char(s[i + 17])) {
+        if (s.compare(i, 17, "__launch_bounds__") == 0 && (i == 0 || !is_ident_char(s[i - 1])) &&
+            !is_ident_char(s[i + 17])) {
             size_t open = s.find('(', i);
             int depth = 0;
             size_t j = open, arg_end = std::string::npos;
@@ -797,7 +800,8 @@ inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* 
             if (close != std::string::npos) {
                 std::string args = s.substr(i, close + 1 - i);
                 for (size_t p = 0; (p = args.find("NULL", p)) != std::string::npos; p += 4)
-                    if ((p == 0 || !is_ident_char(args[p - 1])) && (p + 4 >= args.size() || !is_ident_char(args[p + 4])))
+                    if ((p == 0 || !is_ident_char(args[p - 1])) &&
+                        (p + 4 >= args.size() || !is_ident_char(args[p + 4])))
                         args.replace(p, 4, "nullptr");
                 out += args;
                 i = close + 1;

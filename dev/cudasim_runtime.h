@@ -1,4 +1,4 @@
-// cudasim_runtime.h — the wider CUDA runtime API of the CPU build (issue 20), included by dev/cudasim.h:
+// cudasim_runtime.h — the wider CUDA runtime API of the CPU build, included by dev/cudasim.h:
 // the virtual device every query answers about, CUDA graphs (stream capture and explicit nodes), zero-copy
 // host memory, occupancy, kernel attributes, limits, the profiler switches, kernel launches through
 // `void** args` (cudaLaunchKernel, graph kernel nodes), device assert and __trap (a sticky error, as on a
@@ -548,8 +548,8 @@ cudaError_t cudaHostUnregister(void* p) {
     {
         std::lock_guard<std::mutex> lock(cudasim::g_mutex);
         if (!cudasim::g_registered_host.erase(p))
-            return fail(cudaErrorHostMemoryNotRegistered, "cudaHostUnregister(%p): not registered with cudaHostRegister",
-                        p);
+            return fail(cudaErrorHostMemoryNotRegistered,
+                        "cudaHostUnregister(%p): not registered with cudaHostRegister", p);
     }
     cudasim::check::on_malloc_host(p, 0, false);
     return cudaSuccess;

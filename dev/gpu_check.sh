@@ -78,7 +78,7 @@ step "bench_infer" 45 "$gpu/dev/bench_infer"
 if [ ! -f data/shakespeare/train_000.bin ]; then step "tokenize Tiny Shakespeare" 60 make --no-print-directory data; fi
 step "train GPT-2 124M, $steps steps" 90 ./train_gpt --config configs/gpt2_124m_gpu.json --max-steps "$steps" \
   --out-dir "${TMPDIR:-/tmp}/gpu_check_124m"
-# issue 16: the NCCL path of the data-parallel layer with one rank (no mpirun: NCCL with N = 1), ZeRO-3 on the
+# the NCCL path of the data-parallel layer with one rank (no mpirun: NCCL with N = 1), ZeRO-3 on the
 # Shakespeare model; its memory report and per-step lines go to the report.
 step "train ZeRO-3 through NCCL, 1 rank" 45 ./train_gpt --config configs/shakespeare_gpu.json --zero-stage 3 \
   --max-steps 10 --val-every 5 --sample-every 0 --out-dir "${TMPDIR:-/tmp}/gpu_check_zero3"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The evaluation fixture (issue 17): what transformers computes for multiple-choice items, for test/test_eval.cu.
+"""The evaluation fixture: what transformers computes for multiple-choice items, for test/test_eval.cu.
 A dev tool (needs torch + transformers); the tests only read what it wrote.
 
   python3 dev/reference_eval.py            writes test/fixtures/eval_hf.json

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The preference-loss fixture (issue 18): DPO, IPO and KTO losses and gradients by PyTorch autograd on a tiny
+"""The preference-loss fixture: DPO, IPO and KTO losses and gradients by PyTorch autograd on a tiny
 model, for test/test_preference.cu. A dev tool (needs torch + transformers + safetensors); the tests only read
 what it wrote.
 

@@ -62,12 +62,12 @@ std::vector<Run> cudarun_all(const std::vector<std::string>& runs) {
 
 }  // namespace
 
-// Issue 20: one program per feature real CUDA programs use (the CUDA samples, llm.c's dev/cuda), each
+// One program per feature real CUDA programs use (the CUDA samples, llm.c's dev/cuda), each
 // written as those are and checking its own result; a few under another thread order and thread count.
-TEST_CASE("cudarun: the issue 20 examples (runtime API, cuBLASLt, graphs, cg, intrinsics, libcu++) pass") {
+TEST_CASE("cudarun: the example corpus (runtime API, cuBLASLt, graphs, cg, intrinsics, libcu++) pass") {
     std::vector<std::string> runs;
     for (const char* example : {"device_query", "cublaslt_bias", "graphs", "zero_copy", "occupancy", "intrinsics",
-                                "launch_forms", "cg_groups", "barrier_pipeline", "wmma_gemm" /* issue 15 */})
+                                "launch_forms", "cg_groups", "barrier_pipeline", "wmma_gemm"})
         runs.push_back(std::string("dev/examples/") + example + ".cu");
     runs.push_back("--order reverse --threads 1 dev/examples/cg_groups.cu");
     runs.push_back("--order random --threads 3 dev/examples/barrier_pipeline.cu");
@@ -125,8 +125,9 @@ TEST_CASE("broken kernel: a missing __syncthreads is caught by --order reverse")
 TEST_CASE("broken kernel: a divergent __syncthreads aborts naming the kernel, block and threads") {
     Run r = cudarun("dev/examples/broken_divergent_barrier.cu");
     CHECK(r.status == 128 + 6);  // SIGABRT
-    CHECK(contains(r.output, "kernel 'block_sum_kernel' block (3,0,0): thread (0,0,0) waits at __syncthreads, "
-                             "but 24 of the block's 256 threads (thread (232,0,0) the first) returned without reaching it"));
+    CHECK(contains(r.output,
+                   "kernel 'block_sum_kernel' block (3,0,0): thread (0,0,0) waits at __syncthreads, "
+                   "but 24 of the block's 256 threads (thread (232,0,0) the first) returned without reaching it"));
 }
 
 TEST_CASE("broken kernel: an off-by-one write is out of bounds, in the checked build and under --asan") {
@@ -149,7 +150,7 @@ TEST_CASE("broken kernel: an off-by-one write is out of bounds, in the checked b
                    "in scale_kernel(float*, float const*, float, int) dev/examples/broken_off_by_one.cu:25"));
 }
 
-// docs/cpu-execution.md, "What the checked build catches": the checks of issue 14.
+// docs/cpu-execution.md, "What the checked build catches": the checks of the checked build.
 TEST_CASE("broken kernel: a race every thread order hides is reported by --racecheck") {
     Run built = cudarun("--keep dev/examples/broken_racy_sum.cu");
     CHECK(built.status == 0);
@@ -167,7 +168,7 @@ TEST_CASE("broken kernel: a race every thread order hides is reported by --racec
                              "dev/examples/broken_racy_sum.cu:28"));
 }
 
-// Issue 15: a wmma store is no barrier between lanes.
+// A wmma store is no barrier between lanes.
 TEST_CASE("broken kernel: lanes reading a store_matrix_sync tile without __syncwarp fail, and --racecheck names it") {
     Run built = cudarun("--keep dev/examples/broken_wmma_missing_syncwarp.cu");
     INFO(built.output);

@@ -117,7 +117,8 @@ TEST_CASE("dynamic shared memory, with and without the opt-in above 48 KiB") {
             for (int i = 0; i < per_block; i++) ref[b * per_block + i] = x[b * per_block + per_block - 1 - i];
         size_t bytes = per_block * sizeof(float);
         if (bytes > 48 * 1024)
-            cuda_check(cudaFuncSetAttribute(reverse_dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+            cuda_check(cudaFuncSetAttribute(reverse_dynamic_shared_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            bytes));
         for_each_thread_order([&] {
             DeviceBuffer<float> dx(x), dy(x.size());
             poison(dy);
@@ -297,7 +298,8 @@ TEST_CASE("__CUDA_ARCH__ is defined in device code (sm_80 or later) and not in h
 // ----------------------------------------------------------------------------
 // cuBLAS against naive loops: every transpose combination, padded leading dimensions, batches.
 static float at(const std::vector<float>& M, int ld, cublasOperation_t op, int r, int c, size_t offset) {
-    return op == CUBLAS_OP_N ? M[offset + static_cast<size_t>(c) * ld + r] : M[offset + static_cast<size_t>(r) * ld + c];
+    return op == CUBLAS_OP_N ? M[offset + static_cast<size_t>(c) * ld + r]
+                             : M[offset + static_cast<size_t>(r) * ld + c];
 }
 
 TEST_CASE("cuBLAS sgemm, strided batched and GemmEx match naive column-major loops") {
@@ -324,15 +326,18 @@ TEST_CASE("cuBLAS sgemm, strided batched and GemmEx match naive column-major loo
                     }
             CAPTURE(ta); CAPTURE(tb);
             DeviceBuffer<float> dA(A), dB(B), dC(C);
-            cublas_check(cublasSgemmStridedBatched(handle, ta, tb, m, n, k, &alpha, dA, lda, sa, dB, ldb, sb, &beta, dC, ldc, sc, batch));
+            cublas_check(cublasSgemmStridedBatched(handle, ta, tb, m, n, k, &alpha, dA, lda, sa, dB, ldb, sb, &beta, dC,
+                                                   ldc, sc, batch));
             check_close("strided batched", dC.download(), ref, tolerance_fp32);
             dC.upload(C);
-            cublas_check(cublasGemmStridedBatchedEx(handle, ta, tb, m, n, k, &alpha, dA, CUDA_R_32F, lda, sa, dB, CUDA_R_32F, ldb, sb,
-                                                    &beta, dC, CUDA_R_32F, ldc, sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            cublas_check(cublasGemmStridedBatchedEx(handle, ta, tb, m, n, k, &alpha, dA, CUDA_R_32F, lda, sa, dB,
+                                                    CUDA_R_32F, ldb, sb, &beta, dC, CUDA_R_32F, ldc, sc, batch,
+                                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
             check_close("GemmStridedBatchedEx", dC.download(), ref, tolerance_fp32);
             dC.upload(C);
             for (int i = 0; i < batch; i++)
-                cublas_check(cublasSgemm(handle, ta, tb, m, n, k, &alpha, dA + i * sa, lda, dB + i * sb, ldb, &beta, dC + i * sc, ldc));
+                cublas_check(cublasSgemm(handle, ta, tb, m, n, k, &alpha, dA + i * sa, lda, dB + i * sb, ldb, &beta,
+                                         dC + i * sc, ldc));
             check_close("sgemm", dC.download(), ref, tolerance_fp32);
         }
     // beta = 0: C is written, never read, so NaN in C must not leak into the result.
@@ -360,12 +365,14 @@ TEST_CASE("cuBLAS sgemm, strided batched and GemmEx match naive column-major loo
             ref16[c * m + r] = static_cast<float>(acc);
         }
     DeviceBuffer<__nv_bfloat16> dA16(A16), dB16(B16);
-    cublas_check(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA16, CUDA_R_16BF, m, dB16, CUDA_R_16BF, k, &zero,
-                              dC, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cublas_check(cublasGemmEx(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA16, CUDA_R_16BF, m, dB16, CUDA_R_16BF,
+                              k, &zero, dC, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     check_close("GemmEx bf16 -> fp32", dC.download(), ref16, 1e-6);
     // cuBLAS's own argument checks
-    CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA, m - 1, dB, k, &zero, dC, m) == CUBLAS_STATUS_INVALID_VALUE);
-    CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, -1, n, k, &one, dA, m, dB, k, &zero, dC, m) == CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA, m - 1, dB, k, &zero, dC, m) ==
+          CUBLAS_STATUS_INVALID_VALUE);
+    CHECK(cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, -1, n, k, &one, dA, m, dB, k, &zero, dC, m) ==
+          CUBLAS_STATUS_INVALID_VALUE);
     cublas_check(cublasDestroy(handle));
 }
 
@@ -431,7 +438,7 @@ TEST_CASE("a missing barrier gives a wrong answer under one of the two thread or
 }
 
 // ----------------------------------------------------------------------------
-// Issue 14: the checks every CPU build makes (the per-access ones are in test/test_cudarun.cu).
+// The checks every CPU build makes (the per-access ones are in test/test_cudarun.cu).
 __global__ void partial_warp_shuffle_kernel(int* out) {  // out: (blockDim.x)
     out[threadIdx.x] = __shfl_down_sync(0xffffffffu, static_cast<int>(threadIdx.x), 4);
 }
@@ -505,15 +512,18 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
     CHECK(rewrite_cuda_source("k<<<(a >> 1), b>>>(x);") == "::cudasim::launch(k, \"k\", (a >> 1), b)(x);");
     CHECK(rewrite_cuda_source("// k<<<g, b>>>(x);\n") == "// k<<<g, b>>>(x);\n");
     CHECK(rewrite_cuda_source("/* <<< */ s = \"<<<\"; c = '<';") == "/* <<< */ s = \"<<<\"; c = '<';");
-    CHECK(rewrite_cuda_source("k<<<g,\n   b>>>(x);\nnext") == "::cudasim::launch(k, \"k\", g,\n   b)(x);\nnext");  // lines kept
+    CHECK(rewrite_cuda_source("k<<<g,\n   b>>>(x);\nnext") ==
+          "::cudasim::launch(k, \"k\", g,\n   b)(x);\nnext");  // lines kept
     CHECK(rewrite_cuda_source("extern __shared__ __align__(16) float4 smem[];") ==
           "static thread_local float4* const smem = reinterpret_cast<float4*>(::cudasim::dynamic_shared_memory());");
     CHECK(rewrite_cuda_source("asm volatile(\"mov\");").find("GCC error") != std::string::npos);
     CHECK(rewrite_cuda_source("int plasma = 1;") == "int plasma = 1;");
     CHECK(rewrite_cuda_source("__shared__ float t[32][33];") ==
-          "__shared__ float cudasim_shared_t[32][33]; auto& t = *::cudasim::check::shared_variable(&cudasim_shared_t, \"t\");");
+          "__shared__ float cudasim_shared_t[32][33]; auto& t = *::cudasim::check::shared_variable(&cudasim_shared_t, "
+          "\"t\");");
     CHECK(rewrite_cuda_source("__shared__ __align__(16) int n;") ==
-          "__shared__ __align__(16) int cudasim_shared_n; auto& n = *::cudasim::check::shared_variable(&cudasim_shared_n, \"n\");");
+          "__shared__ __align__(16) int cudasim_shared_n; auto& n = "
+          "*::cudasim::check::shared_variable(&cudasim_shared_n, \"n\");");
     CHECK(rewrite_cuda_source("__shared__ float a[2], b[2];") == "__shared__ float a[2], b[2];");  // left as it is
     CHECK(rewrite_cuda_source("__shared__ alignas(alignof(float4)) float t[4];") ==  // attributes first, as C++ wants
           "alignas(alignof(float4)) __shared__ float cudasim_shared_t[4]; auto& t = "
@@ -521,11 +531,12 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
     CHECK(rewrite_cuda_source("__shared__ alignas(16) float a[2], b[2];") ==
           "alignas(16) __shared__ float a[2], b[2];");
     CHECK(rewrite_cuda_source("__global__ void __launch_bounds__(N, 2) k(float* x) { x[0] = 1; }") ==
-          "__global__ void __launch_bounds__(N, 2) k(float* x) { ::cudasim::check::launch_bounds(N, __func__); x[0] = 1; }");
+          "__global__ void __launch_bounds__(N, 2) k(float* x) { ::cudasim::check::launch_bounds(N, __func__); x[0] = "
+          "1; }");
     CHECK(rewrite_cuda_source("__global__ void __launch_bounds__(256) k(float* x);") ==
           "__global__ void __launch_bounds__(256) k(float* x);");  // a declaration: no body to check in
     CHECK_THROWS(rewrite_cuda_source("k<<<g, b(x);"));
-    CHECK(rewrite_cuda_source("extern float __shared__ s[];") ==  // the qualifier after the type (issue 20)
+    CHECK(rewrite_cuda_source("extern float __shared__ s[];") ==  // the qualifier after the type
           "static thread_local float* const s = reinterpret_cast<float*>(::cudasim::dynamic_shared_memory());");
     CHECK(rewrite_cuda_source("extern \"C\" int f();") == "extern \"C\" int f();");
     CHECK(rewrite_cuda_source("k<<<g, b>>>(NULL, x_NULL);") == "::cudasim::launch(k, \"k\", g, b)(nullptr, x_NULL);");
@@ -534,8 +545,9 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
 TEST_CASE("__CUDA_ARCH__ conditionals: device bodies as the device pass, host bodies as written, files as both") {
     using cudasim::resolve_cuda_arch;
     // in a device-only body: the device pass's value; in a __host__ __device__ or host body: unchanged
-    CHECK(resolve_cuda_arch("__global__ void k(int* p) {\n#if __CUDA_ARCH__ >= 700\np[0] = __CUDA_ARCH__;\n#endif\n}") ==
-          "__global__ void k(int* p) {\n#if ( CUDASIM_CUDA_ARCH >= 700)\np[0] = CUDASIM_CUDA_ARCH;\n#endif\n}");
+    CHECK(
+        resolve_cuda_arch("__global__ void k(int* p) {\n#if __CUDA_ARCH__ >= 700\np[0] = __CUDA_ARCH__;\n#endif\n}") ==
+        "__global__ void k(int* p) {\n#if ( CUDASIM_CUDA_ARCH >= 700)\np[0] = CUDASIM_CUDA_ARCH;\n#endif\n}");
     const std::string hd = "__host__ __device__ int f() {\n#ifdef __CUDA_ARCH__\nreturn 1;\n#endif\nreturn 0; }";
     CHECK(resolve_cuda_arch(hd) == hd);
     const std::string host = "int g() {\n#if defined(__CUDA_ARCH__)\nreturn 1;\n#endif\nreturn 0; }";
@@ -578,7 +590,7 @@ TEST_CASE("host-only function definitions are marked (not instrumented by the ch
           "CUDASIM_HOST_CODE void h() { auto l = [](int x) { return x; }; }");
 }
 
-// Issue 20: what the rewrite knows about a file's kernels decides how a launch is written.
+// What the rewrite knows about a file's kernels decides how a launch is written.
 TEST_CASE("the chevron rewrite: deduced templates, default arguments, a host function of the kernel's name") {
     using namespace cudasim;
     const std::string src =
@@ -596,7 +608,8 @@ TEST_CASE("the chevron rewrite: deduced templates, default arguments, a host fun
     CHECK_FALSE(table.at("plain").host_same_name);
     CHECK(rewrite_cuda_source("tk<<<g, b>>>(x, n);", &table) ==
           "::cudasim::launch_call([](auto&... cudasim_args) { tk(cudasim_args...); }, \"tk\", g, b)(x, n);");
-    CHECK(rewrite_cuda_source("tk<float><<<g, b>>>(x, n);", &table) == "::cudasim::launch(tk<float>, \"tk<float>\", g, b)(x, n);");
+    CHECK(rewrite_cuda_source("tk<float><<<g, b>>>(x, n);", &table) ==
+          "::cudasim::launch(tk<float>, \"tk<float>\", g, b)(x, n);");
     CHECK(rewrite_cuda_source("dk<<<g, b>>>(x);", &table) ==
           "::cudasim::launch_call([](auto&... cudasim_args) { dk(cudasim_args...); }, \"dk\", g, b)(x);");
     CHECK(rewrite_cuda_source("same<<<g, b>>>(x, n);", &table) ==

@@ -21,8 +21,9 @@ static CommandResult train(int ranks, const std::string& args, const std::string
     std::string env = "OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive ";
     std::string program = program_path("train_gpt_cpu");
     if (ranks == 0) return run_command(env + program + " " + args);
-    return run_command(env + "timeout 120 mpirun --allow-run-as-root --oversubscribe --bind-to none -np " + std::to_string(ranks) +
-                       " -x OMP_NUM_THREADS -x OMP_WAIT_POLICY " + prefix + program + " " + args);
+    return run_command(env + "timeout 120 mpirun --allow-run-as-root --oversubscribe --bind-to none -np " +
+                       std::to_string(ranks) + " -x OMP_NUM_THREADS -x OMP_WAIT_POLICY " + prefix + program + " " +
+                       args);
 }
 
 // Random-token shards and the tiny GPT-2 of test_train (1 layer, C 16: 0.8M parameters), 4 micro-batches of
@@ -30,7 +31,8 @@ static CommandResult train(int ranks, const std::string& args, const std::string
 struct Workspace {
     std::string dir;
     explicit Workspace(const std::string& name) {
-        dir = (fs::temp_directory_path() / ("gptcu_test_distributed_" + name + "_" + std::to_string(getpid()))).string();
+        dir =
+            (fs::temp_directory_path() / ("gptcu_test_distributed_" + name + "_" + std::to_string(getpid()))).string();
         fs::remove_all(dir);
         fs::create_directories(dir);
         Rng rng(11);
@@ -42,7 +44,8 @@ struct Workspace {
     }
     ~Workspace() { fs::remove_all(dir); }
     std::string args(const std::string& out, int max_steps, int zero_stage, const std::string& device = "cpu") const {
-        return "--model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device " + device +
+        return "--model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device " +
+               device +
                " --batch-size 2 --seq-len 8 --grad-accum-tokens 64 --val-every 3 --val-batches 1 --sample-every 0"
                " --sample-tokens 2 --warmup-steps 2 --min-lr-fraction 1 --checkpoint-every 4 --zero-stage " +
                std::to_string(zero_stage) + " --max-steps " + std::to_string(max_steps) + " --train-data " + dir +
@@ -110,8 +113,8 @@ TEST_CASE("N ranks train the model one rank trains, at every ZeRO stage; the byt
             // the memory report: model state kept per rank against the ZeRO formula (padding: < 64·N floats)
             auto [kept, formula] = memory_line(r.output);
             const double psi_mib = P / double(1 << 20);
-            const double expected[] = {16 * psi_mib, 8 * psi_mib + 8 * psi_mib / ranks, 4 * psi_mib + 12 * psi_mib / ranks,
-                                       16 * psi_mib / ranks};
+            const double expected[] = {16 * psi_mib, 8 * psi_mib + 8 * psi_mib / ranks,
+                                       4 * psi_mib + 12 * psi_mib / ranks, 16 * psi_mib / ranks};
             CHECK(std::fabs(formula - expected[stage]) <= 0.01);
             CHECK(std::fabs(kept - formula) <= 0.01 + 1e-3 * formula);
             // bytes per step: S = ceil(Ψ/N) rounded up to 64 floats; A = 4/N micro-batches per rank
@@ -180,8 +183,9 @@ TEST_CASE("a killed rank ends the job in bounded time; ranks started with differ
     Workspace w("failure");
     // rank 1 is killed (SIGKILL) 3 s after it starts, in the middle of a long run: mpirun must end the job
     auto start = std::chrono::steady_clock::now();
-    CommandResult r = train(2, w.args("killed", 1000000, 1),
-                            "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (sleep 3; kill -9 $$) & fi; exec \"$0\" \"$@\"' ");
+    CommandResult r =
+        train(2, w.args("killed", 1000000, 1),
+              "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (sleep 3; kill -9 $$) & fi; exec \"$0\" \"$@\"' ");
     double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     INFO(r.output);
     CHECK(r.exit_code != 0);

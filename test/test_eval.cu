@@ -1,4 +1,4 @@
-// Evaluation (issue 17): target log-probabilities and multiple-choice predictions against transformers on the
+// Evaluation: target log-probabilities and multiple-choice predictions against transformers on the
 // Hugging Face fixture models (test/fixtures/eval_hf.json, written by dev/reference_eval.py), the tokenization
 // rule, bits per byte against a hand-computed value, the sliding window against token-by-token scoring, kernels
 // against the CPU reference ops, the regression gate; then eval_gpt_cpu and train_gpt_cpu run as a user runs them:
@@ -19,7 +19,9 @@ using json = nlohmann::json;
 // different orders. The Llama fixture's weights are large (initializer_range 0.4), its logits too: −8.38883 vs
 // −8.38894 is 1.4e-5 relative; 1e-4 is the issue's bound.
 constexpr double tolerance_logprob = 1e-4;
-static bool logprob_close(double a, double ref) { return std::abs(a - ref) <= tolerance_logprob * std::max(1.0, std::abs(ref)); }
+static bool logprob_close(double a, double ref) {
+    return std::abs(a - ref) <= tolerance_logprob * std::max(1.0, std::abs(ref));
+}
 static const std::string tokenizer_small = "test/fixtures/tokenizer_small";
 
 static json read_json(const std::string& path) {
@@ -89,7 +91,8 @@ static void check_against_transformers(const json& mcase) {
     for (size_t i = 0; i < mcase.at("items").size(); i++) {
         const json& x = mcase["items"][i];
         CAPTURE(i);
-        ChoiceItem item{0, x.at("context").get<std::vector<int>>(), x.at("choices").get<std::vector<std::vector<int>>>(), x.at("label")};
+        ChoiceItem item{0, x.at("context").get<std::vector<int>>(),
+                        x.at("choices").get<std::vector<std::vector<int>>>(), x.at("label")};
         std::vector<ScoreRequest> batch;
         for (const auto& c : item.choices) batch.push_back({item.context, c});
         std::vector<std::vector<float>> lp = target_logprobs(model, batch);  // every choice in one forward, padded
@@ -98,7 +101,8 @@ static void check_against_transformers(const json& mcase) {
             const json& ref = mcase["logprobs"][i][c];
             REQUIRE(lp[c].size() == ref.size());
             for (size_t k = 0; k < ref.size(); k++) {
-                INFO("choice " << c << " token " << k << ": " << lp[c][k] << " vs transformers " << ref[k].get<double>());
+                INFO("choice " << c << " token " << k << ": " << lp[c][k] << " vs transformers "
+                               << ref[k].get<double>());
                 CHECK(logprob_close(lp[c][k], ref[k].get<double>()));
             }
         }
@@ -113,16 +117,21 @@ TEST_CASE("multiple choice: per-token log-probs and chosen indices equal transfo
     for (const json& mcase : fix.at("models")) {
         CAPTURE(mcase.at("dir").get<std::string>());
         SUBCASE("CPU reference ops") { check_against_transformers<HostOps>(mcase); }
-        SUBCASE("kernels") { check_against_transformers<DeviceOps>(mcase); }  // Llama's hs = 32; GPT-2's hs = 8 has no kernel
+        SUBCASE("kernels") {
+            check_against_transformers<DeviceOps>(mcase);
+        }  // Llama's hs = 32; GPT-2's hs = 8 has no kernel
     }
 }
 
-TEST_CASE("multiple choice: tokens of the context, then of \" \" + ending (llm.c's rule), equal transformers' GPT2Tokenizer's") {
+TEST_CASE(
+    "multiple choice: tokens of the context, then of \" \" + ending (llm.c's rule), equal transformers' "
+    "GPT2Tokenizer's") {
     json fix = read_json("test/fixtures/eval_hf.json").at("tokenization");
     bpe::Tokenizer tok = bpe::Tokenizer::load(fix.at("dir"));
     Scratch s("tokens");
     std::string lines;
-    for (const json& c : fix.at("cases")) lines += json{{"ctx", c["ctx"]}, {"endings", {c["ending"], "x"}}, {"label", 1}}.dump() + "\n";
+    for (const json& c : fix.at("cases"))
+        lines += json{{"ctx", c["ctx"]}, {"endings", {c["ending"], "x"}}, {"label", 1}}.dump() + "\n";
     write_text(s / "items.jsonl", lines);
     std::vector<ChoiceItem> items = read_choice_file(s / "items.jsonl", &tok, tok.vocab_size());
     REQUIRE(items.size() == fix["cases"].size());
@@ -158,8 +167,11 @@ TEST_CASE("text: bits per byte of a uniform model is the hand-computed 0.4 * log
     }
 }
 
-TEST_CASE("text: sliding windows score every token once with at least T - stride tokens before it; stride 1 = token by token") {
-    for (auto [N, T, stride] : {std::array<int, 3>{2, 4, 4}, {10, 4, 1}, {37, 8, 3}, {37, 8, 8}, {9, 8, 5}, {100, 16, 7}}) {
+TEST_CASE(
+    "text: sliding windows score every token once with at least T - stride tokens before it; stride 1 = token by "
+    "token") {
+    for (auto [N, T, stride] :
+         {std::array<int, 3>{2, 4, 4}, {10, 4, 1}, {37, 8, 3}, {37, 8, 8}, {9, 8, 5}, {100, 16, 7}}) {
         CAPTURE(N); CAPTURE(T); CAPTURE(stride);
         std::vector<int> seen(N, 0);
         for (const TextWindow& w : sliding_windows(N, T, stride)) {
@@ -213,8 +225,10 @@ TEST_CASE("kernel path equals CPU path: per-token log-probs of choices and of a 
             for (int& x : t) x = static_cast<int>(rng.below(70));
             return t;
         };
-        std::vector<ScoreRequest> batch = {{random_tokens(7), random_tokens(3)}, {random_tokens(7), random_tokens(11)},
-                                           {random_tokens(1), random_tokens(1)}, {random_tokens(13), random_tokens(10)}};
+        std::vector<ScoreRequest> batch = {{random_tokens(7), random_tokens(3)},
+                                           {random_tokens(7), random_tokens(11)},
+                                           {random_tokens(1), random_tokens(1)},
+                                           {random_tokens(13), random_tokens(10)}};
         std::vector<std::vector<float>> a = target_logprobs(host, batch), b = target_logprobs(device, batch);
         std::vector<float> flat_a, flat_b;
         for (size_t i = 0; i < a.size(); i++) {
@@ -233,13 +247,16 @@ TEST_CASE("kernel path equals CPU path: per-token log-probs of choices and of a 
 
 // ----------------------------------------------------------------------------
 TEST_CASE("regression gate: fails naming the metric when worse than the baseline by more than X, passes otherwise") {
-    const json base = {{"metrics", {{"acc", 0.50}, {"acc_norm", 0.40}, {"loss", 3.0}, {"bits_per_byte", 1.5}, {"count", 200}}}};
+    const json base = {
+        {"metrics", {{"acc", 0.50}, {"acc_norm", 0.40}, {"loss", 3.0}, {"bits_per_byte", 1.5}, {"count", 200}}}};
     auto with = [&](const char* key, double v) {
         json r = base;
         r["metrics"][key] = v;
         return r;
     };
-    auto starts = [](const std::vector<std::string>& f, const std::string& s) { return f.size() == 1 && f[0].rfind(s, 0) == 0; };
+    auto starts = [](const std::vector<std::string>& f, const std::string& s) {
+        return f.size() == 1 && f[0].rfind(s, 0) == 0;
+    };
     CHECK(regressions(base, base, 0.0).empty());
     CHECK(starts(regressions(with("acc", 0.48), base, 0.01), "acc regressed: 0.48 vs baseline 0.5"));
     CHECK(regressions(with("acc", 0.48), base, 0.03).empty());
@@ -257,17 +274,20 @@ TEST_CASE("regression gate: fails naming the metric when worse than the baseline
 
 // ----------------------------------------------------------------------------
 // The programs, as a user runs them (CPU build)
-static CommandResult eval_gpt(const std::string& args) { return run_command(program_path("eval_gpt_cpu") + " --device cpu " + args); }
+static CommandResult eval_gpt(const std::string& args) {
+    return run_command(program_path("eval_gpt_cpu") + " --device cpu " + args);
+}
 
 TEST_CASE("eval_gpt: per-item choices of an HF GPT-2 directory equal transformers' on the same file") {
     const json mcase = read_json("test/fixtures/eval_hf.json").at("models").at(0);
     REQUIRE(mcase.at("dir") == "test/fixtures/hf_gpt2_tiny");
     Scratch s("hf");
     std::string lines;
-    for (const json& x : mcase.at("items")) lines += x.dump() + "\n";  // generic layout, token ids: the model has 97 tokens
+    for (const json& x : mcase.at("items"))
+        lines += x.dump() + "\n";  // generic layout, token ids: the model has 97 tokens
     write_text(s / "items.jsonl", lines);
-    CommandResult r = eval_gpt("--model test/fixtures/hf_gpt2_tiny --multiple-choice " + (s / "items.jsonl") + " --per-item " + (s / "items_out.jsonl") +
-                               " --report " + (s / "report.json"));
+    CommandResult r = eval_gpt("--model test/fixtures/hf_gpt2_tiny --multiple-choice " + (s / "items.jsonl") +
+                               " --per-item " + (s / "items_out.jsonl") + " --report " + (s / "report.json"));
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     json per = read_jsonl(s / "items_out.jsonl");
@@ -291,7 +311,8 @@ TEST_CASE("eval_gpt: per-item choices of an HF GPT-2 directory equal transformer
 
 TEST_CASE("eval_gpt: bad input names the file and line, and no report is written") {
     Scratch s("bad");
-    write_model(s / "model.bin", tiny_config(Arch::gpt2, 320, 32), random_parameters(tiny_config(Arch::gpt2, 320, 32), 1));
+    write_model(s / "model.bin", tiny_config(Arch::gpt2, 320, 32),
+                random_parameters(tiny_config(Arch::gpt2, 320, 32), 1));
     const std::string good = R"({"ctx": "To be, or not", "endings": ["to be", "a cat"], "label": 0})";
     struct Case {
         std::string line, message;
@@ -300,7 +321,8 @@ TEST_CASE("eval_gpt: bad input names the file and line, and no report is written
              {R"({"ctx": "To be", "endings": ["a", "b"], "label": 0)", ":2: not JSON"},
              {R"({"ctx": "To be", "label": 0})", ":2: missing field \"endings\""},
              {R"({"context": "To be", "choices": ["a", "b"]})", ":2: missing field \"label\""},
-             {R"({"ctx": "To be", "endings": ["a", "b"], "label": 2})", ":2: label 2 is out of range: there are 2 endings"},
+             {R"({"ctx": "To be", "endings": ["a", "b"], "label": 2})",
+              ":2: label 2 is out of range: there are 2 endings"},
              {R"({"ctx": "To be", "endings": ["a", "b"], "label": -1})", ":2: label -1 is out of range"},
              {R"({"ctx": "To be", "endings": ["a", "b"], "label": "first"})", ":2: \"label\" must be an integer"},
              {R"({"ctx": "To be", "endings": ["a", ""], "label": 0})", ":2: endings[1] is empty"},
@@ -308,12 +330,13 @@ TEST_CASE("eval_gpt: bad input names the file and line, and no report is written
              {R"({"ctx": "To be", "endings": ["a"], "label": 0})", ":2: \"endings\" must be a list of at least two"},
              {"{\"ctx\": \"To be \xff\", \"endings\": [\"a\", \"b\"], \"label\": 0}", ":2: invalid UTF-8 at byte 16"},
              {"[1, 2]", ":2: not a JSON object"},
-             {R"({"context": [1, 400], "choices": [[1], [2]], "label": 0})", ":2: \"context\": token 400 is outside the model's vocabulary"},
+             {R"({"context": [1, 400], "choices": [[1], [2]], "label": 0})",
+              ":2: \"context\": token 400 is outside the model's vocabulary"},
          }) {
         CAPTURE(c.line);
         write_text(s / "items.jsonl", good + "\n" + c.line + "\n" + good + "\n");
-        CommandResult r = eval_gpt("--model " + (s / "model.bin") + " --multiple-choice " + (s / "items.jsonl") + " --report " + (s / "report.json") +
-                                   " --per-item " + (s / "per.jsonl"));
+        CommandResult r = eval_gpt("--model " + (s / "model.bin") + " --multiple-choice " + (s / "items.jsonl") +
+                                   " --report " + (s / "report.json") + " --per-item " + (s / "per.jsonl"));
         INFO(r.output);
         CHECK(r.exit_code == 1);
         CHECK(r.output.find(s / "items.jsonl" + c.message) != std::string::npos);
@@ -321,14 +344,17 @@ TEST_CASE("eval_gpt: bad input names the file and line, and no report is written
         CHECK(!fs::exists(s / "per.jsonl"));
     }
     // an item longer than the model's context (32)
-    write_text(s / "items.jsonl", R"({"ctx": ")" + std::string(60, 'z') + R"(", "endings": ["a", "b"], "label": 0})" + "\n");
+    write_text(s / "items.jsonl",
+               R"({"ctx": ")" + std::string(60, 'z') + R"(", "endings": ["a", "b"], "label": 0})" + "\n");
     CommandResult r = eval_gpt("--model " + (s / "model.bin") + " --multiple-choice " + (s / "items.jsonl"));
     CHECK(r.exit_code == 1);
     CHECK(r.output.find(":1: context + ending is") != std::string::npos);
     // flags
     CHECK(eval_gpt("--model " + (s / "model.bin")).output.find("nothing to evaluate") != std::string::npos);
-    CHECK(eval_gpt("--model " + (s / "model.bin") + " --text x --stride z").output.find("--stride needs") != std::string::npos);
-    CHECK(eval_gpt("--model " + (s / "model.bin") + " --text " + (s / "missing.txt")).output.find("missing.txt: cannot open") != std::string::npos);
+    CHECK(eval_gpt("--model " + (s / "model.bin") + " --text x --stride z").output.find("--stride needs") !=
+          std::string::npos);
+    CHECK(eval_gpt("--model " + (s / "model.bin") + " --text " + (s / "missing.txt"))
+              .output.find("missing.txt: cannot open") != std::string::npos);
     CHECK(eval_gpt("--help").output.find("--multiple-choice") != std::string::npos);
 }
 
@@ -339,11 +365,13 @@ TEST_CASE("eval_gpt: --text bits per byte by hand, golden continuations, the reg
     // --text on the all-zero model: ln 320 nats for each token of the text (<|endoftext|> goes first, so all
     // of them are predicted), hence bits per byte = tokens · log2 320 / bytes
     write_model(s / "zero.bin", c, std::vector<float>(random_parameters(c, 0).size(), 0.0f));
-    const std::string text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
-                             "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n";
+    const std::string text =
+        "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+        "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n";
     write_text(s / "text.txt", text);
     const double n = static_cast<double>(tok.encode_ordinary(text).size());
-    CommandResult r = eval_gpt("--model " + (s / "zero.bin") + " --text " + (s / "text.txt") + " --context 32 --stride 12 --report " + (s / "text.json"));
+    CommandResult r = eval_gpt("--model " + (s / "zero.bin") + " --text " + (s / "text.txt") +
+                               " --context 32 --stride 12 --report " + (s / "text.json"));
     INFO(r.output);
     REQUIRE(r.exit_code == 0);
     json m = read_json(s / "text.json")["metrics"];
@@ -354,8 +382,12 @@ TEST_CASE("eval_gpt: --text bits per byte by hand, golden continuations, the reg
 
     // golden: record a random model's greedy continuations, check them, then change one
     write_model(s / "model.bin", c, random_parameters(c, 2));
-    write_text(s / "prompts.jsonl", R"({"prompt": "To be", "max_tokens": 6})" "\n" R"({"prompt": "ROMEO:", "max_tokens": 4})" "\n");
-    r = eval_gpt("--model " + (s / "model.bin") + " --golden " + (s / "prompts.jsonl") + " --write-golden " + (s / "golden.jsonl"));
+    write_text(s / "prompts.jsonl", R"({"prompt": "To be", "max_tokens": 6})"
+                                    "\n"
+                                    R"({"prompt": "ROMEO:", "max_tokens": 4})"
+                                    "\n");
+    r = eval_gpt("--model " + (s / "model.bin") + " --golden " + (s / "prompts.jsonl") + " --write-golden " +
+                 (s / "golden.jsonl"));
     REQUIRE(r.exit_code == 0);
     json golden = read_jsonl(s / "golden.jsonl");
     REQUIRE(golden.size() == 2);
@@ -366,23 +398,30 @@ TEST_CASE("eval_gpt: --text bits per byte by hand, golden continuations, the reg
     CHECK(r.output.find("0 of 2 continuations changed") != std::string::npos);
     golden[1]["expected_tokens"][0] = (golden[1]["expected_tokens"][0].get<int>() + 1) % 320;
     write_text(s / "golden.jsonl", golden[0].dump() + "\n" + golden[1].dump() + "\n");
-    r = eval_gpt("--model " + (s / "model.bin") + " --golden " + (s / "golden.jsonl") + " --report " + (s / "golden.json"));
+    r = eval_gpt("--model " + (s / "model.bin") + " --golden " + (s / "golden.jsonl") + " --report " +
+                 (s / "golden.json"));
     CHECK(r.exit_code == 3);
     CHECK(r.output.find(s / "golden.jsonl:2 changed") != std::string::npos);
     CHECK(r.output.find("1 of 2 continuations changed") != std::string::npos);
     CHECK(read_json(s / "golden.json")["metrics"]["golden_changed"] == 1);
     // a hand-written golden file, text only: the all-zero model's logits all tie, and greedy takes the lowest
     // id, token 0 = "!"; max_tokens defaults to the expected text's token count
-    write_text(s / "hand.jsonl", R"({"prompt": "To be", "expected": "!!!"})" "\n" R"({"prompt": "To be", "expected": "?!"})" "\n");
+    write_text(s / "hand.jsonl", R"({"prompt": "To be", "expected": "!!!"})"
+                                 "\n"
+                                 R"({"prompt": "To be", "expected": "?!"})"
+                                 "\n");
     r = eval_gpt("--model " + (s / "zero.bin") + " --golden " + (s / "hand.jsonl"));
     CHECK(r.exit_code == 3);
     CHECK(r.output.find(s / "hand.jsonl:1 changed") == std::string::npos);
     CHECK(r.output.find(s / "hand.jsonl:2 changed") != std::string::npos);
 
     // the gate: a report, then the same run against it, then against a better baseline
-    write_text(s / "items.jsonl", R"({"ctx": "To be, or not", "endings": ["to be", "a cat", "the sea"], "label": 0})" "\n"
-                                  R"({"context": "Whether 'tis", "choices": ["nobler", "in the mind"], "label": 1})" "\n");
-    const std::string args = "--model " + (s / "model.bin") + " --multiple-choice " + (s / "items.jsonl") + " --text " + (s / "text.txt");
+    write_text(s / "items.jsonl", R"({"ctx": "To be, or not", "endings": ["to be", "a cat", "the sea"], "label": 0})"
+                                  "\n"
+                                  R"({"context": "Whether 'tis", "choices": ["nobler", "in the mind"], "label": 1})"
+                                  "\n");
+    const std::string args =
+        "--model " + (s / "model.bin") + " --multiple-choice " + (s / "items.jsonl") + " --text " + (s / "text.txt");
     r = eval_gpt(args + " --report " + (s / "base.json"));
     REQUIRE(r.exit_code == 0);
     r = eval_gpt(args + " --baseline " + (s / "base.json") + " --report " + (s / "again.json"));
@@ -406,7 +445,9 @@ TEST_CASE("eval_gpt: --text bits per byte by hand, golden continuations, the reg
     CHECK(r.output.find("not an eval_gpt report") != std::string::npos);
 }
 
-TEST_CASE("dev/make_choice_set.sh: a deterministic HellaSwag-format set from Tiny Shakespeare's val split, read by eval_gpt") {
+TEST_CASE(
+    "dev/make_choice_set.sh: a deterministic HellaSwag-format set from Tiny Shakespeare's val split, read by "
+    "eval_gpt") {
     Scratch s("shakespeare");
     CommandResult r = run_command("bash dev/make_choice_set.sh " + (s / "a.jsonl") + " '' 40 7");
     INFO(r.output);
@@ -441,12 +482,16 @@ TEST_CASE("train_gpt --eval-every N --eval-multiple-choice FILE logs accuracy to
     for (auto& t : val) t = static_cast<int>(rng.below(50257));
     bpe::write_shard(s / "train_000.bin", train, 50257);
     bpe::write_shard(s / "val_000.bin", val, 50257);
-    write_text(s / "items.jsonl", R"({"ctx": "To be, or not", "endings": ["to be", "a cat", "the sea"], "label": 0})" "\n"
-                                  R"({"ctx": "Whether 'tis", "endings": ["nobler", "in the mind"], "label": 1})" "\n");
-    const std::string args = program_path("train_gpt_cpu") + " --model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device cpu "
-                             "--batch-size 2 --seq-len 8 --val-every 2 --val-batches 1 --sample-every 0 --sample-tokens 2 --warmup-steps 1 "
-                             "--max-steps 5 --eval-every 2 --train-data " + (s / "train_*.bin") + " --val-data " + (s / "val_*.bin") +
-                             " --out-dir " + (s / "out");
+    write_text(s / "items.jsonl", R"({"ctx": "To be, or not", "endings": ["to be", "a cat", "the sea"], "label": 0})"
+                                  "\n"
+                                  R"({"ctx": "Whether 'tis", "endings": ["nobler", "in the mind"], "label": 1})"
+                                  "\n");
+    const std::string args =
+        program_path("train_gpt_cpu") +
+        " --model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device cpu "
+        "--batch-size 2 --seq-len 8 --val-every 2 --val-batches 1 --sample-every 0 --sample-tokens 2 --warmup-steps 1 "
+        "--max-steps 5 --eval-every 2 --train-data " +
+        (s / "train_*.bin") + " --val-data " + (s / "val_*.bin") + " --out-dir " + (s / "out");
     CommandResult r = run_command(args + " --eval-multiple-choice " + (s / "items.jsonl"));
     INFO(r.output);
     REQUIRE(r.exit_code == 0);

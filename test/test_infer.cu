@@ -108,7 +108,8 @@ TEST_CASE("safetensors: write, read back; F16 and BF16 convert exactly") {
     // F16: 1.0 = 0x3c00, -2.5 = 0xc100, 65504 = 0x7bff, smallest subnormal 2^-24 = 0x0001; BF16: 1.0 = 0x3f80, -3.0 =
     // 0xc040
     std::string h =
-        R"({"h":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]}})";
+        R"({"h":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},)"
+        R"("b":{"dtype":"BF16","shape":[2],"data_offsets":[8,12]}})";
     auto bytes = st_file(h, 12);
     uint16_t vals[6] = {0x3c00, 0xc100, 0x7bff, 0x0001, 0x3f80, 0xc040};
     std::memcpy(bytes.data() + 8 + h.size(), vals, 12);
@@ -134,12 +135,14 @@ TEST_CASE("safetensors: malformed files are refused with a message naming the pr
     refuse(st_file(R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,16]}})", 16), "needs 12");
     refuse(
         st_file(
-            R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+            R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+            R"("v":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
             12),
         "overlap");
     refuse(
         st_file(
-            R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"v":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}})",
+            R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+            R"("v":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}})",
             16),
         "belong to no tensor");
     refuse(st_file(R"({"w":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8), "non-negative");

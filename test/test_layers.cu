@@ -29,11 +29,13 @@ static double dot(const std::vector<double>& a, const std::vector<double>& b) {
 
 // The gradient of a scalar loss with respect to x from a backward (`analytic`) against central finite
 // differences of the loss.
-static void check_finite_differences(const std::string& what, const std::vector<double>& x, const std::vector<double>& analytic,
+static void check_finite_differences(const std::string& what, const std::vector<double>& x,
+                                     const std::vector<double>& analytic,
                                      const std::function<double(const std::vector<double>&)>& loss) {
     std::vector<double> numeric = finite_difference(loss, x);
     double e = rel_error(analytic, numeric);
-    INFO(what << ": backward vs finite differences, relative error " << e << " (tolerance " << tolerance_finite_difference << ")");
+    INFO(what << ": backward vs finite differences, relative error " << e << " (tolerance "
+              << tolerance_finite_difference << ")");
     CHECK(e <= tolerance_finite_difference);
 }
 
@@ -42,20 +44,25 @@ static void check_finite_differences(const std::string& what, const std::vector<
 TEST_CASE("encoder forward/backward: kernel matches CPU reference") {
     Rng rng(101);
     struct Shape { int B, T, C, V; };
-    for (Shape s : {Shape{1, 1, 7, 3}, Shape{2, 5, 33, 4}, Shape{3, 17, 96, 50}, Shape{2, 300, 40, 7}, Shape{1, 3, 1100, 2}}) {
+    for (Shape s :
+         {Shape{1, 1, 7, 3}, Shape{2, 5, 33, 4}, Shape{3, 17, 96, 50}, Shape{2, 300, 40, 7}, Shape{1, 3, 1100, 2}}) {
         for (bool with_wpe : {true, false}) {
             CAPTURE(s.B); CAPTURE(s.T); CAPTURE(s.C); CAPTURE(s.V); CAPTURE(with_wpe);
             const int N = s.B * s.T, maxT = s.T + 3;
             std::vector<int> tokens = random_tokens(N, s.V, rng);  // small V: many repeated tokens
-            std::vector<float> wte = random_vector(static_cast<size_t>(s.V) * s.C, rng), wpe = random_vector(static_cast<size_t>(maxT) * s.C, rng);
+            std::vector<float> wte = random_vector(static_cast<size_t>(s.V) * s.C, rng),
+                               wpe = random_vector(static_cast<size_t>(maxT) * s.C, rng);
             std::vector<float> dout = random_vector(static_cast<size_t>(N) * s.C, rng);
             std::vector<float> dwte0 = random_vector(wte.size(), rng), dwpe0 = random_vector(wpe.size(), rng);
             std::vector<float> out_ref(static_cast<size_t>(N) * s.C), dwte_ref = dwte0, dwpe_ref = dwpe0;
-            encoder_forward_cpu(out_ref.data(), tokens.data(), wte.data(), with_wpe ? wpe.data() : nullptr, s.B, s.T, s.C);
-            encoder_backward_cpu(dwte_ref.data(), with_wpe ? dwpe_ref.data() : nullptr, dout.data(), tokens.data(), s.B, s.T, s.C);
+            encoder_forward_cpu(out_ref.data(), tokens.data(), wte.data(), with_wpe ? wpe.data() : nullptr, s.B, s.T,
+                                s.C);
+            encoder_backward_cpu(dwte_ref.data(), with_wpe ? dwpe_ref.data() : nullptr, dout.data(), tokens.data(), s.B,
+                                 s.T, s.C);
             for_each_thread_order([&] {
                 DeviceBuffer<int> d_tokens(tokens);
-                DeviceBuffer<float> d_wte(wte), d_wpe(wpe), d_out(out_ref.size()), d_dout(dout), d_dwte(dwte0), d_dwpe(dwpe0);
+                DeviceBuffer<float> d_wte(wte), d_wpe(wpe), d_out(out_ref.size()), d_dout(dout), d_dwte(dwte0),
+                    d_dwpe(dwpe0);
                 poison(d_out);
                 encoder_forward(d_out, d_tokens, d_wte, with_wpe ? d_wpe.ptr : nullptr, s.B, s.T, s.C, nullptr);
                 check_close("encoder out", d_out.download(), out_ref, tolerance_fp32_elementwise);
@@ -96,13 +103,16 @@ TEST_CASE("layernorm forward/backward: kernel matches CPU reference") {
     for (Shape s : {Shape{1, 7}, Shape{5, 33}, Shape{130, 100}, Shape{64, 768}}) {
         CAPTURE(s.N); CAPTURE(s.C);
         size_t NC = static_cast<size_t>(s.N) * s.C;
-        std::vector<float> inp = random_vector(NC, rng), weight = random_vector(s.C, rng), bias = random_vector(s.C, rng);
+        std::vector<float> inp = random_vector(NC, rng), weight = random_vector(s.C, rng),
+                           bias = random_vector(s.C, rng);
         for (size_t i = 0; i < NC; i++) inp[i] += 0.5f;  // a non-zero mean, so the mean path matters
-        std::vector<float> dout = random_vector(NC, rng), dinp0 = random_vector(NC, rng), dw0 = random_vector(s.C, rng), db0 = random_vector(s.C, rng);
+        std::vector<float> dout = random_vector(NC, rng), dinp0 = random_vector(NC, rng), dw0 = random_vector(s.C, rng),
+                           db0 = random_vector(s.C, rng);
         std::vector<float> out_ref(NC), mean_ref(s.N), rstd_ref(s.N), dinp_ref = dinp0, dw_ref = dw0, db_ref = db0;
-        layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(), s.N, s.C);
-        layernorm_backward_cpu(dinp_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), inp.data(), weight.data(), mean_ref.data(),
-                               rstd_ref.data(), s.N, s.C);
+        layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(),
+                              s.N, s.C);
+        layernorm_backward_cpu(dinp_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), inp.data(), weight.data(),
+                               mean_ref.data(), rstd_ref.data(), s.N, s.C);
         for_each_thread_order([&] {
             DeviceBuffer<float> d_inp(inp), d_w(weight), d_b(bias), d_out(NC), d_mean(s.N), d_rstd(s.N);
             DeviceBuffer<float> d_dout(dout), d_dinp(dinp0), d_dw(dw0), d_db(db0);
@@ -122,19 +132,24 @@ TEST_CASE("layernorm forward/backward: kernel matches CPU reference") {
 TEST_CASE("layernorm backward (CPU, double) matches finite differences") {
     Rng rng(202);
     const int N = 3, C = 10;
-    std::vector<double> inp = to_double(random_vector(N * C, rng)), weight = to_double(random_vector(C, rng)), bias = to_double(random_vector(C, rng));
+    std::vector<double> inp = to_double(random_vector(N * C, rng)), weight = to_double(random_vector(C, rng)),
+                        bias = to_double(random_vector(C, rng));
     std::vector<double> w = to_double(random_vector(N * C, rng));
     std::vector<double> out(N * C), mean(N), rstd(N), dinp(N * C, 0.0), dweight(C, 0.0), dbias(C, 0.0);
     layernorm_forward_cpu(out.data(), mean.data(), rstd.data(), inp.data(), weight.data(), bias.data(), N, C);
-    layernorm_backward_cpu(dinp.data(), dweight.data(), dbias.data(), w.data(), inp.data(), weight.data(), mean.data(), rstd.data(), N, C);
+    layernorm_backward_cpu(dinp.data(), dweight.data(), dbias.data(), w.data(), inp.data(), weight.data(), mean.data(),
+                           rstd.data(), N, C);
     auto loss = [&](const std::vector<double>& x, const std::vector<double>& g, const std::vector<double>& b) {
         std::vector<double> o(N * C), m(N), r(N);
         layernorm_forward_cpu(o.data(), m.data(), r.data(), x.data(), g.data(), b.data(), N, C);
         return dot(o, w);
     };
-    check_finite_differences("layernorm dinp", inp, dinp, [&](const std::vector<double>& x) { return loss(x, weight, bias); });
-    check_finite_differences("layernorm dweight", weight, dweight, [&](const std::vector<double>& x) { return loss(inp, x, bias); });
-    check_finite_differences("layernorm dbias", bias, dbias, [&](const std::vector<double>& x) { return loss(inp, weight, x); });
+    check_finite_differences("layernorm dinp", inp, dinp,
+                             [&](const std::vector<double>& x) { return loss(x, weight, bias); });
+    check_finite_differences("layernorm dweight", weight, dweight,
+                             [&](const std::vector<double>& x) { return loss(inp, x, bias); });
+    check_finite_differences("layernorm dbias", bias, dbias,
+                             [&](const std::vector<double>& x) { return loss(inp, weight, x); });
 }
 
 TEST_CASE("rmsnorm forward/backward: kernel matches CPU reference") {
@@ -147,7 +162,8 @@ TEST_CASE("rmsnorm forward/backward: kernel matches CPU reference") {
         std::vector<float> dout = random_vector(NC, rng), dinp0 = random_vector(NC, rng), dw0 = random_vector(s.C, rng);
         std::vector<float> out_ref(NC), rstd_ref(s.N), dinp_ref = dinp0, dw_ref = dw0;
         rmsnorm_forward_cpu(out_ref.data(), rstd_ref.data(), inp.data(), weight.data(), s.N, s.C, s.eps);
-        rmsnorm_backward_cpu(dinp_ref.data(), dw_ref.data(), dout.data(), inp.data(), weight.data(), rstd_ref.data(), s.N, s.C);
+        rmsnorm_backward_cpu(dinp_ref.data(), dw_ref.data(), dout.data(), inp.data(), weight.data(), rstd_ref.data(),
+                             s.N, s.C);
         for_each_thread_order([&] {
             DeviceBuffer<float> d_inp(inp), d_w(weight), d_out(NC), d_rstd(s.N), d_dout(dout), d_dinp(dinp0), d_dw(dw0);
             poison(d_out); poison(d_rstd);
@@ -176,7 +192,8 @@ TEST_CASE("rmsnorm backward (CPU, double) matches finite differences") {
         return dot(o, w);
     };
     check_finite_differences("rmsnorm dinp", inp, dinp, [&](const std::vector<double>& x) { return loss(x, weight); });
-    check_finite_differences("rmsnorm dweight", weight, dweight, [&](const std::vector<double>& x) { return loss(inp, x); });
+    check_finite_differences("rmsnorm dweight", weight, dweight,
+                             [&](const std::vector<double>& x) { return loss(inp, x); });
 }
 
 // ----------------------------------------------------------------------------
@@ -188,7 +205,8 @@ struct MatmulCase {
     int N, C, OC;
     bool bias, dinp;
     std::vector<float> inp, weight, b, dout, dinp0, dweight0, dbias0;
-    MatmulCase(int N_, int C_, int OC_, bool bias_, bool dinp_, Rng& rng) : N(N_), C(C_), OC(OC_), bias(bias_), dinp(dinp_) {
+    MatmulCase(int N_, int C_, int OC_, bool bias_, bool dinp_, Rng& rng)
+        : N(N_), C(C_), OC(OC_), bias(bias_), dinp(dinp_) {
         inp = random_vector(static_cast<size_t>(N) * C, rng);
         weight = random_vector(static_cast<size_t>(OC) * C, rng);
         b = random_vector(OC, rng);
@@ -202,15 +220,16 @@ struct MatmulCase {
         DeviceBuffer<float> d_dinp(dinp0), d_dw(dweight0), d_db(dbias0);
         poison(d_out);
         matmul_forward(d_out, d_inp, d_w, bias ? d_b.ptr : nullptr, N, C, OC, nullptr);
-        matmul_backward(dinp ? d_dinp.ptr : nullptr, d_dw, bias ? d_db.ptr : nullptr, d_dout, d_inp, d_w, N, C, OC, nullptr);
+        matmul_backward(dinp ? d_dinp.ptr : nullptr, d_dw, bias ? d_db.ptr : nullptr, d_dout, d_inp, d_w, N, C, OC,
+                        nullptr);
         return {d_out.download(), d_dinp.download(), d_dw.download(), d_db.download()};
     }
     template <class Forward, class Backward>
     MatmulResult run_host(Forward forward, Backward backward) const {
         MatmulResult r{std::vector<float>(static_cast<size_t>(N) * OC), dinp0, dweight0, dbias0};
         forward(r.out.data(), inp.data(), weight.data(), bias ? b.data() : nullptr, N, C, OC);
-        backward(dinp ? r.dinp.data() : nullptr, r.dweight.data(), bias ? r.dbias.data() : nullptr, dout.data(), inp.data(),
-                 weight.data(), N, C, OC);
+        backward(dinp ? r.dinp.data() : nullptr, r.dweight.data(), bias ? r.dbias.data() : nullptr, dout.data(),
+                 inp.data(), weight.data(), N, C, OC);
         return r;
     }
     MatmulResult run_cpu() const { return run_host(matmul_forward_cpu<float>, matmul_backward_cpu<float>); }
@@ -231,8 +250,9 @@ TEST_CASE("matmul forward/backward: both backends match CPU reference") {
     Rng rng(301);
     BackendGuard guard;
     struct Shape { int N, C, OC; bool bias, dinp; };
-    for (Shape s : {Shape{1, 7, 5, true, true}, Shape{33, 70, 130, true, true}, Shape{66, 64, 1000, false, true},
-                    Shape{17, 96, 200, true, false}, Shape{128, 128, 64, true, true}, Shape{300, 40, 260, true, true}}) {
+    for (Shape s :
+         {Shape{1, 7, 5, true, true}, Shape{33, 70, 130, true, true}, Shape{66, 64, 1000, false, true},
+          Shape{17, 96, 200, true, false}, Shape{128, 128, 64, true, true}, Shape{300, 40, 260, true, true}}) {
         CAPTURE(s.N); CAPTURE(s.C); CAPTURE(s.OC); CAPTURE(s.bias); CAPTURE(s.dinp);
         MatmulCase mc(s.N, s.C, s.OC, s.bias, s.dinp, rng);
         MatmulResult ref = mc.run_cpu();
@@ -265,7 +285,7 @@ TEST_CASE("matmul tiled matches cuBLAS at every GPT-2 and Llama block shape (sca
     }
 }
 
-// Issue 15: the tensor-core backend rounds the inputs to bf16, so it is checked against the fp32 reference with the
+// The tensor-core backend rounds the inputs to bf16, so it is checked against the fp32 reference with the
 // bound bf16 allows (test_util.h, check_bf16_product), not fp32's tolerance.
 TEST_CASE("matmul wmma (bf16 tensor cores) forward/backward matches the fp32 CPU reference within bf16 rounding") {
     Rng rng(303);
@@ -321,7 +341,8 @@ TEST_CASE("matmul CPU OpenBLAS path matches the plain-loop reference (CPU build)
 TEST_CASE("matmul backward (CPU, double) matches finite differences") {
     Rng rng(304);
     const int N = 3, C = 5, OC = 4;
-    std::vector<double> inp = to_double(random_vector(N * C, rng)), weight = to_double(random_vector(OC * C, rng)), bias = to_double(random_vector(OC, rng));
+    std::vector<double> inp = to_double(random_vector(N * C, rng)), weight = to_double(random_vector(OC * C, rng)),
+                        bias = to_double(random_vector(OC, rng));
     std::vector<double> w = to_double(random_vector(N * OC, rng));
     std::vector<double> dinp(N * C, 0.0), dweight(OC * C, 0.0), dbias(OC, 0.0);
     matmul_backward_cpu(dinp.data(), dweight.data(), dbias.data(), w.data(), inp.data(), weight.data(), N, C, OC);
@@ -330,9 +351,12 @@ TEST_CASE("matmul backward (CPU, double) matches finite differences") {
         matmul_forward_cpu(o.data(), x.data(), W.data(), b.data(), N, C, OC);
         return dot(o, w);
     };
-    check_finite_differences("matmul dinp", inp, dinp, [&](const std::vector<double>& x) { return loss(x, weight, bias); });
-    check_finite_differences("matmul dweight", weight, dweight, [&](const std::vector<double>& x) { return loss(inp, x, bias); });
-    check_finite_differences("matmul dbias", bias, dbias, [&](const std::vector<double>& x) { return loss(inp, weight, x); });
+    check_finite_differences("matmul dinp", inp, dinp,
+                             [&](const std::vector<double>& x) { return loss(x, weight, bias); });
+    check_finite_differences("matmul dweight", weight, dweight,
+                             [&](const std::vector<double>& x) { return loss(inp, x, bias); });
+    check_finite_differences("matmul dbias", bias, dbias,
+                             [&](const std::vector<double>& x) { return loss(inp, weight, x); });
 }
 
 // ----------------------------------------------------------------------------
@@ -341,7 +365,8 @@ TEST_CASE("gelu forward/backward: kernel matches CPU reference") {
     Rng rng(401);
     for (int N : {1, 31, 4096, 100003}) {
         CAPTURE(N);
-        std::vector<float> inp = random_vector(N, rng, 3.0f), dout = random_vector(N, rng), dinp0 = random_vector(N, rng);
+        std::vector<float> inp = random_vector(N, rng, 3.0f), dout = random_vector(N, rng),
+                           dinp0 = random_vector(N, rng);
         std::vector<float> out_ref(N), dinp_ref = dinp0;
         gelu_forward_cpu(out_ref.data(), inp.data(), N);
         gelu_backward_cpu(dinp_ref.data(), inp.data(), dout.data(), N);
@@ -359,7 +384,8 @@ TEST_CASE("gelu forward/backward: kernel matches CPU reference") {
 TEST_CASE("gelu backward (CPU, double) matches finite differences") {
     Rng rng(402);
     const int N = 40;
-    std::vector<double> inp = to_double(random_vector(N, rng, 3.0f)), w = to_double(random_vector(N, rng)), dinp(N, 0.0);
+    std::vector<double> inp = to_double(random_vector(N, rng, 3.0f)), w = to_double(random_vector(N, rng)),
+                        dinp(N, 0.0);
     gelu_backward_cpu(dinp.data(), inp.data(), w.data(), N);
     check_finite_differences("gelu dinp", inp, dinp, [&](const std::vector<double>& x) {
         std::vector<double> o(N);
@@ -374,7 +400,8 @@ TEST_CASE("swiglu forward/backward: kernel matches CPU reference") {
     for (Shape s : {Shape{1, 1}, Shape{3, 5}, Shape{66, 171}, Shape{64, 512}}) {
         CAPTURE(s.N); CAPTURE(s.H);
         size_t NH = static_cast<size_t>(s.N) * s.H;
-        std::vector<float> inp = random_vector(2 * NH, rng, 3.0f), dout = random_vector(NH, rng), dinp0 = random_vector(2 * NH, rng);
+        std::vector<float> inp = random_vector(2 * NH, rng, 3.0f), dout = random_vector(NH, rng),
+                           dinp0 = random_vector(2 * NH, rng);
         std::vector<float> out_ref(NH), dinp_ref = dinp0;
         swiglu_forward_cpu(out_ref.data(), inp.data(), s.N, s.H);
         swiglu_backward_cpu(dinp_ref.data(), inp.data(), dout.data(), s.N, s.H);
@@ -392,7 +419,8 @@ TEST_CASE("swiglu forward/backward: kernel matches CPU reference") {
 TEST_CASE("swiglu backward (CPU, double) matches finite differences") {
     Rng rng(404);
     const int N = 3, H = 7;
-    std::vector<double> inp = to_double(random_vector(2 * N * H, rng, 3.0f)), w = to_double(random_vector(N * H, rng)), dinp(2 * N * H, 0.0);
+    std::vector<double> inp = to_double(random_vector(2 * N * H, rng, 3.0f)), w = to_double(random_vector(N * H, rng)),
+                        dinp(2 * N * H, 0.0);
     swiglu_backward_cpu(dinp.data(), inp.data(), w.data(), N, H);
     check_finite_differences("swiglu dinp", inp, dinp, [&](const std::vector<double>& x) {
         std::vector<double> o(N * H);
@@ -408,7 +436,8 @@ TEST_CASE("residual forward/backward: kernel matches CPU reference") {
     for (int N : {1, 31, 100003}) {
         CAPTURE(N);
         std::vector<float> a = random_vector(N, rng), b = random_vector(N, rng), dout = random_vector(N, rng);
-        std::vector<float> da0 = random_vector(N, rng), db0 = random_vector(N, rng), out_ref(N), da_ref = da0, db_ref = db0;
+        std::vector<float> da0 = random_vector(N, rng), db0 = random_vector(N, rng), out_ref(N), da_ref = da0,
+                           db_ref = db0;
         residual_forward_cpu(out_ref.data(), a.data(), b.data(), N);
         residual_backward_cpu(da_ref.data(), db_ref.data(), dout.data(), N);
         for_each_thread_order([&] {
@@ -426,7 +455,8 @@ TEST_CASE("residual forward/backward: kernel matches CPU reference") {
 TEST_CASE("residual backward (CPU, double) matches finite differences") {
     Rng rng(502);
     const int N = 10;
-    std::vector<double> a = to_double(random_vector(N, rng)), b = to_double(random_vector(N, rng)), w = to_double(random_vector(N, rng));
+    std::vector<double> a = to_double(random_vector(N, rng)), b = to_double(random_vector(N, rng)),
+                        w = to_double(random_vector(N, rng));
     std::vector<double> da(N, 0.0), db(N, 0.0);
     residual_backward_cpu(da.data(), db.data(), w.data(), N);
     auto loss = [&](const std::vector<double>& x, const std::vector<double>& y) {
@@ -447,13 +477,15 @@ TEST_CASE("fused classifier: kernel matches CPU reference (padded vocabulary, ig
         for (bool write_dlogits : {true, false}) {
             CAPTURE(s.N); CAPTURE(s.V); CAPTURE(s.Vp); CAPTURE(write_dlogits);
             std::vector<float> logits = random_vector(static_cast<size_t>(s.N) * s.Vp, rng, 4.0f);
-            for (int v = 0; v < s.Vp; v++) logits[v] += 200.0f;  // row 0: e^z overflows fp32 unless the max is subtracted
+            for (int v = 0; v < s.Vp; v++)
+                logits[v] += 200.0f;  // row 0: e^z overflows fp32 unless the max is subtracted
             std::vector<int> targets = random_tokens(s.N, s.V, rng);
             if (s.N > 1) targets[1] = -1;  // an ignored row
             int valid = static_cast<int>(std::count_if(targets.begin(), targets.end(), [](int t) { return t >= 0; }));
             float dloss = 1.0f / valid;
             std::vector<float> dlogits_ref = logits, losses_ref(s.N);
-            fused_classifier_cpu(dlogits_ref.data(), losses_ref.data(), targets.data(), dloss, s.N, s.V, s.Vp, write_dlogits);
+            fused_classifier_cpu(dlogits_ref.data(), losses_ref.data(), targets.data(), dloss, s.N, s.V, s.Vp,
+                                 write_dlogits);
             for_each_thread_order([&] {
                 DeviceBuffer<float> d_logits(logits), d_losses(s.N);
                 DeviceBuffer<int> d_targets(targets);
@@ -501,7 +533,8 @@ TEST_CASE("adamw: kernel matches CPU reference over several steps") {
                 for (int step = 1; step <= 3; step++) {
                     std::vector<float> grads = random_vector(n, rng);
                     DeviceBuffer<float> d_g(grads);
-                    adamw_update_cpu(pr.data(), grads.data(), mr.data(), vr.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f, weight_decay, step, 0.5f);
+                    adamw_update_cpu(pr.data(), grads.data(), mr.data(), vr.data(), n, 1e-3f, 0.9f, 0.95f, 1e-8f,
+                                     weight_decay, step, 0.5f);
                     adamw_update(d_p, d_g, d_m, d_v, n, 1e-3f, 0.9f, 0.95f, 1e-8f, weight_decay, step, 0.5f, nullptr);
                     CAPTURE(step);
                     check_close("adamw params", d_p.download(), pr, tolerance_fp32_elementwise);
@@ -515,7 +548,8 @@ TEST_CASE("adamw: kernel matches CPU reference over several steps") {
 
 TEST_CASE("global norm squared: kernel matches CPU reference and is deterministic") {
     Rng rng(702);
-    for (size_t n : {size_t{1}, size_t{1000}, size_t{100003}, size_t{300001}}) {  // 300001 > 1024 blocks · 256: grid-stride
+    for (size_t n :
+         {size_t{1}, size_t{1000}, size_t{100003}, size_t{300001}}) {  // 300001 > 1024 blocks · 256: grid-stride
         CAPTURE(n);
         std::vector<float> g = random_vector(n, rng);
         float ref = global_norm_squared_cpu(g.data(), n);
@@ -582,7 +616,8 @@ TEST_CASE("CPU fast ops (layers_cpu_blas.h) match the plain-loop references") {
             CAPTURE(step);
             std::vector<float> grads = random_vector(n, rng);
             const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, scale = 0.5f;
-            adamw_update_cpu(p_ref.data(), grads.data(), m_ref.data(), v_ref.data(), n, lr, b1, b2, eps, wd, step, scale);
+            adamw_update_cpu(p_ref.data(), grads.data(), m_ref.data(), v_ref.data(), n, lr, b1, b2, eps, wd, step,
+                             scale);
             adamw_update_cpu_fast(p.data(), grads.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd, step, scale);
             check_close("adamw params", p, p_ref, tolerance_fp32);
             check_close("adamw m", m, m_ref, tolerance_fp32);

@@ -1,4 +1,4 @@
-// Fine-tuning (issue 18): the sequence log-probability and the DPO / IPO / KTO losses of preference.cuh, each
+// Fine-tuning: the sequence log-probability and the DPO / IPO / KTO losses of preference.cuh, each
 // kernel against its CPU reference, each reference backward against central finite differences, losses and every
 // gradient of a tiny model against PyTorch autograd (test/fixtures/preference_hf, written by
 // dev/reference_preference.py); then train_gpt_cpu and eval_gpt_cpu as a user runs them.

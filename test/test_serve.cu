@@ -1,4 +1,4 @@
-// Serving (issue 19): `infer_gpt --serve` run as a user runs it, on a free loopback port, with a small random
+// Serving: `infer_gpt --serve` run as a user runs it, on a free loopback port, with a small random
 // model: 64 concurrent requests equal their offline results; a client that disconnects mid-stream is
 // cancelled and its KV blocks freed; every bad input gets its 4xx and the server keeps serving; a full queue
 // answers 429; SIGTERM finishes the live work and exits 0. Nothing but 127.0.0.1 is contacted, and every

@@ -65,11 +65,19 @@ bool valid_utf8(const std::string& s) {
     size_t i = 0;
     while (i < s.size()) {
         unsigned char c = (unsigned char)s[i];
-        int need = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+        int need = c < 0x80                   ? 1
+                   : (c >= 0xC2 && c <= 0xDF) ? 2
+                   : (c >= 0xE0 && c <= 0xEF) ? 3
+                   : (c >= 0xF0 && c <= 0xF4) ? 4
+                                              : 0;
         if (need == 0 || i + need > s.size()) return false;
         for (int k = 1; k < need; k++) if (((unsigned char)s[i + k] & 0xC0) != 0x80) return false;
-        if (need == 3 && ((c == 0xE0 && (unsigned char)s[i + 1] < 0xA0) || (c == 0xED && (unsigned char)s[i + 1] > 0x9F))) return false;
-        if (need == 4 && ((c == 0xF0 && (unsigned char)s[i + 1] < 0x90) || (c == 0xF4 && (unsigned char)s[i + 1] > 0x8F))) return false;
+        if (need == 3 &&
+            ((c == 0xE0 && (unsigned char)s[i + 1] < 0xA0) || (c == 0xED && (unsigned char)s[i + 1] > 0x9F)))
+            return false;
+        if (need == 4 &&
+            ((c == 0xF0 && (unsigned char)s[i + 1] < 0x90) || (c == 0xF4 && (unsigned char)s[i + 1] > 0x8F)))
+            return false;
         i += need;
     }
     return true;
@@ -177,8 +185,9 @@ TEST_CASE("gpt2: any bytes, including invalid UTF-8, encode and decode back exac
     std::mt19937 rng(seed);
     INFO("seed " << seed);
     // hand-picked invalid sequences: stray continuation, overlong, surrogate, > U+10FFFF, truncated
-    for (std::string s : {std::string("\x80"), std::string("a\xC0\xAFz"), std::string("\xED\xA0\x80"),
-                          std::string("\xF4\x90\x80\x80"), std::string("ok \xE2\x82"), std::string("\xFF\xFE\x00 x", 5)}) {
+    for (std::string s :
+         {std::string("\x80"), std::string("a\xC0\xAFz"), std::string("\xED\xA0\x80"), std::string("\xF4\x90\x80\x80"),
+          std::string("ok \xE2\x82"), std::string("\xFF\xFE\x00 x", 5)}) {
         std::vector<int> ids = tok.encode_ordinary(s);
         CHECK(tok.decode(ids) == s);
     }
@@ -238,8 +247,14 @@ TEST_CASE("stream decoder: a character split over tokens is printed whole once c
 
     // on random valid UTF-8 text, the pieces join to decode(ids) and each is valid UTF-8
     std::mt19937 rng(7);
-    const char* atoms[] = {"a", " ", "\xC3\xA9", "\xE6\x97\xA5\xE6\x9C\xAC", "\xF0\x9F\x91\xA8\xE2\x80\x8D\xF0\x9F\x91\xA9",
-                           "\xE1\x9E\x9F\xE1\x9E\xBD", "\n", "\xD0\xBF\xD1\x80"};
+    const char* atoms[] = {"a",
+                           " ",
+                           "\xC3\xA9",
+                           "\xE6\x97\xA5\xE6\x9C\xAC",
+                           "\xF0\x9F\x91\xA8\xE2\x80\x8D\xF0\x9F\x91\xA9",
+                           "\xE1\x9E\x9F\xE1\x9E\xBD",
+                           "\n",
+                           "\xD0\xBF\xD1\x80"};
     for (int iter = 0; iter < 500; iter++) {
         std::string s;
         for (int k = (int)(rng() % 30); k > 0; k--) s += atoms[rng() % 8];

@@ -305,8 +305,8 @@ TEST_CASE("unknown flags and wrong types are refused with a message") {
 static std::pair<std::vector<std::string>, std::string> make_outputs(const std::string& args) {
     // without the MAKEFLAGS of a surrounding make, nor the variables it exports (make test-asan's SANITIZE=1 is
     // both: a variable set on make's command line is in its recipes' environment too)
-    CommandResult r =
-        run_command("env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE -u CHECK make --no-print-directory -n -B " + args);
+    CommandResult r = run_command(
+        "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE -u CHECK make --no-print-directory -n -B " + args);
     REQUIRE_MESSAGE(r.exit_code == 0, "make -n -B " << args << " failed:\n" << r.output);
     std::vector<std::string> outputs;
     for (size_t at = r.output.find(" -o "); at != std::string::npos; at = r.output.find(" -o ", at + 4)) {

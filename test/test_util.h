@@ -94,7 +94,8 @@ inline void check_bf16_product(const std::string& what, const std::vector<float>
     double worst_ratio = 0;  // |out − ref| / bound: > 1 fails
     for (size_t i = 0; i < out.size(); i++) {
         if (!std::isfinite(out[i])) {
-            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i] << ") — unwritten or overflowed");
+            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i]
+                            << ") — unwritten or overflowed");
             return;
         }
         double ratio = std::fabs(static_cast<double>(out[i]) - ref[i]) / (factor * magnitude[i]);
@@ -142,11 +143,13 @@ inline void check_close(const std::string& what, const std::vector<float>& out, 
 
 // The norm check alone: for comparisons of whole models (logits after many layers), where the error of one
 // element has no simple bound, and for tests of the emulator's cuBLAS.
-inline void check_close(const std::string& what, const std::vector<float>& out, const std::vector<float>& ref, double tol) {
+inline void check_close(const std::string& what, const std::vector<float>& out, const std::vector<float>& ref,
+                        double tol) {
     REQUIRE(out.size() == ref.size());
     for (size_t i = 0; i < out.size(); i++)
         if (!std::isfinite(out[i])) {
-            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i] << ") — unwritten or overflowed");
+            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i]
+                            << ") — unwritten or overflowed");
             return;
         }
     double e = rel_error(out, ref);

@@ -1,4 +1,4 @@
-// Tests of bf16/fp16 numbers and of the warp matrix API (nvcuda::wmma, tensor cores) — issue 15.
+// Tests of bf16/fp16 numbers and of the warp matrix API (nvcuda::wmma, tensor cores).
 // The kernels run in both builds: on a GPU they show that the emulation (dev/shadow/mma.h, dev/cudasim.h) gives
 // what the hardware gives. Bit-for-bit comparisons of wmma sums, and the tests of what only the emulator does
 // (aborting a wmma call a lane misses), are CPU-build only: a tensor core rounds its partial sums its own way.
@@ -82,7 +82,8 @@ template <class T>
 static std::vector<T> store(const std::vector<float>& m, int rows, int cols, bool col_major, int ld) {
     std::vector<T> s(static_cast<size_t>(ld) * (col_major ? cols : rows), T(NAN));
     for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) s[col_major ? static_cast<size_t>(c) * ld + r : static_cast<size_t>(r) * ld + c] = T(m[r * cols + c]);
+        for (int c = 0; c < cols; c++)
+            s[col_major ? static_cast<size_t>(c) * ld + r : static_cast<size_t>(r) * ld + c] = T(m[r * cols + c]);
     return s;
 }
 

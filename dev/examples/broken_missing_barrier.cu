@@ -44,7 +44,8 @@ int main() {
         float want = in[i] - (i > 0 ? in[i - 1] : 0.0f);
         if (!(out[i] == want) && wrong++ == 0) first = i;  // !(==) so that NaN counts as wrong
     }
-    if (wrong) std::printf("broken_missing_barrier: %d of %d wrong, first out[%d] = %g: FAIL\n", wrong, n, first, out[first]);
+    if (wrong)
+        std::printf("broken_missing_barrier: %d of %d wrong, first out[%d] = %g: FAIL\n", wrong, n, first, out[first]);
     else std::printf("broken_missing_barrier: PASS\n");
     return wrong ? 1 : 0;
 }

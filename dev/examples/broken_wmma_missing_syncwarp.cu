@@ -46,7 +46,8 @@ __global__ void tile_bias_kernel(float* d, const __nv_bfloat16* a, const __nv_bf
 int main() {
     std::vector<__nv_bfloat16> a(256), b(256);
     std::vector<float> bias(16), d(256);
-    for (int i = 0; i < 256; i++) a[i] = __float2bfloat16(static_cast<float>(i % 5) - 2), b[i] = __float2bfloat16(i / 16 == i % 16 ? 1.0f : 0.0f);
+    for (int i = 0; i < 256; i++)
+        a[i] = __float2bfloat16(static_cast<float>(i % 5) - 2), b[i] = __float2bfloat16(i / 16 == i % 16 ? 1.0f : 0.0f);
     for (int c = 0; c < 16; c++) bias[c] = 0.5f * c;
     __nv_bfloat16 *d_a, *d_b;
     float *d_bias, *d_d;

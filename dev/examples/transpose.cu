@@ -26,7 +26,8 @@ constexpr int tile_size = 32;     // a tile is 32×32 elements
 constexpr int rows_per_pass = 8;  // a block is 32×8 threads: each thread moves 4 elements
 
 // Block (bx, by) owns tile rows [by·32, by·32+32) × columns [bx·32, bx·32+32) of `in`.
-__global__ void transpose_kernel(float* out, const float* in, int rows, int cols) {  // in: (rows, cols), out: (cols, rows)
+__global__ void transpose_kernel(float* out, const float* in, int rows,
+                                 int cols) {          // in: (rows, cols), out: (cols, rows)
     __shared__ float tile[tile_size][tile_size + 1];  // +1: a column of the tile spans all 32 banks
     int x = blockIdx.x * tile_size + threadIdx.x;     // column of `in` this thread reads
     int y0 = blockIdx.y * tile_size;

@@ -9,7 +9,8 @@
 //       grid_group::sync) is not supported on the CPU, whose blocks do not all run at once; ...
 //
 // The portable version is two launches (sum, then divide): a kernel boundary is a grid-wide barrier.
-//   on a GPU:  nvcc -O2 -arch=sm_80 -o unsupported_grid_sync dev/examples/unsupported_grid_sync.cu && ./unsupported_grid_sync
+//   on a GPU:  nvcc -O2 -arch=sm_80 -o unsupported_grid_sync dev/examples/unsupported_grid_sync.cu &&
+//   ./unsupported_grid_sync
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -37,7 +38,8 @@ int main() {
     cudaMemset(d_total, 0, sizeof(float));
     int count = n;
     void* args[] = {&d_x, &d_total, &count};
-    cudaError_t e = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(normalise_kernel), blocks, block, args, 0, nullptr);
+    cudaError_t e =
+        cudaLaunchCooperativeKernel(reinterpret_cast<void*>(normalise_kernel), blocks, block, args, 0, nullptr);
     cudaMemcpy(x.data(), d_x, n * sizeof(float), cudaMemcpyDeviceToHost);
     bool pass = e == cudaSuccess && std::fabs(x[0] - 1.0f / n) < 1e-9f && std::fabs(x[n - 1] - 1.0f / n) < 1e-9f;
     std::printf("unsupported_grid_sync: %s (%s)\n", pass ? "PASS" : "FAIL", cudaGetErrorString(e));

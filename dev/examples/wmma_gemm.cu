@@ -61,8 +61,12 @@ static bool check(const char* type, int M, int N, int K) {
     std::vector<float> a(static_cast<size_t>(M) * K), b(static_cast<size_t>(K) * N), c(static_cast<size_t>(M) * N);
     std::vector<T> a16(a.size()), b16(b.size());
     unsigned seed = 12345;
-    auto next = [&seed] { seed = seed * 1664525u + 1013904223u; return static_cast<float>(seed >> 8) / (1 << 24) - 0.5f; };
-    for (size_t i = 0; i < a.size(); i++) a16[i] = T(next()), a[i] = static_cast<float>(a16[i]);  // exactly what the GPU sees
+    auto next = [&seed] {
+        seed = seed * 1664525u + 1013904223u;
+        return static_cast<float>(seed >> 8) / (1 << 24) - 0.5f;
+    };
+    for (size_t i = 0; i < a.size(); i++)
+        a16[i] = T(next()), a[i] = static_cast<float>(a16[i]);  // exactly what the GPU sees
     for (size_t i = 0; i < b.size(); i++) b16[i] = T(next()), b[i] = static_cast<float>(b16[i]);
     for (auto& x : c) x = next();
     const float alpha = 1.5f, beta = -0.75f;
@@ -93,19 +97,22 @@ static bool check(const char* type, int M, int N, int K) {
             double sum = 0, magnitude = 0;
             for (int k = 0; k < K; k++) {
                 sum += static_cast<double>(a[static_cast<size_t>(m) * K + k]) * b[static_cast<size_t>(n) * K + k];
-                magnitude += std::fabs(static_cast<double>(a[static_cast<size_t>(m) * K + k]) * b[static_cast<size_t>(n) * K + k]);
+                magnitude += std::fabs(static_cast<double>(a[static_cast<size_t>(m) * K + k]) *
+                                       b[static_cast<size_t>(n) * K + k]);
             }
             double want = alpha * sum + beta * c[static_cast<size_t>(m) * N + n];
-            double bound = (K + 2) * std::ldexp(1.0, -24) * (std::fabs(alpha) * magnitude + std::fabs(beta * c[static_cast<size_t>(m) * N + n]));
+            double bound = (K + 2) * std::ldexp(1.0, -24) *
+                           (std::fabs(alpha) * magnitude + std::fabs(beta * c[static_cast<size_t>(m) * N + n]));
             double err = std::fabs(d[static_cast<size_t>(m) * N + n] - want);
             if (!(err <= bound)) {
-                std::printf("wmma_gemm %s %d×%d×%d: D[%d][%d] = %.9g, expected %.9g (bound %.3g): FAIL\n", type, M, N, K,
-                            m, n, d[static_cast<size_t>(m) * N + n], want, bound);
+                std::printf("wmma_gemm %s %d×%d×%d: D[%d][%d] = %.9g, expected %.9g (bound %.3g): FAIL\n", type, M, N,
+                            K, m, n, d[static_cast<size_t>(m) * N + n], want, bound);
                 return false;
             }
             worst = std::fmax(worst, err / bound);
         }
-    std::printf("wmma_gemm %s %d×%d×%d: every element within its fp32 bound (worst %.2f of it)\n", type, M, N, K, worst);
+    std::printf("wmma_gemm %s %d×%d×%d: every element within its fp32 bound (worst %.2f of it)\n", type, M, N, K,
+                worst);
     return true;
 }
 

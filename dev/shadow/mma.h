@@ -1,5 +1,5 @@
 // <mma.h> for the CPU build: nvcuda::wmma, the warp matrix multiply-accumulate API of the tensor cores, as
-// warp collectives of dev/cudasim.h (issue 15). docs/cpu-execution.md, "Tensor cores (wmma)".
+// warp collectives of dev/cudasim.h. docs/cpu-execution.md, "Tensor cores (wmma)".
 //
 // On a GPU the 32 lanes of a warp together hold a tile — matrix_a m×k, matrix_b k×n, accumulator m×n — in
 // registers, each lane `num_elements` of its elements in a layout the API leaves unspecified; load_matrix_sync,
@@ -151,7 +151,8 @@ template <class Use, int M, int N, int K, class T, class Layout>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const typename cudasim::wmma::same<T>::type* p,
                              unsigned ldm) {
     using S = cudasim::wmma::Shape<Use, M, N, K, T, Layout>;
-    static_assert(!S::accumulator, "cudasim: an accumulator's load_matrix_sync takes a layout: (c, p, ldm, mem_row_major)");
+    static_assert(!S::accumulator,
+                  "cudasim: an accumulator's load_matrix_sync takes a layout: (c, p, ldm, mem_row_major)");
     constexpr bool col = std::is_same_v<Layout, col_major>;
     cudasim::wmma::arrive(cudasim::WarpOp::wmma_load, p, ldm, col, sizeof(T));
     const int lane = cudasim::wmma::lane_id();
