@@ -6,7 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fix=0; [ "${1:-}" = --fix ] && fix=1
-files=$(git ls-files '*.cu' '*.cuh' '*.h' '*.cpp' '*.hpp' | grep -v '^test/fixtures/')
+if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
+  files=$(git ls-files '*.cu' '*.cuh' '*.h' '*.cpp' '*.hpp' | grep -v '^test/fixtures/')
+else  # a copy without .git: the same files, less what the build writes
+  files=$(find . -path ./build -prune -o -path ./test/fixtures -prune -o -path ./.git -prune -o \
+    \( -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.cpp' -o -name '*.hpp' \) -print | sed 's|^\./||')
+fi
 # in a UTF-8 locale grep counts characters, so "×" or "—" counts one column
 long_lines() { LC_ALL=C.UTF-8 grep -nHE '^.{121,}' "$@" | cut -d: -f1,2 || true; }
 if [ $fix = 1 ]; then
