@@ -168,6 +168,40 @@ inline size_t utf8_invalid_at(std::string_view s) {
     return std::string_view::npos;
 }
 
+// One line of a JSONL file being read: its number, and a failure that names FILE:LINE.
+struct JsonlLine {
+    const std::string& path;
+    int number;
+    [[noreturn]] void fail(const std::string& m) const {
+        throw std::runtime_error(path + ":" + std::to_string(number) + ": " + m);
+    }
+};
+
+// Calls each(object, line) for every line of a JSONL file that is not blank, in order. A line that is not UTF-8
+// or not a JSON object fails with FILE:LINE; so does whatever `each` rejects through line.fail.
+template <class Each>
+void read_jsonl_objects(const std::string& path, Each&& each) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::runtime_error(path + ": cannot open");
+    std::string text;
+    for (int number = 1; std::getline(in, text); number++) {
+        if (!text.empty() && text.back() == '\r') text.pop_back();
+        if (text.find_first_not_of(" \t") == std::string::npos) continue;
+        JsonlLine line{path, number};
+        if (size_t bad = utf8_invalid_at(text); bad != std::string::npos)
+            line.fail("invalid UTF-8 at byte " + std::to_string(bad + 1) +
+                      " of the line (the file must be UTF-8 text)");
+        nlohmann::json j;
+        try {
+            j = nlohmann::json::parse(text);
+        } catch (const nlohmann::json::exception& e) {
+            line.fail(std::string("not JSON (") + e.what() + ")");
+        }
+        if (!j.is_object()) line.fail("not a JSON object");
+        each(j, line);
+    }
+}
+
 // Reads a multiple-choice JSONL file: one item per line, blank lines skipped. Two layouts:
 //   HellaSwag:  {"ctx": "...", "endings": ["...", ...], "label": k}       (other keys are ignored)
 //   generic:    {"context": ..., "choices": [...], "label": k}
@@ -175,25 +209,10 @@ inline size_t utf8_invalid_at(std::string_view s) {
 // models without a tokenizer of their own (the Hugging Face test fixtures); text then needs no tokenizer.
 // Every problem throws "FILE:LINE: what is wrong"; nothing is returned partially.
 inline std::vector<ChoiceItem> read_choice_file(const std::string& path, const bpe::Tokenizer* tok, int vocab_size) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error(path + ": cannot open");
     std::vector<ChoiceItem> items;
-    std::string line;
-    for (int lineno = 1; std::getline(in, line); lineno++) {
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        auto fail = [&](const std::string& m) {
-            throw std::runtime_error(path + ":" + std::to_string(lineno) + ": " + m);
-        };
-        if (size_t bad = utf8_invalid_at(line); bad != std::string::npos)
-            fail("invalid UTF-8 at byte " + std::to_string(bad + 1) + " of the line (the file must be UTF-8 text)");
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
-            fail(std::string("not JSON (") + e.what() + ")");
-        }
-        if (!j.is_object()) fail("not a JSON object");
+    read_jsonl_objects(path, [&](nlohmann::json& j, const JsonlLine& at) {
+        const int lineno = at.number;
+        auto fail = [&](const std::string& m) { at.fail(m); };
         bool hellaswag = j.contains("ctx");
         const char* ctx_key = hellaswag ? "ctx" : "context";
         const char* choices_key = hellaswag ? "endings" : "choices";
@@ -243,7 +262,7 @@ inline std::vector<ChoiceItem> read_choice_file(const std::string& path, const b
             fail("label " + std::to_string(item.label) + " is out of range: there are " + std::to_string(ch.size()) +
                  " endings (0-based)");
         items.push_back(std::move(item));
-    }
+    });
     if (items.empty()) throw std::runtime_error(path + ": no items");
     return items;
 }

@@ -311,24 +311,9 @@ struct CompletionExample {
 inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* tok, int vocab_size, int max_seq_len,
                                bool want_pairs, bool want_labels, std::vector<PairExample>& pairs,
                                std::vector<CompletionExample>& completions) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error(path + ": cannot open");
-    std::string line;
-    for (int lineno = 1; std::getline(in, line); lineno++) {
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        auto fail = [&](const std::string& m) {
-            throw std::runtime_error(path + ":" + std::to_string(lineno) + ": " + m);
-        };
-        if (size_t bad = utf8_invalid_at(line); bad != std::string::npos)
-            fail("invalid UTF-8 at byte " + std::to_string(bad + 1) + " of the line (the file must be UTF-8 text)");
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(line);
-        } catch (const nlohmann::json::exception& e) {
-            fail(std::string("not JSON (") + e.what() + ")");
-        }
-        if (!j.is_object()) fail("not a JSON object");
+    read_jsonl_objects(path, [&](nlohmann::json& j, const JsonlLine& at) {
+        const int lineno = at.number;
+        auto fail = [&](const std::string& m) { at.fail(m); };
         auto tokens = [&](const char* key) {
             if (!j.contains(key)) fail(std::string("missing field \"") + key + "\"");
             const nlohmann::json& v = j[key];
@@ -372,7 +357,7 @@ inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* to
                 completions.push_back({lineno, p.prompt, p.chosen, true});
                 completions.push_back({lineno, p.prompt, p.rejected, false});
             }
-            continue;
+            return;
         }
         CompletionExample c{lineno, prompt, tokens("completion"), true};
         check_fits(c.prompt, c.completion, "completion");
@@ -382,7 +367,7 @@ inline void read_finetune_file(const std::string& path, const bpe::Tokenizer* to
             c.desirable = j["label"].get<bool>();
         }
         completions.push_back(std::move(c));
-    }
+    });
     if (pairs.empty() && completions.empty()) throw std::runtime_error(path + ": no examples");
 }
 
