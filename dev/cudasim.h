@@ -1200,13 +1200,15 @@ void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
     if (cudaError_t e = sticky_error()) { g_last_error = e; return; }  // after a trap nothing runs
     const dim3 g = c.grid, b = c.block;
     unsigned long long threads = 1ull * b.x * b.y * b.z, blocks = 1ull * g.x * g.y * g.z;
+    // An empty or oversized launch is cudaErrorInvalidValue: what CUDA 13.0 on an H200 returned when
+    // test_cudasim ran on the GPU (make gpu-check), not the cudaErrorInvalidConfiguration one might expect.
     if (blocks == 0 || threads == 0) {
-        fail(cudaErrorInvalidConfiguration, "launch of '%s': grid (%u,%u,%u) x block (%u,%u,%u) is empty",
+        fail(cudaErrorInvalidValue, "launch of '%s': grid (%u,%u,%u) x block (%u,%u,%u) is empty",
              c.name, g.x, g.y, g.z, b.x, b.y, b.z);
         return;
     }
     if (threads > max_threads_per_block || b.x > 1024 || b.y > 1024 || b.z > 64 || g.y > 65535 || g.z > 65535) {
-        fail(cudaErrorInvalidConfiguration, "launch of '%s': block (%u,%u,%u) has %llu threads (limit 1024; z <= 64) "
+        fail(cudaErrorInvalidValue, "launch of '%s': block (%u,%u,%u) has %llu threads (limit 1024; z <= 64) "
              "or grid (%u,%u,%u) exceeds (2^31-1, 65535, 65535)", c.name, b.x, b.y, b.z, threads, g.x, g.y, g.z);
         return;
     }

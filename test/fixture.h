@@ -126,8 +126,10 @@ void check_against_huggingface(const Fixture& x) {
         float norm = model.grad_norm(), clip = h.at("grad_clip");
         float scale = norm > clip ? clip / norm : 1.0f;
         model.update(h.at("lr"), h.at("beta1"), h.at("beta2"), h.at("eps"), h.at("weight_decay"), s + 1, scale);
+        // Rounding differences live in the logits, whose scale does not shrink as the loss falls towards 0 over
+        // the steps: relative to max(loss, 1). (A GPU machine's OpenBLAS missed 1e-4 x loss at a loss of 0.018.)
         INFO("step " << s << ": loss " << l << " vs PyTorch " << x.losses[s]);
-        CHECK(std::abs(l - x.losses[s]) <= tolerance_model * std::abs(x.losses[s]));
+        CHECK(std::abs(l - x.losses[s]) <= tolerance_model * std::max(1.0, std::abs(double(x.losses[s]))));
     }
 }
 
