@@ -87,14 +87,24 @@ step "GPU kernel tests" 60 bash test/run_tests.sh --gpu $kernel_tests
 
 # 4. GPT-2 124M (B=8, T=1024) for a few steps; its progress lines print tok/s and MFU.
 if [ ! -f data/shakespeare/train_000.bin ]; then step "tokenize Tiny Shakespeare" 60 make --no-print-directory data; fi
-step "train GPT-2 124M, $steps steps" 90 ./train_gpt --config configs/gpt2_124m_gpu.json --max-steps "$steps" \
-  --out-dir "$tmp/gpu_check_124m"
+step "train GPT-2 124M, $steps steps" 90 bash -c "./train_gpt --config configs/gpt2_124m_gpu.json --max-steps $steps \
+  --out-dir $tmp/gpu_check_124m | tee $tmp/gpu_check_ours.log"
 if [ -n "${LLMC:-}" ]; then
   [ -z "$llmc_build" ] || wait "$llmc_build" || { echo "llm.c build failed:"; tail -n 20 "$tmp/gpu_check_llmc/build.log"; }
   # llm.c from random init (-e d12: GPT-2 124M), its default precision (bf16), same shard, B and T; val loss
   # at the first and last step only (-v 0 would divide by zero), no sampling
-  step "llm.c train_gpt2cu 124M, $steps steps" 60 "$llmc_bin" -e d12 -i data/shakespeare/train_000.bin \
-    -j data/shakespeare/val_000.bin -b 8 -t 1024 -x "$steps" -v 1000 -s 0 -h 0
+  step "llm.c train_gpt2cu 124M, $steps steps" 60 bash -c "$llmc_bin -e d12 -i data/shakespeare/train_000.bin \
+    -j data/shakespeare/val_000.bin -b 8 -t 1024 -x $steps -v 1000 -s 0 -h 0 | tee $tmp/gpu_check_llmc.log"
+  # median tok/s over steps 2.. of each program's "step i/n | ... | N tok/s" lines, and their ratio
+  median_toks() {
+    grep -E '^step +[0-9]+/' "$1" | tail -n +2 | grep -oE '[0-9.]+ tok/s' | cut -d' ' -f1 | sort -g |
+      awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'
+  }
+  ours=$(median_toks "$tmp/gpu_check_ours.log" 2>/dev/null) theirs=$(median_toks "$tmp/gpu_check_llmc.log" 2>/dev/null)
+  if [ -n "$ours" ] && [ -n "$theirs" ]; then
+    echo; echo "=== GPT-2 124M side by side: ours $ours tok/s, llm.c $theirs tok/s, ratio $(awk -v a="$ours" -v b="$theirs" \
+      'BEGIN { printf "%.3f", a / b }') (medians of steps 2..$steps)"
+  fi
 fi
 
 # 5. Attention against PyTorch SDPA at the same shapes.
