@@ -78,11 +78,18 @@ struct Exec {
 // (GPTCU_OP), or a faster host version with the same arguments (GPTCU_OP_WITH: matmul through OpenBLAS).
 // Write it after both implementations are declared. Pass typed null pointers (not a bare nullptr) to an op
 // whose reference is a template: a template cannot deduce its scalar from nullptr.
-#define GPTCU_OP_WITH(op, cpu)                                            \
-    template <class... Args>                                              \
-    void op(const Exec& exec, Args&&... args) {                           \
-        if (exec.on_device) op(std::forward<Args>(args)..., exec.stream); \
-        else cpu(std::forward<Args>(args)...);                            \
+// The CPU path computes in fp32 only: an op called with a bf16 buffer compiles (the kernels take either) and
+// throws if exec runs on the host.
+template <class... Args>
+constexpr bool has_bf16_buffer =
+    (std::is_same_v<std::remove_cv_t<std::remove_pointer_t<std::decay_t<Args>>>, __nv_bfloat16> || ...);
+#define GPTCU_OP_WITH(op, cpu)                                                                                   \
+    template <class... Args>                                                                                     \
+    void op(const Exec& exec, Args&&... args) {                                                                  \
+        if (exec.on_device) op(std::forward<Args>(args)..., exec.stream);                                        \
+        else if constexpr (!has_bf16_buffer<Args...>) cpu(std::forward<Args>(args)...);                         \
+        else throw std::runtime_error(#op ": the CPU path computes in fp32 only; run bf16 with the CUDA kernels " \
+                                      "(--device cuda)");                                                        \
     }
 #define GPTCU_OP(op) GPTCU_OP_WITH(op, op##_cpu)
 

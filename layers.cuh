@@ -1262,3 +1262,29 @@ inline void global_norm_squared(float* out,            // device scalar, OVERWRI
     cuda_check(cudaGetLastError());
 }
 // The model's call, global_norm_squared(exec, grads, n): layers_cpu_blas.h (a faster CPU path).
+
+// ----------------------------------------------------------------------------
+// 7c. Element-type copy: out[i] = in[i] as TOut
+//   fp32 → bf16 rounds to the nearest bf16, ties to even (from_fp32); bf16 → fp32 is exact (to_fp32).
+//   In mixed precision the bf16 copy of the weights that the forward and backward read is made this way from the
+//   fp32 master weights, after each AdamW step (the rule at the top of this file).
+//   cost: (sizeof(TIn) + sizeof(TOut)) bytes per element: memory-bound.
+
+template <class TOut, class TIn>
+void convert_cpu(TOut* out, const TIn* in, size_t n) {  // (n) each
+    for (size_t i = 0; i < n; i++) out[i] = from_fp32<TOut>(to_fp32(in[i]));
+}
+
+// One thread per element, coalesced.
+template <class TOut, class TIn>
+__global__ void convert_kernel(TOut* out, const TIn* in, size_t n) {
+    size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_fp32<TOut>(to_fp32(in[i]));
+}
+
+template <class TOut, class TIn>
+void convert(TOut* out, const TIn* in, size_t n, cudaStream_t stream) {  // (n) each
+    convert_kernel<<<static_cast<unsigned>(ceil_div<size_t>(n, 256)), 256, 0, stream>>>(out, in, n);
+    cuda_check(cudaGetLastError());
+}
+GPTCU_OP(convert)

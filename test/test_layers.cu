@@ -900,3 +900,43 @@ TEST_CASE("bf16 fused classifier: bf16 dlogits in place, fp32 losses") {
         }
     }
 }
+
+TEST_CASE("convert fp32 <-> bf16: rounds to nearest, ties to even; bf16 -> fp32 exact; the CPU path refuses bf16") {
+    Rng rng(1701);
+    // Hand-picked: ties between two bf16 neighbours (1 + 2^-8 lies halfway between 1 and 1 + 2^-7: to the even 1;
+    // 1 + 3·2^-8 halfway between 1 + 2^-7 and 1 + 2^-6: to the even 1 + 2^-6), just off a tie, a negative tie,
+    // fp32's largest value (past the midpoint between bf16's largest, (2 − 2^-7)·2^127, and 2^128: infinity), zero.
+    std::vector<float> in = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-8f + 0x1p-20f, -(1.0f + 0x1p-8f),
+                             FLT_MAX, 0.0f};
+    std::vector<float> want = {1.0f, 1.0f + 0x1p-6f, 1.0f + 0x1p-7f, -1.0f, INFINITY, 0.0f};
+    for (float x : random_vector(1000, rng, 100.0f)) in.push_back(x);
+    for (size_t i = want.size(); i < in.size(); i++) {  // the nearest bf16 of the random values, from the bits
+        uint32_t u;
+        std::memcpy(&u, &in[i], 4);
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;  // add half an ulp (less one if even), then truncate
+        float f;
+        std::memcpy(&f, &u, 4);
+        want.push_back(f);
+    }
+    const size_t n = in.size();
+    for_each_thread_order([&] {
+        DeviceBuffer<float> d_in(in), d_back(n);
+        DeviceBuffer<bf16> d_bf16(n);
+        poison(d_bf16); poison(d_back);
+        convert(d_bf16.ptr, d_in.ptr, n, nullptr);
+        convert(d_back.ptr, d_bf16.ptr, n, nullptr);
+        std::vector<float> got = download_fp32(d_bf16), back = d_back.download();
+        for (size_t i = 0; i < n; i++) {
+            CAPTURE(i); CAPTURE(in[i]);
+            CHECK(got[i] == want[i]);
+            CHECK(back[i] == got[i]);  // bf16 -> fp32 is exact
+        }
+    });
+    std::vector<bf16> host(n);
+    convert_cpu(host.data(), in.data(), n);
+    for (size_t i = 0; i < n; i++) CHECK(__bfloat162float(host[i]) == want[i]);
+    // op(exec, ...) on the host with a bf16 buffer: the CPU path is fp32 only and says so
+    std::vector<bf16> x(8), y(8);
+    CHECK_THROWS_WITH_AS(gelu_forward(Exec{false, 0}, y.data(), x.data(), 8),
+                         doctest::Contains("the CPU path computes in fp32 only"), std::runtime_error);
+}
