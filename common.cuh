@@ -5,6 +5,7 @@
 #pragma once
 #include <cuda_runtime.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -17,13 +18,27 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 // ----------------------------------------------------------------------------
-// The element type of activations and weights, in one place. fp32 today; the mixed-precision work
-// changes this alias (and keeps fp32 master weights), not every op.
+// Element types. The model runs in one of two precisions, chosen at run time (--precision): every op of
+// layers.cuh is ONE kernel templated on its element type T (float or __nv_bfloat16), which loads T, computes
+// in fp32 and rounds once when it stores. Which buffers are T and which stay fp32 is written at the top of
+// layers.cuh. floatX is the element type of the code that is not templated yet (attention.cuh, the model).
+enum class Precision { fp32, bf16 };
 using floatX = float;
+
+// The only two conversions the kernels use: loads widen exactly (a bf16 is an fp32 with the low 16 bits of
+// the mantissa zero), stores round to the nearest bf16, ties to even, as the GPU's cvt.rn.bf16.f32 does.
+template <class T>
+__host__ __device__ inline float to_fp32(T x) { return static_cast<float>(x); }
+template <class T>
+__host__ __device__ inline T from_fp32(float x) {
+    if constexpr (std::is_same_v<T, float>) return x;
+    else return __float2bfloat16_rn(x);
+}
 
 // ----------------------------------------------------------------------------
 // Errors. Every CUDA and cuBLAS call is checked; a failure throws with the call, file and line, so a
@@ -63,11 +78,18 @@ struct Exec {
 // (GPTCU_OP), or a faster host version with the same arguments (GPTCU_OP_WITH: matmul through OpenBLAS).
 // Write it after both implementations are declared. Pass typed null pointers (not a bare nullptr) to an op
 // whose reference is a template: a template cannot deduce its scalar from nullptr.
-#define GPTCU_OP_WITH(op, cpu)                                            \
-    template <class... Args>                                              \
-    void op(const Exec& exec, Args&&... args) {                           \
-        if (exec.on_device) op(std::forward<Args>(args)..., exec.stream); \
-        else cpu(std::forward<Args>(args)...);                            \
+// The CPU path computes in fp32 only: an op called with a bf16 buffer compiles (the kernels take either) and
+// throws if exec runs on the host.
+template <class... Args>
+constexpr bool has_bf16_buffer =
+    (std::is_same_v<std::remove_cv_t<std::remove_pointer_t<std::decay_t<Args>>>, __nv_bfloat16> || ...);
+#define GPTCU_OP_WITH(op, cpu)                                                                                   \
+    template <class... Args>                                                                                     \
+    void op(const Exec& exec, Args&&... args) {                                                                  \
+        if (exec.on_device) op(std::forward<Args>(args)..., exec.stream);                                        \
+        else if constexpr (!has_bf16_buffer<Args...>) cpu(std::forward<Args>(args)...);                         \
+        else throw std::runtime_error(#op ": the CPU path computes in fp32 only; run bf16 with the CUDA kernels " \
+                                      "(--device cuda)");                                                        \
     }
 #define GPTCU_OP(op) GPTCU_OP_WITH(op, op##_cpu)
 

@@ -10,6 +10,22 @@
 // fused_classifier, which overwrites the logits by their gradient (its name says "in place").
 // Nothing here uses float atomics: every reduction has a fixed order, so two runs give the same bits.
 // docs/layers.md derives every backward; test/test_layers.cu checks every kernel and every backward.
+//
+// Precision. Every kernel and launcher is ONE template on the element type T: float, or __nv_bfloat16 for
+// mixed precision (common.cuh: Precision, to_fp32, from_fp32). Which buffers are T and which stay fp32:
+//   T (bf16 in mixed precision): activations and their gradients (inp, out, dinp, dout, the logits and
+//       dlogits), and the copies of the weights that the forward and backward read (weight, bias, wte, wpe
+//       arguments), refreshed from the fp32 master weights after each AdamW step.
+//   fp32 always: the master weights, their gradients (dweight, dbias, dwte, dwpe: sums over every token of a
+//       batch and over micro-batches, which bf16's 8 bits would swamp), AdamW's moments and the gradient norm;
+//       LayerNorm/RMSNorm statistics (mean, rstd); the classifier's per-row losses; the partial sums of every
+//       reduction (column_reduce, global norm); and all arithmetic inside a kernel.
+// With T = float the two coincide and every op computes what it did before. A kernel widens each T it loads
+// (exact) and rounds once per value it stores (to nearest, ties to even), so on the same inputs a bf16 op
+// differs from its fp32 reference by one rounding of each T output, a relative error of at most u = 2^-8
+// (test/test_util.h derives the tests' tolerances from it). The tensor-core matmul also rounds its inputs.
+// A pointer that may be null (bias, wpe, dinp) is a std::type_identity_t<T>*: T is deduced from the others,
+// so callers may pass a bare nullptr. The CPU references (`_cpu`) take one scalar type: fp32 or double.
 #pragma once
 #include <algorithm>
 #include <cfloat>
@@ -27,14 +43,16 @@
 // bias gradients of LayerNorm and RMSNorm, and the bias gradient of matmul.
 //   partial_w[r, c] = Σ_{n in chunk r} dout[n, c] · x̂[n, c],  x̂ = (inp − mean)·rstd  (mean = nullptr: RMSNorm, x̂ =
 //   inp·rstd) partial_b[r, c] = Σ_{n in chunk r} dout[n, c]
-// Block (32, 8): threadIdx.x owns one column, so each warp reads 32 consecutive floats of a row
+// Block (32, 8): threadIdx.x owns one column, so each warp reads 32 consecutive elements of a row
 // (coalesced); threadIdx.y strides over the chunk's rows; the 8 row-partials are added in shared memory
 // in y order. Grid (ceil(C/32), R): R row chunks of rows_per_chunk rows, so any N and C work.
-// Cost: reads dout (and inp) once: 4·N·C (8·N·C) bytes; writes 4·R·C per output.
+// The partials and the outputs are fp32 (weight gradients: the rule at the top); dout and inp are T.
+// Cost: reads dout (and inp) once: sizeof(T)·N·C (2·sizeof(T)·N·C) bytes; writes 4·R·C per output.
+template <class T>
 __global__ void column_reduce_partial_kernel(float* partial_w,      // (R, C) or nullptr
                                              float* partial_b,      // (R, C) or nullptr
-                                             const floatX* dout,    // (N, C)
-                                             const floatX* inp,     // (N, C), needed if partial_w
+                                             const T* dout,         // (N, C)
+                                             const T* inp,          // (N, C), needed if partial_w
                                              const float* mean,     // (N) or nullptr (RMSNorm)
                                              const float* rstd,     // (N), needed if partial_w
                                              int N, int C, int rows_per_chunk) {
@@ -46,10 +64,10 @@ __global__ void column_reduce_partial_kernel(float* partial_w,      // (R, C) or
     float acc_w = 0.0f, acc_b = 0.0f;
     if (c < C)
         for (int n = row_begin + ty; n < row_end; n += 8) {
-            float d = dout[static_cast<size_t>(n) * C + c];
+            float d = to_fp32(dout[static_cast<size_t>(n) * C + c]);
             acc_b += d;
             if (partial_w) {
-                float xhat = (inp[static_cast<size_t>(n) * C + c] - (mean ? mean[n] : 0.0f)) * rstd[n];
+                float xhat = (to_fp32(inp[static_cast<size_t>(n) * C + c]) - (mean ? mean[n] : 0.0f)) * rstd[n];
                 acc_w += d * xhat;
             }
         }
@@ -66,7 +84,7 @@ __global__ void column_reduce_partial_kernel(float* partial_w,      // (R, C) or
 
 // out[c] += Σ_r partial[r, c], r in order. One thread per column; consecutive threads read consecutive
 // columns of each partial row (coalesced). Cost: 4·R·C bytes read, C read+written.
-__global__ void column_reduce_finish_kernel(floatX* out, const float* partial, int R,
+__global__ void column_reduce_finish_kernel(float* out, const float* partial, int R,
                                             int C) {  // out (C), partial (R, C)
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
@@ -76,8 +94,9 @@ __global__ void column_reduce_finish_kernel(floatX* out, const float* partial, i
 }
 
 // dweight[c] += Σ_n dout·x̂ (if dweight), dbias[c] += Σ_n dout (if dbias); see column_reduce_partial_kernel.
-inline void column_reduce(floatX* dweight, floatX* dbias, const floatX* dout, const floatX* inp, const float* mean,
-                          const float* rstd, int N, int C, cudaStream_t stream) {
+template <class T>
+void column_reduce(float* dweight, float* dbias, const T* dout, const std::type_identity_t<T>* inp, const float* mean,
+                   const float* rstd, int N, int C, cudaStream_t stream) {
     static ScratchBuffer scratch;
     const int rows_per_chunk = 64;
     int R = ceil_div(N, rows_per_chunk);
@@ -140,15 +159,16 @@ void encoder_backward_cpu(Real* dwte,          // (V, C), accumulated
 }
 
 // One thread per output element (n, c); consecutive threads take consecutive c, so the reads of the
-// wte row, the wpe row and the write of out are coalesced. Cost: 12·N·C bytes (8·N·C without wpe).
-__global__ void encoder_forward_kernel(floatX* out, const int* tokens, const floatX* wte, const floatX* wpe, int N,
-                                       int T, int C) {
+// wte row, the wpe row and the write of out are coalesced. Cost: 3·sizeof(T)·N·C bytes (2· without wpe).
+// (The element type is X here: T is the sequence length.)
+template <class X>
+__global__ void encoder_forward_kernel(X* out, const int* tokens, const X* wte, const X* wpe, int N, int T, int C) {
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= static_cast<size_t>(N) * C) return;
     int n = static_cast<int>(i / C), c = static_cast<int>(i % C), t = n % T;
-    float v = wte[static_cast<size_t>(tokens[n]) * C + c];
-    if (wpe) v += wpe[static_cast<size_t>(t) * C + c];
-    out[i] = v;
+    float v = to_fp32(wte[static_cast<size_t>(tokens[n]) * C + c]);
+    if (wpe) v += to_fp32(wpe[static_cast<size_t>(t) * C + c]);
+    out[i] = from_fp32<X>(v);
 }
 
 // dwte without atomics. Block (n, channel slice): blockDim.x threads (a multiple of 32, up to 1024: the
@@ -161,8 +181,9 @@ __global__ void encoder_forward_kernel(floatX* out, const int* tokens, const flo
 //   - otherwise every thread adds dout[m, c] over the matches, in order: the same sum on every run.
 // Reads of dout rows are coalesced across the threads of the slice. Cost: at most N² token compares per
 // channel slice (every token distinct: each block scans all N; a repeated token's later blocks leave at the
-// chunk of its first position), the tokens staying in L1/L2 (32 KB at N = 8192); 4·N·C bytes of dout read once.
-__global__ void encoder_backward_wte_kernel(floatX* dwte, const floatX* dout, const int* tokens, int N, int C) {
+// chunk of its first position), the tokens staying in L1/L2 (32 KB at N = 8192); dout (N·C of T) read once.
+template <class X>
+__global__ void encoder_backward_wte_kernel(float* dwte, const X* dout, const int* tokens, int N, int C) {
     __shared__ int positions[1024];  // this chunk's matching positions, increasing
     __shared__ int warp_counts[32];
     int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
@@ -184,38 +205,41 @@ __global__ void encoder_backward_wte_kernel(floatX* dwte, const floatX* dout, co
         __syncthreads();
         if (total > 0 && positions[0] < n) return;  // an earlier position owns this token's row
         if (c < C)
-            for (int i = 0; i < total; i++) sum += dout[static_cast<size_t>(positions[i]) * C + c];
+            for (int i = 0; i < total; i++) sum += to_fp32(dout[static_cast<size_t>(positions[i]) * C + c]);
         __syncthreads();  // everyone has read positions before the next chunk overwrites it
     }
     if (c < C) dwte[static_cast<size_t>(token) * C + c] += sum;
 }
 
 // dwpe[t, c] += Σ_b dout[b, t, c]: one thread per (t, c), b summed in order. Coalesced along c.
-// Cost: 4·N·C bytes read, 8·T·C read+written.
-__global__ void encoder_backward_wpe_kernel(floatX* dwpe, const floatX* dout, int B, int T, int C) {
+// Cost: N·C of T read, 8·T·C bytes read+written.
+template <class X>
+__global__ void encoder_backward_wpe_kernel(float* dwpe, const X* dout, int B, int T, int C) {
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // = t·C + c
     if (i >= static_cast<size_t>(T) * C) return;
     float sum = 0.0f;
-    for (int b = 0; b < B; b++) sum += dout[static_cast<size_t>(b) * T * C + i];
+    for (int b = 0; b < B; b++) sum += to_fp32(dout[static_cast<size_t>(b) * T * C + i]);
     dwpe[i] += sum;
 }
 
-inline void encoder_forward(floatX* out,            // (B, T, C)
-                            const int* tokens,      // (B, T)
-                            const floatX* wte,      // (V, C)
-                            const floatX* wpe,      // (maxT, C) or nullptr
-                            int B, int T, int C, cudaStream_t stream) {
+template <class X>
+void encoder_forward(X* out,                               // (B, T, C)
+                     const int* tokens,                    // (B, T)
+                     const X* wte,                         // (V, C)
+                     const std::type_identity_t<X>* wpe,   // (maxT, C) or nullptr
+                     int B, int T, int C, cudaStream_t stream) {
     size_t total = static_cast<size_t>(B) * T * C;
     encoder_forward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(out, tokens, wte,
                                                                                                     wpe, B * T, T, C);
     cuda_check(cudaGetLastError());
 }
 
-inline void encoder_backward(floatX* dwte,          // (V, C), accumulated
-                             floatX* dwpe,          // (maxT, C) or nullptr, accumulated
-                             const floatX* dout,    // (B, T, C)
-                             const int* tokens,     // (B, T)
-                             int B, int T, int C, cudaStream_t stream) {
+template <class X>
+void encoder_backward(float* dwte,         // (V, C), accumulated
+                      float* dwpe,         // (maxT, C) or nullptr, accumulated
+                      const X* dout,       // (B, T, C)
+                      const int* tokens,   // (B, T)
+                      int B, int T, int C, cudaStream_t stream) {
     const int block = std::min(1024, ceil_div(C, 32) * 32);  // one channel slice whenever C <= 1024
     dim3 grid(B * T, ceil_div(C, block));
     encoder_backward_wte_kernel<<<grid, block, 0, stream>>>(dwte, dout, tokens, B * T, C);
@@ -298,70 +322,75 @@ void layernorm_backward_cpu(Real* dinp,          // (N, C), accumulated
 }
 
 // One warp per row (a block of 256 threads normalises 8 rows). Lanes stride the row by 32, so each
-// load instruction of the warp reads 32 consecutive floats (coalesced); the sums are warp shuffles.
+// load instruction of the warp reads 32 consecutive elements (coalesced); the sums are warp shuffles.
 // Two passes over the row (mean, then the centred variance) for accuracy; the second and third passes
-// hit L1. The whole warp returns together when its row is past N.
-__global__ void layernorm_forward_kernel(floatX* out, float* mean, float* rstd, const floatX* inp, const floatX* weight,
-                                         const floatX* bias, int N, int C) {
+// hit L1. The whole warp returns together when its row is past N. mean and rstd are fp32 in any precision.
+template <class T>
+__global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const T* inp, const T* weight,
+                                         const T* bias, int N, int C) {
     int lane = threadIdx.x % 32, row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
-    const floatX* x = inp + static_cast<size_t>(row) * C;
+    const T* x = inp + static_cast<size_t>(row) * C;
     float sum = 0.0f;
-    for (int c = lane; c < C; c += 32) sum += x[c];
+    for (int c = lane; c < C; c += 32) sum += to_fp32(x[c]);
     float m = warp_reduce_sum(sum) / C;
     float var = 0.0f;
-    for (int c = lane; c < C; c += 32) var += (x[c] - m) * (x[c] - m);
+    for (int c = lane; c < C; c += 32) var += (to_fp32(x[c]) - m) * (to_fp32(x[c]) - m);
     float s = rsqrtf(warp_reduce_sum(var) / C + layernorm_eps);
-    floatX* y = out + static_cast<size_t>(row) * C;
-    for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+    T* y = out + static_cast<size_t>(row) * C;
+    for (int c = lane; c < C; c += 32)
+        y[c] = from_fp32<T>((to_fp32(x[c]) - m) * s * to_fp32(weight[c]) + to_fp32(bias[c]));
     if (lane == 0) { mean[row] = m; rstd[row] = s; }
 }
 
 // dinp: one warp per row, as the forward (two shuffle-reduced means, then the three-term formula).
 // dweight, dbias: column sums over rows, column_reduce (fixed order, no atomics).
-__global__ void layernorm_backward_kernel(floatX* dinp, const floatX* dout, const floatX* inp, const floatX* weight,
-                                          const float* mean, const float* rstd, int N, int C) {
+template <class T>
+__global__ void layernorm_backward_kernel(T* dinp, const T* dout, const T* inp, const T* weight, const float* mean,
+                                          const float* rstd, int N, int C) {
     int lane = threadIdx.x % 32, row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
-    const floatX* x = inp + static_cast<size_t>(row) * C;
-    const floatX* dy = dout + static_cast<size_t>(row) * C;
+    const T* x = inp + static_cast<size_t>(row) * C;
+    const T* dy = dout + static_cast<size_t>(row) * C;
     float m = mean[row], s = rstd[row];
     float g_sum = 0.0f, gx_sum = 0.0f;
     for (int c = lane; c < C; c += 32) {
-        float g = dy[c] * weight[c];
+        float g = to_fp32(dy[c]) * to_fp32(weight[c]);
         g_sum += g;
-        gx_sum += g * (x[c] - m) * s;
+        gx_sum += g * (to_fp32(x[c]) - m) * s;
     }
     float g_mean = warp_reduce_sum(g_sum) / C, gx_mean = warp_reduce_sum(gx_sum) / C;
-    floatX* dx = dinp + static_cast<size_t>(row) * C;
+    T* dx = dinp + static_cast<size_t>(row) * C;
     for (int c = lane; c < C; c += 32) {
-        float xhat = (x[c] - m) * s, g = dy[c] * weight[c];
-        dx[c] += s * (g - g_mean - xhat * gx_mean);
+        float xhat = (to_fp32(x[c]) - m) * s, g = to_fp32(dy[c]) * to_fp32(weight[c]);
+        dx[c] = from_fp32<T>(to_fp32(dx[c]) + s * (g - g_mean - xhat * gx_mean));
     }
 }
 
-inline void layernorm_forward(floatX* out,            // (N, C)
-                              float* mean,            // (N)
-                              float* rstd,            // (N)
-                              const floatX* inp,      // (N, C)
-                              const floatX* weight,   // (C)
-                              const floatX* bias,     // (C)
-                              int N, int C, cudaStream_t stream) {
+template <class T>
+void layernorm_forward(T* out,            // (N, C)
+                       float* mean,       // (N)
+                       float* rstd,       // (N)
+                       const T* inp,      // (N, C)
+                       const T* weight,   // (C)
+                       const T* bias,     // (C)
+                       int N, int C, cudaStream_t stream) {
     const int block = 256, rows_per_block = block / 32;
     layernorm_forward_kernel<<<ceil_div(N, rows_per_block), block, 0, stream>>>(out, mean, rstd, inp, weight, bias, N,
                                                                                 C);
     cuda_check(cudaGetLastError());
 }
 
-inline void layernorm_backward(floatX* dinp,          // (N, C), accumulated
-                               floatX* dweight,       // (C), accumulated
-                               floatX* dbias,         // (C), accumulated
-                               const floatX* dout,    // (N, C)
-                               const floatX* inp,     // (N, C)
-                               const floatX* weight,  // (C)
-                               const float* mean,     // (N)
-                               const float* rstd,     // (N)
-                               int N, int C, cudaStream_t stream) {
+template <class T>
+void layernorm_backward(T* dinp,            // (N, C), accumulated
+                        float* dweight,     // (C), accumulated
+                        float* dbias,       // (C), accumulated
+                        const T* dout,      // (N, C)
+                        const T* inp,       // (N, C)
+                        const T* weight,    // (C)
+                        const float* mean,  // (N)
+                        const float* rstd,  // (N)
+                        int N, int C, cudaStream_t stream) {
     const int block = 256, rows_per_block = block / 32;
     layernorm_backward_kernel<<<ceil_div(N, rows_per_block), block, 0, stream>>>(dinp, dout, inp, weight, mean, rstd, N,
                                                                                  C);
@@ -419,49 +448,55 @@ void rmsnorm_backward_cpu(Real* dinp,          // (N, C), accumulated
 }
 
 // One warp per row, lanes strided by 32 (coalesced), shuffle sums: as layernorm_forward_kernel.
-__global__ void rmsnorm_forward_kernel(floatX* out, float* rstd, const floatX* inp, const floatX* weight, int N, int C,
-                                       float eps) {
+template <class T>
+__global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* inp, const T* weight, int N, int C, float eps) {
     int lane = threadIdx.x % 32, row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
-    const floatX* x = inp + static_cast<size_t>(row) * C;
+    const T* x = inp + static_cast<size_t>(row) * C;
     float ss = 0.0f;
-    for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
+    for (int c = lane; c < C; c += 32) ss += to_fp32(x[c]) * to_fp32(x[c]);
     float s = rsqrtf(warp_reduce_sum(ss) / C + eps);
-    floatX* y = out + static_cast<size_t>(row) * C;
-    for (int c = lane; c < C; c += 32) y[c] = x[c] * s * weight[c];
+    T* y = out + static_cast<size_t>(row) * C;
+    for (int c = lane; c < C; c += 32) y[c] = from_fp32<T>(to_fp32(x[c]) * s * to_fp32(weight[c]));
     if (lane == 0) rstd[row] = s;
 }
 
-__global__ void rmsnorm_backward_kernel(floatX* dinp, const floatX* dout, const floatX* inp, const floatX* weight,
-                                        const float* rstd, int N, int C) {
+template <class T>
+__global__ void rmsnorm_backward_kernel(T* dinp, const T* dout, const T* inp, const T* weight, const float* rstd, int N,
+                                        int C) {
     int lane = threadIdx.x % 32, row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= N) return;
-    const floatX* x = inp + static_cast<size_t>(row) * C;
-    const floatX* dy = dout + static_cast<size_t>(row) * C;
+    const T* x = inp + static_cast<size_t>(row) * C;
+    const T* dy = dout + static_cast<size_t>(row) * C;
     float s = rstd[row], gx_sum = 0.0f;
-    for (int c = lane; c < C; c += 32) gx_sum += dy[c] * weight[c] * x[c] * s;
+    for (int c = lane; c < C; c += 32) gx_sum += to_fp32(dy[c]) * to_fp32(weight[c]) * to_fp32(x[c]) * s;
     float gx_mean = warp_reduce_sum(gx_sum) / C;
-    floatX* dx = dinp + static_cast<size_t>(row) * C;
-    for (int c = lane; c < C; c += 32) dx[c] += s * (dy[c] * weight[c] - x[c] * s * gx_mean);
+    T* dx = dinp + static_cast<size_t>(row) * C;
+    for (int c = lane; c < C; c += 32) {
+        float g = to_fp32(dy[c]) * to_fp32(weight[c]);
+        dx[c] = from_fp32<T>(to_fp32(dx[c]) + s * (g - to_fp32(x[c]) * s * gx_mean));
+    }
 }
 
-inline void rmsnorm_forward(floatX* out,            // (N, C)
-                            float* rstd,            // (N)
-                            const floatX* inp,      // (N, C)
-                            const floatX* weight,   // (C)
-                            int N, int C, float eps, cudaStream_t stream) {
+template <class T>
+void rmsnorm_forward(T* out,            // (N, C)
+                     float* rstd,       // (N)
+                     const T* inp,      // (N, C)
+                     const T* weight,   // (C)
+                     int N, int C, float eps, cudaStream_t stream) {
     const int block = 256, rows_per_block = block / 32;
     rmsnorm_forward_kernel<<<ceil_div(N, rows_per_block), block, 0, stream>>>(out, rstd, inp, weight, N, C, eps);
     cuda_check(cudaGetLastError());
 }
 
-inline void rmsnorm_backward(floatX* dinp,          // (N, C), accumulated
-                             floatX* dweight,       // (C), accumulated
-                             const floatX* dout,    // (N, C)
-                             const floatX* inp,     // (N, C)
-                             const floatX* weight,  // (C)
-                             const float* rstd,     // (N)
-                             int N, int C, cudaStream_t stream) {
+template <class T>
+void rmsnorm_backward(T* dinp,            // (N, C), accumulated
+                      float* dweight,     // (C), accumulated
+                      const T* dout,      // (N, C)
+                      const T* inp,       // (N, C)
+                      const T* weight,    // (C)
+                      const float* rstd,  // (N)
+                      int N, int C, cudaStream_t stream) {
     const int block = 256, rows_per_block = block / 32;
     rmsnorm_backward_kernel<<<ceil_div(N, rows_per_block), block, 0, stream>>>(dinp, dout, inp, weight, rstd, N, C);
     cuda_check(cudaGetLastError());
@@ -482,10 +517,13 @@ GPTCU_OP(rmsnorm_backward)
 //         (arithmetic intensity ~ min(N, C, OC)/2 FLOP per byte... far above the ~10-20 of a GPU's balance).
 //
 // Three backends, chosen at run time (set_matmul_backend):
-//   cublas: cublasSgemm with TF32 off (CUBLAS_DEFAULT_MATH: full fp32 products and sums), fast.
+//   cublas: cublasGemmEx with fp32 compute: for fp32 matrices TF32 stays off (CUBLAS_DEFAULT_MATH: full fp32
+//           products and sums); for bf16 matrices bf16 tensor cores, fp32 sums. Fast.
 //   tiled:  matmul_tiled_kernel below, written out to be read: shared-memory tiles, an 8×8 register
-//           block per thread, float4 loads. Deterministic too (fixed summation order).
+//           block per thread, float4 loads (fp32). Deterministic too (fixed summation order).
 //   wmma:   matmul_wmma_kernel below: the same products on tensor cores, inputs rounded to bf16, sums in fp32.
+// Every backend takes the element type T (the rule at the top of this file): inp, weight, bias, out, dinp, dout
+// are T; dweight and dbias are fp32. So each kernel has two element types: T for what it reads, TOut for out.
 
 template <class Real>
 void matmul_forward_cpu(Real* out,            // (N, OC)
@@ -560,30 +598,35 @@ inline MatmulBackend get_matmul_backend() { return matmul_backend_setting(); }
 // L2/DRAM, 8 FLOP per byte from shared memory.
 constexpr int matmul_tile = 128, matmul_tile_k = 8, matmul_threads = 256;
 
-// Loads rows [r0, r0+128) × k [k0, k0+8) of an operand into tile[k][r] (zeros outside the matrix).
-template <bool K_CONTIGUOUS>
-__device__ inline void matmul_load_tile(float (*tile)[matmul_tile], const floatX* x, int ld, int r0, int rows, int k0,
+// Loads rows [r0, r0+128) × k [k0, k0+8) of an operand into tile[k][r] (zeros outside the matrix), widened to
+// fp32. vector_ok (fp32 only: matmul_vector_ok) reads 4 consecutive floats as one float4.
+template <bool K_CONTIGUOUS, class T>
+__device__ inline void matmul_load_tile(float (*tile)[matmul_tile], const T* x, int ld, int r0, int rows, int k0,
                                         int K, bool vector_ok, int tid) {
     if (K_CONTIGUOUS) {  // x(r, k) = x[r·ld + k]: thread reads 4 consecutive k of row r
         int r = tid / 2, k = (tid % 2) * 4, gr = r0 + r, gk = k0 + k;
         float v[4];
-        if (vector_ok && gr < rows && gk + 3 < K) {
+        if constexpr (std::is_same_v<T, float>) vector_ok = vector_ok && gr < rows && gk + 3 < K;
+        else vector_ok = false;
+        if (vector_ok) {
             float4 f = *reinterpret_cast<const float4*>(x + static_cast<size_t>(gr) * ld + gk);
             v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
         } else {
             for (int q = 0; q < 4; q++)
-                v[q] = gr < rows && gk + q < K ? x[static_cast<size_t>(gr) * ld + gk + q] : 0.0f;
+                v[q] = gr < rows && gk + q < K ? to_fp32(x[static_cast<size_t>(gr) * ld + gk + q]) : 0.0f;
         }
         for (int q = 0; q < 4; q++) tile[k + q][r] = v[q];
     } else {  // x(r, k) = x[k·ld + r]: thread reads 4 consecutive r of row k
         int k = tid / 32, r = (tid % 32) * 4, gr = r0 + r, gk = k0 + k;
         float v[4];
-        if (vector_ok && gk < K && gr + 3 < rows) {
+        if constexpr (std::is_same_v<T, float>) vector_ok = vector_ok && gk < K && gr + 3 < rows;
+        else vector_ok = false;
+        if (vector_ok) {
             float4 f = *reinterpret_cast<const float4*>(x + static_cast<size_t>(gk) * ld + gr);
             v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
         } else {
             for (int q = 0; q < 4; q++)
-                v[q] = gk < K && gr + q < rows ? x[static_cast<size_t>(gk) * ld + gr + q] : 0.0f;
+                v[q] = gk < K && gr + q < rows ? to_fp32(x[static_cast<size_t>(gk) * ld + gr + q]) : 0.0f;
         }
         for (int q = 0; q < 4; q++) tile[k][r + q] = v[q];
     }
@@ -593,12 +636,12 @@ __device__ inline void matmul_load_tile(float (*tile)[matmul_tile], const floatX
 // in the second, 64 further.
 __device__ inline int matmul_tile_offset(int t, int i) { return (i / 4) * 64 + t * 4 + i % 4; }
 
-template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
+template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS, class T, class TOut>
 __global__ void __launch_bounds__(matmul_threads)
-    matmul_tiled_kernel(floatX* out,         // (M, N), leading dimension ldo
-                        const floatX* a,     // A(i, k), see above
-                        const floatX* b,     // B(k, j), see above
-                        const floatX* bias,  // (N) or nullptr
+    matmul_tiled_kernel(TOut* out,      // (M, N), leading dimension ldo
+                        const T* a,     // A(i, k), see above
+                        const T* b,     // B(k, j), see above
+                        const T* bias,  // (N) or nullptr
                         int M, int N, int K, int lda, int ldb, int ldo, bool accumulate, bool a_vector_ok,
                         bool b_vector_ok) {
     __shared__ __align__(16) float a_tile[matmul_tile_k][matmul_tile];
@@ -629,22 +672,23 @@ __global__ void __launch_bounds__(matmul_threads)
         for (int j = 0; j < 8; j++) {
             int col = n0 + matmul_tile_offset(tx, j);
             if (col >= N) continue;
-            float v = acc[i][j] + (bias ? bias[col] : 0.0f);
-            floatX* o = out + static_cast<size_t>(row) * ldo + col;
-            *o = accumulate ? *o + v : v;
+            float v = acc[i][j] + (bias ? to_fp32(bias[col]) : 0.0f);
+            TOut* o = out + static_cast<size_t>(row) * ldo + col;
+            *o = from_fp32<TOut>(accumulate ? to_fp32(*o) + v : v);
         }
     }
 }
 
-inline bool matmul_vector_ok(const floatX* p, int ld) {
-    return ld % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+template <class T>
+bool matmul_vector_ok(const T* p, int ld) {
+    return std::is_same_v<T, float> && ld % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
-void matmul_tiled(floatX* out, const floatX* a, const floatX* b, const floatX* bias, int M, int N, int K, int lda,
-                  int ldb, int ldo, bool accumulate, cudaStream_t stream) {
+template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS, class T, class TOut>
+void matmul_tiled(TOut* out, const T* a, const T* b, const T* bias, int M, int N, int K, int lda, int ldb, int ldo,
+                  bool accumulate, cudaStream_t stream) {
     dim3 grid(ceil_div(N, matmul_tile), ceil_div(M, matmul_tile));
-    matmul_tiled_kernel<A_K_CONTIGUOUS, B_K_CONTIGUOUS><<<grid, matmul_threads, 0, stream>>>(
+    matmul_tiled_kernel<A_K_CONTIGUOUS, B_K_CONTIGUOUS, T, TOut><<<grid, matmul_threads, 0, stream>>>(
         out, a, b, bias, M, N, K, lda, ldb, ldo, accumulate, matmul_vector_ok(a, lda), matmul_vector_ok(b, ldb));
     cuda_check(cudaGetLastError());
 }
@@ -682,32 +726,32 @@ constexpr int matmul_wmma_slab_ld = matmul_wmma_tile_k + 8;  // bf16 elements pe
 constexpr int matmul_wmma_out_ld = 32 + 4;                   // floats per row of a warp's staged 32×32 quarter
 
 // slab[r][k] = bf16(x(r0 + r, k0 + k)) for the 64×32 slab at rows r0, k k0 (zeros outside the matrix).
-template <bool K_CONTIGUOUS>
-__device__ inline void matmul_wmma_load_slab(__nv_bfloat16 (*slab)[matmul_wmma_slab_ld], const floatX* x, int ld,
-                                             int r0, int rows, int k0, int K, int tid) {
+template <bool K_CONTIGUOUS, class T>
+__device__ inline void matmul_wmma_load_slab(__nv_bfloat16 (*slab)[matmul_wmma_slab_ld], const T* x, int ld, int r0,
+                                             int rows, int k0, int K, int tid) {
     if (K_CONTIGUOUS) {  // x(r, k) = x[r·ld + k]: a warp reads 32 consecutive k of one row, 4 rows per pass
         int k = tid % 32, gk = k0 + k;
         for (int r = tid / 32; r < matmul_wmma_tile; r += matmul_wmma_threads / 32) {
             int gr = r0 + r;
-            float v = gr < rows && gk < K ? static_cast<float>(x[static_cast<size_t>(gr) * ld + gk]) : 0.0f;
+            float v = gr < rows && gk < K ? to_fp32(x[static_cast<size_t>(gr) * ld + gk]) : 0.0f;
             slab[r][k] = __float2bfloat16_rn(v);
         }
     } else {  // x(r, k) = x[k·ld + r]: a warp reads 32 consecutive r of one row of x, 2 values of k per pass
         int r = tid % matmul_wmma_tile, gr = r0 + r;
         for (int k = tid / matmul_wmma_tile; k < matmul_wmma_tile_k; k += matmul_wmma_threads / matmul_wmma_tile) {
             int gk = k0 + k;
-            float v = gr < rows && gk < K ? static_cast<float>(x[static_cast<size_t>(gk) * ld + gr]) : 0.0f;
+            float v = gr < rows && gk < K ? to_fp32(x[static_cast<size_t>(gk) * ld + gr]) : 0.0f;
             slab[r][k] = __float2bfloat16_rn(v);
         }
     }
 }
 
-template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
+template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS, class T, class TOut>
 __global__ void __launch_bounds__(matmul_wmma_threads)
-matmul_wmma_kernel(floatX* out,           // (M, N), leading dimension ldo
-                   const floatX* a,       // A(i, k), as matmul_tiled_kernel
-                   const floatX* b,       // B(k, j), as matmul_tiled_kernel
-                   const floatX* bias,    // (N) or nullptr
+matmul_wmma_kernel(TOut* out,        // (M, N), leading dimension ldo
+                   const T* a,       // A(i, k), as matmul_tiled_kernel
+                   const T* b,       // B(k, j), as matmul_tiled_kernel
+                   const T* bias,    // (N) or nullptr
                    int M, int N, int K, int lda, int ldb, int ldo, bool accumulate) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     __trap();  // bf16 wmma needs compute capability 8.0 (A100) or newer; the GPU build targets sm_80 and sm_90
@@ -745,38 +789,58 @@ matmul_wmma_kernel(floatX* out,           // (M, N), leading dimension ldo
     for (int r = 0; r < 32; r++) {  // lane = column: one row of 32 consecutive floats per warp store
         int row = m0 + wr + r, col = n0 + wc + lane;
         if (row >= M || col >= N) continue;
-        float v = stage[r][lane] + (bias ? static_cast<float>(bias[col]) : 0.0f);
-        floatX* o = out + static_cast<size_t>(row) * ldo + col;
-        *o = accumulate ? static_cast<float>(*o) + v : v;
+        float v = stage[r][lane] + (bias ? to_fp32(bias[col]) : 0.0f);
+        TOut* o = out + static_cast<size_t>(row) * ldo + col;
+        *o = from_fp32<TOut>(accumulate ? to_fp32(*o) + v : v);
     }
 #endif
 }
 
-template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS>
-void matmul_wmma(floatX* out, const floatX* a, const floatX* b, const floatX* bias, int M, int N, int K, int lda,
-                 int ldb, int ldo, bool accumulate, cudaStream_t stream) {
+template <bool A_K_CONTIGUOUS, bool B_K_CONTIGUOUS, class T, class TOut>
+void matmul_wmma(TOut* out, const T* a, const T* b, const T* bias, int M, int N, int K, int lda, int ldb, int ldo,
+                 bool accumulate, cudaStream_t stream) {
     dim3 grid(ceil_div(N, matmul_wmma_tile), ceil_div(M, matmul_wmma_tile));
-    matmul_wmma_kernel<A_K_CONTIGUOUS, B_K_CONTIGUOUS><<<grid, matmul_wmma_threads, 0, stream>>>(
+    matmul_wmma_kernel<A_K_CONTIGUOUS, B_K_CONTIGUOUS, T, TOut><<<grid, matmul_wmma_threads, 0, stream>>>(
         out, a, b, bias, M, N, K, lda, ldb, ldo, accumulate);
     cuda_check(cudaGetLastError());
 }
 // ---- end of the tensor-core matmul
 
-// out[n, o] += bias[o] after the cuBLAS GEMM: one thread per element, coalesced. Cost: 8·N·OC bytes.
-__global__ void add_bias_kernel(floatX* out, const floatX* bias, int N, int OC) {  // out (N, OC), bias (OC)
+// out[n, o] = bias[o], before a cuBLAS GEMM that adds the product (beta = 1): then bias + Σ is rounded to out's
+// type once, as in the hand-written kernels (a bias added after a bf16 GEMM would round twice). One thread per
+// element, coalesced. Cost: sizeof(T)·N·OC bytes written (the GEMM then reads them back).
+template <class T>
+__global__ void bias_broadcast_kernel(T* out, const T* bias, int N, int OC) {  // out (N, OC), bias (OC)
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (i < static_cast<size_t>(N) * OC) out[i] += bias[i % OC];
+    if (i < static_cast<size_t>(N) * OC) out[i] = bias[i % OC];
+}
+
+// cuBLAS's name for an element type: fp32 or bf16 matrices; the compute type is fp32 for both
+// (CUBLAS_COMPUTE_32F: for fp32 matrices no TF32, for bf16 matrices bf16 tensor-core products summed in fp32).
+template <class T>
+constexpr cudaDataType_t cublas_data_type() { return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF; }
+
+// C (m, n) = alpha·op(A)·op(B) + beta·C in cuBLAS's column-major terms, A and B of type T, C of type TC.
+template <class T, class TC>
+void cublas_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const T* A, int lda, const T* B,
+                 int ldb, float beta, TC* C, int ldc, cudaStream_t stream) {
+    const float one = 1.0f;
+    cublas_check(cublasSetStream(cublas_handle(), stream));
+    cublas_check(cublasGemmEx(cublas_handle(), ta, tb, m, n, k, &one, A, cublas_data_type<T>(), lda, B,
+                              cublas_data_type<T>(), ldb, &beta, C, cublas_data_type<TC>(), ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
 }
 
 // cuBLAS is column-major: it sees a row-major (R, S) matrix as its (S, R) transpose. So the row-major
 // out (N, OC) is cuBLAS's column-major outᵀ (OC, N), and the forward out = inp·weightᵀ becomes
 //     outᵀ (OC, N) = weight (OC, C) · inpᵀ (C, N),
 // where cuBLAS sees our weight as weightᵀ (C, OC) — hence OP_T on it — and our inp as inpᵀ (C, N): OP_N.
-inline void matmul_forward(floatX* out,            // (N, OC)
-                           const floatX* inp,      // (N, C)
-                           const floatX* weight,   // (OC, C)
-                           const floatX* bias,     // (OC) or nullptr
-                           int N, int C, int OC, cudaStream_t stream) {
+template <class T>
+void matmul_forward(T* out,                               // (N, OC)
+                    const T* inp,                         // (N, C)
+                    const T* weight,                      // (OC, C)
+                    const std::type_identity_t<T>* bias,  // (OC) or nullptr
+                    int N, int C, int OC, cudaStream_t stream) {
     if (get_matmul_backend() == MatmulBackend::tiled) {
         matmul_tiled<true, true>(out, inp, weight, bias, N, OC, C, C, C, OC, false, stream);
         return;
@@ -785,43 +849,42 @@ inline void matmul_forward(floatX* out,            // (N, OC)
         matmul_wmma<true, true>(out, inp, weight, bias, N, OC, C, C, C, OC, false, stream);
         return;
     }
-    const float one = 1.0f, zero = 0.0f;
-    cublas_check(cublasSetStream(cublas_handle(), stream));
-    cublas_check(
-        cublasSgemm(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, &one, weight, C, inp, C, &zero, out, OC));
     if (bias) {
         size_t total = static_cast<size_t>(N) * OC;
-        add_bias_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(out, bias, N, OC);
+        bias_broadcast_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(out, bias, N,
+                                                                                                       OC);
         cuda_check(cudaGetLastError());
     }
+    cublas_gemm(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, C, inp, C, bias ? 1.0f : 0.0f, out, OC, stream);
 }
 
 // In cuBLAS's column-major view (beta = 1 accumulates):
 //     dinpᵀ (C, N)     = weightᵀ (C, OC) · doutᵀ (OC, N)   — our weight is its weightᵀ: OP_N; dout is doutᵀ: OP_N
 //     dweightᵀ (C, OC) = inpᵀ (C, N) · dout (N, OC)        — inp is inpᵀ: OP_N; dout is doutᵀ: OP_T
-inline void matmul_backward(floatX* dinp,           // (N, C) or nullptr (skipped), accumulated
-                            floatX* dweight,        // (OC, C), accumulated
-                            floatX* dbias,          // (OC) or nullptr, accumulated
-                            const floatX* dout,     // (N, OC)
-                            const floatX* inp,      // (N, C)
-                            const floatX* weight,   // (OC, C)
-                            int N, int C, int OC, cudaStream_t stream) {
+// dinp is T, dweight and dbias fp32 (the rule at the top of this file).
+template <class T>
+void matmul_backward(std::type_identity_t<T>* dinp,  // (N, C) or nullptr (skipped), accumulated
+                     float* dweight,                 // (OC, C), accumulated
+                     float* dbias,                   // (OC) or nullptr, accumulated
+                     const T* dout,                  // (N, OC)
+                     const T* inp,                   // (N, C)
+                     const T* weight,                // (OC, C)
+                     int N, int C, int OC, cudaStream_t stream) {
     if (get_matmul_backend() == MatmulBackend::tiled) {
-        if (dinp) matmul_tiled<true, false>(dinp, dout, weight, nullptr, N, C, OC, OC, C, C, true, stream);
-        matmul_tiled<false, false>(dweight, dout, inp, nullptr, OC, C, N, OC, C, C, true, stream);
+        if (dinp) matmul_tiled<true, false>(dinp, dout, weight, static_cast<const T*>(nullptr), N, C, OC, OC, C, C,
+                                            true, stream);
+        matmul_tiled<false, false>(dweight, dout, inp, static_cast<const T*>(nullptr), OC, C, N, OC, C, C, true,
+                                   stream);
     } else if (get_matmul_backend() == MatmulBackend::wmma) {
-        if (dinp) matmul_wmma<true, false>(dinp, dout, weight, nullptr, N, C, OC, OC, C, C, true, stream);
-        matmul_wmma<false, false>(dweight, dout, inp, nullptr, OC, C, N, OC, C, C, true, stream);
+        if (dinp) matmul_wmma<true, false>(dinp, dout, weight, static_cast<const T*>(nullptr), N, C, OC, OC, C, C,
+                                           true, stream);
+        matmul_wmma<false, false>(dweight, dout, inp, static_cast<const T*>(nullptr), OC, C, N, OC, C, C, true,
+                                  stream);
     } else {
-        const float one = 1.0f;
-        cublas_check(cublasSetStream(cublas_handle(), stream));
-        if (dinp)
-            cublas_check(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, &one, weight, C, dout, OC,
-                                     &one, dinp, C));
-        cublas_check(
-            cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, &one, inp, C, dout, OC, &one, dweight, C));
+        if (dinp) cublas_gemm(CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, dout, OC, 1.0f, dinp, C, stream);
+        cublas_gemm(CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, 1.0f, dweight, C, stream);
     }
-    if (dbias) column_reduce(nullptr, dbias, dout, nullptr, nullptr, nullptr, N, OC, stream);
+    if (dbias) column_reduce(static_cast<float*>(nullptr), dbias, dout, nullptr, nullptr, nullptr, N, OC, stream);
 }
 
 // ----------------------------------------------------------------------------
@@ -851,28 +914,31 @@ void gelu_backward_cpu(Real* dinp, const Real* inp, const Real* dout, int N) {  
 }
 
 // One thread per element: consecutive threads, consecutive elements (coalesced).
-__global__ void gelu_forward_kernel(floatX* out, const floatX* inp, int N) {
+template <class T>
+__global__ void gelu_forward_kernel(T* out, const T* inp, int N) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) return;
-    float x = inp[i], u = gelu_scale * (x + 0.044715f * x * x * x);
-    out[i] = 0.5f * x * (1.0f + tanhf(u));
+    float x = to_fp32(inp[i]), u = gelu_scale * (x + 0.044715f * x * x * x);
+    out[i] = from_fp32<T>(0.5f * x * (1.0f + tanhf(u)));
 }
 
-__global__ void gelu_backward_kernel(floatX* dinp, const floatX* inp, const floatX* dout, int N) {
+template <class T>
+__global__ void gelu_backward_kernel(T* dinp, const T* inp, const T* dout, int N) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) return;
-    float x = inp[i], u = gelu_scale * (x + 0.044715f * x * x * x), th = tanhf(u);
+    float x = to_fp32(inp[i]), u = gelu_scale * (x + 0.044715f * x * x * x), th = tanhf(u);
     float grad = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * gelu_scale * (1.0f + 3.0f * 0.044715f * x * x);
-    dinp[i] += dout[i] * grad;
+    dinp[i] = from_fp32<T>(to_fp32(dinp[i]) + to_fp32(dout[i]) * grad);
 }
 
-inline void gelu_forward(floatX* out, const floatX* inp, int N, cudaStream_t stream) {  // (N) each
+template <class T>
+void gelu_forward(T* out, const T* inp, int N, cudaStream_t stream) {  // (N) each
     gelu_forward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(out, inp, N);
     cuda_check(cudaGetLastError());
 }
 
-inline void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, int N,
-                          cudaStream_t stream) {  // dinp accumulated
+template <class T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, int N, cudaStream_t stream) {  // dinp accumulated
     gelu_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(dinp, inp, dout, N);
     cuda_check(cudaGetLastError());
 }
@@ -913,36 +979,40 @@ void swiglu_backward_cpu(Real* dinp,         // (N, 2H), accumulated
 
 // One thread per output (n, h): consecutive threads read consecutive gates and consecutive ups
 // (two coalesced streams) and write consecutive outputs.
-__global__ void swiglu_forward_kernel(floatX* out, const floatX* inp, int N, int H) {
+template <class T>
+__global__ void swiglu_forward_kernel(T* out, const T* inp, int N, int H) {
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= static_cast<size_t>(N) * H) return;
     size_t n = i / H, h = i % H, gi = n * 2 * H + h;
-    float g = inp[gi], u = inp[gi + H];
-    out[i] = g / (1.0f + expf(-g)) * u;
+    float g = to_fp32(inp[gi]), u = to_fp32(inp[gi + H]);
+    out[i] = from_fp32<T>(g / (1.0f + expf(-g)) * u);
 }
 
-__global__ void swiglu_backward_kernel(floatX* dinp, const floatX* inp, const floatX* dout, int N, int H) {
+template <class T>
+__global__ void swiglu_backward_kernel(T* dinp, const T* inp, const T* dout, int N, int H) {
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= static_cast<size_t>(N) * H) return;
     size_t n = i / H, h = i % H, gi = n * 2 * H + h;
-    float g = inp[gi], u = inp[gi + H], d = dout[i];
+    float g = to_fp32(inp[gi]), u = to_fp32(inp[gi + H]), d = to_fp32(dout[i]);
     float sig = 1.0f / (1.0f + expf(-g));
-    dinp[gi] += d * u * sig * (1.0f + g * (1.0f - sig));
-    dinp[gi + H] += d * g * sig;
+    dinp[gi] = from_fp32<T>(to_fp32(dinp[gi]) + d * u * sig * (1.0f + g * (1.0f - sig)));
+    dinp[gi + H] = from_fp32<T>(to_fp32(dinp[gi + H]) + d * g * sig);
 }
 
-inline void swiglu_forward(floatX* out,          // (N, H)
-                           const floatX* inp,    // (N, 2H): [:, :H] gate, [:, H:] up
-                           int N, int H, cudaStream_t stream) {
+template <class T>
+void swiglu_forward(T* out,          // (N, H)
+                    const T* inp,    // (N, 2H): [:, :H] gate, [:, H:] up
+                    int N, int H, cudaStream_t stream) {
     size_t total = static_cast<size_t>(N) * H;
     swiglu_forward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(out, inp, N, H);
     cuda_check(cudaGetLastError());
 }
 
-inline void swiglu_backward(floatX* dinp,         // (N, 2H), accumulated
-                            const floatX* inp,    // (N, 2H)
-                            const floatX* dout,   // (N, H)
-                            int N, int H, cudaStream_t stream) {
+template <class T>
+void swiglu_backward(T* dinp,         // (N, 2H), accumulated
+                     const T* inp,    // (N, 2H)
+                     const T* dout,   // (N, H)
+                     int N, int H, cudaStream_t stream) {
     size_t total = static_cast<size_t>(N) * H;
     swiglu_backward_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(dinp, inp, dout, N,
                                                                                                     H);
@@ -967,25 +1037,29 @@ void residual_backward_cpu(Real* da, Real* db, const Real* dout, int N) {  // (N
 }
 
 // One thread per element, coalesced.
-__global__ void residual_forward_kernel(floatX* out, const floatX* a, const floatX* b, int N) {
+template <class T>
+__global__ void residual_forward_kernel(T* out, const T* a, const T* b, int N) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < N) out[i] = a[i] + b[i];
+    if (i < N) out[i] = from_fp32<T>(to_fp32(a[i]) + to_fp32(b[i]));
 }
 
-__global__ void residual_backward_kernel(floatX* da, floatX* db, const floatX* dout, int N) {
+template <class T>
+__global__ void residual_backward_kernel(T* da, T* db, const T* dout, int N) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N) return;
-    float d = dout[i];
-    da[i] += d;
-    db[i] += d;
+    float d = to_fp32(dout[i]);
+    da[i] = from_fp32<T>(to_fp32(da[i]) + d);
+    db[i] = from_fp32<T>(to_fp32(db[i]) + d);
 }
 
-inline void residual_forward(floatX* out, const floatX* a, const floatX* b, int N, cudaStream_t stream) {  // (N) each
+template <class T>
+void residual_forward(T* out, const T* a, const T* b, int N, cudaStream_t stream) {  // (N) each
     residual_forward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(out, a, b, N);
     cuda_check(cudaGetLastError());
 }
 
-inline void residual_backward(floatX* da, floatX* db, const floatX* dout, int N, cudaStream_t stream) {  // accumulated
+template <class T>
+void residual_backward(T* da, T* db, const T* dout, int N, cudaStream_t stream) {  // (N) each; da, db accumulated
     residual_backward_kernel<<<ceil_div(N, 256), 256, 0, stream>>>(da, db, dout, N);
     cuda_check(cudaGetLastError());
 }
@@ -1045,23 +1119,24 @@ __device__ inline void softmax_merge(float& m, float& s, float m_other, float s_
 // max grows (one read of the row); the (m, s) pairs merge by warp shuffles, then across warps in warp
 // order (the same on every thread and every run). Pass 2 writes dlogits in place, same access pattern.
 // z_y is read by every thread before the first barrier, i.e. before any thread overwrites it.
-__global__ void fused_classifier_kernel(floatX* logits, float* losses, const int* targets, float dloss, int V, int Vp,
+template <class T>
+__global__ void fused_classifier_kernel(T* logits, float* losses, const int* targets, float dloss, int V, int Vp,
                                         bool write_dlogits) {
     __shared__ float warp_m[32];  // per-warp running max
     __shared__ float warp_s[32];  // per-warp normaliser
     int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
     int n = blockIdx.x;
-    floatX* z = logits + static_cast<size_t>(n) * Vp;
+    T* z = logits + static_cast<size_t>(n) * Vp;
     int y = targets[n];
     if (y < 0) {  // ignored row: the whole block takes this branch
-        if (write_dlogits) for (int v = tid; v < Vp; v += blockDim.x) z[v] = 0.0f;
+        if (write_dlogits) for (int v = tid; v < Vp; v += blockDim.x) z[v] = from_fp32<T>(0.0f);
         if (tid == 0) losses[n] = 0.0f;
         return;
     }
-    float z_y = z[y];
+    float z_y = to_fp32(z[y]);
     float m = -FLT_MAX, s = 0.0f;
     for (int v = tid; v < V; v += blockDim.x) {
-        float zv = z[v];
+        float zv = to_fp32(z[v]);
         if (zv > m) { s = s * expf(m - zv) + 1.0f; m = zv; }
         else s += expf(zv - m);
     }
@@ -1078,16 +1153,17 @@ __global__ void fused_classifier_kernel(floatX* logits, float* losses, const int
     if (!write_dlogits) return;
     float inv_s = 1.0f / s;
     for (int v = tid; v < Vp; v += blockDim.x) {
-        float p = v < V ? expf(z[v] - m) * inv_s : 0.0f;
+        float p = v < V ? expf(to_fp32(z[v]) - m) * inv_s : 0.0f;
         float indicator = v == y ? 1.0f : 0.0f;
-        z[v] = v < V ? dloss * (p - indicator) : 0.0f;
+        z[v] = from_fp32<T>(v < V ? dloss * (p - indicator) : 0.0f);
     }
 }
 
-inline void fused_classifier(floatX* logits,         // (N, Vp): in logits, out dlogits (if write_dlogits)
-                             float* losses,          // (N): per-row loss, 0 for ignored rows
-                             const int* targets,     // (N): in [0, V), or −1 = ignore
-                             float dloss, int N, int V, int Vp, bool write_dlogits, cudaStream_t stream) {
+template <class T>
+void fused_classifier(T* logits,              // (N, Vp): in logits, out dlogits (if write_dlogits)
+                      float* losses,          // (N): per-row loss, 0 for ignored rows
+                      const int* targets,     // (N): in [0, V), or −1 = ignore
+                      float dloss, int N, int V, int Vp, bool write_dlogits, cudaStream_t stream) {
     fused_classifier_kernel<<<N, 256, 0, stream>>>(logits, losses, targets, dloss, V, Vp, write_dlogits);
     cuda_check(cudaGetLastError());
 }
@@ -1186,3 +1262,29 @@ inline void global_norm_squared(float* out,            // device scalar, OVERWRI
     cuda_check(cudaGetLastError());
 }
 // The model's call, global_norm_squared(exec, grads, n): layers_cpu_blas.h (a faster CPU path).
+
+// ----------------------------------------------------------------------------
+// 7c. Element-type copy: out[i] = in[i] as TOut
+//   fp32 → bf16 rounds to the nearest bf16, ties to even (from_fp32); bf16 → fp32 is exact (to_fp32).
+//   In mixed precision the bf16 copy of the weights that the forward and backward read is made this way from the
+//   fp32 master weights, after each AdamW step (the rule at the top of this file).
+//   cost: (sizeof(TIn) + sizeof(TOut)) bytes per element: memory-bound.
+
+template <class TOut, class TIn>
+void convert_cpu(TOut* out, const TIn* in, size_t n) {  // (n) each
+    for (size_t i = 0; i < n; i++) out[i] = from_fp32<TOut>(to_fp32(in[i]));
+}
+
+// One thread per element, coalesced.
+template <class TOut, class TIn>
+__global__ void convert_kernel(TOut* out, const TIn* in, size_t n) {
+    size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = from_fp32<TOut>(to_fp32(in[i]));
+}
+
+template <class TOut, class TIn>
+void convert(TOut* out, const TIn* in, size_t n, cudaStream_t stream) {  // (n) each
+    convert_kernel<<<static_cast<unsigned>(ceil_div<size_t>(n, 256)), 256, 0, stream>>>(out, in, n);
+    cuda_check(cudaGetLastError());
+}
+GPTCU_OP(convert)

@@ -159,19 +159,20 @@ int main(int argc, char** argv) {
         std::sort(sorted.begin(), sorted.end());
         double unique = static_cast<double>(std::unique(sorted.begin(), sorted.end()) - sorted.begin());
         bench.run("encoder_forward", shape({{"B", B}, {"T", T}, {"C", C}}), 3 * NC * f, 0,
-                  [&] { encoder_forward(y, d_tokens, wte, wpe, B, T, C, nullptr); });
+                  [&] { encoder_forward(y.ptr, d_tokens.ptr, wte.ptr, wpe.ptr, B, T, C, nullptr); });
         bench.run("encoder_backward", shape({{"B", B}, {"T", T}, {"C", C}}), (NC + 2 * unique * C + 2.0 * T * C) * f, 0,
-                  [&] { encoder_backward(dwte, dwpe, dy, d_tokens, B, T, C, nullptr); });
+                  [&] { encoder_backward(dwte.ptr, dwpe.ptr, dy.ptr, d_tokens.ptr, B, T, C, nullptr); });
 
         // 2. norms
         bench.run("layernorm_forward", shape({{"N", N}, {"C", C}}), 2 * NC * f, 0,
-                  [&] { layernorm_forward(y, mean, rstd, x, w, bias, N, C, nullptr); });
-        bench.run("layernorm_backward", shape({{"N", N}, {"C", C}}), 4 * NC * f, 0,
-                  [&] { layernorm_backward(dx, dw, dbias, dy, x, w, mean, rstd, N, C, nullptr); });
+                  [&] { layernorm_forward(y.ptr, mean.ptr, rstd.ptr, x.ptr, w.ptr, bias.ptr, N, C, nullptr); });
+        bench.run("layernorm_backward", shape({{"N", N}, {"C", C}}), 4 * NC * f, 0, [&] {
+            layernorm_backward(dx.ptr, dw.ptr, dbias.ptr, dy.ptr, x.ptr, w.ptr, mean.ptr, rstd.ptr, N, C, nullptr);
+        });
         bench.run("rmsnorm_forward", shape({{"N", N}, {"C", C}}), 2 * NC * f, 0,
-                  [&] { rmsnorm_forward(y, rstd, x, w, N, C, 1e-5f, nullptr); });
+                  [&] { rmsnorm_forward(y.ptr, rstd.ptr, x.ptr, w.ptr, N, C, 1e-5f, nullptr); });
         bench.run("rmsnorm_backward", shape({{"N", N}, {"C", C}}), 4 * NC * f, 0,
-                  [&] { rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C, nullptr); });
+                  [&] { rmsnorm_backward(dx.ptr, dw.ptr, dy.ptr, x.ptr, w.ptr, rstd.ptr, N, C, nullptr); });
 
         // 3. matmul, both backends, at the GPT-2 block's shapes and the lm_head
         struct Linear { const char* name; int in, out; };
@@ -187,9 +188,10 @@ int main(int argc, char** argv) {
                 floatX* out = l.name == std::string("lm_head") ? logits.ptr : y.ptr;
                 std::string s = shape({{"N", N}, {"C", l.in}, {"OC", l.out}});
                 bench.run(std::string("matmul_forward ") + l.name + tag, s, bytes, flops,
-                          [&] { matmul_forward(out, x, w, bias, N, l.in, l.out, nullptr); });
-                bench.run(std::string("matmul_backward ") + l.name + tag, s, 2 * bytes, 2 * flops,
-                          [&] { matmul_backward(dx, dw, dbias, out, x, w, N, l.in, l.out, nullptr); });
+                          [&] { matmul_forward(out, x.ptr, w.ptr, bias.ptr, N, l.in, l.out, nullptr); });
+                bench.run(std::string("matmul_backward ") + l.name + tag, s, 2 * bytes, 2 * flops, [&] {
+                    matmul_backward(dx.ptr, dw.ptr, dbias.ptr, out, x.ptr, w.ptr, N, l.in, l.out, nullptr);
+                });
             }
         }
         set_matmul_backend(MatmulBackend::cublas);
@@ -197,28 +199,28 @@ int main(int argc, char** argv) {
         // 4. activations: GELU on the fc output (N, 4C); SwiGLU on Llama's (N, 2H) -> (N, H)
         int n_gelu = N * 4 * C;
         bench.run("gelu_forward", shape({{"N", N}, {"4C", 4 * C}}), 2.0 * n_gelu * f, 0,
-                  [&] { gelu_forward(y, x, n_gelu, nullptr); });
+                  [&] { gelu_forward(y.ptr, x.ptr, n_gelu, nullptr); });
         bench.run("gelu_backward", shape({{"N", N}, {"4C", 4 * C}}), 4.0 * n_gelu * f, 0,
-                  [&] { gelu_backward(dx, x, dy, n_gelu, nullptr); });
+                  [&] { gelu_backward(dx.ptr, x.ptr, dy.ptr, n_gelu, nullptr); });
         double NH = static_cast<double>(N) * H;
         bench.run("swiglu_forward", shape({{"N", N}, {"H", H}}), 3 * NH * f, 0,
-                  [&] { swiglu_forward(y, x, N, H, nullptr); });
+                  [&] { swiglu_forward(y.ptr, x.ptr, N, H, nullptr); });
         bench.run("swiglu_backward", shape({{"N", N}, {"H", H}}), 7 * NH * f, 0,
-                  [&] { swiglu_backward(dx, x, dy, N, H, nullptr); });
+                  [&] { swiglu_backward(dx.ptr, x.ptr, dy.ptr, N, H, nullptr); });
 
         // 5. residual
         int n_res = N * C;
         bench.run("residual_forward", shape({{"N", N}, {"C", C}}), 3 * NC * f, 0,
-                  [&] { residual_forward(y, x, dx, n_res, nullptr); });
+                  [&] { residual_forward(y.ptr, x.ptr, dx.ptr, n_res, nullptr); });
         bench.run("residual_backward", shape({{"N", N}, {"C", C}}), 5 * NC * f, 0,
-                  [&] { residual_backward(dx, y, dy, n_res, nullptr); });
+                  [&] { residual_backward(dx.ptr, y.ptr, dy.ptr, n_res, nullptr); });
 
         // 6. classifier (in place: after the first call the buffer holds dlogits; the cost is the same)
         double NV = static_cast<double>(N) * V, NVp = static_cast<double>(N) * Vp;
         bench.run("fused_classifier", shape({{"N", N}, {"V", V}, {"Vp", Vp}}), (NV + NVp) * f, 0,
-                  [&] { fused_classifier(logits, losses, d_targets, 1.0f / N, N, V, Vp, true, nullptr); });
+                  [&] { fused_classifier(logits.ptr, losses.ptr, d_targets.ptr, 1.0f / N, N, V, Vp, true, nullptr); });
         bench.run("fused_classifier (loss only)", shape({{"N", N}, {"V", V}, {"Vp", Vp}}), NV * f, 0,
-                  [&] { fused_classifier(logits, losses, d_targets, 1.0f / N, N, V, Vp, false, nullptr); });
+                  [&] { fused_classifier(logits.ptr, losses.ptr, d_targets.ptr, 1.0f / N, N, V, Vp, false, nullptr); });
 
         // 7. optimizer over all parameters
         DeviceBuffer<float> params(n_params), grads(n_params), m(n_params), v(n_params);

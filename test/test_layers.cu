@@ -64,15 +64,18 @@ TEST_CASE("encoder forward/backward: kernel matches CPU reference") {
                 DeviceBuffer<float> d_wte(wte), d_wpe(wpe), d_out(out_ref.size()), d_dout(dout), d_dwte(dwte0),
                     d_dwpe(dwpe0);
                 poison(d_out);
-                encoder_forward(d_out, d_tokens, d_wte, with_wpe ? d_wpe.ptr : nullptr, s.B, s.T, s.C, nullptr);
+                encoder_forward(d_out.ptr, d_tokens.ptr, d_wte.ptr, with_wpe ? d_wpe.ptr : nullptr, s.B, s.T, s.C,
+                                nullptr);
                 check_close("encoder out", d_out.download(), out_ref, tolerance_fp32_elementwise);
-                encoder_backward(d_dwte, with_wpe ? d_dwpe.ptr : nullptr, d_dout, d_tokens, s.B, s.T, s.C, nullptr);
+                encoder_backward(d_dwte.ptr, with_wpe ? d_dwpe.ptr : nullptr, d_dout.ptr, d_tokens.ptr, s.B, s.T, s.C,
+                                 nullptr);
                 std::vector<float> dwte = d_dwte.download();
                 check_close("encoder dwte", dwte, dwte_ref, tolerance_fp32_reduction);
                 check_close("encoder dwpe", d_dwpe.download(), with_wpe ? dwpe_ref : dwpe0, tolerance_fp32_reduction);
                 // deterministic: a second run from the same start gives the same bits
                 d_dwte.upload(dwte0);
-                encoder_backward(d_dwte, with_wpe ? d_dwpe.ptr : nullptr, d_dout, d_tokens, s.B, s.T, s.C, nullptr);
+                encoder_backward(d_dwte.ptr, with_wpe ? d_dwpe.ptr : nullptr, d_dout.ptr, d_tokens.ptr, s.B, s.T, s.C,
+                                 nullptr);
                 CHECK(d_dwte.download() == dwte);
             });
         }
@@ -117,11 +120,12 @@ TEST_CASE("layernorm forward/backward: kernel matches CPU reference") {
             DeviceBuffer<float> d_inp(inp), d_w(weight), d_b(bias), d_out(NC), d_mean(s.N), d_rstd(s.N);
             DeviceBuffer<float> d_dout(dout), d_dinp(dinp0), d_dw(dw0), d_db(db0);
             poison(d_out); poison(d_mean); poison(d_rstd);
-            layernorm_forward(d_out, d_mean, d_rstd, d_inp, d_w, d_b, s.N, s.C, nullptr);
+            layernorm_forward(d_out.ptr, d_mean.ptr, d_rstd.ptr, d_inp.ptr, d_w.ptr, d_b.ptr, s.N, s.C, nullptr);
             check_close("layernorm out", d_out.download(), out_ref, tolerance_fp32_reduction);
             check_close("layernorm mean", d_mean.download(), mean_ref, tolerance_fp32_reduction);
             check_close("layernorm rstd", d_rstd.download(), rstd_ref, tolerance_fp32_reduction);
-            layernorm_backward(d_dinp, d_dw, d_db, d_dout, d_inp, d_w, d_mean, d_rstd, s.N, s.C, nullptr);
+            layernorm_backward(d_dinp.ptr, d_dw.ptr, d_db.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_mean.ptr, d_rstd.ptr,
+                               s.N, s.C, nullptr);
             check_close("layernorm dinp", d_dinp.download(), dinp_ref, tolerance_fp32_reduction);
             check_close("layernorm dweight", d_dw.download(), dw_ref, tolerance_fp32_reduction);
             check_close("layernorm dbias", d_db.download(), db_ref, tolerance_fp32_reduction);
@@ -167,10 +171,10 @@ TEST_CASE("rmsnorm forward/backward: kernel matches CPU reference") {
         for_each_thread_order([&] {
             DeviceBuffer<float> d_inp(inp), d_w(weight), d_out(NC), d_rstd(s.N), d_dout(dout), d_dinp(dinp0), d_dw(dw0);
             poison(d_out); poison(d_rstd);
-            rmsnorm_forward(d_out, d_rstd, d_inp, d_w, s.N, s.C, s.eps, nullptr);
+            rmsnorm_forward(d_out.ptr, d_rstd.ptr, d_inp.ptr, d_w.ptr, s.N, s.C, s.eps, nullptr);
             check_close("rmsnorm out", d_out.download(), out_ref, tolerance_fp32_reduction);
             check_close("rmsnorm rstd", d_rstd.download(), rstd_ref, tolerance_fp32_reduction);
-            rmsnorm_backward(d_dinp, d_dw, d_dout, d_inp, d_w, d_rstd, s.N, s.C, nullptr);
+            rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, s.N, s.C, nullptr);
             check_close("rmsnorm dinp", d_dinp.download(), dinp_ref, tolerance_fp32_reduction);
             check_close("rmsnorm dweight", d_dw.download(), dw_ref, tolerance_fp32_reduction);
         });
@@ -219,9 +223,9 @@ struct MatmulCase {
         DeviceBuffer<float> d_inp(inp), d_w(weight), d_b(b), d_out(static_cast<size_t>(N) * OC), d_dout(dout);
         DeviceBuffer<float> d_dinp(dinp0), d_dw(dweight0), d_db(dbias0);
         poison(d_out);
-        matmul_forward(d_out, d_inp, d_w, bias ? d_b.ptr : nullptr, N, C, OC, nullptr);
-        matmul_backward(dinp ? d_dinp.ptr : nullptr, d_dw, bias ? d_db.ptr : nullptr, d_dout, d_inp, d_w, N, C, OC,
-                        nullptr);
+        matmul_forward(d_out.ptr, d_inp.ptr, d_w.ptr, bias ? d_b.ptr : nullptr, N, C, OC, nullptr);
+        matmul_backward(dinp ? d_dinp.ptr : nullptr, d_dw.ptr, bias ? d_db.ptr : nullptr, d_dout.ptr, d_inp.ptr,
+                        d_w.ptr, N, C, OC, nullptr);
         return {d_out.download(), d_dinp.download(), d_dw.download(), d_db.download()};
     }
     template <class Forward, class Backward>
@@ -373,9 +377,9 @@ TEST_CASE("gelu forward/backward: kernel matches CPU reference") {
         for_each_thread_order([&] {
             DeviceBuffer<float> d_inp(inp), d_out(N), d_dout(dout), d_dinp(dinp0);
             poison(d_out);
-            gelu_forward(d_out, d_inp, N, nullptr);
+            gelu_forward(d_out.ptr, d_inp.ptr, N, nullptr);
             check_close("gelu out", d_out.download(), out_ref, tolerance_fp32_elementwise);
-            gelu_backward(d_dinp, d_inp, d_dout, N, nullptr);
+            gelu_backward(d_dinp.ptr, d_inp.ptr, d_dout.ptr, N, nullptr);
             check_close("gelu dinp", d_dinp.download(), dinp_ref, tolerance_fp32_elementwise);
         });
     }
@@ -408,9 +412,9 @@ TEST_CASE("swiglu forward/backward: kernel matches CPU reference") {
         for_each_thread_order([&] {
             DeviceBuffer<float> d_inp(inp), d_out(NH), d_dout(dout), d_dinp(dinp0);
             poison(d_out);
-            swiglu_forward(d_out, d_inp, s.N, s.H, nullptr);
+            swiglu_forward(d_out.ptr, d_inp.ptr, s.N, s.H, nullptr);
             check_close("swiglu out", d_out.download(), out_ref, tolerance_fp32_elementwise);
-            swiglu_backward(d_dinp, d_inp, d_dout, s.N, s.H, nullptr);
+            swiglu_backward(d_dinp.ptr, d_inp.ptr, d_dout.ptr, s.N, s.H, nullptr);
             check_close("swiglu dinp", d_dinp.download(), dinp_ref, tolerance_fp32_elementwise);
         });
     }
@@ -443,9 +447,9 @@ TEST_CASE("residual forward/backward: kernel matches CPU reference") {
         for_each_thread_order([&] {
             DeviceBuffer<float> d_a(a), d_b(b), d_out(N), d_dout(dout), d_da(da0), d_db(db0);
             poison(d_out);
-            residual_forward(d_out, d_a, d_b, N, nullptr);
+            residual_forward(d_out.ptr, d_a.ptr, d_b.ptr, N, nullptr);
             check_close("residual out", d_out.download(), out_ref, tolerance_fp32_elementwise);
-            residual_backward(d_da, d_db, d_dout, N, nullptr);
+            residual_backward(d_da.ptr, d_db.ptr, d_dout.ptr, N, nullptr);
             check_close("residual da", d_da.download(), da_ref, tolerance_fp32_elementwise);
             check_close("residual db", d_db.download(), db_ref, tolerance_fp32_elementwise);
         });
@@ -490,7 +494,8 @@ TEST_CASE("fused classifier: kernel matches CPU reference (padded vocabulary, ig
                 DeviceBuffer<float> d_logits(logits), d_losses(s.N);
                 DeviceBuffer<int> d_targets(targets);
                 poison(d_losses);
-                fused_classifier(d_logits, d_losses, d_targets, dloss, s.N, s.V, s.Vp, write_dlogits, nullptr);
+                fused_classifier(d_logits.ptr, d_losses.ptr, d_targets.ptr, dloss, s.N, s.V, s.Vp, write_dlogits,
+                                 nullptr);
                 check_close("classifier losses", d_losses.download(), losses_ref, tolerance_fp32_reduction);
                 std::vector<float> dlogits = d_logits.download();
                 check_close("classifier dlogits", dlogits, dlogits_ref, tolerance_fp32_reduction);
@@ -627,4 +632,311 @@ TEST_CASE("CPU fast ops (layers_cpu_blas.h) match the plain-loop references") {
     std::vector<float> z(5'000'003, 1.0f);  // 20 MB: zeroed in 1 MB chunks over the cores, the last one partial
     zero_memory(Exec{false, 0}, z.data(), z.size() * sizeof(float));
     CHECK(std::all_of(z.begin(), z.end(), [](float f) { return f == 0.0f; }));
+}
+
+// ----------------------------------------------------------------------------
+// bf16: every op again with the element type T = __nv_bfloat16 (layers.cuh: the rule at the top), on inputs that are
+// bf16 values, so that the fp32 CPU reference gets exactly the same numbers. Each output is checked twice:
+//   - against the fp32 CPU reference: a bf16 output within bf16_tolerance of that op's fp32 tolerance (test_util.h
+//     derives it), an fp32 output (weight gradients, norm statistics, losses) within the fp32 tolerance itself;
+//   - against the same kernel run with T = float on the same inputs: a bf16 output is that fp32 output rounded once
+//     to bf16, bit for bit, and an fp32 output is equal (what "one kernel, fp32 arithmetic inside" means). cuBLAS's
+//     fp32 and bf16 GEMMs are different algorithms on a GPU, so the matmul's cublas backend is checked the first way
+//     only.
+using bf16 = __nv_bfloat16;
+
+// v rounded to the nearest bf16 values, kept as floats (exactly).
+static std::vector<float> bf16_values(std::vector<float> v) {
+    for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
+    return v;
+}
+static std::vector<float> random_bf16(size_t n, Rng& rng, float scale = 1.0f) {
+    return bf16_values(random_vector(n, rng, scale));
+}
+
+// A device buffer of element type X holding v (exact: v's values are bf16's), and a buffer's contents as floats.
+template <class X>
+static DeviceBuffer<X> upload_as(const std::vector<float>& v) {
+    std::vector<X> h(v.size());
+    for (size_t i = 0; i < v.size(); i++) h[i] = from_fp32<X>(v[i]);
+    return DeviceBuffer<X>(h);
+}
+template <class X>
+static std::vector<float> download_fp32(const DeviceBuffer<X>& buffer) {
+    std::vector<X> h = buffer.download();
+    std::vector<float> v(h.size());
+    for (size_t i = 0; i < h.size(); i++) v[i] = to_fp32(h[i]);
+    return v;
+}
+
+// One output of an op run: its name, its values as floats, and whether it is stored in the element type (else fp32).
+struct OpOutput {
+    std::string name;
+    std::vector<float> values;
+    bool element_type;
+};
+
+// Runs `run` (a generic lambda: run(X{}) runs the op with element type X and returns its outputs) with X = float and
+// X = bf16 under each thread order, and checks each bf16-run output against the fp32 run and against refs[i] (the fp32
+// CPU reference) within tols[i] (the op's fp32 tolerance; widened by bf16_tolerance for bf16 outputs).
+template <class Run>
+static void check_bf16_op(Run run, const std::vector<std::vector<float>>& refs, const std::vector<Tolerance>& tols,
+                          bool same_kernel = true) {
+    for_each_thread_order([&] {
+        std::vector<OpOutput> fp32 = run(0.0f), got = run(bf16{});
+        REQUIRE(got.size() == refs.size());
+        REQUIRE(tols.size() == refs.size());
+        for (size_t i = 0; i < got.size(); i++) {
+            const OpOutput& o = got[i];
+            CAPTURE(o.name);
+            check_close(o.name + " (bf16) vs fp32 CPU reference", o.values, refs[i],
+                        o.element_type ? bf16_tolerance(tols[i]) : tols[i]);
+            if (!same_kernel) continue;
+            size_t bad = 0, first = 0;
+            for (size_t j = 0; j < o.values.size(); j++) {
+                float f = fp32[i].values[j], want = o.element_type ? __bfloat162float(__float2bfloat16_rn(f)) : f;
+                if (std::memcmp(&want, &o.values[j], sizeof want) != 0 && !bad++) first = j;
+            }
+            if (bad)
+                FAIL_CHECK(o.name << ": " << bad << " of " << o.values.size() << " elements differ from the fp32 "
+                                  << "kernel's" << std::string(o.element_type ? " rounded to bf16" : "")
+                                  << "; first: element " << first << " = " << o.values[first] << ", fp32 kernel "
+                                  << fp32[i].values[first]);
+        }
+    });
+}
+
+TEST_CASE("bf16 encoder forward/backward: one rounding of the fp32 kernel, within bf16 of the CPU reference") {
+    Rng rng(1101);
+    struct Shape { int B, T, C, V; };
+    for (Shape s : {Shape{2, 5, 33, 4}, Shape{3, 17, 96, 50}}) {
+        CAPTURE(s.B); CAPTURE(s.T); CAPTURE(s.C); CAPTURE(s.V);
+        const int N = s.B * s.T;
+        std::vector<int> tokens = random_tokens(N, s.V, rng);
+        std::vector<float> wte = random_bf16(static_cast<size_t>(s.V) * s.C, rng),
+                           wpe = random_bf16(static_cast<size_t>(s.T) * s.C, rng),
+                           dout = random_bf16(static_cast<size_t>(N) * s.C, rng);
+        std::vector<float> dwte0 = random_vector(wte.size(), rng), dwpe0 = random_vector(wpe.size(), rng);  // fp32
+        std::vector<float> out_ref(static_cast<size_t>(N) * s.C), dwte_ref = dwte0, dwpe_ref = dwpe0;
+        encoder_forward_cpu(out_ref.data(), tokens.data(), wte.data(), wpe.data(), s.B, s.T, s.C);
+        encoder_backward_cpu(dwte_ref.data(), dwpe_ref.data(), dout.data(), tokens.data(), s.B, s.T, s.C);
+        auto run = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<int> d_tokens(tokens);
+            DeviceBuffer<X> d_wte = upload_as<X>(wte), d_wpe = upload_as<X>(wpe), d_dout = upload_as<X>(dout),
+                            d_out(out_ref.size());
+            DeviceBuffer<float> d_dwte(dwte0), d_dwpe(dwpe0);
+            poison(d_out);
+            encoder_forward(d_out.ptr, d_tokens.ptr, d_wte.ptr, d_wpe.ptr, s.B, s.T, s.C, nullptr);
+            encoder_backward(d_dwte.ptr, d_dwpe.ptr, d_dout.ptr, d_tokens.ptr, s.B, s.T, s.C, nullptr);
+            return std::vector<OpOutput>{{"encoder out", download_fp32(d_out), true},
+                                         {"encoder dwte", d_dwte.download(), false},
+                                         {"encoder dwpe", d_dwpe.download(), false}};
+        };
+        check_bf16_op(run, {out_ref, dwte_ref, dwpe_ref},
+                      {tolerance_fp32_elementwise, tolerance_fp32_reduction, tolerance_fp32_reduction});
+    }
+}
+
+TEST_CASE("bf16 layernorm and rmsnorm forward/backward: one rounding of the fp32 kernel, fp32 statistics") {
+    Rng rng(1201);
+    struct Shape { int N, C; };
+    for (Shape s : {Shape{5, 33}, Shape{130, 100}, Shape{64, 768}}) {
+        CAPTURE(s.N); CAPTURE(s.C);
+        const size_t NC = static_cast<size_t>(s.N) * s.C;
+        std::vector<float> inp = random_vector(NC, rng);
+        for (float& x : inp) x += 0.5f;  // a non-zero mean, so the mean path matters
+        inp = bf16_values(inp);
+        std::vector<float> weight = random_bf16(s.C, rng), bias = random_bf16(s.C, rng), dout = random_bf16(NC, rng),
+                           dinp0 = random_bf16(NC, rng);
+        std::vector<float> dw0 = random_vector(s.C, rng), db0 = random_vector(s.C, rng);  // fp32
+        const float eps = 1e-5f;
+
+        std::vector<float> out_ref(NC), mean_ref(s.N), rstd_ref(s.N), dinp_ref = dinp0, dw_ref = dw0, db_ref = db0;
+        layernorm_forward_cpu(out_ref.data(), mean_ref.data(), rstd_ref.data(), inp.data(), weight.data(), bias.data(),
+                              s.N, s.C);
+        layernorm_backward_cpu(dinp_ref.data(), dw_ref.data(), db_ref.data(), dout.data(), inp.data(), weight.data(),
+                               mean_ref.data(), rstd_ref.data(), s.N, s.C);
+        auto run_layernorm = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<X> d_inp = upload_as<X>(inp), d_w = upload_as<X>(weight), d_b = upload_as<X>(bias),
+                            d_dout = upload_as<X>(dout), d_dinp = upload_as<X>(dinp0), d_out(NC);
+            DeviceBuffer<float> d_mean(s.N), d_rstd(s.N), d_dw(dw0), d_db(db0);
+            poison(d_out); poison(d_mean); poison(d_rstd);
+            layernorm_forward(d_out.ptr, d_mean.ptr, d_rstd.ptr, d_inp.ptr, d_w.ptr, d_b.ptr, s.N, s.C, nullptr);
+            layernorm_backward(d_dinp.ptr, d_dw.ptr, d_db.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_mean.ptr, d_rstd.ptr,
+                               s.N, s.C, nullptr);
+            return std::vector<OpOutput>{
+                {"layernorm out", download_fp32(d_out), true},  {"layernorm mean", d_mean.download(), false},
+                {"layernorm rstd", d_rstd.download(), false},   {"layernorm dinp", download_fp32(d_dinp), true},
+                {"layernorm dweight", d_dw.download(), false}, {"layernorm dbias", d_db.download(), false}};
+        };
+        check_bf16_op(run_layernorm, {out_ref, mean_ref, rstd_ref, dinp_ref, dw_ref, db_ref},
+                      std::vector<Tolerance>(6, tolerance_fp32_reduction));
+
+        std::vector<float> rms_out_ref(NC), rms_rstd_ref(s.N), rms_dinp_ref = dinp0, rms_dw_ref = dw0;
+        rmsnorm_forward_cpu(rms_out_ref.data(), rms_rstd_ref.data(), inp.data(), weight.data(), s.N, s.C, eps);
+        rmsnorm_backward_cpu(rms_dinp_ref.data(), rms_dw_ref.data(), dout.data(), inp.data(), weight.data(),
+                             rms_rstd_ref.data(), s.N, s.C);
+        auto run_rmsnorm = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<X> d_inp = upload_as<X>(inp), d_w = upload_as<X>(weight), d_dout = upload_as<X>(dout),
+                            d_dinp = upload_as<X>(dinp0), d_out(NC);
+            DeviceBuffer<float> d_rstd(s.N), d_dw(dw0);
+            poison(d_out); poison(d_rstd);
+            rmsnorm_forward(d_out.ptr, d_rstd.ptr, d_inp.ptr, d_w.ptr, s.N, s.C, eps, nullptr);
+            rmsnorm_backward(d_dinp.ptr, d_dw.ptr, d_dout.ptr, d_inp.ptr, d_w.ptr, d_rstd.ptr, s.N, s.C, nullptr);
+            return std::vector<OpOutput>{{"rmsnorm out", download_fp32(d_out), true},
+                                         {"rmsnorm rstd", d_rstd.download(), false},
+                                         {"rmsnorm dinp", download_fp32(d_dinp), true},
+                                         {"rmsnorm dweight", d_dw.download(), false}};
+        };
+        check_bf16_op(run_rmsnorm, {rms_out_ref, rms_rstd_ref, rms_dinp_ref, rms_dw_ref},
+                      std::vector<Tolerance>(4, tolerance_fp32_reduction));
+    }
+}
+
+TEST_CASE("bf16 matmul forward/backward, all three backends: bf16 out and dinp, fp32 dweight and dbias") {
+    Rng rng(1301);
+    BackendGuard guard;
+    struct Shape { int N, C, OC; bool bias, dinp; };
+    for (Shape s : {Shape{1, 7, 5, true, true}, Shape{33, 70, 130, true, true}, Shape{17, 96, 200, true, false},
+                    Shape{66, 64, 300, false, true}, Shape{300, 40, 260, true, true}}) {
+        CAPTURE(s.N); CAPTURE(s.C); CAPTURE(s.OC); CAPTURE(s.bias); CAPTURE(s.dinp);
+        MatmulCase mc(s.N, s.C, s.OC, s.bias, s.dinp, rng);
+        for (auto* v : {&mc.inp, &mc.weight, &mc.b, &mc.dout, &mc.dinp0}) *v = bf16_values(*v);  // not dweight0, dbias0
+        MatmulResult ref = mc.run_cpu();
+        auto run = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<X> d_inp = upload_as<X>(mc.inp), d_w = upload_as<X>(mc.weight), d_b = upload_as<X>(mc.b),
+                            d_dout = upload_as<X>(mc.dout), d_dinp = upload_as<X>(mc.dinp0),
+                            d_out(static_cast<size_t>(s.N) * s.OC);
+            DeviceBuffer<float> d_dw(mc.dweight0), d_db(mc.dbias0);
+            poison(d_out);
+            matmul_forward(d_out.ptr, d_inp.ptr, d_w.ptr, s.bias ? d_b.ptr : nullptr, s.N, s.C, s.OC, nullptr);
+            matmul_backward(s.dinp ? d_dinp.ptr : nullptr, d_dw.ptr, s.bias ? d_db.ptr : nullptr, d_dout.ptr, d_inp.ptr,
+                            d_w.ptr, s.N, s.C, s.OC, nullptr);
+            return std::vector<OpOutput>{{"matmul out", download_fp32(d_out), true},
+                                         {"matmul dinp", download_fp32(d_dinp), true},
+                                         {"matmul dweight", d_dw.download(), false},
+                                         {"matmul dbias", d_db.download(), false}};
+        };
+        for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::wmma}) {
+            CAPTURE(backend == MatmulBackend::cublas ? "cublas" : backend == MatmulBackend::tiled ? "tiled" : "wmma");
+            set_matmul_backend(backend);
+            check_bf16_op(run, {ref.out, ref.dinp, ref.dweight, ref.dbias},
+                          std::vector<Tolerance>(4, tolerance_fp32_matmul), backend != MatmulBackend::cublas);
+        }
+    }
+}
+
+TEST_CASE("bf16 gelu, swiglu, residual forward/backward: one rounding of the fp32 kernel") {
+    Rng rng(1401);
+    for (int N : {31, 4099}) {
+        CAPTURE(N);
+        std::vector<float> inp = random_bf16(2 * static_cast<size_t>(N), rng, 3.0f), dout = random_bf16(N, rng),
+                           dinp0 = random_bf16(2 * static_cast<size_t>(N), rng), b = random_bf16(N, rng);
+        const int H = N / 4, NH = 2;  // swiglu on (2, 2H): inp's first 4H values
+        std::vector<float> dinp_n(dinp0.begin(), dinp0.begin() + N), dinp_swiglu(dinp0.begin(), dinp0.begin() + 4 * H);
+        std::vector<float> gelu_ref(N), gelu_dinp_ref = dinp_n;
+        gelu_forward_cpu(gelu_ref.data(), inp.data(), N);
+        gelu_backward_cpu(gelu_dinp_ref.data(), inp.data(), dout.data(), N);
+        std::vector<float> swiglu_ref(NH * H), swiglu_dinp_ref = dinp_swiglu;
+        swiglu_forward_cpu(swiglu_ref.data(), inp.data(), NH, H);
+        swiglu_backward_cpu(swiglu_dinp_ref.data(), inp.data(), dout.data(), NH, H);
+        std::vector<float> sum_ref(N), da_ref = dinp_n, db_ref = b;
+        residual_forward_cpu(sum_ref.data(), inp.data(), b.data(), N);
+        residual_backward_cpu(da_ref.data(), db_ref.data(), dout.data(), N);
+        auto run = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<X> d_inp = upload_as<X>(inp), d_dout = upload_as<X>(dout), d_b = upload_as<X>(b),
+                            d_gelu_dinp = upload_as<X>(dinp_n), d_swiglu_dinp = upload_as<X>(dinp_swiglu),
+                            d_da = upload_as<X>(dinp_n), d_db = upload_as<X>(b), d_gelu(N), d_swiglu(NH * H), d_sum(N);
+            poison(d_gelu); poison(d_swiglu); poison(d_sum);
+            gelu_forward(d_gelu.ptr, d_inp.ptr, N, nullptr);
+            gelu_backward(d_gelu_dinp.ptr, d_inp.ptr, d_dout.ptr, N, nullptr);
+            swiglu_forward(d_swiglu.ptr, d_inp.ptr, NH, H, nullptr);
+            swiglu_backward(d_swiglu_dinp.ptr, d_inp.ptr, d_dout.ptr, NH, H, nullptr);
+            residual_forward(d_sum.ptr, d_inp.ptr, d_b.ptr, N, nullptr);
+            residual_backward(d_da.ptr, d_db.ptr, d_dout.ptr, N, nullptr);
+            return std::vector<OpOutput>{
+                {"gelu out", download_fp32(d_gelu), true},       {"gelu dinp", download_fp32(d_gelu_dinp), true},
+                {"swiglu out", download_fp32(d_swiglu), true},   {"swiglu dinp", download_fp32(d_swiglu_dinp), true},
+                {"residual out", download_fp32(d_sum), true},    {"residual da", download_fp32(d_da), true},
+                {"residual db", download_fp32(d_db), true}};
+        };
+        check_bf16_op(run, {gelu_ref, gelu_dinp_ref, swiglu_ref, swiglu_dinp_ref, sum_ref, da_ref, db_ref},
+                      std::vector<Tolerance>(7, tolerance_fp32_elementwise));
+    }
+}
+
+TEST_CASE("bf16 fused classifier: bf16 dlogits in place, fp32 losses") {
+    Rng rng(1601);
+    struct Shape { int N, V, Vp; };
+    for (Shape s : {Shape{6, 50, 67}, Shape{7, 1000, 1024}}) {
+        for (bool write_dlogits : {true, false}) {
+            CAPTURE(s.N); CAPTURE(s.V); CAPTURE(s.Vp); CAPTURE(write_dlogits);
+            std::vector<float> logits = random_vector(static_cast<size_t>(s.N) * s.Vp, rng, 4.0f);
+            for (int v = 0; v < s.Vp; v++) logits[v] += 200.0f;  // row 0: e^z overflows unless the max is subtracted
+            logits = bf16_values(logits);
+            std::vector<int> targets = random_tokens(s.N, s.V, rng);
+            targets[1] = -1;  // an ignored row
+            const float dloss = 1.0f / (s.N - 1);
+            std::vector<float> dlogits_ref = logits, losses_ref(s.N);
+            fused_classifier_cpu(dlogits_ref.data(), losses_ref.data(), targets.data(), dloss, s.N, s.V, s.Vp,
+                                 write_dlogits);
+            auto run = [&](auto zero) {
+                using X = decltype(zero);
+                DeviceBuffer<X> d_logits = upload_as<X>(logits);
+                DeviceBuffer<float> d_losses(s.N);
+                DeviceBuffer<int> d_targets(targets);
+                poison(d_losses);
+                fused_classifier(d_logits.ptr, d_losses.ptr, d_targets.ptr, dloss, s.N, s.V, s.Vp, write_dlogits,
+                                 nullptr);
+                return std::vector<OpOutput>{{"classifier losses", d_losses.download(), false},
+                                             {"classifier dlogits", download_fp32(d_logits), true}};
+            };
+            check_bf16_op(run, {losses_ref, dlogits_ref}, {tolerance_fp32_reduction, tolerance_fp32_reduction});
+        }
+    }
+}
+
+TEST_CASE("convert fp32 <-> bf16: rounds to nearest, ties to even; bf16 -> fp32 exact; the CPU path refuses bf16") {
+    Rng rng(1701);
+    // Hand-picked: ties between two bf16 neighbours (1 + 2^-8 lies halfway between 1 and 1 + 2^-7: to the even 1;
+    // 1 + 3·2^-8 halfway between 1 + 2^-7 and 1 + 2^-6: to the even 1 + 2^-6), just off a tie, a negative tie,
+    // fp32's largest value (past the midpoint between bf16's largest, (2 − 2^-7)·2^127, and 2^128: infinity), zero.
+    std::vector<float> in = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-8f + 0x1p-20f, -(1.0f + 0x1p-8f),
+                             FLT_MAX, 0.0f};
+    std::vector<float> want = {1.0f, 1.0f + 0x1p-6f, 1.0f + 0x1p-7f, -1.0f, INFINITY, 0.0f};
+    for (float x : random_vector(1000, rng, 100.0f)) in.push_back(x);
+    for (size_t i = want.size(); i < in.size(); i++) {  // the nearest bf16 of the random values, from the bits
+        uint32_t u;
+        std::memcpy(&u, &in[i], 4);
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;  // add half an ulp (less one if even), then truncate
+        float f;
+        std::memcpy(&f, &u, 4);
+        want.push_back(f);
+    }
+    const size_t n = in.size();
+    for_each_thread_order([&] {
+        DeviceBuffer<float> d_in(in), d_back(n);
+        DeviceBuffer<bf16> d_bf16(n);
+        poison(d_bf16); poison(d_back);
+        convert(d_bf16.ptr, d_in.ptr, n, nullptr);
+        convert(d_back.ptr, d_bf16.ptr, n, nullptr);
+        std::vector<float> got = download_fp32(d_bf16), back = d_back.download();
+        for (size_t i = 0; i < n; i++) {
+            CAPTURE(i); CAPTURE(in[i]);
+            CHECK(got[i] == want[i]);
+            CHECK(back[i] == got[i]);  // bf16 -> fp32 is exact
+        }
+    });
+    std::vector<bf16> host(n);
+    convert_cpu(host.data(), in.data(), n);
+    for (size_t i = 0; i < n; i++) CHECK(__bfloat162float(host[i]) == want[i]);
+    // op(exec, ...) on the host with a bf16 buffer: the CPU path is fp32 only and says so
+    std::vector<bf16> x(8), y(8);
+    CHECK_THROWS_WITH_AS(gelu_forward(Exec{false, 0}, y.data(), x.data(), 8),
+                         doctest::Contains("the CPU path computes in fp32 only"), std::runtime_error);
 }
