@@ -1042,7 +1042,7 @@ __device__ inline void attention_wmma_stage(__nv_bfloat16* tile, const floatX* s
 
 // Shared memory of the forward, carved in this order (every piece a multiple of 32 bytes):
 //   Q (BR, HS+8), K (BC, HS+8), V (BC, HS+8) bf16; then per warp: O (16, HS+4) fp32, S (16, BC+4) fp32,
-//   P (16, BC+8) bf16.  HS = 64: 36.5 KiB; HS = 128: 70 KiB; HS = 256: 137 KiB (opted in above 48 KiB).
+//   P (16, BC+8) bf16.  HS = 64: 49 KiB; HS = 128: 81 KiB; HS = 256: 145 KiB (opted in above 48 KiB).
 template <int HS, int BR, int BC>
 struct AttentionWmmaForwardLayout {
     static constexpr int ld = HS + 8, o_ld = HS + 4, s_ld = BC + 4, p_ld = BC + 8;
@@ -1165,7 +1165,7 @@ void attention_forward_wmma_launch(floatX* out, float* lse, const floatX* qkv, i
 // Shared memory, in this order (pieces multiples of 32 bytes):
 //   dK, dV kernel: K, V, Q, dO (32, HS+8) bf16; dK, dV (32, HS+4) fp32; Sᵀ, dPᵀ (32, 36) fp32; Pᵀ, dSᵀ (32, 40)
 //   bf16; lse₂, D (32) fp32.  dQ kernel: Q, dO, K, V bf16; dQ fp32; S, dP fp32; dS bf16; lse₂, D.
-//   HS = 64: 40 / 31 KiB; HS = 128: 78 / 59 KiB; HS = 256: 145 / 112 KiB.
+//   HS = 64: 49 / 38 KiB; HS = 128: 81 / 62 KiB; HS = 256: 145 / 110 KiB.
 template <int HS, int BR, int BC>
 struct AttentionWmmaBackwardLayout {
     static constexpr int ld = HS + 8, acc_ld = HS + 4, s_ld = BR + 4, p_ld = BR + 8;
