@@ -1,4 +1,4 @@
-// attention.cuh — causal self-attention for gpt.cu, forward and backward, three ways:
+// attention.cuh — causal self-attention for gpt.cu, forward and backward, four ways:
 //   1. a CPU reference (plain loops, templated on the scalar so tests run it in double),
 //   2. a naive CUDA path that materialises the (T, T) attention matrix (permute → cuBLAS Q·Kᵀ → causal
 //      softmax kernel → cuBLAS P·V → unpermute), the way one first writes attention,

@@ -1,6 +1,6 @@
-// Tests of attention.cuh: RoPE, causal attention (CPU reference, naive path, fused path, the CPU training
-// path's fast loops) forward and backward, GQA/MQA, decode against a (paged) KV cache, and the fused
-// path's memory bound.
+// Tests of attention.cuh: RoPE, causal attention (CPU reference, naive path, fused path in fp32 and on tensor
+// cores, the CPU training path's fast loops) forward and backward, GQA/MQA, decode against a (paged) KV cache,
+// and the fused path's memory bound.
 #include <algorithm>
 #include <numeric>
 #include <cstring>
