@@ -983,8 +983,8 @@ inline void attention_backward(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const
 //     backward  S = Q·Kᵀ and dP = dO·Vᵀ (twice: once per kernel, as in fp32), dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K
 //   Kept in fp32, on CUDA cores, because bf16 would lose what they carry:
 //     - the scores S as the products return them (fp32), the scale 1/sqrt(hs), the running max m, the sums l
-//       and the log-sum-exp: exp amplifies an absolute error of S (|Δ exp(S)/exp(S)| ≈ |ΔS|), and a bf16 S of
-//       magnitude 8 would be off by up to 2^-8·8/2 = 0.016, 4× the error bf16 rounding puts on P itself;
+//       and the log-sum-exp: exp turns an absolute error of S into a relative one (|Δ exp(S)/exp(S)| ≈ |ΔS|),
+//       and an S of magnitude 8 rounded to bf16 is off by up to 2^-8·8 ≈ 0.031: 8× what rounding P costs;
 //     - the corrections exp2(m − m_new) and O itself (it is rescaled and added to once per key tile);
 //     - D = dO·O (preprocess kernel, shared with fp32) and dP − D: the difference cancels (Σ_s P·(dP − D) = 0).
 //   Rounded to bf16, only as inputs of a product: Q, K, V, dO when they are staged in shared memory; P (in
@@ -1040,7 +1040,7 @@ __device__ inline void attention_wmma_stage(__nv_bfloat16* tile, const floatX* s
     }
 }
 
-// Shared memory of the forward, carved in this order (every piece a multiple of 32 bytes):
+// Shared memory of the forward, carved in this order (byte offsets; every piece a multiple of 32 bytes):
 //   Q (BR, HS+8), K (BC, HS+8), V (BC, HS+8) bf16; then per warp: O (16, HS+4) fp32, S (16, BC+4) fp32,
 //   P (16, BC+8) bf16.  HS = 64: 49 KiB; HS = 128: 81 KiB; HS = 256: 145 KiB (opted in above 48 KiB).
 template <int HS, int BR, int BC>
@@ -1162,7 +1162,7 @@ void attention_forward_wmma_launch(floatX* out, float* lse, const floatX* qkv, i
 //   dQ[slab, half] += dS·K[:, half].
 //   Each element of dQ, dK and dV is summed by one block in a fixed order: deterministic, as the fp32 backward.
 //
-// Shared memory, in this order (pieces multiples of 32 bytes):
+// Shared memory, in this order (byte offsets below; pieces multiples of 32 bytes):
 //   dK, dV kernel: K, V, Q, dO (32, HS+8) bf16; dK, dV (32, HS+4) fp32; Sᵀ, dPᵀ (32, 36) fp32; Pᵀ, dSᵀ (32, 40)
 //   bf16; lse₂, D (32) fp32.  dQ kernel: Q, dO, K, V bf16; dQ fp32; S, dP fp32; dS bf16; lse₂, D.
 //   HS = 64: 49 / 38 KiB; HS = 128: 81 / 62 KiB; HS = 256: 145 / 110 KiB.
