@@ -1,4 +1,4 @@
-// attention.cuh — causal self-attention for gpt.cu, forward and backward, three ways:
+// attention.cuh — causal self-attention for gpt.cu, forward and backward, four ways:
 //   1. a CPU reference (plain loops, templated on the scalar so tests run it in double),
 //   2. a naive CUDA path that materialises the (T, T) attention matrix (permute → cuBLAS Q·Kᵀ → causal
 //      softmax kernel → cuBLAS P·V → unpermute), the way one first writes attention,
@@ -17,9 +17,11 @@
 //   lse: (B, NH, T) the row log-sum-exp of the scaled scores, saved by the fused forward for the backward.
 // Softmax scale 1/sqrt(hs). Causal: query t sees keys 0..t.
 //
-// Not here yet: a tensor-core (bf16 wmma) version of the fused kernels (the CPU build runs wmma
-// since then: layers.cuh's matmul_wmma_kernel is the first). Everything here is fp32 CUDA C++ that runs in both
-// builds. floatX is the storage type of activations; all arithmetic is in float.
+//   4. the fused path again on tensor cores (bf16 wmma): the same tiling, Q·Kᵀ, P·V and the backward's five
+//      products on nvcuda::wmma with bf16 inputs and fp32 sums; softmax statistics, D and dS in fp32.
+//      set_attention_backend(AttentionBackend::wmma) makes attention_forward / attention_backward run it.
+// Everything runs in both builds (the CPU build's wmma is dev/shadow/mma.h). floatX is the storage type of
+// activations; all arithmetic outside the tensor-core products is in float.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -27,6 +29,8 @@
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#include <mma.h>  // nvcuda::wmma: the tensor-core products (the CPU build's is dev/shadow/mma.h)
 
 #include "common.cuh"
 
@@ -519,6 +523,26 @@ void attention_flash_dispatch(const char* fn, int hs, F&& f) {
     }
 }
 
+// Which fused kernels attention_forward and attention_backward run, chosen at run time as matmul's backend is:
+//   flash: the fp32 kernels below (CUDA cores; the default),
+//   wmma:  the tensor-core kernels at the end of this file (bf16 products, fp32 sums and statistics).
+// Both write the same out, lse and dqkv layouts, so either backward can follow either forward.
+enum class AttentionBackend { flash, wmma };
+inline AttentionBackend& attention_backend_setting() {
+    static AttentionBackend backend = AttentionBackend::flash;
+    return backend;
+}
+inline void set_attention_backend(AttentionBackend b) { attention_backend_setting() = b; }
+inline AttentionBackend get_attention_backend() { return attention_backend_setting(); }
+
+// The tensor-core launchers (defined with their kernels at the end of this file).
+template <int HS>
+void attention_forward_wmma_launch(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs,
+                                   cudaStream_t stream);
+template <int HS>
+void attention_backward_wmma_launch(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
+                                    const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream);
+
 // ----------------------------------------------------------------------------
 // The fused forward (FlashAttention-2 style), fp32.
 //   Block (query tile of BR = 64 rows, head h, batch b), 128 threads as a 16 × 8 grid (ty, tx).
@@ -655,7 +679,11 @@ inline void attention_forward(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, N
                               cudaStream_t stream) {
     attention_check_shape("attention_forward", B, T, NH, NKV, hs);
     attention_flash_dispatch("attention_forward", hs, [&](auto capacity) {
-        attention_forward_flash_launch<decltype(capacity)::value>(out, lse, qkv, B, T, NH, NKV, hs, stream);
+        constexpr int HS = decltype(capacity)::value;
+        if (get_attention_backend() == AttentionBackend::wmma)
+            attention_forward_wmma_launch<HS>(out, lse, qkv, B, T, NH, NKV, hs, stream);
+        else
+            attention_forward_flash_launch<HS>(out, lse, qkv, B, T, NH, NKV, hs, stream);
     });
 }
 
@@ -938,8 +966,394 @@ inline void attention_backward(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const
         attention_backward_preprocess_kernel<<<static_cast<unsigned>(ceil_div<size_t>(rows, warps_per_block)),
                                                warps_per_block * 32, 0, stream>>>(D, dout, out, B, T, NH, hs);
         cuda_check(cudaGetLastError());
-        attention_backward_flash_launch<decltype(capacity)::value>(dqkv, dout, lse, D, qkv, B, T, NH, NKV, hs, stream);
+        constexpr int HS = decltype(capacity)::value;
+        if (get_attention_backend() == AttentionBackend::wmma)
+            attention_backward_wmma_launch<HS>(dqkv, dout, lse, D, qkv, B, T, NH, NKV, hs, stream);
+        else
+            attention_backward_flash_launch<HS>(dqkv, dout, lse, D, qkv, B, T, NH, NKV, hs, stream);
     });
 }
+
+// ----------------------------------------------------------------------------
+// The fused attention on tensor cores: bf16 inputs, fp32 sums, fp32 softmax statistics.
+//   The same algorithm as the fp32 kernels above (online softmax forward; D, then a dK/dV kernel and a dQ kernel,
+//   deterministic), with every product of two tiles on nvcuda::wmma (layers.cuh's matmul_wmma_kernel explains
+//   the instruction: a warp multiplies 16×16 bf16 by 16×16 bf16 and adds a 16×16 fp32 tile):
+//     forward   S = Q·Kᵀ, O += P·V
+//     backward  S = Q·Kᵀ and dP = dO·Vᵀ (twice: once per kernel, as in fp32), dV += Pᵀ·dO, dK += dSᵀ·Q, dQ += dS·K
+//   Kept in fp32, on CUDA cores, because bf16 would lose what they carry:
+//     - the scores S as the products return them (fp32), the scale 1/sqrt(hs), the running max m, the sums l
+//       and the log-sum-exp: exp turns an absolute error of S into a relative one (|Δ exp(S)/exp(S)| ≈ |ΔS|),
+//       and an S of magnitude 8 rounded to bf16 is off by up to 2^-8·8 ≈ 0.031: 8× what rounding P costs;
+//     - the corrections exp2(m − m_new) and O itself (it is rescaled and added to once per key tile);
+//     - D = dO·O (preprocess kernel, shared with fp32) and dP − D: the difference cancels (Σ_s P·(dP − D) = 0).
+//   Rounded to bf16, only as inputs of a product: Q, K, V, dO when they are staged in shared memory; P (in
+//   [0, 1]) for P·V and Pᵀ·dO; dS for dS·K and dSᵀ·Q. The error bound these roundings allow is derived in
+//   test/test_attention.cu, where the tests check it element by element.
+//
+//   Tiles: one warp per 16 rows of a product (wmma's m = 16). All accumulators live in shared memory in fp32
+//   (attention_wmma_warp_product loads one 16×16 accumulator, runs the k-steps, stores it), so a thread holds at
+//   most three fragments at any head size: no register pressure up to hs = 256, and the statistics can be
+//   applied by row, which a fragment's unspecified layout does not allow in registers.
+//   Rows of bf16 tiles are HS + 8 elements (HS + 4 for fp32): a multiple of 16 bytes as wmma requires, and
+//   shifted by 4 banks from row to row; every tile starts at a multiple of 32 bytes (wmma's pointer alignment).
+
+constexpr int attention_wmma_warps = attention_flash_threads / 32;  // 4
+
+// C (16 × N, fp32, row-major, ldc) = (accumulate ? C : 0) + A (16 × K) · B (K × N), all in shared memory; A bf16
+// row-major (A(i, k) = a[i·lda + k]); B bf16, row_major (B(k, j) = b[k·ldb + j]) or col_major (B(k, j) = b[j·ldb + k]:
+// the transpose of a tile stored by rows, as Kᵀ is of K). One warp, every lane calls it; C's elements are written by
+// store_matrix_sync in an unspecified lane layout, so a lane that reads them afterwards needs a __syncwarp first.
+template <int N, int K, class LayoutB>
+__device__ inline void attention_wmma_warp_product(float* c, int ldc, const __nv_bfloat16* a, int lda,
+                                                   const __nv_bfloat16* b, int ldb, bool accumulate) {
+    namespace wmma = nvcuda::wmma;
+    static_assert(N % 16 == 0 && K % 16 == 0, "wmma tiles are 16×16×16");
+    for (int j = 0; j < N; j += 16) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        if (accumulate) wmma::load_matrix_sync(acc, c + j, ldc, wmma::mem_row_major);
+        else wmma::fill_fragment(acc, 0.0f);
+        for (int k = 0; k < K; k += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> fb;
+            wmma::load_matrix_sync(fa, a + k, lda);
+            if constexpr (std::is_same_v<LayoutB, wmma::row_major>)
+                wmma::load_matrix_sync(fb, b + static_cast<size_t>(k) * ldb + j, ldb);
+            else
+                wmma::load_matrix_sync(fb, b + static_cast<size_t>(j) * ldb + k, ldb);
+            wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(c + j, acc, ldc, wmma::mem_row_major);
+    }
+}
+
+// Stages rows row0.. (R of them) of one head of qkv, or of dout, in shared memory as bf16: tile[r][d] (row length
+// HS + 8), zero for rows >= T and columns d >= hs. `offset(row)` is the element offset of the row's head. Called
+// by all threads; d is fastest, so a warp reads consecutive elements of a row (coalesced).
+template <int HS, int R, class Offset>
+__device__ inline void attention_wmma_stage(__nv_bfloat16* tile, const floatX* src, int row0, int T, int hs,
+                                            Offset offset) {
+    for (int idx = threadIdx.x; idx < R * HS; idx += blockDim.x) {
+        int r = idx / HS, d = idx % HS, row = row0 + r;
+        float x = row < T && d < hs ? static_cast<float>(src[offset(row) + d]) : 0.0f;
+        tile[r * (HS + 8) + d] = __float2bfloat16_rn(x);
+    }
+}
+
+// Shared memory of the forward, carved in this order (byte offsets; every piece a multiple of 32 bytes):
+//   Q (BR, HS+8), K (BC, HS+8), V (BC, HS+8) bf16; then per warp: O (16, HS+4) fp32, S (16, BC+4) fp32,
+//   P (16, BC+8) bf16.  HS = 64: 49 KiB; HS = 128: 81 KiB; HS = 256: 145 KiB (opted in above 48 KiB).
+template <int HS, int BR, int BC>
+struct AttentionWmmaForwardLayout {
+    static constexpr int ld = HS + 8, o_ld = HS + 4, s_ld = BC + 4, p_ld = BC + 8;
+    static constexpr size_t q = 0, k = q + 2 * BR * ld, v = k + 2 * BC * ld, warps = v + 2 * BC * ld;
+    static constexpr size_t o = 0, s = o + 4 * 16 * o_ld, p = s + 4 * 16 * s_ld, per_warp = p + 2 * 16 * p_ld;
+    static constexpr size_t bytes = warps + attention_wmma_warps * per_warp;
+};
+
+// The forward. Block (query tile of BR = 64 rows, head h, batch b), 4 warps; warp w owns query rows 16w..16w+15
+// of the tile: its S tile (16 × BC), its P tile and its O (16 × HS) are its own, in shared memory.
+//   For each K/V tile of BC = 32 keys up to the tile's last query (the causal skip):
+//     all threads stage K, V (bf16);                                           __syncthreads
+//     S = Q_w·Kᵀ on wmma (fp32);                                               __syncwarp
+//     lanes 2r and 2r+1 own row r of the warp's 16 (columns c ≡ lane mod 2): scale to base 2, causal mask, row max
+//     (one shuffle), m_new, P = exp2(S − m_new) stored as bf16, l = l·exp2(m − m_new) + Σ P (fp32, unrounded P),
+//     O's row ·= exp2(m − m_new);                                              __syncwarp
+//     O += P·V on wmma (accumulating through shared memory).
+//   At the end out = O / l (a warp writes one row at a time, lanes over d: coalesced), lse = (m + log2 l)·ln 2.
+template <int HS, int BR, int BC>
+__global__ void __launch_bounds__(attention_flash_threads)
+attention_forward_wmma_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const floatX* qkv, int T,
+                              int NH, int NKV, int hs) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // bf16 wmma needs compute capability 8.0 (A100) or newer; the GPU build targets sm_80 and sm_90
+#else
+    using L = AttentionWmmaForwardLayout<HS, BR, BC>;
+    static_assert(BR == 16 * attention_wmma_warps && BC % 32 == 0 && HS % 32 == 0, "one warp per 16 query rows");
+    using wmma_col = nvcuda::wmma::col_major;
+    using wmma_row = nvcuda::wmma::row_major;
+    extern __shared__ __align__(32) unsigned char attention_wmma_smem[];
+    unsigned char* smem = attention_wmma_smem;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(smem + L::q);  // (BR, HS+8)
+    __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(smem + L::k);  // (BC, HS+8)
+    __nv_bfloat16* Vs = reinterpret_cast<__nv_bfloat16*>(smem + L::v);  // (BC, HS+8)
+    unsigned char* mine = smem + L::warps + warp * L::per_warp;
+    float* Os = reinterpret_cast<float*>(mine + L::o);                  // (16, HS+4) this warp's output rows
+    float* Ss = reinterpret_cast<float*>(mine + L::s);                  // (16, BC+4)
+    __nv_bfloat16* Ps = reinterpret_cast<__nv_bfloat16*>(mine + L::p);  // (16, BC+8)
+
+    const int b = blockIdx.z, h = blockIdx.y, g = h / (NH / NKV);
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BR;  // the longest (last) query tiles start first
+    const float scale_log2 = attention_log2e / sqrtf(static_cast<float>(hs));
+    attention_wmma_stage<HS, BR>(Qs, qkv, q0, T, hs, [&](int q) { return qkv_q_offset(b, q, h, T, NH, NKV, hs); });
+    for (int idx = lane; idx < 16 * HS; idx += 32) Os[idx / HS * L::o_ld + idx % HS] = 0.0f;
+
+    const int r = lane / 2, half = lane % 2, query = q0 + 16 * warp + r, last_key = min(query, T - 1);
+    float m = -INFINITY, l = 0.0f;  // row r's running max (base 2) and this lane's share of its sum
+    const int q_last = min(q0 + BR, T) - 1;
+    for (int k0 = 0; k0 <= q_last; k0 += BC) {
+        __syncthreads();  // every warp is done with the previous K, V (and Q is staged, first time)
+        auto k_row = [&](int key) { return qkv_k_offset(b, key, g, T, NH, NKV, hs); };
+        auto v_row = [&](int key) { return qkv_v_offset(b, key, g, T, NH, NKV, hs); };
+        attention_wmma_stage<HS, BC>(Ks, qkv, k0, T, hs, k_row);
+        attention_wmma_stage<HS, BC>(Vs, qkv, k0, T, hs, v_row);
+        __syncthreads();
+        attention_wmma_warp_product<BC, HS, wmma_col>(Ss, L::s_ld, Qs + 16 * warp * L::ld, L::ld, Ks, L::ld, false);
+        __syncwarp();  // the lanes read S elements other lanes' store_matrix_sync wrote (and O, from the last tile)
+        float s[BC / 2], row_max = -INFINITY;
+        for (int j = 0; j < BC / 2; j++) {
+            int c = half + 2 * j;
+            s[j] = k0 + c <= last_key ? Ss[r * L::s_ld + c] * scale_log2 : -INFINITY;  // causal mask, keys past T
+            row_max = fmaxf(row_max, s[j]);
+        }
+        row_max = fmaxf(row_max, __shfl_xor_sync(0xffffffffu, row_max, 1));
+        float m_new = fmaxf(m, row_max);  // finite: the first K tile holds key 0, which every row sees
+        float correction = exp2f(m - m_new), row_sum = 0.0f;
+        for (int j = 0; j < BC / 2; j++) {
+            float p = exp2f(s[j] - m_new);
+            row_sum += p;
+            Ps[r * L::p_ld + half + 2 * j] = __float2bfloat16_rn(p);
+        }
+        l = l * correction + row_sum;
+        m = m_new;
+        for (int d = half; d < HS; d += 2) Os[r * L::o_ld + d] *= correction;
+        __syncwarp();  // P and the rescaled O are written before the warp's wmma loads read them
+        attention_wmma_warp_product<HS, BC, wmma_row>(Os, L::o_ld, Ps, L::p_ld, Vs, L::ld, true);
+    }
+    __syncwarp();  // O's last store_matrix_sync is done before the lanes read it
+    float sum = l + __shfl_xor_sync(0xffffffffu, l, 1);  // row r's sum, in both of its lanes
+    if (half == 0 && query < T) lse[(static_cast<size_t>(b) * NH + h) * T + query] = (m + log2f(sum)) * attention_ln2;
+    for (int rr = 0; rr < 16; rr++) {
+        float row_sum = __shfl_sync(0xffffffffu, sum, 2 * rr);
+        int q = q0 + 16 * warp + rr;
+        if (q >= T) break;
+        floatX* dst = out + (static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs;
+        for (int d = lane; d < hs; d += 32) dst[d] = static_cast<floatX>(Os[rr * L::o_ld + d] / row_sum);
+    }
+#endif
+}
+
+template <int HS>
+void attention_forward_wmma_launch(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs,
+                                   cudaStream_t stream) {
+    constexpr int BR = 16 * attention_wmma_warps, BC = 32;
+    constexpr size_t smem = AttentionWmmaForwardLayout<HS, BR, BC>::bytes;
+    auto kernel = attention_forward_wmma_kernel<HS, BR, BC>;
+    attention_allow_shared_bytes(kernel, smem, "attention_forward (wmma)", hs);
+    kernel<<<dim3(ceil_div(T, BR), NH, B), attention_flash_threads, smem, stream>>>(out, lse, qkv, T, NH, NKV, hs);
+    cuda_check(cudaGetLastError());
+}
+
+// The backward's two kernels (D comes from attention_backward_preprocess_kernel, as in fp32). Both have 4 warps
+// and tiles of BR = 32 queries × BC = 32 keys: two 16-row slabs, each handled by two warps, w = slab + 2·role.
+//   dK, dV kernel: a block owns BC keys of kv head g (their dK, dV accumulate in shared memory, fp32) and loops over
+//   the heads of g's group and the query tiles at or after the diagonal. Per query tile:
+//     stage Q, dO (bf16), lse (base 2), D;                                             __syncthreads
+//     role 0: Sᵀ = K_slab·Qᵀ,  role 1: dPᵀ = V_slab·dOᵀ (keys × queries, wmma);        __syncthreads
+//     all threads, element-wise in fp32: P = exp2(S·scale·log2 e − lse₂) (0 where masked), dS = P·(dP − D),
+//     both stored transposed (keys × queries) as bf16;                                 __syncthreads
+//     warp (slab, role): dV[slab, half `role` of the columns] += Pᵀ_slab·dO[:, half],
+//                        dK[slab, same half] += dSᵀ_slab·Q[:, half].
+//   At the end dqkv's k and v rows += scale·dK and dV. The two roles split S and dP, then the columns of dK and
+//   dV, so the four warps do equal work.
+//   dQ kernel: a block owns BR queries of head h and loops over the key tiles up to the diagonal: the same S, dP
+//   (role 0: S = Q_slab·Kᵀ, role 1: dP = dO_slab·Vᵀ), dS as bf16, then warp (slab, role)
+//   dQ[slab, half] += dS·K[:, half].
+//   Each element of dQ, dK and dV is summed by one block in a fixed order: deterministic, as the fp32 backward.
+//
+// Shared memory, in this order (byte offsets below; pieces multiples of 32 bytes):
+//   dK, dV kernel: K, V, Q, dO (32, HS+8) bf16; dK, dV (32, HS+4) fp32; Sᵀ, dPᵀ (32, 36) fp32; Pᵀ, dSᵀ (32, 40)
+//   bf16; lse₂, D (32) fp32.  dQ kernel: Q, dO, K, V bf16; dQ fp32; S, dP fp32; dS bf16; lse₂, D.
+//   HS = 64: 49 / 38 KiB; HS = 128: 81 / 62 KiB; HS = 256: 145 / 110 KiB.
+template <int HS, int BR, int BC>
+struct AttentionWmmaBackwardLayout {
+    static constexpr int ld = HS + 8, acc_ld = HS + 4, s_ld = BR + 4, p_ld = BR + 8;
+    static_assert(BR == BC, "square tiles: Sᵀ (keys × queries) and S (queries × keys) share the row lengths");
+    static constexpr size_t tile = 2 * 32 * ld, acc = 4 * 32 * acc_ld, score = 4 * 32 * s_ld, prob = 2 * 32 * p_ld;
+    // dK, dV kernel
+    static constexpr size_t k = 0, v = k + tile, q = v + tile, dout = q + tile, dk = dout + tile, dv = dk + acc,
+                            s = dv + acc, dp = s + score, p = dp + score, ds = p + prob, lse2 = ds + prob,
+                            d = lse2 + 4 * 32, kv_bytes = d + 4 * 32;
+    // dQ kernel (the same names for the same tiles; no dV, no P)
+    static constexpr size_t q_q = 0, q_dout = tile, q_k = 2 * tile, q_v = 3 * tile, q_dq = 4 * tile,
+                            q_s = q_dq + acc, q_dp = q_s + score, q_ds = q_dp + score, q_lse2 = q_ds + prob,
+                            q_d = q_lse2 + 4 * 32, q_bytes = q_d + 4 * 32;
+    static_assert(BR == 32 && BC == 32, "the offsets above are for 32-row tiles");
+};
+
+// Loads lse (to base 2) and D of the query tile q0 into shared memory (0 past T); all threads.
+__device__ inline void attention_wmma_load_row_stats(float* lse2s, float* Ds, const float* lse, const float* D, int b,
+                                                     int h, int q0, int T, int NH, int BR) {
+    for (int r = threadIdx.x; r < BR; r += blockDim.x) {
+        int q = q0 + r;
+        size_t row = (static_cast<size_t>(b) * NH + h) * T + q;
+        lse2s[r] = q < T ? lse[row] * attention_log2e : 0.0f;
+        Ds[r] = q < T ? D[row] : 0.0f;
+    }
+}
+
+template <int HS, int BR, int BC>
+__global__ void __launch_bounds__(attention_flash_threads)
+attention_backward_kv_wmma_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
+                                  const floatX* qkv, int T, int NH, int NKV, int hs) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // bf16 wmma needs compute capability 8.0 (A100) or newer
+#else
+    using L = AttentionWmmaBackwardLayout<HS, BR, BC>;
+    using wmma_col = nvcuda::wmma::col_major;
+    using wmma_row = nvcuda::wmma::row_major;
+    extern __shared__ __align__(32) unsigned char attention_wmma_smem[];
+    unsigned char* smem = attention_wmma_smem;
+    auto bf16_at = [&](size_t offset) { return reinterpret_cast<__nv_bfloat16*>(smem + offset); };
+    auto f32_at = [&](size_t offset) { return reinterpret_cast<float*>(smem + offset); };
+    __nv_bfloat16 *Ks = bf16_at(L::k), *Vs = bf16_at(L::v), *Qs = bf16_at(L::q), *dOs = bf16_at(L::dout);
+    __nv_bfloat16 *Pt = bf16_at(L::p), *dSt = bf16_at(L::ds);      // (BC, BR+8) keys × queries
+    float *dKs = f32_at(L::dk), *dVs = f32_at(L::dv);               // (BC, HS+4)
+    float *St = f32_at(L::s), *dPt = f32_at(L::dp);                 // (BC, BR+4) keys × queries
+    float *lse2s = f32_at(L::lse2), *Ds = f32_at(L::d);             // (BR)
+
+    const int tid = threadIdx.x, warp = tid / 32, slab = warp % 2, role = warp / 2;
+    const int b = blockIdx.z, g = blockIdx.y, group = NH / NKV;
+    const int k0 = (gridDim.x - 1 - blockIdx.x) * BC;  // the first key tiles see the most queries: start them first
+    const float scale = 1.0f / sqrtf(static_cast<float>(hs)), scale_log2 = scale * attention_log2e;
+
+    auto k_row = [&](int key) { return qkv_k_offset(b, key, g, T, NH, NKV, hs); };
+    auto v_row = [&](int key) { return qkv_v_offset(b, key, g, T, NH, NKV, hs); };
+    attention_wmma_stage<HS, BC>(Ks, qkv, k0, T, hs, k_row);
+    attention_wmma_stage<HS, BC>(Vs, qkv, k0, T, hs, v_row);
+    for (int idx = tid; idx < BC * HS; idx += attention_flash_threads) {
+        dKs[idx / HS * L::acc_ld + idx % HS] = 0.0f;
+        dVs[idx / HS * L::acc_ld + idx % HS] = 0.0f;
+    }
+    const int cols = role * (HS / 2);  // this warp's half of the dK, dV columns
+    for (int h = g * group; h < (g + 1) * group; h++)
+        for (int q0 = k0 / BR * BR; q0 < T; q0 += BR) {
+            __syncthreads();  // the previous tile's readers are done (and K, V, dK, dV are ready, first time)
+            auto q_row = [&](int q) { return qkv_q_offset(b, q, h, T, NH, NKV, hs); };
+            auto o_row = [&](int q) {  // dout (B, T, NH·hs)
+                return (static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs;
+            };
+            attention_wmma_stage<HS, BR>(Qs, qkv, q0, T, hs, q_row);
+            attention_wmma_stage<HS, BR>(dOs, dout, q0, T, hs, o_row);
+            attention_wmma_load_row_stats(lse2s, Ds, lse, D, b, h, q0, T, NH, BR);
+            __syncthreads();
+            if (role == 0)  // Sᵀ = K·Qᵀ
+                attention_wmma_warp_product<BR, HS, wmma_col>(St + 16 * slab * L::s_ld, L::s_ld,
+                                                              Ks + 16 * slab * L::ld, L::ld, Qs, L::ld, false);
+            else  // dPᵀ = V·dOᵀ
+                attention_wmma_warp_product<BR, HS, wmma_col>(dPt + 16 * slab * L::s_ld, L::s_ld,
+                                                              Vs + 16 * slab * L::ld, L::ld, dOs, L::ld, false);
+            __syncthreads();
+            for (int idx = tid; idx < BC * BR; idx += attention_flash_threads) {
+                int kr = idx / BR, qc = idx % BR, key = k0 + kr, query = q0 + qc;
+                float p = key <= query && query < T ? exp2f(St[kr * L::s_ld + qc] * scale_log2 - lse2s[qc]) : 0.0f;
+                Pt[kr * L::p_ld + qc] = __float2bfloat16_rn(p);
+                dSt[kr * L::p_ld + qc] = __float2bfloat16_rn(p * (dPt[kr * L::s_ld + qc] - Ds[qc]));
+            }
+            __syncthreads();
+            // dV += Pᵀ·dO and dK += dSᵀ·Q (scale applied at the end), this warp's slab and half
+            attention_wmma_warp_product<HS / 2, BR, wmma_row>(dVs + 16 * slab * L::acc_ld + cols, L::acc_ld,
+                                                              Pt + 16 * slab * L::p_ld, L::p_ld, dOs + cols, L::ld,
+                                                              true);
+            attention_wmma_warp_product<HS / 2, BR, wmma_row>(dKs + 16 * slab * L::acc_ld + cols, L::acc_ld,
+                                                              dSt + 16 * slab * L::p_ld, L::p_ld, Qs + cols, L::ld,
+                                                              true);
+        }
+    __syncthreads();  // every warp's last store_matrix_sync is done before other threads read dK, dV
+    for (int idx = tid; idx < BC * hs; idx += attention_flash_threads) {
+        int kr = idx / hs, d = idx % hs, key = k0 + kr;
+        if (key >= T) break;  // idx grows: the rest are past T too
+        floatX* dK = dqkv + qkv_k_offset(b, key, g, T, NH, NKV, hs);
+        floatX* dV = dqkv + qkv_v_offset(b, key, g, T, NH, NKV, hs);
+        dK[d] = static_cast<floatX>(static_cast<float>(dK[d]) + dKs[kr * L::acc_ld + d] * scale);
+        dV[d] = static_cast<floatX>(static_cast<float>(dV[d]) + dVs[kr * L::acc_ld + d]);
+    }
+#endif
+}
+
+template <int HS, int BR, int BC>
+__global__ void __launch_bounds__(attention_flash_threads)
+attention_backward_q_wmma_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
+                                 const floatX* qkv, int T, int NH, int NKV, int hs) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // bf16 wmma needs compute capability 8.0 (A100) or newer
+#else
+    using L = AttentionWmmaBackwardLayout<HS, BR, BC>;
+    using wmma_col = nvcuda::wmma::col_major;
+    using wmma_row = nvcuda::wmma::row_major;
+    extern __shared__ __align__(32) unsigned char attention_wmma_smem[];
+    unsigned char* smem = attention_wmma_smem;
+    auto bf16_at = [&](size_t offset) { return reinterpret_cast<__nv_bfloat16*>(smem + offset); };
+    auto f32_at = [&](size_t offset) { return reinterpret_cast<float*>(smem + offset); };
+    __nv_bfloat16 *Qs = bf16_at(L::q_q), *dOs = bf16_at(L::q_dout), *Ks = bf16_at(L::q_k), *Vs = bf16_at(L::q_v);
+    __nv_bfloat16* dSs = bf16_at(L::q_ds);                  // (BR, BC+8) queries × keys
+    float* dQs = f32_at(L::q_dq);                           // (BR, HS+4)
+    float *Ss = f32_at(L::q_s), *dPs = f32_at(L::q_dp);     // (BR, BC+4)
+    float *lse2s = f32_at(L::q_lse2), *Ds = f32_at(L::q_d); // (BR)
+
+    const int tid = threadIdx.x, warp = tid / 32, slab = warp % 2, role = warp / 2;
+    const int b = blockIdx.z, h = blockIdx.y, g = h / (NH / NKV);
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BR;  // the last query tiles see the most keys: start them first
+    const float scale = 1.0f / sqrtf(static_cast<float>(hs)), scale_log2 = scale * attention_log2e;
+
+    attention_wmma_stage<HS, BR>(Qs, qkv, q0, T, hs, [&](int q) { return qkv_q_offset(b, q, h, T, NH, NKV, hs); });
+    attention_wmma_stage<HS, BR>(dOs, dout, q0, T, hs, [&](int q) {
+        return (static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs;
+    });
+    attention_wmma_load_row_stats(lse2s, Ds, lse, D, b, h, q0, T, NH, BR);
+    for (int idx = tid; idx < BR * HS; idx += attention_flash_threads) dQs[idx / HS * L::acc_ld + idx % HS] = 0.0f;
+    const int cols = role * (HS / 2), q_last = min(q0 + BR, T) - 1;
+    for (int k0 = 0; k0 <= q_last; k0 += BC) {
+        __syncthreads();  // the previous tile's readers are done (and Q, dO, dQ are ready, first time)
+        auto k_row = [&](int key) { return qkv_k_offset(b, key, g, T, NH, NKV, hs); };
+        auto v_row = [&](int key) { return qkv_v_offset(b, key, g, T, NH, NKV, hs); };
+        attention_wmma_stage<HS, BC>(Ks, qkv, k0, T, hs, k_row);
+        attention_wmma_stage<HS, BC>(Vs, qkv, k0, T, hs, v_row);
+        __syncthreads();
+        if (role == 0)  // S = Q·Kᵀ
+            attention_wmma_warp_product<BC, HS, wmma_col>(Ss + 16 * slab * L::s_ld, L::s_ld, Qs + 16 * slab * L::ld,
+                                                          L::ld, Ks, L::ld, false);
+        else  // dP = dO·Vᵀ
+            attention_wmma_warp_product<BC, HS, wmma_col>(dPs + 16 * slab * L::s_ld, L::s_ld, dOs + 16 * slab * L::ld,
+                                                          L::ld, Vs, L::ld, false);
+        __syncthreads();
+        for (int idx = tid; idx < BR * BC; idx += attention_flash_threads) {
+            int qr = idx / BC, kc = idx % BC, query = q0 + qr, key = k0 + kc;
+            float p = key <= query && query < T ? exp2f(Ss[qr * L::s_ld + kc] * scale_log2 - lse2s[qr]) : 0.0f;
+            dSs[qr * L::p_ld + kc] = __float2bfloat16_rn(p * (dPs[qr * L::s_ld + kc] - Ds[qr]));
+        }
+        __syncthreads();
+        // dQ += dS·K (scale applied at the end), this warp's slab and half
+        attention_wmma_warp_product<HS / 2, BC, wmma_row>(dQs + 16 * slab * L::acc_ld + cols, L::acc_ld,
+                                                          dSs + 16 * slab * L::p_ld, L::p_ld, Ks + cols, L::ld, true);
+    }
+    __syncthreads();  // every warp's last store_matrix_sync is done before other threads read dQ
+    for (int idx = tid; idx < BR * hs; idx += attention_flash_threads) {
+        int qr = idx / hs, d = idx % hs, query = q0 + qr;
+        if (query >= T) break;
+        floatX* dQ = dqkv + qkv_q_offset(b, query, h, T, NH, NKV, hs);
+        dQ[d] = static_cast<floatX>(static_cast<float>(dQ[d]) + dQs[qr * L::acc_ld + d] * scale);
+    }
+#endif
+}
+
+template <int HS>
+void attention_backward_wmma_launch(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
+                                    const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
+    constexpr int BR = 32, BC = 32;
+    using L = AttentionWmmaBackwardLayout<HS, BR, BC>;
+    auto kv_kernel = attention_backward_kv_wmma_kernel<HS, BR, BC>;
+    attention_allow_shared_bytes(kv_kernel, L::kv_bytes, "attention_backward (wmma)", hs);
+    kv_kernel<<<dim3(ceil_div(T, BC), NKV, B), attention_flash_threads, L::kv_bytes, stream>>>(
+        dqkv, dout, lse, D, qkv, T, NH, NKV, hs);
+    cuda_check(cudaGetLastError());
+    auto q_kernel = attention_backward_q_wmma_kernel<HS, BR, BC>;
+    attention_allow_shared_bytes(q_kernel, L::q_bytes, "attention_backward (wmma)", hs);
+    q_kernel<<<dim3(ceil_div(T, BR), NH, B), attention_flash_threads, L::q_bytes, stream>>>(dqkv, dout, lse, D, qkv,
+                                                                                          T, NH, NKV, hs);
+    cuda_check(cudaGetLastError());
+}
+
 // GPTCU_OP_WITH(attention_forward, ...): layers_cpu_blas.h (a faster CPU path)
 // GPTCU_OP_WITH(attention_backward, ...): layers_cpu_blas.h (a faster CPU path)

@@ -1,6 +1,6 @@
-// bench_attention — naive (materialised T×T, cuBLAS) vs fused (FlashAttention-2 style, fp32) causal
-// attention, forward and backward: median time, TFLOP/s with the causal FLOP count, the fp32 floor, and
-// the extra memory each path needs beyond its inputs and outputs.
+// bench_attention — naive (materialised T×T, cuBLAS) vs fused (FlashAttention-2 style, fp32) vs fused on tensor
+// cores (bf16 wmma, AttentionBackend::wmma) causal attention, forward and backward: median time, TFLOP/s with the
+// causal FLOP count, the floor, and the extra memory each path needs beyond its inputs and outputs.
 //
 //   build/cpu/dev/bench_attention            small shapes (the CPU build: seconds)
 //   build/gpu/dev/bench_attention --full     B=4, T 256..4096, hs 64 (NH 12) and hs 128 (NH 6)
@@ -8,8 +8,10 @@
 // FLOPs (causal, what the work is worth, not what a kernel happens to do): forward 4·B·NH·T²·hs / 2
 // (two matmuls over the lower triangle), backward 2.5× that (five matmuls). The naive path computes
 // the full T×T products, so its real FLOPs are about twice these: the table shows useful work per second.
-// Floor: the GPU's fp32 FMA peak (SMs × fp32 lanes per SM × 2 × clock), because both paths run in fp32
-// on CUDA cores (no TF32, no tensor cores). On the emulator there is no meaningful floor ("n/a").
+// Floor: for naive and fused, the GPU's fp32 FMA peak (SMs × fp32 lanes per SM × 2 × clock): they run in fp32 on
+// CUDA cores (no TF32, no tensor cores). For the wmma rows, the dense bf16 tensor-core peak with fp32 accumulation
+// (SMs × bf16 FLOP per SM per clock × clock: 2048 on sm_80, A100's 312 TFLOP/s at 1.41 GHz; 4096 on sm_90,
+// H100 SXM's 989 TFLOP/s at 1.83 GHz; other GPUs "n/a"). On the emulator there is no meaningful floor ("n/a").
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -25,6 +27,7 @@ struct Device {
     std::string name;
     bool emulated = false;
     double peak_fp32_tflops = 0;  // 0: unknown
+    double peak_bf16_tflops = 0;  // dense bf16 tensor cores, fp32 accumulate; 0: unknown
     size_t l2_bytes = 0;
 };
 
@@ -42,6 +45,8 @@ Device describe_device() {
         cuda_check(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
         int lanes = (p.major == 8 && p.minor == 0) ? 64 : 128;  // fp32 lanes per SM: A100 64; sm_86/89/90 128
         d.peak_fp32_tflops = 2.0 * p.multiProcessorCount * lanes * clock_khz * 1e3 / 1e12;
+        int tensor_flop = p.major == 8 && p.minor == 0 ? 2048 : p.major == 9 ? 4096 : 0;  // per SM per clock
+        d.peak_bf16_tflops = static_cast<double>(p.multiProcessorCount) * tensor_flop * clock_khz * 1e3 / 1e12;
     }
     return d;
 }
@@ -81,6 +86,9 @@ int main(int argc, char** argv) {
         std::printf("attention benchmark on %s%s\n", dev.name.c_str(),
                     full ? "" : " (small shapes; --full for GPU sizes)");
         if (dev.peak_fp32_tflops > 0) std::printf("fp32 floor: %.1f TFLOP/s (CUDA cores, FMA)\n", dev.peak_fp32_tflops);
+        if (dev.peak_bf16_tflops > 0)
+            std::printf("bf16 floor (wmma rows): %.1f TFLOP/s (tensor cores, dense, fp32 accumulate)\n",
+                        dev.peak_bf16_tflops);
         std::printf("%-8s %-5s %-26s %10s %9s %8s %14s\n", "op", "path", "shape", "time ms", "TFLOP/s", "% floor",
                     "extra mem MiB");
         Rng rng(4);
@@ -101,9 +109,9 @@ int main(int argc, char** argv) {
             std::snprintf(shape, sizeof shape, "B%d NH%d T%d hs%d", s.B, s.NH, s.T, s.hs);
             auto row = [&](const char* op, const char* path, double ms, double flop, double mib) {
                 double tflops = flop / (ms * 1e-3) / 1e12;
+                double peak = std::strcmp(path, "wmma") == 0 ? dev.peak_bf16_tflops : dev.peak_fp32_tflops;
                 char pct[16] = "n/a";
-                if (dev.peak_fp32_tflops > 0)
-                    std::snprintf(pct, sizeof pct, "%.1f", 100 * tflops / dev.peak_fp32_tflops);
+                if (peak > 0) std::snprintf(pct, sizeof pct, "%.1f", 100 * tflops / peak);
                 std::printf("%-8s %-5s %-26s %10.3f %9.4f %8s %14.1f\n", op, path, shape, ms, tflops, pct, mib);
             };
             const double MiB = 1024.0 * 1024.0;
@@ -130,6 +138,19 @@ int main(int argc, char** argv) {
                 double mem = (lse.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "fused", f, fwd_flop, mem);
                 row("backward", "fused", b, bwd_flop, mem);
+            }
+            {  // fused on tensor cores: the same lse and workspace
+                attention_workspace_release();
+                set_attention_backend(AttentionBackend::wmma);
+                double f = median_ms([&] { attention_forward(out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                                     warmup, repeats, flush);
+                double b = median_ms(
+                    [&] { attention_backward(dqkv, dout, out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup,
+                    repeats, flush);
+                set_attention_backend(AttentionBackend::flash);
+                double mem = (lse.bytes() + attention_workspace_bytes()) / MiB;
+                row("forward", "wmma", f, fwd_flop, mem);
+                row("backward", "wmma", b, bwd_flop, mem);
             }
         }
         attention_workspace_release();

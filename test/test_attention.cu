@@ -1,6 +1,6 @@
-// Tests of attention.cuh: RoPE, causal attention (CPU reference, naive path, fused path, the CPU training
-// path's fast loops) forward and backward, GQA/MQA, decode against a (paged) KV cache, and the fused
-// path's memory bound.
+// Tests of attention.cuh: RoPE, causal attention (CPU reference, naive path, fused path in fp32 and on tensor
+// cores, the CPU training path's fast loops) forward and backward, GQA/MQA, decode against a (paged) KV cache,
+// and the fused path's memory bound.
 #include <algorithm>
 #include <numeric>
 #include <cstring>
@@ -38,6 +38,10 @@ void poison_attention_workspace() {
 }
 
 constexpr float rope_theta = 10000.0f;
+
+struct AttentionBackendGuard {  // restores the default backend when a test ends, even on failure
+    ~AttentionBackendGuard() { set_attention_backend(AttentionBackend::flash); }
+};
 
 }  // namespace
 
@@ -213,6 +217,11 @@ TEST_CASE("attention fused path at head sizes 8..256 (8, 16, 20, 40, 80, 96, 200
 TEST_CASE("attention fused backward is deterministic: same bits under every thread order") {
     Rng rng(411);
     Shape s{2, 200, 4, 2, 64};
+    AttentionBackendGuard guard;
+    AttentionBackend backend = AttentionBackend::flash;
+    SUBCASE("fp32") {}
+    SUBCASE("wmma (bf16 tensor cores)") { backend = AttentionBackend::wmma; }
+    set_attention_backend(backend);
     std::vector<float> qkv = random_vector(s.qkv_count(), rng, 1.5f), dout = random_vector(s.out_count(), rng);
     std::vector<float> dqkv_init = random_vector(s.qkv_count(), rng);
     DeviceBuffer<float> d_qkv(qkv), d_out(s.out_count()), d_lse(s.lse_count()), d_dout(dout), d_dqkv(dqkv_init);
@@ -491,4 +500,185 @@ TEST_CASE("attention CPU fast path matches the CPU reference (T 1..129, MHA/GQA/
                                             s.T, s.NH, s.NKV, s.hs);
                 check_close("fast backward dqkv", dqkv, dqkv_ref, tolerance_fp32);
             }
+}
+
+// ----------------------------------------------------------------------------
+// The tensor-core kernels (AttentionBackend::wmma: bf16 products, fp32 sums and softmax statistics) against the
+// CPU reference in double, element by element, within the error that rounding their inputs to bf16 allows.
+//
+// The bound, per element (u = 2^-8, bf16's unit roundoff; w = 2^-24, fp32's; a product of two bf16 numbers is
+// exact in fp32, so a product of rounded inputs is off by at most (1+u)² − 1 = 2u + u² relative):
+//   Scores. S_ts = scale·Σ_i q_ti·k_si is computed from bf16 q, k with fp32 sums of hs terms, then scaled to base 2
+//   in fp32:  |ΔS_ts| <= ε_ts := (2u + u² + (hs + 4)·w)·a_ts + 4w·|lse_t| + 2^-21,   a_ts = scale·Σ_i |q_ti·k_si|
+//   (the |lse| term: the backward subtracts an fp32 lse; 2^-21: exp2f's own error, a few ulp).
+//   Forward. The kernel's softmax of S + ΔS has P'_ts/P_ts in [e^-2ε, e^2ε] with ε = max_s ε_ts (the numerator
+//   moves by e^±ε, the sum by at most as much); P' is rounded to bf16 (1 + u), v too (1 + u), and O sums T terms in
+//   fp32 and is rescaled once per key tile:
+//     |ΔO_ti| <= (e^2ε·(1 + u)²·(1 + (2T + 8)·w) − 1)·Σ_s P_ts·|v_si|,
+//     |Δlse_t| <= ε + (T + 4)·w + 4w·|lse_t|    (the fp32 sum l of T terms, then log and the base changes).
+//   Backward, given the reference's out and lse (so each kernel is checked on its own):
+//     P̂ = exp(S + ΔS − lse):  |P̂ − P| <= P·(e^ε_ts − 1);  dP = dO·Vᵀ from bf16: |ΔdP_ts| <= γ·Σ_i |dO_ti·v_si| with
+//     γ = 2u + u² + hs·w;  D = dO·O in fp32: |ΔD_t| <= (hs + 2)·w·Σ_i |dO_ti·O_ti|.  dS = P·(dP − D) in fp32, then
+//     rounded to bf16:
+//       |ΔdS_ts| <= E_ts := e_ts + (u + w)·(|dS_ts| + e_ts),  e_ts = P·(e^ε − 1)·|dP − D| + P·e^ε·(|ΔdP| + |ΔD|)
+//     and each product adds its other input's rounding and n·w of its fp32 sum of n terms:
+//       |ΔdV_si| <= Σ_t P_ts·|dO_ti|·(e^ε_ts·(1 + u)²·(1 + n·w) − 1)
+//       |ΔdK_si| <= scale·Σ_t (E_ts·(1 + u) + u·|dS_ts|)·|q_ti| + n·w·scale·Σ_t (|dS_ts| + E_ts)·(1 + u)·|q_ti|
+//       |ΔdQ_ti| <= the same with k_si, summed over s,
+//     plus 2^-23·(|dqkv before| + |dqkv after|) for adding into dqkv. (t runs over the queries of every head of
+//     the group for dK and dV: n = T·NH/NKV.)
+// These are worst cases: every rounding at its maximum, with the same sign (the tests see 4–25% of them). Over
+// a whole tensor the roundings of random inputs average out instead. As layers.cuh derives for
+// matmul_wmma_kernel, rounding one input moves a term by a relative error of rms u/√6, independent from input to
+// input; an output that depends on n rounded inputs per term is then off by about √(n/6)·u over the tensor:
+//   out: q, k (through S), p, v: n = 4, √(4/6)·u = 3.2e-3 (measured 2.3e-3 to 2.6e-3);
+//   dqkv: dO, v (through dP), q, k (through P), dS or p, and the other factor: n = 6, u = 3.9e-3 (measured
+//   3.6e-3 to 3.8e-3, as increments over the dqkv it is added to).
+// The norm checks allow twice that (tolerance_bf16_attention_norm below): a missing O rescale gives 0.12, a
+// dropped key tile or head more.
+namespace {
+
+struct AttentionBf16Bounds {
+    std::vector<float> out, lse, dqkv;  // the largest |kernel − reference| allowed per element
+};
+
+// The bounds above for inputs qkv, dout and the reference's out, lse, dqkv (after) and dqkv_init (before).
+AttentionBf16Bounds attention_bf16_bounds(const Shape& s, const std::vector<double>& qkv,
+                                          const std::vector<double>& dout, const std::vector<double>& out,
+                                          const std::vector<double>& lse, const std::vector<double>& dqkv,
+                                          const std::vector<double>& dqkv_init) {
+    const double u = bf16_unit_roundoff, w = std::ldexp(1.0, -24), scale = 1 / std::sqrt(static_cast<double>(s.hs));
+    const double gamma = 2 * u + u * u + s.hs * w;
+    const int group = s.NH / s.NKV;
+    std::vector<double> out_b(s.out_count()), lse_b(s.lse_count()), dq_b(s.qkv_count(), 0.0);
+    for (int b = 0; b < s.B; b++)
+        for (int h = 0; h < s.NH; h++) {
+            int g = h / group;
+            for (int t = 0; t < s.T; t++) {
+                const double* q = qkv.data() + qkv_q_offset(b, t, h, s.T, s.NH, s.NKV, s.hs);
+                size_t o_row = (static_cast<size_t>(b) * s.T + t) * s.NH * s.hs + static_cast<size_t>(h) * s.hs;
+                const double* dO = dout.data() + o_row;
+                const double* O = out.data() + o_row;
+                double L = lse[(static_cast<size_t>(b) * s.NH + h) * s.T + t];
+                double D = 0, D_abs = 0;
+                for (int i = 0; i < s.hs; i++) D += dO[i] * O[i], D_abs += std::fabs(dO[i] * O[i]);
+                double dD = (s.hs + 2) * w * D_abs;
+                std::vector<double> eps(t + 1), P(t + 1);
+                double eps_max = 0;
+                for (int j = 0; j <= t; j++) {
+                    const double* k = qkv.data() + qkv_k_offset(b, j, g, s.T, s.NH, s.NKV, s.hs);
+                    double S = 0, a = 0;
+                    for (int i = 0; i < s.hs; i++) S += q[i] * k[i], a += std::fabs(q[i] * k[i]);
+                    eps[j] = (2 * u + u * u + (s.hs + 4) * w) * scale * a + 4 * w * std::fabs(L) + std::ldexp(1.0, -21);
+                    P[j] = std::exp(scale * S - L);
+                    eps_max = std::max(eps_max, eps[j]);
+                }
+                lse_b[(static_cast<size_t>(b) * s.NH + h) * s.T + t] = eps_max + (s.T + 4) * w + 4 * w * std::fabs(L);
+                double f_out = std::exp(2 * eps_max) * (1 + u) * (1 + u) * (1 + (2 * s.T + 8) * w) - 1;
+                double n_kv = static_cast<double>(s.T) * group, n_q = s.T;
+                for (int j = 0; j <= t; j++) {
+                    const double* k = qkv.data() + qkv_k_offset(b, j, g, s.T, s.NH, s.NKV, s.hs);
+                    const double* v = qkv.data() + qkv_v_offset(b, j, g, s.T, s.NH, s.NKV, s.hs);
+                    double dP = 0, c = 0;
+                    for (int i = 0; i < s.hs; i++) dP += dO[i] * v[i], c += std::fabs(dO[i] * v[i]);
+                    double dS = P[j] * (dP - D), grow = std::exp(eps[j]);
+                    double e = P[j] * (grow - 1) * std::fabs(dP - D) + P[j] * grow * (gamma * c + dD);
+                    double E = e + (u + w) * (std::fabs(dS) + e);
+                    double dS_term = E * (1 + u) + u * std::fabs(dS), dS_mag = (std::fabs(dS) + E) * (1 + u);
+                    double* dq = dq_b.data() + qkv_q_offset(b, t, h, s.T, s.NH, s.NKV, s.hs);
+                    double* dk = dq_b.data() + qkv_k_offset(b, j, g, s.T, s.NH, s.NKV, s.hs);
+                    double* dv = dq_b.data() + qkv_v_offset(b, j, g, s.T, s.NH, s.NKV, s.hs);
+                    for (int i = 0; i < s.hs; i++) {
+                        out_b[o_row + i] += f_out * P[j] * std::fabs(v[i]);
+                        dv[i] += P[j] * std::fabs(dO[i]) * (grow * (1 + u) * (1 + u) * (1 + n_kv * w) - 1);
+                        dk[i] += scale * (dS_term + n_kv * w * dS_mag) * std::fabs(q[i]);
+                        dq[i] += scale * (dS_term + n_q * w * dS_mag) * std::fabs(k[i]);
+                    }
+                }
+            }
+        }
+    for (size_t i = 0; i < dq_b.size(); i++)
+        dq_b[i] += std::ldexp(1.0, -23) * (std::fabs(dqkv_init[i]) + std::fabs(dqkv[i]));
+    return {to_float(out_b), to_float(lse_b), to_float(dq_b)};
+}
+
+// |out − ref| <= bound element by element (naming the worst), then ‖out − ref‖/‖ref − base‖ <= norm: with `base`
+// the values a backward accumulated into, the norm check sees the gradient, not the random values it was added to.
+void check_within_bound(const std::string& what, const std::vector<float>& out, const std::vector<float>& ref,
+                        const std::vector<float>& bound, double norm, const std::vector<float>* base = nullptr) {
+    REQUIRE(out.size() == ref.size());
+    REQUIRE(bound.size() == ref.size());
+    size_t bad = 0, worst = 0;
+    double worst_ratio = 0;
+    for (size_t i = 0; i < out.size(); i++) {
+        if (!std::isfinite(out[i])) {
+            FAIL_CHECK(what << ": element " << i << " is " << out[i] << " (reference " << ref[i]
+                            << ") — unwritten or overflowed");
+            return;
+        }
+        double ratio = std::fabs(static_cast<double>(out[i]) - ref[i]) / bound[i];
+        if (ratio > 1) bad++;
+        if (ratio > worst_ratio) worst_ratio = ratio, worst = i;
+    }
+    if (bad)
+        FAIL_CHECK(what << ": " << bad << " of " << out.size() << " elements outside the bf16 bound; worst: element "
+                        << worst << " = " << out[worst] << ", reference " << ref[worst] << ", bound " << bound[worst]
+                        << " (" << worst_ratio << "× the bound)");
+    double num = 0, den = 0;
+    for (size_t i = 0; i < out.size(); i++) {
+        double d = static_cast<double>(out[i]) - ref[i], r = static_cast<double>(ref[i]) - (base ? (*base)[i] : 0.0f);
+        num += d * d;
+        den += r * r;
+    }
+    double e = std::sqrt(num / den);
+    INFO(what << ": relative error " << e << " (tolerance " << norm << "); worst element at " << worst_ratio
+              << "× its bound");
+    CHECK(e <= norm);
+}
+
+// 2·√(n/6)·u with n the rounded inputs per term (the derivation above)
+double tolerance_bf16_attention_norm(int n) { return 2 * std::sqrt(n / 6.0) * bf16_unit_roundoff; }
+
+void check_attention_wmma(const Shape& s, Rng& rng) {
+    CAPTURE(describe(s));
+    std::vector<float> qkv = random_vector(s.qkv_count(), rng, 1.5f);
+    std::vector<float> dout = random_vector(s.out_count(), rng);
+    std::vector<float> dqkv_init = random_vector(s.qkv_count(), rng);
+    std::vector<double> x = to_double(qkv), dout_d = to_double(dout), out(s.out_count()), lse(s.lse_count());
+    std::vector<double> dx = to_double(dqkv_init);
+    attention_forward_cpu(out.data(), lse.data(), x.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+    attention_backward_cpu(dx.data(), dout_d.data(), out.data(), lse.data(), x.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+    std::vector<float> out_ref = to_float(out), lse_ref = to_float(lse), dqkv_ref = to_float(dx);
+    AttentionBf16Bounds bound = attention_bf16_bounds(s, x, dout_d, out, lse, dx, to_double(dqkv_init));
+    AttentionBackendGuard guard;
+    set_attention_backend(AttentionBackend::wmma);
+    for_each_thread_order([&] {
+        DeviceBuffer<float> d_qkv(qkv), d_out(s.out_count()), d_lse(s.lse_count()), d_dout(dout), d_dqkv(dqkv_init);
+        poison(d_out);
+        poison(d_lse);
+        poison_attention_workspace();
+        attention_forward(d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        std::vector<float> got_out = d_out.download();
+        check_within_bound("wmma forward out", got_out, out_ref, bound.out, tolerance_bf16_attention_norm(4));
+        check_within_bound("wmma forward lse", d_lse.download(), lse_ref, bound.lse, tolerance_bf16_attention_norm(4));
+        // and the inputs really were rounded to bf16 (the fp32 kernels stay within 1e-5)
+        if (s.hs >= 16) CHECK(rel_error(got_out, out_ref) > 1e-4);
+        // the backward from the reference's out and lse
+        DeviceBuffer<float> d_out_ref(out_ref), d_lse_ref(lse_ref);
+        poison_attention_workspace();
+        attention_backward(d_dqkv, d_dout, d_out_ref, d_lse_ref, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        check_within_bound("wmma backward dqkv", d_dqkv.download(), dqkv_ref, bound.dqkv,
+                           tolerance_bf16_attention_norm(6), &dqkv_init);
+    });
+}
+
+}  // namespace
+
+// Every capacity the fused kernels are compiled for (32, 64, 96, 128, 256; hs 20 and 80 padded with zeros), T not a
+// multiple of any tile (the forward's 64 queries, the backward's 32), MHA, GQA and MQA.
+TEST_CASE("attention wmma (bf16 tensor cores) forward/backward within the bf16 bound of the CPU reference") {
+    Rng rng(412);
+    for (Shape s : {Shape{2, 70, 4, 2, 64}, Shape{1, 33, 2, 1, 32}, Shape{1, 37, 2, 2, 20}, Shape{1, 45, 4, 1, 80},
+                    Shape{1, 40, 4, 4, 128}, Shape{1, 20, 2, 2, 256}})
+        check_attention_wmma(s, rng);
 }
