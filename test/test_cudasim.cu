@@ -5,6 +5,7 @@
 #include <cooperative_groups/reduce.h>
 
 #include <algorithm>
+#include <ctime>  // undefines a clock macro: device clock() must not depend on one
 #include <numeric>
 
 #include "test/test_util.h"
@@ -563,6 +564,34 @@ TEST_CASE("__CUDA_ARCH__ conditionals: device bodies as the device pass, host bo
     const std::string both = "#ifdef __CUDA_ARCH__\n#define X 1\n#else\n#define X 2\n#endif\n";
     CHECK(resolve_cuda_arch(both).find("#elif ((!( 0 ) && (1)) ||") != std::string::npos);  // the host's #else wins
     CHECK(resolve_cuda_arch("int x;\n") == "int x;\n");
+}
+
+// clock() and clock64() read one cycle counter, clock() at least its low 32 bits.
+__global__ void clocks_kernel(long long* out) {  // out: (3)
+    out[0] = clock64();
+    out[1] = clock();
+    out[2] = clock64();
+}
+
+TEST_CASE("clock() in device code is the device's cycle counter, wherever <ctime> was included") {
+    using cudasim::resolve_device_clock;
+    DeviceBuffer<long long> out(3);
+    clocks_kernel<<<1, 1>>>(out);
+    cuda_check(cudaGetLastError());
+    std::vector<long long> got = out.download();
+    // clock()'s low 32 bits lie between the two clock64() reads around it (modulo 2^32); the C library's clock()
+    // (the process's CPU time in microseconds) would not, but by a chance of (cycles between the reads) / 2^32
+    auto low = [](long long x) { return static_cast<uint32_t>(x); };
+    CHECK(low(got[1]) - low(got[0]) <= low(got[2]) - low(got[0]));
+    CHECK(resolve_device_clock("__global__ void k(clock_t* t) { t[0] = clock (); }") ==
+          "__global__ void k(clock_t* t) { t[0] = cudasim_clock (); }");
+    CHECK(resolve_device_clock("__host__ __device__ long f() { return std::clock(); }") ==
+          "__host__ __device__ long f() { return std::cudasim_clock(); }");
+    for (std::string kept : {"int main() { return clock(); }",
+                             "__device__ int f(S s) { return s.clock() + p->clock(); }",
+                             "__device__ int g() { int clock = 1; return clock; /* clock() */ }",
+                             "__device__ clock_t clock_of(); clock_t t = clock();"})
+        CHECK(resolve_device_clock(kept) == kept);
 }
 
 TEST_CASE("host-only function definitions are marked (not instrumented by the checked build); others are not") {
