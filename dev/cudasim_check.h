@@ -64,7 +64,7 @@ void on_block_start(unsigned threads);                 // a block starts on this
 void on_barrier();                                     // a __syncthreads was released
 void on_warp_sync(unsigned warp);                      // a warp collective completed in this warp
 size_t static_shared_bytes(const void* kernel);        // static __shared__ bytes seen for this kernel so far
-void on_launch(const LaunchConfig& config);            // CUDASIM_LAUNCH_LOG=FILE: record the block size
+void on_launch(const LaunchConfig& config);            // a grid starts; CUDASIM_LAUNCH_LOG=FILE: its block size
 void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaFreeHost
 
 }  // namespace check
@@ -94,6 +94,7 @@ void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaF
 #if defined(CUDASIM_IMPLEMENTATION) && defined(GPTCU_CUDASIM_IMPLEMENTED) && !defined(GPTCU_CUDASIM_CHECK_IMPLEMENTED)
 #define GPTCU_CUDASIM_CHECK_IMPLEMENTED
 #include <dlfcn.h>
+#include <iterator>
 #include <link.h>
 #include <pthread.h>
 #include <set>
@@ -132,7 +133,9 @@ size_t static_shared_bytes(const void* kernel) {
 
 // CUDASIM_LAUNCH_LOG=FILE appends "kernel threads-per-block dynamic-shared-bytes" once per distinct launch
 // shape: dev/check_resources.sh multiplies ptxas's registers per thread by these block sizes.
+static std::atomic<unsigned long long> g_launches{0};  // grids started: the checks' caches live for one
 void on_launch(const LaunchConfig& c) {
+    g_launches.fetch_add(1, std::memory_order_relaxed);
     static const char* path = std::getenv("CUDASIM_LAUNCH_LOG");
     if (!path || !*path) return;
     static std::set<std::string> seen;
@@ -177,8 +180,9 @@ struct State {
     uintptr_t stack_lo = 0, stack_bytes = 0;              // the running fiber's stack
     struct Range {
         uintptr_t lo = 0, hi = 0;
-    } cache[4];  // recently hit allocations
+    } cache[8];  // ranges recently found whole: allocations; shared variables too when races are not checked
     unsigned next_cache = 0;
+    unsigned long long cache_launch = ~0ull;  // the grid (g_launches) the cache was filled in
     std::vector<SharedRange> statics;
     std::vector<ShadowByte> dynamic_shadow;
     uint32_t epoch = 0;       // increases at every block start and every released __syncthreads
@@ -238,7 +242,12 @@ void on_block_start(unsigned) {
     if (!s.initialised) initialise(s);
     s.epoch++;
     std::fill(std::begin(s.wsync), std::end(s.wsync), 0u);
-    for (auto& c : s.cache) c = {};  // an allocation may have been freed since the last launch
+    // Within one grid no allocation is freed (the host waits for it) and the launch's shared memory stays put; an
+    // allocation may have been freed since the last grid.
+    if (unsigned long long launch = g_launches.load(std::memory_order_relaxed); s.cache_launch != launch) {
+        for (auto& c : s.cache) c = {};
+        s.cache_launch = launch;
+    }
 }
 void on_barrier() { t_state.epoch++; }
 void on_warp_sync(unsigned warp) { t_state.wsync[warp % 32]++; }
@@ -424,6 +433,8 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
         if (g_racecheck) {
             if (s.dynamic_shadow.size() < w.config->shared_bytes) s.dynamic_shadow.resize(w.config->shared_bytes);
             race_check(s.dynamic_shadow.data() + offset, size, store, pc, nullptr, offset);
+        } else {  // later accesses inside the launch's bytes pass the fast path (the cache is emptied per block)
+            s.cache[s.next_cache++ % std::size(s.cache)] = {a - offset, a - offset + w.config->shared_bytes};
         }
         return;
     }
@@ -436,6 +447,8 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
             if (g_racecheck) {
                 if (r.shadow.empty()) r.shadow.resize(r.bytes);
                 race_check(r.shadow.data() + offset, size, store, pc, r.name, offset);
+            } else {
+                s.cache[s.next_cache++ % std::size(s.cache)] = {a - offset, a - offset + r.bytes};
             }
             return;
         }
@@ -443,15 +456,39 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
     // a pool thread's TLS, and so its shared memory, lies at the top of that range: checked above).
     char* stack = w.stacks;  // any fiber stack of this worker, as in enter_kernel
     const size_t stacks_bytes = w.stack_bytes * max_threads_per_block;
-    if ((c >= stack && c + size <= stack + stacks_bytes) || (c >= s.os_stack_lo && c + size <= s.os_stack_hi)) return;
-    // The program's static data (__constant__ and __device__ variables, tables), the OS thread's TLS.
-    if ((c >= __executable_start && c + size <= _end) || (c >= s.tls_lo && c + size <= s.tls_hi)) return;
+    if (c >= stack && c + size <= stack + stacks_bytes) return;
+    if (c >= s.os_stack_lo && c + size <= s.os_stack_hi) {  // read by every thread's launch code: cached
+        s.cache[s.next_cache++ % std::size(s.cache)] = {reinterpret_cast<uintptr_t>(s.os_stack_lo),
+                                                        reinterpret_cast<uintptr_t>(s.os_stack_hi)};
+        return;
+    }
+    // The program's static data (__constant__ and __device__ variables, tables), the OS thread's TLS (threadIdx,
+    // blockIdx, ...: read by most kernels, so the range goes into the cache; for TLS, the gap between the shared
+    // variables and the dynamic shared memory that holds the access, so those are still checked).
+    if (c >= __executable_start && c + size <= _end) {
+        s.cache[s.next_cache++ % std::size(s.cache)] = {reinterpret_cast<uintptr_t>(__executable_start),
+                                                        reinterpret_cast<uintptr_t>(_end)};
+        return;
+    }
+    if (c >= s.tls_lo && c + size <= s.tls_hi) {
+        uintptr_t lo = reinterpret_cast<uintptr_t>(s.tls_lo), hi = reinterpret_cast<uintptr_t>(s.tls_hi);
+        bool straddles = false;
+        auto exclude = [&](uintptr_t p, size_t bytes) {
+            if (p + bytes <= a) lo = std::max(lo, p + bytes);
+            else if (p >= a + size) hi = std::min(hi, p);
+            else straddles = true;  // an access across a shared variable's first byte: not cached
+        };
+        exclude(reinterpret_cast<uintptr_t>(dyn), sizeof w.shared);
+        for (auto& r : s.statics) exclude(reinterpret_cast<uintptr_t>(r.p), r.bytes);
+        if (!straddles) s.cache[s.next_cache++ % std::size(s.cache)] = {lo, hi};
+        return;
+    }
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         State::Range hit;
         if (in_allocation_table(g_device_allocations, a, size, hit) ||
             in_allocation_table(g_host_allocations, a, size, hit)) {
-            s.cache[s.next_cache++ % 4] = hit;
+            s.cache[s.next_cache++ % std::size(s.cache)] = hit;
             return;
         }
     }
@@ -483,6 +520,7 @@ void* shared_variable_at(void* p, size_t bytes, const char* name) {
         if (r.p == p) range = &r;
     if (!range) {
         shared_declared(p, bytes);  // NaN-filled now and at every later block start on this OS thread
+        for (auto& c : s.cache) c = {};  // a cached stretch of TLS may hold the new variable
         s.statics.push_back(SharedRange{static_cast<char*>(p), bytes, name, nullptr, {}});
         range = &s.statics.back();
     }

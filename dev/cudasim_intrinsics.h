@@ -33,15 +33,6 @@ inline unsigned long long atomicMin(unsigned long long* a, unsigned long long v)
 inline long long atomicMin(long long* a, long long v) {
     return cudasim_atomic_update(a, [v](long long o) { return o < v ? o : v; });
 }
-inline unsigned long long atomicAnd(unsigned long long* a, unsigned long long v) {
-    return cudasim::atomic_ref<unsigned long long>(*a).fetch_and(v);
-}
-inline unsigned long long atomicOr(unsigned long long* a, unsigned long long v) {
-    return cudasim::atomic_ref<unsigned long long>(*a).fetch_or(v);
-}
-inline unsigned long long atomicXor(unsigned long long* a, unsigned long long v) {
-    return cudasim::atomic_ref<unsigned long long>(*a).fetch_xor(v);
-}
 inline unsigned short atomicCAS(unsigned short* a, unsigned short c, unsigned short v) {
     return cudasim_atomic_cas(a, c, v);
 }

@@ -257,6 +257,41 @@ TEST_CASE("launches a GPU rejects return its error codes") {
     CHECK(cudaGetLastError() == cudaSuccess);  // reading the error clears it
 }
 
+TEST_CASE("the L2 set-aside is clamped to the device's maximum; stream attributes are checked and read back") {
+    cudaDeviceProp prop;
+    cuda_check(cudaGetDeviceProperties(&prop, 0));
+    REQUIRE(prop.persistingL2CacheMaxSize > 0);
+    cuda_check(cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, size_t(1) << 40));
+    size_t set_aside = 0;
+    cuda_check(cudaDeviceGetLimit(&set_aside, cudaLimitPersistingL2CacheSize));
+    CHECK(set_aside == static_cast<size_t>(prop.persistingL2CacheMaxSize));
+
+    cudaStream_t stream;
+    cuda_check(cudaStreamCreate(&stream));
+    DeviceBuffer<float> data(1024);
+    cudaStreamAttrValue value{}, got{};
+    cuda_check(cudaStreamGetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &got));
+    CHECK(got.accessPolicyWindow.num_bytes == 0);  // unset
+    value.accessPolicyWindow = {data.ptr, data.bytes(), 0.75f, cudaAccessPropertyPersisting, cudaAccessPropertyNormal};
+    cuda_check(cudaStreamSetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &value));
+    cuda_check(cudaStreamGetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &got));
+    CHECK(got.accessPolicyWindow.base_ptr == data.ptr);
+    CHECK(got.accessPolicyWindow.num_bytes == data.bytes());
+    CHECK(got.accessPolicyWindow.hitRatio == 0.75f);
+    CHECK(got.accessPolicyWindow.hitProp == cudaAccessPropertyPersisting);
+    cudaStreamAttrValue bad = value;
+    bad.accessPolicyWindow.missProp = cudaAccessPropertyPersisting;  // a miss is normal or streaming
+    CHECK(cudaStreamSetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &bad) == cudaErrorInvalidValue);
+    bad = value;
+    bad.accessPolicyWindow.num_bytes = static_cast<size_t>(prop.accessPolicyMaxWindowSize) + 1;
+    CHECK(cudaStreamSetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &bad) == cudaErrorInvalidValue);
+    cudaGetLastError();
+    cuda_check(cudaStreamGetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &got));
+    CHECK(got.accessPolicyWindow.hitRatio == 0.75f);  // the refused ones changed nothing
+    cuda_check(cudaCtxResetPersistingL2Cache());
+    cuda_check(cudaStreamDestroy(stream));
+}
+
 // ----------------------------------------------------------------------------
 // __CUDA_ARCH__ as nvcc's two passes give it: set in device code (sm_80 and later here), unset in host code.
 // Device code guarded by an architecture test exists, and so does host code guarded by its absence.
