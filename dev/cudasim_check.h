@@ -403,6 +403,21 @@ static bool in_allocation_table(std::map<uintptr_t, size_t>& table, uintptr_t a,
     return true;
 }
 
+// `new` in device code takes the GPU's device heap, which every later kernel may use (until `delete`); here it is
+// the C++ heap, so what a kernel thread allocates is recorded (operator new below, while the checks are on) and
+// accepted like a cudaMalloc allocation. Not cached: a kernel may delete it while the grid runs.
+static std::mutex g_heap_mutex;
+// start -> bytes; never destroyed: operator delete reads it while other static objects are destroyed at exit
+static std::map<uintptr_t, size_t>& g_device_heap = *new std::map<uintptr_t, size_t>;
+static std::atomic<size_t> g_device_heap_blocks{0};     // g_device_heap.size(), read without the lock
+static thread_local bool t_heap_busy = false;           // the table's own nodes are not device allocations
+static bool in_device_heap(uintptr_t a, size_t size) {
+    if (g_device_heap_blocks.load(std::memory_order_relaxed) == 0) return false;
+    std::lock_guard<std::mutex> lock(g_heap_mutex);
+    State::Range hit;
+    return in_allocation_table(g_device_heap, a, size, hit);
+}
+
 static void slow_path(uintptr_t a, size_t size, bool store, const void* pc);
 
 static inline void access(const void* p, size_t size, bool store, const void* pc) {
@@ -492,6 +507,7 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
             return;
         }
     }
+    if (in_device_heap(a, size)) return;
     out_of_bounds(a, size, store, pc, nearest_allocation(a));
 }
 
@@ -589,6 +605,7 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
             c <= static_cast<const char*>(std::prev(g)->first) + std::prev(g)->second.bytes)
             return;
     }
+    if (in_device_heap(a, 1)) return;  // an object a kernel made with `new`
     fatal(
         "kernel '%s' argument %d is %p, a host pointer (stack, malloc or std::vector memory, not from cudaMalloc): "
         "a GPU kernel cannot read it (an illegal address, or garbage); copy the data into cudaMalloc memory with "
@@ -597,6 +614,41 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
 }
 
 }  // namespace cudasim::check
+
+#if !defined(__SANITIZE_ADDRESS__)  // AddressSanitizer's own new and delete check more (and no access is checked here)
+// The C++ heap's operator new and delete (the array, nothrow and sized forms call these), recording what kernel
+// threads allocate when the checks are on (t_active, the checked build's kernels): see g_device_heap. Elsewhere
+// they cost a thread-local test and an atomic load.
+void* operator new(std::size_t bytes) {
+    void* p = std::malloc(bytes ? bytes : 1);
+    if (!p) throw std::bad_alloc();
+    using namespace cudasim::check;
+    if (t_active && !t_heap_busy) {
+        t_heap_busy = true;
+        {
+            std::lock_guard<std::mutex> lock(g_heap_mutex);
+            g_device_heap[reinterpret_cast<uintptr_t>(p)] = bytes;
+            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
+        }
+        t_heap_busy = false;
+    }
+    return p;
+}
+void operator delete(void* p) noexcept {
+    using namespace cudasim::check;
+    if (p && g_device_heap_blocks.load(std::memory_order_relaxed) > 0 && !t_heap_busy) {
+        t_heap_busy = true;
+        {
+            std::lock_guard<std::mutex> lock(g_heap_mutex);
+            g_device_heap.erase(reinterpret_cast<uintptr_t>(p));
+            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
+        }
+        t_heap_busy = false;
+    }
+    std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept { ::operator delete(p); }
+#endif
 
 // The functions the instrumentation calls (ThreadSanitizer's names; no sanitizer runtime is linked).
 // Atomics in instrumented code become __tsan_atomic* calls: they are performed here, unchecked (the
