@@ -5,7 +5,8 @@
 #
 # This is how docs/cpu-execution.md's "Real programs" counts are measured. The programs are not part of
 # this repository: --samples is a checkout of NVIDIA's cuda-samples (its Samples/ and Common/), --llmc a
-# checkout of llm.c (its dev/cuda/*.cu files). The samples counted are those of 0_Introduction,
+# checkout of llm.c (its dev/cuda/*.cu files); the defaults are where the development machine keeps them
+# (/work/ext/cuda-samples, /work/ext/llm.c). The samples counted are those of 0_Introduction,
 # 2_Concepts_and_Techniques, 3_CUDA_Features and 6_Performance that are one source file; each llm.c file
 # runs with kernel numbers 1..N of its `switch` (default 1).
 # Each program is compiled first (`dev/cudarun --compile-only`, the checked build, at the lowest
@@ -16,7 +17,7 @@
 # Writes OUT/NAME[.K].log and OUT/results.tsv: name, kernel, verdict, compile s, run s, last line.
 set -uo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 samples=/work/ext/cuda-samples llmc=/work/ext/llm.c out=build/corpus time_limit=120 kernels=1 filter=""
 while [ $# -gt 0 ]; do
