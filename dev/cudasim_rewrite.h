@@ -108,6 +108,12 @@ inline std::string rewrite_extern_shared(const std::string& decl /* between "__s
     while (n > 0 && is_ident_char(head[n - 1])) n--;
     std::string name = head.substr(n), type = trim(head.substr(0, n));
     if (name.empty() || type.empty()) throw std::runtime_error("cannot parse extern __shared__ declaration: " + decl);
+    // `T s[][N]` (rows of N): a pointer to arrays of N, so s[i][j] indexes as it does on the GPU
+    size_t first_close = d.find(']', bracket);
+    std::string rows = first_close == std::string::npos ? "" : trim(d.substr(first_close + 1));
+    if (!rows.empty())
+        return "static thread_local " + type + " (* const " + name + ")" + rows + " = reinterpret_cast<" + type +
+               " (*)" + rows + ">(::cudasim::dynamic_shared_memory())";
     return "static thread_local " + type + "* const " + name + " = reinterpret_cast<" + type +
            "*>(::cudasim::dynamic_shared_memory())";
 }

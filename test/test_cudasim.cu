@@ -552,6 +552,9 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
           "::cudasim::launch(k, \"k\", g,\n   b)(x);\nnext");  // lines kept
     CHECK(rewrite_cuda_source("extern __shared__ __align__(16) float4 smem[];") ==
           "static thread_local float4* const smem = reinterpret_cast<float4*>(::cudasim::dynamic_shared_memory());");
+    CHECK(rewrite_cuda_source("extern __shared__ half rows[][K + 8];") ==  // rows of K + 8: rows[i][j] as on a GPU
+          "static thread_local half (* const rows)[K + 8] = reinterpret_cast<half (*)[K + 8]>"
+          "(::cudasim::dynamic_shared_memory());");
     CHECK(rewrite_cuda_source("asm volatile(\"mov\");").find("GCC error") != std::string::npos);
     CHECK(rewrite_cuda_source("int plasma = 1;") == "int plasma = 1;");
     CHECK(rewrite_cuda_source("__shared__ float t[32][33];") ==
