@@ -408,30 +408,20 @@ inline int atomicMin(int* a, int v) { return cudasim_atomic_update(a, [v](int o)
 inline unsigned atomicMin(unsigned* a, unsigned v) {
     return cudasim_atomic_update(a, [v](unsigned o) { return o < v ? o : v; });
 }
-CUDASIM_UNCHECKED inline int atomicAnd(int* a, int v) {
+// atomicAnd/Or/Xor: one checked read-modify-write, op '&', '|' or '^', for every integer type CUDA offers them on.
+template <class T> CUDASIM_UNCHECKED T cudasim_atomic_bits(T* a, T v, char op) {
     cudasim::check::atomic_access(a, sizeof *a);
-    return cudasim::atomic_ref<int>(*a).fetch_and(v);
+    cudasim::atomic_ref<T> ref(*a);
+    return op == '&' ? ref.fetch_and(v) : op == '|' ? ref.fetch_or(v) : ref.fetch_xor(v);
 }
-CUDASIM_UNCHECKED inline int atomicOr(int* a, int v) {
-    cudasim::check::atomic_access(a, sizeof *a);
-    return cudasim::atomic_ref<int>(*a).fetch_or(v);
-}
-CUDASIM_UNCHECKED inline int atomicXor(int* a, int v) {
-    cudasim::check::atomic_access(a, sizeof *a);
-    return cudasim::atomic_ref<int>(*a).fetch_xor(v);
-}
-CUDASIM_UNCHECKED inline unsigned atomicAnd(unsigned* a, unsigned v) {
-    cudasim::check::atomic_access(a, sizeof *a);
-    return cudasim::atomic_ref<unsigned>(*a).fetch_and(v);
-}
-CUDASIM_UNCHECKED inline unsigned atomicOr(unsigned* a, unsigned v) {
-    cudasim::check::atomic_access(a, sizeof *a);
-    return cudasim::atomic_ref<unsigned>(*a).fetch_or(v);
-}
-CUDASIM_UNCHECKED inline unsigned atomicXor(unsigned* a, unsigned v) {
-    cudasim::check::atomic_access(a, sizeof *a);
-    return cudasim::atomic_ref<unsigned>(*a).fetch_xor(v);
-}
+#define CUDASIM_ATOMIC_BITS(T)                                                                                     \
+    inline T atomicAnd(T* a, T v) { return cudasim_atomic_bits(a, v, '&'); }                                      \
+    inline T atomicOr(T* a, T v) { return cudasim_atomic_bits(a, v, '|'); }                                       \
+    inline T atomicXor(T* a, T v) { return cudasim_atomic_bits(a, v, '^'); }
+CUDASIM_ATOMIC_BITS(int)
+CUDASIM_ATOMIC_BITS(unsigned)
+CUDASIM_ATOMIC_BITS(unsigned long long)
+#undef CUDASIM_ATOMIC_BITS
 
 // ----------------------------------------------------------------------------
 // Math and bit intrinsics: the fast-math versions are the exact ones here.
@@ -1237,8 +1227,8 @@ void run_grid(const LaunchConfig& c, const std::function<void()>& body) {
              max_shared_bytes_optin);
         return;
     }
-    check::on_launch(c);
     std::lock_guard<std::mutex> lock(g_launch_mutex);
+    check::on_launch(c);  // under the lock: the checks' caches are per launch
     pool().run(c, body, blocks);
 }
 
@@ -1468,7 +1458,9 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
 }
 
 // Streams and events: every operation is synchronous, so a stream is only a handle and an event a time.
-struct CUstream_st { int unused; };
+struct CUstream_st {
+    std::map<int, cudaLaunchAttributeValue> attributes;  // cudaStreamSetAttribute's, read back (dev/cudasim_runtime.h)
+};
 struct CUevent_st { double ms; };
 cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = new CUstream_st{}; return cudaSuccess; }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }

@@ -64,7 +64,7 @@ void on_block_start(unsigned threads);                 // a block starts on this
 void on_barrier();                                     // a __syncthreads was released
 void on_warp_sync(unsigned warp);                      // a warp collective completed in this warp
 size_t static_shared_bytes(const void* kernel);        // static __shared__ bytes seen for this kernel so far
-void on_launch(const LaunchConfig& config);            // CUDASIM_LAUNCH_LOG=FILE: record the block size
+void on_launch(const LaunchConfig& config);            // a grid starts; CUDASIM_LAUNCH_LOG=FILE: its block size
 void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaFreeHost
 
 }  // namespace check
@@ -94,6 +94,7 @@ void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaF
 #if defined(CUDASIM_IMPLEMENTATION) && defined(GPTCU_CUDASIM_IMPLEMENTED) && !defined(GPTCU_CUDASIM_CHECK_IMPLEMENTED)
 #define GPTCU_CUDASIM_CHECK_IMPLEMENTED
 #include <dlfcn.h>
+#include <iterator>
 #include <link.h>
 #include <pthread.h>
 #include <set>
@@ -132,7 +133,9 @@ size_t static_shared_bytes(const void* kernel) {
 
 // CUDASIM_LAUNCH_LOG=FILE appends "kernel threads-per-block dynamic-shared-bytes" once per distinct launch
 // shape: dev/check_resources.sh multiplies ptxas's registers per thread by these block sizes.
+static std::atomic<unsigned long long> g_launches{0};  // grids started: the checks' caches live for one
 void on_launch(const LaunchConfig& c) {
+    g_launches.fetch_add(1, std::memory_order_relaxed);
     static const char* path = std::getenv("CUDASIM_LAUNCH_LOG");
     if (!path || !*path) return;
     static std::set<std::string> seen;
@@ -177,8 +180,9 @@ struct State {
     uintptr_t stack_lo = 0, stack_bytes = 0;              // the running fiber's stack
     struct Range {
         uintptr_t lo = 0, hi = 0;
-    } cache[4];  // recently hit allocations
+    } cache[8];  // ranges recently found whole: allocations; shared variables too when races are not checked
     unsigned next_cache = 0;
+    unsigned long long cache_launch = ~0ull;  // the grid (g_launches) the cache was filled in
     std::vector<SharedRange> statics;
     std::vector<ShadowByte> dynamic_shadow;
     uint32_t epoch = 0;       // increases at every block start and every released __syncthreads
@@ -238,7 +242,12 @@ void on_block_start(unsigned) {
     if (!s.initialised) initialise(s);
     s.epoch++;
     std::fill(std::begin(s.wsync), std::end(s.wsync), 0u);
-    for (auto& c : s.cache) c = {};  // an allocation may have been freed since the last launch
+    // Within one grid no allocation is freed (the host waits for it) and the launch's shared memory stays put; an
+    // allocation may have been freed since the last grid.
+    if (unsigned long long launch = g_launches.load(std::memory_order_relaxed); s.cache_launch != launch) {
+        for (auto& c : s.cache) c = {};
+        s.cache_launch = launch;
+    }
 }
 void on_barrier() { t_state.epoch++; }
 void on_warp_sync(unsigned warp) { t_state.wsync[warp % 32]++; }
@@ -394,6 +403,21 @@ static bool in_allocation_table(std::map<uintptr_t, size_t>& table, uintptr_t a,
     return true;
 }
 
+// `new` in device code takes the GPU's device heap, which every later kernel may use (until `delete`); here it is
+// the C++ heap, so what a kernel thread allocates is recorded (operator new below, while the checks are on) and
+// accepted like a cudaMalloc allocation. Not cached: a kernel may delete it while the grid runs.
+static std::mutex g_heap_mutex;
+// start -> bytes; never destroyed: operator delete reads it while other static objects are destroyed at exit
+static std::map<uintptr_t, size_t>& g_device_heap = *new std::map<uintptr_t, size_t>;
+static std::atomic<size_t> g_device_heap_blocks{0};     // g_device_heap.size(), read without the lock
+static thread_local bool t_heap_busy = false;           // the table's own nodes are not device allocations
+static bool in_device_heap(uintptr_t a, size_t size) {
+    if (g_device_heap_blocks.load(std::memory_order_relaxed) == 0) return false;
+    std::lock_guard<std::mutex> lock(g_heap_mutex);
+    State::Range hit;
+    return in_allocation_table(g_device_heap, a, size, hit);
+}
+
 static void slow_path(uintptr_t a, size_t size, bool store, const void* pc);
 
 static inline void access(const void* p, size_t size, bool store, const void* pc) {
@@ -424,6 +448,8 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
         if (g_racecheck) {
             if (s.dynamic_shadow.size() < w.config->shared_bytes) s.dynamic_shadow.resize(w.config->shared_bytes);
             race_check(s.dynamic_shadow.data() + offset, size, store, pc, nullptr, offset);
+        } else {  // later accesses inside the launch's bytes pass the fast path (the cache is emptied per block)
+            s.cache[s.next_cache++ % std::size(s.cache)] = {a - offset, a - offset + w.config->shared_bytes};
         }
         return;
     }
@@ -436,6 +462,8 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
             if (g_racecheck) {
                 if (r.shadow.empty()) r.shadow.resize(r.bytes);
                 race_check(r.shadow.data() + offset, size, store, pc, r.name, offset);
+            } else {
+                s.cache[s.next_cache++ % std::size(s.cache)] = {a - offset, a - offset + r.bytes};
             }
             return;
         }
@@ -443,18 +471,43 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
     // a pool thread's TLS, and so its shared memory, lies at the top of that range: checked above).
     char* stack = w.stacks;  // any fiber stack of this worker, as in enter_kernel
     const size_t stacks_bytes = w.stack_bytes * max_threads_per_block;
-    if ((c >= stack && c + size <= stack + stacks_bytes) || (c >= s.os_stack_lo && c + size <= s.os_stack_hi)) return;
-    // The program's static data (__constant__ and __device__ variables, tables), the OS thread's TLS.
-    if ((c >= __executable_start && c + size <= _end) || (c >= s.tls_lo && c + size <= s.tls_hi)) return;
+    if (c >= stack && c + size <= stack + stacks_bytes) return;
+    if (c >= s.os_stack_lo && c + size <= s.os_stack_hi) {  // read by every thread's launch code: cached
+        s.cache[s.next_cache++ % std::size(s.cache)] = {reinterpret_cast<uintptr_t>(s.os_stack_lo),
+                                                        reinterpret_cast<uintptr_t>(s.os_stack_hi)};
+        return;
+    }
+    // The program's static data (__constant__ and __device__ variables, tables), the OS thread's TLS (threadIdx,
+    // blockIdx, ...: read by most kernels, so the range goes into the cache; for TLS, the gap between the shared
+    // variables and the dynamic shared memory that holds the access, so those are still checked).
+    if (c >= __executable_start && c + size <= _end) {
+        s.cache[s.next_cache++ % std::size(s.cache)] = {reinterpret_cast<uintptr_t>(__executable_start),
+                                                        reinterpret_cast<uintptr_t>(_end)};
+        return;
+    }
+    if (c >= s.tls_lo && c + size <= s.tls_hi) {
+        uintptr_t lo = reinterpret_cast<uintptr_t>(s.tls_lo), hi = reinterpret_cast<uintptr_t>(s.tls_hi);
+        bool straddles = false;
+        auto exclude = [&](uintptr_t p, size_t bytes) {
+            if (p + bytes <= a) lo = std::max(lo, p + bytes);
+            else if (p >= a + size) hi = std::min(hi, p);
+            else straddles = true;  // an access across a shared variable's first byte: not cached
+        };
+        exclude(reinterpret_cast<uintptr_t>(dyn), sizeof w.shared);
+        for (auto& r : s.statics) exclude(reinterpret_cast<uintptr_t>(r.p), r.bytes);
+        if (!straddles) s.cache[s.next_cache++ % std::size(s.cache)] = {lo, hi};
+        return;
+    }
     {
         std::lock_guard<std::mutex> lock(g_mutex);
         State::Range hit;
         if (in_allocation_table(g_device_allocations, a, size, hit) ||
             in_allocation_table(g_host_allocations, a, size, hit)) {
-            s.cache[s.next_cache++ % 4] = hit;
+            s.cache[s.next_cache++ % std::size(s.cache)] = hit;
             return;
         }
     }
+    if (in_device_heap(a, size)) return;
     out_of_bounds(a, size, store, pc, nearest_allocation(a));
 }
 
@@ -483,6 +536,7 @@ void* shared_variable_at(void* p, size_t bytes, const char* name) {
         if (r.p == p) range = &r;
     if (!range) {
         shared_declared(p, bytes);  // NaN-filled now and at every later block start on this OS thread
+        for (auto& c : s.cache) c = {};  // a cached stretch of TLS may hold the new variable
         s.statics.push_back(SharedRange{static_cast<char*>(p), bytes, name, nullptr, {}});
         range = &s.statics.back();
     }
@@ -551,6 +605,7 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
             c <= static_cast<const char*>(std::prev(g)->first) + std::prev(g)->second.bytes)
             return;
     }
+    if (in_device_heap(a, 1)) return;  // an object a kernel made with `new`
     fatal(
         "kernel '%s' argument %d is %p, a host pointer (stack, malloc or std::vector memory, not from cudaMalloc): "
         "a GPU kernel cannot read it (an illegal address, or garbage); copy the data into cudaMalloc memory with "
@@ -559,6 +614,41 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
 }
 
 }  // namespace cudasim::check
+
+#if !defined(__SANITIZE_ADDRESS__)  // AddressSanitizer's own new and delete check more (and no access is checked here)
+// The C++ heap's operator new and delete (the array, nothrow and sized forms call these), recording what kernel
+// threads allocate when the checks are on (t_active, the checked build's kernels): see g_device_heap. Elsewhere
+// they cost a thread-local test and an atomic load.
+void* operator new(std::size_t bytes) {
+    void* p = std::malloc(bytes ? bytes : 1);
+    if (!p) throw std::bad_alloc();
+    using namespace cudasim::check;
+    if (t_active && !t_heap_busy) {
+        t_heap_busy = true;
+        {
+            std::lock_guard<std::mutex> lock(g_heap_mutex);
+            g_device_heap[reinterpret_cast<uintptr_t>(p)] = bytes;
+            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
+        }
+        t_heap_busy = false;
+    }
+    return p;
+}
+void operator delete(void* p) noexcept {
+    using namespace cudasim::check;
+    if (p && g_device_heap_blocks.load(std::memory_order_relaxed) > 0 && !t_heap_busy) {
+        t_heap_busy = true;
+        {
+            std::lock_guard<std::mutex> lock(g_heap_mutex);
+            g_device_heap.erase(reinterpret_cast<uintptr_t>(p));
+            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
+        }
+        t_heap_busy = false;
+    }
+    std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept { ::operator delete(p); }
+#endif
 
 // The functions the instrumentation calls (ThreadSanitizer's names; no sanitizer runtime is linked).
 // Atomics in instrumented code become __tsan_atomic* calls: they are performed here, unchecked (the

@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <cfenv>
+#include <ctime>
 
 // ----------------------------------------------------------------------------
 // Atomics.
@@ -31,15 +32,6 @@ inline unsigned long long atomicMin(unsigned long long* a, unsigned long long v)
 }
 inline long long atomicMin(long long* a, long long v) {
     return cudasim_atomic_update(a, [v](long long o) { return o < v ? o : v; });
-}
-inline unsigned long long atomicAnd(unsigned long long* a, unsigned long long v) {
-    return cudasim::atomic_ref<unsigned long long>(*a).fetch_and(v);
-}
-inline unsigned long long atomicOr(unsigned long long* a, unsigned long long v) {
-    return cudasim::atomic_ref<unsigned long long>(*a).fetch_or(v);
-}
-inline unsigned long long atomicXor(unsigned long long* a, unsigned long long v) {
-    return cudasim::atomic_ref<unsigned long long>(*a).fetch_xor(v);
 }
 inline unsigned short atomicCAS(unsigned short* a, unsigned short c, unsigned short v) {
     return cudasim_atomic_cas(a, c, v);
@@ -338,12 +330,13 @@ CUDASIM_HALF_MATH(__nv_bfloat16, __nv_bfloat162, __bfloat162float, __float2bfloa
 // ----------------------------------------------------------------------------
 // clock() in a kernel is the multiprocessor's cycle counter (clock64's low bits), not the C library's
 // process CPU time: a kernel that spins `while (clock() - start < cycles)` must see the virtual clock.
-// Outside a kernel, clock() is the C library's. (A macro, because ::clock is the C library's function.)
+// The rewrite (resolve_device_clock in dev/cudasim_rewrite.h) turns clock() in device code into
+// cudasim_clock(), which is the virtual clock inside a kernel and the C library's clock() outside one (a
+// `__host__ __device__` function called from the host).
 clock_t cudasim_clock();
 namespace std {
-using ::cudasim_clock;
+using ::cudasim_clock;  // `std::clock()` in device code
 }
-#define clock() cudasim_clock()
 
 // ----------------------------------------------------------------------------
 // __trap: the kernel stops; the next synchronisation (and every later call) returns the launch failure.
@@ -362,7 +355,7 @@ namespace cudasim {
 }
 clock_t cudasim_clock() {
     if (cudasim::this_worker && cudasim::this_worker->current) return static_cast<clock_t>(clock64());
-    return (std::clock)();  // parenthesized: the C library's, not the macro
+    return std::clock();
 }
 void __trap() {
     if (!cudasim::this_worker || !cudasim::this_worker->current) cudasim::fatal("__trap() called outside a kernel");

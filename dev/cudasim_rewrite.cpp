@@ -110,8 +110,10 @@ struct Rewriter {
     void process(const fs::path& file, const std::string& shown_name) {
         fs::path abs = fs::weakly_canonical(fs::absolute(file));
         if (!done.insert(abs).second) return;
-        // which __CUDA_ARCH__ branches exist here; host-only functions marked (not instrumented when checked)
-        std::string src = cudasim::mark_host_functions(cudasim::resolve_cuda_arch(read_file(abs)));
+        // which __CUDA_ARCH__ branches exist here; device clock() as the device's; host-only functions marked (not
+        // instrumented when checked)
+        std::string src =
+            cudasim::mark_host_functions(cudasim::resolve_device_clock(cudasim::resolve_cuda_arch(read_file(abs))));
         cudasim::scan_kernels(src, kernels);
         sources.push_back(Source{abs, shown_name, src});
         for (const std::string& name : quoted_includes(src)) {

@@ -108,6 +108,12 @@ inline std::string rewrite_extern_shared(const std::string& decl /* between "__s
     while (n > 0 && is_ident_char(head[n - 1])) n--;
     std::string name = head.substr(n), type = trim(head.substr(0, n));
     if (name.empty() || type.empty()) throw std::runtime_error("cannot parse extern __shared__ declaration: " + decl);
+    // `T s[][N]` (rows of N): a pointer to arrays of N, so s[i][j] indexes as it does on the GPU
+    size_t first_close = d.find(']', bracket);
+    std::string rows = first_close == std::string::npos ? "" : trim(d.substr(first_close + 1));
+    if (!rows.empty())
+        return "static thread_local " + type + " (* const " + name + ")" + rows + " = reinterpret_cast<" + type +
+               " (*)" + rows + ">(::cudasim::dynamic_shared_memory())";
     return "static thread_local " + type + "* const " + name + " = reinterpret_cast<" + type +
            "*>(::cudasim::dynamic_shared_memory())";
 }
@@ -632,6 +638,38 @@ inline std::string resolve_cuda_arch(const std::string& s) {
     }
     copy_code(pos, s.size());
     return result;
+}
+
+// clock() in device code is the multiprocessor's cycle counter; in host code, the C library's process CPU time.
+// nvcc's device pass knows which is meant; here both are one function, so a call `clock(` in the body of a
+// device-only or `__host__ __device__` function becomes `cudasim_clock(` (dev/cudasim_intrinsics.h: the virtual
+// device's cycles inside a kernel, the C library's clock() outside one). A macro cannot do this: <ctime>
+// `#undef`s clock, and a sample that includes it after cudasim spun on host CPU time in its "10 ms" kernels.
+// `.clock(`, `->clock(` (members) and `clock` not followed by `(` are left alone.
+inline std::string resolve_device_clock(const std::string& s) {
+    const std::string name = "clock";
+    if (s.find(name) == std::string::npos) return s;
+    SourceScopes scopes = scan_scopes(s);
+    const std::string& code = scopes.code;
+    std::string out;
+    size_t pos = 0;
+    for (size_t i = code.find(name); i != std::string::npos; i = code.find(name, i + name.size())) {
+        char scope = scopes.at[i];
+        if (scope != 'd' && scope != 'f') continue;
+        if ((i > 0 && is_ident_char(code[i - 1])) || is_ident_char(code[i + name.size()])) continue;
+        size_t before = code.find_last_not_of(" \t\r\n", i == 0 ? 0 : i - 1);
+        if (i > 0 && before != std::string::npos &&
+            (code[before] == '.' || (code[before] == '>' && before > 0 && code[before - 1] == '-')))
+            continue;
+        size_t paren = code.find_first_not_of(" \t\r\n", i + name.size());
+        if (paren == std::string::npos || code[paren] != '(') continue;
+        out.append(s, pos, i - pos);
+        out += "cudasim_clock";
+        pos = i + name.size();
+    }
+    if (pos == 0) return s;
+    out.append(s, pos, std::string::npos);
+    return out;
 }
 
 inline std::string rewrite_cuda_source(const std::string& s, const KernelTable* table = nullptr) {

@@ -125,6 +125,11 @@ struct DeviceProfile {
     int memory_clock_khz = 1215000;
     int bus_bits = 5120;
     int l2_bytes = 40 * 1024 * 1024;
+    // L2 set-aside for persisting accesses (cudaLimitPersistingL2CacheSize) and the largest access policy window:
+    // the A100's values. They are cache hints, recorded and read back; there is no L2 to steer here, and no result
+    // depends on them.
+    int persisting_l2_max = 30 * 1024 * 1024;
+    int access_policy_window_max = 128 * 1024 * 1024 - 4096;
     int regs_per_sm = 65536, regs_per_block = 65536;
     int threads_per_sm = 2048, blocks_per_sm = 32;
     size_t shared_per_sm = 164 * 1024;
@@ -189,15 +194,18 @@ static bool device_attribute(cudaDeviceAttr attr, int* value) {
         case cudaDevAttrUnifiedAddressing:
         case cudaDevAttrManagedMemory:
         case cudaDevAttrHostNativeAtomicSupported:
-        case cudaDevAttrPageableMemoryAccess:
         case cudaDevAttrConcurrentManagedAccess:
         case cudaDevAttrCanUseHostPointerForRegisteredMem:
         case cudaDevAttrDirectManagedMemAccessFromHost:
         case cudaDevAttrHostRegisterSupported:
         case cudaDevAttrHostRegisterReadOnlySupported:
-        case cudaDevAttrPageableMemoryAccessUsesHostPageTables:
         case cudaDevAttrMemoryPoolsSupported:
         case cudaDevAttrCanFlushRemoteWrites: *value = 1; return true;
+        // But not pageable memory (plain malloc, the stack), as on an A100 in a system without HMM: the checked
+        // build stops a kernel given such a pointer, the commonest bug it catches, so the device must not
+        // advertise that kernels may use one (systemWideAtomics then takes its cudaMallocManaged path).
+        case cudaDevAttrPageableMemoryAccess:
+        case cudaDevAttrPageableMemoryAccessUsesHostPageTables: *value = 0; return true;
         case cudaDevAttrMemoryPoolSupportedHandleTypes: *value = cudaMemHandleTypeNone; return true;
         // Not emulated, so not offered: grid-wide sync (cooperative launch), clusters, RDMA, IPC events.
         case cudaDevAttrCooperativeLaunch:
@@ -207,9 +215,9 @@ static bool device_attribute(cudaDeviceAttr attr, int* value) {
         case cudaDevAttrSparseCudaArraySupported:
         case cudaDevAttrTimelineSemaphoreInteropSupported:
         case cudaDevAttrDeferredMappingCudaArraySupported:
-        case cudaDevAttrMpsEnabled:
-        case cudaDevAttrMaxPersistingL2CacheSize:
-        case cudaDevAttrMaxAccessPolicyWindowSize: *value = 0; return true;
+        case cudaDevAttrMpsEnabled: *value = 0; return true;
+        case cudaDevAttrMaxPersistingL2CacheSize: *value = d.persisting_l2_max; return true;
+        case cudaDevAttrMaxAccessPolicyWindowSize: *value = d.access_policy_window_max; return true;
         case cudaDevAttrNumaConfig: *value = cudaDeviceNumaConfigNone; return true;
         case cudaDevAttrNumaId:
         case cudaDevAttrHostNumaId: *value = -1; return true;
@@ -420,6 +428,8 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
     prop->unifiedAddressing = attr(cudaDevAttrUnifiedAddressing);
     prop->memoryBusWidth = attr(cudaDevAttrGlobalMemoryBusWidth);
     prop->l2CacheSize = attr(cudaDevAttrL2CacheSize);
+    prop->persistingL2CacheMaxSize = attr(cudaDevAttrMaxPersistingL2CacheSize);
+    prop->accessPolicyMaxWindowSize = attr(cudaDevAttrMaxAccessPolicyWindowSize);
     prop->maxThreadsPerMultiProcessor = attr(cudaDevAttrMaxThreadsPerMultiProcessor);
     prop->maxBlocksPerMultiProcessor = attr(cudaDevAttrMaxBlocksPerMultiprocessor);
     prop->streamPrioritiesSupported = attr(cudaDevAttrStreamPrioritiesSupported);
@@ -476,6 +486,10 @@ cudaError_t cudaGetDeviceFlags(unsigned* flags) {
 cudaError_t cudaDeviceSetLimit(cudaLimit limit, size_t value) {
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     if (!cudasim::g_limits.count(limit)) return fail(cudaErrorUnsupportedLimit, "cudaDeviceSetLimit: limit %d", limit);
+    // "The driver is free to modify the requested value to meet h/w requirements (this could be clamping ...)":
+    // the L2 set-aside is at most persistingL2CacheMaxSize, as cudaDeviceGetLimit then says
+    if (limit == cudaLimitPersistingL2CacheSize)
+        value = std::min(value, static_cast<size_t>(cudasim::device_profile.persisting_l2_max));
     cudasim::g_limits[limit] = value;  // recorded and read back; the CPU's own limits do not change
     return cudaSuccess;
 }
@@ -607,13 +621,56 @@ cudaError_t cudaStreamGetPriority(cudaStream_t, int* priority) {
     *priority = 0;
     return cudaSuccess;
 }
-// Stream attributes are cache hints (the L2 access policy window): accepted and read back as unset.
-cudaError_t cudaStreamSetAttribute(cudaStream_t, cudaStreamAttrID, const cudaStreamAttrValue*) { return cudaSuccess; }
-cudaError_t cudaStreamGetAttribute(cudaStream_t, cudaStreamAttrID, cudaStreamAttrValue* value) {
-    std::memset(static_cast<void*>(value), 0, sizeof *value);
+// Stream attributes are scheduling and cache hints (the L2 access policy window, priority, synchronization policy,
+// memory sync domains): checked as the CUDA documentation says, recorded per stream and read back (unset ones as
+// zeros). They steer no cache and no scheduler here (every launch runs to completion), so no result depends on them.
+namespace cudasim {
+static std::map<int, cudaLaunchAttributeValue> g_default_stream_attributes;  // the default streams'
+static cudaError_t stream_attributes(const char* call, cudaStream_t s, cudaStreamAttrID id,
+                                     std::map<int, cudaLaunchAttributeValue>** out) {
+    switch (id) {
+        case cudaLaunchAttributeAccessPolicyWindow:
+        case cudaLaunchAttributeSynchronizationPolicy:
+        case cudaLaunchAttributePriority:
+        case cudaLaunchAttributeMemSyncDomainMap:
+        case cudaLaunchAttributeMemSyncDomain: break;
+        default: return fail(cudaErrorInvalidValue, "%s: attribute %d is not one a stream has", call, id);
+    }
+    *out = s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread ? &g_default_stream_attributes
+                                                                             : &s->attributes;
     return cudaSuccess;
 }
-cudaError_t cudaCtxResetPersistingL2Cache() { return cudaSuccess; }
+}  // namespace cudasim
+cudaError_t cudaStreamSetAttribute(cudaStream_t s, cudaStreamAttrID id, const cudaStreamAttrValue* value) {
+    std::map<int, cudaLaunchAttributeValue>* attributes = nullptr;
+    if (cudaError_t e = cudasim::stream_attributes("cudaStreamSetAttribute", s, id, &attributes)) return e;
+    if (id == cudaLaunchAttributeAccessPolicyWindow) {
+        const cudaAccessPolicyWindow& w = value->accessPolicyWindow;
+        if (w.num_bytes > static_cast<size_t>(cudasim::device_profile.access_policy_window_max))
+            return fail(cudaErrorInvalidValue,
+                        "cudaStreamSetAttribute: an access policy window of %zu bytes (accessPolicyMaxWindowSize "
+                        "is %d)", w.num_bytes, cudasim::device_profile.access_policy_window_max);
+        if (!(w.hitRatio >= 0 && w.hitRatio <= 1))
+            return fail(cudaErrorInvalidValue, "cudaStreamSetAttribute: hitRatio %g is not in [0, 1]", w.hitRatio);
+        if (w.missProp != cudaAccessPropertyNormal && w.missProp != cudaAccessPropertyStreaming)
+            return fail(cudaErrorInvalidValue,
+                        "cudaStreamSetAttribute: missProp %d must be cudaAccessPropertyNormal or "
+                        "cudaAccessPropertyStreaming", w.missProp);
+    }
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    (*attributes)[id] = *value;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamGetAttribute(cudaStream_t s, cudaStreamAttrID id, cudaStreamAttrValue* value) {
+    std::map<int, cudaLaunchAttributeValue>* attributes = nullptr;
+    if (cudaError_t e = cudasim::stream_attributes("cudaStreamGetAttribute", s, id, &attributes)) return e;
+    std::lock_guard<std::mutex> lock(cudasim::g_mutex);
+    auto it = attributes->find(id);
+    if (it != attributes->end()) *value = it->second;
+    else std::memset(static_cast<void*>(value), 0, sizeof *value);
+    return cudaSuccess;
+}
+cudaError_t cudaCtxResetPersistingL2Cache() { return cudaSuccess; }  // demotes persisting lines: none are kept here
 cudaError_t cudaStreamGetFlags(cudaStream_t, unsigned* flags) {
     *flags = 0;
     return cudaSuccess;

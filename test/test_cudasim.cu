@@ -5,6 +5,7 @@
 #include <cooperative_groups/reduce.h>
 
 #include <algorithm>
+#include <ctime>  // undefines a clock macro: device clock() must not depend on one
 #include <numeric>
 
 #include "test/test_util.h"
@@ -256,6 +257,41 @@ TEST_CASE("launches a GPU rejects return its error codes") {
     noop_kernel<<<1, 32>>>(nullptr);
     CHECK(cudaGetLastError() == cudaSuccess);
     CHECK(cudaGetLastError() == cudaSuccess);  // reading the error clears it
+}
+
+TEST_CASE("the L2 set-aside is clamped to the device's maximum; stream attributes are checked and read back") {
+    cudaDeviceProp prop;
+    cuda_check(cudaGetDeviceProperties(&prop, 0));
+    REQUIRE(prop.persistingL2CacheMaxSize > 0);
+    cuda_check(cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, size_t(1) << 40));
+    size_t set_aside = 0;
+    cuda_check(cudaDeviceGetLimit(&set_aside, cudaLimitPersistingL2CacheSize));
+    CHECK(set_aside == static_cast<size_t>(prop.persistingL2CacheMaxSize));
+
+    cudaStream_t stream;
+    cuda_check(cudaStreamCreate(&stream));
+    DeviceBuffer<float> data(1024);
+    cudaStreamAttrValue value{}, got{};
+    cuda_check(cudaStreamGetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &got));
+    CHECK(got.accessPolicyWindow.num_bytes == 0);  // unset
+    value.accessPolicyWindow = {data.ptr, data.bytes(), 0.75f, cudaAccessPropertyPersisting, cudaAccessPropertyNormal};
+    cuda_check(cudaStreamSetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &value));
+    cuda_check(cudaStreamGetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &got));
+    CHECK(got.accessPolicyWindow.base_ptr == data.ptr);
+    CHECK(got.accessPolicyWindow.num_bytes == data.bytes());
+    CHECK(got.accessPolicyWindow.hitRatio == 0.75f);
+    CHECK(got.accessPolicyWindow.hitProp == cudaAccessPropertyPersisting);
+    cudaStreamAttrValue bad = value;
+    bad.accessPolicyWindow.missProp = cudaAccessPropertyPersisting;  // a miss is normal or streaming
+    CHECK(cudaStreamSetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &bad) == cudaErrorInvalidValue);
+    bad = value;
+    bad.accessPolicyWindow.num_bytes = static_cast<size_t>(prop.accessPolicyMaxWindowSize) + 1;
+    CHECK(cudaStreamSetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &bad) == cudaErrorInvalidValue);
+    cudaGetLastError();
+    cuda_check(cudaStreamGetAttribute(stream, cudaStreamAttributeAccessPolicyWindow, &got));
+    CHECK(got.accessPolicyWindow.hitRatio == 0.75f);  // the refused ones changed nothing
+    cuda_check(cudaCtxResetPersistingL2Cache());
+    cuda_check(cudaStreamDestroy(stream));
 }
 
 // ----------------------------------------------------------------------------
@@ -518,6 +554,9 @@ TEST_CASE("the chevron rewrite: templates, nested parentheses, comments and stri
           "::cudasim::launch(k, \"k\", g,\n   b)(x);\nnext");  // lines kept
     CHECK(rewrite_cuda_source("extern __shared__ __align__(16) float4 smem[];") ==
           "static thread_local float4* const smem = reinterpret_cast<float4*>(::cudasim::dynamic_shared_memory());");
+    CHECK(rewrite_cuda_source("extern __shared__ half rows[][K + 8];") ==  // rows of K + 8: rows[i][j] as on a GPU
+          "static thread_local half (* const rows)[K + 8] = reinterpret_cast<half (*)[K + 8]>"
+          "(::cudasim::dynamic_shared_memory());");
     CHECK(rewrite_cuda_source("asm volatile(\"mov\");").find("GCC error") != std::string::npos);
     CHECK(rewrite_cuda_source("int plasma = 1;") == "int plasma = 1;");
     CHECK(rewrite_cuda_source("__shared__ float t[32][33];") ==
@@ -565,6 +604,34 @@ TEST_CASE("__CUDA_ARCH__ conditionals: device bodies as the device pass, host bo
     const std::string both = "#ifdef __CUDA_ARCH__\n#define X 1\n#else\n#define X 2\n#endif\n";
     CHECK(resolve_cuda_arch(both).find("#elif ((!( 0 ) && (1)) ||") != std::string::npos);  // the host's #else wins
     CHECK(resolve_cuda_arch("int x;\n") == "int x;\n");
+}
+
+// clock() and clock64() read one cycle counter, clock() at least its low 32 bits.
+__global__ void clocks_kernel(long long* out) {  // out: (3)
+    out[0] = clock64();
+    out[1] = clock();
+    out[2] = clock64();
+}
+
+TEST_CASE("clock() in device code is the device's cycle counter, wherever <ctime> was included") {
+    using cudasim::resolve_device_clock;
+    DeviceBuffer<long long> out(3);
+    clocks_kernel<<<1, 1>>>(out);
+    cuda_check(cudaGetLastError());
+    std::vector<long long> got = out.download();
+    // clock()'s low 32 bits lie between the two clock64() reads around it (modulo 2^32); the C library's clock()
+    // (the process's CPU time in microseconds) would not, but by a chance of (cycles between the reads) / 2^32
+    auto low = [](long long x) { return static_cast<uint32_t>(x); };
+    CHECK(low(got[1]) - low(got[0]) <= low(got[2]) - low(got[0]));
+    CHECK(resolve_device_clock("__global__ void k(clock_t* t) { t[0] = clock (); }") ==
+          "__global__ void k(clock_t* t) { t[0] = cudasim_clock (); }");
+    CHECK(resolve_device_clock("__host__ __device__ long f() { return std::clock(); }") ==
+          "__host__ __device__ long f() { return std::cudasim_clock(); }");
+    for (std::string kept : {"int main() { return clock(); }",
+                             "__device__ int f(S s) { return s.clock() + p->clock(); }",
+                             "__device__ int g() { int clock = 1; return clock; /* clock() */ }",
+                             "__device__ clock_t clock_of(); clock_t t = clock();"})
+        CHECK(resolve_device_clock(kept) == kept);
 }
 
 TEST_CASE("host-only function definitions are marked (not instrumented by the checked build); others are not") {
