@@ -1,4 +1,4 @@
-// bench_layers.cu — times every kernel of layers.cuh (both matmul backends) and prints each next to
+// bench_layers.cu — times every kernel of layers.cuh (every matmul backend, fp32 and bf16) and prints each next to
 // its floor: the time the op's unavoidable bytes take at the memory bandwidth, or its FLOPs at the
 // fp32 peak, whichever is larger.
 //
@@ -19,6 +19,7 @@ struct Machine {
     std::string name;
     bool emulated = false;
     double bytes_per_ms = 0, flops_per_ms = 0;  // the floors' rates
+    double bf16_flops_per_ms = 0;               // dense bf16 on tensor cores (the bf16 matmul rows' floor)
     std::string floor_source;
     size_t l2_bytes = 0;
 };
@@ -41,6 +42,10 @@ static Machine describe_machine() {
         m.bytes_per_ms = 2.0 * mem_khz * (bus_bits / 8);  // double data rate; kHz·bytes = bytes/ms
         m.flops_per_ms =
             2.0 * fp32_lanes_per_sm * prop.multiProcessorCount * static_cast<double>(sm_khz);  // FMA = 2 FLOP
+        // dense bf16 tensor-core FLOPs per SM per clock: 2048 on sm_80 (A100: 312 TFLOP/s), 4096 on sm_90
+        // (H100 SXM: 989 TFLOP/s at 1830 MHz); other archs get sm_80's rate
+        double bf16_per_sm_clock = prop.major >= 9 ? 4096 : 2048;
+        m.bf16_flops_per_ms = bf16_per_sm_clock * prop.multiProcessorCount * static_cast<double>(sm_khz);
         m.floor_source = "nominal (memory clock × bus width; SMs × fp32 lanes × clock)";
         return m;
     }
@@ -63,6 +68,7 @@ static Machine describe_machine() {
         }
         m.flops_per_ms = 2.0 * n * n * n / median(t);
     }
+    m.bf16_flops_per_ms = m.flops_per_ms;  // the CPU build converts bf16 to fp32 and runs SGEMM
     m.floor_source = "measured on this CPU (memcpy bandwidth; OpenBLAS SGEMM 512^3)";
     return m;
 }
@@ -74,19 +80,22 @@ struct Bench {
 
     Bench(const Machine& m, int iters_) : machine(m), iters(iters_) {
         if (m.l2_bytes) flush = DeviceBuffer<char>(2 * m.l2_bytes);
-        std::printf("%-34s %-30s %10s %14s %10s %8s\n", "op", "shape", "time ms", "achieved", "floor ms", "% floor");
+        std::printf("%-38s %-30s %10s %14s %10s %8s\n", "op", "shape", "time ms", "achieved", "floor ms", "% floor");
     }
     // Times `op` (median of `iters` after 2 warm-up calls) and prints its row. bytes: what the op must
     // move at least; flops: what it must compute. The achieved rate shown is the one that sets the floor.
+    // flops_per_ms: the compute rate of the floor (0: the fp32 peak).
     template <class Op>
-    void run(const std::string& name, const std::string& shape, double bytes, double flops, Op op) {
+    void run(const std::string& name, const std::string& shape, double bytes, double flops, Op op,
+             double flops_per_ms = 0) {
         double ms = median_ms(std::function<void()>(op), 2, iters, flush);
-        double memory_floor = bytes / machine.bytes_per_ms, compute_floor = flops / machine.flops_per_ms;
+        double memory_floor = bytes / machine.bytes_per_ms,
+               compute_floor = flops / (flops_per_ms ? flops_per_ms : machine.flops_per_ms);
         double floor = std::max(memory_floor, compute_floor);
         char achieved[32];
         if (compute_floor > memory_floor) std::snprintf(achieved, sizeof achieved, "%.3f TFLOP/s", flops / ms * 1e-9);
         else std::snprintf(achieved, sizeof achieved, "%.1f GB/s", bytes / ms * 1e-6);
-        std::printf("%-34s %-30s %10.3f %14s %10.4f %7.1f%%\n", name.c_str(), shape.c_str(), ms, achieved, floor,
+        std::printf("%-38s %-30s %10.3f %14s %10.4f %7.1f%%\n", name.c_str(), shape.c_str(), ms, achieved, floor,
                     100.0 * floor / ms);
     }
 };
@@ -118,8 +127,9 @@ int main(int argc, char** argv) {
                   Vp = big ? 50304 : 1024;
         const int N = B * T, H = (8 * C / 3 + 63) / 64 * 64;  // Llama hidden width (a multiple of 64, as Llama rounds)
         const size_t n_params = big ? 124475904 : 1 << 20;
-        std::printf("machine: %s\nfloors: %s: %.0f GB/s, %.2f TFLOP/s fp32\n", machine.name.c_str(),
-                    machine.floor_source.c_str(), machine.bytes_per_ms * 1e-6, machine.flops_per_ms * 1e-9);
+        std::printf("machine: %s\nfloors: %s: %.0f GB/s, %.2f TFLOP/s fp32, %.2f TFLOP/s bf16 (tensor cores)\n",
+                    machine.name.c_str(), machine.floor_source.c_str(), machine.bytes_per_ms * 1e-6,
+                    machine.flops_per_ms * 1e-9, machine.bf16_flops_per_ms * 1e-9);
         std::printf("shapes: B=%d T=%d C=%d V=%d Vp=%d H=%d (N = B·T = %d)%s\n\n", B, T, C, V, Vp, H, N,
                     big ? "" : "  [small: the CPU emulator; --full for GPT-2 124M]");
 
@@ -192,6 +202,37 @@ int main(int argc, char** argv) {
                 bench.run(std::string("matmul_backward ") + l.name + tag, s, 2 * bytes, 2 * flops, [&] {
                     matmul_backward(dx.ptr, dw.ptr, dbias.ptr, out, x.ptr, w.ptr, N, l.in, l.out, nullptr);
                 });
+            }
+        }
+        // the same products in bf16 (bf16 inputs and output, fp32 sums, fp32 dweight and dbias as in training),
+        // against the tensor cores' bf16 peak: cuBLAS (cublasGemmEx) and the hand-written wmma kernel
+        {
+            auto bf16 = [](const std::vector<float>& v) {
+                std::vector<__nv_bfloat16> b(v.size());
+                for (size_t i = 0; i < v.size(); i++) b[i] = __float2bfloat16_rn(v[i]);
+                return b;
+            };
+            size_t wn = static_cast<size_t>(Vp) * C, on = static_cast<size_t>(N) * Vp;
+            DeviceBuffer<__nv_bfloat16> x16(bf16(random_host(act, rng))), dx16(act), w16(bf16(random_host(wn, rng)));
+            DeviceBuffer<__nv_bfloat16> bias16(bf16(random_host(std::max(Vp, 4 * C), rng))), out16(on);
+            DeviceBuffer<__nv_bfloat16> dout16(bf16(random_host(on, rng)));
+            for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::wmma}) {
+                set_matmul_backend(backend);
+                std::string tag = backend == MatmulBackend::cublas ? " [cublas bf16]" : " [wmma bf16]";
+                for (Linear l : {Linear{"qkv", C, 3 * C}, Linear{"fc", C, 4 * C}, Linear{"fcproj", 4 * C, C},
+                                 Linear{"lm_head", C, Vp}}) {
+                    double flops = 2.0 * N * l.in * l.out;
+                    double bytes = (static_cast<double>(N) * l.in + static_cast<double>(l.out) * l.in +
+                                    static_cast<double>(N) * l.out) * 2;
+                    std::string s = shape({{"N", N}, {"C", l.in}, {"OC", l.out}});
+                    bench.run(std::string("matmul_forward ") + l.name + tag, s, bytes, flops, [&] {
+                        matmul_forward(out16.ptr, x16.ptr, w16.ptr, bias16.ptr, N, l.in, l.out, nullptr);
+                    }, machine.bf16_flops_per_ms);
+                    bench.run(std::string("matmul_backward ") + l.name + tag, s, 2 * bytes, 2 * flops, [&] {
+                        matmul_backward(dx16.ptr, dw.ptr, dbias.ptr, dout16.ptr, x16.ptr, w16.ptr, N, l.in, l.out,
+                                        nullptr);
+                    }, machine.bf16_flops_per_ms);
+                }
             }
         }
         set_matmul_backend(MatmulBackend::cublas);
