@@ -184,28 +184,35 @@ int main(int argc, char** argv) {
         bench.run("rmsnorm_backward", shape({{"N", N}, {"C", C}}), 4 * NC * f, 0,
                   [&] { rmsnorm_backward(dx.ptr, dw.ptr, dy.ptr, x.ptr, w.ptr, rstd.ptr, N, C, nullptr); });
 
-        // 3. matmul, both backends, at the GPT-2 block's shapes and the lm_head
+        // 3. matmul at the GPT-2 block's shapes and the lm_head, with each backend: x, w, bias, out and dx are T
+        // (dout is the forward's out), dweight and dbias fp32 as in training; the floor's compute rate is `rate`
         struct Linear { const char* name; int in, out; };
-        for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled}) {
-            set_matmul_backend(backend);
-            std::string tag = backend == MatmulBackend::cublas ? " [cublas]" : " [tiled]";
-            for (Linear l : {Linear{"qkv", C, 3 * C}, Linear{"fc", C, 4 * C}, Linear{"fcproj", 4 * C, C},
-                             Linear{"lm_head", C, Vp}}) {
-                double flops = 2.0 * N * l.in * l.out;
-                double bytes = (static_cast<double>(N) * l.in + static_cast<double>(l.out) * l.in +
-                                static_cast<double>(N) * l.out) *
-                               f;
-                floatX* out = l.name == std::string("lm_head") ? logits.ptr : y.ptr;
-                std::string s = shape({{"N", N}, {"C", l.in}, {"OC", l.out}});
-                bench.run(std::string("matmul_forward ") + l.name + tag, s, bytes, flops,
-                          [&] { matmul_forward(out, x.ptr, w.ptr, bias.ptr, N, l.in, l.out, nullptr); });
-                bench.run(std::string("matmul_backward ") + l.name + tag, s, 2 * bytes, 2 * flops, [&] {
-                    matmul_backward(dx.ptr, dw.ptr, dbias.ptr, out, x.ptr, w.ptr, N, l.in, l.out, nullptr);
-                });
+        auto bench_matmuls = [&]<class T>(std::initializer_list<MatmulBackend> backends, const char* precision,
+                                          double rate, T* x_, T* w_, T* bias_, T* dx_, T* out_block, T* out_head) {
+            for (MatmulBackend backend : backends) {
+                set_matmul_backend(backend);
+                std::string tag = std::string(" [") +
+                                  (backend == MatmulBackend::cublas ? "cublas" :
+                                   backend == MatmulBackend::tiled  ? "tiled" : "wmma") + precision + "]";
+                for (Linear l : {Linear{"qkv", C, 3 * C}, Linear{"fc", C, 4 * C}, Linear{"fcproj", 4 * C, C},
+                                 Linear{"lm_head", C, Vp}}) {
+                    double flops = 2.0 * N * l.in * l.out;
+                    double bytes = (static_cast<double>(N) * l.in + static_cast<double>(l.out) * l.in +
+                                    static_cast<double>(N) * l.out) * sizeof(T);
+                    T* out = l.name == std::string("lm_head") ? out_head : out_block;
+                    std::string s = shape({{"N", N}, {"C", l.in}, {"OC", l.out}});
+                    bench.run(std::string("matmul_forward ") + l.name + tag, s, bytes, flops,
+                              [&] { matmul_forward(out, x_, w_, bias_, N, l.in, l.out, nullptr); }, rate);
+                    bench.run(std::string("matmul_backward ") + l.name + tag, s, 2 * bytes, 2 * flops, [&] {
+                        matmul_backward(dx_, dw.ptr, dbias.ptr, out, x_, w_, N, l.in, l.out, nullptr);
+                    }, rate);
+                }
             }
-        }
-        // the same products in bf16 (bf16 inputs and output, fp32 sums, fp32 dweight and dbias as in training),
-        // against the tensor cores' bf16 peak: cuBLAS (cublasGemmEx) and the hand-written wmma kernel
+        };
+        bench_matmuls({MatmulBackend::cublas, MatmulBackend::tiled}, "", machine.flops_per_ms, x.ptr, w.ptr,
+                      bias.ptr, dx.ptr, y.ptr, logits.ptr);
+        // the same products in bf16 (fp32 sums) against the tensor cores' bf16 peak: cuBLAS (cublasGemmEx) and
+        // the hand-written wmma kernel
         {
             auto bf16 = [](const std::vector<float>& v) {
                 std::vector<__nv_bfloat16> b(v.size());
@@ -215,25 +222,8 @@ int main(int argc, char** argv) {
             size_t wn = static_cast<size_t>(Vp) * C, on = static_cast<size_t>(N) * Vp;
             DeviceBuffer<__nv_bfloat16> x16(bf16(random_host(act, rng))), dx16(act), w16(bf16(random_host(wn, rng)));
             DeviceBuffer<__nv_bfloat16> bias16(bf16(random_host(std::max(Vp, 4 * C), rng))), out16(on);
-            DeviceBuffer<__nv_bfloat16> dout16(bf16(random_host(on, rng)));
-            for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::wmma}) {
-                set_matmul_backend(backend);
-                std::string tag = backend == MatmulBackend::cublas ? " [cublas bf16]" : " [wmma bf16]";
-                for (Linear l : {Linear{"qkv", C, 3 * C}, Linear{"fc", C, 4 * C}, Linear{"fcproj", 4 * C, C},
-                                 Linear{"lm_head", C, Vp}}) {
-                    double flops = 2.0 * N * l.in * l.out;
-                    double bytes = (static_cast<double>(N) * l.in + static_cast<double>(l.out) * l.in +
-                                    static_cast<double>(N) * l.out) * 2;
-                    std::string s = shape({{"N", N}, {"C", l.in}, {"OC", l.out}});
-                    bench.run(std::string("matmul_forward ") + l.name + tag, s, bytes, flops, [&] {
-                        matmul_forward(out16.ptr, x16.ptr, w16.ptr, bias16.ptr, N, l.in, l.out, nullptr);
-                    }, machine.bf16_flops_per_ms);
-                    bench.run(std::string("matmul_backward ") + l.name + tag, s, 2 * bytes, 2 * flops, [&] {
-                        matmul_backward(dx16.ptr, dw.ptr, dbias.ptr, dout16.ptr, x16.ptr, w16.ptr, N, l.in, l.out,
-                                        nullptr);
-                    }, machine.bf16_flops_per_ms);
-                }
-            }
+            bench_matmuls({MatmulBackend::cublas, MatmulBackend::wmma}, " bf16", machine.bf16_flops_per_ms,
+                          x16.ptr, w16.ptr, bias16.ptr, dx16.ptr, out16.ptr, out16.ptr);
         }
         set_matmul_backend(MatmulBackend::cublas);
 
