@@ -334,6 +334,57 @@ TEST_CASE("__CUDA_ARCH__ is defined in device code (sm_80 or later) and not in h
 }
 
 // ----------------------------------------------------------------------------
+// Directed rounding: __fadd/__fsub/__fmul with _rn, _rz, _ru, _rd. The inputs' exponents are at most 17 apart,
+// so their sums, differences and products are exact in double, and the expected result is that double rounded
+// to a float in the named direction.
+__global__ void directed_rounding_kernel(float* out /*(n, 12)*/, const float* a, const float* b, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = a[i], y = b[i], r[12] = {__fadd_rn(x, y), __fadd_rz(x, y), __fadd_ru(x, y), __fadd_rd(x, y),
+                                       __fsub_rn(x, y), __fsub_rz(x, y), __fsub_ru(x, y), __fsub_rd(x, y),
+                                       __fmul_rn(x, y), __fmul_rz(x, y), __fmul_ru(x, y), __fmul_rd(x, y)};
+    for (int k = 0; k < 12; k++) out[i * 12 + k] = r[k];
+}
+
+static float round_direction(double exact, int direction) {  // 0 nearest, 1 toward zero, 2 up, 3 down
+    float f = static_cast<float>(exact);  // to nearest
+    if (direction == 1 && std::fabs(static_cast<double>(f)) > std::fabs(exact)) f = std::nextafter(f, 0.0f);
+    if (direction == 2 && static_cast<double>(f) < exact) f = std::nextafter(f, INFINITY);
+    if (direction == 3 && static_cast<double>(f) > exact) f = std::nextafter(f, -INFINITY);
+    return f;
+}
+
+TEST_CASE("directed rounding intrinsics (_rn, _rz, _ru, _rd) round as the named direction says") {
+    Rng rng(7);
+    const int n = 4096;
+    std::vector<float> a(n), b(n);
+    auto sample = [&] {  // ±[0.5, 1) · 2^e, e in [-8, 8]: exponents at most 17 apart, so x ± y fits in 41 bits
+        float m = rng.uniform(0.5f, 1.0f) * (rng.below(2) ? 1.0f : -1.0f);
+        return std::ldexp(m, static_cast<int>(rng.below(17)) - 8);
+    };
+    for (int i = 0; i < n; i++) a[i] = sample(), b[i] = sample();
+    DeviceBuffer<float> da(a), db(b), out(static_cast<size_t>(n) * 12);
+    directed_rounding_kernel<<<ceil_div(n, 128), 128>>>(out, da, db, n);
+    cuda_check(cudaGetLastError());
+    std::vector<float> got = out.download();
+    int wrong = 0, inexact = 0;
+    for (int i = 0; i < n; i++) {
+        double x = a[i], y = b[i], exact[3] = {x + y, x - y, x * y};
+        for (int op = 0; op < 3; op++) {
+            if (static_cast<double>(static_cast<float>(exact[op])) != exact[op]) inexact++;
+            for (int d = 0; d < 4; d++) {
+                float want = round_direction(exact[op], d), g = got[i * 12 + op * 4 + d];
+                if (std::memcmp(&want, &g, sizeof(float)) != 0 && wrong++ < 5)
+                    FAIL_CHECK("element " << i << " op " << op << " direction " << d << ": " << std::hexfloat << g
+                                          << ", want " << want << " (a " << a[i] << ", b " << b[i] << ")");
+            }
+        }
+    }
+    CHECK(wrong == 0);
+    CHECK(inexact > n);  // most results are not floats: the directions really differ
+}
+
+// ----------------------------------------------------------------------------
 // cuBLAS against naive loops: every transpose combination, padded leading dimensions, batches.
 static float at(const std::vector<float>& M, int ld, cublasOperation_t op, int r, int c, size_t offset) {
     return op == CUBLAS_OP_N ? M[offset + static_cast<size_t>(c) * ld + r]
