@@ -571,6 +571,13 @@ inline MatmulBackend& matmul_backend_setting() {
 }
 inline void set_matmul_backend(MatmulBackend b) { matmul_backend_setting() = b; }
 inline MatmulBackend get_matmul_backend() { return matmul_backend_setting(); }
+// The programs' --matmul flag.
+inline MatmulBackend parse_matmul_backend(const std::string& name) {
+    if (name == "cublas") return MatmulBackend::cublas;
+    if (name == "tiled") return MatmulBackend::tiled;
+    if (name == "wmma") return MatmulBackend::wmma;
+    throw std::runtime_error("--matmul must be cublas, tiled or wmma (got '" + name + "')");
+}
 
 // The tiled kernel computes one generic product (GEMM letters, local to this kernel: M, N, K; here N
 // is NOT B·T):

@@ -7,6 +7,7 @@
 #include "hf.h"
 #include "engine.cuh"
 
+#include <bit>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -188,6 +189,17 @@ TEST_CASE("HF GPT-2: the fixture loads; export and reload give the same paramete
     CHECK(back.params == m.params);
     CHECK(back.eot_id == m.eot_id);
     fs::remove_all(out);
+    // in bf16: every weight rounded to the nearest bf16, ties to even, as the GPU's conversion rounds
+    export_hf(out, m.config, m.params, m.eot_id, safetensors::DType::BF16);
+    back = load_model(out);
+    CHECK(safetensors::Reader::load(out + "/model.safetensors").info("transformer.wte.weight").dtype ==
+          safetensors::DType::BF16);
+    REQUIRE(back.params.size() == m.params.size());
+    for (size_t i = 0; i < m.params.size(); i++)
+        REQUIRE(back.params[i] == __bfloat162float(__float2bfloat16_rn(m.params[i])));
+    fs::remove_all(out);
+    for (float x : {1.0f + 0x1p-8f, 1.0f + 0x3p-8f, -1.0f - 0x1p-8f, 0x1.fffffep127f, 1e-40f})  // ties, overflow
+        CHECK(safetensors::f32_to_bf16(x) == std::bit_cast<uint16_t>(__float2bfloat16_rn(x)));
     CHECK_THROWS_WITH(load_model("test/fixtures"), doctest::Contains("config.json and model.safetensors"));
 }
 
