@@ -330,9 +330,9 @@ void attention_backward_cpu(Real* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const Real
 //   dQ = scale·dS·K; dK = scale·dSᵀ·Q; then sum dK, dV over each group and add everything into dqkv.
 //   With X = bf16, att holds the scaled scores S rounded to bf16 before the softmax reads them (off by up to
 //   2^-8·|S|, which exp turns into a relative error of P: the fused paths keep S in fp32).
-//   Memory: the caller's att (and datt) are B·NH·T² elements: in fp32 4·12·1024²·4 bytes = 200 MB per layer at
-//   GPT-2 small with B=4 (half that in bf16) — the reason for the fused path. The upper triangle of S is computed and thrown
-//   away: half the FLOPs of the two forward matmuls are wasted.
+//   Memory: the caller's att (and datt) are B·NH·T² elements: in fp32 4·12·1024²·4 bytes = 200 MB per
+//   layer at GPT-2 small with B=4 (half that in bf16) — the reason for the fused path. The upper triangle
+//   of S is computed and thrown away: half the FLOPs of the two forward matmuls are wasted.
 
 // One thread per element of q/k/v (B, NH, T, hs): d fastest, so reads of qkv and writes are coalesced.
 template <class X>
