@@ -124,6 +124,10 @@ inline cublasHandle_t cublas_handle() {
     }();
     return handle;
 }
+// cuBLAS's name for an element type: fp32 or bf16 matrices; the compute type is fp32 for both
+// (CUBLAS_COMPUTE_32F: for fp32 matrices no TF32, for bf16 matrices bf16 tensor-core products summed in fp32).
+template <class T>
+constexpr cudaDataType_t cublas_data_type() { return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF; }
 
 // True when CUDA kernels run on a real GPU, false in the CPU build (cudasim names itself in the
 // device name) or without a device; `name` gets the device's name. The programs pick their default

@@ -822,11 +822,6 @@ __global__ void bias_broadcast_kernel(T* out, const T* bias, int N, int OC) {  /
     if (i < static_cast<size_t>(N) * OC) out[i] = bias[i % OC];
 }
 
-// cuBLAS's name for an element type: fp32 or bf16 matrices; the compute type is fp32 for both
-// (CUBLAS_COMPUTE_32F: for fp32 matrices no TF32, for bf16 matrices bf16 tensor-core products summed in fp32).
-template <class T>
-constexpr cudaDataType_t cublas_data_type() { return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF; }
-
 // C (m, n) = alpha·op(A)·op(B) + beta·C in cuBLAS's column-major terms, A and B of type T, C of type TC.
 template <class T, class TC>
 void cublas_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const T* A, int lda, const T* B,

@@ -118,11 +118,14 @@ int main(int argc, char** argv) {
             {  // naive: the caller's att and datt (B, NH, T, T), plus its workspace
                 attention_workspace_release();
                 DeviceBuffer<floatX> att(n_att), datt(n_att);
-                double f =
-                    median_ms([&] { attention_forward_naive(out, att, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
-                              warmup, repeats, flush);
+                double f = median_ms(
+                    [&] { attention_forward_naive(out.ptr, att.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                    warmup, repeats, flush);
                 double b = median_ms(
-                    [&] { attention_backward_naive(dqkv, datt, dout, att, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                    [&] {
+                        attention_backward_naive(dqkv.ptr, datt.ptr, dout.ptr, att.ptr, qkv.ptr, s.B, s.T, s.NH, NKV,
+                                                 s.hs, nullptr);
+                    },
                     warmup, repeats, flush);
                 double mem = (att.bytes() + datt.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "naive", f, fwd_flop, mem);
@@ -130,11 +133,15 @@ int main(int argc, char** argv) {
             }
             {  // fused: lse (B, NH, T) plus its workspace (D and partial dQ)
                 attention_workspace_release();
-                double f = median_ms([&] { attention_forward(out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
-                                     warmup, repeats, flush);
+                double f =
+                    median_ms([&] { attention_forward(out.ptr, lse.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                              warmup, repeats, flush);
                 double b = median_ms(
-                    [&] { attention_backward(dqkv, dout, out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup,
-                    repeats, flush);
+                    [&] {
+                        attention_backward(dqkv.ptr, dout.ptr, out.ptr, lse.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs,
+                                           nullptr);
+                    },
+                    warmup, repeats, flush);
                 double mem = (lse.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "fused", f, fwd_flop, mem);
                 row("backward", "fused", b, bwd_flop, mem);
@@ -142,11 +149,15 @@ int main(int argc, char** argv) {
             {  // fused on tensor cores: the same lse and workspace
                 attention_workspace_release();
                 set_attention_backend(AttentionBackend::wmma);
-                double f = median_ms([&] { attention_forward(out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
-                                     warmup, repeats, flush);
+                double f =
+                    median_ms([&] { attention_forward(out.ptr, lse.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                              warmup, repeats, flush);
                 double b = median_ms(
-                    [&] { attention_backward(dqkv, dout, out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup,
-                    repeats, flush);
+                    [&] {
+                        attention_backward(dqkv.ptr, dout.ptr, out.ptr, lse.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs,
+                                           nullptr);
+                    },
+                    warmup, repeats, flush);
                 set_attention_backend(AttentionBackend::flash);
                 double mem = (lse.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "wmma", f, fwd_flop, mem);

@@ -241,9 +241,10 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
             poison(d_k);
             poison(d_v);
             poison(d_out);
-            paged_kv_append(d_k, d_v, d_qkv, d_tables, d_slots, d_pos, N, NH, NKV, hs, block_size, max_blocks, 0);
-            paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 10, N, NH, NKV, hs, block_size,
-                            max_blocks, 0);
+            paged_kv_append(d_k.ptr, d_v.ptr, d_qkv.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, N, NH, NKV, hs,
+                            block_size, max_blocks, 0);
+            paged_attention(d_out.ptr, d_qkv.ptr, d_k.ptr, d_v.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, 10, N, NH,
+                            NKV, hs, block_size, max_blocks, 0);
             check_close("paged attention kernel", d_out.download(), out_ref, tolerance_fp32_attention);
             // every appended K and V row sits where the reference put it (the rest of the pool keeps its poison)
             std::vector<float> k = d_k.download(), v = d_v.download();
@@ -277,8 +278,8 @@ TEST_CASE("paged attention, one row per sequence over several split-K chunks: ke
         DeviceBuffer<float> d_qkv(qkv), d_k(k_pool), d_v(v_pool), d_out(ref.size());
         DeviceBuffer<int> d_tables(tables), d_slots(slots), d_pos(positions);
         poison(d_out);
-        paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 300, B, NH, NKV, hs, block_size, max_blocks,
-                        0);
+        paged_attention(d_out.ptr, d_qkv.ptr, d_k.ptr, d_v.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, 300, B, NH, NKV,
+                        hs, block_size, max_blocks, 0);
         check_close("paged_attention split-K vs cpu", d_out.download(), ref, tolerance_fp32_attention);
     });
 }
