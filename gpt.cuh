@@ -539,7 +539,7 @@ struct GPT {
     GPT(const GPT&) = delete;
     GPT& operator=(const GPT&) = delete;
     ~GPT() {
-        if (params_X != params_memory) Ops::release(params_X);
+        if (static_cast<void*>(params_X) != static_cast<void*>(params_memory)) Ops::release(params_X);
         for (void* p :
              {static_cast<void*>(params_memory), static_cast<void*>(grads_memory), static_cast<void*>(m_memory),
               static_cast<void*>(v_memory), acts_memory, static_cast<void*>(inputs), static_cast<void*>(targets)})

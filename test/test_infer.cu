@@ -363,10 +363,10 @@ static std::vector<float> long_context_logits(const std::vector<float>& params, 
     for (int i = 0; i < engine.max_blocks; i++) blocks[i] = engine.max_blocks - 1 - i;  // scattered: reversed
     engine.set_blocks(0, blocks);
     Rng rng(seed);
-    std::vector<floatX> k = random_vector(engine.pool_elements(), rng, 2.0f);
-    std::vector<floatX> v = random_vector(engine.pool_elements(), rng);
-    Ops::to_backend(engine.k_pool, k.data(), k.size() * sizeof(floatX));
-    Ops::to_backend(engine.v_pool, v.data(), v.size() * sizeof(floatX));
+    std::vector<float> k = random_vector(engine.pool_elements(), rng, 2.0f);
+    std::vector<float> v = random_vector(engine.pool_elements(), rng);
+    Ops::to_backend(engine.k_pool, k.data(), k.size() * sizeof(float));
+    Ops::to_backend(engine.v_pool, v.data(), v.size() * sizeof(float));
     return engine.forward({{7, position, 0, true}});
 }
 

@@ -126,7 +126,8 @@ TEST_CASE("--resume continues bit for bit and reproduces the samples (CPU and ke
 }
 
 // Mixed precision against fp32 on real text: Tiny Shakespeare (GPTCU_DATA, default ../shared/data, as
-// test_tokenizer reads it), split 90/10 and tokenized with GPT-2's BPE as `make data` does; a GPT-2 of 2 layers,
+// test_tokenizer reads it), split 90/10 as `make data` does and tokenized with a 512-token BPE vocabulary learned
+// on the train split (GPT-2's 50257 would make the classifier 95% of the test's time); a GPT-2 of 2 layers,
 // 2 heads of 32, C 64, trained 200 steps of 8 x 32 tokens on the kernel path (cudasim) in fp32 and in bf16
 // (bf16 weights, activations, tensor-core attention; fp32 master weights, gradients and AdamW state). The two
 // runs start from the same weights and see the same batches; bf16 rounds every stored activation to 8 bits of
@@ -137,14 +138,16 @@ TEST_CASE("--precision bf16 follows the fp32 loss curve on Tiny Shakespeare (ker
     const char* env = std::getenv("GPTCU_DATA");
     const std::string data = env && *env ? env : "../shared/data";
     const std::string text = bpe::read_file(data + "/tinyshakespeare.txt");  // throws (fails) when absent
-    const bpe::Tokenizer tok = bpe::Tokenizer::load(data + "/gpt2");
-    const size_t cut = text.size() * 9 / 10;
+    const std::string_view train_text = std::string_view(text).substr(0, text.size() * 9 / 10),
+                           val_text = std::string_view(text).substr(train_text.size());
     Workspace w("bf16_curve");  // its random-token shards are replaced by the text's
-    bpe::write_shard(w.dir + "/train_000.bin", tok.encode_ordinary(std::string_view(text).substr(0, cut)), 50257);
-    bpe::write_shard(w.dir + "/val_000.bin", tok.encode_ordinary(std::string_view(text).substr(cut)), 50257);
+    bpe::save_vocab(bpe::train_bpe({train_text}, 512), w.dir + "/tok");
+    const bpe::Tokenizer tok = bpe::Tokenizer::load(w.dir + "/tok");
+    bpe::write_shard(w.dir + "/train_000.bin", tok.encode_ordinary(train_text), tok.vocab_size());
+    bpe::write_shard(w.dir + "/val_000.bin", tok.encode_ordinary(val_text), tok.vocab_size());
     auto train = [&](const std::string& precision) {
         RunResult r = run("--model '{\"arch\":\"gpt2\",\"n_layer\":2,\"n_head\":2,\"n_embd\":64,\"max_seq_len\":32}'"
-                          " --device cuda --precision " + precision +
+                          " --tokenizer " + w.dir + "/tok --device cuda --precision " + precision +
                           " --batch-size 8 --seq-len 32 --max-steps 200 --learning-rate 3e-3 --warmup-steps 10"
                           " --val-every 50 --val-batches 8 --sample-every 0 --sample-tokens 0 --checkpoint-every 0"
                           " --train-data " + w.dir + "/train_*.bin --val-data " + w.dir + "/val_*.bin --out-dir " +
@@ -166,7 +169,8 @@ TEST_CASE("--precision bf16 follows the fp32 loss curve on Tiny Shakespeare (ker
     REQUIRE(bf16_train.size() == 200);
     REQUIRE(fp32_val.size() == 5);
     REQUIRE(bf16_val.size() == 5);
-    CHECK(fp32_val.back() < 0.7 * fp32_val.front());  // it learned: the comparison below is not of two flat lines
+    // it learned (measured: 6.24 to 4.81), so the comparison below is not of two flat lines
+    CHECK(fp32_val.back() < 0.8 * fp32_val.front());
     for (size_t i = 0; i < fp32_val.size(); i++) {
         CAPTURE(i);
         CHECK(std::fabs(bf16_val[i] - fp32_val[i]) <= 0.02 * fp32_val[i]);
