@@ -98,11 +98,11 @@ int main(int argc, char** argv) {
             size_t n_att = static_cast<size_t>(s.B) * s.NH * s.T * s.T;
             std::vector<float> host(n_qkv);
             for (auto& x : host) x = rng.uniform(-1.0f, 1.0f);
-            DeviceBuffer<floatX> qkv(n_qkv), dqkv(n_qkv), out(n_out), dout(n_out);
+            DeviceBuffer<float> qkv(n_qkv), dqkv(n_qkv), out(n_out), dout(n_out);
             DeviceBuffer<float> lse(static_cast<size_t>(s.B) * s.NH * s.T);
-            std::vector<floatX> hx(host.begin(), host.end());
+            std::vector<float> hx(host.begin(), host.end());
             qkv.upload(hx);
-            dout.upload(std::vector<floatX>(hx.begin(), hx.begin() + static_cast<long>(n_out)));
+            dout.upload(std::vector<float>(hx.begin(), hx.begin() + static_cast<long>(n_out)));
             cuda_check(cudaMemset(dqkv, 0, dqkv.bytes()));
             double fwd_flop = 4.0 * s.B * s.NH * static_cast<double>(s.T) * s.T * s.hs / 2, bwd_flop = 2.5 * fwd_flop;
             char shape[64];
@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
             const double MiB = 1024.0 * 1024.0;
             {  // naive: the caller's att and datt (B, NH, T, T), plus its workspace
                 attention_workspace_release();
-                DeviceBuffer<floatX> att(n_att), datt(n_att);
+                DeviceBuffer<float> att(n_att), datt(n_att);
                 double f = median_ms(
                     [&] { attention_forward_naive(out.ptr, att.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
                     warmup, repeats, flush);
