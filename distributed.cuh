@@ -429,7 +429,8 @@ struct DataParallel {
                         std::to_string(comm.size) + " rank" + (comm.size > 1 ? "s" : "") +
                         ", Ψ = " + std::to_string(P) + " fp32 parameters, shard " + std::to_string(S) + ")\n";
         s += "  parameters " + mib(m.params) +
-             (m.transient_params ? " (+ " + mib(m.transient_params) + " gathered during forward/backward)" : "") + "\n";
+             (m.transient_params ? " (+ " + mib(m.transient_params) + " gathered during forward/backward)" : "") +
+             (mixed ? " (incl. the bf16 weight copy the ops read: the formula counts fp32 state only)" : "") + "\n";
         s += "  gradients  " + mib(m.grads) +
              (m.transient_grads ? " (+ " + mib(m.transient_grads) + " full buffer during backward)" : "") + "\n";
         s += "  AdamW m, v " + mib(m.optimizer) + "\n";

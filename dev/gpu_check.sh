@@ -88,13 +88,15 @@ step "GPU kernel tests" 60 bash test/run_tests.sh --gpu $kernel_tests
 # 4. GPT-2 124M (B=8, T=1024) for a few steps; its progress lines print tok/s and MFU.
 if [ ! -f data/shakespeare/train_000.bin ]; then step "tokenize Tiny Shakespeare" 60 make --no-print-directory data; fi
 rm -f "$tmp"/gpu_check_ours*.log "$tmp/gpu_check_llmc.log"
-step "train GPT-2 124M, $steps steps" 90 bash -c "./train_gpt --config configs/gpt2_124m_gpu.json --max-steps $steps \
-  --out-dir $tmp/gpu_check_124m | tee $tmp/gpu_check_ours.log"
-# the same run in bf16 (fp32 master weights, bf16 weights and activations on tensor cores) when the build has it
-if ./train_gpt --help 2>/dev/null | grep -q -- '--precision'; then
-  step "train GPT-2 124M bf16, $steps steps" 90 bash -c "./train_gpt --config configs/gpt2_124m_gpu.json \
-    --precision bf16 --max-steps $steps --out-dir $tmp/gpu_check_124m_bf16 | tee $tmp/gpu_check_ours_bf16.log"
-fi
+step "train GPT-2 124M fp32, $steps steps" 90 bash -c "./train_gpt --config configs/gpt2_124m_gpu.json \
+  --precision fp32 --max-steps $steps --out-dir $tmp/gpu_check_124m | tee $tmp/gpu_check_ours.log"
+# the same run in bf16 (fp32 master weights, bf16 weights and activations on tensor cores), with cuBLAS and with
+# cuBLASLt's fused bias/GELU epilogues (llm.c's matmul)
+step "train GPT-2 124M bf16, $steps steps" 90 bash -c "./train_gpt --config configs/gpt2_124m_gpu.json \
+  --precision bf16 --max-steps $steps --out-dir $tmp/gpu_check_124m_bf16 | tee $tmp/gpu_check_ours_bf16.log"
+step "train GPT-2 124M bf16 cuBLASLt, $steps steps" 90 bash -c "./train_gpt --config configs/gpt2_124m_gpu.json \
+  --precision bf16 --matmul cublaslt --max-steps $steps --out-dir $tmp/gpu_check_124m_lt \
+  | tee $tmp/gpu_check_ours_bf16_lt.log"
 if [ -n "${LLMC:-}" ]; then
   [ -z "$llmc_build" ] || wait "$llmc_build" || { echo "llm.c build failed:"; tail -n 20 "$tmp/gpu_check_llmc/build.log"; }
   # llm.c from random init (-e d12: GPT-2 124M), its default precision (bf16), same shard, B and T; val loss
@@ -107,7 +109,7 @@ if [ -n "${LLMC:-}" ]; then
       awk '{ a[NR] = $1 } END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'
   }
   theirs=$(median_toks "$tmp/gpu_check_llmc.log" 2>/dev/null)
-  for run in ours ours_bf16; do
+  for run in ours ours_bf16 ours_bf16_lt; do
     ours=$(median_toks "$tmp/gpu_check_$run.log" 2>/dev/null)
     [ -n "$ours" ] && [ -n "$theirs" ] || continue
     echo; echo "=== GPT-2 124M side by side: $run $ours tok/s, llm.c (bf16) $theirs tok/s, ratio $(awk -v a="$ours" \
