@@ -191,9 +191,8 @@ int main(int argc, char** argv) {
                                           double rate, T* x_, T* w_, T* bias_, T* dx_, T* out_block, T* out_head) {
             for (MatmulBackend backend : backends) {
                 set_matmul_backend(backend);
-                std::string tag = std::string(" [") +
-                                  (backend == MatmulBackend::cublas ? "cublas" :
-                                   backend == MatmulBackend::tiled  ? "tiled" : "wmma") + precision + "]";
+                const char* names[] = {"cublas", "tiled", "wmma", "cublaslt"};  // MatmulBackend's order
+                std::string tag = std::string(" [") + names[static_cast<int>(backend)] + precision + "]";
                 for (Linear l : {Linear{"qkv", C, 3 * C}, Linear{"fc", C, 4 * C}, Linear{"fcproj", 4 * C, C},
                                  Linear{"lm_head", C, Vp}}) {
                     double flops = 2.0 * N * l.in * l.out;
@@ -209,10 +208,10 @@ int main(int argc, char** argv) {
                 }
             }
         };
-        bench_matmuls({MatmulBackend::cublas, MatmulBackend::tiled}, "", machine.flops_per_ms, x.ptr, w.ptr,
-                      bias.ptr, dx.ptr, y.ptr, logits.ptr);
-        // the same products in bf16 (fp32 sums) against the tensor cores' bf16 peak: cuBLAS (cublasGemmEx) and
-        // the hand-written wmma kernel
+        bench_matmuls({MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::cublaslt}, "", machine.flops_per_ms,
+                      x.ptr, w.ptr, bias.ptr, dx.ptr, y.ptr, logits.ptr);
+        // the same products in bf16 (fp32 sums) against the tensor cores' bf16 peak: cuBLAS (cublasGemmEx),
+        // the hand-written wmma kernel and cuBLASLt (bias in the epilogue)
         {
             auto bf16 = [](const std::vector<float>& v) {
                 std::vector<__nv_bfloat16> b(v.size());
@@ -222,8 +221,8 @@ int main(int argc, char** argv) {
             size_t wn = static_cast<size_t>(Vp) * C, on = static_cast<size_t>(N) * Vp;
             DeviceBuffer<__nv_bfloat16> x16(bf16(random_host(act, rng))), dx16(act), w16(bf16(random_host(wn, rng)));
             DeviceBuffer<__nv_bfloat16> bias16(bf16(random_host(std::max(Vp, 4 * C), rng))), out16(on);
-            bench_matmuls({MatmulBackend::cublas, MatmulBackend::wmma}, " bf16", machine.bf16_flops_per_ms,
-                          x16.ptr, w16.ptr, bias16.ptr, dx16.ptr, out16.ptr, out16.ptr);
+            bench_matmuls({MatmulBackend::cublas, MatmulBackend::wmma, MatmulBackend::cublaslt}, " bf16",
+                          machine.bf16_flops_per_ms, x16.ptr, w16.ptr, bias16.ptr, dx16.ptr, out16.ptr, out16.ptr);
         }
         set_matmul_backend(MatmulBackend::cublas);
 
