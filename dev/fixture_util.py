@@ -27,13 +27,14 @@ def adamw_losses(model, loss_fn):
     return losses
 
 
-def reference_run(model, inputs, targets, V, layout):
+def reference_run(model, inputs, targets, V, layout, forward=None):
     """What every model fixture records, from the model's initial weights: logits and loss of one batch
     (targets -1 = ignored), every gradient in our layout (`layout(get)` maps HF parameters to gpt.cu's
-    flat order), then the losses of the ADAMW steps. Returns (logits, loss, grads, losses)."""
+    flat order), then the losses of the ADAMW steps. `forward(inputs) -> logits` replaces the model's own
+    forward when given (the bf16 fixture's); the loss is always fp32. Returns (logits, loss, grads, losses)."""
     def loss_fn():
-        logits = model(inputs).logits
-        return logits, F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+        logits = forward(inputs) if forward else model(inputs).logits
+        return logits, F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1), ignore_index=-1)
 
     logits, loss = loss_fn()
     loss.backward()
@@ -50,7 +51,7 @@ def write_fixture(out, header, params, inputs, targets, logits, loss, grads, los
         f.write(params.numpy().astype("<f4").tobytes())
         f.write(inputs.numpy().astype("<i4").tobytes())
         f.write(targets.numpy().astype("<i4").tobytes())
-        f.write(logits.detach().numpy().astype("<f4").tobytes())
+        f.write(logits.detach().float().numpy().astype("<f4").tobytes())
         f.write(struct.pack("<f", loss.item()))
         f.write(grads.numpy().astype("<f4").tobytes())
         f.write(torch.tensor(losses).numpy().astype("<f4").tobytes())
