@@ -37,12 +37,27 @@ from transformers import GPT2Config, GPT2LMHeadModel
 #     arithmetic), the loss (fp32 log-softmax of the bf16 logits).
 # Pure autocast (HF's forward under torch.autocast) would keep the residual stream, the embeddings' sum, the
 # norms and GELU in fp32 and round the attention scores to bf16; it is not our rule, so this forward adds the
-# .to(bfloat16) casts (--compare prints the difference). Gradients are autograd's through the same graph: each
-# op's gradient w.r.t. a bf16 activation is rounded to bf16 once (as our backward kernels store it), but where
-# an activation feeds two ops (the residual stream) autograd rounds each branch's gradient and then their sum
-# (our kernels add the second into the first and round once), and each weight gradient is rounded once to bf16
-# (the gradient of autocast's bf16 copy) before it reaches the fp32 master (ours stays fp32). The test's
-# tolerances are derived with these differences in mind (test/test_gpt.cu).
+# .to(bfloat16) casts (--compare prints the difference). Gradients are autograd's through the same graph, which
+# mirrors our backward kernels: each op's gradient w.r.t. a bf16 activation is computed in fp32 and rounded to
+# bf16 once; where the residual stream feeds two ops (the next norm and the skip), both read one widened copy, so
+# autograd adds the two gradients in fp32 and rounds the sum once (our norm backward adds into d residual and
+# rounds once); norm and embedding weights are read through bf16_copy, whose gradient reaches the fp32 master
+# unrounded (ours are fp32 sums). One difference is left, and it is autocast's: the gradient of each matmul's
+# weight and bias is the gradient of autocast's bf16 copy, so it is rounded once to bf16 before it reaches the
+# fp32 master (ours stays fp32; for the tied wte, the classifier's part is rounded, the embedding's is not).
+# test/test_gpt.cu derives the tolerances from that.
+class BF16Copy(torch.autograd.Function):
+    """A weight's bf16 copy, widened back to `dtype` for fp32 (or fp64) arithmetic; the gradient passes to the
+    fp32 master unrounded, as our kernels accumulate dweight in fp32."""
+    @staticmethod
+    def forward(ctx, p, dtype):
+        return p.to(torch.bfloat16).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.float(), None
+
+
 def forward_bf16(model, inputs, fp64=False):
     tr, cfg = model.transformer, model.config
     C, NH = cfg.n_embd, cfg.n_head
@@ -51,30 +66,32 @@ def forward_bf16(model, inputs, fp64=False):
     wide = torch.float64 if fp64 else torch.float32  # fp64: the same roundings, other sums (--compare)
     f = lambda x: x.to(wide)                   # widen a bf16 value: exact
     r = lambda x: x.to(torch.bfloat16)         # store: one rounding to nearest even
-    w = lambda p: f(p.to(torch.bfloat16))      # a weight's bf16 copy, widened
+    w = lambda p: BF16Copy.apply(p, wide)      # a weight's bf16 copy, widened
 
     def linear(x, weight, bias=None):  # x·weightᵀ + bias, weight (out, in) as nn.Linear's
         if fp64: return r(f(x) @ w(weight).t() + (w(bias) if bias is not None else 0))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return F.linear(x, weight, bias)
 
-    def layernorm(x, ln):
-        return r(F.layer_norm(f(x), (C,), w(ln.weight), w(ln.bias), cfg.layer_norm_epsilon))
+    def layernorm(xf, ln):  # xf: the widened input
+        return r(F.layer_norm(xf, (C,), w(ln.weight), w(ln.bias), cfg.layer_norm_epsilon))
 
     # HF's Conv1D weights are (in, out): .t() gives nn.Linear's (out, in)
     x = r(w(tr.wte.weight)[inputs] + w(tr.wpe.weight)[:T])  # (B, T, C)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     for h in tr.h:
-        qkv = f(linear(layernorm(x, h.ln_1), h.attn.c_attn.weight.t(), h.attn.c_attn.bias))  # (B, T, 3C)
+        xf = f(x)  # one widened copy for the norm and the skip: their gradients add in fp32
+        qkv = f(linear(layernorm(xf, h.ln_1), h.attn.c_attn.weight.t(), h.attn.c_attn.bias))  # (B, T, 3C)
         q, k, v = (t.reshape(B, T, NH, hs).transpose(1, 2) for t in qkv.split(C, dim=-1))  # (B, NH, T, hs)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
         att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
         y = r((att @ v).transpose(1, 2).reshape(B, T, C))
-        x = r(f(x) + f(linear(y, h.attn.c_proj.weight.t(), h.attn.c_proj.bias)))
-        fch = linear(layernorm(x, h.ln_2), h.mlp.c_fc.weight.t(), h.mlp.c_fc.bias)
+        x = r(xf + f(linear(y, h.attn.c_proj.weight.t(), h.attn.c_proj.bias)))
+        xf = f(x)
+        fch = linear(layernorm(xf, h.ln_2), h.mlp.c_fc.weight.t(), h.mlp.c_fc.bias)
         act = r(F.gelu(f(fch), approximate="tanh"))
-        x = r(f(x) + f(linear(act, h.mlp.c_proj.weight.t(), h.mlp.c_proj.bias)))
-    return linear(layernorm(x, tr.ln_f), tr.wte.weight)  # (B, T, V) bf16, the tied classifier
+        x = r(xf + f(linear(act, h.mlp.c_proj.weight.t(), h.mlp.c_proj.bias)))
+    return linear(layernorm(f(x), tr.ln_f), tr.wte.weight)  # (B, T, V) bf16, the tied classifier
 
 
 def main(*args):
