@@ -15,7 +15,7 @@ A dev tool (needs torch + transformers); the build and the tests only read the f
 
 Fixture layout (little-endian):
   "GPTCUFIX" | uint32 version=1 | uint32 n | n bytes of JSON {model, B, T, num_parameters, steps, lr, beta1,
-  beta2, eps, weight_decay, grad_clip}
+  beta2, eps, weight_decay, grad_clip[, precision: "bf16"]}
   float32 params[P] | int32 inputs[B*T] | int32 targets[B*T] (-1 = ignored) | float32 logits[B*T*V]
   float32 loss | float32 grads[P] | float32 losses[steps]  (the loss before each of `steps` AdamW steps)
 """

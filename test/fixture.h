@@ -1,11 +1,11 @@
 // fixture.h — the model fixtures written by dev/reference_gpt2.py and dev/reference_llama.py from
 // Hugging Face transformers (random init, fixed seed), and the one check both families run against them:
-// logits, loss and every gradient within 1e-4 (fp32; the bf16 fixture's tolerances are below), the losses of
+// logits, loss and every gradient within 1e-4 (fp32; the bf16 fixture: test/test_gpt.cu), the losses of
 // the script's AdamW steps, and (when the fixture has one) the greedy continuation exactly. Used by
 // test/test_gpt.cu and test/test_llama.cu.
 //
 // Fixture layout (little-endian): "GPTCUFIX" | uint32 version=1 | uint32 n | n bytes of JSON {model, B, T,
-// num_parameters, steps, lr, beta1, beta2, eps, weight_decay, grad_clip[, prompt, greedy]} | float32
+// num_parameters, steps, lr, beta1, beta2, eps, weight_decay, grad_clip[, prompt, greedy][, precision]} | float32
 // params[P] | int32 inputs[B*T] | int32 targets[B*T] (-1 = ignored) | float32 logits[B*T*V] | float32 loss |
 // float32 grads[P] | float32 losses[steps]
 #pragma once
