@@ -19,10 +19,10 @@ Fixture layout (little-endian):
   float32 params[P] | int32 inputs[B*T] | int32 targets[B*T] (-1 = ignored) | float32 logits[B*T*V]
   float32 loss | float32 grads[P] | float32 losses[steps]  (the loss before each of `steps` AdamW steps)
 """
-import math, sys
+import sys
 import torch
 import torch.nn.functional as F
-from fixture_util import reference_run, write_fixture
+from fixture_util import Attention, BF16Copy, reference_run, write_fixture
 from transformers import GPT2Config, GPT2LMHeadModel
 
 # The bf16 fixture's forward: gpt.cu's mixed-precision rule (layers.cuh, top), written out in PyTorch.
@@ -33,8 +33,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 #     bf16 inputs, fp32 sums, bias added in fp32, one rounding of the output (checked: bit for bit what
 #     (x·Wᵀ + b) in fp32 on the bf16 values rounds to, on this CPU's oneDNN);
 #   - everything else computes in fp32 on the widened bf16 inputs and rounds its output once: LayerNorm (fp32
-#     statistics), GELU, the residual adds, attention (scores, softmax and P·V in fp32: the flash kernels'
-#     arithmetic), the loss (fp32 log-softmax of the bf16 logits).
+#     statistics), GELU, the residual adds, attention (scores, softmax and P·V in fp32, and the flash kernels'
+#     backward: fixture_util.Attention), the loss (fp32 log-softmax of the bf16 logits).
 # Pure autocast (HF's forward under torch.autocast) would keep the residual stream, the embeddings' sum, the
 # norms and GELU in fp32 and round the attention scores to bf16; it is not our rule, so this forward adds the
 # .to(bfloat16) casts (--compare prints the difference). Gradients are autograd's through the same graph, which
@@ -46,18 +46,6 @@ from transformers import GPT2Config, GPT2LMHeadModel
 # weight and bias is the gradient of autocast's bf16 copy, so it is rounded once to bf16 before it reaches the
 # fp32 master (ours stays fp32; for the tied wte, the classifier's part is rounded, the embedding's is not).
 # test/test_gpt.cu derives the tolerances from that.
-class BF16Copy(torch.autograd.Function):
-    """A weight's bf16 copy, widened back to `dtype` for fp32 (or fp64) arithmetic; the gradient passes to the
-    fp32 master unrounded, as our kernels accumulate dweight in fp32."""
-    @staticmethod
-    def forward(ctx, p, dtype):
-        return p.to(torch.bfloat16).to(dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.float(), None
-
-
 def forward_bf16(model, inputs, fp64=False):
     tr, cfg = model.transformer, model.config
     C, NH = cfg.n_embd, cfg.n_head
@@ -78,14 +66,11 @@ def forward_bf16(model, inputs, fp64=False):
 
     # HF's Conv1D weights are (in, out): .t() gives nn.Linear's (out, in)
     x = r(w(tr.wte.weight)[inputs] + w(tr.wpe.weight)[:T])  # (B, T, C)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
     for h in tr.h:
         xf = f(x)  # one widened copy for the norm and the skip: their gradients add in fp32
         qkv = f(linear(layernorm(xf, h.ln_1), h.attn.c_attn.weight.t(), h.attn.c_attn.bias))  # (B, T, 3C)
         q, k, v = (t.reshape(B, T, NH, hs).transpose(1, 2) for t in qkv.split(C, dim=-1))  # (B, NH, T, hs)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)
-        att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-        y = r((att @ v).transpose(1, 2).reshape(B, T, C))
+        y = r(Attention.apply(q, k, v).transpose(1, 2).reshape(B, T, C))
         x = r(xf + f(linear(y, h.attn.c_proj.weight.t(), h.attn.c_proj.bias)))
         xf = f(x)
         fch = linear(layernorm(xf, h.ln_2), h.mlp.c_fc.weight.t(), h.mlp.c_fc.bias)

@@ -1,7 +1,7 @@
 // fixture.h — the model fixtures written by dev/reference_gpt2.py and dev/reference_llama.py from
 // Hugging Face transformers (random init, fixed seed), and the one check both families run against them:
-// logits, loss and every gradient within 1e-4 (fp32; the bf16 fixture: test/test_gpt.cu), the losses of
-// the script's AdamW steps, and (when the fixture has one) the greedy continuation exactly. Used by
+// logits, loss and every gradient within 1e-4 (fp32; the bf16 fixtures' tolerances are derived below), the
+// losses of the script's AdamW steps, and (when the fixture has one) the greedy continuation exactly. Used by
 // test/test_gpt.cu and test/test_llama.cu.
 //
 // Fixture layout (little-endian): "GPTCUFIX" | uint32 version=1 | uint32 n | n bytes of JSON {model, B, T,
@@ -158,4 +158,63 @@ void check_against_huggingface(const Fixture& x, const ModelTolerance& tol = tol
         INFO("step " << s << ": loss " << l << " vs PyTorch " << x.losses[s]);
         CHECK(std::abs(l - x.losses[s]) <= tol.losses * std::max(1.0, std::abs(double(x.losses[s]))));
     }
+}
+
+// Mixed precision: the bf16 fixtures (dev/reference_gpt2.py --bf16, dev/reference_llama.py --bf16) run a smaller
+// model (so that params + grads fit the fixture budget) under our bf16 rule (layers.cuh, top) written out in
+// PyTorch: the same bf16 weights, every activation and activation gradient rounded to bf16 where our kernels store
+// one, attention and its backward as our flash kernels compute them, autocast's bf16 linear for the matmuls, fp32
+// masters and AdamW. u = 2^-8; a bf16 value one unit in the last place off is off by at most 2u relative.
+// Tolerances (atol in units of the reference tensor's RMS) per attention backend:
+//
+// Flash attention: the model applies the fixture's roundings to fp32 values that differ only in the order of
+// their sums (relative ~K·2^-24, K <= 128), so a stored bf16 value differs only when the two straddle a rounding
+// boundary, by one unit: 2u.
+//   logits: atol 2u, rtol 2u (one unit), norm u/4: a unit in every 64th logit (2u·√(1/64) = u/4). The fp32
+//           model, or the fixture made without the rule's roundings (pure autocast), is 1.3u away (GPT-2).
+//   grads:  the fixture's matmul weight and bias gradients went through autocast's bf16 copy, so each is
+//           bf16(our fp32 sum): |ref − g| <= u·|g|, u per element and u over the norm (every element within u),
+//           plus a unit of an upstream flip: atol u, rtol 2u, norm u.
+//   loss:   an fp32 function of logits that match: the fp32 model's 1e-4.
+//   losses: 10 AdamW steps amplify a one-unit difference (PyTorch against itself with fp64 between the roundings
+//           drifts by 0.27u by the last step, GPT-2): u·max(loss, 1). The fp32 model is 4.1u away (GPT-2).
+// Measured (CPU build, 2026-11-30; docs/mixed-precision.md): GPT-2's and Llama's logits bit-identical; the
+// gradients neither side rounds (norm gains, wpe, Llama's wte) within 0.0005u in norm (fp32 sum order), the matmul
+// gradients as close to ours rounded to bf16; losses within 0.34u.
+//
+// Tensor-core attention (what --precision bf16 trains with) rounds P to bf16 before P·V and dS before the
+// backward's products, which the fixture does not model: each attention output moves by up to u·Σ p·|v| <=
+// u·max|v|, one rounding more, which the later layers carry and amplify like any other, and 10 AdamW steps
+// amplify further. Measured: logits 0.56u (GPT-2) and 1.21u (Llama) in norm, gradients up to 2.4u, worst element
+// 10.8u of |ref| + RMS, the loss 0.05u (it moves by at most √2 × the largest change of a row of logits: its
+// gradient w.r.t. a row is (softmax − onehot)/N), losses up to 2.7u. The tolerances take those with a margin:
+// logits atol 4u, rtol 4u, norm 2u; gradients atol 16u, rtol 16u, norm 4u; loss u; losses 4u. They catch a wrong
+// or missing term (an error of the size of the term), not a break of the rounding rule (the fp32 model passes
+// them): the flash run is the sharp one.
+constexpr double u_bf16 = bf16_unit_roundoff;
+constexpr ModelTolerance tolerance_model_bf16{
+    {2 * u_bf16, 2 * u_bf16, u_bf16 / 4}, {u_bf16, 2 * u_bf16, u_bf16}, tolerance_model, u_bf16};
+constexpr ModelTolerance tolerance_model_bf16_wmma_attention{
+    {4 * u_bf16, 4 * u_bf16, 2 * u_bf16}, {16 * u_bf16, 16 * u_bf16, 4 * u_bf16}, u_bf16, 4 * u_bf16};
+
+// GPT<DeviceOps, __nv_bfloat16> against a bf16 fixture under every matmul backend and both attention backends.
+inline void check_against_pytorch_bf16(const std::string& path) {
+    Fixture x = load_fixture(path);
+    REQUIRE(x.header.value("precision", std::string()) == "bf16");
+    for (AttentionBackend attention : {AttentionBackend::flash, AttentionBackend::wmma})
+        for (MatmulBackend matmul : {MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::wmma}) {
+            std::string backends = std::string(attention == AttentionBackend::flash ? "flash" : "wmma") +
+                                   " attention, " +
+                                   (matmul == MatmulBackend::cublas  ? "cublas"
+                                    : matmul == MatmulBackend::tiled ? "tiled"
+                                                                     : "wmma") +
+                                   " matmul";
+            CAPTURE(backends);
+            set_attention_backend(attention);
+            set_matmul_backend(matmul);
+            check_against_huggingface<DeviceOps, __nv_bfloat16>(
+                x, attention == AttentionBackend::flash ? tolerance_model_bf16 : tolerance_model_bf16_wmma_attention);
+        }
+    set_attention_backend(AttentionBackend::flash);
+    set_matmul_backend(MatmulBackend::cublas);
 }
