@@ -20,8 +20,14 @@
 //   4. the fused path again on tensor cores (bf16 wmma): the same tiling, Q·Kᵀ, P·V and the backward's five
 //      products on nvcuda::wmma with bf16 inputs and fp32 sums; softmax statistics, D and dS in fp32.
 //      set_attention_backend(AttentionBackend::wmma) makes attention_forward / attention_backward run it.
-// Everything runs in both builds (the CPU build's wmma is dev/shadow/mma.h). floatX is the storage type of
-// activations; all arithmetic outside the tensor-core products is in float.
+// Everything runs in both builds (the CPU build's wmma is dev/shadow/mma.h).
+//
+// Precision: the rule at the top of layers.cuh. Every kernel and launcher is ONE template on the element type X
+// (float, or __nv_bfloat16 for mixed precision; X because T is the sequence length here) of qkv, out, dout, dqkv
+// and the naive path's att and datt. fp32 always: lse, D, the softmax statistics and all arithmetic outside the
+// tensor-core products. A kernel widens each X it loads (exact) and rounds once per X it stores, so with X = bf16
+// an output is the X = float kernel's output on the same inputs rounded once to bf16; the wmma kernels stage X
+// into their bf16 tiles directly (a copy when X is bf16). The CPU references (`_cpu`) take one scalar type.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -68,20 +74,17 @@ inline size_t attention_workspace_bytes() { return attention_workspace().bytes()
 // Frees the workspace (the next launch allocates what it needs): for programs done with attention, and tests.
 inline void attention_workspace_release() { attention_workspace().release(); }
 
-// The cuBLAS type of floatX, so the naive path follows the floatX alias (fp32 compute always).
-constexpr cudaDataType attention_floatX_type() {
-    return std::is_same_v<floatX, float> ? CUDA_R_32F : CUDA_R_16BF;
-}
 // C = alpha·op(A)·op(B) + beta·C, column-major, `batch` times with the given strides (cuBLAS's convention).
-inline void attention_gemm_batched(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
-                                   const floatX* A, int lda, long long stride_a, const floatX* Bm, int ldb,
-                                   long long stride_b, float beta, floatX* C, int ldc, long long stride_c, int batch,
-                                   cudaStream_t stream) {
+// A, B and C are X (cublas_data_type, common.cuh); the sums are fp32 either way, C is rounded once to X.
+template <class X>
+void attention_gemm_batched(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const X* A,
+                            int lda, long long stride_a, const X* Bm, int ldb, long long stride_b, float beta, X* C,
+                            int ldc, long long stride_c, int batch, cudaStream_t stream) {
     cublasHandle_t h = cublas_handle();
     cublas_check(cublasSetStream(h, stream));
-    cublas_check(cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &alpha, A, attention_floatX_type(), lda, stride_a, Bm,
-                                            attention_floatX_type(), ldb, stride_b, &beta, C, attention_floatX_type(),
-                                            ldc, stride_c, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    cublas_check(cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &alpha, A, cublas_data_type<X>(), lda, stride_a, Bm,
+                                            cublas_data_type<X>(), ldb, stride_b, &beta, C, cublas_data_type<X>(), ldc,
+                                            stride_c, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // Opts a kernel into more than 48 KiB of dynamic shared memory when it needs it (sm_80: up to 163 KiB,
@@ -159,7 +162,8 @@ void rope_forward_at_cpu(Real* qkv, const int* positions /*(B·T) host*/, int B,
 
 // One thread per rotated pair: (b, t, head of q/k, i). i is fastest, so a warp reads 32 consecutive x_i and
 // 32 consecutive x_{i+hs/2}: two coalesced loads, two coalesced stores.
-__global__ void rope_kernel(floatX* qkv, const int* positions, int B, int T, int NH, int NKV, int hs, float theta,
+template <class X>
+__global__ void rope_kernel(X* qkv, const int* positions, int B, int T, int NH, int NKV, int hs, float theta,
                             int direction) {
     int half = hs / 2;
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -172,14 +176,15 @@ __global__ void rope_kernel(floatX* qkv, const int* positions, int B, int T, int
     float s, c;
     sincosf(rope_angle(pos, i, hs, theta), &s, &c);
     s *= direction;
-    floatX* x = qkv + qkv_q_offset(bt / T, bt % T, head, T, NH, NKV, hs);
-    float x1 = static_cast<float>(x[i]), x2 = static_cast<float>(x[i + half]);
-    x[i] = static_cast<floatX>(x1 * c - x2 * s);
-    x[i + half] = static_cast<floatX>(x2 * c + x1 * s);
+    X* x = qkv + qkv_q_offset(bt / T, bt % T, head, T, NH, NKV, hs);
+    float x1 = to_fp32(x[i]), x2 = to_fp32(x[i + half]);
+    x[i] = from_fp32<X>(x1 * c - x2 * s);
+    x[i + half] = from_fp32<X>(x2 * c + x1 * s);
 }
 
-inline void rope_launch(floatX* qkv, const int* positions, int B, int T, int NH, int NKV, int hs, float theta,
-                        int direction, cudaStream_t stream) {
+template <class X>
+void rope_launch(X* qkv, const int* positions, int B, int T, int NH, int NKV, int hs, float theta, int direction,
+                 cudaStream_t stream) {
     attention_check_shape("rope", B, T, NH, NKV, hs);
     if (hs % 2 != 0) throw std::runtime_error("rope: head size " + std::to_string(hs) + " is odd; RoPE rotates pairs");
     size_t total = static_cast<size_t>(B) * T * (NH + NKV) * (hs / 2);
@@ -189,17 +194,20 @@ inline void rope_launch(floatX* qkv, const int* positions, int B, int T, int NH,
     cuda_check(cudaGetLastError());
 }
 // Training / prefill: token t is at position t.
-inline void rope_forward(floatX* qkv /*(B, T, (NH + 2·NKV)·hs), in place*/, int B, int T, int NH, int NKV, int hs,
-                         float theta, cudaStream_t stream) {
+template <class X>
+void rope_forward(X* qkv /*(B, T, (NH + 2·NKV)·hs), in place*/, int B, int T, int NH, int NKV, int hs, float theta,
+                  cudaStream_t stream) {
     rope_launch(qkv, nullptr, B, T, NH, NKV, hs, theta, +1, stream);
 }
-inline void rope_backward(floatX* dqkv /*(B, T, (NH + 2·NKV)·hs), in place*/, int B, int T, int NH, int NKV, int hs,
-                          float theta, cudaStream_t stream) {
+template <class X>
+void rope_backward(X* dqkv /*(B, T, (NH + 2·NKV)·hs), in place*/, int B, int T, int NH, int NKV, int hs, float theta,
+                   cudaStream_t stream) {
     rope_launch(dqkv, nullptr, B, T, NH, NKV, hs, theta, -1, stream);
 }
 // Decoding: token (b, t) is at position positions[b·T + t] (a device array), e.g. the cache length so far.
-inline void rope_forward_at(floatX* qkv /*(B, T, (NH + 2·NKV)·hs), in place*/, const int* positions /*(B·T) device*/,
-                            int B, int T, int NH, int NKV, int hs, float theta, cudaStream_t stream) {
+template <class X>
+void rope_forward_at(X* qkv /*(B, T, (NH + 2·NKV)·hs), in place*/, const int* positions /*(B·T) device*/, int B, int T,
+                     int NH, int NKV, int hs, float theta, cudaStream_t stream) {
     rope_launch(qkv, positions, B, T, NH, NKV, hs, theta, +1, stream);
 }
 // op(exec, ...): the kernels or the CPU reference (common.cuh)
@@ -320,13 +328,16 @@ void attention_backward_cpu(Real* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const Real
 //   → y = att·V (cuBLAS) → unpermute y into out (B, T, NH·hs).
 //   Backward: dy = permute(dout); dV = attᵀ·dy; datt = dy·Vᵀ; dS = softmax backward (in place in datt);
 //   dQ = scale·dS·K; dK = scale·dSᵀ·Q; then sum dK, dV over each group and add everything into dqkv.
-//   Memory: the caller's att (and datt) are B·NH·T² floats: 4·12·1024²·4 bytes = 200 MB per layer at
-//   GPT-2 small with B=4 — the reason for the fused path. The upper triangle of S is computed and thrown
-//   away: half the FLOPs of the two forward matmuls are wasted.
+//   With X = bf16, att holds the scaled scores S rounded to bf16 before the softmax reads them (off by up to
+//   2^-8·|S|, which exp turns into a relative error of P: the fused paths keep S in fp32).
+//   Memory: the caller's att (and datt) are B·NH·T² elements: in fp32 4·12·1024²·4 bytes = 200 MB per
+//   layer at GPT-2 small with B=4 (half that in bf16) — the reason for the fused path. The upper triangle
+//   of S is computed and thrown away: half the FLOPs of the two forward matmuls are wasted.
 
 // One thread per element of q/k/v (B, NH, T, hs): d fastest, so reads of qkv and writes are coalesced.
-__global__ void attention_permute_kernel(floatX* q, floatX* k, floatX* v /*each (B, NH, T, hs)*/, const floatX* qkv,
-                                         int B, int T, int NH, int NKV, int hs) {
+template <class X>
+__global__ void attention_permute_kernel(X* q, X* k, X* v /*each (B, NH, T, hs)*/, const X* qkv, int B, int T, int NH,
+                                         int NKV, int hs) {
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<size_t>(B) * NH * T * hs) return;
     int d = static_cast<int>(idx % hs);
@@ -342,8 +353,8 @@ __global__ void attention_permute_kernel(floatX* q, floatX* k, floatX* v /*each 
 // Between the heads layout (B, NH, T, hs) and the token layout (B, T, NH·hs): one thread per element,
 // d fastest. to_heads = false: dst (B, T, NH·hs) = src (B, NH, T, hs), the forward's unpermute;
 // to_heads = true: dst (B, NH, T, hs) = src (B, T, NH·hs), the backward's permute of dout.
-__global__ void attention_unpermute_kernel(floatX* dst, const floatX* src, int B, int T, int NH, int hs,
-                                           bool to_heads) {
+template <class X>
+__global__ void attention_unpermute_kernel(X* dst, const X* src, int B, int T, int NH, int hs, bool to_heads) {
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // index in the token layout
     if (idx >= static_cast<size_t>(B) * T * NH * hs) return;
     int d = static_cast<int>(idx % hs);
@@ -358,46 +369,46 @@ __global__ void attention_unpermute_kernel(floatX* dst, const floatX* src, int B
 // Causal softmax in place over rows of att (B·NH·T rows of length T), already scaled by the GEMM.
 // One warp per row: lanes stride over the row (coalesced), max and sum by warp shuffles. Entries above the
 // diagonal are written as 0 so that the next GEMM (att·V) over full rows is right.
-__global__ void attention_softmax_causal_kernel(floatX* att /*(B, NH, T, T)*/, int rows, int T) {
+template <class X>
+__global__ void attention_softmax_causal_kernel(X* att /*(B, NH, T, T)*/, int rows, int T) {
     int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * warps + static_cast<int>(threadIdx.x) / 32;
     bool active = row < rows;  // no early return: every lane of the warp must reach the shuffles
     int t = active ? row % T : 0;
-    floatX* a = att + static_cast<size_t>(active ? row : 0) * T;
+    X* a = att + static_cast<size_t>(active ? row : 0) * T;
     float m = -INFINITY;
-    for (int s = lane; s <= t; s += 32) m = fmaxf(m, static_cast<float>(a[s]));
+    for (int s = lane; s <= t; s += 32) m = fmaxf(m, to_fp32(a[s]));
     m = warp_reduce_max(m);
     float sum = 0.0f;
-    for (int s = lane; s <= t; s += 32) sum += expf(static_cast<float>(a[s]) - m);
+    for (int s = lane; s <= t; s += 32) sum += expf(to_fp32(a[s]) - m);
     sum = warp_reduce_sum(sum);
     if (!active) return;
-    for (int s = lane; s < T; s += 32)
-        a[s] = static_cast<floatX>(s <= t ? expf(static_cast<float>(a[s]) - m) / sum : 0.0f);
+    for (int s = lane; s < T; s += 32) a[s] = from_fp32<X>(s <= t ? expf(to_fp32(a[s]) - m) / sum : 0.0f);
 }
 
 // Softmax backward in place: datt holds dP on entry and dS = P∘(dP − Σ P∘dP) on exit (0 above the diagonal).
 // One warp per row, as the forward.
-__global__ void attention_softmax_causal_backward_kernel(floatX* datt /*(B, NH, T, T)*/, const floatX* att, int rows,
-                                                         int T) {
+template <class X>
+__global__ void attention_softmax_causal_backward_kernel(X* datt /*(B, NH, T, T)*/, const X* att, int rows, int T) {
     int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * warps + static_cast<int>(threadIdx.x) / 32;
     bool active = row < rows;
     int t = active ? row % T : 0;
     size_t base = static_cast<size_t>(active ? row : 0) * T;
     float pdp = 0.0f;
-    for (int s = lane; s <= t; s += 32) pdp += static_cast<float>(att[base + s]) * static_cast<float>(datt[base + s]);
+    for (int s = lane; s <= t; s += 32) pdp += to_fp32(att[base + s]) * to_fp32(datt[base + s]);
     pdp = warp_reduce_sum(pdp);
     if (!active) return;
     for (int s = lane; s < T; s += 32)
-        datt[base + s] = static_cast<floatX>(
-            s <= t ? static_cast<float>(att[base + s]) * (static_cast<float>(datt[base + s]) - pdp) : 0.0f);
+        datt[base + s] = from_fp32<X>(s <= t ? to_fp32(att[base + s]) * (to_fp32(datt[base + s]) - pdp) : 0.0f);
 }
 
 // dqkv += (dq, Σ_group dk, Σ_group dv): one thread per element of dqkv (coalesced writes); the sum over the
 // heads of a group is a loop in one thread, so it is deterministic.
-__global__ void attention_permute_backward_kernel(floatX* dqkv, const floatX* dq, const floatX* dk,
-                                                  const floatX* dv /*each (B, NH, T, hs)*/, int B, int T, int NH,
-                                                  int NKV, int hs) {
+template <class X>
+__global__ void attention_permute_backward_kernel(X* dqkv, const X* dq, const X* dk,
+                                                  const X* dv /*each (B, NH, T, hs)*/, int B, int T, int NH, int NKV,
+                                                  int hs) {
     int W = (NH + 2 * NKV) * hs;
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<size_t>(B) * T * W) return;
@@ -405,37 +416,37 @@ __global__ void attention_permute_backward_kernel(floatX* dqkv, const floatX* dq
     int head = static_cast<int>(idx % W / hs);  // 0..NH+2NKV: q heads, then k heads, then v heads
     int t = static_cast<int>(idx / W % T);
     int b = static_cast<int>(idx / W / T);
-    auto at = [&](const floatX* x, int h) {
-        return static_cast<float>(x[((static_cast<size_t>(b) * NH + h) * T + t) * hs + d]);
-    };
+    auto at = [&](const X* x, int h) { return to_fp32(x[((static_cast<size_t>(b) * NH + h) * T + t) * hs + d]); };
     int group = NH / NKV;
     float sum = 0.0f;
     if (head < NH) sum = at(dq, head);
     else if (head < NH + NKV) for (int j = 0; j < group; j++) sum += at(dk, (head - NH) * group + j);
     else for (int j = 0; j < group; j++) sum += at(dv, (head - NH - NKV) * group + j);
-    dqkv[idx] = static_cast<floatX>(static_cast<float>(dqkv[idx]) + sum);
+    dqkv[idx] = from_fp32<X>(to_fp32(dqkv[idx]) + sum);
 }
 
-// Workspace of the naive path: q, k, v, y (forward) and dq, dk, dv (backward), each (B, NH, T, hs).
+// Workspace of the naive path: q, k, v, y (forward) and dq, dk, dv (backward), each (B, NH, T, hs), of type X.
+template <class X>
 struct AttentionNaiveScratch {
-    floatX *q, *k, *v, *y, *dq, *dk, *dv;
+    X *q, *k, *v, *y, *dq, *dk, *dv;
 };
-inline AttentionNaiveScratch attention_naive_scratch(int B, int T, int NH, int hs) {
+template <class X>
+AttentionNaiveScratch<X> attention_naive_scratch(int B, int T, int NH, int hs) {
     size_t n = static_cast<size_t>(B) * NH * T * hs;
     WorkspaceCarver count{nullptr};
-    for (int i = 0; i < 7; i++) count.take<floatX>(n);
+    for (int i = 0; i < 7; i++) count.take<X>(n);
     WorkspaceCarver carve{attention_workspace().get(count.used)};
-    AttentionNaiveScratch s;
-    for (floatX** p : {&s.q, &s.k, &s.v, &s.y, &s.dq, &s.dk, &s.dv}) *p = carve.take<floatX>(n);
+    AttentionNaiveScratch<X> s;
+    for (X** p : {&s.q, &s.k, &s.v, &s.y, &s.dq, &s.dk, &s.dv}) *p = carve.take<X>(n);
     return s;
 }
 
-inline void attention_forward_naive(floatX* out /*(B, T, NH·hs)*/,
-                                    floatX* att /*(B, NH, T, T) probabilities, kept for backward*/,
-                                    const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
-                                    cudaStream_t stream) {
+template <class X>
+void attention_forward_naive(X* out /*(B, T, NH·hs)*/, X* att /*(B, NH, T, T) probabilities, kept for backward*/,
+                             const X* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
+                             cudaStream_t stream) {
     attention_check_shape("attention_forward_naive", B, T, NH, NKV, hs);
-    AttentionNaiveScratch s = attention_naive_scratch(B, T, NH, hs);
+    AttentionNaiveScratch<X> s = attention_naive_scratch<X>(B, T, NH, hs);
     size_t n = static_cast<size_t>(B) * NH * T * hs;
     const int block = 256;
     unsigned grid = static_cast<unsigned>(ceil_div<size_t>(n, block));
@@ -455,11 +466,12 @@ inline void attention_forward_naive(floatX* out /*(B, T, NH·hs)*/,
     cuda_check(cudaGetLastError());
 }
 
-inline void attention_backward_naive(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, floatX* datt /*(B, NH, T, T) scratch*/,
-                                     const floatX* dout /*(B, T, NH·hs)*/, const floatX* att /*(B, NH, T, T)*/,
-                                     const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
+template <class X>
+void attention_backward_naive(X* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, X* datt /*(B, NH, T, T) scratch*/,
+                              const X* dout /*(B, T, NH·hs)*/, const X* att /*(B, NH, T, T)*/, const X* qkv, int B,
+                              int T, int NH, int NKV, int hs, cudaStream_t stream) {
     attention_check_shape("attention_backward_naive", B, T, NH, NKV, hs);
-    AttentionNaiveScratch s = attention_naive_scratch(B, T, NH, hs);
+    AttentionNaiveScratch<X> s = attention_naive_scratch<X>(B, T, NH, hs);
     size_t n = static_cast<size_t>(B) * NH * T * hs;
     const int block = 256;
     unsigned grid = static_cast<unsigned>(ceil_div<size_t>(n, block));
@@ -536,12 +548,12 @@ inline void set_attention_backend(AttentionBackend b) { attention_backend_settin
 inline AttentionBackend get_attention_backend() { return attention_backend_setting(); }
 
 // The tensor-core launchers (defined with their kernels at the end of this file).
-template <int HS>
-void attention_forward_wmma_launch(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs,
+template <int HS, class X>
+void attention_forward_wmma_launch(X* out, float* lse, const X* qkv, int B, int T, int NH, int NKV, int hs,
                                    cudaStream_t stream);
-template <int HS>
-void attention_backward_wmma_launch(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
-                                    const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream);
+template <int HS, class X>
+void attention_backward_wmma_launch(X* dqkv, const X* dout, const float* lse, const float* D, const X* qkv, int B,
+                                    int T, int NH, int NKV, int hs, cudaStream_t stream);
 
 // ----------------------------------------------------------------------------
 // The fused forward (FlashAttention-2 style), fp32.
@@ -568,10 +580,10 @@ constexpr size_t attention_forward_flash_shared_bytes() {
     return sizeof(float) * (BR * (HS + 1) + BC * (HS + 1) + BC * HS + BR * (BC + 1));
 }
 
-template <int HS, int BR, int BC>
+template <int HS, int BR, int BC, class X>
 __global__ void __launch_bounds__(attention_flash_threads)
-    attention_forward_flash_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const floatX* qkv, int T,
-                                   int NH, int NKV, int hs) {
+    attention_forward_flash_kernel(X* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const X* qkv, int T, int NH,
+                                   int NKV, int hs) {
     static_assert(BR == 64 && BC % 8 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads, 4 rows each");
     constexpr int RPT = BR / 16, CPT = BC / 8, DPT = HS / 8;  // rows, score columns, output columns per thread
     extern __shared__ float flash_smem[];
@@ -588,7 +600,7 @@ __global__ void __launch_bounds__(attention_flash_threads)
     for (int idx = tid; idx < BR * HS; idx += attention_flash_threads) {
         int r = idx / HS, d = idx % HS, q = q0 + r;
         Qs[r * (HS + 1) + d] =
-            q < T && d < hs ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, hs) + d]) * scale_log2 : 0.0f;
+            q < T && d < hs ? to_fp32(qkv[qkv_q_offset(b, q, h, T, NH, NKV, hs) + d]) * scale_log2 : 0.0f;
     }
     float m[RPT], l[RPT], o[RPT][DPT];
     for (int i = 0; i < RPT; i++) {
@@ -602,8 +614,8 @@ __global__ void __launch_bounds__(attention_flash_threads)
         for (int idx = tid; idx < BC * HS; idx += attention_flash_threads) {
             int c = idx / HS, d = idx % HS, key = k0 + c;
             bool in = key < T && d < hs;
-            Ks[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_k_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
-            Vs[c * HS + d] = in ? static_cast<float>(qkv[qkv_v_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+            Ks[c * (HS + 1) + d] = in ? to_fp32(qkv[qkv_k_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+            Vs[c * HS + d] = in ? to_fp32(qkv[qkv_v_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
         }
         __syncthreads();
         float s[RPT][CPT];
@@ -653,20 +665,20 @@ __global__ void __launch_bounds__(attention_flash_threads)
         for (int offset = 1; offset < 8; offset *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
         int query = q0 + ty + 16 * i;
         if (query < T) {
-            floatX* dst = out + (static_cast<size_t>(b) * T + query) * NH * hs + static_cast<size_t>(h) * hs;
+            X* dst = out + (static_cast<size_t>(b) * T + query) * NH * hs + static_cast<size_t>(h) * hs;
             for (int j = 0; j < DPT; j++)
-                if (tx + 8 * j < hs) dst[tx + 8 * j] = static_cast<floatX>(o[i][j] / sum);
+                if (tx + 8 * j < hs) dst[tx + 8 * j] = from_fp32<X>(o[i][j] / sum);
             if (tx == 0) lse[(static_cast<size_t>(b) * NH + h) * T + query] = (m[i] + log2f(sum)) * attention_ln2;
         }
     }
 }
 
-template <int HS>
-void attention_forward_flash_launch(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs,
+template <int HS, class X>
+void attention_forward_flash_launch(X* out, float* lse, const X* qkv, int B, int T, int NH, int NKV, int hs,
                                     cudaStream_t stream) {
     constexpr int BR = 64, BC = 32;
     constexpr size_t smem = attention_forward_flash_shared_bytes<HS, BR, BC>();
-    auto kernel = attention_forward_flash_kernel<HS, BR, BC>;
+    auto kernel = attention_forward_flash_kernel<HS, BR, BC, X>;
     attention_allow_shared_bytes(kernel, smem, "attention_forward", hs);
     dim3 grid(ceil_div(T, BR), NH, B);
     kernel<<<grid, attention_flash_threads, smem, stream>>>(out, lse, qkv, T, NH, NKV, hs);
@@ -674,9 +686,9 @@ void attention_forward_flash_launch(floatX* out, float* lse, const floatX* qkv, 
 }
 
 // The fused forward: what the model calls. out and lse are written (not accumulated).
-inline void attention_forward(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/,
-                              const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
-                              cudaStream_t stream) {
+template <class X>
+void attention_forward(X* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const X* qkv /*(B, T, (NH+2NKV)·hs)*/,
+                       int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
     attention_check_shape("attention_forward", B, T, NH, NKV, hs);
     attention_flash_dispatch("attention_forward", hs, [&](auto capacity) {
         constexpr int HS = decltype(capacity)::value;
@@ -720,16 +732,16 @@ constexpr size_t attention_backward_q_shared_bytes() {
 }
 
 // One warp per (b, t, h) row: lanes over hs (coalesced), a shuffle reduction.
-__global__ void attention_backward_preprocess_kernel(float* D /*(B, NH, T)*/, const floatX* dout, const floatX* out,
-                                                     int B, int T, int NH, int hs) {
+template <class X>
+__global__ void attention_backward_preprocess_kernel(float* D /*(B, NH, T)*/, const X* dout, const X* out, int B,
+                                                     int T, int NH, int hs) {
     int warps = blockDim.x / 32, lane = threadIdx.x % 32;
     int row = blockIdx.x * warps + static_cast<int>(threadIdx.x) / 32;  // row = (b·T + t)·NH + h
     bool active = row < B * T * NH;
     float sum = 0.0f;
     if (active)
         for (int d = lane; d < hs; d += 32)
-            sum += static_cast<float>(dout[static_cast<size_t>(row) * hs + d]) *
-                   static_cast<float>(out[static_cast<size_t>(row) * hs + d]);
+            sum += to_fp32(dout[static_cast<size_t>(row) * hs + d]) * to_fp32(out[static_cast<size_t>(row) * hs + d]);
     sum = warp_reduce_sum(sum);
     if (active && lane == 0) {
         int h = row % NH, t = row / NH % T, b = row / NH / T;
@@ -739,16 +751,16 @@ __global__ void attention_backward_preprocess_kernel(float* D /*(B, NH, T)*/, co
 
 // Loads the query-side tiles of query tile q0 of head h into shared memory: Q and dO (BR, HS+1), zero in
 // rows past T and columns d >= hs; lse in base 2 and D (BR). Called by all threads of the block.
-template <int HS, int BR>
-__device__ void attention_backward_load_queries(float* Qs, float* dOs, float* lse2s, float* Ds, const floatX* qkv,
-                                                const floatX* dout, const float* lse, const float* D, int b, int h,
-                                                int q0, int T, int NH, int NKV, int hs) {
+template <int HS, int BR, class X>
+__device__ void attention_backward_load_queries(float* Qs, float* dOs, float* lse2s, float* Ds, const X* qkv,
+                                                const X* dout, const float* lse, const float* D, int b, int h, int q0,
+                                                int T, int NH, int NKV, int hs) {
     for (int idx = threadIdx.x; idx < BR * HS; idx += blockDim.x) {
         int r = idx / HS, d = idx % HS, q = q0 + r;
         bool in = q < T && d < hs;
         size_t o_row = (static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs;  // dout (B, T, NH·hs)
-        Qs[r * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_q_offset(b, q, h, T, NH, NKV, hs) + d]) : 0.0f;
-        dOs[r * (HS + 1) + d] = in ? static_cast<float>(dout[o_row + d]) : 0.0f;
+        Qs[r * (HS + 1) + d] = in ? to_fp32(qkv[qkv_q_offset(b, q, h, T, NH, NKV, hs) + d]) : 0.0f;
+        dOs[r * (HS + 1) + d] = in ? to_fp32(dout[o_row + d]) : 0.0f;
     }
     for (int r = threadIdx.x; r < BR; r += blockDim.x) {
         int q = q0 + r;
@@ -758,21 +770,21 @@ __device__ void attention_backward_load_queries(float* Qs, float* dOs, float* ls
     }
 }
 // Loads keys k0.. of kv head g: K and V (BC, HS+1), zero past T and in columns d >= hs.
-template <int HS, int BC>
-__device__ void attention_backward_load_keys(float* Ks, float* Vs, const floatX* qkv, int b, int g, int k0, int T,
-                                             int NH, int NKV, int hs) {
+template <int HS, int BC, class X>
+__device__ void attention_backward_load_keys(float* Ks, float* Vs, const X* qkv, int b, int g, int k0, int T, int NH,
+                                             int NKV, int hs) {
     for (int idx = threadIdx.x; idx < BC * HS; idx += blockDim.x) {
         int c = idx / HS, d = idx % HS, key = k0 + c;
         bool in = key < T && d < hs;
-        Ks[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_k_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
-        Vs[c * (HS + 1) + d] = in ? static_cast<float>(qkv[qkv_v_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+        Ks[c * (HS + 1) + d] = in ? to_fp32(qkv[qkv_k_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+        Vs[c * (HS + 1) + d] = in ? to_fp32(qkv[qkv_v_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
     }
 }
 
-template <int HS, int BR, int BC>
+template <int HS, int BR, int BC, class X>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_backward_kv_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv,
-                             int T, int NH, int NKV, int hs) {
+attention_backward_kv_kernel(X* dqkv, const X* dout, const float* lse, const float* D, const X* qkv, int T, int NH,
+                             int NKV, int hs) {
     static_assert(BR % 8 == 0 && BC % 16 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads");
     constexpr int KPT = BC / 16, QPT = BR / 8, DPT = HS / 8;
     extern __shared__ float flash_smem[];
@@ -849,21 +861,21 @@ attention_backward_kv_kernel(floatX* dqkv, const floatX* dout, const float* lse,
     for (int i = 0; i < KPT; i++) {
         int key = k0 + ty + 16 * i;
         if (key >= T) continue;
-        floatX* dK = dqkv + qkv_k_offset(b, key, g, T, NH, NKV, hs);
-        floatX* dV = dqkv + qkv_v_offset(b, key, g, T, NH, NKV, hs);
+        X* dK = dqkv + qkv_k_offset(b, key, g, T, NH, NKV, hs);
+        X* dV = dqkv + qkv_v_offset(b, key, g, T, NH, NKV, hs);
         for (int j = 0; j < DPT; j++) {
             int d = tx + 8 * j;
             if (d >= hs) continue;
-            dK[d] = static_cast<floatX>(static_cast<float>(dK[d]) + dk[i][j] * scale);
-            dV[d] = static_cast<floatX>(static_cast<float>(dV[d]) + dv[i][j]);
+            dK[d] = from_fp32<X>(to_fp32(dK[d]) + dk[i][j] * scale);  // one rounding of the fp32 sum
+            dV[d] = from_fp32<X>(to_fp32(dV[d]) + dv[i][j]);
         }
     }
 }
 
-template <int HS, int BR, int BC>
+template <int HS, int BR, int BC, class X>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_backward_q_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D, const floatX* qkv,
-                            int T, int NH, int NKV, int hs) {
+attention_backward_q_kernel(X* dqkv, const X* dout, const float* lse, const float* D, const X* qkv, int T, int NH,
+                            int NKV, int hs) {
     static_assert(BR % 16 == 0 && BC % 8 == 0 && HS % 8 == 0, "thread layout: 16 × 8 threads");
     constexpr int RPT = BR / 16, CPT = BC / 8, DPT = HS / 8;
     extern __shared__ float flash_smem[];
@@ -927,26 +939,26 @@ attention_backward_q_kernel(floatX* dqkv, const floatX* dout, const float* lse, 
     for (int i = 0; i < RPT; i++) {
         int query = q0 + ty + 16 * i;
         if (query >= T) continue;
-        floatX* dQ = dqkv + qkv_q_offset(b, query, h, T, NH, NKV, hs);
+        X* dQ = dqkv + qkv_q_offset(b, query, h, T, NH, NKV, hs);
         for (int j = 0; j < DPT; j++) {
             int d = tx + 8 * j;
-            if (d < hs) dQ[d] = static_cast<floatX>(static_cast<float>(dQ[d]) + dq[i][j] * scale);
+            if (d < hs) dQ[d] = from_fp32<X>(to_fp32(dQ[d]) + dq[i][j] * scale);
         }
     }
 }
 
-template <int HS>
-void attention_backward_flash_launch(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
-                                     const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
+template <int HS, class X>
+void attention_backward_flash_launch(X* dqkv, const X* dout, const float* lse, const float* D, const X* qkv, int B,
+                                     int T, int NH, int NKV, int hs, cudaStream_t stream) {
     constexpr int BR = 32, BC = 32;
     constexpr size_t kv_smem = attention_backward_kv_shared_bytes<HS, BR, BC>();
-    auto kv_kernel = attention_backward_kv_kernel<HS, BR, BC>;
+    auto kv_kernel = attention_backward_kv_kernel<HS, BR, BC, X>;
     attention_allow_shared_bytes(kv_kernel, kv_smem, "attention_backward", hs);
     kv_kernel<<<dim3(ceil_div(T, BC), NKV, B), attention_flash_threads, kv_smem, stream>>>(
         dqkv, dout, lse, D, qkv, T, NH, NKV, hs);
     cuda_check(cudaGetLastError());
     constexpr size_t q_smem = attention_backward_q_shared_bytes<HS, BR, BC>();
-    auto q_kernel = attention_backward_q_kernel<HS, BR, BC>;
+    auto q_kernel = attention_backward_q_kernel<HS, BR, BC, X>;
     attention_allow_shared_bytes(q_kernel, q_smem, "attention_backward", hs);
     q_kernel<<<dim3(ceil_div(T, BR), NH, B), attention_flash_threads, q_smem, stream>>>(
         dqkv, dout, lse, D, qkv, T, NH, NKV, hs);
@@ -954,10 +966,11 @@ void attention_backward_flash_launch(floatX* dqkv, const floatX* dout, const flo
 }
 
 // The fused backward: what the model calls. Accumulates into dqkv.
-inline void attention_backward(floatX* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const floatX* dout /*(B, T, NH·hs)*/,
-                               const floatX* out /*(B, T, NH·hs)*/, const float* lse /*(B, NH, T)*/,
-                               const floatX* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
-                               cudaStream_t stream) {
+template <class X>
+void attention_backward(X* dqkv /*(B, T, (NH+2NKV)·hs), +=*/, const X* dout /*(B, T, NH·hs)*/,
+                        const X* out /*(B, T, NH·hs)*/, const float* lse /*(B, NH, T)*/,
+                        const X* qkv /*(B, T, (NH+2NKV)·hs)*/, int B, int T, int NH, int NKV, int hs,
+                        cudaStream_t stream) {
     attention_check_shape("attention_backward", B, T, NH, NKV, hs);
     size_t rows = static_cast<size_t>(B) * T * NH;
     attention_flash_dispatch("attention_backward", hs, [&](auto capacity) {
@@ -1029,14 +1042,18 @@ __device__ inline void attention_wmma_warp_product(float* c, int ldc, const __nv
 
 // Stages rows row0.. (R of them) of one head of qkv, or of dout, in shared memory as bf16: tile[r][d] (row length
 // HS + 8), zero for rows >= T and columns d >= hs. `offset(row)` is the element offset of the row's head. Called
-// by all threads; d is fastest, so a warp reads consecutive elements of a row (coalesced).
-template <int HS, int R, class Offset>
-__device__ inline void attention_wmma_stage(__nv_bfloat16* tile, const floatX* src, int row0, int T, int hs,
+// by all threads; d is fastest, so a warp reads consecutive elements of a row (coalesced). An fp32 X is rounded to
+// bf16 here (the one rounding of the inputs); a bf16 X is copied as it is.
+template <int HS, int R, class X, class Offset>
+__device__ inline void attention_wmma_stage(__nv_bfloat16* tile, const X* src, int row0, int T, int hs,
                                             Offset offset) {
     for (int idx = threadIdx.x; idx < R * HS; idx += blockDim.x) {
         int r = idx / HS, d = idx % HS, row = row0 + r;
-        float x = row < T && d < hs ? static_cast<float>(src[offset(row) + d]) : 0.0f;
-        tile[r * (HS + 8) + d] = __float2bfloat16_rn(x);
+        bool in = row < T && d < hs;
+        if constexpr (std::is_same_v<X, __nv_bfloat16>)
+            tile[r * (HS + 8) + d] = in ? src[offset(row) + d] : __float2bfloat16_rn(0.0f);
+        else
+            tile[r * (HS + 8) + d] = __float2bfloat16_rn(in ? src[offset(row) + d] : 0.0f);
     }
 }
 
@@ -1061,10 +1078,10 @@ struct AttentionWmmaForwardLayout {
 //     O's row ·= exp2(m − m_new);                                              __syncwarp
 //     O += P·V on wmma (accumulating through shared memory).
 //   At the end out = O / l (a warp writes one row at a time, lanes over d: coalesced), lse = (m + log2 l)·ln 2.
-template <int HS, int BR, int BC>
+template <int HS, int BR, int BC, class X>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_forward_wmma_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const floatX* qkv, int T,
-                              int NH, int NKV, int hs) {
+attention_forward_wmma_kernel(X* out /*(B, T, NH·hs)*/, float* lse /*(B, NH, T)*/, const X* qkv, int T, int NH, int NKV,
+                              int hs) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     __trap();  // bf16 wmma needs compute capability 8.0 (A100) or newer; the GPU build targets sm_80 and sm_90
 #else
@@ -1128,18 +1145,18 @@ attention_forward_wmma_kernel(floatX* out /*(B, T, NH·hs)*/, float* lse /*(B, N
         float row_sum = __shfl_sync(0xffffffffu, sum, 2 * rr);
         int q = q0 + 16 * warp + rr;
         if (q >= T) break;
-        floatX* dst = out + (static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs;
-        for (int d = lane; d < hs; d += 32) dst[d] = static_cast<floatX>(Os[rr * L::o_ld + d] / row_sum);
+        X* dst = out + (static_cast<size_t>(b) * T + q) * NH * hs + static_cast<size_t>(h) * hs;
+        for (int d = lane; d < hs; d += 32) dst[d] = from_fp32<X>(Os[rr * L::o_ld + d] / row_sum);
     }
 #endif
 }
 
-template <int HS>
-void attention_forward_wmma_launch(floatX* out, float* lse, const floatX* qkv, int B, int T, int NH, int NKV, int hs,
+template <int HS, class X>
+void attention_forward_wmma_launch(X* out, float* lse, const X* qkv, int B, int T, int NH, int NKV, int hs,
                                    cudaStream_t stream) {
     constexpr int BR = 16 * attention_wmma_warps, BC = 32;
     constexpr size_t smem = AttentionWmmaForwardLayout<HS, BR, BC>::bytes;
-    auto kernel = attention_forward_wmma_kernel<HS, BR, BC>;
+    auto kernel = attention_forward_wmma_kernel<HS, BR, BC, X>;
     attention_allow_shared_bytes(kernel, smem, "attention_forward (wmma)", hs);
     kernel<<<dim3(ceil_div(T, BR), NH, B), attention_flash_threads, smem, stream>>>(out, lse, qkv, T, NH, NKV, hs);
     cuda_check(cudaGetLastError());
@@ -1193,10 +1210,10 @@ __device__ inline void attention_wmma_load_row_stats(float* lse2s, float* Ds, co
     }
 }
 
-template <int HS, int BR, int BC>
+template <int HS, int BR, int BC, class X>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_backward_kv_wmma_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
-                                  const floatX* qkv, int T, int NH, int NKV, int hs) {
+attention_backward_kv_wmma_kernel(X* dqkv, const X* dout, const float* lse, const float* D, const X* qkv, int T, int NH,
+                                  int NKV, int hs) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     __trap();  // bf16 wmma needs compute capability 8.0 (A100) or newer
 #else
@@ -1264,18 +1281,18 @@ attention_backward_kv_wmma_kernel(floatX* dqkv, const floatX* dout, const float*
     for (int idx = tid; idx < BC * hs; idx += attention_flash_threads) {
         int kr = idx / hs, d = idx % hs, key = k0 + kr;
         if (key >= T) break;  // idx grows: the rest are past T too
-        floatX* dK = dqkv + qkv_k_offset(b, key, g, T, NH, NKV, hs);
-        floatX* dV = dqkv + qkv_v_offset(b, key, g, T, NH, NKV, hs);
-        dK[d] = static_cast<floatX>(static_cast<float>(dK[d]) + dKs[kr * L::acc_ld + d] * scale);
-        dV[d] = static_cast<floatX>(static_cast<float>(dV[d]) + dVs[kr * L::acc_ld + d]);
+        X* dK = dqkv + qkv_k_offset(b, key, g, T, NH, NKV, hs);
+        X* dV = dqkv + qkv_v_offset(b, key, g, T, NH, NKV, hs);
+        dK[d] = from_fp32<X>(to_fp32(dK[d]) + dKs[kr * L::acc_ld + d] * scale);
+        dV[d] = from_fp32<X>(to_fp32(dV[d]) + dVs[kr * L::acc_ld + d]);
     }
 #endif
 }
 
-template <int HS, int BR, int BC>
+template <int HS, int BR, int BC, class X>
 __global__ void __launch_bounds__(attention_flash_threads)
-attention_backward_q_wmma_kernel(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
-                                 const floatX* qkv, int T, int NH, int NKV, int hs) {
+attention_backward_q_wmma_kernel(X* dqkv, const X* dout, const float* lse, const float* D, const X* qkv, int T, int NH,
+                                 int NKV, int hs) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
     __trap();  // bf16 wmma needs compute capability 8.0 (A100) or newer
 #else
@@ -1332,23 +1349,23 @@ attention_backward_q_wmma_kernel(floatX* dqkv, const floatX* dout, const float* 
     for (int idx = tid; idx < BR * hs; idx += attention_flash_threads) {
         int qr = idx / hs, d = idx % hs, query = q0 + qr;
         if (query >= T) break;
-        floatX* dQ = dqkv + qkv_q_offset(b, query, h, T, NH, NKV, hs);
-        dQ[d] = static_cast<floatX>(static_cast<float>(dQ[d]) + dQs[qr * L::acc_ld + d] * scale);
+        X* dQ = dqkv + qkv_q_offset(b, query, h, T, NH, NKV, hs);
+        dQ[d] = from_fp32<X>(to_fp32(dQ[d]) + dQs[qr * L::acc_ld + d] * scale);
     }
 #endif
 }
 
-template <int HS>
-void attention_backward_wmma_launch(floatX* dqkv, const floatX* dout, const float* lse, const float* D,
-                                    const floatX* qkv, int B, int T, int NH, int NKV, int hs, cudaStream_t stream) {
+template <int HS, class X>
+void attention_backward_wmma_launch(X* dqkv, const X* dout, const float* lse, const float* D, const X* qkv, int B,
+                                    int T, int NH, int NKV, int hs, cudaStream_t stream) {
     constexpr int BR = 32, BC = 32;
     using L = AttentionWmmaBackwardLayout<HS, BR, BC>;
-    auto kv_kernel = attention_backward_kv_wmma_kernel<HS, BR, BC>;
+    auto kv_kernel = attention_backward_kv_wmma_kernel<HS, BR, BC, X>;
     attention_allow_shared_bytes(kv_kernel, L::kv_bytes, "attention_backward (wmma)", hs);
     kv_kernel<<<dim3(ceil_div(T, BC), NKV, B), attention_flash_threads, L::kv_bytes, stream>>>(
         dqkv, dout, lse, D, qkv, T, NH, NKV, hs);
     cuda_check(cudaGetLastError());
-    auto q_kernel = attention_backward_q_wmma_kernel<HS, BR, BC>;
+    auto q_kernel = attention_backward_q_wmma_kernel<HS, BR, BC, X>;
     attention_allow_shared_bytes(q_kernel, L::q_bytes, "attention_backward (wmma)", hs);
     q_kernel<<<dim3(ceil_div(T, BR), NH, B), attention_flash_threads, L::q_bytes, stream>>>(dqkv, dout, lse, D, qkv,
                                                                                           T, NH, NKV, hs);

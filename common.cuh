@@ -23,12 +23,10 @@
 #include <vector>
 
 // ----------------------------------------------------------------------------
-// Element types. The model runs in one of two precisions, chosen at run time (--precision): every op of
-// layers.cuh is ONE kernel templated on its element type T (float or __nv_bfloat16), which loads T, computes
-// in fp32 and rounds once when it stores. Which buffers are T and which stay fp32 is written at the top of
-// layers.cuh. floatX is the element type of the code that is not templated yet (attention.cuh, the model).
-enum class Precision { fp32, bf16 };
-using floatX = float;
+// Element types. The model runs in one of two precisions, chosen at run time (--precision; gpt.cuh's
+// GPT<Ops, FloatX>): every op of layers.cuh, attention.cuh and paged_kv.cuh is ONE kernel templated on its
+// element type (float or __nv_bfloat16), which loads it, computes in fp32 and rounds once when it stores. Which
+// buffers are bf16 and which stay fp32 is written at the top of layers.cuh.
 
 // The only two conversions the kernels use: loads widen exactly (a bf16 is an fp32 with the low 16 bits of
 // the mantissa zero), stores round to the nearest bf16, ties to even, as the GPU's cvt.rn.bf16.f32 does.
@@ -124,6 +122,10 @@ inline cublasHandle_t cublas_handle() {
     }();
     return handle;
 }
+// cuBLAS's name for an element type: fp32 or bf16 matrices; the compute type is fp32 for both
+// (CUBLAS_COMPUTE_32F: for fp32 matrices no TF32, for bf16 matrices bf16 tensor-core products summed in fp32).
+template <class T>
+constexpr cudaDataType_t cublas_data_type() { return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF; }
 
 // True when CUDA kernels run on a real GPU, false in the CPU build (cudasim names itself in the
 // device name) or without a device; `name` gets the device's name. The programs pick their default

@@ -226,24 +226,27 @@ inline void require_same_on_every_rank(Comm& comm, const nlohmann::json& what) {
 }
 
 // ----------------------------------------------------------------------------
-// The ZeRO stages on one GPT<Ops>. Built after the model has its parameters (and, on --resume, its AdamW state):
-// it takes them over and keeps of them what the stage keeps.
-template <class Ops>
+// The ZeRO stages on one GPT<Ops, FloatX>. Built after the model has its parameters (and, on --resume, its AdamW
+// state): it takes them over and keeps of them what the stage keeps. Everything communicated and sharded is fp32
+// (master weights, gradients, moments); in bf16 the model's bf16 copy of the weights is refreshed from the master
+// after each update (stages 0–2) or each gather (stage 3).
+template <class Ops, class FloatX = float>
 struct DataParallel {
+    static constexpr bool mixed = GPT<Ops, FloatX>::mixed;
     Comm& comm;
-    GPT<Ops>& model;
+    GPT<Ops, FloatX>& model;
     int stage;
     size_t P = 0, S = 0, padded = 0, lo = 0;  // parameters Ψ, shard size, N·S, first element of this rank's shard
     size_t bucket_elems = size_t(1) << 22;    // stage 0 all-reduces the gradients in buckets of 16 MiB
-    floatX* grad_shard = nullptr;             // (S) stages 1–3: the summed gradients of this rank's shard
-    floatX* grad_scratch = nullptr;           // (S) stages 2–3: one micro-batch's reduce-scatter, added to grad_shard
+    float* grad_shard = nullptr;              // (S) stages 1–3: the summed gradients of this rank's shard
+    float* grad_scratch = nullptr;            // (S) stages 2–3: one micro-batch's reduce-scatter, added to grad_shard
     float* m_shard = nullptr;                 // (S) stages 1–3: AdamW first moment of the shard
     float* v_shard = nullptr;                 // (S)             and second moment
-    floatX* param_shard = nullptr;            // (S) stage 3: the parameters between steps
+    float* param_shard = nullptr;             // (S) stage 3: the parameters between steps
     float* gathered_m = nullptr;              // (N·S) only while a checkpoint is written (stages 1–3)
     float* gathered_v = nullptr;
 
-    DataParallel(Comm& c, GPT<Ops>& m, int zero_stage) : comm(c), model(m), stage(zero_stage) {
+    DataParallel(Comm& c, GPT<Ops, FloatX>& m, int zero_stage) : comm(c), model(m), stage(zero_stage) {
         if (stage < 0 || stage > 3)
             throw std::runtime_error("--zero-stage must be 0, 1, 2 or 3 (got " + std::to_string(stage) + ")");
         P = model.num_parameters;
@@ -254,11 +257,14 @@ struct DataParallel {
         if (Ops::on_device) comm.init_nccl();
         if (stage == 0) return;
         // the buffers gathered into or scattered from whole: N·S long, the padding zero and never written by the model
-        floatX* p = alloc_zero(padded);
-        Ops::copy(p, model.params_memory, P * sizeof(floatX));
+        float* p = alloc_zero(padded);
+        Ops::copy(p, model.params_memory, P * sizeof(float));
         Ops::release(model.params_memory);
         model.params_memory = p;
-        model.params = point_parameters(p, model.sizes);
+        if (!mixed) {  // fp32: the master weights are the ones the ops read
+            model.params_X = reinterpret_cast<FloatX*>(p);
+            model.params = point_parameters(model.params_X, model.sizes);
+        }
         if (model.grads_memory) Ops::release(model.grads_memory);
         model.grads_memory = nullptr;
         ensure_grads();
@@ -276,7 +282,7 @@ struct DataParallel {
         }
         if (stage == 3) {
             param_shard = alloc_zero(S);
-            Ops::copy(param_shard, model.params_memory + lo, S * sizeof(floatX));
+            Ops::copy(param_shard, model.params_memory + lo, S * sizeof(float));
             release_full_buffers();
         }
     }
@@ -293,9 +299,12 @@ struct DataParallel {
     // forward, validation, samples, a checkpoint). Other stages always hold them.
     void ensure_params() {
         if (stage != 3 || model.params_memory) return;
-        model.params_memory = static_cast<floatX*>(Ops::alloc(padded * sizeof(floatX)));
-        model.params = point_parameters(model.params_memory, model.sizes);
+        model.params_memory = static_cast<float*>(Ops::alloc(padded * sizeof(float)));
         comm.all_gather(model.params_memory, param_shard, S, Ops::on_device);
+        if constexpr (mixed) model.params_X = static_cast<FloatX*>(Ops::alloc(P * sizeof(FloatX)));
+        else model.params_X = model.params_memory;
+        model.params = point_parameters(model.params_X, model.sizes);
+        model.refresh_params_X();
     }
 
     // Before a step's first micro-batch: gradients to zero (the shard's accumulator too).
@@ -303,7 +312,7 @@ struct DataParallel {
         ensure_params();
         ensure_grads();
         model.zero_grad();
-        if (stage >= 1) zero_memory(model.exec, grad_shard, S * sizeof(floatX));
+        if (stage >= 1) zero_memory(model.exec, grad_shard, S * sizeof(float));
     }
     // After each micro-batch's backward. Stages 2–3: this micro-batch's gradients, summed over ranks, are added
     // to the shard and the full buffer is zeroed for the next backward.
@@ -332,7 +341,7 @@ struct DataParallel {
     // each tensor that lies in [lo, lo + S). Then stages 1–2 all-gather the parameters.
     void update(float lr, float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale) {
         if (stage == 0) return model.update(lr, beta1, beta2, eps, weight_decay, step, grad_scale);
-        floatX* p = stage == 3 ? param_shard : model.params_memory + lo;
+        float* p = stage == 3 ? param_shard : model.params_memory + lo;
         size_t offset = 0;
         for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
             size_t a = std::max(offset, lo), b = std::min(offset + model.sizes[i], lo + S);
@@ -341,7 +350,10 @@ struct DataParallel {
                              b - a, lr, beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
             offset += model.sizes[i];
         }
-        if (stage <= 2) comm.all_gather(model.params_memory, model.params_memory + lo, S, Ops::on_device);
+        if (stage <= 2) {
+            comm.all_gather(model.params_memory, model.params_memory + lo, S, Ops::on_device);
+            model.refresh_params_X();
+        }
     }
 
     // The whole model for a checkpoint: every rank takes part (stages 1–3 gather AdamW's moments), rank 0 writes.
@@ -369,12 +381,15 @@ struct DataParallel {
     Memory memory(int B, int T) const {
         Memory m;
         const double full = 4.0 * (stage == 0 ? P : padded), shard = 4.0 * S;
-        m.params = stage == 3 ? shard : full;
-        m.transient_params = stage == 3 ? full : 0;
+        const double copy = mixed ? static_cast<double>(sizeof(FloatX)) * P : 0;  // the bf16 weights the ops read
+        m.params = stage == 3 ? shard : full + copy;
+        m.transient_params = stage == 3 ? full + copy : 0;
         m.grads = stage <= 1 ? full : shard;
         m.transient_grads = stage >= 2 ? full : 0;
         m.optimizer = stage == 0 ? 8.0 * P : 2 * shard;
-        for (size_t n : activation_sizes(model.config, B, T)) m.activations += 4.0 * n;
+        std::array<size_t, NUM_ACT_TENSORS> acts = activation_sizes(model.config, B, T);
+        for (int i = 0; i < NUM_ACT_TENSORS; i++)
+            m.activations += static_cast<double>(activation_is_fp32(i) ? sizeof(float) : sizeof(FloatX)) * acts[i];
         m.comm_buffers = stage >= 2 ? shard : 0;  // grad_scratch (checkpoints add 2 full buffers while written)
         return m;
     }
@@ -426,9 +441,9 @@ struct DataParallel {
     }
 
   private:
-    floatX* alloc_zero(size_t n) {
-        floatX* p = static_cast<floatX*>(Ops::alloc(n * sizeof(floatX)));
-        zero_memory(model.exec, p, n * sizeof(floatX));
+    float* alloc_zero(size_t n) {
+        float* p = static_cast<float*>(Ops::alloc(n * sizeof(float)));
+        zero_memory(model.exec, p, n * sizeof(float));
         return p;
     }
     // The model's gradient buffer, N·S long for stages 1–3 (the padding stays zero: backward never writes it).
@@ -438,9 +453,11 @@ struct DataParallel {
         model.grads = point_parameters(model.grads_memory, model.sizes);
     }
     void release_full_buffers() {
-        for (floatX** p : {&model.params_memory, &model.grads_memory})
+        if (mixed && model.params_X) Ops::release(model.params_X);
+        model.params_X = nullptr;
+        for (float** p : {&model.params_memory, &model.grads_memory})
             if (*p) { Ops::release(*p); *p = nullptr; }
-        model.params = ParameterTensors{};
-        model.grads = ParameterTensors{};
+        model.params = ParameterTensors<FloatX>{};
+        model.grads = ParameterTensors<float>{};
     }
 };

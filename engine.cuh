@@ -1,6 +1,6 @@
 // engine.cuh — generation on the paged KV cache (paged_kv.cuh), read top to bottom:
 //
-//   1. InferenceEngine<Ops>   one forward over a list of rows (token, position, sequence slot): every row
+//   1. InferenceEngine<Ops, FloatX> one forward over a list of rows (token, position, sequence slot): every row
 //                             attends to its own sequence's cache. Prefill (many rows of one sequence),
 //                             decode (one row per sequence) and a mix of both are the same call. It runs
 //                             gpt.cuh's block_forward, with the paged cache as the attention step.
@@ -43,18 +43,19 @@ struct EngineLimits {
 
 // Inference's attention step for gpt.cuh's block_forward: the step's N rows at their own positions; each
 // row's K and V go into its sequence's paged cache, then its query attends to positions 0..pos_i there.
+template <class FloatX>
 struct PagedAttention {
     const GPTConfig& c;
     int N, max_len;                         // rows, and the longest context among them
     const Mirrored &positions, &slots, &tables;
-    floatX *k_pool, *v_pool;                // (L, num_blocks, NKV, block_size, hs)
+    FloatX *k_pool, *v_pool;                // (L, num_blocks, NKV, block_size, hs)
     size_t pool_layer;                      // elements of one layer's pool
     int block_size, max_blocks;
-    void rope(const Exec& ex, floatX* qkv) const {
+    void rope(const Exec& ex, FloatX* qkv) const {
         rope_forward_at(ex, qkv, positions.backend, 1, N, c.n_head, c.n_kv_head, c.head_size(), c.rope_theta);
     }
-    void forward(const Exec& ex, floatX* atty, float* /*lse: none kept*/, const floatX* qkv, int l) const {
-        floatX *k = k_pool + l * pool_layer, *v = v_pool + l * pool_layer;
+    void forward(const Exec& ex, FloatX* atty, float* /*lse: none kept*/, const FloatX* qkv, int l) const {
+        FloatX *k = k_pool + l * pool_layer, *v = v_pool + l * pool_layer;
         const int NH = c.n_head, NKV = c.n_kv_head, hs = c.head_size();
         paged_kv_append(ex, k, v, qkv, tables.backend, slots.backend, positions.backend, N, NH, NKV, hs, block_size,
                         max_blocks);
@@ -63,22 +64,22 @@ struct PagedAttention {
     }
 };
 
-template <class Ops>
+template <class Ops, class FloatX = float>
 struct InferenceEngine {
     const GPTConfig config;
-    const ParameterTensors params;
+    const ParameterTensors<FloatX> params;
     const Exec exec;
     int max_seqs, max_rows, block_size, num_blocks, max_blocks;  // max_blocks: per sequence = ceil(maxT / block_size)
-    floatX *k_pool = nullptr, *v_pool = nullptr;                 // (L, num_blocks, NKV, block_size, hs)
+    FloatX *k_pool = nullptr, *v_pool = nullptr;                 // (L, num_blocks, NKV, block_size, hs)
     Mirrored tables;                                             // (max_seqs, max_blocks), uploaded each step
     Mirrored tokens, positions, slots;                           // (max_rows) the step's rows
     // activations for up to max_rows rows, reused by every layer (no backward: nothing is kept)
-    floatX *x = nullptr, *ln = nullptr, *qkv = nullptr, *atty = nullptr, *proj = nullptr, *fch = nullptr,
+    FloatX *x = nullptr, *ln = nullptr, *qkv = nullptr, *atty = nullptr, *proj = nullptr, *fch = nullptr,
            *fch_act = nullptr, *logits = nullptr;
     float *mean = nullptr, *rstd = nullptr;
     std::vector<void*> owned;
 
-    InferenceEngine(const GPT<Ops>& model, const EngineLimits& lim)
+    InferenceEngine(const GPT<Ops, FloatX>& model, const EngineLimits& lim)
         : config(model.config), params(model.params), exec(model.exec), max_seqs(lim.max_seqs), max_rows(lim.max_rows),
           block_size(lim.block_size) {
         if (max_seqs < 1 || max_rows < 1 || block_size < 1) throw std::runtime_error("engine limits must be positive");
@@ -89,16 +90,16 @@ struct InferenceEngine {
                                      " blocks cannot hold one full context (" + std::to_string(max_blocks) +
                                      " blocks of " + std::to_string(block_size) + " tokens)");
         const size_t C = config.n_embd, N = max_rows;
-        k_pool = take<floatX>(pool_elements());
-        v_pool = take<floatX>(pool_elements());
-        x = take<floatX>(N * C);
-        ln = take<floatX>(N * C);
-        qkv = take<floatX>(N * config.qkv_channels());
-        atty = take<floatX>(N * C);
-        proj = take<floatX>(N * C);
-        fch = take<floatX>(N * config.fc_channels());
-        fch_act = take<floatX>(N * config.ffn_hidden);
-        logits = take<floatX>(N * config.padded_vocab_size);
+        k_pool = take<FloatX>(pool_elements());
+        v_pool = take<FloatX>(pool_elements());
+        x = take<FloatX>(N * C);
+        ln = take<FloatX>(N * C);
+        qkv = take<FloatX>(N * config.qkv_channels());
+        atty = take<FloatX>(N * C);
+        proj = take<FloatX>(N * C);
+        fch = take<FloatX>(N * config.fc_channels());
+        fch_act = take<FloatX>(N * config.ffn_hidden);
+        logits = take<FloatX>(N * config.padded_vocab_size);
         mean = take<float>(N);
         rstd = take<float>(N);
         for (Mirrored* m : {&tokens, &positions, &slots}) m->backend = take<int>(N);
@@ -114,7 +115,7 @@ struct InferenceEngine {
     size_t pool_elements() const {
         return static_cast<size_t>(config.n_layer) * num_blocks * config.n_kv_head * block_size * config.head_size();
     }
-    size_t kv_bytes_per_token() const { return config.kv_cache_bytes_per_token(); }
+    size_t kv_bytes_per_token() const { return config.kv_cache_bytes_per_token(sizeof(FloatX)); }
     size_t kv_pool_bytes() const { return kv_bytes_per_token() * static_cast<size_t>(num_blocks) * block_size; }
 
     // Points slot's block table at `blocks` (the scheduler calls this whenever a sequence's blocks change).
@@ -154,12 +155,13 @@ struct InferenceEngine {
         }
         for (Mirrored* m : {&tokens, &positions, &slots, &tables})
             Ops::to_backend(m->backend, m->host.data(), m->host.size() * sizeof(int));
-        const ParameterTensors& p = params;
+        const ParameterTensors<FloatX>& p = params;
         embed_at_positions(exec, x, tokens.backend, positions.backend, p[WTE], p[WPE], N, C);
         // the block's activations: the same buffers for every layer, the residual stream x updated in place
-        BlockActivations a{x, ln, mean, rstd, qkv, atty, nullptr, proj, x, ln, mean, rstd, fch, fch_act, proj, x};
-        PagedAttention attention{c, N, max_len, positions, slots, tables, k_pool, v_pool, pool_elements() / c.n_layer,
-                                 block_size, max_blocks};
+        BlockActivations<FloatX> a{x, ln, mean, rstd, qkv, atty, nullptr, proj, x, ln, mean, rstd, fch, fch_act, proj,
+                                   x};
+        PagedAttention<FloatX> attention{c,      N,      max_len, positions, slots, tables, k_pool, v_pool,
+                                         pool_elements() / c.n_layer, block_size, max_blocks};
         for (int l = 0; l < c.n_layer; l++) block_forward(exec, c, p, l, a, N, attention);
         // the classifier only for the rows that sample: gather them to the front of ln, then one matmul
         const int M = static_cast<int>(want.size());
@@ -167,11 +169,12 @@ struct InferenceEngine {
         norm_forward(exec, c, ln, mean, rstd, x, p[LNFW], p[LNFB], N);
         for (int j = 0; j < M; j++)
             if (want[j] != j)
-                Ops::copy(ln + static_cast<size_t>(j) * C, ln + static_cast<size_t>(want[j]) * C, C * sizeof(floatX));
+                Ops::copy(ln + static_cast<size_t>(j) * C, ln + static_cast<size_t>(want[j]) * C,
+                          C * sizeof(FloatX));
         matmul_forward(exec, logits, ln, c.tied_embeddings ? p[WTE] : p[LMHEAD], nullptr, M, C, Vp);
-        std::vector<floatX> out(static_cast<size_t>(M) * Vp);
-        Ops::to_host(out.data(), logits, out.size() * sizeof(floatX));
-        if constexpr (std::is_same_v<floatX, float>) return out;
+        std::vector<FloatX> out(static_cast<size_t>(M) * Vp);
+        Ops::to_host(out.data(), logits, out.size() * sizeof(FloatX));
+        if constexpr (std::is_same_v<FloatX, float>) return out;
         else return std::vector<float>(out.begin(), out.end());
     }
 
@@ -439,8 +442,8 @@ private:
 };
 
 // Serves `requests` on `engine` to completion; results in request order of completion.
-template <class Ops>
-std::vector<Result> serve(InferenceEngine<Ops>& engine, std::vector<Request> requests, int eot_id,
+template <class Engine>
+std::vector<Result> serve(Engine& engine, std::vector<Request> requests, int eot_id,
                           Scheduler::Stats* stats = nullptr,
                           std::function<void(const std::string&, int, const float*)> on_token = nullptr) {
     Scheduler sched(engine.max_seqs, engine.max_rows, engine.block_size, engine.num_blocks, engine.config.max_seq_len,
@@ -462,13 +465,13 @@ std::vector<Result> serve(InferenceEngine<Ops>& engine, std::vector<Request> req
 // One sequence on one engine, slot 0, with its own blocks: feed(tokens) runs the rows past `cached` and
 // returns their logits; rewind(n) forgets everything from position n on (the cache rows stay, unread,
 // and are overwritten later: attention only reads positions < its own).
-template <class Ops>
+template <class Engine>
 struct SoloSequence {
-    InferenceEngine<Ops>& engine;
+    Engine& engine;
     BlockAllocator alloc;
     std::vector<int> blocks;
     int cached = 0;
-    explicit SoloSequence(InferenceEngine<Ops>& e) : engine(e), alloc(e.num_blocks) {}
+    explicit SoloSequence(Engine& e) : engine(e), alloc(e.num_blocks) {}
     // Runs tokens[cached..end) at positions cached..; returns Vp logits for each of the last `want` rows.
     std::vector<float> feed(const std::vector<int>& tokens, int want) {
         int end = static_cast<int>(tokens.size());
@@ -502,8 +505,8 @@ struct SpeculativeStats {
 // then sampling.h's speculative_accept keeps each proposal with probability min(1, p/q) until the first
 // rejection, which is replaced by a draw from the residual; when all k pass, one more token comes free
 // from the target's last distribution. Both models must share the tokenizer (same vocab_size).
-template <class Ops>
-std::vector<int> generate_speculative(InferenceEngine<Ops>& target, InferenceEngine<Ops>& draft,
+template <class Engine>
+std::vector<int> generate_speculative(Engine& target, Engine& draft,
                                       const std::vector<int>& prompt, int max_tokens, int k, const SamplingSettings& s,
                                       uint64_t seed, int eot_id, SpeculativeStats* stats = nullptr,
                                       const std::function<void(int)>& on_token = nullptr) {
@@ -518,7 +521,7 @@ std::vector<int> generate_speculative(InferenceEngine<Ops>& target, InferenceEng
         throw std::runtime_error("the prompt must have 1 to maxT-1 tokens");
     s.validate();
     Rng rng(seed);
-    SoloSequence<Ops> tseq(target), dseq(draft);
+    SoloSequence<Engine> tseq(target), dseq(draft);
     std::vector<int> tokens = prompt, out;  // invariant: both caches hold at most tokens[0 .. n-1), n = tokens.size()
     SpeculativeStats st;
     auto emit = [&](int tok) {  // false when generation ends

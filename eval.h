@@ -78,8 +78,8 @@ inline ScoreBatch make_score_batch(const std::vector<ScoreRequest>& batch, int m
 // (B, T, Vp) logits. (The sum over a row, on the backend and with its backward, is preference.cuh's
 // sequence_logprob_forward.)
 // Returns (B) vectors of |target| log-probabilities. Throws when a request does not fit the model's context.
-template <class Ops>
-std::vector<std::vector<float>> target_logprobs(GPT<Ops>& model, const std::vector<ScoreRequest>& batch) {
+template <class Ops, class FloatX>
+std::vector<std::vector<float>> target_logprobs(GPT<Ops, FloatX>& model, const std::vector<ScoreRequest>& batch) {
     if (batch.empty()) return {};
     const ScoreBatch s = make_score_batch(batch, model.config.max_seq_len);
     model.forward(s.inputs.data(), s.targets.data(), s.B, s.T, 0.0f);  // dloss 0: losses only, logits untouched
@@ -114,8 +114,8 @@ struct ChoiceScore {
     int pred = 0, pred_norm = 0;
 };
 
-template <class Ops>
-ChoiceScore score_choices(GPT<Ops>& model, const ChoiceItem& item) {
+template <class Ops, class FloatX>
+ChoiceScore score_choices(GPT<Ops, FloatX>& model, const ChoiceItem& item) {
     std::vector<ScoreRequest> batch;
     for (const auto& c : item.choices) batch.push_back({item.context, c});
     std::vector<std::vector<float>> lp = target_logprobs(model, batch);  // all choices: one forward
@@ -322,9 +322,9 @@ struct TextScore {
 // Scores tokens[1..] (tokens[0] is the start: <|endoftext|> before the text, so every token of the text
 // is scored), `batch` windows per forward. `bytes` is the UTF-8 length of the scored text.
 // progress(done, total) is called after each forward.
-template <class Ops>
-TextScore score_text(GPT<Ops>& model, const std::vector<int>& tokens, size_t bytes, int T, int stride, int batch,
-                     const std::function<void(long, long)>& progress = nullptr) {
+template <class Ops, class FloatX>
+TextScore score_text(GPT<Ops, FloatX>& model, const std::vector<int>& tokens, size_t bytes, int T, int stride,
+                     int batch, const std::function<void(long, long)>& progress = nullptr) {
     std::vector<TextWindow> windows = sliding_windows(static_cast<int>(tokens.size()), T, stride);
     TextScore s;
     s.bytes = bytes;

@@ -59,8 +59,9 @@ struct GPTConfig {
     int head_size() const { return n_embd / n_head; }                                   // hs
     // What generation keeps per token: K and V, of every layer, for NKV heads of hs values. GQA divides it
     // by NH / NKV (the attention reads the same bytes per query head group instead of per head).
-    size_t kv_cache_bytes_per_token() const {
-        return 2 * static_cast<size_t>(n_layer) * n_kv_head * head_size() * sizeof(floatX);
+    // element_bytes: 4 for an fp32 cache, 2 for bf16.
+    size_t kv_cache_bytes_per_token(size_t element_bytes = sizeof(float)) const {
+        return 2 * static_cast<size_t>(n_layer) * n_kv_head * head_size() * element_bytes;
     }
     int qkv_channels() const { return (n_head + 2 * n_kv_head) * head_size(); }         // c_attn's output width
     int fc_channels() const { return arch == Arch::gpt2 ? ffn_hidden : 2 * ffn_hidden; } // c_fc's output width
@@ -121,7 +122,7 @@ inline void from_json(const nlohmann::json& j, GPTConfig& c) {
 
 // One line for a program's start-up: the KV cache per token and for `context` tokens, against what
 // the same model would need with n_kv_head = n_head (the saving of GQA / MQA).
-inline std::string kv_cache_summary(const GPTConfig& c, int context) {
+inline std::string kv_cache_summary(const GPTConfig& c, int context, size_t element_bytes = sizeof(float)) {
     auto human = [](double bytes) {
         char buf[32];
         if (bytes >= 1 << 30) std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1 << 30));
@@ -129,10 +130,10 @@ inline std::string kv_cache_summary(const GPTConfig& c, int context) {
         else std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
         return std::string(buf);
     };
-    size_t per_token = c.kv_cache_bytes_per_token(), mha = per_token / c.n_kv_head * c.n_head;
+    size_t per_token = c.kv_cache_bytes_per_token(element_bytes), mha = per_token / c.n_kv_head * c.n_head;
     std::string s = "KV cache: " + human(per_token) + "/token = 2 (K, V) x " + std::to_string(c.n_layer) +
                     " layers x " + std::to_string(c.n_kv_head) + " kv heads x " + std::to_string(c.head_size()) +
-                    " x " + std::to_string(sizeof(floatX)) + " bytes; " +
+                    " x " + std::to_string(element_bytes) + " bytes; " +
                     human(static_cast<double>(per_token) * context) + " for " + std::to_string(context) + " tokens";
     if (c.n_kv_head < c.n_head)
         s += " (with n_kv_head = n_head = " + std::to_string(c.n_head) + ": " +
@@ -182,12 +183,16 @@ inline std::array<size_t, NUM_PARAM_TENSORS> param_sizes(const GPTConfig& c) {
     };
 }
 
+// Pointers to each tensor of a parameter-layout buffer of element type T: the weights the ops read (T), or the
+// fp32 master weights and their gradients (the rule at the top of layers.cuh).
+template <class T>
 struct ParameterTensors {
-    std::array<floatX*, NUM_PARAM_TENSORS> t{};
-    floatX* operator[](int i) const { return t[i]; }
+    std::array<T*, NUM_PARAM_TENSORS> t{};
+    T* operator[](int i) const { return t[i]; }
 };
-inline ParameterTensors point_parameters(floatX* base, const std::array<size_t, NUM_PARAM_TENSORS>& sizes) {
-    ParameterTensors p;
+template <class T>
+ParameterTensors<T> point_parameters(T* base, const std::array<size_t, NUM_PARAM_TENSORS>& sizes) {
+    ParameterTensors<T> p;
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
         p.t[i] = sizes[i] ? base : nullptr;
         base += sizes[i];
@@ -228,7 +233,8 @@ inline std::array<size_t, NUM_ACT_TENSORS> activation_sizes(const GPTConfig& c, 
     };
 }
 
-// Which activations are fp32 whatever floatX is: the norms' statistics, attention's log-sum-exp, the losses.
+// Which activations are fp32 whatever the model's element type is: the norms' statistics, attention's log-sum-exp,
+// the losses.
 inline bool activation_is_fp32(int i) {
     return i == LN1_MEAN || i == LN1_RSTD || i == ATT_LSE || i == LN2_MEAN || i == LN2_RSTD || i == LNF_MEAN ||
            i == LNF_RSTD || i == LOSSES;
@@ -294,6 +300,33 @@ int with_device_ops(const std::string& device_flag, Body&& body) {
     throw std::runtime_error("--device must be auto, cpu or cuda (got '" + device_flag + "')");
 }
 
+// The programs' --precision flag: fp32, or bf16 (mixed precision: bf16 weights and activations, fp32 master
+// weights, the rule at the top of layers.cuh); "auto" is bf16 on a real GPU and fp32 otherwise (the CPU build's
+// kernels run on cudasim, where bf16 is no faster). bf16 needs the kernels: the CPU reference path is fp32 only.
+// bf16 also switches attention to its tensor-core kernels (AttentionBackend::wmma); the matmul follows --matmul
+// (cuBLAS runs bf16 on tensor cores too). Calls body(float{} or __nv_bfloat16{}) and returns what it returns.
+template <class Ops, class Body>
+int with_precision(const std::string& flag, Body&& body) {
+    std::string gpu;
+    const std::string p = flag == "auto" ? (Ops::on_device && have_real_gpu(gpu) ? "bf16" : "fp32") : flag;
+    if (p == "fp32") return body(float{});
+    if (p != "bf16") throw std::runtime_error("--precision must be auto, fp32 or bf16 (got '" + flag + "')");
+    if constexpr (!Ops::on_device)
+        throw std::runtime_error("--precision bf16 runs on the CUDA kernels (--device cuda; in the CPU build they run "
+                                 "on cudasim): the CPU reference path computes in fp32");
+    else {
+        set_attention_backend(AttentionBackend::wmma);
+        return body(__nv_bfloat16{});
+    }
+}
+// One line for a program's start-up: which buffers have which type.
+template <class FloatX>
+std::string precision_summary() {
+    if (std::is_same_v<FloatX, float>) return "fp32 (weights, activations, gradients, AdamW state)";
+    return "bf16 weights and activations on tensor cores; fp32 master weights, gradients, AdamW state, norm "
+           "statistics and softmax";
+}
+
 // ----------------------------------------------------------------------------
 // GPT-2 vs Llama: every difference between the two families, in one place.
 //              GPT-2                                  | Llama                            | where
@@ -305,24 +338,26 @@ int with_device_ops(const std::string& device_flag, Body&& body) {
 // (An absent tensor is a null pointer, which every op skips.)
 inline bool uses_rope(const GPTConfig& c) { return c.is_llama(); }
 
-inline void norm_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, C)*/, float* mean, float* rstd /*(N)*/,
-                         const floatX* inp /*(N, C)*/, const floatX* w, const floatX* b /*(C)*/, int N) {
+template <class T>
+void norm_forward(const Exec& ex, const GPTConfig& c, T* out /*(N, C)*/, float* mean, float* rstd /*(N)*/,
+                  const T* inp /*(N, C)*/, const T* w, const T* b /*(C)*/, int N) {
     if (c.is_llama()) rmsnorm_forward(ex, out, rstd, inp, w, N, c.n_embd, c.norm_eps);
     else layernorm_forward(ex, out, mean, rstd, inp, w, b, N, c.n_embd);
 }
-inline void norm_backward(const Exec& ex, const GPTConfig& c, floatX* dinp /*(N, C), +=*/, floatX* dw,
-                          floatX* db /*(C), +=*/, const floatX* dout, const floatX* inp /*(N, C)*/, const floatX* w,
-                          const float* mean, const float* rstd, int N) {
+template <class T>
+void norm_backward(const Exec& ex, const GPTConfig& c, T* dinp /*(N, C), +=*/, float* dw, float* db /*(C), +=*/,
+                   const T* dout, const T* inp /*(N, C)*/, const T* w, const float* mean, const float* rstd, int N) {
     if (c.is_llama()) rmsnorm_backward(ex, dinp, dw, dout, inp, w, rstd, N, c.n_embd);
     else layernorm_backward(ex, dinp, dw, db, dout, inp, w, mean, rstd, N, c.n_embd);
 }
-inline void mlp_activation_forward(const Exec& ex, const GPTConfig& c, floatX* out /*(N, H)*/,
-                                   const floatX* fch /*(N, F)*/, int N) {
+template <class T>
+void mlp_activation_forward(const Exec& ex, const GPTConfig& c, T* out /*(N, H)*/, const T* fch /*(N, F)*/, int N) {
     if (c.is_llama()) swiglu_forward(ex, out, fch, N, c.ffn_hidden);
     else gelu_forward(ex, out, fch, N * c.ffn_hidden);
 }
-inline void mlp_activation_backward(const Exec& ex, const GPTConfig& c, floatX* dfch /*(N, F), +=*/, const floatX* fch,
-                                    const floatX* dout /*(N, H)*/, int N) {
+template <class T>
+void mlp_activation_backward(const Exec& ex, const GPTConfig& c, T* dfch /*(N, F), +=*/, const T* fch,
+                             const T* dout /*(N, H)*/, int N) {
     if (c.is_llama()) swiglu_backward(ex, dfch, fch, dout, N, c.ffn_hidden);
     else gelu_backward(ex, dfch, fch, dout, N * c.ffn_hidden);
 }
@@ -333,25 +368,27 @@ inline void mlp_activation_backward(const Exec& ex, const GPTConfig& c, floatX* 
 // One layer's activations: what block_forward writes and block_backward reads. Training points them at layer
 // l's slices of the activations it keeps for the backward; the engine at buffers it reuses for every layer
 // (residual = residual2 = residual3 = x, updated in place; ln1 = ln2, attproj = fcproj; no lse).
+template <class T>
 struct BlockActivations {
-    floatX* residual;             // (N, C) the block's input
-    floatX* ln1;                  // (N, C)
-    float *ln1_mean, *ln1_rstd;   // (N)
-    floatX* qkv;                  // (N, QKVC) after RoPE for Llama
-    floatX* atty;                 // (N, C) attention output, heads side by side
-    float* lse;                   // (B, NH, T) softmax log-sum-exp (training's attention saves it)
-    floatX* attproj;              // (N, C)
-    floatX* residual2;            // (N, C) residual + attproj
-    floatX* ln2;                  // (N, C)
-    float *ln2_mean, *ln2_rstd;   // (N)
-    floatX* fch;                  // (N, F)
-    floatX* fch_act;              // (N, H) gelu(fch) or swiglu(fch)
-    floatX* fcproj;               // (N, C)
-    floatX* residual3;            // (N, C) the block's output: residual2 + fcproj
+    T* residual;                 // (N, C) the block's input (T: the model's element type)
+    T* ln1;                      // (N, C)
+    float *ln1_mean, *ln1_rstd;  // (N)
+    T* qkv;                      // (N, QKVC) after RoPE for Llama
+    T* atty;                     // (N, C) attention output, heads side by side
+    float* lse;                  // (B, NH, T) softmax log-sum-exp (training's attention saves it)
+    T* attproj;                  // (N, C)
+    T* residual2;                // (N, C) residual + attproj
+    T* ln2;                      // (N, C)
+    float *ln2_mean, *ln2_rstd;  // (N)
+    T* fch;                      // (N, F)
+    T* fch_act;                  // (N, H) gelu(fch) or swiglu(fch)
+    T* fcproj;                   // (N, C)
+    T* residual3;                // (N, C) the block's output: residual2 + fcproj
 };
 
 // Layer l's slice of an (L, per_layer) parameter tensor; nullptr stays nullptr (a tensor the arch lacks).
-inline floatX* layer_slice(floatX* base, int l, size_t per_layer) {
+template <class X>
+X* layer_slice(X* base, int l, size_t per_layer) {
     return base ? base + static_cast<size_t>(l) * per_layer : nullptr;
 }
 
@@ -362,9 +399,9 @@ inline floatX* layer_slice(floatX* base, int l, size_t per_layer) {
 // (below: each sequence of a (B, T) batch, fused kernels) or engine.cuh's PagedAttention (each row against
 // its sequence's paged KV cache). It has rope(exec, qkv) (rotate q and k at the rows' positions) and
 // forward(exec, atty, lse, qkv, layer).
-template <class Attention>
-void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p, int l, const BlockActivations& a,
-                   int N, Attention& attention) {
+template <class T, class Attention>
+void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors<T>& p, int l,
+                   const BlockActivations<T>& a, int N, Attention& attention) {
     const int C = c.n_embd, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
     const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
                  FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
@@ -390,39 +427,44 @@ void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p
 struct CausalAttention {
     const GPTConfig& c;
     int B, T;
-    void rope(const Exec& ex, floatX* qkv) const {
+    template <class X>
+    void rope(const Exec& ex, X* qkv) const {
         rope_forward(ex, qkv, B, T, c.n_head, c.n_kv_head, c.head_size(), c.rope_theta);
     }
-    void forward(const Exec& ex, floatX* atty, float* lse, const floatX* qkv, int /*layer*/) const {
+    template <class X>
+    void forward(const Exec& ex, X* atty, float* lse, const X* qkv, int /*layer*/) const {
         attention_forward(ex, atty, lse, qkv, B, T, c.n_head, c.n_kv_head, c.head_size());
     }
-    void rope_backward(const Exec& ex, floatX* dqkv) const {
+    template <class X>
+    void rope_backward(const Exec& ex, X* dqkv) const {
         ::rope_backward(ex, dqkv, B, T, c.n_head, c.n_kv_head, c.head_size(), c.rope_theta);
     }
-    void backward(const Exec& ex, floatX* dqkv, const floatX* datty, const floatX* atty, const float* lse,
-                  const floatX* qkv) const {
+    template <class X>
+    void backward(const Exec& ex, X* dqkv, const X* datty, const X* atty, const float* lse, const X* qkv) const {
         attention_backward(ex, dqkv, datty, atty, lse, qkv, B, T, c.n_head, c.n_kv_head, c.head_size());
     }
 };
 
 // The gradient scratch of one block's backward (reused by every layer).
+template <class T>
 struct BlockGradients {
-    floatX* dresidual;  // (N, C) in: d loss / d residual3 (the block's output); out: d loss / d residual (its input)
-    floatX* dln;        // (N, C)
-    floatX* dqkv;       // (N, QKVC)
-    floatX* datty;      // (N, C)
-    floatX* dfch;       // (N, F)
-    floatX* dfch_act;   // (N, H)
+    T* dresidual;  // (N, C) in: d loss / d residual3 (the block's output); out: d loss / d residual (its input)
+    T* dln;        // (N, C)
+    T* dqkv;       // (N, QKVC)
+    T* datty;      // (N, C)
+    T* dfch;       // (N, F)
+    T* dfch_act;   // (N, H)
 };
 
 // The backward of block_forward (training only), in reverse order; parameter gradients accumulate into g.
-template <class Attention>
-void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors& p, const ParameterTensors& g, int l,
-                    const BlockActivations& a, const BlockGradients& d, int N, const Attention& attention) {
+template <class T, class Attention>
+void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors<T>& p, const ParameterTensors<float>& g,
+                    int l, const BlockActivations<T>& a, const BlockGradients<T>& d, int N,
+                    const Attention& attention) {
     const int C = c.n_embd, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
     const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
                  FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
-    auto zero = [&](floatX* x, size_t n) { zero_memory(ex, x, n * sizeof(floatX)); };
+    auto zero = [&](T* x, size_t n) { zero_memory(ex, x, n * sizeof(T)); };
     // forward was: residual3 = residual2 + fcproj(fch_act); d.dresidual holds d residual3, which is also
     // d residual2 (the skip) and d fcproj (the branch)
     zero(d.dfch_act, static_cast<size_t>(N) * H);
@@ -450,19 +492,28 @@ void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors& 
 }
 
 // ----------------------------------------------------------------------------
-// The model.
-template <class Ops>
+// The model, in element type FloatX: float, or __nv_bfloat16 for mixed-precision training (the kernels only).
+// The buffers follow the rule at the top of layers.cuh:
+//   params_memory  fp32 master weights: what AdamW updates, checkpoints save and get_parameters() returns
+//   params_X       the FloatX copy the forward and backward read (bf16: refreshed from the master after every
+//                  update; fp32: the master itself, no copy)
+//   grads_memory   fp32 weight gradients (sums over tokens and micro-batches)
+//   m, v           fp32 AdamW moments
+//   activations    FloatX, except the norms' statistics, the attention's lse and the losses (activation_is_fp32)
+template <class Ops, class FloatX = float>
 struct GPT {
+    static constexpr bool mixed = !std::is_same_v<FloatX, float>;
     GPTConfig config;
     Exec exec{Ops::on_device, 0};  // every op runs here; set exec.stream to run the model on another stream
     std::array<size_t, NUM_PARAM_TENSORS> sizes{};
     size_t num_parameters = 0;
-    // One contiguous buffer each; parameters and gradients are floatX, AdamW's moments fp32.
-    floatX* params_memory = nullptr;  // (num_parameters)
-    floatX* grads_memory = nullptr;   // (num_parameters)
+    float* params_memory = nullptr;   // (num_parameters) fp32 master weights
+    FloatX* params_X = nullptr;       // (num_parameters) the copy the ops read; == params_memory in fp32
+    float* grads_memory = nullptr;    // (num_parameters)
     float* m_memory = nullptr;        // (num_parameters) AdamW first moment
     float* v_memory = nullptr;        // (num_parameters) AdamW second moment
-    ParameterTensors params, grads;
+    ParameterTensors<FloatX> params;  // into params_X
+    ParameterTensors<float> grads;    // into grads_memory
     // Activations for up to (max_B, max_T).
     int max_B = 0, max_T = 0;
     std::array<size_t, NUM_ACT_TENSORS> act_sizes{};
@@ -475,21 +526,27 @@ struct GPT {
 
     explicit GPT(const GPTConfig& c) : config(c) {
         config.validate();
+        if (mixed && !Ops::on_device)
+            throw std::runtime_error("bf16 runs on the CUDA kernels only (--device cuda); the CPU reference path "
+                                     "computes in fp32");
         sizes = param_sizes(config);
         for (size_t s : sizes) num_parameters += s;
-        params_memory = static_cast<floatX*>(Ops::alloc(num_parameters * sizeof(floatX)));
-        params = point_parameters(params_memory, sizes);
+        params_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
+        if constexpr (mixed) params_X = static_cast<FloatX*>(Ops::alloc(num_parameters * sizeof(FloatX)));
+        else params_X = params_memory;
+        params = point_parameters(params_X, sizes);
     }
     GPT(const GPT&) = delete;
     GPT& operator=(const GPT&) = delete;
     ~GPT() {
+        if (static_cast<void*>(params_X) != static_cast<void*>(params_memory)) Ops::release(params_X);
         for (void* p :
              {static_cast<void*>(params_memory), static_cast<void*>(grads_memory), static_cast<void*>(m_memory),
               static_cast<void*>(v_memory), acts_memory, static_cast<void*>(inputs), static_cast<void*>(targets)})
             if (p) Ops::release(p);
     }
 
-    template <class A = floatX> A* act(int i) const { return static_cast<A*>(acts[i]); }
+    template <class A = FloatX> A* act(int i) const { return static_cast<A*>(acts[i]); }
 
     // GPT-2 initialisation: N(0, 0.02) for matrices and embeddings, residual projections scaled by
     // 1/sqrt(2L) (two of them add into the residual stream per layer: attention's and the MLP's), norms 1,
@@ -522,28 +579,30 @@ struct GPT {
         Ops::to_host(host.data(), p, n * sizeof(X));
         return host;
     }
-    // Parameters and gradients as fp32 on the host, the type of checkpoints, Hugging Face files and tests;
-    // converted from / to floatX on the backend.
-    std::vector<float> get_fp32(const floatX* p, size_t n) const {
-        if constexpr (std::is_same_v<floatX, float>) return get(p, n);
+    // A FloatX buffer (logits) as fp32 on the host.
+    std::vector<float> get_fp32(const FloatX* p, size_t n) const {
+        if constexpr (!mixed) return get(p, n);
         else {
-            std::vector<floatX> x = get(p, n);
+            std::vector<FloatX> x = get(p, n);
             return std::vector<float>(x.begin(), x.end());
         }
     }
+    // The fp32 master weights (checkpoints, Hugging Face files and tests read and write these); setting them
+    // refreshes the FloatX copy.
     void set_parameters(const std::vector<float>& host) {
         if (host.size() != num_parameters)
             throw std::runtime_error("set_parameters: expected " + std::to_string(num_parameters) + " values, got " +
                                      std::to_string(host.size()));
-        if constexpr (std::is_same_v<floatX, float>) {
-            Ops::to_backend(params_memory, host.data(), num_parameters * sizeof(floatX));
-        } else {
-            std::vector<floatX> x(host.begin(), host.end());
-            Ops::to_backend(params_memory, x.data(), num_parameters * sizeof(floatX));
-        }
+        Ops::to_backend(params_memory, host.data(), num_parameters * sizeof(float));
+        refresh_params_X();
     }
-    std::vector<float> get_parameters() const { return get_fp32(params_memory, num_parameters); }
-    std::vector<float> get_gradients() const { return get_fp32(grads_memory, num_parameters); }
+    std::vector<float> get_parameters() const { return get(params_memory, num_parameters); }
+    std::vector<float> get_gradients() const { return get(grads_memory, num_parameters); }
+    // params_X = round(params_memory): after anything writes the master weights (set_parameters, update, a
+    // data-parallel all-gather). One rounding to nearest per weight; nothing to do in fp32.
+    void refresh_params_X() {
+        if constexpr (mixed) convert(exec, params_X, static_cast<const float*>(params_memory), num_parameters);
+    }
 
     void ensure_activations(int b, int t) {
         if (t > config.max_seq_len)
@@ -558,7 +617,7 @@ struct GPT {
         std::array<size_t, NUM_ACT_TENSORS> bytes{};
         size_t total = 0;
         for (int i = 0; i < NUM_ACT_TENSORS; i++) {
-            bytes[i] = (act_sizes[i] * (activation_is_fp32(i) ? sizeof(float) : sizeof(floatX)) + 255) / 256 * 256;
+            bytes[i] = (act_sizes[i] * (activation_is_fp32(i) ? sizeof(float) : sizeof(FloatX)) + 255) / 256 * 256;
             total += bytes[i];
         }
         acts_memory = Ops::alloc(total);
@@ -573,10 +632,10 @@ struct GPT {
 
     // Layer l's slices of the kept activations, for the current (B, T). `residual` is the layer's input:
     // the embeddings for layer 0, else the previous layer's residual3.
-    BlockActivations layer_activations(int l) const {
+    BlockActivations<FloatX> layer_activations(int l) const {
         const size_t N = static_cast<size_t>(B) * T, C = config.n_embd, at = static_cast<size_t>(l);
         const size_t QKVC = config.qkv_channels(), F = config.fc_channels(), H = config.ffn_hidden, NH = config.n_head;
-        BlockActivations a;
+        BlockActivations<FloatX> a;
         a.residual = l == 0 ? act(ENCODED) : act(RESIDUAL3) + (at - 1) * N * C;
         a.ln1 = act(LN1) + at * N * C;
         a.ln1_mean = act<float>(LN1_MEAN) + at * N;
@@ -610,11 +669,11 @@ struct GPT {
                 throw std::runtime_error("token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
                                          " is outside the vocabulary [0, " + std::to_string(V) + ")");
         Ops::to_backend(inputs, tokens, N * sizeof(int));
-        const ParameterTensors& p = params;
+        const ParameterTensors<FloatX>& p = params;
         encoder_forward(exec, act(ENCODED), inputs, p[WTE], p[WPE], B, T, C);
         CausalAttention attention{c, B, T};
         for (int l = 0; l < L; l++) block_forward(exec, c, p, l, layer_activations(l), N, attention);
-        floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
+        FloatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
         norm_forward(exec, c, act(LNF), act<float>(LNF_MEAN), act<float>(LNF_RSTD), last, p[LNFW], p[LNFB], N);
         matmul_forward(exec, act(LOGITS), act(LNF), c.tied_embeddings ? p[WTE] : p[LMHEAD], nullptr, N, C, Vp);
         if (!target_tokens) return -1.0f;
@@ -641,10 +700,10 @@ struct GPT {
 
     void zero_grad() {
         if (!grads_memory) {
-            grads_memory = static_cast<floatX*>(Ops::alloc(num_parameters * sizeof(floatX)));
+            grads_memory = static_cast<float*>(Ops::alloc(num_parameters * sizeof(float)));
             grads = point_parameters(grads_memory, sizes);
         }
-        zero_memory(exec, grads_memory, num_parameters * sizeof(floatX));
+        zero_memory(exec, grads_memory, num_parameters * sizeof(float));
     }
 
     // Backward of the last forward (which must have had targets and dloss > 0). Gradients accumulate
@@ -653,16 +712,16 @@ struct GPT {
         if (!grads_memory) zero_grad();
         const GPTConfig& c = config;
         const int N = B * T, C = c.n_embd, L = c.n_layer, Vp = c.padded_vocab_size;
-        const ParameterTensors& p = params;
-        const ParameterTensors& g = grads;
+        const ParameterTensors<FloatX>& p = params;
+        const ParameterTensors<float>& g = grads;
         // d(loss)/d(residual stream) in dresidual, carried down through the layers
-        BlockGradients d{act(DRESIDUAL), act(DLN), act(DQKV), act(DATTY), act(DFCH), act(DFCH_ACT)};
+        BlockGradients<FloatX> d{act(DRESIDUAL), act(DLN), act(DQKV), act(DATTY), act(DFCH), act(DFCH_ACT)};
         // logits = lnf · wteᵀ: the classifier left dlogits in place
-        zero_memory(exec, d.dln, static_cast<size_t>(N) * C * sizeof(floatX));
+        zero_memory(exec, d.dln, static_cast<size_t>(N) * C * sizeof(FloatX));
         matmul_backward(exec, d.dln, c.tied_embeddings ? g[WTE] : g[LMHEAD], nullptr, act(LOGITS), act(LNF),
                         c.tied_embeddings ? p[WTE] : p[LMHEAD], N, C, Vp);
-        zero_memory(exec, d.dresidual, static_cast<size_t>(N) * C * sizeof(floatX));
-        floatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
+        zero_memory(exec, d.dresidual, static_cast<size_t>(N) * C * sizeof(FloatX));
+        FloatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
         norm_backward(exec, c, d.dresidual, g[LNFW], g[LNFB], d.dln, last, p[LNFW], act<float>(LNF_MEAN),
                       act<float>(LNF_RSTD), N);
         CausalAttention attention{c, B, T};
@@ -693,5 +752,6 @@ struct GPT {
                              sizes[i], lr, beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
             offset += sizes[i];
         }
+        refresh_params_X();
     }
 };

@@ -253,7 +253,9 @@ inline nlohmann::json hf_config_json(const GPTConfig& c) {
 
 // Writes dir/config.json + dir/model.safetensors so that GPT2LMHeadModel.from_pretrained(dir) (GPT-2) or
 // LlamaForCausalLM.from_pretrained(dir) (Llama) loads the model.
-inline void export_hf(const std::string& dir, const GPTConfig& c, const std::vector<float>& params, int eot_id) {
+// dtype: F32, or BF16 (each weight rounded to the nearest bf16; config.json says torch_dtype bfloat16).
+inline void export_hf(const std::string& dir, const GPTConfig& c, const std::vector<float>& params, int eot_id,
+                      safetensors::DType dtype = safetensors::DType::F32) {
     std::filesystem::create_directories(dir);
     std::vector<safetensors::Tensor> out;
     for (const HFTensor& t : hf_tensors(c)) {
@@ -269,8 +271,9 @@ inline void export_hf(const std::string& dir, const GPTConfig& c, const std::vec
         }
         out.push_back({t.index == LMHEAD ? t.name : hf_body_prefix(c) + t.name, t.shape, std::move(v)});
     }
-    safetensors::save(dir + "/model.safetensors", out, {{"format", "pt"}});
+    safetensors::save(dir + "/model.safetensors", out, {{"format", "pt"}}, dtype);
     nlohmann::json config = hf_config_json(c);
+    if (dtype == safetensors::DType::BF16) config["torch_dtype"] = "bfloat16";
     if (eot_id >= 0) config["bos_token_id"] = config["eos_token_id"] = eot_id;
     std::string text = config.dump(2) + "\n";
     write_file_atomically(dir + "/config.json", [&](File& f) { f.write(text.data(), text.size()); });

@@ -26,7 +26,8 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 struct InferOptions {
-    std::string model, draft, tokenizer, prompt, prompt_ids, requests, out, dump_logits, export_hf, device = "auto";
+    std::string model, draft, tokenizer, prompt, prompt_ids, requests, out, dump_logits, export_hf, device = "auto",
+                precision = "auto";
     int max_tokens = 128, top_k = 0, speculate = 4, max_seqs = 16, block_size = 16, kv_blocks = 0,
         max_step_tokens = 256;
     float temperature = 1.0f, top_p = 1.0f;
@@ -63,6 +64,9 @@ static void print_help() {
         "  --export-hf DIR         write the model as Hugging Face GPT-2 or Llama (config.json + model.safetensors) "
         "and exit\n"
         "  --device auto|cpu|cuda  auto: cuda on a GPU, else the CPU reference ops\n"
+        "  --precision auto|fp32|bf16  bf16: weights, activations and KV cache in bf16 on tensor cores (the CUDA\n"
+        "                          kernels only); auto: bf16 on a GPU, else fp32. With --export-hf: the file's dtype\n"
+        "                          (auto: fp32)\n"
         "  --serve                 serve the OpenAI completions API over HTTP (docs/serving.md) until SIGTERM/SIGINT:\n"
         "                          POST /v1/completions, GET /v1/models /health /metrics; --max-seqs, --kv-blocks,\n"
         "                          --max-step-tokens size the batch; --max-tokens, --temperature, ... are the "
@@ -103,6 +107,7 @@ static InferOptions parse_options(int argc, char** argv) {
     flags["--dump-logits"] = str(o.dump_logits);
     flags["--export-hf"] = str(o.export_hf);
     flags["--device"] = str(o.device);
+    flags["--precision"] = str(o.precision);
     flags["--host"] = str(o.host);
     flags["--model-name"] = str(o.model_name);
     flags["--port"] = integer(o.port, "--port");
@@ -197,16 +202,17 @@ static Request parse_request(const std::string& line, int lineno, const InferOpt
     return r;
 }
 
-template <class Ops>
+template <class Ops, class FloatX>
 static int run(const InferOptions& o, const std::string& device_name) {
     Timer load_timer;
     LoadedModel m = load_model(o.model);
     std::fprintf(stderr, "model: %s (%s), %d layers, %d heads, C=%d, vocab %d, context %d; device %s (%s)\n",
                  o.model.c_str(), m.format.c_str(), m.config.n_layer, m.config.n_head, m.config.n_embd,
                  m.config.vocab_size, m.config.max_seq_len, Ops::name, device_name.c_str());
-    std::fprintf(stderr, "%s\n", kv_cache_summary(m.config, m.config.max_seq_len).c_str());  // what GQA saves
+    std::fprintf(stderr, "%s\n", kv_cache_summary(m.config, m.config.max_seq_len, sizeof(FloatX)).c_str());
     if (!o.export_hf.empty()) {
-        export_hf(o.export_hf, m.config, m.params, m.eot_id);
+        export_hf(o.export_hf, m.config, m.params, m.eot_id,
+                  o.precision == "bf16" ? safetensors::DType::BF16 : safetensors::DType::F32);
         std::fprintf(stderr, "wrote %s/config.json and %s/model.safetensors\n", o.export_hf.c_str(),
                      o.export_hf.c_str());
         return 0;
@@ -214,7 +220,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
     bool need_tok = o.prompt_ids.empty();
     std::optional<bpe::Tokenizer> tok = open_model_tokenizer(o.tokenizer, m, need_tok && o.requests.empty());
     int eot = m.eot_id >= 0 ? m.eot_id : (tok ? tok->eot_id() : -1);
-    GPT<Ops> model(m.config);
+    GPT<Ops, FloatX> model(m.config);
     model.set_parameters(m.params);
     m.params.clear();
     m.params.shrink_to_fit();
@@ -223,7 +229,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
 
     // ---- --serve: the HTTP server owns this thread until SIGTERM / SIGINT
     if (o.serve) {
-        InferenceEngine<Ops> engine(model, {o.max_seqs, o.max_step_tokens, o.block_size, o.kv_blocks});
+        InferenceEngine<Ops, FloatX> engine(model, {o.max_seqs, o.max_step_tokens, o.block_size, o.kv_blocks});
         std::fprintf(stderr, "KV cache: %d blocks of %d tokens, %.1f MB; up to %d sequences per step, %d waiting\n",
                      engine.num_blocks, engine.block_size, engine.kv_pool_bytes() / 1e6, engine.max_seqs, o.max_queue);
         serving::CompletionDefaults d{o.model_name, o.max_tokens, sampling, o.seed};
@@ -245,7 +251,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
         std::vector<std::string> order;
         std::map<std::string, std::string> prompts;
         for (const Request& r : reqs) order.push_back(r.id);
-        InferenceEngine<Ops> engine(model, {o.max_seqs, o.max_step_tokens, o.block_size, o.kv_blocks});
+        InferenceEngine<Ops, FloatX> engine(model, {o.max_seqs, o.max_step_tokens, o.block_size, o.kv_blocks});
         std::fprintf(stderr, "KV cache: %d blocks of %d tokens, %.1f MB (%zu bytes per token); %zu requests\n",
                      engine.num_blocks, engine.block_size, engine.kv_pool_bytes() / 1e6, engine.kv_bytes_per_token(),
                      reqs.size());
@@ -308,9 +314,9 @@ static int run(const InferOptions& o, const std::string& device_name) {
     std::vector<int> generated;
     if (!o.draft.empty()) {  // ---- speculative decoding
         LoadedModel dm = load_model(o.draft);
-        GPT<Ops> draft(dm.config);
+        GPT<Ops, FloatX> draft(dm.config);
         draft.set_parameters(dm.params);
-        InferenceEngine<Ops> te(model, {1, o.max_step_tokens, o.block_size, 0}),
+        InferenceEngine<Ops, FloatX> te(model, {1, o.max_step_tokens, o.block_size, 0}),
             de(draft, {1, o.max_step_tokens, o.block_size, 0});
         SpeculativeStats st;
         generated = generate_speculative(te, de, prompt, o.max_tokens, o.speculate, sampling, o.seed, eot, &st, print);
@@ -321,7 +327,7 @@ static int run(const InferOptions& o, const std::string& device_name) {
                      st.draft_forwards);
         if (!o.dump_logits.empty()) std::fprintf(stderr, "--dump-logits is not supported with --draft (ignored)\n");
     } else {
-        InferenceEngine<Ops> engine(model, {1, o.max_step_tokens, o.block_size, 0});
+        InferenceEngine<Ops, FloatX> engine(model, {1, o.max_step_tokens, o.block_size, 0});
         Request r{"prompt", prompt, o.max_tokens, sampling, o.seed, ""};
         std::vector<Result> res =
             serve(engine, {r}, eot, nullptr, [&](const std::string&, int token, const float* row) {
@@ -349,8 +355,11 @@ static int run(const InferOptions& o, const std::string& device_name) {
 int main(int argc, char** argv) {
     try {
         InferOptions o = parse_options(argc, argv);
-        return with_device_ops(o.device,
-                               [&](auto ops, const std::string& backend) { return run<decltype(ops)>(o, backend); });
+        if (!o.export_hf.empty()) return run<HostOps, float>(o, "none: a file conversion");  // --precision: dtype
+        return with_device_ops(o.device, [&](auto ops, const std::string& backend) {
+            using Ops = decltype(ops);
+            return with_precision<Ops>(o.precision, [&](auto x) { return run<Ops, decltype(x)>(o, backend); });
+        });
     } catch (const std::exception& e) {
         std::fprintf(stderr, "infer_gpt: error: %s\n", e.what());
         return 1;

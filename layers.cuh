@@ -571,6 +571,13 @@ inline MatmulBackend& matmul_backend_setting() {
 }
 inline void set_matmul_backend(MatmulBackend b) { matmul_backend_setting() = b; }
 inline MatmulBackend get_matmul_backend() { return matmul_backend_setting(); }
+// The programs' --matmul flag.
+inline MatmulBackend parse_matmul_backend(const std::string& name) {
+    if (name == "cublas") return MatmulBackend::cublas;
+    if (name == "tiled") return MatmulBackend::tiled;
+    if (name == "wmma") return MatmulBackend::wmma;
+    throw std::runtime_error("--matmul must be cublas, tiled or wmma (got '" + name + "')");
+}
 
 // The tiled kernel computes one generic product (GEMM letters, local to this kernel: M, N, K; here N
 // is NOT B·T):
@@ -814,11 +821,6 @@ __global__ void bias_broadcast_kernel(T* out, const T* bias, int N, int OC) {  /
     size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i < static_cast<size_t>(N) * OC) out[i] = bias[i % OC];
 }
-
-// cuBLAS's name for an element type: fp32 or bf16 matrices; the compute type is fp32 for both
-// (CUBLAS_COMPUTE_32F: for fp32 matrices no TF32, for bf16 matrices bf16 tensor-core products summed in fp32).
-template <class T>
-constexpr cudaDataType_t cublas_data_type() { return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF; }
 
 // C (m, n) = alpha·op(A)·op(B) + beta·C in cuBLAS's column-major terms, A and B of type T, C of type TC.
 template <class T, class TC>

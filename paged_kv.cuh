@@ -7,20 +7,24 @@
 // This is gpt.cu's one attention-against-a-cache path: decode (one row per sequence), prefill (many rows of
 // one sequence) and a mix of both. A contiguous cache is the special case of one block table per sequence.
 // docs/inference.md explains it; tests are in test/test_infer.cu (and the decode tests of test_attention.cu).
+// Precision: as attention.cuh, every kernel and launcher is one template on the element type X (float or
+// __nv_bfloat16) of the activations (qkv, out, the embeddings) and the KV pools; the split-K partial results and
+// all arithmetic are fp32, and each X stored is rounded once.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common.cuh"
 #include "attention.cuh"
 
 // ----------------------------------------------------------------------------
-// Memory: every layer keeps, for every token of every live sequence, a key and a value of NKV·hs floats:
-//   bytes per token = 2 · L · NKV · hs · sizeof(floatX)   (GPT-2 124M: 2·12·12·64·4 = 73,728 B = 72 KiB)
+// Memory: every layer keeps, for every token of every live sequence, a key and a value of NKV·hs elements:
+//   bytes per token = 2 · L · NKV · hs · sizeof(X)   (GPT-2 124M in fp32: 2·12·12·64·4 = 73,728 B = 72 KiB)
 // A contiguous cache reserves max_seq_len of them per sequence; most sequences are shorter, so most of
 // it is wasted. A paged cache (vLLM's PagedAttention) cuts it into blocks of block_size tokens:
 //   k_pool, v_pool: (L, num_blocks, NKV, block_size, hs)
@@ -76,7 +80,7 @@ inline int blocks_for(int tokens, int block_size) { return (tokens + block_size 
 // differ from training because rows are not a (B, T) rectangle:
 //
 // embed_at_positions: out_i = wte[token_i] + wpe[pos_i]   (wpe null for RoPE models)
-//   cost: N·C adds; reads 2·N·C, writes N·C floats: memory-bound.
+//   cost: N·C adds; reads 2·N·C, writes N·C elements: memory-bound.
 template <class Real>
 void embed_at_positions_cpu(Real* out /*(N, C)*/, const int* tokens, const int* positions /*(N)*/,
                             const Real* wte /*(Vp, C)*/, const Real* wpe /*(maxT, C) or null*/, int N, int C) {
@@ -86,17 +90,20 @@ void embed_at_positions_cpu(Real* out /*(N, C)*/, const int* tokens, const int* 
                                                   (wpe ? wpe[static_cast<size_t>(positions[i]) * C + c] : Real(0));
 }
 // One thread per (row, channel), channel fastest: coalesced reads of both embedding rows and of the write.
-__global__ void embed_at_positions_kernel(floatX* out, const int* tokens, const int* positions, const floatX* wte,
-                                          const floatX* wpe, int N, int C) {
+template <class X>
+__global__ void embed_at_positions_kernel(X* out, const int* tokens, const int* positions, const X* wte, const X* wpe,
+                                          int N, int C) {
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<size_t>(N) * C) return;
     int i = static_cast<int>(idx / C), c = static_cast<int>(idx % C);
-    float x = wte[static_cast<size_t>(tokens[i]) * C + c];
-    if (wpe) x += wpe[static_cast<size_t>(positions[i]) * C + c];
-    out[idx] = x;
+    float x = to_fp32(wte[static_cast<size_t>(tokens[i]) * C + c]);
+    if (wpe) x += to_fp32(wpe[static_cast<size_t>(positions[i]) * C + c]);
+    out[idx] = from_fp32<X>(x);
 }
-inline void embed_at_positions(floatX* out, const int* tokens, const int* positions /*(N)*/, const floatX* wte,
-                               const floatX* wpe, int N, int C, cudaStream_t stream) {
+template <class X>
+void embed_at_positions(X* out /*(N, C)*/, const int* tokens, const int* positions /*(N)*/, const X* wte /*(Vp, C)*/,
+                        const std::type_identity_t<X>* wpe /*(maxT, C) or nullptr*/, int N, int C,
+                        cudaStream_t stream) {
     const int block = 256;
     embed_at_positions_kernel<<<static_cast<unsigned>(ceil_div<size_t>(static_cast<size_t>(N) * C, block)), block, 0,
                                 stream>>>(out, tokens, positions, wte, wpe, N, C);
@@ -105,7 +112,7 @@ inline void embed_at_positions(floatX* out, const int* tokens, const int* positi
 GPTCU_OP(embed_at_positions)  // op(exec, ...): the kernel or the CPU reference (common.cuh)
 
 // paged_kv_append: the K and V of row i go to position pos_i of sequence s_i's blocks.
-//   tables: (max_seqs, max_blocks) block ids; row i uses tables[s_i]. Cost: 2·N·NKV·hs floats copied.
+//   tables: (max_seqs, max_blocks) block ids; row i uses tables[s_i]. Cost: 2·N·NKV·hs elements copied.
 template <class Real>
 void paged_kv_append_cpu(Real* k_pool, Real* v_pool /*(num_blocks, NKV, block_size, hs)*/,
                          const Real* qkv /*(N, (NH+2NKV)·hs)*/, const int* tables, const int* slots,
@@ -120,10 +127,11 @@ void paged_kv_append_cpu(Real* k_pool, Real* v_pool /*(num_blocks, NKV, block_si
             }
         }
 }
-// One thread per (row, kv head, d), d fastest: a warp copies consecutive floats of one K row and one V row.
-__global__ void paged_kv_append_kernel(floatX* k_pool, floatX* v_pool, const floatX* qkv, const int* tables,
-                                       const int* slots, const int* positions, int N, int NH, int NKV, int hs,
-                                       int block_size, int max_blocks) {
+// One thread per (row, kv head, d), d fastest: a warp copies consecutive elements of one K row and one V row.
+template <class X>
+__global__ void paged_kv_append_kernel(X* k_pool, X* v_pool, const X* qkv, const int* tables, const int* slots,
+                                       const int* positions, int N, int NH, int NKV, int hs, int block_size,
+                                       int max_blocks) {
     size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<size_t>(N) * NKV * hs) return;
     int d = static_cast<int>(idx % hs), g = static_cast<int>(idx / hs % NKV), i = static_cast<int>(idx / hs / NKV);
@@ -132,9 +140,10 @@ __global__ void paged_kv_append_kernel(floatX* k_pool, floatX* v_pool, const flo
     k_pool[row + d] = qkv[qkv_k_offset(0, i, g, N, NH, NKV, hs) + d];
     v_pool[row + d] = qkv[qkv_v_offset(0, i, g, N, NH, NKV, hs) + d];
 }
-inline void paged_kv_append(floatX* k_pool, floatX* v_pool, const floatX* qkv, const int* tables, const int* slots,
-                            const int* positions, int N, int NH, int NKV, int hs, int block_size, int max_blocks,
-                            cudaStream_t stream) {
+template <class X>
+void paged_kv_append(X* k_pool, X* v_pool /*(num_blocks, NKV, block_size, hs)*/, const X* qkv /*(N, (NH+2NKV)·hs)*/,
+                     const int* tables, const int* slots, const int* positions /*(N)*/, int N, int NH, int NKV, int hs,
+                     int block_size, int max_blocks, cudaStream_t stream) {
     const int block = 256;
     paged_kv_append_kernel<<<static_cast<unsigned>(ceil_div<size_t>(static_cast<size_t>(N) * NKV * hs, block)), block,
                              0, stream>>>(k_pool, v_pool, qkv, tables, slots, positions, N, NH, NKV, hs, block_size,
@@ -147,7 +156,7 @@ GPTCU_OP(paged_kv_append)
 // the block table (causality is "only up to my own position"; rows of the same sequence in one step see
 // each other because their K/V were appended first).
 //   s_t = q·k_t / sqrt(hs),  p_t = exp(s_t − max s) / Σ exp(s − max s),  out = Σ_t p_t·v_t
-//   cost per (row, head): 4·len·hs FLOP, and len·2·hs floats of cache read: memory-bound (decode reads the
+//   cost per (row, head): 4·len·hs FLOP, and len·2·hs elements of cache read: memory-bound (decode reads the
 //   whole cache once per step; that is the roofline of docs/inference.md).
 // max_len: at least every pos_i + 1 (the host knows the longest context of the step; it sizes the kernel's
 // grid and the reference's scratch).
@@ -206,11 +215,11 @@ constexpr int paged_attention_max_hs = 256;  // the query held in shared memory
 // consecutive floats, which L1 turns into full-line reads); block max and sum (common.cuh); then thread
 // d < hs accumulates o_d = Σ_j p_j·v_j[d] (a warp reads consecutive d of one V row: coalesced). Chunks past
 // the row's length leave at once (a step's rows have different lengths; the grid is sized for the longest).
+template <class X>
 __global__ void __launch_bounds__(paged_attention_chunk)
 paged_attention_partial_kernel(float* partial_o /*(N, NH, chunks, hs)*/, float* partial_ml /*(N, NH, chunks, 2)*/,
-                               const floatX* qkv, const floatX* k_pool, const floatX* v_pool, const int* tables,
-                               const int* slots, const int* positions, int N, int NH, int NKV, int hs, int block_size,
-                               int max_blocks) {
+                               const X* qkv, const X* k_pool, const X* v_pool, const int* tables, const int* slots,
+                               const int* positions, int N, int NH, int NKV, int hs, int block_size, int max_blocks) {
     __shared__ float qs[paged_attention_max_hs];  // q · log2(e) / sqrt(hs)
     __shared__ float ps[paged_attention_chunk];   // this chunk's exp2(s − m)
     int tid = threadIdx.x, chunk = blockIdx.x, h = blockIdx.y, i = blockIdx.z, chunks = gridDim.x;
@@ -219,14 +228,14 @@ paged_attention_partial_kernel(float* partial_o /*(N, NH, chunks, hs)*/, float* 
     int n = min(paged_attention_chunk, len - start), g = h / (NH / NKV);
     const int* table = tables + static_cast<size_t>(slots[i]) * max_blocks;
     const float scale_log2 = attention_log2e / sqrtf(static_cast<float>(hs));
-    const floatX* q = qkv + qkv_q_offset(0, i, h, N, NH, NKV, hs);
-    for (int d = tid; d < hs; d += blockDim.x) qs[d] = static_cast<float>(q[d]) * scale_log2;
+    const X* q = qkv + qkv_q_offset(0, i, h, N, NH, NKV, hs);
+    for (int d = tid; d < hs; d += blockDim.x) qs[d] = to_fp32(q[d]) * scale_log2;
     __syncthreads();
     float s = -INFINITY;
     if (tid < n) {
-        const floatX* k = k_pool + paged_kv_row(table, start + tid, g, NKV, block_size, hs);
+        const X* k = k_pool + paged_kv_row(table, start + tid, g, NKV, block_size, hs);
         s = 0.0f;
-        for (int d = 0; d < hs; d++) s += qs[d] * static_cast<float>(k[d]);
+        for (int d = 0; d < hs; d++) s += qs[d] * to_fp32(k[d]);
     }
     float m = block_reduce_max(s);  // finite: the chunk has at least one key
     float p = tid < n ? exp2f(s - m) : 0.0f;
@@ -240,15 +249,15 @@ paged_attention_partial_kernel(float* partial_o /*(N, NH, chunks, hs)*/, float* 
     for (int d = tid; d < hs; d += blockDim.x) {
         float acc = 0.0f;
         for (int j = 0; j < n; j++)
-            acc += ps[j] * static_cast<float>(v_pool[paged_kv_row(table, start + j, g, NKV, block_size, hs) + d]);
+            acc += ps[j] * to_fp32(v_pool[paged_kv_row(table, start + j, g, NKV, block_size, hs) + d]);
         partial_o[part * hs + d] = acc;
     }
 }
 
 // Pass 2. Block (h, i): thread d merges the chunks' partial results for output column d, chunks in order.
-__global__ void paged_attention_combine_kernel(floatX* out /*(N, NH·hs)*/, const float* partial_o,
-                                               const float* partial_ml, const int* positions, int NH, int hs,
-                                               int chunks) {
+template <class X>
+__global__ void paged_attention_combine_kernel(X* out /*(N, NH·hs)*/, const float* partial_o, const float* partial_ml,
+                                               const int* positions, int NH, int hs, int chunks) {
     int h = blockIdx.x, i = blockIdx.y;
     int used = min(chunks, positions[i] / paged_attention_chunk + 1);  // the chunks pass 1 wrote: ceil(len / 128)
     size_t part0 = (static_cast<size_t>(i) * NH + h) * chunks;
@@ -261,14 +270,15 @@ __global__ void paged_attention_combine_kernel(floatX* out /*(N, NH·hs)*/, cons
             num += w * partial_o[(part0 + c) * hs + d];
             den += w * partial_ml[2 * (part0 + c) + 1];
         }
-        out[(static_cast<size_t>(i) * NH + h) * hs + d] = static_cast<floatX>(num / den);
+        out[(static_cast<size_t>(i) * NH + h) * hs + d] = from_fp32<X>(num / den);
     }
 }
 
-inline void paged_attention(floatX* out /*(N, NH·hs)*/, const floatX* qkv /*(N, (NH+2NKV)·hs)*/, const floatX* k_pool,
-                            const floatX* v_pool /*(num_blocks, NKV, block_size, hs)*/, const int* tables,
-                            const int* slots, const int* positions /*(N)*/, int max_len, int N, int NH, int NKV, int hs,
-                            int block_size, int max_blocks, cudaStream_t stream) {
+template <class X>
+void paged_attention(X* out /*(N, NH·hs)*/, const X* qkv /*(N, (NH+2NKV)·hs)*/, const X* k_pool,
+                     const X* v_pool /*(num_blocks, NKV, block_size, hs)*/, const int* tables, const int* slots,
+                     const int* positions /*(N)*/, int max_len, int N, int NH, int NKV, int hs, int block_size,
+                     int max_blocks, cudaStream_t stream) {
     attention_check_shape("paged_attention", 1, N, NH, NKV, hs);
     if (hs > paged_attention_max_hs)
         throw std::runtime_error("paged_attention: head size " + std::to_string(hs) + " is above the " +

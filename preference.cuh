@@ -79,10 +79,11 @@ __global__ void sequence_logprob_forward_kernel(float* logp, const float* losses
 }
 
 // One thread per logit (grid-stride), coalesced; its row's factor is one load that every thread of a row shares.
-__global__ void sequence_logprob_backward_kernel(floatX* dlogits, const float* dlogp, size_t row_elements, size_t n) {
+template <class T>
+__global__ void sequence_logprob_backward_kernel(T* dlogits, const float* dlogp, size_t row_elements, size_t n) {
     for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
          i += static_cast<size_t>(gridDim.x) * blockDim.x)
-        dlogits[i] = static_cast<float>(dlogits[i]) * -dlogp[i / row_elements];
+        dlogits[i] = from_fp32<T>(to_fp32(dlogits[i]) * -dlogp[i / row_elements]);
 }
 
 inline void sequence_logprob_forward(float* logp,          // (B)
@@ -92,9 +93,10 @@ inline void sequence_logprob_forward(float* logp,          // (B)
     sequence_logprob_forward_kernel<<<B, 256, 0, stream>>>(logp, losses, targets, T);
     cuda_check(cudaGetLastError());
 }
-inline void sequence_logprob_backward(floatX* dlogits,     // (B, T, Vp)
-                                      const float* dlogp,  // (B)
-                                      int B, int T, int Vp, cudaStream_t stream) {
+template <class X>
+void sequence_logprob_backward(X* dlogits,           // (B, T, Vp)
+                               const float* dlogp,  // (B)
+                               int B, int T, int Vp, cudaStream_t stream) {
     size_t row = static_cast<size_t>(T) * Vp, n = static_cast<size_t>(B) * row;
     unsigned blocks = static_cast<unsigned>(std::min<size_t>(ceil_div<size_t>(n, 256), 4096));
     sequence_logprob_backward_kernel<<<blocks, 256, 0, stream>>>(dlogits, dlogp, row, n);
@@ -402,8 +404,8 @@ inline std::vector<ScoreRequest> completion_requests(const std::vector<Completio
     return r;
 }
 // Forward and backward of one SFT batch (gradients accumulate); returns the mean loss per completion token.
-template <class Ops>
-float sft_step(GPT<Ops>& model, const std::vector<CompletionExample>& batch) {
+template <class Ops, class FloatX>
+float sft_step(GPT<Ops, FloatX>& model, const std::vector<CompletionExample>& batch) {
     ScoreBatch s = make_score_batch(completion_requests(batch), model.config.max_seq_len);
     long valid = std::count_if(s.targets.begin(), s.targets.end(), [](int t) { return t != -1; });
     float loss = model.forward(s.inputs.data(), s.targets.data(), s.B, s.T, 1.0f / static_cast<float>(valid));
@@ -484,8 +486,8 @@ inline std::vector<ScoreRequest> pair_requests(const std::vector<PairExample>& b
 
 // The sequence log-probabilities of a batch's rows into logp (backend, (B)). With for_backward, the classifier
 // also leaves p − onehot in the logits buffer (dloss 1), which sequence_logprob_backward then scales.
-template <class Ops>
-void sequence_logprobs(GPT<Ops>& model, const ScoreBatch& s, float* logp, bool for_backward) {
+template <class Ops, class FloatX>
+void sequence_logprobs(GPT<Ops, FloatX>& model, const ScoreBatch& s, float* logp, bool for_backward) {
     model.forward(s.inputs.data(), s.targets.data(), s.B, s.T, for_backward ? 1.0f : 0.0f);
     sequence_logprob_forward(model.exec, logp, model.template act<float>(LOSSES), model.targets, s.B, s.T);
 }
@@ -494,11 +496,11 @@ void sequence_logprobs(GPT<Ops>& model, const ScoreBatch& s, float* logp, bool f
 // backward, its gradient through the policy (accumulated into its grads, as GPT::backward does). `pairs` for
 // DPO / IPO, `examples` for KTO. Returns the batch's metrics; `ipo_loss` (pairs, without backward) also gets
 // IPO's mean loss, for eval_gpt's report of both.
-template <class Ops>
-PreferenceMetrics preference_step(GPT<Ops>& policy, GPT<Ops>& reference, PreferenceBuffers<Ops>& buf,
-                                  const PreferenceSettings& set, const std::vector<PairExample>& pairs,
-                                  const std::vector<CompletionExample>& examples, bool backward,
-                                  double* ipo_loss = nullptr) {
+template <class Ops, class FloatX>
+PreferenceMetrics preference_step(GPT<Ops, FloatX>& policy, GPT<Ops, FloatX>& reference,
+                                  PreferenceBuffers<Ops>& buf, const PreferenceSettings& set,
+                                  const std::vector<PairExample>& pairs, const std::vector<CompletionExample>& examples,
+                                  bool backward, double* ipo_loss = nullptr) {
     const bool kto = set.objective == Objective::kto;
     std::vector<ScoreRequest> rows = kto ? completion_requests(examples) : pair_requests(pairs);
     const int B = static_cast<int>(rows.size()), P = kto ? B : B / 2;
@@ -530,7 +532,7 @@ PreferenceMetrics preference_step(GPT<Ops>& policy, GPT<Ops>& reference, Prefere
         else
             pair_loss_backward(ex, buf.dlogp, buf.logp, buf.ref,
                                set.objective == Objective::ipo ? PairLoss::ipo : PairLoss::dpo, set.beta, 1.0f / P, P);
-        sequence_logprob_backward(ex, policy.template act<floatX>(LOGITS), buf.dlogp, B, s.T,
+        sequence_logprob_backward(ex, policy.template act<FloatX>(LOGITS), buf.dlogp, B, s.T,
                                   policy.config.padded_vocab_size);
         policy.backward();
     }

@@ -13,7 +13,7 @@
 // a std::runtime_error naming the file, the tensor and the values. dev/fuzz_safetensors.cpp feeds it
 // random bytes under ASan/UBSan.
 //
-// Supported element types: F32, F16, BF16 (read; converted to float32), F32 (written).
+// Supported element types: F32, F16, BF16 (read; converted to float32), F32 and BF16 (written).
 #pragma once
 #include <algorithm>
 #include <bit>
@@ -52,6 +52,12 @@ inline float f16_to_f32(uint16_t h) {
 }
 // bfloat16 is the top half of a float32.
 inline float bf16_to_f32(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
+// float to bfloat16, rounded to nearest, ties to even (what torch's .to(torch.bfloat16) does); NaN stays NaN.
+inline uint16_t f32_to_bf16(float f) {
+    uint32_t x = std::bit_cast<uint32_t>(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+    return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
 
 struct TensorInfo {
     std::string name;
@@ -224,10 +230,13 @@ struct Tensor {
     std::vector<float> values;
 };
 
-// The bytes of a safetensors file holding `tensors` as F32, in the order given. The header is padded
-// with spaces to a multiple of 8 bytes so the data buffer starts aligned (as the reference writer does).
+// The bytes of a safetensors file holding `tensors` as F32 or BF16 (rounded to nearest even), in the order given.
+// The header is padded with spaces to a multiple of 8 bytes so the data buffer starts aligned (as the reference
+// writer does).
 inline std::vector<uint8_t> serialize(const std::vector<Tensor>& tensors,
-                                      const std::map<std::string, std::string>& metadata) {
+                                      const std::map<std::string, std::string>& metadata, DType dtype = DType::F32) {
+    if (dtype == DType::F16) throw std::runtime_error("safetensors write: F16 is not written (F32 or BF16)");
+    const size_t bytes = dtype_bytes(dtype);
     nlohmann::ordered_json header;
     if (!metadata.empty()) header["__metadata__"] = metadata;
     size_t offset = 0;
@@ -239,8 +248,9 @@ inline std::vector<uint8_t> serialize(const std::vector<Tensor>& tensors,
                                      std::to_string(t.values.size()) + " values but shape " + shape_string(t.shape));
         if (header.contains(t.name))
             throw std::runtime_error("safetensors write: tensor '" + t.name + "' appears twice");
-        header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * n}}};
-        offset += 4 * n;
+        header[t.name] = {
+            {"dtype", dtype_name(dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes * n}}};
+        offset += bytes * n;
     }
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');
@@ -251,15 +261,20 @@ inline std::vector<uint8_t> serialize(const std::vector<Tensor>& tensors,
     uint8_t* dst = out.data() + 8 + text.size();
     for (const Tensor& t : tensors) {
         if (t.values.empty()) continue;  // memcpy from a null data() is undefined even for 0 bytes
-        std::memcpy(dst, t.values.data(), 4 * t.values.size());
-        dst += 4 * t.values.size();
+        if (dtype == DType::F32) std::memcpy(dst, t.values.data(), 4 * t.values.size());
+        else
+            for (size_t i = 0; i < t.values.size(); i++) {
+                uint16_t b = f32_to_bf16(t.values[i]);
+                std::memcpy(dst + 2 * i, &b, 2);
+            }
+        dst += bytes * t.values.size();
     }
     return out;
 }
 
 inline void save(const std::string& path, const std::vector<Tensor>& tensors,
-                 const std::map<std::string, std::string>& metadata) {
-    std::vector<uint8_t> bytes = serialize(tensors, metadata);
+                 const std::map<std::string, std::string>& metadata, DType dtype = DType::F32) {
+    std::vector<uint8_t> bytes = serialize(tensors, metadata, dtype);
     write_file_atomically(path, [&](::File& f) { f.write(bytes.data(), bytes.size()); });
 }
 

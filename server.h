@@ -361,8 +361,8 @@ public:
     // Binds, serves HTTP on a thread of its own and runs the engine loop on this one until a SIGTERM or
     // SIGINT has been handled: then it stops accepting, finishes what is live (a second signal cancels
     // it), waits for the HTTP threads and returns 0.
-    template <class Ops>
-    int run(InferenceEngine<Ops>& engine) {
+    template <class Engine>
+    int run(Engine& engine) {
         setup_routes();
         svr_.new_task_queue = [n = max_live_ + 8] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
         svr_.set_payload_max_length(opt_.max_body_bytes);
@@ -415,8 +415,8 @@ private:
     Metrics metrics_;
 
     // ---- the engine thread ---------------------------------------------------------------------------
-    template <class Ops>
-    void run_engine(InferenceEngine<Ops>& engine) {
+    template <class Engine>
+    void run_engine(Engine& engine) {
         Scheduler sched(engine.max_seqs, engine.max_rows, engine.block_size, engine.num_blocks, config_.max_seq_len,
                         config_.vocab_size, eot_);
         sched.on_blocks = [&](int slot, const std::vector<int>& blocks) { engine.set_blocks(slot, blocks); };
@@ -456,8 +456,8 @@ private:
         }
     }
 
-    template <class Ops, class Live, class Retire>
-    void engine_loop(InferenceEngine<Ops>& engine, Scheduler& sched, Live& live, std::vector<std::string>& stopped,
+    template <class Engine, class Live, class Retire>
+    void engine_loop(Engine& engine, Scheduler& sched, Live& live, std::vector<std::string>& stopped,
                      Retire& retire, int& signals_seen) {
         for (;;) {
             std::deque<std::shared_ptr<LiveRequest>> fresh;

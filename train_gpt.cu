@@ -41,7 +41,8 @@ struct TrainOptions {
     std::string tokenizer = "../shared/data/gpt2";
     std::string out_dir = "out/shakespeare";
     std::string device = "auto";       // auto | cpu | cuda
-    std::string matmul = "cublas";     // cublas | tiled (the CUDA path's matmul)
+    std::string precision = "auto";    // auto | fp32 | bf16 (auto: bf16 on a GPU, else fp32)
+    std::string matmul = "cublas";     // cublas | tiled | wmma (the CUDA path's matmul)
     int batch_size = 16;
     int seq_len = 128;
     long grad_accum_tokens = 0;        // tokens per optimizer step; 0 = one micro-batch (B·T)
@@ -123,7 +124,10 @@ static const std::vector<OptionInfo>& option_table() {
         OPTION(tokenizer, "directory with encoder.json + vocab.bpe (for samples; recorded in the checkpoint)"),
         OPTION(out_dir, "where checkpoint.bin, log.jsonl and loss.svg go"),
         OPTION(device, "auto | cpu | cuda (auto: cuda on a GPU, else the CPU reference path)"),
-        OPTION(matmul, "cublas | tiled: which matmul the CUDA path uses"),
+        OPTION(precision,
+               "auto | fp32 | bf16: bf16 weights and activations on tensor cores, fp32 master weights "
+               "(docs/mixed-precision.md; the CUDA kernels only). auto: bf16 on a GPU, else fp32"),
+        OPTION(matmul, "cublas | tiled | wmma: which matmul the CUDA path uses (wmma: hand-written, tensor cores)"),
         OPTION(batch_size, "B: sequences per micro-batch"), OPTION(seq_len, "T: tokens per sequence"),
         OPTION(grad_accum_tokens, "tokens per optimizer step (a multiple of B*T); 0 = B*T"),
         OPTION(max_steps, "optimizer steps"), OPTION(learning_rate, "peak learning rate"),
@@ -327,8 +331,8 @@ struct DataLoader {
 
 // ----------------------------------------------------------------------------
 // Generates text by recomputing the whole window each token (no KV cache: that is infer_gpt's job).
-template <class Ops>
-static std::string generate(GPT<Ops>& model, const bpe::Tokenizer& tok, const TrainOptions& o, Rng& rng) {
+template <class Ops, class FloatX>
+static std::string generate(GPT<Ops, FloatX>& model, const bpe::Tokenizer& tok, const TrainOptions& o, Rng& rng) {
     std::vector<int> ids = o.sample_prompt.empty() ? std::vector<int>{tok.eot_id() >= 0 ? tok.eot_id() : 0}
                                                    : tok.encode_ordinary(o.sample_prompt);
     size_t prompt = ids.size();
@@ -366,7 +370,16 @@ static std::string format_duration(double seconds) {
     return buf;
 }
 
-// Peak fp32 (non-tensor-core) FLOP/s of common cards, for MFU: this trainer runs fp32 without TF32.
+// Peak FLOP/s of common cards, for MFU: fp32 on CUDA cores (this trainer's fp32 runs without TF32), and bf16 on
+// tensor cores with fp32 accumulation (dense, no sparsity), from the vendors' data sheets.
+static double peak_bf16_flops(const std::string& gpu) {
+    if (gpu.find("H100") != std::string::npos || gpu.find("H200") != std::string::npos)
+        return gpu.find("PCIe") != std::string::npos ? 756e12 : 989e12;
+    if (gpu.find("A100") != std::string::npos) return 312e12;
+    if (gpu.find("L4") != std::string::npos) return 121e12;
+    if (gpu.find("4090") != std::string::npos) return 165e12;
+    return 0;
+}
 static double peak_fp32_flops(const std::string& gpu) {
     if (gpu.find("H100") != std::string::npos || gpu.find("H200") != std::string::npos)
         return gpu.find("PCIe") != std::string::npos ? 51e12 : 67e12;
@@ -376,7 +389,7 @@ static double peak_fp32_flops(const std::string& gpu) {
     return 0;
 }
 
-template <class Ops>
+template <class Ops, class FloatX>
 static int train(const TrainOptions& o, const std::string& device_name, Comm& comm) {
     GPTConfig config = o.model.get<GPTConfig>();
     bpe::Tokenizer tok = bpe::Tokenizer::load(o.tokenizer);
@@ -403,7 +416,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
                                  std::to_string(comm.size) + " ranks: each rank takes every N-th micro-batch");
     // ---- end data parallel
 
-    GPT<Ops> model(config);
+    GPT<Ops, FloatX> model(config);
     DataLoader train_data(o.train_data, o.batch_size, o.seq_len, true, o.seed);
     DataLoader val_data(o.val_data, o.batch_size, o.seq_len, false, o.seed);
     Rng sample_rng(o.seed + 1);
@@ -442,12 +455,13 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         std::ofstream(log_path, std::ios::trunc);  // a fresh run starts a fresh log
     }
     std::ofstream log(log_path, std::ios::app);
-    DataParallel<Ops> dp(comm, model, o.zero_stage);  // takes over the model's buffers (distributed.cuh)
+    DataParallel<Ops, FloatX> dp(comm, model, o.zero_stage);  // takes over the model's buffers (distributed.cuh)
 
     std::printf("model: %s, %d layers, %d heads (%d kv), C=%d, vocab %d (padded %d), %zu parameters (%.1f MB fp32)\n",
                 config.is_llama() ? "llama" : "gpt2", config.n_layer, config.n_head, config.n_kv_head, config.n_embd,
                 config.vocab_size, config.padded_vocab_size, model.num_parameters, model.num_parameters * 4 / 1e6);
-    std::printf("%s\n", kv_cache_summary(config, config.max_seq_len).c_str());
+    std::printf("%s\n", kv_cache_summary(config, config.max_seq_len, sizeof(FloatX)).c_str());
+    std::printf("precision: %s\n", precision_summary<FloatX>().c_str());
     std::printf("device: %s (%s); batch %d x %d, %d micro-steps = %ld tokens/step; %zu train shards\n", Ops::name,
                 device_name.c_str(), o.batch_size, o.seq_len, micro_steps, accum_tokens, train_data.files.size());
     if (comm.size > 1 || o.zero_stage > 0)
@@ -511,7 +525,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         std::fflush(stdout);
     };
 
-    const double peak = peak_fp32_flops(device_name);
+    const double peak = GPT<Ops, FloatX>::mixed ? peak_bf16_flops(device_name) : peak_fp32_flops(device_name);
     std::vector<int> x, y, skipped_x, skipped_y;  // skipped: the other ranks' micro-batches
     Timer run_timer;
     double ms_sum = 0;
@@ -603,7 +617,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
 // loss's gradient, clipping and AdamW as in pretraining. The reference model (DPO, IPO, KTO) is a second model,
 // forward only. Before the first step and after the last: the metrics over the first --val-batches batches of
 // the training data (forward only) and a sample from --sample-prompt; the checkpoint goes to --out-dir.
-template <class Ops>
+template <class Ops, class FloatX>
 static int finetune(const TrainOptions& o, const std::string& device_name) {
     const Objective objective = parse_objective(o.objective);
     const bool preference = objective != Objective::sft;
@@ -630,14 +644,14 @@ static int finetune(const TrainOptions& o, const std::string& device_name) {
     read_finetune_file(data_path, tok ? &*tok : nullptr, config.vocab_size, config.max_seq_len,
                        objective == Objective::dpo || objective == Objective::ipo, objective == Objective::kto, pairs,
                        examples);
-    GPT<Ops> model(config);
+    GPT<Ops, FloatX> model(config);
     model.set_parameters(init.params);
-    std::unique_ptr<GPT<Ops>> reference;
+    std::unique_ptr<GPT<Ops, FloatX>> reference;
     const std::string ref_path = o.ref_model.empty() ? o.init_from : o.ref_model;
     if (preference) {
         LoadedModel ref = load_model(ref_path);
         check_same_vocabulary(config, init.tokenizer, ref.config, ref.tokenizer, ref_path);
-        reference = std::make_unique<GPT<Ops>>(ref.config);
+        reference = std::make_unique<GPT<Ops, FloatX>>(ref.config);
         reference->set_parameters(ref.params);
     }
     PreferenceSettings settings{objective, static_cast<float>(o.beta), static_cast<float>(o.kto_desirable_weight),
@@ -778,14 +792,16 @@ int main(int argc, char** argv) {
             comm.finalize();
             return 0;
         }
-        if (o.matmul != "cublas" && o.matmul != "tiled") throw std::runtime_error("--matmul must be cublas or tiled");
-        set_matmul_backend(o.matmul == "tiled" ? MatmulBackend::tiled : MatmulBackend::cublas);
+        set_matmul_backend(parse_matmul_backend(o.matmul));
         int rc = with_device_ops(o.device, [&](auto ops, const std::string& backend) {
             using Ops = decltype(ops);
-            if (o.objective == "lm") return train<Ops>(o, backend, comm);
-            if (comm.size > 1)
-                throw std::runtime_error("fine-tuning (--objective " + o.objective + ") runs on one rank");
-            return finetune<Ops>(o, backend);
+            return with_precision<Ops>(o.precision, [&](auto x) {
+                using FloatX = decltype(x);
+                if (o.objective == "lm") return train<Ops, FloatX>(o, backend, comm);
+                if (comm.size > 1)
+                    throw std::runtime_error("fine-tuning (--objective " + o.objective + ") runs on one rank");
+                return finetune<Ops, FloatX>(o, backend);
+            });
         });
         comm.finalize();
         return rc;

@@ -98,11 +98,11 @@ int main(int argc, char** argv) {
             size_t n_att = static_cast<size_t>(s.B) * s.NH * s.T * s.T;
             std::vector<float> host(n_qkv);
             for (auto& x : host) x = rng.uniform(-1.0f, 1.0f);
-            DeviceBuffer<floatX> qkv(n_qkv), dqkv(n_qkv), out(n_out), dout(n_out);
+            DeviceBuffer<float> qkv(n_qkv), dqkv(n_qkv), out(n_out), dout(n_out);
             DeviceBuffer<float> lse(static_cast<size_t>(s.B) * s.NH * s.T);
-            std::vector<floatX> hx(host.begin(), host.end());
+            std::vector<float> hx(host.begin(), host.end());
             qkv.upload(hx);
-            dout.upload(std::vector<floatX>(hx.begin(), hx.begin() + static_cast<long>(n_out)));
+            dout.upload(std::vector<float>(hx.begin(), hx.begin() + static_cast<long>(n_out)));
             cuda_check(cudaMemset(dqkv, 0, dqkv.bytes()));
             double fwd_flop = 4.0 * s.B * s.NH * static_cast<double>(s.T) * s.T * s.hs / 2, bwd_flop = 2.5 * fwd_flop;
             char shape[64];
@@ -117,12 +117,15 @@ int main(int argc, char** argv) {
             const double MiB = 1024.0 * 1024.0;
             {  // naive: the caller's att and datt (B, NH, T, T), plus its workspace
                 attention_workspace_release();
-                DeviceBuffer<floatX> att(n_att), datt(n_att);
-                double f =
-                    median_ms([&] { attention_forward_naive(out, att, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
-                              warmup, repeats, flush);
+                DeviceBuffer<float> att(n_att), datt(n_att);
+                double f = median_ms(
+                    [&] { attention_forward_naive(out.ptr, att.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                    warmup, repeats, flush);
                 double b = median_ms(
-                    [&] { attention_backward_naive(dqkv, datt, dout, att, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                    [&] {
+                        attention_backward_naive(dqkv.ptr, datt.ptr, dout.ptr, att.ptr, qkv.ptr, s.B, s.T, s.NH, NKV,
+                                                 s.hs, nullptr);
+                    },
                     warmup, repeats, flush);
                 double mem = (att.bytes() + datt.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "naive", f, fwd_flop, mem);
@@ -130,11 +133,15 @@ int main(int argc, char** argv) {
             }
             {  // fused: lse (B, NH, T) plus its workspace (D and partial dQ)
                 attention_workspace_release();
-                double f = median_ms([&] { attention_forward(out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
-                                     warmup, repeats, flush);
+                double f =
+                    median_ms([&] { attention_forward(out.ptr, lse.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                              warmup, repeats, flush);
                 double b = median_ms(
-                    [&] { attention_backward(dqkv, dout, out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup,
-                    repeats, flush);
+                    [&] {
+                        attention_backward(dqkv.ptr, dout.ptr, out.ptr, lse.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs,
+                                           nullptr);
+                    },
+                    warmup, repeats, flush);
                 double mem = (lse.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "fused", f, fwd_flop, mem);
                 row("backward", "fused", b, bwd_flop, mem);
@@ -142,11 +149,15 @@ int main(int argc, char** argv) {
             {  // fused on tensor cores: the same lse and workspace
                 attention_workspace_release();
                 set_attention_backend(AttentionBackend::wmma);
-                double f = median_ms([&] { attention_forward(out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
-                                     warmup, repeats, flush);
+                double f =
+                    median_ms([&] { attention_forward(out.ptr, lse.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs, nullptr); },
+                              warmup, repeats, flush);
                 double b = median_ms(
-                    [&] { attention_backward(dqkv, dout, out, lse, qkv, s.B, s.T, s.NH, NKV, s.hs, nullptr); }, warmup,
-                    repeats, flush);
+                    [&] {
+                        attention_backward(dqkv.ptr, dout.ptr, out.ptr, lse.ptr, qkv.ptr, s.B, s.T, s.NH, NKV, s.hs,
+                                           nullptr);
+                    },
+                    warmup, repeats, flush);
                 set_attention_backend(AttentionBackend::flash);
                 double mem = (lse.bytes() + attention_workspace_bytes()) / MiB;
                 row("forward", "wmma", f, fwd_flop, mem);

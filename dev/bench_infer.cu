@@ -72,7 +72,7 @@ static void bench(const Machine& mach, const LoadedModel& m, bool full, const st
     GPT<Ops> model(m.config);
     model.set_parameters(m.params);
     const GPTConfig& c = m.config;
-    const double weight_bytes = model.num_parameters * sizeof(floatX);
+    const double weight_bytes = model.num_parameters * sizeof(float);
     Rng rng(1);
     auto random_tokens = [&](int n) {
         std::vector<int> t(n);

@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
                     big ? "" : "  [small: the CPU emulator; --full for GPT-2 124M]");
 
         Rng rng(42);
-        const double f = sizeof(floatX);
+        const double f = sizeof(float);
         const double NC = static_cast<double>(N) * C;
         auto shape = [](std::initializer_list<std::pair<const char*, long>> dims) {
             std::string s;
@@ -153,16 +153,16 @@ int main(int argc, char** argv) {
         for (auto& t : tokens) t = static_cast<int>(rng.below(V));
         for (auto& t : targets) t = static_cast<int>(rng.below(V));
         DeviceBuffer<int> d_tokens(tokens), d_targets(targets);
-        DeviceBuffer<floatX> wte(random_host(static_cast<size_t>(V) * C, rng)),
+        DeviceBuffer<float> wte(random_host(static_cast<size_t>(V) * C, rng)),
             wpe(random_host(static_cast<size_t>(T) * C, rng));
-        DeviceBuffer<floatX> dwte(static_cast<size_t>(V) * C), dwpe(static_cast<size_t>(T) * C);
+        DeviceBuffer<float> dwte(static_cast<size_t>(V) * C), dwpe(static_cast<size_t>(T) * C);
         size_t act = static_cast<size_t>(N) * std::max(4 * C, 2 * H);
-        DeviceBuffer<floatX> x(random_host(act, rng)), y(random_host(act, rng)), dx(random_host(act, rng)),
+        DeviceBuffer<float> x(random_host(act, rng)), y(random_host(act, rng)), dx(random_host(act, rng)),
             dy(random_host(act, rng));
-        DeviceBuffer<floatX> w(random_host(static_cast<size_t>(Vp) * C, rng)), dw(static_cast<size_t>(Vp) * C);
-        DeviceBuffer<floatX> bias(random_host(std::max(Vp, 4 * C), rng)), dbias(std::max(Vp, 4 * C));
+        DeviceBuffer<float> w(random_host(static_cast<size_t>(Vp) * C, rng)), dw(static_cast<size_t>(Vp) * C);
+        DeviceBuffer<float> bias(random_host(std::max(Vp, 4 * C), rng)), dbias(std::max(Vp, 4 * C));
         DeviceBuffer<float> mean(N), rstd(N), losses(N), norm(1);
-        DeviceBuffer<floatX> logits(random_host(static_cast<size_t>(N) * Vp, rng, 4.0f));
+        DeviceBuffer<float> logits(random_host(static_cast<size_t>(N) * Vp, rng, 4.0f));
 
         // 1. encoder. The backward writes only the rows of tokens that occur.
         std::vector<int> sorted = tokens;

@@ -825,35 +825,33 @@ static void perform_wmma(Worker& w, unsigned warp_base, unsigned n, unsigned gro
         fatal("kernel '%s' block (%u,%u,%u): %s in warp %u, which has %u threads (the block has %u): wmma needs all "
               "32 lanes of a full warp", w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, op, warp_base / 32,
               static_cast<unsigned>(__builtin_popcount(group)), n);
-    char who[48];
+    char buf[48];  // the thread a message names, described only when there is a message (snprintf per lane is slow)
+    auto who = [&](const Thread& t) { return describe_thread(buf, sizeof buf, t), buf; };
     if (first.op == WarpOp::wmma_mma) {
         const WmmaMma* args[32];
         for (unsigned l = 0; l < 32; l++) {
             args[l] = reinterpret_cast<const WmmaMma*>(lanes[l]->value);
-            describe_thread(who, sizeof who, *lanes[l]);
             if (args[l]->compute != args[0]->compute)
                 fatal("kernel '%s' block (%u,%u,%u): thread %s calls %s with other fragment types than lane 0",
-                      w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who, op);
+                      w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who(*lanes[l]), op);
         }
         args[0]->compute(args);
     } else {
         for (unsigned l = 1; l < 32; l++) {
             const Thread& t = *lanes[l];
-            describe_thread(who, sizeof who, t);
             if (t.value != first.value || t.arg != first.arg || t.width != first.width)
                 fatal("kernel '%s' block (%u,%u,%u): thread %s calls %s(p = %p, ldm = %d, %s) but lane 0 calls it with "
                       "(p = %p, ldm = %d, %s): all lanes of the warp must pass the same arguments", w.config->name,
-                      blockIdx.x, blockIdx.y, blockIdx.z, who, op, reinterpret_cast<void*>(t.value), t.arg,
+                      blockIdx.x, blockIdx.y, blockIdx.z, who(t), op, reinterpret_cast<void*>(t.value), t.arg,
                       t.width % 2 ? "column-major" : "row-major", reinterpret_cast<void*>(first.value), first.arg,
                       first.width % 2 ? "column-major" : "row-major");
         }
         int bytes = first.width / 2;
-        describe_thread(who, sizeof who, first);
         if (first.value % 32 != 0 || (static_cast<long>(first.arg) * bytes) % 16 != 0)
             fatal("kernel '%s' block (%u,%u,%u): thread %s calls %s(p = %p, ldm = %d): the pointer must be 32-byte "
                   "aligned and ldm a multiple of 16 bytes (%d elements of %d bytes), or a GPU faults or misreads",
-                  w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who, op, reinterpret_cast<void*>(first.value),
-                  first.arg, 16 / bytes, bytes);
+                  w.config->name, blockIdx.x, blockIdx.y, blockIdx.z, who(first), op,
+                  reinterpret_cast<void*>(first.value), first.arg, 16 / bytes, bytes);
     }
     for (unsigned l = 0; l < 32; l++) {
         lanes[l]->result = 0;
@@ -1579,9 +1577,12 @@ static void sgemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int 
 static std::vector<float> widen(const void* p, cudaDataType t, size_t count) {
     std::vector<float> out(count);
     if (t == CUDA_R_32F) std::memcpy(out.data(), p, count * 4);
-    else if (t == CUDA_R_16BF)
+    else if (t == CUDA_R_16BF)  // the model's bf16 matmuls widen a 50304-row wte every call: over the cores
+#pragma omp parallel for schedule(static) if (count > (1 << 16))
         for (size_t i = 0; i < count; i++) out[i] = __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-    else for (size_t i = 0; i < count; i++) out[i] = __half2float(static_cast<const __half*>(p)[i]);
+    else
+#pragma omp parallel for schedule(static) if (count > (1 << 16))
+        for (size_t i = 0; i < count; i++) out[i] = __half2float(static_cast<const __half*>(p)[i]);
     return out;
 }
 static size_t storage(int rows_of_op, int cols_of_op, cublasOperation_t op, int ld) {
@@ -1623,6 +1624,7 @@ static cublasStatus_t gemm_ex(const char* fn, cublasHandle_t h, cublasOperation_
         std::vector<float> fa = widen(Ai, at, na), fb = widen(Bi, bt, nb),
                            fc = b == 0.0f ? std::vector<float>(nc) : widen(Ci, ct, nc);
         sgemm(ta, tb, m, n, k, a, fa.data(), lda, fb.data(), ldb, b, fc.data(), ldc);
+#pragma omp parallel for schedule(static) if (static_cast<size_t>(m) * n > (1 << 16))
         for (int j = 0; j < n; j++)
             for (int r = 0; r < m; r++) {
                 size_t idx = static_cast<size_t>(j) * ldc + r;

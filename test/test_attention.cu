@@ -62,13 +62,13 @@ TEST_CASE("rope forward/backward/at-positions: kernel matches CPU reference") {
         for_each_thread_order([&] {
             DeviceBuffer<float> d(x);
             DeviceBuffer<int> dpos(positions);
-            rope_forward(d, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            rope_forward(d.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
             check_close("rope_forward", d.download(), to_float(fwd), tolerance_fp32_elementwise);
             d.upload(x);
-            rope_backward(d, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            rope_backward(d.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
             check_close("rope_backward", d.download(), to_float(bwd), tolerance_fp32_elementwise);
             d.upload(x);
-            rope_forward_at(d, dpos, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            rope_forward_at(d.ptr, dpos.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
             check_close("rope_forward_at", d.download(), to_float(at), tolerance_fp32_elementwise);
         });
         // v is untouched by design: exactly equal
@@ -146,18 +146,19 @@ void check_attention_paths(const Shape& s, bool rope, Rng& rng) {
 
     for_each_thread_order([&] {
         DeviceBuffer<float> d_qkv(qkv), d_out(s.out_count()), d_lse(s.lse_count()), d_dout(dout), d_dqkv(dqkv_init);
-        if (rope) rope_forward(d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        if (rope) rope_forward(d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
         // fused
         poison(d_out);
         poison(d_lse);
         poison_attention_workspace();
-        attention_forward(d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        attention_forward(d_out.ptr, d_lse.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
         std::vector<float> fused_out = d_out.download();
         check_close("fused forward out", fused_out, out_ref, tolerance_fp32_attention);
         check_close("fused forward lse", d_lse.download(), lse_ref, tolerance_fp32_attention);
         poison_attention_workspace();
-        attention_backward(d_dqkv, d_dout, d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
-        if (rope) rope_backward(d_dqkv, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        attention_backward(d_dqkv.ptr, d_dout.ptr, d_out.ptr, d_lse.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs,
+                           nullptr);
+        if (rope) rope_backward(d_dqkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
         std::vector<float> fused_dqkv = d_dqkv.download();
         check_close("fused backward dqkv", fused_dqkv, dqkv_ref, tolerance_fp32_attention);
         // naive
@@ -166,13 +167,14 @@ void check_attention_paths(const Shape& s, bool rope, Rng& rng) {
         poison(d_att);
         poison(d_datt);
         poison_attention_workspace();
-        attention_forward_naive(d_out, d_att, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        attention_forward_naive(d_out.ptr, d_att.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
         std::vector<float> naive_out = d_out.download();
         check_close("naive forward out", naive_out, out_ref, tolerance_fp32_attention);
         d_dqkv.upload(dqkv_init);
         poison_attention_workspace();
-        attention_backward_naive(d_dqkv, d_datt, d_dout, d_att, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
-        if (rope) rope_backward(d_dqkv, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        attention_backward_naive(d_dqkv.ptr, d_datt.ptr, d_dout.ptr, d_att.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs,
+                                 nullptr);
+        if (rope) rope_backward(d_dqkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
         std::vector<float> naive_dqkv = d_dqkv.download();
         check_close("naive backward dqkv", naive_dqkv, dqkv_ref, tolerance_fp32_attention);
         // the two paths agree with each other (both fp32, different summation orders)
@@ -225,7 +227,7 @@ TEST_CASE("attention fused backward is deterministic: same bits under every thre
     std::vector<float> qkv = random_vector(s.qkv_count(), rng, 1.5f), dout = random_vector(s.out_count(), rng);
     std::vector<float> dqkv_init = random_vector(s.qkv_count(), rng);
     DeviceBuffer<float> d_qkv(qkv), d_out(s.out_count()), d_lse(s.lse_count()), d_dout(dout), d_dqkv(dqkv_init);
-    attention_forward(d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+    attention_forward(d_out.ptr, d_lse.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
     std::vector<float> first;
 #if defined(CUDASIM)
     using cudasim::Order;
@@ -239,7 +241,8 @@ TEST_CASE("attention fused backward is deterministic: same bits under every thre
 #endif
         (void)order;
         d_dqkv.upload(dqkv_init);
-        attention_backward(d_dqkv, d_dout, d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        attention_backward(d_dqkv.ptr, d_dout.ptr, d_out.ptr, d_lse.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs,
+                           nullptr);
         std::vector<float> got = d_dqkv.download();
         if (first.empty()) first = got;
         size_t differ = 0;
@@ -253,13 +256,13 @@ TEST_CASE("attention fused backward is deterministic: same bits under every thre
 
 TEST_CASE("attention launchers reject bad shapes with a message") {
     DeviceBuffer<float> qkv(3 * 264), out(264), lse(1);
-    CHECK_THROWS_WITH_AS(attention_forward(out, lse, qkv, 1, 1, 1, 1, 264, nullptr),
+    CHECK_THROWS_WITH_AS(attention_forward(out.ptr, lse.ptr, qkv.ptr, 1, 1, 1, 1, 264, nullptr),
                          doctest::Contains("head size 264 is outside 1..256"), std::runtime_error);
-    CHECK_THROWS_WITH_AS(attention_backward(qkv, out, out, lse, qkv, 1, 1, 1, 1, 264, nullptr),
+    CHECK_THROWS_WITH_AS(attention_backward(qkv.ptr, out.ptr, out.ptr, lse.ptr, qkv.ptr, 1, 1, 1, 1, 264, nullptr),
                          doctest::Contains("head size 264 is outside 1..256"), std::runtime_error);
-    CHECK_THROWS_WITH_AS(attention_forward(out, lse, qkv, 1, 1, 3, 2, 64, nullptr),
+    CHECK_THROWS_WITH_AS(attention_forward(out.ptr, lse.ptr, qkv.ptr, 1, 1, 3, 2, 64, nullptr),
                          doctest::Contains("NKV must divide NH"), std::runtime_error);
-    CHECK_THROWS_WITH_AS(rope_forward(qkv, 1, 1, 1, 1, 5, rope_theta, nullptr), doctest::Contains("odd"),
+    CHECK_THROWS_WITH_AS(rope_forward(qkv.ptr, 1, 1, 1, 1, 5, rope_theta, nullptr), doctest::Contains("odd"),
                          std::runtime_error);
 }
 
@@ -278,8 +281,8 @@ TEST_CASE("fused attention allocates nothing O(T^2)") {
     DeviceBuffer<float> d_qkv(qkv), d_out(s.out_count()), d_lse(s.lse_count()), d_dout(dout), d_dqkv(s.qkv_count());
     cuda_check(cudaMemset(d_dqkv, 0, d_dqkv.bytes()));
     attention_workspace_release();
-    attention_forward(d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
-    attention_backward(d_dqkv, d_dout, d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+    attention_forward(d_out.ptr, d_lse.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+    attention_backward(d_dqkv.ptr, d_dout.ptr, d_out.ptr, d_lse.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
     size_t used = attention_workspace_bytes();
     size_t linear_bound = 2 * s.out_count() * sizeof(float) + 2 * s.lse_count() * sizeof(float) + 1024;  // + alignment
     INFO("fused workspace " << used << " bytes; O(T) bound " << linear_bound << "; one score matrix "
@@ -383,9 +386,10 @@ TEST_CASE("decode: prefill + appends to a paged cache, then paged_attention equa
                 }
                 DeviceBuffer<float> d_first(first);
                 DeviceBuffer<int> d_prefill_pos(prefill_pos), d_prefill_slot(prefill_slot);
-                rope_forward(d_first, s.B, prefill, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-                paged_kv_append(k_pool, v_pool, d_first, d_tables, d_prefill_slot, d_prefill_pos, s.B * prefill, s.NH,
-                                s.NKV, s.hs, kv.block_size, kv.max_blocks, nullptr);
+                rope_forward(d_first.ptr, s.B, prefill, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+                paged_kv_append(k_pool.ptr, v_pool.ptr, d_first.ptr, d_tables.ptr, d_prefill_slot.ptr,
+                                d_prefill_pos.ptr, s.B * prefill, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks,
+                                nullptr);
                 // then one token at a time: rope at its position, append, decode
                 std::vector<int> slots(s.B);
                 for (int b = 0; b < s.B; b++) slots[b] = b;
@@ -394,15 +398,15 @@ TEST_CASE("decode: prefill + appends to a paged cache, then paged_attention equa
                     std::vector<int> pos(s.B, t);
                     DeviceBuffer<float> d_tok(token_rows(c, pos));
                     DeviceBuffer<int> d_pos(pos);
-                    rope_forward_at(d_tok, d_pos, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-                    paged_kv_append(k_pool, v_pool, d_tok, d_tables, d_slots, d_pos, s.B, s.NH, s.NKV, s.hs,
-                                    kv.block_size, kv.max_blocks, nullptr);
+                    rope_forward_at(d_tok.ptr, d_pos.ptr, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+                    paged_kv_append(k_pool.ptr, v_pool.ptr, d_tok.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, s.B, s.NH,
+                                    s.NKV, s.hs, kv.block_size, kv.max_blocks, nullptr);
                     if (t % 37 != 0 && t != maxT - 1 && t != 127 && t != 128) continue;  // check a spread of lengths
                     CAPTURE(t);
                     poison(d_out);
                     poison_attention_workspace();
-                    paged_attention(d_out, d_tok, k_pool, v_pool, d_tables, d_slots, d_pos, t + 1, s.B, s.NH, s.NKV,
-                                    s.hs, kv.block_size, kv.max_blocks, nullptr);
+                    paged_attention(d_out.ptr, d_tok.ptr, k_pool.ptr, v_pool.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr,
+                                    t + 1, s.B, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks, nullptr);
                     check_close("paged_attention", d_out.download(), reference_rows(c, pos), tolerance_fp32_attention);
                 }
             });
@@ -447,9 +451,9 @@ TEST_CASE("decode: sequences of different lengths in one batch, paged cache fill
         DeviceBuffer<int> d_positions(positions), d_slots(slots), d_tables(kv.tables), d_seq_slots(seq);
         poison(k_pool);
         poison(v_pool);
-        rope_forward(d_seq, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-        paged_kv_append(k_pool, v_pool, d_seq, d_tables, d_slots, d_positions, N, s.NH, s.NKV, s.hs, kv.block_size,
-                        kv.max_blocks, nullptr);
+        rope_forward(d_seq.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        paged_kv_append(k_pool.ptr, v_pool.ptr, d_seq.ptr, d_tables.ptr, d_slots.ptr, d_positions.ptr, N, s.NH, s.NKV,
+                        s.hs, kv.block_size, kv.max_blocks, nullptr);
         // the written rows (the pool's last block has slots past maxT that stay poisoned)
         auto written = [&](const std::vector<float>& pool) {
             std::vector<float> rows;
@@ -465,11 +469,11 @@ TEST_CASE("decode: sequences of different lengths in one batch, paged cache fill
         check_close("v pool", written(v_pool.download()), written(to_float(v_ref)), tolerance_fp32_elementwise);
         DeviceBuffer<float> d_q(token_rows(c, last));
         DeviceBuffer<int> d_last(last);
-        rope_forward_at(d_q, d_last, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+        rope_forward_at(d_q.ptr, d_last.ptr, s.B, 1, s.NH, s.NKV, s.hs, rope_theta, nullptr);
         poison(d_out);
         poison_attention_workspace();
-        paged_attention(d_out, d_q, k_pool, v_pool, d_tables, d_seq_slots, d_last, maxT, s.B, s.NH, s.NKV, s.hs,
-                        kv.block_size, kv.max_blocks, nullptr);
+        paged_attention(d_out.ptr, d_q.ptr, k_pool.ptr, v_pool.ptr, d_tables.ptr, d_seq_slots.ptr, d_last.ptr, maxT,
+                        s.B, s.NH, s.NKV, s.hs, kv.block_size, kv.max_blocks, nullptr);
         check_close("paged_attention, mixed lengths", d_out.download(), reference_rows(c, last),
                     tolerance_fp32_attention);
     });
@@ -657,7 +661,7 @@ void check_attention_wmma(const Shape& s, Rng& rng) {
         poison(d_out);
         poison(d_lse);
         poison_attention_workspace();
-        attention_forward(d_out, d_lse, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        attention_forward(d_out.ptr, d_lse.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
         std::vector<float> got_out = d_out.download();
         check_within_bound("wmma forward out", got_out, out_ref, bound.out, tolerance_bf16_attention_norm(4));
         check_within_bound("wmma forward lse", d_lse.download(), lse_ref, bound.lse, tolerance_bf16_attention_norm(4));
@@ -666,7 +670,8 @@ void check_attention_wmma(const Shape& s, Rng& rng) {
         // the backward from the reference's out and lse
         DeviceBuffer<float> d_out_ref(out_ref), d_lse_ref(lse_ref);
         poison_attention_workspace();
-        attention_backward(d_dqkv, d_dout, d_out_ref, d_lse_ref, d_qkv, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+        attention_backward(d_dqkv.ptr, d_dout.ptr, d_out_ref.ptr, d_lse_ref.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs,
+                           nullptr);
         check_within_bound("wmma backward dqkv", d_dqkv.download(), dqkv_ref, bound.dqkv,
                            tolerance_bf16_attention_norm(6), &dqkv_init);
     });

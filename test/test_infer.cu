@@ -7,6 +7,7 @@
 #include "hf.h"
 #include "engine.cuh"
 
+#include <bit>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -188,6 +189,17 @@ TEST_CASE("HF GPT-2: the fixture loads; export and reload give the same paramete
     CHECK(back.params == m.params);
     CHECK(back.eot_id == m.eot_id);
     fs::remove_all(out);
+    // in bf16: every weight rounded to the nearest bf16, ties to even, as the GPU's conversion rounds
+    export_hf(out, m.config, m.params, m.eot_id, safetensors::DType::BF16);
+    back = load_model(out);
+    CHECK(safetensors::Reader::load(out + "/model.safetensors").info("transformer.wte.weight").dtype ==
+          safetensors::DType::BF16);
+    REQUIRE(back.params.size() == m.params.size());
+    for (size_t i = 0; i < m.params.size(); i++)
+        REQUIRE(back.params[i] == __bfloat162float(__float2bfloat16_rn(m.params[i])));
+    fs::remove_all(out);
+    for (float x : {1.0f + 0x1p-8f, 1.0f + 0x3p-8f, -1.0f - 0x1p-8f, 0x1.fffffep127f, 1e-40f})  // ties, overflow
+        CHECK(safetensors::f32_to_bf16(x) == std::bit_cast<uint16_t>(__float2bfloat16_rn(x)));
     CHECK_THROWS_WITH(load_model("test/fixtures"), doctest::Contains("config.json and model.safetensors"));
 }
 
@@ -229,9 +241,10 @@ TEST_CASE("paged attention and KV append: kernels match CPU references; CPU refe
             poison(d_k);
             poison(d_v);
             poison(d_out);
-            paged_kv_append(d_k, d_v, d_qkv, d_tables, d_slots, d_pos, N, NH, NKV, hs, block_size, max_blocks, 0);
-            paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 10, N, NH, NKV, hs, block_size,
-                            max_blocks, 0);
+            paged_kv_append(d_k.ptr, d_v.ptr, d_qkv.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, N, NH, NKV, hs,
+                            block_size, max_blocks, 0);
+            paged_attention(d_out.ptr, d_qkv.ptr, d_k.ptr, d_v.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, 10, N, NH,
+                            NKV, hs, block_size, max_blocks, 0);
             check_close("paged attention kernel", d_out.download(), out_ref, tolerance_fp32_attention);
             // every appended K and V row sits where the reference put it (the rest of the pool keeps its poison)
             std::vector<float> k = d_k.download(), v = d_v.download();
@@ -265,8 +278,8 @@ TEST_CASE("paged attention, one row per sequence over several split-K chunks: ke
         DeviceBuffer<float> d_qkv(qkv), d_k(k_pool), d_v(v_pool), d_out(ref.size());
         DeviceBuffer<int> d_tables(tables), d_slots(slots), d_pos(positions);
         poison(d_out);
-        paged_attention(d_out, d_qkv, d_k, d_v, d_tables, d_slots, d_pos, 300, B, NH, NKV, hs, block_size, max_blocks,
-                        0);
+        paged_attention(d_out.ptr, d_qkv.ptr, d_k.ptr, d_v.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, 300, B, NH, NKV,
+                        hs, block_size, max_blocks, 0);
         check_close("paged_attention split-K vs cpu", d_out.download(), ref, tolerance_fp32_attention);
     });
 }
@@ -350,10 +363,10 @@ static std::vector<float> long_context_logits(const std::vector<float>& params, 
     for (int i = 0; i < engine.max_blocks; i++) blocks[i] = engine.max_blocks - 1 - i;  // scattered: reversed
     engine.set_blocks(0, blocks);
     Rng rng(seed);
-    std::vector<floatX> k = random_vector(engine.pool_elements(), rng, 2.0f);
-    std::vector<floatX> v = random_vector(engine.pool_elements(), rng);
-    Ops::to_backend(engine.k_pool, k.data(), k.size() * sizeof(floatX));
-    Ops::to_backend(engine.v_pool, v.data(), v.size() * sizeof(floatX));
+    std::vector<float> k = random_vector(engine.pool_elements(), rng, 2.0f);
+    std::vector<float> v = random_vector(engine.pool_elements(), rng);
+    Ops::to_backend(engine.k_pool, k.data(), k.size() * sizeof(float));
+    Ops::to_backend(engine.v_pool, v.data(), v.size() * sizeof(float));
     return engine.forward({{7, position, 0, true}});
 }
 

@@ -74,7 +74,8 @@ TEST_CASE("KV cache per token: 2·L·NKV·hs values; GQA divides it by NH/NKV") 
                         .get<GPTConfig>();
     GPTConfig gqa = mha;
     gqa.n_kv_head = 8;
-    CHECK(mha.kv_cache_bytes_per_token() == 2u * 32 * 32 * 128 * sizeof(floatX));  // 1 MiB in fp32, 0.5 MiB in bf16
+    CHECK(mha.kv_cache_bytes_per_token() == 2u * 32 * 32 * 128 * 4);  // 1 MiB in fp32
+    CHECK(mha.kv_cache_bytes_per_token(2) == 2u * 32 * 32 * 128 * 2);  // 0.5 MiB in bf16
     CHECK(gqa.kv_cache_bytes_per_token() * 4 == mha.kv_cache_bytes_per_token());
     std::string line = kv_cache_summary(gqa, 4096);
     CHECK(line.find("8 kv heads") != std::string::npos);
