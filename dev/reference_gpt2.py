@@ -41,11 +41,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 # mirrors our backward kernels: each op's gradient w.r.t. a bf16 activation is computed in fp32 and rounded to
 # bf16 once; where the residual stream feeds two ops (the next norm and the skip), both read one widened copy, so
 # autograd adds the two gradients in fp32 and rounds the sum once (our norm backward adds into d residual and
-# rounds once); norm and embedding weights are read through bf16_copy, whose gradient reaches the fp32 master
+# rounds once); norm and embedding weights are read through BF16Copy, whose gradient reaches the fp32 master
 # unrounded (ours are fp32 sums). One difference is left, and it is autocast's: the gradient of each matmul's
 # weight and bias is the gradient of autocast's bf16 copy, so it is rounded once to bf16 before it reaches the
 # fp32 master (ours stays fp32; for the tied wte, the classifier's part is rounded, the embedding's is not).
-# test/test_gpt.cu derives the tolerances from that.
+# test/fixture.h derives the tolerances from that.
 def forward_bf16(model, inputs, fp64=False):
     tr, cfg = model.transformer, model.config
     C, NH = cfg.n_embd, cfg.n_head

@@ -53,8 +53,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 # forward_bf16 (read its comment first); Llama's ops under the same rule: RMSNorm (fp32 statistics), RoPE rotating
 # the bf16 q and k in fp32 and storing them rounded (its backward rounds the rotated gradient again, as our in-place
 # rope_backward does), attention with GQA in fp32 (fixture_util.Attention; the gradients of a kv head's group
-# add in fp32, as in our dK/dV kernel), SwiGLU in fp32 with one rounding, the untied lm_head through autocast. RoPE's angle is computed as ours (rope_angle: theta^(-2i/hs) in double, rounded to fp32, times the
-# position in fp32).
+# add in fp32, as in our dK/dV kernel), SwiGLU in fp32 with one rounding, the untied lm_head through autocast.
+# RoPE's angle is computed as ours (rope_angle: theta^(-2i/hs) in double, rounded to fp32, times the position in
+# fp32).
 def forward_bf16(model, inputs, theta):
     m, cfg = model.model, model.config
     C, NH, NKV, H = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
