@@ -177,7 +177,7 @@ void check_against_huggingface(const Fixture& x, const ModelTolerance& tol = tol
 //           plus a unit of an upstream flip: atol u, rtol 2u, norm u.
 //   loss:   an fp32 function of logits that match: the fp32 model's 1e-4.
 //   losses: 10 AdamW steps amplify a one-unit difference (PyTorch against itself with fp64 between the roundings
-//           drifts by 0.27u by the last step, GPT-2): u·max(loss, 1). The fp32 model is 4.1u away (GPT-2).
+//           drifts by 0.22u by the last step, GPT-2): u·max(loss, 1). The fp32 model is 4u away (GPT-2).
 // Measured (CPU build, 2026-11-30; docs/mixed-precision.md): GPT-2's and Llama's logits bit-identical; the
 // gradients neither side rounds (norm gains, wpe, Llama's wte) within 0.0005u in norm (fp32 sum order), the matmul
 // gradients as close to ours rounded to bf16; losses within 0.34u.
