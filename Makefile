@@ -72,7 +72,7 @@ else
 NVCC_ARCH    ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
 NVCCFLAGS    ?= -std=c++20 -O3 -g -lineinfo $(NVCC_ARCH) -I. -Xcompiler -Wall,-Wextra,-fopenmp -diag-suppress 20012
-GPU_LIBS     := -lcublas -lopenblas -lgomp
+GPU_LIBS     := -lcublas -lcublasLt -lopenblas -lgomp
 
 # Every header of the project: a change to one rebuilds what includes it (the tree is small).
 HEADERS      := $(wildcard *.cuh *.h dev/*.h dev/shadow/*.h dev/shadow/*/*.h test/*.h)

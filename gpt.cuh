@@ -332,9 +332,9 @@ std::string precision_summary() {
 //              GPT-2                                  | Llama                            | where
 //   norm       LayerNorm: (x − mean)·rstd·w + b       | RMSNorm: x·rstd·w                | norm_forward/_backward
 //   positions  learned wpe, added by the encoder      | RoPE on q and k in attention     | uses_rope
-//   MLP        GELU over fc's F = 4C outputs          | SwiGLU over [gate | up], F = 2H  |
-//   mlp_activation_forward/_backward tensors    biases, wpe, lm_head tied to wte       | no biases, no wpe, own lm_head
-//   | param_sizes
+//   MLP        GELU over fc's F = 4C outputs          | SwiGLU over [gate | up], F = 2H  | mlp_up_forward,
+//                                                                                         mlp_activation_backward
+//   tensors    biases, wpe, lm_head tied to wte       | no biases, no wpe, own lm_head   | param_sizes
 // (An absent tensor is a null pointer, which every op skips.)
 inline bool uses_rope(const GPTConfig& c) { return c.is_llama(); }
 
@@ -350,10 +350,17 @@ void norm_backward(const Exec& ex, const GPTConfig& c, T* dinp /*(N, C), +=*/, f
     if (c.is_llama()) rmsnorm_backward(ex, dinp, dw, dout, inp, w, rstd, N, c.n_embd);
     else layernorm_backward(ex, dinp, dw, db, dout, inp, w, mean, rstd, N, c.n_embd);
 }
+// fch = inp·Wᵀ + b (c_fc), then the activation. GPT-2's GELU is one call with the matmul (cuBLASLt fuses it into
+// the GEMM's epilogue); SwiGLU needs both halves of fch first.
 template <class T>
-void mlp_activation_forward(const Exec& ex, const GPTConfig& c, T* out /*(N, H)*/, const T* fch /*(N, F)*/, int N) {
-    if (c.is_llama()) swiglu_forward(ex, out, fch, N, c.ffn_hidden);
-    else gelu_forward(ex, out, fch, N * c.ffn_hidden);
+void mlp_up_forward(const Exec& ex, const GPTConfig& c, T* out /*(N, H)*/, T* fch /*(N, F)*/, const T* inp /*(N, C)*/,
+                    const T* w /*(F, C)*/, const T* b /*(F) or null*/, int N) {
+    if (c.is_llama()) {
+        matmul_forward(ex, fch, inp, w, b, N, c.n_embd, c.fc_channels());
+        swiglu_forward(ex, out, static_cast<const T*>(fch), N, c.ffn_hidden);
+    } else {
+        matmul_gelu_forward(ex, out, fch, inp, w, b, N, c.n_embd, c.ffn_hidden);
+    }
 }
 template <class T>
 void mlp_activation_backward(const Exec& ex, const GPTConfig& c, T* dfch /*(N, F), +=*/, const T* fch,
@@ -416,8 +423,7 @@ void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors<T>
     // x + mlp(norm_2(x))
     norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer_slice(p[LN2W], l, C),
                  layer_slice(p[LN2B], l, C), N);
-    matmul_forward(ex, a.fch, a.ln2, layer_slice(p[FCW], l, FC), layer_slice(p[FCB], l, F), N, C, F);
-    mlp_activation_forward(ex, c, a.fch_act, a.fch, N);
+    mlp_up_forward(ex, c, a.fch_act, a.fch, a.ln2, layer_slice(p[FCW], l, FC), layer_slice(p[FCB], l, F), N);
     matmul_forward(ex, a.fcproj, a.fch_act, layer_slice(p[FCPROJW], l, CH), layer_slice(p[FCPROJB], l, C), N, H, C);
     residual_forward(ex, a.residual3, a.residual2, a.fcproj, N * C);
 }

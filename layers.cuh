@@ -33,6 +33,7 @@
 #include <type_traits>
 
 #include <mma.h>  // nvcuda::wmma: the tensor-core matmul (the CPU build's is dev/shadow/mma.h)
+#include <cublasLt.h>  // the matmul with fused epilogues (the CPU build's: dev/cudasim_cublaslt.h)
 
 #include "common.cuh"
 
@@ -564,7 +565,7 @@ void matmul_backward_cpu(Real* dinp,           // (N, C) or nullptr, accumulated
         }
 }
 
-enum class MatmulBackend { cublas, tiled, wmma };
+enum class MatmulBackend { cublas, tiled, wmma, cublaslt };
 inline MatmulBackend& matmul_backend_setting() {
     static MatmulBackend backend = MatmulBackend::cublas;
     return backend;
@@ -576,7 +577,8 @@ inline MatmulBackend parse_matmul_backend(const std::string& name) {
     if (name == "cublas") return MatmulBackend::cublas;
     if (name == "tiled") return MatmulBackend::tiled;
     if (name == "wmma") return MatmulBackend::wmma;
-    throw std::runtime_error("--matmul must be cublas, tiled or wmma (got '" + name + "')");
+    if (name == "cublaslt") return MatmulBackend::cublaslt;
+    throw std::runtime_error("--matmul must be cublas, tiled, wmma or cublaslt (got '" + name + "')");
 }
 
 // The tiled kernel computes one generic product (GEMM letters, local to this kernel: M, N, K; here N
@@ -833,6 +835,65 @@ void cublas_gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k
                               CUBLAS_GEMM_DEFAULT));
 }
 
+// cuBLASLt (MatmulBackend::cublaslt, llm.c's choice): the forward's GEMM with the bias, and for GPT-2's c_fc the
+// GELU too, fused into its epilogue, so the output is written once, rounded once (no bias_broadcast_kernel pass,
+// no separate gelu_forward pass over (N, 4C)). The same column-major view as cuBLAS below: D = outᵀ (OC, N) =
+// op(weightᵀ) · inpᵀ with transa = T; the bias is one value per row of D. With `pre` (GELU_AUX_BIAS), D gets
+// gelu(x·Wᵀ + b) and pre the value before the GELU, which gelu_backward needs. No workspace: the heuristic picks
+// among the algorithms that need none.
+inline cublasLtHandle_t cublaslt_handle() {
+    static cublasLtHandle_t handle = [] {
+        cublasLtHandle_t h;
+        cublas_check(cublasLtCreate(&h));
+        return h;
+    }();
+    return handle;
+}
+template <class T>
+void matmul_forward_cublaslt(T* out,                   // (N, OC): x·Wᵀ + b, or gelu of it when pre is given
+                             T* pre,                   // (N, OC) or nullptr: x·Wᵀ + b before the GELU
+                             const T* inp,             // (N, C)
+                             const T* weight,          // (OC, C)
+                             const T* bias,            // (OC) or nullptr
+                             int N, int C, int OC, cudaStream_t stream) {
+    cublasLtMatmulDesc_t desc;
+    cublas_check(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
+    cublas_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+    cublas_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof n));
+    cublasLtEpilogue_t epilogue = pre ? (bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX)
+                                      : (bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT);
+    cublas_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+    if (bias) cublas_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    if (pre) {
+        const int64_t ld = OC;
+        cublas_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &pre, sizeof pre));
+        cublas_check(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld));
+    }
+    const cudaDataType_t type = cublas_data_type<T>();
+    cublasLtMatrixLayout_t a, b, d;  // column-major: weightᵀ (C, OC), inpᵀ (C, N), outᵀ (OC, N)
+    cublas_check(cublasLtMatrixLayoutCreate(&a, type, C, OC, C));
+    cublas_check(cublasLtMatrixLayoutCreate(&b, type, C, N, C));
+    cublas_check(cublasLtMatrixLayoutCreate(&d, type, OC, N, OC));
+    cublasLtMatmulPreference_t pref;
+    cublas_check(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t no_workspace = 0;
+    cublas_check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &no_workspace,
+                                                      sizeof no_workspace));
+    cublasLtMatmulHeuristicResult_t algo{};
+    int found = 0;
+    cublas_check(cublasLtMatmulAlgoGetHeuristic(cublaslt_handle(), desc, a, b, d, d, pref, 1, &algo, &found));
+    if (found == 0)
+        throw std::runtime_error("cuBLASLt has no algorithm for the matmul N=" + std::to_string(N) + " C=" +
+                                 std::to_string(C) + " OC=" + std::to_string(OC) + "; use --matmul cublas");
+    const float one = 1.0f, zero = 0.0f;
+    cublas_check(cublasLtMatmul(cublaslt_handle(), desc, &one, weight, a, inp, b, &zero, out, d, out, d, &algo.algo,
+                                nullptr, 0, stream));
+    cublas_check(cublasLtMatmulPreferenceDestroy(pref));
+    for (cublasLtMatrixLayout_t l : {a, b, d}) cublas_check(cublasLtMatrixLayoutDestroy(l));
+    cublas_check(cublasLtMatmulDescDestroy(desc));
+}
+
 // cuBLAS is column-major: it sees a row-major (R, S) matrix as its (S, R) transpose. So the row-major
 // out (N, OC) is cuBLAS's column-major outᵀ (OC, N), and the forward out = inp·weightᵀ becomes
 //     outᵀ (OC, N) = weight (OC, C) · inpᵀ (C, N),
@@ -851,6 +912,8 @@ void matmul_forward(T* out,                               // (N, OC)
         matmul_wmma<true, true>(out, inp, weight, bias, N, OC, C, C, C, OC, false, stream);
         return;
     }
+    if (get_matmul_backend() == MatmulBackend::cublaslt)
+        return matmul_forward_cublaslt(out, static_cast<T*>(nullptr), inp, weight, bias, N, C, OC, stream);
     if (bias) {
         size_t total = static_cast<size_t>(N) * OC;
         bias_broadcast_kernel<<<static_cast<unsigned>(ceil_div<size_t>(total, 256)), 256, 0, stream>>>(out, bias, N,
@@ -877,7 +940,7 @@ void matmul_backward(std::type_identity_t<T>* dinp,  // (N, C) or nullptr (skipp
                                             true, stream);
         matmul_tiled<false, false>(dweight, dout, inp, static_cast<const T*>(nullptr), OC, C, N, OC, C, C, true,
                                    stream);
-    } else if (get_matmul_backend() == MatmulBackend::wmma) {
+    } else if (get_matmul_backend() == MatmulBackend::wmma) {  // (cublaslt: the backward is cuBLAS's, below)
         if (dinp) matmul_wmma<true, false>(dinp, dout, weight, static_cast<const T*>(nullptr), N, C, OC, OC, C, C,
                                            true, stream);
         matmul_wmma<false, false>(dweight, dout, inp, static_cast<const T*>(nullptr), OC, C, N, OC, C, C, true,
@@ -946,6 +1009,19 @@ void gelu_backward(T* dinp, const T* inp, const T* dout, int N, cudaStream_t str
 }
 // GPTCU_OP_WITH(gelu_forward, ...): layers_cpu_blas.h (a faster CPU path)
 // GPTCU_OP_WITH(gelu_backward, ...): layers_cpu_blas.h (a faster CPU path)
+
+// c_fc + GELU, GPT-2's MLP up-projection, as one call: pre = inp·weightᵀ + bias, out = gelu(pre) (pre is kept
+// for gelu_backward). On MatmulBackend::cublaslt the kernels do it in one GEMM whose epilogue writes both;
+// otherwise, and on the CPU path, it is matmul_forward then gelu_forward, whose references check it.
+template <class T>
+void matmul_gelu_forward(const Exec& ex, T* out, T* pre /*(N, OC)*/, const T* inp /*(N, C)*/,
+                         const T* weight /*(OC, C)*/, const std::type_identity_t<T>* bias /*(OC) or nullptr*/, int N,
+                         int C, int OC) {
+    if (ex.on_device && get_matmul_backend() == MatmulBackend::cublaslt)
+        return matmul_forward_cublaslt(out, pre, inp, weight, bias, N, C, OC, ex.stream);
+    matmul_forward(ex, pre, inp, weight, bias, N, C, OC);
+    gelu_forward(ex, out, static_cast<const T*>(pre), N * OC);
+}
 
 // ----------------------------------------------------------------------------
 // 4b. SwiGLU (Llama's MLP activation), on the fused [gate | up] projection of width 2H per row

@@ -6,8 +6,10 @@
 // Supported: handles, matmul descriptors (compute type 32F and its fast variants, TRANSA/TRANSB,
 // EPILOGUE, BIAS_POINTER, BIAS_DATA_TYPE, BIAS_BATCH_STRIDE, SCALE_TYPE), matrix layouts (fp32, bf16,
 // fp16; column order; BATCH_COUNT and STRIDED_BATCH_OFFSET), preferences, the heuristic (one algorithm)
-// and cublasLtMatmul with the epilogues DEFAULT, RELU, BIAS, RELU_BIAS, GELU and GELU_BIAS (GELU is the
-// tanh approximation, as cuBLASLt's). The result is formed in fp32 and rounded once to D's type.
+// and cublasLtMatmul with the epilogues DEFAULT, RELU, BIAS, RELU_BIAS, GELU, GELU_BIAS, GELU_AUX and
+// GELU_AUX_BIAS (GELU is the tanh approximation, as cuBLASLt's; the AUX ones also store the value before the GELU
+// at EPILOGUE_AUX_POINTER, leading dimension EPILOGUE_AUX_LD, in D's type or EPILOGUE_AUX_DATA_TYPE). The result is
+// formed in fp32 and rounded once to D's type.
 // Anything else returns CUBLAS_STATUS_NOT_SUPPORTED with a message naming it.
 //
 // The descriptors live inside cuBLASLt's own opaque structs (cublasLtMatmulDescOpaque_t, ...), so the
@@ -30,6 +32,10 @@ struct LtDesc {
     int32_t bias_type;  // -1: D's type
     int64_t bias_batch_stride;
     int32_t pointer_mode;
+    void* aux;           // GELU_AUX*: where the pre-GELU values go
+    int64_t aux_ld;      // its leading dimension (elements)
+    int32_t aux_type;    // -1: D's type
+    int64_t aux_batch_stride;
 };
 struct LtLayout {
     cudaDataType_t type;
@@ -89,7 +95,8 @@ cublasStatus_t cublasLtMatmulDescInit_internal(cublasLtMatmulDesc_t d, size_t si
                                                cudaDataType_t scale) {
     if (size < sizeof(cudasim::LtDesc)) return CUBLAS_STATUS_INVALID_VALUE;
     cudasim::desc(d) =
-        cudasim::LtDesc{compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, nullptr, -1, 0, 0};
+        cudasim::LtDesc{compute, scale, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, nullptr, -1, 0, 0,
+                        nullptr,  0,     -1,          0};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasComputeType_t compute, cudaDataType_t scale) {
@@ -118,6 +125,10 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
         case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return read(m.bias);
         case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return read(m.bias_type);
         case CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE: return read(m.bias_batch_stride);
+        case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: return read(m.aux);
+        case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: return read(m.aux_ld);
+        case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE: return read(m.aux_type);
+        case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE: return read(m.aux_batch_stride);
         case CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET:
         case CUBLASLT_MATMUL_DESC_FAST_ACCUM: return CUBLAS_STATUS_SUCCESS;  // hints
         default: return cudasim::lt_unsupported("matmul descriptor attribute", attr);
@@ -225,7 +236,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDe
     if (m.scale != CUDA_R_32F) return lt_unsupported("scale type (only CUDA_R_32F)", m.scale);
     if (m.pointer_mode != CUBLASLT_POINTER_MODE_HOST && m.pointer_mode != CUBLASLT_POINTER_MODE_DEVICE)
         return lt_unsupported("pointer mode", m.pointer_mode);
-    bool bias = false, relu = false, gelu = false;
+    bool bias = false, relu = false, gelu = false, aux = false;
     switch (m.epilogue) {
         case CUBLASLT_EPILOGUE_DEFAULT: break;
         case CUBLASLT_EPILOGUE_RELU: relu = true; break;
@@ -233,7 +244,15 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDe
         case CUBLASLT_EPILOGUE_RELU_BIAS: relu = bias = true; break;
         case CUBLASLT_EPILOGUE_GELU: gelu = true; break;
         case CUBLASLT_EPILOGUE_GELU_BIAS: gelu = bias = true; break;
+        case CUBLASLT_EPILOGUE_GELU_AUX: gelu = aux = true; break;
+        case CUBLASLT_EPILOGUE_GELU_AUX_BIAS: gelu = aux = bias = true; break;
         default: return lt_unsupported("epilogue", m.epilogue);
+    }
+    if (aux && (!m.aux || m.aux_ld < static_cast<int64_t>(ld.rows))) {
+        std::fprintf(stderr,
+                     "cudasim: cublasLtMatmul: a GELU_AUX epilogue needs CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER and "
+                     "an EPILOGUE_AUX_LD >= D's rows (CUBLAS_STATUS_INVALID_VALUE)\n");
+        return CUBLAS_STATUS_INVALID_VALUE;
     }
     if (bias && !m.bias) {
         std::fprintf(stderr,
@@ -258,6 +277,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDe
     int batch = ld.batch;
     float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     cudaDataType bias_type = m.bias_type < 0 ? ld.type : static_cast<cudaDataType>(m.bias_type);
+    cudaDataType aux_type = m.aux_type < 0 ? ld.type : static_cast<cudaDataType>(m.aux_type);
     std::vector<float> acc(static_cast<size_t>(rows) * cols);  // fp32, leading dimension `rows`
     cublasContext blas{};
     for (int i = 0; i < batch; i++) {
@@ -277,11 +297,13 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t computeDe
         if (s != CUBLAS_STATUS_SUCCESS) return s;
         const char* bias_i =
             static_cast<const char*>(m.bias) + (bias ? i * m.bias_batch_stride * type_bytes(bias_type) : 0);
+        char* aux_i = static_cast<char*>(m.aux) + (aux ? i * m.aux_batch_stride * type_bytes(aux_type) : 0);
         for (int j = 0; j < cols; j++)
             for (int r = 0; r < rows; r++) {
                 float v = acc[static_cast<size_t>(j) * rows + r];
                 if (bias) v += load_as_float(bias_i, bias_type, static_cast<size_t>(r));  // one bias per row of D
                 if (relu) v = v > 0.0f ? v : 0.0f;
+                if (aux) store_from_float(aux_i, aux_type, static_cast<size_t>(j) * m.aux_ld + r, v);  // GELU's input
                 if (gelu) v = gelu_tanh(v);
                 store_from_float(Di, ld.type, static_cast<size_t>(j) * ld.ld + r, v);
             }

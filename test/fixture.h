@@ -202,16 +202,12 @@ inline void check_against_pytorch_bf16(const std::string& path) {
     Fixture x = load_fixture(path);
     REQUIRE(x.header.value("precision", std::string()) == "bf16");
     for (AttentionBackend attention : {AttentionBackend::flash, AttentionBackend::wmma})
-        for (MatmulBackend matmul : {MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::wmma}) {
+        for (const char* matmul : {"cublas", "tiled", "wmma", "cublaslt"}) {
             std::string backends = std::string(attention == AttentionBackend::flash ? "flash" : "wmma") +
-                                   " attention, " +
-                                   (matmul == MatmulBackend::cublas  ? "cublas"
-                                    : matmul == MatmulBackend::tiled ? "tiled"
-                                                                     : "wmma") +
-                                   " matmul";
+                                   " attention, " + matmul + " matmul";
             CAPTURE(backends);
             set_attention_backend(attention);
-            set_matmul_backend(matmul);
+            set_matmul_backend(parse_matmul_backend(matmul));
             check_against_huggingface<DeviceOps, __nv_bfloat16>(
                 x, attention == AttentionBackend::flash ? tolerance_model_bf16 : tolerance_model_bf16_wmma_attention);
         }

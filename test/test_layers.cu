@@ -250,7 +250,12 @@ struct BackendGuard {  // restores the default backend when a test ends, even on
     ~BackendGuard() { set_matmul_backend(MatmulBackend::cublas); }
 };
 
-TEST_CASE("matmul forward/backward: both backends match CPU reference") {
+static const char* backend_name(MatmulBackend b) {
+    const char* names[] = {"cublas", "tiled", "wmma", "cublaslt"};  // MatmulBackend's order
+    return names[static_cast<int>(b)];
+}
+
+TEST_CASE("matmul forward/backward: the fp32 backends match CPU reference") {
     Rng rng(301);
     BackendGuard guard;
     struct Shape { int N, C, OC; bool bias, dinp; };
@@ -260,8 +265,8 @@ TEST_CASE("matmul forward/backward: both backends match CPU reference") {
         CAPTURE(s.N); CAPTURE(s.C); CAPTURE(s.OC); CAPTURE(s.bias); CAPTURE(s.dinp);
         MatmulCase mc(s.N, s.C, s.OC, s.bias, s.dinp, rng);
         MatmulResult ref = mc.run_cpu();
-        for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled}) {
-            CAPTURE(backend == MatmulBackend::tiled ? "tiled" : "cublas");
+        for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::cublaslt}) {
+            CAPTURE(backend_name(backend));
             set_matmul_backend(backend);
             for_each_thread_order([&] { check_matmul(mc.run_device(), ref); });
         }
@@ -821,11 +826,55 @@ TEST_CASE("bf16 matmul forward/backward, all three backends: bf16 out and dinp, 
                                          {"matmul dweight", d_dw.download(), false},
                                          {"matmul dbias", d_db.download(), false}};
         };
-        for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::wmma}) {
-            CAPTURE(backend == MatmulBackend::cublas ? "cublas" : backend == MatmulBackend::tiled ? "tiled" : "wmma");
+        for (MatmulBackend backend :
+             {MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::wmma, MatmulBackend::cublaslt}) {
+            CAPTURE(backend_name(backend));
             set_matmul_backend(backend);
             check_bf16_op(run, {ref.out, ref.dinp, ref.dweight, ref.dbias},
                           std::vector<Tolerance>(4, tolerance_fp32_matmul), backend != MatmulBackend::cublas);
+        }
+    }
+}
+
+// GPT-2's c_fc + GELU in one call: cuBLASLt's GELU_AUX_BIAS epilogue writes gelu(x·Wᵀ + b) and the value before
+// the GELU; the other backends run matmul_forward then gelu_forward. Both outputs against the CPU references
+// (matmul_forward_cpu, gelu_forward_cpu): fp32 within the matmul's tolerance; in bf16 (bf16 inputs) pre within it
+// plus one rounding (bf16_tolerance), and out within that plus what pre's error becomes through the GELU, whose
+// slope is at most 1.13 in magnitude: |Δout| <= tol(out) + 1.13·tol(pre), element by element.
+TEST_CASE("matmul_gelu_forward (c_fc + GELU fused by cuBLASLt) matches matmul then gelu, fp32 and bf16") {
+    Rng rng(1302);
+    BackendGuard guard;
+    for (auto [N, C, OC] : {std::array<int, 3>{33, 64, 256}, {7, 40, 120}}) {
+        CAPTURE(N); CAPTURE(C); CAPTURE(OC);
+        std::vector<float> inp = random_bf16(static_cast<size_t>(N) * C, rng),
+                           w = random_bf16(static_cast<size_t>(OC) * C, rng), b = random_bf16(OC, rng);
+        std::vector<float> pre_ref(static_cast<size_t>(N) * OC), out_ref(pre_ref.size());
+        matmul_forward_cpu(pre_ref.data(), inp.data(), w.data(), b.data(), N, C, OC);
+        gelu_forward_cpu(out_ref.data(), pre_ref.data(), N * OC);
+        for (MatmulBackend backend : {MatmulBackend::cublaslt, MatmulBackend::cublas}) {
+            CAPTURE(backend_name(backend));
+            set_matmul_backend(backend);
+            auto run = [&](auto zero) {
+                using X = decltype(zero);
+                DeviceBuffer<X> d_inp = upload_as<X>(inp), d_w = upload_as<X>(w), d_b = upload_as<X>(b),
+                                d_out(pre_ref.size()), d_pre(pre_ref.size());
+                poison(d_out);
+                poison(d_pre);
+                matmul_gelu_forward(Exec{true, nullptr}, d_out.ptr, d_pre.ptr, d_inp.ptr, d_w.ptr, d_b.ptr, N, C, OC);
+                return std::make_pair(download_fp32(d_out), download_fp32(d_pre));
+            };
+            auto [out32, pre32] = run(0.0f);
+            check_close("fused out (fp32)", out32, out_ref, tolerance_fp32_matmul);
+            check_close("fused pre (fp32)", pre32, pre_ref, tolerance_fp32_matmul);
+            auto [out16, pre16] = run(bf16{});
+            const Tolerance t = bf16_tolerance(tolerance_fp32_matmul);
+            check_close("fused pre (bf16)", pre16, pre_ref, t);
+            size_t bad = 0;
+            for (size_t i = 0; i < out_ref.size(); i++) {
+                double tol = t.atol + t.rtol * std::fabs(out_ref[i]) + 1.13 * (t.atol + t.rtol * std::fabs(pre_ref[i]));
+                bad += !(std::fabs(out16[i] - out_ref[i]) <= tol);
+            }
+            CHECK_MESSAGE(bad == 0, bad << " bf16 outputs past the bound");
         }
     }
 }

@@ -23,8 +23,8 @@ TEST_CASE(
 }
 
 TEST_CASE("Llama matches Hugging Face (logits, greedy tokens, loss, every gradient, 10 AdamW steps): CUDA kernels") {
-    for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled}) {
-        CAPTURE(backend == MatmulBackend::cublas ? "cublas" : "tiled");
+    for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::cublaslt}) {
+        CAPTURE(static_cast<int>(backend));  // MatmulBackend: cublas, tiled, wmma, cublaslt
         set_matmul_backend(backend);
         check_against_huggingface<DeviceOps>(load_fixture("test/fixtures/llama_tiny.bin"));
     }
