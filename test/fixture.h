@@ -188,11 +188,12 @@ void check_against_huggingface(const Fixture& x, const ModelTolerance& tol = tol
 // GELU to the fp32 pre-activation, one rounding fewer: each GELU output moves by up to u·|x·gelu'(x)|. The later
 // layers carry and amplify either like any other rounding, and 10 AdamW steps amplify further. Measured: wmma
 // attention: logits 0.56u (GPT-2) and 1.21u (Llama) in norm, gradients up to 2.4u; cuBLASLt's GELU epilogue:
-// logits 0.75u, gradients up to 1.05u (both: 0.93u, 1.31u); worst element 10.8u of |ref| + RMS, the loss 0.05u (it moves by at most √2 × the largest change of a row of logits: its
-// gradient w.r.t. a row is (softmax − onehot)/N), losses up to 2.7u. The tolerances take those with a margin:
-// logits atol 4u, rtol 4u, norm 2u; gradients atol 16u, rtol 16u, norm 4u; loss u; losses 4u. They catch a wrong
-// or missing term (an error of the size of the term), not a break of the rounding rule (the fp32 model passes
-// them): the flash run is the sharp one.
+// logits 0.75u, gradients up to 1.05u (both: 0.93u, 1.31u); worst element 10.8u of |ref| + RMS; the loss 0.05u
+// (it moves by at most √2 × the largest change of a row of logits: its gradient w.r.t. a row is
+// (softmax − onehot)/N); losses up to 2.7u. The tolerances take those with a margin: logits atol 4u, rtol 4u,
+// norm 2u; gradients atol 16u, rtol 16u, norm 4u; loss u; losses 4u. They catch a wrong or missing term (an error
+// of the size of the term), not a break of the rounding rule (the fp32 model passes them): the runs with the
+// tight tolerances are the sharp ones.
 constexpr double u_bf16 = bf16_unit_roundoff;
 constexpr ModelTolerance tolerance_model_bf16{
     {2 * u_bf16, 2 * u_bf16, u_bf16 / 4}, {u_bf16, 2 * u_bf16, u_bf16}, tolerance_model, u_bf16};
