@@ -6,6 +6,9 @@ parameter layout (gpt.cuh: param_sizes, arch llama). The Llama sibling of dev/re
 A dev tool (needs torch + transformers); the build and the tests only read the fixture it wrote.
 
   python3 dev/reference_llama.py              writes test/fixtures/llama_tiny.bin (below)
+  python3 dev/reference_llama.py --bf16       writes test/fixtures/llama_tiny_bf16.bin: the same recipe in mixed
+                                              precision (forward_bf16 below; no greedy continuation), n_embd 64,
+                                              2 heads of 32 sharing 1 kv head, so params + grads fit < 300 KB
   python3 dev/reference_llama.py --hf         writes test/fixtures/hf_llama_tiny/: a LlamaForCausalLM as
                                               save_pretrained writes it (config.json, model.safetensors) and
                                               generation.json {V, prompt, greedy, logits}, as
@@ -42,12 +45,75 @@ computed with the initial weights, before the AdamW steps) are the Llama fixture
 """
 import json, sys
 import torch
-from fixture_util import reference_run, write_fixture
+import torch.nn.functional as F
+from fixture_util import Attention, BF16Copy, reference_run, write_fixture
 from transformers import LlamaConfig, LlamaForCausalLM
 
-def main(out="test/fixtures/llama_tiny.bin"):
+# The bf16 fixture's forward: our mixed-precision rule written out in PyTorch, as dev/reference_gpt2.py's
+# forward_bf16 (read its comment first); Llama's ops under the same rule: RMSNorm (fp32 statistics), RoPE rotating
+# the bf16 q and k in fp32 and storing them rounded (its backward rounds the rotated gradient again, as our in-place
+# rope_backward does), attention with GQA in fp32 (fixture_util.Attention; the gradients of a kv head's group
+# add in fp32, as in our dK/dV kernel), SwiGLU in fp32 with one rounding, the untied lm_head through autocast.
+# RoPE's angle is computed as ours (rope_angle: theta^(-2i/hs) in double, rounded to fp32, times the position in
+# fp32).
+def forward_bf16(model, inputs, theta):
+    m, cfg = model.model, model.config
+    C, NH, NKV, H = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size
+    hs, eps = C // NH, cfg.rms_norm_eps
+    B, T = inputs.shape
+    f = lambda x: x.float()                    # widen a bf16 value: exact
+    r = lambda x: x.to(torch.bfloat16)         # store: one rounding to nearest even
+    w = lambda p: BF16Copy.apply(p, torch.float32)
+
+    def linear(x, weight):  # x·weightᵀ, autocast's bf16 matmul
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return F.linear(x, weight)
+
+    def rmsnorm(xf, weight):  # xf: the widened input
+        return r(xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w(weight))
+
+    inv_freq = torch.tensor([theta_pow(theta, i, hs) for i in range(hs // 2)], dtype=torch.float32)
+    angle = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, hs/2)
+    cos, sin = angle.cos(), angle.sin()
+
+    def rope(x):  # (B, T, heads, hs) bf16 -> rotated, bf16
+        x1, x2 = f(x[..., : hs // 2]), f(x[..., hs // 2:])
+        c, s_ = cos[None, :, None, :], sin[None, :, None, :]
+        return r(torch.cat([x1 * c - x2 * s_, x2 * c + x1 * s_], dim=-1))
+
+    x = r(w(m.embed_tokens.weight)[inputs])  # (B, T, C): the bf16 copy's rows
+    for layer in m.layers:
+        a = layer.self_attn
+        xf = f(x)  # one widened copy for the norm and the skip: their gradients add in fp32
+        ln = rmsnorm(xf, layer.input_layernorm.weight)
+        # one matmul over the concatenated weights, as our qkv and fc matmuls: the gradient w.r.t. ln is one fp32
+        # sum rounded once (three separate linears would round each part and then their sum)
+        qkv = linear(ln, torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+        q, k, v = qkv.split([NH * hs, NKV * hs, NKV * hs], dim=-1)
+        q, k, v = rope(q.reshape(B, T, NH, hs)), rope(k.reshape(B, T, NKV, hs)), v.reshape(B, T, NKV, hs)
+        q, k, v = (f(t).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, hs)
+        k, v = (t.repeat_interleave(NH // NKV, dim=1) for t in (k, v))  # query head h reads kv head h / (NH/NKV)
+        y = r(Attention.apply(q, k, v).transpose(1, 2).reshape(B, T, C))
+        x = r(xf + f(linear(y, a.o_proj.weight)))
+        xf = f(x)
+        ln = rmsnorm(xf, layer.post_attention_layernorm.weight)
+        gate, up = f(linear(ln, torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]))).split(H, dim=-1)
+        act = r(F.silu(gate) * up)
+        x = r(xf + f(linear(act, layer.mlp.down_proj.weight)))
+    return linear(rmsnorm(f(x), m.norm.weight), model.lm_head.weight)  # (B, T, V) bf16
+
+
+def theta_pow(theta, i, hs):  # attention.cuh's rope_angle: float(theta^(-2i/hs)) computed in double
+    return float(torch.tensor(theta ** (-2.0 * i / hs), dtype=torch.float64).float())
+
+
+def main(*args):
+    bf16 = "--bf16" in args
+    paths = [a for a in args if not a.startswith("--")]
+    out = paths[0] if paths else "test/fixtures/llama_tiny_bf16.bin" if bf16 else "test/fixtures/llama_tiny.bin"
     torch.manual_seed(42)
     V, Vp, maxT, L, NH, NKV, C, H, B, T = 29, 32, 32, 2, 4, 2, 128, 16, 2, 8
+    if bf16: NH, NKV, C = 2, 1, 64  # hs = 32 still; 35k parameters, so params + grads stay under 300 KB
     theta, eps_norm = 10000.0, 1e-5
     cfg = LlamaConfig(vocab_size=V, hidden_size=C, intermediate_size=H, num_hidden_layers=L, num_attention_heads=NH,
                       num_key_value_heads=NKV, max_position_embeddings=maxT, rms_norm_eps=eps_norm, rope_theta=theta,
@@ -82,6 +148,18 @@ def main(out="test/fixtures/llama_tiny.bin"):
     inputs = torch.randint(0, V, (B, T))
     targets = torch.randint(0, V, (B, T))
     targets[1, 3] = -1  # one ignored position: the mean is over the 15 others
+
+    if bf16:  # no greedy continuation: bf16 logits of a random model can tie
+        logits, loss, grads, losses = reference_run(model, inputs, targets, V, layout,
+                                                    lambda idx: forward_bf16(model, idx, theta))
+        write_fixture(out, {"model": {"arch": "llama", "max_seq_len": maxT, "vocab_size": V, "padded_vocab_size": Vp,
+                                       "n_layer": L, "n_head": NH, "n_kv_head": NKV, "n_embd": C, "ffn_hidden": H,
+                                       "rope_theta": theta, "norm_eps": eps_norm, "tied_embeddings": False},
+                             "B": B, "T": T, "precision": "bf16"},
+                      params, inputs, targets, logits, loss, grads, losses)
+        print(f"wrote {out}: {params.numel()} parameters, loss {loss.item():.6f}, "
+              f"losses {[round(x, 4) for x in losses]}")
+        return
 
     # the greedy continuation first, with the initial weights (HF generate uses its KV cache; the test
     # recomputes the whole sequence each token, so this also checks cached vs uncached decoding)

@@ -16,6 +16,12 @@ TEST_CASE("GPT-2 matches PyTorch (logits, loss, every gradient, 10 AdamW steps):
     set_matmul_backend(MatmulBackend::cublas);
 }
 
+// Mixed precision: test/fixtures/gpt2_tiny_bf16.bin, written by dev/reference_gpt2.py --bf16 (our bf16 rule
+// written out in PyTorch; tolerances derived in test/fixture.h).
+TEST_CASE("GPT-2 in bf16 matches PyTorch's bf16 run (logits, loss, every gradient, 10 AdamW steps): CUDA kernels") {
+    check_against_pytorch_bf16("test/fixtures/gpt2_tiny_bf16.bin");
+}
+
 TEST_CASE("config validation names what is wrong") {
     GPTConfig c;
     c.n_head = 5;

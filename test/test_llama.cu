@@ -31,6 +31,12 @@ TEST_CASE("Llama matches Hugging Face (logits, greedy tokens, loss, every gradie
     set_matmul_backend(MatmulBackend::cublas);
 }
 
+// Mixed precision: test/fixtures/llama_tiny_bf16.bin (dev/reference_llama.py --bf16: n_embd 64, 2 query heads
+// over 1 kv head of 32, no greedy continuation); tolerances derived in test/fixture.h.
+TEST_CASE("Llama in bf16 matches PyTorch's bf16 run (logits, loss, every gradient, 10 AdamW steps): CUDA kernels") {
+    check_against_pytorch_bf16("test/fixtures/llama_tiny_bf16.bin");
+}
+
 TEST_CASE("Llama parameter layout: no biases, no wpe, fused [gate | up], GQA-sized qkv, untied lm_head") {
     GPTConfig c = nlohmann::json{{"arch", "llama"}, {"n_layer", 3}, {"n_head", 8}, {"n_kv_head", 2}, {"n_embd", 256},
                                  {"ffn_hidden", 640}, {"max_seq_len", 64}, {"vocab_size", 1000}}.get<GPTConfig>();
