@@ -8,8 +8,8 @@ TEST_CASE("GPT-2 matches PyTorch (logits, loss, every gradient, 10 AdamW steps):
 }
 
 TEST_CASE("GPT-2 matches PyTorch (logits, loss, every gradient, 10 AdamW steps): CUDA kernels") {
-    for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled}) {
-        CAPTURE(backend == MatmulBackend::cublas ? "cublas" : "tiled");
+    for (MatmulBackend backend : {MatmulBackend::cublas, MatmulBackend::tiled, MatmulBackend::cublaslt}) {
+        CAPTURE(static_cast<int>(backend));  // MatmulBackend: cublas, tiled, wmma, cublaslt
         set_matmul_backend(backend);
         check_against_huggingface<DeviceOps>(load_fixture("test/fixtures/gpt2_tiny.bin"));
     }
