@@ -722,7 +722,7 @@ TEST_CASE("attention wmma (bf16 tensor cores) forward/backward within the bf16 b
 }
 
 // ----------------------------------------------------------------------------
-// bf16 storage (attention.cuh, "Precision"): the fused paths with X = __nv_bfloat16 (qkv, out, dout, dqkv bf16; lse
+// bf16 storage (attention.cuh, "Precision"): the attention paths with X = __nv_bfloat16 (qkv, out, dout, dqkv bf16; lse
 // fp32) on inputs that are bf16 values. Each run is checked against the same kernel with X = float on the same inputs
 // (test_util.h, check_bf16_runs: out and dqkv rounded once to bf16, lse equal, bit for bit) and against the CPU
 // reference in double, element by element. The backward is given the reference's lse and the reference's out rounded
@@ -791,8 +791,12 @@ double norm2(const std::vector<double>& v) {
 // out), stored once more: (1 + u)·b + u·|ref|. Over the tensor, storing rounds once more (rms u/√6, one more rounded
 // input) and so does the out the backward reads (through D): n = 4 + 1 for out, 6 + 1 + 1 for dqkv (relative to
 // ‖ref‖: the rounding of a stored value scales with the whole value, not only with the gradient added into it).
-TEST_CASE("attention fused paths with bf16 storage (flash, wmma): one rounding of the fp32-storage kernel, within the "
-          "bf16 bound of the CPU reference") {
+// naive forward (cuBLAS, att in bf16): S is rounded to bf16 (|ΔS| <= u·|S| + (hs + 2)·w·a <= the wmma ε above), P too
+// (1 + u), V is exact, the sums are fp32 and the output is stored once: within the wmma out bound stored once more.
+// It is not the fp32 kernel rounded once (S and P are rounded in between), so only the reference check applies. (The
+// naive backward rounds dP, dS and each head's dq, dk, dv on the way; no bound is derived for it here.)
+TEST_CASE("attention with bf16 storage (flash, wmma, naive forward): one rounding of the fp32-storage kernel, "
+          "within the bf16 bound of the CPU reference") {
     Rng rng(413);
     AttentionBackendGuard guard;
     const double u = bf16_unit_roundoff, r = u + std::ldexp(1.0, -23);
@@ -848,5 +852,22 @@ TEST_CASE("attention fused paths with bf16 storage (flash, wmma): one rounding o
                                bf16_stored_bound(to_double(b.dqkv), dqkv_ref),
                                tolerance_bf16_attention_norm(6 + 1 + 1));
         });
+
+        auto run_naive = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<X> d_qkv = upload_as<X>(qkv), d_out(s.out_count()), d_att(s.lse_count() * s.T);
+            poison(d_out);
+            poison(d_att);
+            poison_attention_workspace();
+            attention_forward_naive(d_out.ptr, d_att.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+            return std::vector<OpOutput>{{"naive out", download_fp32(d_out), true}};
+        };
+        check_bf16_runs(
+            run_naive,
+            [&](const std::vector<OpOutput>& got) {
+                check_within_bound("naive bf16 out", got[0].values, out_ref,
+                                   bf16_stored_bound(to_double(b.out), out_ref), tolerance_bf16_attention_norm(4 + 1));
+            },
+            false);
     }
 }
