@@ -611,11 +611,15 @@ __global__ void __launch_bounds__(attention_flash_threads)
     int q_last = min(q0 + BR, T) - 1;
     for (int k0 = 0; k0 <= q_last; k0 += BC) {
         __syncthreads();  // everyone is done with the previous K, V, P tiles (and Q is loaded, first time)
+        // K, then V: one loop each (half the loads in flight per loop) keeps the HS = 32 bf16 kernel from spilling
+        // a register on sm_80, where ptxas stopped at 72 registers with both in one loop
         for (int idx = tid; idx < BC * HS; idx += attention_flash_threads) {
             int c = idx / HS, d = idx % HS, key = k0 + c;
-            bool in = key < T && d < hs;
-            Ks[c * (HS + 1) + d] = in ? to_fp32(qkv[qkv_k_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
-            Vs[c * HS + d] = in ? to_fp32(qkv[qkv_v_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+            Ks[c * (HS + 1) + d] = key < T && d < hs ? to_fp32(qkv[qkv_k_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
+        }
+        for (int idx = tid; idx < BC * HS; idx += attention_flash_threads) {
+            int c = idx / HS, d = idx % HS, key = k0 + c;
+            Vs[c * HS + d] = key < T && d < hs ? to_fp32(qkv[qkv_v_offset(b, key, g, T, NH, NKV, hs) + d]) : 0.0f;
         }
         __syncthreads();
         float s[RPT][CPT];

@@ -96,6 +96,37 @@ TEST_CASE("rope CPU backward matches finite differences of the CPU forward") {
     CHECK(rel_error(grad, finite_difference(loss, x)) <= tolerance_finite_difference);
 }
 
+// bf16 (attention.cuh, "Precision"): RoPE loads bf16, rotates in fp32 and rounds each output once, so each output is
+// the fp32 kernel's rounded to bf16, bit for bit, and within bf16_tolerance(tolerance_fp32_elementwise) of the CPU
+// reference: |bf16(y) − ref| <= |y − ref| + u·|y| <= (1 + u)·(atol + rtol·|ref|) + u·|ref| (test_util.h).
+TEST_CASE(
+    "bf16 rope forward/backward/at-positions: one rounding of the fp32 kernel, within bf16 of the CPU reference") {
+    Rng rng(414);
+    for (Shape s : {Shape{2, 7, 4, 2, 64}, Shape{1, 33, 2, 1, 128}}) {
+        CAPTURE(describe(s));
+        std::vector<float> x = random_bf16(s.qkv_count(), rng);
+        std::vector<int> positions(static_cast<size_t>(s.B) * s.T);
+        for (auto& p : positions) p = static_cast<int>(rng.below(4096));
+        std::vector<double> fwd = to_double(x), bwd = to_double(x), at = to_double(x);
+        rope_forward_cpu(fwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        rope_backward_cpu(bwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        rope_forward_at_cpu(at.data(), positions.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        auto run = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<X> d_fwd = upload_as<X>(x), d_bwd = upload_as<X>(x), d_at = upload_as<X>(x);
+            DeviceBuffer<int> d_pos(positions);
+            rope_forward(d_fwd.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            rope_backward(d_bwd.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            rope_forward_at(d_at.ptr, d_pos.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
+            return std::vector<OpOutput>{{"rope_forward", download_fp32(d_fwd), true},
+                                         {"rope_backward", download_fp32(d_bwd), true},
+                                         {"rope_forward_at", download_fp32(d_at), true}};
+        };
+        check_bf16_op(run, {to_float(fwd), to_float(bwd), to_float(at)},
+                      std::vector<Tolerance>(3, tolerance_fp32_elementwise));
+    }
+}
+
 // ----------------------------------------------------------------------------
 // CPU reference backward vs finite differences
 
@@ -522,8 +553,9 @@ TEST_CASE("attention CPU fast path matches the CPU reference (T 1..129, MHA/GQA/
 //     |Δlse_t| <= ε + (T + 4)·w + 4w·|lse_t|    (the fp32 sum l of T terms, then log and the base changes).
 //   Backward, given the reference's out and lse (so each kernel is checked on its own):
 //     P̂ = exp(S + ΔS − lse):  |P̂ − P| <= P·(e^ε_ts − 1);  dP = dO·Vᵀ from bf16: |ΔdP_ts| <= γ·Σ_i |dO_ti·v_si| with
-//     γ = 2u + u² + hs·w;  D = dO·O in fp32: |ΔD_t| <= (hs + 2)·w·Σ_i |dO_ti·O_ti|.  dS = P·(dP − D) in fp32, then
-//     rounded to bf16:
+//     γ = 2u + u² + hs·w;  D = dO·O in fp32: |ΔD_t| <= (hs + 2)·w·Σ_i |dO_ti·O_ti|, or given an out off by at most
+//     r·|O| (a bf16 out: r = u + 2^-23) |ΔD_t| <= ((hs + 2)·w·(1 + r) + r)·Σ_i |dO_ti·O_ti|.  dS = P·(dP − D) in
+//     fp32, then rounded to bf16:
 //       |ΔdS_ts| <= E_ts := e_ts + (u + w)·(|dS_ts| + e_ts),  e_ts = P·(e^ε − 1)·|dP − D| + P·e^ε·(|ΔdP| + |ΔD|)
 //     and each product adds its other input's rounding and n·w of its fp32 sum of n terms:
 //       |ΔdV_si| <= Σ_t P_ts·|dO_ti|·(e^ε_ts·(1 + u)²·(1 + n·w) − 1)
@@ -546,11 +578,12 @@ struct AttentionBf16Bounds {
     std::vector<float> out, lse, dqkv;  // the largest |kernel − reference| allowed per element
 };
 
-// The bounds above for inputs qkv, dout and the reference's out, lse, dqkv (after) and dqkv_init (before).
+// The bounds above for inputs qkv, dout and the reference's out, lse, dqkv (after) and dqkv_init (before); out_rel:
+// the relative error r of the out the backward is given (0: the reference's out in fp32).
 AttentionBf16Bounds attention_bf16_bounds(const Shape& s, const std::vector<double>& qkv,
                                           const std::vector<double>& dout, const std::vector<double>& out,
                                           const std::vector<double>& lse, const std::vector<double>& dqkv,
-                                          const std::vector<double>& dqkv_init) {
+                                          const std::vector<double>& dqkv_init, double out_rel = 0) {
     const double u = bf16_unit_roundoff, w = std::ldexp(1.0, -24), scale = 1 / std::sqrt(static_cast<double>(s.hs));
     const double gamma = 2 * u + u * u + s.hs * w;
     const int group = s.NH / s.NKV;
@@ -566,7 +599,7 @@ AttentionBf16Bounds attention_bf16_bounds(const Shape& s, const std::vector<doub
                 double L = lse[(static_cast<size_t>(b) * s.NH + h) * s.T + t];
                 double D = 0, D_abs = 0;
                 for (int i = 0; i < s.hs; i++) D += dO[i] * O[i], D_abs += std::fabs(dO[i] * O[i]);
-                double dD = (s.hs + 2) * w * D_abs;
+                double dD = ((s.hs + 2) * w * (1 + out_rel) + out_rel) * D_abs;
                 std::vector<double> eps(t + 1), P(t + 1);
                 double eps_max = 0;
                 for (int j = 0; j <= t; j++) {
@@ -686,4 +719,155 @@ TEST_CASE("attention wmma (bf16 tensor cores) forward/backward within the bf16 b
     for (Shape s : {Shape{2, 70, 4, 2, 64}, Shape{1, 33, 2, 1, 32}, Shape{1, 37, 2, 2, 20}, Shape{1, 45, 4, 1, 80},
                     Shape{1, 40, 4, 4, 128}, Shape{1, 20, 2, 2, 256}})
         check_attention_wmma(s, rng);
+}
+
+// ----------------------------------------------------------------------------
+// bf16 storage (attention.cuh, "Precision"): the attention paths with X = __nv_bfloat16 (qkv, out, dout, dqkv bf16; lse
+// fp32) on inputs that are bf16 values. Each run is checked against the same kernel with X = float on the same inputs
+// (test_util.h, check_bf16_runs: out and dqkv rounded once to bf16, lse equal, bit for bit) and against the CPU
+// reference in double, element by element. The backward is given the reference's lse and the reference's out rounded
+// to bf16 (as a bf16 forward stores it), so each kernel is checked on its own; a bf16 out moves D = dO·O, which the
+// bounds below carry. With u = 2^-8 (bf16_unit_roundoff), a bound b on |y − ref| for the fp32 value y a kernel
+// computes becomes (1 + u)·b + u·|ref| for the stored bf16(y) (|bf16(y) − y| <= u·|y| <= u·(|ref| + b)).
+namespace {
+
+// What the out given to the backward moves dqkv by when it is off by at most r·|O| per element (the reference's out
+// rounded to fp32, then to bf16: r = u + 2^-23): D_t = dO_t·O_t moves by ΔD_t <= r·Σ_i |dO_ti·O_ti|, and
+// dS_ts = P_ts·(dP_ts − D_t) is linear in D, so dS moves by P_ts·ΔD_t, dQ_t = scale·Σ_s dS_ts·k_s and
+// dK_s = scale·Σ_(h in the group, t) dS_ts·q_t by at most
+//   |ΔdQ_ti| <= scale·ΔD_t·Σ_s P_ts·|k_si|,   |ΔdK_si| <= scale·Σ_(h, t) P_ts·ΔD_t·|q_ti|;   dV does not read D.
+std::vector<double> attention_out_rounding_bound(const Shape& s, const std::vector<double>& qkv,
+                                                 const std::vector<double>& dout, const std::vector<double>& out,
+                                                 const std::vector<double>& lse, double r) {
+    const double scale = 1 / std::sqrt(static_cast<double>(s.hs));
+    std::vector<double> bound(s.qkv_count(), 0.0);
+    for (int b = 0; b < s.B; b++)
+        for (int h = 0; h < s.NH; h++) {
+            int g = h / (s.NH / s.NKV);
+            for (int t = 0; t < s.T; t++) {
+                const double* q = qkv.data() + qkv_q_offset(b, t, h, s.T, s.NH, s.NKV, s.hs);
+                size_t o_row = (static_cast<size_t>(b) * s.T + t) * s.NH * s.hs + static_cast<size_t>(h) * s.hs;
+                double dD = 0;
+                for (int i = 0; i < s.hs; i++) dD += r * std::fabs(dout[o_row + i] * out[o_row + i]);
+                double L = lse[(static_cast<size_t>(b) * s.NH + h) * s.T + t];
+                double* dq = bound.data() + qkv_q_offset(b, t, h, s.T, s.NH, s.NKV, s.hs);
+                for (int j = 0; j <= t; j++) {
+                    const double* k = qkv.data() + qkv_k_offset(b, j, g, s.T, s.NH, s.NKV, s.hs);
+                    double S = 0;
+                    for (int i = 0; i < s.hs; i++) S += q[i] * k[i];
+                    double c = scale * std::exp(scale * S - L) * dD;  // scale·P_tj·ΔD_t
+                    double* dk = bound.data() + qkv_k_offset(b, j, g, s.T, s.NH, s.NKV, s.hs);
+                    for (int i = 0; i < s.hs; i++) {
+                        dq[i] += c * std::fabs(k[i]);
+                        dk[i] += c * std::fabs(q[i]);
+                    }
+                }
+            }
+        }
+    return bound;
+}
+
+// The bound (1 + u)·b + u·|ref| on a stored bf16 output, b the bound on the fp32 value (the derivation above).
+std::vector<float> bf16_stored_bound(const std::vector<double>& b, const std::vector<float>& ref) {
+    const double u = bf16_unit_roundoff;
+    std::vector<float> out(b.size());
+    for (size_t i = 0; i < b.size(); i++) out[i] = static_cast<float>((1 + u) * b[i] + u * std::fabs(ref[i]));
+    return out;
+}
+
+double norm2(const std::vector<double>& v) {
+    double sum = 0;
+    for (double x : v) sum += x * x;
+    return std::sqrt(sum);
+}
+
+}  // namespace
+
+// flash (fp32 arithmetic): the fp32-storage kernel is within tolerance_fp32_attention (atol + rtol·|ref|) of the
+// reference, plus, for dqkv, what the bf16 out moves it by (attention_out_rounding_bound, δ): per element
+//   out, dqkv:  (1 + u)·(atol + rtol·|ref| + δ) + u·|ref|;   lse (fp32): tolerance_fp32_attention itself;
+// over the tensor (‖·‖ of the differences, by the triangle inequality) (1 + u)·(norm + ‖δ‖/‖ref‖) + u.
+// wmma (bf16 products): the fp32-storage bound derived above (attention_bf16_bounds, with r = u + 2^-23 for the bf16
+// out), stored once more: (1 + u)·b + u·|ref|. Over the tensor, storing rounds once more (rms u/√6, one more rounded
+// input) and so does the out the backward reads (through D): n = 4 + 1 for out, 6 + 1 + 1 for dqkv (relative to
+// ‖ref‖: the rounding of a stored value scales with the whole value, not only with the gradient added into it).
+// naive forward (cuBLAS, att in bf16): S is rounded to bf16 (|ΔS| <= u·|S| + (hs + 2)·w·a <= the wmma ε above), P too
+// (1 + u), V is exact, the sums are fp32 and the output is stored once: within the wmma out bound stored once more.
+// It is not the fp32 kernel rounded once (S and P are rounded in between), so only the reference check applies. (The
+// naive backward rounds dP, dS and each head's dq, dk, dv on the way; no bound is derived for it here.)
+TEST_CASE("attention with bf16 storage (flash, wmma, naive forward): one rounding of the fp32-storage kernel, "
+          "within the bf16 bound of the CPU reference") {
+    Rng rng(413);
+    AttentionBackendGuard guard;
+    const double u = bf16_unit_roundoff, r = u + std::ldexp(1.0, -23);
+    for (Shape s : {Shape{2, 70, 4, 2, 64}, Shape{1, 37, 2, 1, 20}}) {
+        CAPTURE(describe(s));
+        std::vector<float> qkv = random_bf16(s.qkv_count(), rng, 1.5f), dout = random_bf16(s.out_count(), rng);
+        std::vector<float> dqkv_init = random_bf16(s.qkv_count(), rng);
+        std::vector<double> x = to_double(qkv), dout_d = to_double(dout), out(s.out_count()), lse(s.lse_count());
+        std::vector<double> dx = to_double(dqkv_init);
+        attention_forward_cpu(out.data(), lse.data(), x.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+        attention_backward_cpu(dx.data(), dout_d.data(), out.data(), lse.data(), x.data(), s.B, s.T, s.NH, s.NKV, s.hs);
+        std::vector<float> out_ref = to_float(out), lse_ref = to_float(lse), dqkv_ref = to_float(dx);
+        std::vector<float> out_given = bf16_values(out_ref);  // the backward's out, as a bf16 forward stores it
+        auto run = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<X> d_qkv = upload_as<X>(qkv), d_dout = upload_as<X>(dout), d_dqkv = upload_as<X>(dqkv_init);
+            DeviceBuffer<X> d_out_given = upload_as<X>(out_given), d_out(s.out_count());
+            DeviceBuffer<float> d_lse(s.lse_count()), d_lse_ref(lse_ref);
+            poison(d_out);
+            poison(d_lse);
+            poison_attention_workspace();
+            attention_forward(d_out.ptr, d_lse.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+            poison_attention_workspace();
+            attention_backward(d_dqkv.ptr, d_dout.ptr, d_out_given.ptr, d_lse_ref.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV,
+                               s.hs, nullptr);
+            return std::vector<OpOutput>{{"out", download_fp32(d_out), true},
+                                         {"lse", d_lse.download(), false},
+                                         {"dqkv", download_fp32(d_dqkv), true}};
+        };
+
+        const Tolerance tol = tolerance_fp32_attention;
+        std::vector<double> delta = attention_out_rounding_bound(s, x, dout_d, out, lse, r);
+        std::vector<double> out_b(out_ref.size()), dqkv_b(dqkv_ref.size());
+        for (size_t i = 0; i < out_b.size(); i++) out_b[i] = tol.atol + tol.rtol * std::fabs(out_ref[i]);
+        for (size_t i = 0; i < dqkv_b.size(); i++) dqkv_b[i] = tol.atol + tol.rtol * std::fabs(dqkv_ref[i]) + delta[i];
+        const double dqkv_norm = (1 + u) * (tol.norm + norm2(delta) / norm2(to_double(dqkv_ref))) + u;
+        set_attention_backend(AttentionBackend::flash);
+        check_bf16_runs(run, [&](const std::vector<OpOutput>& got) {
+            check_within_bound("flash bf16 out", got[0].values, out_ref, bf16_stored_bound(out_b, out_ref),
+                               bf16_tolerance(tol).norm);
+            check_close("flash bf16 lse", got[1].values, lse_ref, tol);
+            check_within_bound("flash bf16 dqkv", got[2].values, dqkv_ref, bf16_stored_bound(dqkv_b, dqkv_ref),
+                               dqkv_norm);
+        });
+
+        AttentionBf16Bounds b = attention_bf16_bounds(s, x, dout_d, out, lse, dx, to_double(dqkv_init), r);
+        set_attention_backend(AttentionBackend::wmma);
+        check_bf16_runs(run, [&](const std::vector<OpOutput>& got) {
+            check_within_bound("wmma bf16 out", got[0].values, out_ref, bf16_stored_bound(to_double(b.out), out_ref),
+                               tolerance_bf16_attention_norm(4 + 1));
+            check_within_bound("wmma bf16 lse", got[1].values, lse_ref, b.lse, tolerance_bf16_attention_norm(4));
+            check_within_bound("wmma bf16 dqkv", got[2].values, dqkv_ref,
+                               bf16_stored_bound(to_double(b.dqkv), dqkv_ref),
+                               tolerance_bf16_attention_norm(6 + 1 + 1));
+        });
+
+        auto run_naive = [&](auto zero) {
+            using X = decltype(zero);
+            DeviceBuffer<X> d_qkv = upload_as<X>(qkv), d_out(s.out_count()), d_att(s.lse_count() * s.T);
+            poison(d_out);
+            poison(d_att);
+            poison_attention_workspace();
+            attention_forward_naive(d_out.ptr, d_att.ptr, d_qkv.ptr, s.B, s.T, s.NH, s.NKV, s.hs, nullptr);
+            return std::vector<OpOutput>{{"naive out", download_fp32(d_out), true}};
+        };
+        check_bf16_runs(
+            run_naive,
+            [&](const std::vector<OpOutput>& got) {
+                check_within_bound("naive bf16 out", got[0].values, out_ref,
+                                   bf16_stored_bound(to_double(b.out), out_ref), tolerance_bf16_attention_norm(4 + 1));
+            },
+            false);
+    }
 }

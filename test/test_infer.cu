@@ -284,6 +284,83 @@ TEST_CASE("paged attention, one row per sequence over several split-K chunks: ke
     });
 }
 
+// bf16 (paged_kv.cuh, "Precision"): the paged ops with X = __nv_bfloat16 on inputs that are bf16 values, checked as
+// layers.cuh's ops are (test_util.h, check_bf16_op): each bf16 output is the fp32 kernel's rounded once, bit for bit
+// (the appended K, V rows are copies: exactly the inputs), and within bf16_tolerance of the op's fp32 tolerance of the
+// CPU reference in double: |bf16(y) − ref| <= (1 + u)·(atol + rtol·|ref|) + u·|ref|, u = 2^-8. Every token of three
+// sequences (lengths 1, 129, 150: one split-K chunk, one past a chunk boundary, two chunks) is appended in one step
+// and attends to its own prefix, as a prefill does; embed_at_positions runs with wpe and without (a bare nullptr).
+TEST_CASE("bf16 paged KV append, paged attention (split-K), embed_at_positions: one rounding of the fp32 kernel") {
+    Rng rng(13);
+    const int NH = 4, NKV = 2, hs = 32, block_size = 8, max_blocks = 20, S = 3, num_blocks = S * max_blocks;
+    const int QKVW = (NH + 2 * NKV) * hs, C = 48, V = 50, max_len = 150;
+    const std::vector<int> lens = {1, 129, 150};
+    std::vector<int> tables(num_blocks), slots, positions;
+    for (int i = 0; i < num_blocks; i++) tables[i] = (i * 37 + 11) % num_blocks;  // 37 is prime to 60: a permutation
+    for (int s = 0; s < S; s++)
+        for (int t = 0; t < lens[s]; t++) { slots.push_back(s); positions.push_back(t); }
+    const int N = static_cast<int>(slots.size());
+    const size_t pool = static_cast<size_t>(num_blocks) * NKV * block_size * hs;
+    std::vector<float> qkv = random_bf16(static_cast<size_t>(N) * QKVW, rng);
+    std::vector<float> wte = random_bf16(static_cast<size_t>(V) * C, rng), wpe = random_bf16(
+                                                                            static_cast<size_t>(max_len) * C, rng);
+    std::vector<int> tokens(N);
+    for (int& t : tokens) t = static_cast<int>(rng.below(V));
+
+    auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+    auto as_float = [](const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); };
+    std::vector<double> x = as_double(qkv), k_ref(pool, 0.0), v_ref(pool, 0.0),
+                        out_ref(static_cast<size_t>(N) * NH * hs);
+    std::vector<double> wte_d = as_double(wte), wpe_d = as_double(wpe), emb_ref(static_cast<size_t>(N) * C),
+                        emb_nowpe_ref(emb_ref.size());
+    paged_kv_append_cpu(k_ref.data(), v_ref.data(), x.data(), tables.data(), slots.data(), positions.data(), N, NH, NKV,
+                        hs, block_size, max_blocks);
+    paged_attention_cpu(out_ref.data(), x.data(), k_ref.data(), v_ref.data(), tables.data(), slots.data(),
+                        positions.data(), max_len, N, NH, NKV, hs, block_size, max_blocks);
+    embed_at_positions_cpu(emb_ref.data(), tokens.data(), positions.data(), wte_d.data(), wpe_d.data(), N, C);
+    embed_at_positions_cpu(emb_nowpe_ref.data(), tokens.data(), positions.data(), wte_d.data(),
+                           static_cast<const double*>(nullptr), N, C);
+    // the appended rows (the rest of the pool stays poisoned)
+    auto written = [&](const std::vector<float>& p) {
+        std::vector<float> rows;
+        for (int i = 0; i < N; i++)
+            for (int g = 0; g < NKV; g++) {
+                size_t at = paged_kv_row(tables.data() + static_cast<size_t>(slots[i]) * max_blocks, positions[i], g,
+                                         NKV, block_size, hs);
+                rows.insert(rows.end(), p.begin() + at, p.begin() + at + hs);
+            }
+        return rows;
+    };
+    auto run = [&](auto zero) {
+        using X = decltype(zero);
+        DeviceBuffer<X> d_qkv = upload_as<X>(qkv), d_k(pool), d_v(pool), d_out(out_ref.size());
+        DeviceBuffer<X> d_wte = upload_as<X>(wte), d_wpe = upload_as<X>(wpe), d_emb(emb_ref.size()),
+                        d_emb_nowpe(emb_ref.size());
+        DeviceBuffer<int> d_tables(tables), d_slots(slots), d_pos(positions), d_tokens(tokens);
+        poison(d_k);
+        poison(d_v);
+        poison(d_out);
+        poison(d_emb);
+        poison(d_emb_nowpe);
+        paged_kv_append(d_k.ptr, d_v.ptr, d_qkv.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, N, NH, NKV, hs, block_size,
+                        max_blocks, 0);
+        paged_attention(d_out.ptr, d_qkv.ptr, d_k.ptr, d_v.ptr, d_tables.ptr, d_slots.ptr, d_pos.ptr, max_len, N, NH,
+                        NKV, hs, block_size, max_blocks, 0);
+        embed_at_positions(d_emb.ptr, d_tokens.ptr, d_pos.ptr, d_wte.ptr, d_wpe.ptr, N, C, 0);
+        embed_at_positions(d_emb_nowpe.ptr, d_tokens.ptr, d_pos.ptr, d_wte.ptr, nullptr, N, C, 0);
+        return std::vector<OpOutput>{{"appended k", written(download_fp32(d_k)), true},
+                                     {"appended v", written(download_fp32(d_v)), true},
+                                     {"paged attention out", download_fp32(d_out), true},
+                                     {"embed_at_positions", download_fp32(d_emb), true},
+                                     {"embed_at_positions without wpe", download_fp32(d_emb_nowpe), true}};
+    };
+    check_bf16_op(run,
+                  {written(as_float(k_ref)), written(as_float(v_ref)), as_float(out_ref), as_float(emb_ref),
+                   as_float(emb_nowpe_ref)},
+                  {tolerance_fp32_elementwise, tolerance_fp32_elementwise, tolerance_fp32_attention,
+                   tolerance_fp32_elementwise, tolerance_fp32_elementwise});
+}
+
 // ----------------------------------------------------------------------------
 // The engine
 static GPTConfig tiny_config(int L, int C, int NH, int V, int maxT) {

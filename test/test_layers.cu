@@ -648,69 +648,7 @@ TEST_CASE("CPU fast ops (layers_cpu_blas.h) match the plain-loop references") {
 //     to bf16, bit for bit, and an fp32 output is equal (what "one kernel, fp32 arithmetic inside" means). cuBLAS's
 //     fp32 and bf16 GEMMs are different algorithms on a GPU, so the matmul's cublas backend is checked the first way
 //     only.
-using bf16 = __nv_bfloat16;
-
-// v rounded to the nearest bf16 values, kept as floats (exactly).
-static std::vector<float> bf16_values(std::vector<float> v) {
-    for (float& x : v) x = __bfloat162float(__float2bfloat16_rn(x));
-    return v;
-}
-static std::vector<float> random_bf16(size_t n, Rng& rng, float scale = 1.0f) {
-    return bf16_values(random_vector(n, rng, scale));
-}
-
-// A device buffer of element type X holding v (exact: v's values are bf16's), and a buffer's contents as floats.
-template <class X>
-static DeviceBuffer<X> upload_as(const std::vector<float>& v) {
-    std::vector<X> h(v.size());
-    for (size_t i = 0; i < v.size(); i++) h[i] = from_fp32<X>(v[i]);
-    return DeviceBuffer<X>(h);
-}
-template <class X>
-static std::vector<float> download_fp32(const DeviceBuffer<X>& buffer) {
-    std::vector<X> h = buffer.download();
-    std::vector<float> v(h.size());
-    for (size_t i = 0; i < h.size(); i++) v[i] = to_fp32(h[i]);
-    return v;
-}
-
-// One output of an op run: its name, its values as floats, and whether it is stored in the element type (else fp32).
-struct OpOutput {
-    std::string name;
-    std::vector<float> values;
-    bool element_type;
-};
-
-// Runs `run` (a generic lambda: run(X{}) runs the op with element type X and returns its outputs) with X = float and
-// X = bf16 under each thread order, and checks each bf16-run output against the fp32 run and against refs[i] (the fp32
-// CPU reference) within tols[i] (the op's fp32 tolerance; widened by bf16_tolerance for bf16 outputs).
-template <class Run>
-static void check_bf16_op(Run run, const std::vector<std::vector<float>>& refs, const std::vector<Tolerance>& tols,
-                          bool same_kernel = true) {
-    for_each_thread_order([&] {
-        std::vector<OpOutput> fp32 = run(0.0f), got = run(bf16{});
-        REQUIRE(got.size() == refs.size());
-        REQUIRE(tols.size() == refs.size());
-        for (size_t i = 0; i < got.size(); i++) {
-            const OpOutput& o = got[i];
-            CAPTURE(o.name);
-            check_close(o.name + " (bf16) vs fp32 CPU reference", o.values, refs[i],
-                        o.element_type ? bf16_tolerance(tols[i]) : tols[i]);
-            if (!same_kernel) continue;
-            size_t bad = 0, first = 0;
-            for (size_t j = 0; j < o.values.size(); j++) {
-                float f = fp32[i].values[j], want = o.element_type ? __bfloat162float(__float2bfloat16_rn(f)) : f;
-                if (std::memcmp(&want, &o.values[j], sizeof want) != 0 && !bad++) first = j;
-            }
-            if (bad)
-                FAIL_CHECK(o.name << ": " << bad << " of " << o.values.size() << " elements differ from the fp32 "
-                                  << "kernel's" << std::string(o.element_type ? " rounded to bf16" : "")
-                                  << "; first: element " << first << " = " << o.values[first] << ", fp32 kernel "
-                                  << fp32[i].values[first]);
-        }
-    });
-}
-
+// test_util.h has the helpers (bf16_values, upload_as, download_fp32, check_bf16_op).
 TEST_CASE("bf16 encoder forward/backward: one rounding of the fp32 kernel, within bf16 of the CPU reference") {
     Rng rng(1101);
     struct Shape { int B, T, C, V; };
