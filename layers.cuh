@@ -1012,7 +1012,8 @@ void gelu_backward(T* dinp, const T* inp, const T* dout, int N, cudaStream_t str
 
 // c_fc + GELU, GPT-2's MLP up-projection, as one call: pre = inp·weightᵀ + bias, out = gelu(pre) (pre is kept
 // for gelu_backward). On MatmulBackend::cublaslt the kernels do it in one GEMM whose epilogue writes both;
-// otherwise, and on the CPU path, it is matmul_forward then gelu_forward, whose references check it.
+// otherwise, and on the CPU path, it is matmul_forward then gelu_forward, whose references check it. In bf16 the
+// epilogue's GELU reads the fp32 pre-activation, one rounding fewer than gelu_forward reading pre back as bf16.
 template <class T>
 void matmul_gelu_forward(const Exec& ex, T* out, T* pre /*(N, OC)*/, const T* inp /*(N, C)*/,
                          const T* weight /*(OC, C)*/, const std::type_identity_t<T>* bias /*(OC) or nullptr*/, int N,

@@ -472,9 +472,14 @@ static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
     char* stack = w.stacks;  // any fiber stack of this worker, as in enter_kernel
     const size_t stacks_bytes = w.stack_bytes * max_threads_per_block;
     if (c >= stack && c + size <= stack + stacks_bytes) return;
-    if (c >= s.os_stack_lo && c + size <= s.os_stack_hi) {  // read by every thread's launch code: cached
-        s.cache[s.next_cache++ % std::size(s.cache)] = {reinterpret_cast<uintptr_t>(s.os_stack_lo),
-                                                        reinterpret_cast<uintptr_t>(s.os_stack_hi)};
+    // Read by every thread's launch code: cached, but never over the static TLS block, which lies inside a pool
+    // thread's stack mapping and holds its __shared__ variables (a cached stretch over it let every later access to
+    // them pass unchecked: races were missed in the blocks that pool threads ran).
+    if (c >= s.os_stack_lo && c + size <= s.os_stack_hi && (c + size <= s.tls_lo || c >= s.tls_hi)) {
+        uintptr_t lo = reinterpret_cast<uintptr_t>(s.os_stack_lo), hi = reinterpret_cast<uintptr_t>(s.os_stack_hi);
+        if (c + size <= s.tls_lo) hi = std::min(hi, reinterpret_cast<uintptr_t>(s.tls_lo));
+        else lo = std::max(lo, reinterpret_cast<uintptr_t>(s.tls_hi));
+        s.cache[s.next_cache++ % std::size(s.cache)] = {lo, hi};
         return;
     }
     // The program's static data (__constant__ and __device__ variables, tables), the OS thread's TLS (threadIdx,

@@ -50,7 +50,7 @@ TEST_CASE("sequence log-prob forward/backward: kernel matches CPU reference") {
             poison(d_logp);
             sequence_logprob_forward(d_logp, d_losses, d_targets, s.B, s.T, nullptr);
             check_close("sequence logp", d_logp.download(), logp_ref, tolerance_fp32_reduction);
-            sequence_logprob_backward(d_dlogits, d_dlogp, s.B, s.T, s.Vp, nullptr);
+            sequence_logprob_backward(d_dlogits.ptr, d_dlogp.ptr, s.B, s.T, s.Vp, nullptr);
             check_close("sequence dlogits", d_dlogits.download(), dlogits_ref, tolerance_fp32_elementwise);
         });
     }
