@@ -371,21 +371,20 @@ static std::string format_duration(double seconds) {
 }
 
 // Peak FLOP/s of common cards, for MFU: fp32 on CUDA cores (this trainer's fp32 runs without TF32), and bf16 on
-// tensor cores with fp32 accumulation (dense, no sparsity), from the vendors' data sheets.
-static double peak_bf16_flops(const std::string& gpu) {
-    if (gpu.find("H100") != std::string::npos || gpu.find("H200") != std::string::npos)
-        return gpu.find("PCIe") != std::string::npos ? 756e12 : 989e12;
-    if (gpu.find("A100") != std::string::npos) return 312e12;
-    if (gpu.find("L4") != std::string::npos) return 121e12;
-    if (gpu.find("4090") != std::string::npos) return 165e12;
-    return 0;
-}
-static double peak_fp32_flops(const std::string& gpu) {
-    if (gpu.find("H100") != std::string::npos || gpu.find("H200") != std::string::npos)
-        return gpu.find("PCIe") != std::string::npos ? 51e12 : 67e12;
-    if (gpu.find("A100") != std::string::npos) return 19.5e12;
-    if (gpu.find("L4") != std::string::npos) return 30.3e12;
-    if (gpu.find("4090") != std::string::npos) return 82.6e12;
+// tensor cores with fp32 accumulation (dense, no sparsity), from the vendors' data sheets. 0: unknown card.
+static double peak_flops(const std::string& gpu, bool bf16) {
+    struct Card { const char* name; double fp32, bf16; };
+    static const Card cards[] = {{"H100 PCIe", 51e12, 756e12}, {"H200 PCIe", 51e12, 756e12}, {"H100", 67e12, 989e12},
+                                 {"H200", 67e12, 989e12},      {"A100", 19.5e12, 312e12},    {"L4", 30.3e12, 121e12},
+                                 {"4090", 82.6e12, 165e12}};
+    auto has = [&](const std::string& words) {  // "H100 PCIe": every word of it in the device name
+        std::istringstream in(words);
+        for (std::string w; in >> w;)
+            if (gpu.find(w) == std::string::npos) return false;
+        return true;
+    };
+    for (const Card& c : cards)
+        if (has(c.name)) return bf16 ? c.bf16 : c.fp32;
     return 0;
 }
 
@@ -525,7 +524,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         std::fflush(stdout);
     };
 
-    const double peak = GPT<Ops, FloatX>::mixed ? peak_bf16_flops(device_name) : peak_fp32_flops(device_name);
+    const double peak = peak_flops(device_name, GPT<Ops, FloatX>::mixed);
     std::vector<int> x, y, skipped_x, skipped_y;  // skipped: the other ranks' micro-batches
     Timer run_timer;
     double ms_sum = 0;

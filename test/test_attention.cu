@@ -43,6 +43,26 @@ struct AttentionBackendGuard {  // restores the default backend when a test ends
     ~AttentionBackendGuard() { set_attention_backend(AttentionBackend::flash); }
 };
 
+// RoPE's three CPU references, in double, on the input x: forward, backward, and forward at random positions
+// (drawn here; the kernels take the same ones).
+struct RopeCase {
+    std::vector<int> positions;  // (B·T)
+    std::vector<float> fwd, bwd, at;
+};
+RopeCase rope_case(const Shape& s, const std::vector<float>& x, Rng& rng) {
+    RopeCase r;
+    r.positions.resize(static_cast<size_t>(s.B) * s.T);
+    for (auto& p : r.positions) p = static_cast<int>(rng.below(4096));
+    std::vector<double> fwd = to_double(x), bwd = to_double(x), at = to_double(x);
+    rope_forward_cpu(fwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+    rope_backward_cpu(bwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+    rope_forward_at_cpu(at.data(), r.positions.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+    r.fwd = to_float(fwd);
+    r.bwd = to_float(bwd);
+    r.at = to_float(at);
+    return r;
+}
+
 }  // namespace
 
 // ----------------------------------------------------------------------------
@@ -53,26 +73,21 @@ TEST_CASE("rope forward/backward/at-positions: kernel matches CPU reference") {
     for (Shape s : {Shape{2, 7, 4, 2, 64}, Shape{1, 129, 2, 1, 128}, Shape{2, 64, 4, 4, 64}, Shape{1, 1, 1, 1, 2}}) {
         CAPTURE(describe(s));
         std::vector<float> x = random_vector(s.qkv_count(), rng);
-        std::vector<int> positions(static_cast<size_t>(s.B) * s.T);
-        for (auto& p : positions) p = static_cast<int>(rng.below(4096));
-        std::vector<double> fwd = to_double(x), bwd = to_double(x), at = to_double(x);
-        rope_forward_cpu(fwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
-        rope_backward_cpu(bwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
-        rope_forward_at_cpu(at.data(), positions.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        const RopeCase ref = rope_case(s, x, rng);
         for_each_thread_order([&] {
             DeviceBuffer<float> d(x);
-            DeviceBuffer<int> dpos(positions);
+            DeviceBuffer<int> dpos(ref.positions);
             rope_forward(d.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-            check_close("rope_forward", d.download(), to_float(fwd), tolerance_fp32_elementwise);
+            check_close("rope_forward", d.download(), ref.fwd, tolerance_fp32_elementwise);
             d.upload(x);
             rope_backward(d.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-            check_close("rope_backward", d.download(), to_float(bwd), tolerance_fp32_elementwise);
+            check_close("rope_backward", d.download(), ref.bwd, tolerance_fp32_elementwise);
             d.upload(x);
             rope_forward_at(d.ptr, dpos.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
-            check_close("rope_forward_at", d.download(), to_float(at), tolerance_fp32_elementwise);
+            check_close("rope_forward_at", d.download(), ref.at, tolerance_fp32_elementwise);
         });
         // v is untouched by design: exactly equal
-        std::vector<float> f = to_float(fwd);
+        const std::vector<float>& f = ref.fwd;
         for (int bt = 0; bt < s.B * s.T; bt++)
             for (int i = (s.NH + s.NKV) * s.hs; i < s.W(); i++)
                 REQUIRE(f[static_cast<size_t>(bt) * s.W() + i] == x[static_cast<size_t>(bt) * s.W() + i]);
@@ -105,16 +120,11 @@ TEST_CASE(
     for (Shape s : {Shape{2, 7, 4, 2, 64}, Shape{1, 33, 2, 1, 128}}) {
         CAPTURE(describe(s));
         std::vector<float> x = random_bf16(s.qkv_count(), rng);
-        std::vector<int> positions(static_cast<size_t>(s.B) * s.T);
-        for (auto& p : positions) p = static_cast<int>(rng.below(4096));
-        std::vector<double> fwd = to_double(x), bwd = to_double(x), at = to_double(x);
-        rope_forward_cpu(fwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
-        rope_backward_cpu(bwd.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
-        rope_forward_at_cpu(at.data(), positions.data(), s.B, s.T, s.NH, s.NKV, s.hs, rope_theta);
+        const RopeCase ref = rope_case(s, x, rng);
         auto run = [&](auto zero) {
             using X = decltype(zero);
             DeviceBuffer<X> d_fwd = upload_as<X>(x), d_bwd = upload_as<X>(x), d_at = upload_as<X>(x);
-            DeviceBuffer<int> d_pos(positions);
+            DeviceBuffer<int> d_pos(ref.positions);
             rope_forward(d_fwd.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
             rope_backward(d_bwd.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
             rope_forward_at(d_at.ptr, d_pos.ptr, s.B, s.T, s.NH, s.NKV, s.hs, rope_theta, nullptr);
@@ -122,7 +132,7 @@ TEST_CASE(
                                          {"rope_backward", download_fp32(d_bwd), true},
                                          {"rope_forward_at", download_fp32(d_at), true}};
         };
-        check_bf16_op(run, {to_float(fwd), to_float(bwd), to_float(at)},
+        check_bf16_op(run, {ref.fwd, ref.bwd, ref.at},
                       std::vector<Tolerance>(3, tolerance_fp32_elementwise));
     }
 }
