@@ -68,10 +68,10 @@ struct Comm {
     int local_rank = 0;  // rank among the processes of this machine: picks the GPU
     bool mpi = false;    // started by mpirun (or another MPI launcher): MPI_Init was called
     CommTraffic sent;
-    double seconds = 0;  // wall time inside collectives (each waits for its result)
+    double seconds = 0;  // wall time the host spends starting and waiting for collectives
 #if GPTCU_NCCL
     ncclComm_t nccl = nullptr;
-    cudaStream_t stream = 0;
+    cudaStream_t stream = nullptr;  // the communication stream (non-blocking), made at the first collective
 #endif
 
     // OpenMPI sets OMPI_COMM_WORLD_SIZE, MPICH and Slurm's PMI set PMI_SIZE, PMIx launchers PMIX_RANK.
@@ -120,42 +120,84 @@ struct Comm {
 #endif
     }
 
-    // ---- collectives on floats; `on_device`: the buffer is the kernels' memory (GPU, or cudasim's in the CPU build)
-    // buf (n): every rank's buf becomes the elementwise sum over ranks.
-    void all_reduce(float* buf, size_t n, bool on_device) {
-        sent.all_reduce += 2.0 * (size - 1) / size * 4.0 * n;
-        Timed t(*this, on_device);
+    // ---- collectives on floats; `on_device`: the buffer is the kernels' memory (GPU, or cudasim's in the CPU build).
+    // Each is started, then finished by wait(): between the two the caller goes on (the backward of the next
+    // layer), and the blocking forms below are start + wait. A Request is one collective in flight:
+    //   NCCL: queued on the communication stream after the work queued so far on `after` (the model's stream);
+    //         wait() makes `after` wait for it, so the host never blocks and the collective overlaps the kernels.
+    //   MPI:  the kernels that wrote the buffer finish first (cudasim's memory), then a nonblocking MPI call;
+    //         wait() blocks in MPI_Wait (MPI moves the data inside its calls: on the CPU the overlap is small).
+    struct Request {
+        MPI_Request mpi = MPI_REQUEST_NULL;
 #if GPTCU_NCCL
-        if (on_device) return nccl_check(ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, nccl, stream), "ncclAllReduce");
+        cudaEvent_t done = nullptr;
+        cudaStream_t after = 0;
 #endif
-        if (size == 1) return;
-        for (size_t done = 0; done < n;) {  // MPI counts are int
-            int count = static_cast<int>(std::min<size_t>(n - done, size_t(1) << 30));
-            MPI_Allreduce(MPI_IN_PLACE, buf + done, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-            done += count;
-        }
+        bool active = false;
+    };
+    // buf (n): every rank's buf becomes the elementwise sum over ranks.
+    Request start_all_reduce(float* buf, size_t n, bool on_device, cudaStream_t after = 0) {
+        sent.all_reduce += 2.0 * (size - 1) / size * 4.0 * n;
+        return start(on_device, after, [&](Request& r, [[maybe_unused]] cudaStream_t s) {
+#if GPTCU_NCCL
+            if (on_device) return nccl_check(ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, nccl, s), "ncclAllReduce");
+#endif
+            if (size > 1)
+                MPI_Iallreduce(MPI_IN_PLACE, buf, checked_int(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r.mpi);
+        });
     }
     // full (N·S) on every rank → shard (S): this rank's S elements of the elementwise sum over ranks.
-    void reduce_scatter(float* shard, const float* full, size_t S, bool on_device) {
+    Request start_reduce_scatter(float* shard, const float* full, size_t S, bool on_device, cudaStream_t after = 0) {
         sent.reduce_scatter += (size - 1) * 4.0 * S;
-        Timed t(*this, on_device);
+        return start(on_device, after, [&](Request& r, [[maybe_unused]] cudaStream_t s) {
 #if GPTCU_NCCL
-        if (on_device)
-            return nccl_check(ncclReduceScatter(full, shard, S, ncclFloat, ncclSum, nccl, stream), "ncclReduceScatter");
+            if (on_device)
+                return nccl_check(ncclReduceScatter(full, shard, S, ncclFloat, ncclSum, nccl, s), "ncclReduceScatter");
 #endif
-        if (size == 1) return copy(shard, full, S, on_device);
-        MPI_Reduce_scatter_block(full, shard, checked_int(S), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+            if (size == 1) return copy(shard, full, S, on_device);
+            MPI_Ireduce_scatter_block(full, shard, checked_int(S), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r.mpi);
+        });
     }
     // shard (S) of every rank → full (N·S): rank r's shard lands at full + r·S. shard may be full + rank·S.
-    void all_gather(float* full, const float* shard, size_t S, bool on_device) {
+    Request start_all_gather(float* full, const float* shard, size_t S, bool on_device, cudaStream_t after = 0) {
         sent.all_gather += (size - 1) * 4.0 * S;
-        Timed t(*this, on_device);
+        return start(on_device, after, [&](Request& r, [[maybe_unused]] cudaStream_t s) {
 #if GPTCU_NCCL
-        if (on_device) return nccl_check(ncclAllGather(shard, full, S, ncclFloat, nccl, stream), "ncclAllGather");
+            if (on_device) return nccl_check(ncclAllGather(shard, full, S, ncclFloat, nccl, s), "ncclAllGather");
 #endif
-        if (size == 1) return copy(full, shard, S, on_device);
-        const void* send = shard == full + rank * S ? MPI_IN_PLACE : shard;  // MPI forbids aliasing otherwise
-        MPI_Allgather(send, checked_int(S), MPI_FLOAT, full, checked_int(S), MPI_FLOAT, MPI_COMM_WORLD);
+            if (size == 1) return copy(full, shard, S, on_device);
+            const void* send = shard == full + rank * S ? MPI_IN_PLACE : shard;  // MPI forbids aliasing otherwise
+            MPI_Iallgather(send, checked_int(S), MPI_FLOAT, full, checked_int(S), MPI_FLOAT, MPI_COMM_WORLD, &r.mpi);
+        });
+    }
+    // Finishes a started collective (nothing to do for an inactive Request). `block_host`: NCCL's too, so the
+    // time is seen (the blocking forms, and `seconds`); otherwise only the model's stream waits.
+    void wait(Request& r, bool block_host = false) {
+        if (!r.active) return;
+        auto t0 = std::chrono::steady_clock::now();
+        if (r.mpi != MPI_REQUEST_NULL) MPI_Wait(&r.mpi, MPI_STATUS_IGNORE);
+#if GPTCU_NCCL
+        if (r.done) {
+            if (block_host) cuda_check(cudaEventSynchronize(r.done));
+            cuda_check(cudaStreamWaitEvent(r.after, r.done, 0));
+            cuda_check(cudaEventDestroy(r.done));
+        }
+#endif
+        (void)block_host;
+        r = Request{};
+        seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    void all_reduce(float* buf, size_t n, bool on_device) {
+        Request r = start_all_reduce(buf, n, on_device);
+        wait(r, true);
+    }
+    void reduce_scatter(float* shard, const float* full, size_t S, bool on_device) {
+        Request r = start_reduce_scatter(shard, full, S, on_device);
+        wait(r, true);
+    }
+    void all_gather(float* full, const float* shard, size_t S, bool on_device) {
+        Request r = start_all_gather(full, shard, S, on_device);
+        wait(r, true);
     }
     // Host bytes from rank `root` to every rank (set-up: configs, ids; not counted in `sent`).
     void broadcast(void* buf, size_t bytes, int root = 0) {
@@ -181,22 +223,34 @@ struct Comm {
         if (on_device) cuda_check(cudaMemcpy(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice));
         else std::memcpy(dst, src, n * sizeof(float));
     }
-    // Times one collective. The kernels that wrote the buffer must have finished before MPI reads it (cudasim's
-    // memory in the CPU build), and a timed NCCL call is waited for; NCCL is stream-ordered, so that wait only
-    // makes the time visible.
-    struct Timed {
-        Comm& c;
-        bool on_device;
-        std::chrono::steady_clock::time_point start;
-        Timed(Comm& comm, bool dev) : c(comm), on_device(dev) {
-            if (on_device) cuda_check(cudaDeviceSynchronize());
-            start = std::chrono::steady_clock::now();
+    // Starts one collective: `issue(request, stream)` makes the NCCL or MPI call. Time spent here (waiting for the
+    // kernels that wrote an MPI buffer) counts in `seconds`, as wait()'s does.
+    template <class Issue>
+    Request start(bool on_device, [[maybe_unused]] cudaStream_t after, Issue issue) {
+        auto t0 = std::chrono::steady_clock::now();
+        Request r;
+        r.active = true;
+#if GPTCU_NCCL
+        if (on_device) {
+            if (!stream) cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+            cudaEvent_t ready;
+            cuda_check(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+            cuda_check(cudaEventRecord(ready, after));
+            cuda_check(cudaStreamWaitEvent(stream, ready, 0));
+            cuda_check(cudaEventDestroy(ready));
+            issue(r, stream);
+            cuda_check(cudaEventCreateWithFlags(&r.done, cudaEventDisableTiming));
+            cuda_check(cudaEventRecord(r.done, stream));
+            r.after = after;
+            seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            return r;
         }
-        ~Timed() {
-            if (on_device) cuda_check(cudaDeviceSynchronize());
-            c.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        }
-    };
+#endif
+        if (on_device) cuda_check(cudaDeviceSynchronize());  // MPI reads what the kernels wrote
+        issue(r, cudaStream_t{});
+        seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return r;
+    }
 };
 
 // ----------------------------------------------------------------------------
@@ -226,171 +280,306 @@ inline void require_same_on_every_rank(Comm& comm, const nlohmann::json& what) {
 }
 
 // ----------------------------------------------------------------------------
-// The ZeRO stages on one GPT<Ops, FloatX>. Built after the model has its parameters (and, on --resume, its AdamW
+// Units: how the ZeRO stages cut the Ψ parameters to communicate them. Unit l < L is layer l (its slices of the
+// twelve (L, ...) tensors, tensor after tensor), unit L the rest (wte, wpe, lnfw, lnfb, lm_head), as
+// GPT::weights(u) numbers them. A unit of n floats is padded to N·s, s = ceil(n/N) rounded up to 64 floats (so
+// shards start 256-byte aligned), and sits at `at` of the "unit layout": the padded units one after another
+// (`padded` floats). Rank r keeps [r·s, (r+1)·s) of every unit, one after another in its shard (S = Σ s), at
+// `shard_at`. A Segment is a run of parameters contiguous in both layouts: the model's (tensor after tensor,
+// checkpoints) and the unit layout.
+struct Units {
+    struct Unit {
+        size_t n = 0, s = 0, at = 0, shard_at = 0;
+    };
+    struct Segment {
+        int tensor;
+        size_t tensor_at, unit_at, n;
+    };
+    std::vector<Unit> units;        // (L + 1)
+    std::vector<Segment> segments;  // every parameter once, in unit-layout order
+    size_t padded = 0, S = 0;
+    Units(const GPTConfig& c, int N) {
+        const std::array<size_t, NUM_PARAM_TENSORS> sizes = param_sizes(c);
+        std::array<size_t, NUM_PARAM_TENSORS> offset{};
+        for (int i = 1; i < NUM_PARAM_TENSORS; i++) offset[i] = offset[i - 1] + sizes[i - 1];
+        const size_t L = c.n_layer;
+        for (size_t u = 0; u <= L; u++) {
+            Unit unit;
+            unit.at = padded;
+            unit.shard_at = S;
+            auto add = [&](int i, size_t from, size_t n) {
+                if (n) segments.push_back({i, from, padded + unit.n, n});
+                unit.n += n;
+            };
+            if (u < L)
+                for (int i = LN1W; i <= FCPROJB; i++) add(i, offset[i] + u * (sizes[i] / L), sizes[i] / L);
+            else
+                for (int i : {WTE, WPE, LNFW, LNFB, LMHEAD}) add(i, offset[i], sizes[i]);
+            unit.s = ((unit.n + N - 1) / N + 63) / 64 * 64;
+            units.push_back(unit);
+            padded += N * unit.s;
+            S += unit.s;
+        }
+    }
+    // Unit u's tensors in a buffer that holds the unit alone (unit-layout order); the other tensors nullptr.
+    template <class T>
+    ParameterTensors<T> view(T* unit_buffer, int u) const {
+        ParameterTensors<T> p;
+        for (const Segment& g : segments)
+            if (g.unit_at >= units[u].at && g.unit_at < units[u].at + units[u].n)
+                p.t[g.tensor] = unit_buffer + (g.unit_at - units[u].at);
+        return p;
+    }
+    // f(segment, first, n) for each part [first, first + n) of a segment inside [lo, hi) of the unit layout
+    template <class F>
+    void for_each_in(size_t lo, size_t hi, F f) const {
+        for (const Segment& g : segments) {
+            size_t a = std::max(lo, g.unit_at), b = std::min(hi, g.unit_at + g.n);
+            if (a < b) f(g, a, b - a);
+        }
+    }
+};
+
+// ----------------------------------------------------------------------------
+// The ZeRO stages on one GPT<Ops, FloatX>, as its ParameterHome (gpt.cuh): the model asks it for each unit's
+// weights and gradients as it runs. Built after the model has its parameters (and, on --resume, its AdamW
 // state): it takes them over and keeps of them what the stage keeps. Everything communicated and sharded is fp32
-// (master weights, gradients, moments); in bf16 the model's bf16 copy of the weights is refreshed from the master
-// after each update (stages 0–2) or each gather (stage 3).
+// (master weights, gradients, moments); in bf16 the weights the ops read are converted after each gather.
+//   gradients   stages 0–1: one unit-layout buffer, summed over a step's micro-batches, each unit sent as soon as
+//               its backward in the last micro-batch is done (overlapping the layers below it); stages 2–3: a unit's
+//               gradients live only from its backward to its reduce-scatter (two layer buffers used in turn, and
+//               one for the rest unit), summed into the shard after every micro-batch
+//   weights     stage 0: the model's own; stages 1–2: one unit-layout buffer, all-gathered after each update;
+//               stage 3: only the shard, a unit gathered just before its forward, freed after it, gathered again
+//               before its backward (FSDP)
 template <class Ops, class FloatX = float>
-struct DataParallel {
+struct DataParallel : ParameterHome<FloatX> {
     static constexpr bool mixed = GPT<Ops, FloatX>::mixed;
     Comm& comm;
     GPT<Ops, FloatX>& model;
     int stage;
-    size_t P = 0, S = 0, padded = 0, lo = 0;  // parameters Ψ, shard size, N·S, first element of this rank's shard
-    size_t bucket_elems = size_t(1) << 22;    // stage 0 all-reduces the gradients in buckets of 16 MiB
-    float* grad_shard = nullptr;              // (S) stages 1–3: the summed gradients of this rank's shard
-    float* grad_scratch = nullptr;            // (S) stages 2–3: one micro-batch's reduce-scatter, added to grad_shard
-    float* m_shard = nullptr;                 // (S) stages 1–3: AdamW first moment of the shard
-    float* v_shard = nullptr;                 // (S)             and second moment
-    float* param_shard = nullptr;             // (S) stage 3: the parameters between steps
-    float* gathered_m = nullptr;              // (N·S) only while a checkpoint is written (stages 1–3)
-    float* gathered_v = nullptr;
+    Units U;
+    size_t P = 0, S = 0, padded = 0;  // Ψ; shard and unit-layout lengths (Units)
+    float* grad_full = nullptr;       // (padded) stages 0–1: the gradients, unit layout
+    float* grad_shard = nullptr;      // (S) stages 1–3: the summed gradients of this rank's shard
+    float* m_shard = nullptr;         // (S) stages 1–3: AdamW first moment of the shard
+    float* v_shard = nullptr;         // (S)             and second moment
+    float* param_full = nullptr;      // (padded) stages 1–2: the fp32 master weights, unit layout
+    FloatX* param_full_X = nullptr;   // (padded) stages 1–2 in bf16: the copy the ops read
+    float* param_shard = nullptr;     // (S) stage 3: the shard's master weights
+    // stage 3: the weights of the unit that runs now: [0] a layer (one buffer, reused), [1] the rest unit
+    // (allocated while it runs: from the step's first forward to the end of the forward, and again in the backward)
+    struct Gathered {
+        float* fp32 = nullptr;  // (N·s)
+        FloatX* X = nullptr;    // (N·s) the bf16 copy, in bf16
+        int unit = -1;
+    } gathered[2];
+    // stages 2–3: a unit's gradients, from its backward until its reduce-scatter is summed into grad_shard. [0], [1]:
+    // the layers in turn (the reduce-scatter of layer l runs during the backward of layer l − 1); [2]: the rest
+    // unit (allocated while the backward runs).
+    struct Slot {
+        float* grads = nullptr;  // (N·s)
+        float* sum = nullptr;    // (s) this rank's part of the sum over ranks
+        int unit = -1;           // the unit whose reduce-scatter is in flight, or -1
+        Comm::Request request;
+    } slots[3];
+    std::vector<Comm::Request> pending;  // stages 0–1: the units sent during the last micro-batch's backward
+    bool last_micro_batch = true;
+    float* checkpoint_buffers[3] = {};  // (Ψ each) stages 1–3, only while a checkpoint is written
 
-    DataParallel(Comm& c, GPT<Ops, FloatX>& m, int zero_stage) : comm(c), model(m), stage(zero_stage) {
+    DataParallel(Comm& c, GPT<Ops, FloatX>& m, int zero_stage)
+        : comm(c), model(m), stage(zero_stage), U(m.config, c.size) {
         if (stage < 0 || stage > 3)
             throw std::runtime_error("--zero-stage must be 0, 1, 2 or 3 (got " + std::to_string(stage) + ")");
         P = model.num_parameters;
-        S = (P + comm.size - 1) / comm.size;
-        S = (S + 63) / 64 * 64;
-        padded = S * comm.size;
-        lo = S * comm.rank;
+        S = U.S;
+        padded = U.padded;
         if (Ops::on_device) comm.init_nccl();
-        if (stage == 0) return;
-        // the buffers gathered into or scattered from whole: N·S long, the padding zero and never written by the model
-        float* p = alloc_zero(padded);
-        Ops::copy(p, model.params_memory, P * sizeof(float));
-        Ops::release(model.params_memory);
-        model.params_memory = p;
-        if (!mixed) {  // fp32: the master weights are the ones the ops read
-            model.params_X = reinterpret_cast<FloatX*>(p);
-            model.params = point_parameters(model.params_X, model.sizes);
-        }
+        model.home = this;
         if (model.grads_memory) Ops::release(model.grads_memory);
         model.grads_memory = nullptr;
-        ensure_grads();
+        model.grads = ParameterTensors<float>{};
+        if (stage <= 1) grad_full = alloc_zero(padded);
+        if (stage == 0) return;
         grad_shard = alloc_zero(S);
-        if (stage >= 2) grad_scratch = alloc_zero(S);
         m_shard = alloc_zero(S);
         v_shard = alloc_zero(S);
         if (model.m_memory) {  // resumed: keep this rank's part of the checkpoint's moments
-            size_t n = lo < P ? std::min(S, P - lo) : 0;
-            Ops::copy(m_shard, model.m_memory + lo, n * sizeof(float));
-            Ops::copy(v_shard, model.v_memory + lo, n * sizeof(float));
+            to_shard(m_shard, model.m_memory);
+            to_shard(v_shard, model.v_memory);
             Ops::release(model.m_memory);
             Ops::release(model.v_memory);
             model.m_memory = model.v_memory = nullptr;
         }
-        if (stage == 3) {
+        if (stage <= 2) {
+            param_full = alloc_zero(padded);
+            for (const Units::Segment& g : U.segments)
+                Ops::copy(param_full + g.unit_at, model.params_memory + g.tensor_at, g.n * sizeof(float));
+            if constexpr (mixed) param_full_X = static_cast<FloatX*>(Ops::alloc(padded * sizeof(FloatX)));
+            refresh_full_X();
+        } else {
             param_shard = alloc_zero(S);
-            Ops::copy(param_shard, model.params_memory + lo, S * sizeof(float));
-            release_full_buffers();
+            to_shard(param_shard, model.params_memory);
         }
+        // the model's own weights are no longer read: this object hands out each unit's
+        if (mixed) Ops::release(model.params_X);
+        Ops::release(model.params_memory);
+        model.params_X = nullptr;
+        model.params_memory = nullptr;
+        model.params = ParameterTensors<FloatX>{};
     }
     DataParallel(const DataParallel&) = delete;
     DataParallel& operator=(const DataParallel&) = delete;
     ~DataParallel() {
-        for (void* p : {static_cast<void*>(grad_shard), static_cast<void*>(grad_scratch), static_cast<void*>(m_shard),
-                        static_cast<void*>(v_shard), static_cast<void*>(param_shard)})
+        model.home = nullptr;
+        for (void* p : {static_cast<void*>(grad_full), static_cast<void*>(grad_shard), static_cast<void*>(m_shard),
+                        static_cast<void*>(v_shard), static_cast<void*>(param_full), static_cast<void*>(param_full_X),
+                        static_cast<void*>(param_shard)})
             if (p) Ops::release(p);
+        for (Gathered& g : gathered) release_gathered(g);
+        for (Slot& k : slots) release_slot(k);
         release_checkpoint_buffers();
     }
 
-    // Stage 3: the full parameters, all-gathered from the shards, before anything runs the model (a step's
-    // forward, validation, samples, a checkpoint). Other stages always hold them.
-    void ensure_params() {
-        if (stage != 3 || model.params_memory) return;
-        model.params_memory = static_cast<float*>(Ops::alloc(padded * sizeof(float)));
-        comm.all_gather(model.params_memory, param_shard, S, Ops::on_device);
-        if constexpr (mixed) model.params_X = static_cast<FloatX*>(Ops::alloc(P * sizeof(FloatX)));
-        else model.params_X = model.params_memory;
-        model.params = point_parameters(model.params_X, model.sizes);
-        model.refresh_params_X();
+    // ---- ParameterHome: the model asks for unit u's weights and gradients as it runs (gpt.cuh)
+    ParameterTensors<FloatX> weights(int u) override {
+        if (stage == 0) return u < model.config.n_layer ? layer_view(model.params, model.config, u) : model.params;
+        if (stage <= 2) {
+            if constexpr (mixed) return U.view(param_full_X + U.units[u].at, u);
+            else return U.view(param_full + U.units[u].at, u);
+        }
+        Gathered& g = gathered[u == model.config.n_layer];
+        if (g.unit != u) gather(u, g);
+        if constexpr (mixed) return U.view(g.X, u);
+        else return U.view(g.fp32, u);
+    }
+    ParameterTensors<float> gradients(int u) override {
+        const Units::Unit& unit = U.units[u];
+        if (stage <= 1) return U.view(grad_full + unit.at, u);
+        Slot& k = slot(u);
+        finish(k);  // the unit that used this slot before: its sum into grad_shard
+        if (!k.grads) {
+            k.grads = static_cast<float*>(Ops::alloc(comm.size * unit.s * sizeof(float)));
+            k.sum = static_cast<float*>(Ops::alloc(unit.s * sizeof(float)));
+        }
+        zero_memory(model.exec, k.grads, comm.size * unit.s * sizeof(float));
+        return U.view(k.grads, u);
+    }
+    // After a unit's forward, stage 3 drops its weights; after its backward, its gradients go to the other ranks:
+    // stages 0–1 in the step's last micro-batch only (the gradients add up over micro-batches first), stages 2–3
+    // in every micro-batch (no rank keeps the whole gradient).
+    void done(int u, bool backward) override {
+        const Units::Unit& unit = U.units[u];
+        if (stage == 3) {
+            Gathered& g = gathered[u == model.config.n_layer];
+            g.unit = -1;
+            if (u == model.config.n_layer) release_gathered(g);
+        }
+        if (!backward) return;
+        cudaStream_t s = model.exec.stream;
+        if (stage == 0 && last_micro_batch)
+            pending.push_back(comm.start_all_reduce(grad_full + unit.at, unit.n, Ops::on_device, s));
+        if (stage == 1 && last_micro_batch)
+            pending.push_back(
+                comm.start_reduce_scatter(grad_shard + unit.shard_at, grad_full + unit.at, unit.s, Ops::on_device, s));
+        if (stage >= 2) {
+            Slot& k = slot(u);
+            k.unit = u;
+            k.request = comm.start_reduce_scatter(k.sum, k.grads, unit.s, Ops::on_device, s);
+        }
     }
 
-    // Before a step's first micro-batch: gradients to zero (the shard's accumulator too).
+    // ---- the training step (train_gpt.cu): begin_step, then per micro-batch begin_micro_batch, forward and
+    // backward, then finish_gradients, grad_norm, update.
     void begin_step() {
-        ensure_params();
-        ensure_grads();
-        model.zero_grad();
+        if (stage <= 1) zero_memory(model.exec, grad_full, padded * sizeof(float));
         if (stage >= 1) zero_memory(model.exec, grad_shard, S * sizeof(float));
     }
-    // After each micro-batch's backward. Stages 2–3: this micro-batch's gradients, summed over ranks, are added
-    // to the shard and the full buffer is zeroed for the next backward.
-    void after_backward() {
-        if (stage < 2) return;
-        comm.reduce_scatter(grad_scratch, model.grads_memory, S, Ops::on_device);
-        residual_forward(model.exec, grad_shard, grad_shard, grad_scratch, static_cast<int>(S));
-        model.zero_grad();
-    }
-    // After the last micro-batch of a step: stage 0 all-reduces, stage 1 reduce-scatters; stage 3 frees the full
-    // parameters and gradients (the step's update works on the shard).
+    void begin_micro_batch(bool last) { last_micro_batch = last; }
+    // After the last micro-batch: every unit's gradients summed over ranks (stage 0: in grad_full; 1–3: this rank's
+    // shard in grad_shard).
     void finish_gradients() {
-        if (stage == 0)
-            for (size_t at = 0; at < P; at += bucket_elems)
-                comm.all_reduce(model.grads_memory + at, std::min(bucket_elems, P - at), Ops::on_device);
-        if (stage == 1) comm.reduce_scatter(grad_shard, model.grads_memory, S, Ops::on_device);
-        if (stage == 3) release_full_buffers();
+        for (Comm::Request& r : pending) comm.wait(r);
+        pending.clear();
+        for (Slot& k : slots) finish(k);
+        release_slot(slots[2]);  // the rest unit's gradient buffer lives during the backward only
     }
-    // ‖g‖₂ of the whole model's summed gradient: each rank's shard's ‖g‖², summed over ranks (the padding is zero).
+    // ‖g‖₂ of the whole model's summed gradient; stages 1–3: each rank's shard's ‖g‖², summed over ranks (the
+    // padding is zero).
     float grad_norm() {
-        if (stage == 0) return model.grad_norm();
+        if (stage == 0) return std::sqrt(global_norm_squared(model.exec, grad_full, padded));
         double squared = global_norm_squared(model.exec, grad_shard, S);
         return static_cast<float>(std::sqrt(comm.sum(squared)));
     }
-    // AdamW with the model's rule (decay where param_decays), stages 1–3 on this rank's shard only: the part of
-    // each tensor that lies in [lo, lo + S). Then stages 1–2 all-gather the parameters.
+    // AdamW with the model's rule (decay where param_decays). Stage 0 on everything (the weights and moments in
+    // the model's layout, the gradients in the unit layout); stages 1–3 on this rank's shard of each unit, then
+    // stages 1–2 all-gather the weights.
     void update(float lr, float beta1, float beta2, float eps, float weight_decay, int step, float grad_scale) {
-        if (stage == 0) return model.update(lr, beta1, beta2, eps, weight_decay, step, grad_scale);
-        float* p = stage == 3 ? param_shard : model.params_memory + lo;
-        size_t offset = 0;
-        for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-            size_t a = std::max(offset, lo), b = std::min(offset + model.sizes[i], lo + S);
-            if (a < b)
-                adamw_update(model.exec, p + (a - lo), grad_shard + (a - lo), m_shard + (a - lo), v_shard + (a - lo),
-                             b - a, lr, beta1, beta2, eps, param_decays(i) ? weight_decay : 0.0f, step, grad_scale);
-            offset += model.sizes[i];
+        auto adamw = [&](float* p, const float* g, float* m, float* v, const Units::Segment& seg, size_t n) {
+            adamw_update(model.exec, p, g, m, v, n, lr, beta1, beta2, eps, param_decays(seg.tensor) ? weight_decay : 0,
+                         step, grad_scale);
+        };
+        if (stage == 0) {
+            model.ensure_optimizer_state();
+            for (const Units::Segment& g : U.segments)
+                adamw(model.params_memory + g.tensor_at, grad_full + g.unit_at, model.m_memory + g.tensor_at,
+                      model.v_memory + g.tensor_at, g, g.n);
+            return model.refresh_params_X();
         }
-        if (stage <= 2) {
-            comm.all_gather(model.params_memory, model.params_memory + lo, S, Ops::on_device);
-            model.refresh_params_X();
-        }
+        for_my_shard([&](const Units::Segment& g, size_t first, size_t n, size_t k) {
+            float* p = stage == 3 ? param_shard + k : param_full + first;
+            adamw(p, grad_shard + k, m_shard + k, v_shard + k, g, n);
+        });
+        if (stage == 3) return;
+        for (const Units::Unit& u : U.units)
+            comm.all_gather(param_full + u.at, param_full + u.at + comm.rank * u.s, u.s, Ops::on_device);
+        refresh_full_X();
     }
 
-    // The whole model for a checkpoint: every rank takes part (stages 1–3 gather AdamW's moments), rank 0 writes.
+    // The whole model for a checkpoint, in the model's layout: every rank takes part (stages 1–3 gather the shards
+    // and reorder them), rank 0 writes.
     CheckpointArrays checkpoint_arrays() {
-        ensure_params();
         if (stage == 0) return {P, model.params_memory, model.m_memory, model.v_memory, Ops::to_host};
-        gathered_m = static_cast<float*>(Ops::alloc(padded * sizeof(float)));
-        gathered_v = static_cast<float*>(Ops::alloc(padded * sizeof(float)));
-        comm.all_gather(gathered_m, m_shard, S, Ops::on_device);
-        comm.all_gather(gathered_v, v_shard, S, Ops::on_device);
-        return {P, model.params_memory, gathered_m, gathered_v, Ops::to_host};
+        const float* shards[3] = {param_shard, m_shard, v_shard};  // stages 1–2 hold the weights whole already
+        float* unit_layout = static_cast<float*>(Ops::alloc(padded * sizeof(float)));
+        for (int a = 0; a < 3; a++) {
+            const float* whole = a == 0 && stage <= 2 ? param_full : unit_layout;
+            if (whole == unit_layout)
+                for (const Units::Unit& u : U.units)
+                    comm.all_gather(unit_layout + u.at, shards[a] + u.shard_at, u.s, Ops::on_device);
+            checkpoint_buffers[a] = static_cast<float*>(Ops::alloc(P * sizeof(float)));
+            for (const Units::Segment& g : U.segments)
+                Ops::copy(checkpoint_buffers[a] + g.tensor_at, whole + g.unit_at, g.n * sizeof(float));
+        }
+        Ops::release(unit_layout);
+        return {P, checkpoint_buffers[0], checkpoint_buffers[1], checkpoint_buffers[2], Ops::to_host};
     }
     void release_checkpoint_buffers() {
-        for (float** p : {&gathered_m, &gathered_v})
-            if (*p) { Ops::release(*p); *p = nullptr; }
+        for (float*& p : checkpoint_buffers)
+            if (p) { Ops::release(p); p = nullptr; }
     }
 
-    // Per rank, in bytes, what the stage keeps between steps (persistent) and what exists only within a step.
+    // Per rank, in bytes: what the stage keeps between steps (persistent), and what exists only while a unit runs.
     struct Memory {
-        double params = 0, grads = 0, optimizer = 0;  // persistent model state
-        double transient_params = 0, transient_grads = 0;  // full copies alive only during forward/backward
+        double params = 0, grads = 0, optimizer = 0;       // persistent model state
+        double transient_params = 0, transient_grads = 0;  // stage 3's gathered weights; stages 2–3's unit gradients
         double activations = 0, comm_buffers = 0;
         double state() const { return params + grads + optimizer; }
     };
     Memory memory(int B, int T) const {
         Memory m;
-        const double full = 4.0 * (stage == 0 ? P : padded), shard = 4.0 * S;
-        const double copy = mixed ? static_cast<double>(sizeof(FloatX)) * P : 0;  // the bf16 weights the ops read
-        m.params = stage == 3 ? shard : full + copy;
-        m.transient_params = stage == 3 ? full + copy : 0;
-        m.grads = stage <= 1 ? full : shard;
-        m.transient_grads = stage >= 2 ? full : 0;
-        m.optimizer = stage == 0 ? 8.0 * P : 2 * shard;
+        const double x = mixed ? sizeof(FloatX) : 0;  // the bf16 weight copy the ops read, per weight
+        const Units::Unit &layer = U.units[0], &rest = U.units.back();
+        const double N = comm.size, layer_full = N * layer.s, rest_full = N * rest.s;
+        m.params = stage == 0 ? (4 + x) * P : stage <= 2 ? (4 + x) * padded : 4.0 * S;
+        m.transient_params = stage == 3 ? (4 + x) * (layer_full + rest_full) : 0;
+        m.grads = stage <= 1 ? 4.0 * padded : 4.0 * S;
+        m.transient_grads = stage >= 2 ? 4.0 * (2 * layer_full + rest_full) : 0;
+        m.optimizer = stage == 0 ? 8.0 * P : 8.0 * S;
+        m.comm_buffers = stage >= 2 ? 4.0 * (2 * layer.s + rest.s) : 0;  // the slots' sums
         std::array<size_t, NUM_ACT_TENSORS> acts = activation_sizes(model.config, B, T);
         for (int i = 0; i < NUM_ACT_TENSORS; i++)
             m.activations += static_cast<double>(activation_is_fp32(i) ? sizeof(float) : sizeof(FloatX)) * acts[i];
-        m.comm_buffers = stage >= 2 ? shard : 0;  // grad_scratch (checkpoints add 2 full buffers while written)
         return m;
     }
     // The ZeRO paper's model state per rank for this stage, all fp32 (4 bytes each of parameters and gradients,
@@ -404,17 +593,16 @@ struct DataParallel {
         default: return 16 * psi / N;
         }
     }
-    // Bytes one rank sends per optimizer step by the formula, for A micro-batches per rank (Ψ fp32 elements, padded
-    // to N·S for the sharded stages): stage 0 all-reduces once, 2(N−1)/N·4Ψ; stage 1 reduce-scatters and
-    // all-gathers once, the same; stages 2 and 3 reduce-scatter after every micro-batch, (A + 1)(N−1)/N·4Ψ. Stage 3
-    // here gathers the whole model once per step and keeps it through the backward, so it moves what stage 2
-    // moves; FSDP's per-layer stage 3 frees each layer after its forward and gathers it again for the backward,
-    // which is the paper's 3Ψ against DDP's 2Ψ (1.5×).
+    // Bytes one rank sends per optimizer step, for A micro-batches per rank. With the shard S padded per unit, one
+    // reduce-scatter or all-gather of every unit sends part = (N−1)·4S. Stage 0 all-reduces each unit once,
+    // 2(N−1)/N·4Ψ; stage 1 reduce-scatters once and all-gathers once, 2·part; stage 2 reduce-scatters after every
+    // micro-batch, (A + 1)·part; stage 3 gathers every unit for each forward and again for each backward and
+    // reduce-scatters, 3A·part: the ZeRO paper's 3Ψ against DDP's 2Ψ (1.5×) at A = 1.
     double formula_step_bytes(int A) const {
-        const double N = comm.size, part = (N - 1) / N * 4.0 * static_cast<double>(padded);
-        if (stage == 0) return 2 * (N - 1) / N * 4.0 * static_cast<double>(P);
-        if (stage == 1) return 2 * part;
-        return (A + 1) * part;
+        const double N = comm.size, part = (N - 1) * 4.0 * static_cast<double>(S);
+        const double by_stage[] = {2 * (N - 1) / N * 4.0 * static_cast<double>(P), 2 * part, (A + 1) * part,
+                                   3 * A * part};
+        return by_stage[stage];
     }
     std::string memory_report(int B, int T) const {
         Memory m = memory(B, T);
@@ -429,10 +617,15 @@ struct DataParallel {
                         std::to_string(comm.size) + " rank" + (comm.size > 1 ? "s" : "") +
                         ", Ψ = " + std::to_string(P) + " fp32 parameters, shard " + std::to_string(S) + ")\n";
         s += "  parameters " + mib(m.params) +
-             (m.transient_params ? " (+ " + mib(m.transient_params) + " gathered during forward/backward)" : "") +
+             (m.transient_params ? " (+ at most " + mib(m.transient_params) +
+                                       " gathered while they run: one layer, and wte/wpe/lnf/lm_head)"
+                                 : "") +
              (mixed ? " (incl. the bf16 weight copy the ops read: the formula counts fp32 state only)" : "") + "\n";
         s += "  gradients  " + mib(m.grads) +
-             (m.transient_grads ? " (+ " + mib(m.transient_grads) + " full buffer during backward)" : "") + "\n";
+             (m.transient_grads ? " (+ at most " + mib(m.transient_grads) +
+                                      " from a unit's backward to its reduce-scatter: two layers and the rest)"
+                                : "") +
+             "\n";
         s += "  AdamW m, v " + mib(m.optimizer) + "\n";
         s += "  activations " + mib(m.activations) + ", communication buffers " + mib(m.comm_buffers) + "\n";
         const char* formula[] = {"16Ψ", "8Ψ + 8Ψ/N", "4Ψ + 12Ψ/N", "16Ψ/N"};
@@ -447,18 +640,56 @@ struct DataParallel {
         zero_memory(model.exec, p, n * sizeof(float));
         return p;
     }
-    // The model's gradient buffer, N·S long for stages 1–3 (the padding stays zero: backward never writes it).
-    void ensure_grads() {
-        if (model.grads_memory || stage == 0) return;
-        model.grads_memory = alloc_zero(padded);
-        model.grads = point_parameters(model.grads_memory, model.sizes);
+    // f(segment, first, n, k) for each run of this rank's shard: [first, first + n) of the unit layout, at k of
+    // the shard.
+    template <class F>
+    void for_my_shard(F f) const {
+        for (const Units::Unit& u : U.units) {
+            const size_t lo = u.at + comm.rank * u.s;
+            U.for_each_in(lo, lo + u.s, [&](const Units::Segment& g, size_t first, size_t n) {
+                f(g, first, n, u.shard_at + (first - lo));
+            });
+        }
     }
-    void release_full_buffers() {
-        if (mixed && model.params_X) Ops::release(model.params_X);
-        model.params_X = nullptr;
-        for (float** p : {&model.params_memory, &model.grads_memory})
-            if (*p) { Ops::release(*p); *p = nullptr; }
-        model.params = ParameterTensors<FloatX>{};
-        model.grads = ParameterTensors<float>{};
+    // This rank's shard of a buffer in the model's layout (the padding stays as it was: zero).
+    void to_shard(float* shard, const float* model_layout) {
+        for_my_shard([&](const Units::Segment& g, size_t first, size_t n, size_t k) {
+            Ops::copy(shard + k, model_layout + g.tensor_at + (first - g.unit_at), n * sizeof(float));
+        });
+    }
+    void refresh_full_X() {
+        if constexpr (mixed) convert(model.exec, param_full_X, static_cast<const float*>(param_full), padded);
+    }
+    // stage 3: unit u's weights from every rank's shard into g (and its bf16 copy)
+    void gather(int u, Gathered& g) {
+        const Units::Unit& unit = U.units[u];
+        const size_t n = comm.size * unit.s;
+        if (!g.fp32) {
+            g.fp32 = static_cast<float*>(Ops::alloc(n * sizeof(float)));
+            if constexpr (mixed) g.X = static_cast<FloatX*>(Ops::alloc(n * sizeof(FloatX)));
+        }
+        comm.all_gather(g.fp32, param_shard + unit.shard_at, unit.s, Ops::on_device);
+        if constexpr (mixed) convert(model.exec, g.X, static_cast<const float*>(g.fp32), unit.n);
+        g.unit = u;
+    }
+    void release_gathered(Gathered& g) {
+        for (void* p : {static_cast<void*>(g.fp32), static_cast<void*>(g.X)})
+            if (p) Ops::release(p);
+        g = Gathered{};
+    }
+    Slot& slot(int u) { return u == model.config.n_layer ? slots[2] : slots[u % 2]; }
+    // A slot's reduce-scatter, if one is in flight: waited for, and its sum added into this rank's shard.
+    void finish(Slot& k) {
+        if (k.unit < 0) return;
+        comm.wait(k.request);
+        const Units::Unit& unit = U.units[k.unit];
+        float* shard = grad_shard + unit.shard_at;
+        residual_forward(model.exec, shard, shard, k.sum, static_cast<int>(unit.s));
+        k.unit = -1;
+    }
+    void release_slot(Slot& k) {
+        for (float* p : {k.grads, k.sum})
+            if (p) Ops::release(p);
+        k.grads = k.sum = nullptr;
     }
 };

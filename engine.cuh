@@ -162,7 +162,7 @@ struct InferenceEngine {
                                    x};
         PagedAttention<FloatX> attention{c,      N,      max_len, positions, slots, tables, k_pool, v_pool,
                                          pool_elements() / c.n_layer, block_size, max_blocks};
-        for (int l = 0; l < c.n_layer; l++) block_forward(exec, c, p, l, a, N, attention);
+        for (int l = 0; l < c.n_layer; l++) block_forward(exec, c, layer_view(p, c, l), l, a, N, attention);
         // the classifier only for the rows that sample: gather them to the front of ln, then one matmul
         const int M = static_cast<int>(want.size());
         if (M == 0) return {};

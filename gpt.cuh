@@ -398,6 +398,16 @@ template <class X>
 X* layer_slice(X* base, int l, size_t per_layer) {
     return base ? base + static_cast<size_t>(l) * per_layer : nullptr;
 }
+// Layer l's weights (or gradients) of a parameter-layout buffer: the per-layer tensors LN1W..FCPROJB point at
+// their layer-l slices, the others are nullptr. block_forward/block_backward read p[QKVW] etc. through such a view,
+// so a layer's tensors may live anywhere (distributed.cuh gathers one layer at a time into a buffer of its own).
+template <class T>
+ParameterTensors<T> layer_view(const ParameterTensors<T>& p, const GPTConfig& c, int l) {
+    const std::array<size_t, NUM_PARAM_TENSORS> sizes = param_sizes(c);
+    ParameterTensors<T> v;
+    for (int i = LN1W; i <= FCPROJB; i++) v.t[i] = layer_slice(p[i], l, sizes[i] / c.n_layer);
+    return v;
+}
 
 // One block over N rows, as PyTorch writes it (GPT-2; Llama's differences are the section above):
 //   x = x + attn_proj(attention(qkv(norm_1(x))))
@@ -405,26 +415,24 @@ X* layer_slice(X* base, int l, size_t per_layer) {
 // `attention` is the one step training and inference do differently, so it is passed in: CausalAttention
 // (below: each sequence of a (B, T) batch, fused kernels) or engine.cuh's PagedAttention (each row against
 // its sequence's paged KV cache). It has rope(exec, qkv) (rotate q and k at the rows' positions) and
-// forward(exec, atty, lse, qkv, layer).
+// forward(exec, atty, lse, qkv, layer). p holds layer l's weights (layer_view), l picks the layer's KV cache.
 template <class T, class Attention>
 void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors<T>& p, int l,
                    const BlockActivations<T>& a, int N, Attention& attention) {
-    const int C = c.n_embd, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
-    const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
-                 FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
+    const int C = c.n_embd, QKVC = c.qkv_channels(), H = c.ffn_hidden;
     // x + attn(norm_1(x))
-    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, layer_slice(p[LN1W], l, C),
-                 layer_slice(p[LN1B], l, C), N);
-    matmul_forward(ex, a.qkv, a.ln1, layer_slice(p[QKVW], l, QKVCC), layer_slice(p[QKVB], l, QKVC), N, C, QKVC);
+    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, p[LN1W],
+                 p[LN1B], N);
+    matmul_forward(ex, a.qkv, a.ln1, p[QKVW], p[QKVB], N, C, QKVC);
     if (uses_rope(c)) attention.rope(ex, a.qkv);
     attention.forward(ex, a.atty, a.lse, a.qkv, l);
-    matmul_forward(ex, a.attproj, a.atty, layer_slice(p[ATTPROJW], l, CC), layer_slice(p[ATTPROJB], l, C), N, C, C);
+    matmul_forward(ex, a.attproj, a.atty, p[ATTPROJW], p[ATTPROJB], N, C, C);
     residual_forward(ex, a.residual2, a.residual, a.attproj, N * C);
     // x + mlp(norm_2(x))
-    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, layer_slice(p[LN2W], l, C),
-                 layer_slice(p[LN2B], l, C), N);
-    mlp_up_forward(ex, c, a.fch_act, a.fch, a.ln2, layer_slice(p[FCW], l, FC), layer_slice(p[FCB], l, F), N);
-    matmul_forward(ex, a.fcproj, a.fch_act, layer_slice(p[FCPROJW], l, CH), layer_slice(p[FCPROJB], l, C), N, H, C);
+    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p[LN2W],
+                 p[LN2B], N);
+    mlp_up_forward(ex, c, a.fch_act, a.fch, a.ln2, p[FCW], p[FCB], N);
+    matmul_forward(ex, a.fcproj, a.fch_act, p[FCPROJW], p[FCPROJB], N, H, C);
     residual_forward(ex, a.residual3, a.residual2, a.fcproj, N * C);
 }
 
@@ -462,40 +470,51 @@ struct BlockGradients {
     T* dfch_act;   // (N, H)
 };
 
-// The backward of block_forward (training only), in reverse order; parameter gradients accumulate into g.
+// The backward of block_forward (training only), in reverse order; parameter gradients accumulate into g
+// (the layer's, a layer_view as p is).
 template <class T, class Attention>
 void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors<T>& p, const ParameterTensors<float>& g,
-                    int l, const BlockActivations<T>& a, const BlockGradients<T>& d, int N,
-                    const Attention& attention) {
+                    const BlockActivations<T>& a, const BlockGradients<T>& d, int N, const Attention& attention) {
     const int C = c.n_embd, QKVC = c.qkv_channels(), F = c.fc_channels(), H = c.ffn_hidden;
-    const size_t CC = static_cast<size_t>(C) * C, QKVCC = static_cast<size_t>(QKVC) * C,
-                 FC = static_cast<size_t>(F) * C, CH = static_cast<size_t>(C) * H;
     auto zero = [&](T* x, size_t n) { zero_memory(ex, x, n * sizeof(T)); };
     // forward was: residual3 = residual2 + fcproj(fch_act); d.dresidual holds d residual3, which is also
     // d residual2 (the skip) and d fcproj (the branch)
     zero(d.dfch_act, static_cast<size_t>(N) * H);
-    matmul_backward(ex, d.dfch_act, layer_slice(g[FCPROJW], l, CH), layer_slice(g[FCPROJB], l, C), d.dresidual,
-                    a.fch_act, layer_slice(p[FCPROJW], l, CH), N, H, C);
+    matmul_backward(ex, d.dfch_act, g[FCPROJW], g[FCPROJB], d.dresidual,
+                    a.fch_act, p[FCPROJW], N, H, C);
     zero(d.dfch, static_cast<size_t>(N) * F);
     mlp_activation_backward(ex, c, d.dfch, a.fch, d.dfch_act, N);
     zero(d.dln, static_cast<size_t>(N) * C);
-    matmul_backward(ex, d.dln, layer_slice(g[FCW], l, FC), layer_slice(g[FCB], l, F), d.dfch, a.ln2,
-                    layer_slice(p[FCW], l, FC), N, C, F);
-    norm_backward(ex, c, d.dresidual, layer_slice(g[LN2W], l, C), layer_slice(g[LN2B], l, C), d.dln, a.residual2,
-                  layer_slice(p[LN2W], l, C), a.ln2_mean, a.ln2_rstd, N);
+    matmul_backward(ex, d.dln, g[FCW], g[FCB], d.dfch, a.ln2,
+                    p[FCW], N, C, F);
+    norm_backward(ex, c, d.dresidual, g[LN2W], g[LN2B], d.dln, a.residual2,
+                  p[LN2W], a.ln2_mean, a.ln2_rstd, N);
     // forward was: residual2 = residual + attproj(atty); d.dresidual now holds d residual2
     zero(d.datty, static_cast<size_t>(N) * C);
-    matmul_backward(ex, d.datty, layer_slice(g[ATTPROJW], l, CC), layer_slice(g[ATTPROJB], l, C), d.dresidual, a.atty,
-                    layer_slice(p[ATTPROJW], l, CC), N, C, C);
+    matmul_backward(ex, d.datty, g[ATTPROJW], g[ATTPROJB], d.dresidual, a.atty,
+                    p[ATTPROJW], N, C, C);
     zero(d.dqkv, static_cast<size_t>(N) * QKVC);
     attention.backward(ex, d.dqkv, d.datty, a.atty, a.lse, a.qkv);
     if (uses_rope(c)) attention.rope_backward(ex, d.dqkv);
     zero(d.dln, static_cast<size_t>(N) * C);
-    matmul_backward(ex, d.dln, layer_slice(g[QKVW], l, QKVCC), layer_slice(g[QKVB], l, QKVC), d.dqkv, a.ln1,
-                    layer_slice(p[QKVW], l, QKVCC), N, C, QKVC);
-    norm_backward(ex, c, d.dresidual, layer_slice(g[LN1W], l, C), layer_slice(g[LN1B], l, C), d.dln, a.residual,
-                  layer_slice(p[LN1W], l, C), a.ln1_mean, a.ln1_rstd, N);
+    matmul_backward(ex, d.dln, g[QKVW], g[QKVB], d.dqkv, a.ln1,
+                    p[QKVW], N, C, QKVC);
+    norm_backward(ex, c, d.dresidual, g[LN1W], g[LN1B], d.dln, a.residual,
+                  p[LN1W], a.ln1_mean, a.ln1_rstd, N);
 }
+
+// ----------------------------------------------------------------------------
+// Where the weights and gradients of each part of the model are while it runs. Unit l < L is layer l; unit L is the
+// rest (wte, wpe, lnf, lm_head). By default the model's own buffers; distributed.cuh's ZeRO stages set one that
+// gathers a unit's weights from the ranks' shards just before the unit runs and frees them after (stage 3), and
+// sends a unit's gradients to the other ranks as soon as its backward is done (overlapping the layers below).
+template <class FloatX>
+struct ParameterHome {
+    virtual ~ParameterHome() = default;
+    virtual ParameterTensors<FloatX> weights(int unit) = 0;   // before the unit's forward, and again its backward
+    virtual ParameterTensors<float> gradients(int unit) = 0;  // before its backward: where its gradients add up
+    virtual void done(int unit, bool backward) = 0;           // after its forward or its backward
+};
 
 // ----------------------------------------------------------------------------
 // The model, in element type FloatX: float, or __nv_bfloat16 for mixed-precision training (the kernels only).
@@ -520,6 +539,7 @@ struct GPT {
     float* v_memory = nullptr;        // (num_parameters) AdamW second moment
     ParameterTensors<FloatX> params;  // into params_X
     ParameterTensors<float> grads;    // into grads_memory
+    ParameterHome<FloatX>* home = nullptr;  // data parallel (distributed.cuh); null: the buffers above
     // Activations for up to (max_B, max_T).
     int max_B = 0, max_T = 0;
     std::array<size_t, NUM_ACT_TENSORS> act_sizes{};
@@ -675,13 +695,17 @@ struct GPT {
                 throw std::runtime_error("token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
                                          " is outside the vocabulary [0, " + std::to_string(V) + ")");
         Ops::to_backend(inputs, tokens, N * sizeof(int));
-        const ParameterTensors<FloatX>& p = params;
-        encoder_forward(exec, act(ENCODED), inputs, p[WTE], p[WPE], B, T, C);
+        const ParameterTensors<FloatX> top = weights(L);  // wte, wpe, lnf, lm_head
+        encoder_forward(exec, act(ENCODED), inputs, top[WTE], top[WPE], B, T, C);
         CausalAttention attention{c, B, T};
-        for (int l = 0; l < L; l++) block_forward(exec, c, p, l, layer_activations(l), N, attention);
+        for (int l = 0; l < L; l++) {
+            block_forward(exec, c, weights(l), l, layer_activations(l), N, attention);
+            done(l, false);
+        }
         FloatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
-        norm_forward(exec, c, act(LNF), act<float>(LNF_MEAN), act<float>(LNF_RSTD), last, p[LNFW], p[LNFB], N);
-        matmul_forward(exec, act(LOGITS), act(LNF), c.tied_embeddings ? p[WTE] : p[LMHEAD], nullptr, N, C, Vp);
+        norm_forward(exec, c, act(LNF), act<float>(LNF_MEAN), act<float>(LNF_RSTD), last, top[LNFW], top[LNFB], N);
+        matmul_forward(exec, act(LOGITS), act(LNF), c.tied_embeddings ? top[WTE] : top[LMHEAD], nullptr, N, C, Vp);
+        done(L, false);
         if (!target_tokens) return -1.0f;
         int valid = 0;
         for (int i = 0; i < N; i++) {
@@ -715,11 +739,11 @@ struct GPT {
     // Backward of the last forward (which must have had targets and dloss > 0). Gradients accumulate
     // into grads_memory, so micro-batches add up; call zero_grad() once per optimizer step.
     void backward() {
-        if (!grads_memory) zero_grad();
+        if (!home && !grads_memory) zero_grad();
         const GPTConfig& c = config;
         const int N = B * T, C = c.n_embd, L = c.n_layer, Vp = c.padded_vocab_size;
-        const ParameterTensors<FloatX>& p = params;
-        const ParameterTensors<float>& g = grads;
+        const ParameterTensors<FloatX> p = weights(L);  // wte, wpe, lnf, lm_head and their gradients
+        const ParameterTensors<float> g = gradients(L);
         // d(loss)/d(residual stream) in dresidual, carried down through the layers
         BlockGradients<FloatX> d{act(DRESIDUAL), act(DLN), act(DQKV), act(DATTY), act(DFCH), act(DFCH_ACT)};
         // logits = lnf · wteᵀ: the classifier left dlogits in place
@@ -731,8 +755,26 @@ struct GPT {
         norm_backward(exec, c, d.dresidual, g[LNFW], g[LNFB], d.dln, last, p[LNFW], act<float>(LNF_MEAN),
                       act<float>(LNF_RSTD), N);
         CausalAttention attention{c, B, T};
-        for (int l = L - 1; l >= 0; l--) block_backward(exec, c, p, g, l, layer_activations(l), d, N, attention);
+        for (int l = L - 1; l >= 0; l--) {
+            const ParameterTensors<FloatX> pl = weights(l);
+            block_backward(exec, c, pl, gradients(l), layer_activations(l), d, N, attention);
+            done(l, true);
+        }
         encoder_backward(exec, g[WTE], g[WPE], d.dresidual, inputs, B, T, C);
+        done(L, true);
+    }
+
+    // Unit u's weights and gradients (ParameterHome): layer u < L, or the rest (u = L); done() after it ran.
+    ParameterTensors<FloatX> weights(int u) {
+        if (home) return home->weights(u);
+        return u < config.n_layer ? layer_view(params, config, u) : params;
+    }
+    ParameterTensors<float> gradients(int u) {
+        if (home) return home->gradients(u);
+        return u < config.n_layer ? layer_view(grads, config, u) : grads;
+    }
+    void done(int u, bool backward) {
+        if (home) home->done(u, backward);
     }
 
     // AdamW's moments start at zero; a resumed run overwrites them with the checkpoint's.

@@ -530,8 +530,6 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
     double ms_sum = 0;
     int timed_steps = 0;
     for (int step = start_step; step < o.max_steps; step++) {
-        double comm_seconds = comm.seconds, comm_bytes = comm.sent.total();  // this step's communication
-        dp.ensure_params();  // ZeRO-3 gathers the parameters before anything runs the model
         if (o.val_every > 0 && step % o.val_every == 0) {
             double v = val_loss();
             std::printf("step %5d | val loss %.4f\n", step, v);
@@ -543,17 +541,18 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
         if (o.sample_every > 0 && step > 0 && step % o.sample_every == 0) print_sample(step);
 
         Timer step_timer;
+        double comm_seconds = comm.seconds, comm_bytes = comm.sent.total();  // this step's communication
         // ---- data parallel: rank r takes micro-batches r, r+N, ... of the one-rank order; the loss is
         // scaled by the global token count, so the gradients summed over ranks are the one-rank gradients
         dp.begin_step();
         double loss = 0;
-        for (int micro = 0; micro < micro_steps / comm.size; micro++) {
+        for (int micro = 0, count = micro_steps / comm.size; micro < count; micro++) {
             for (int r = 0; r < comm.size; r++)
                 if (r == comm.rank) train_data.next(x, y);
                 else train_data.next(skipped_x, skipped_y);
+            dp.begin_micro_batch(micro == count - 1);  // stages 0-1 send gradients in the last one's backward
             loss += model.forward(x.data(), y.data(), o.batch_size, o.seq_len, 1.0f / static_cast<float>(accum_tokens));
             model.backward();
-            dp.after_backward();
         }
         dp.finish_gradients();
         loss = comm.sum(loss) / micro_steps;
@@ -597,7 +596,6 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
                 << std::flush;
         if (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0 && step + 1 < o.max_steps) save(step + 1);
     }
-    dp.ensure_params();
     if (o.max_steps > start_step) {
         double v = val_loss();
         std::printf("step %5d | val loss %.4f | %s total\n", o.max_steps, v,

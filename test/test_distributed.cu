@@ -26,7 +26,7 @@ static CommandResult train(int ranks, const std::string& args, const std::string
                        args);
 }
 
-// Random-token shards and the tiny GPT-2 of test_train (1 layer, C 16: 0.8M parameters), 4 micro-batches of
+// Random-token shards and a tiny GPT-2 (2 layers, C 16: 0.8M parameters, most of them wte), 4 micro-batches of
 // B·T = 16 per step, so 2 ranks take 2 micro-batches each and 4 ranks one.
 struct Workspace {
     std::string dir;
@@ -44,7 +44,7 @@ struct Workspace {
     }
     ~Workspace() { fs::remove_all(dir); }
     std::string args(const std::string& out, int max_steps, int zero_stage, const std::string& device = "cpu") const {
-        return "--model '{\"arch\":\"gpt2\",\"n_layer\":1,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device " +
+        return "--model '{\"arch\":\"gpt2\",\"n_layer\":2,\"n_head\":2,\"n_embd\":16,\"max_seq_len\":16}' --device " +
                device +
                " --batch-size 2 --seq-len 8 --grad-accum-tokens 64 --val-every 3 --val-batches 1 --sample-every 0"
                " --sample-tokens 2 --warmup-steps 2 --min-lr-fraction 1 --checkpoint-every 4 --zero-stage " +
@@ -117,17 +117,19 @@ TEST_CASE("N ranks train the model one rank trains, at every ZeRO stage; the byt
                                        4 * psi_mib + 12 * psi_mib / ranks, 16 * psi_mib / ranks};
             CHECK(std::fabs(formula - expected[stage]) <= 0.01);
             CHECK(std::fabs(kept - formula) <= 0.01 + 1e-3 * formula);
-            // bytes per step: S = ceil(Ψ/N) rounded up to 64 floats; A = 4/N micro-batches per rank
-            const double N = ranks, S = double(((P + ranks - 1) / ranks + 63) / 64 * 64), A = 4 / ranks;
+            // bytes per step. The units: each layer (12C² + 13C parameters) and the rest (wte, wpe, lnf), each
+            // split in N shards of ceil(n/N) rounded up to 64 floats; S is one rank's shard of all three.
+            // A = 4/N micro-batches per rank; stage 3 gathers every unit for each forward and each backward.
+            const size_t C = 16, layer = 12 * C * C + 13 * C, rest = P - 2 * layer;
+            auto shard = [&](size_t n) { return double(((n + ranks - 1) / ranks + 63) / 64 * 64); };
+            const double N = ranks, S = 2 * shard(layer) + shard(rest), A = 4 / ranks;
             const double part = (N - 1) * 4 * S;
-            const double per_step[] = {2 * (N - 1) / N * 4 * P, 2 * part, (A + 1) * part, (A + 1) * part};
+            const double per_step[] = {2 * (N - 1) / N * 4 * P, 2 * part, (A + 1) * part, 3 * A * part};
             std::vector<double> bytes = w.logged(out, "comm_bytes");
             REQUIRE(bytes.size() == 6);
             for (int step = 1; step <= 6; step++) {
                 CAPTURE(step);
-                // stage 3: the checkpoint after step 4 gathered the parameters, so step 5 uses them without a gather
-                double expected_bytes = per_step[stage] - (stage == 3 && step == 5 ? (N - 1) * 4 * S : 0);
-                CHECK(bytes[step - 1] == doctest::Approx(expected_bytes).epsilon(1e-9));
+                CHECK(bytes[step - 1] == doctest::Approx(per_step[stage]).epsilon(1e-9));
             }
         }
 }
