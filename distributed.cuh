@@ -4,21 +4,24 @@
 //   mpirun -np N ./train_gpt_cpu --zero-stage S ...     N processes on this machine (CPU build: MPI)
 //   mpirun -np G ./train_gpt --zero-stage S ...         one process per GPU (GPU build: NCCL, ids over MPI)
 //
-// Comm: all-reduce, reduce-scatter, all-gather, broadcast and barrier on one contiguous float buffer. Host memory
+// Comm: all-reduce, reduce-scatter and all-gather (each started, then waited for, so that it can overlap the
+// kernels in between), broadcast and barrier on one contiguous float buffer. Host memory
 // (the CPU build, and --device cpu in any build) goes through MPI; GPU memory in the GPU build through NCCL,
 // whose unique id rank 0 makes and broadcasts over MPI. A program started without mpirun is rank 0 of 1 and
 // never calls MPI. Errors are fatal: MPI_ERRORS_ARE_FATAL, NCCL errors abort, and the programs call
 // Comm::abort on any exception, so a rank that fails ends the job instead of leaving the others in a collective.
 //
-// DataParallel<Ops>: with Ψ parameters split in N shards of S = ceil(Ψ/N) (rounded up to 64 floats, so shards
-// start 256-byte aligned; the buffers that are gathered or scattered whole are padded to N·S with zeros):
-//   stage 0 (DDP):  every rank holds everything; gradients all-reduced in buckets after the last micro-batch
-//   stage 1:        AdamW's m, v sharded; gradients reduce-scattered after the last micro-batch, AdamW on this
-//                   rank's shard, parameters all-gathered
-//   stage 2:        gradients sharded too: reduce-scattered after every micro-batch's backward into the shard's
-//                   accumulator (the full gradient buffer is the scratch of one backward)
-//   stage 3:        parameters sharded too: all-gathered whole before a step's first forward, freed with the full
-//                   gradient buffer after its last backward (whole model at a time, not per layer)
+// DataParallel<Ops, FloatX>: the model's parameters cut in units (each layer, and the rest: wte, wpe, lnf,
+// lm_head), each unit split in N shards (Units). The model asks it for each unit's weights and gradients as it
+// runs (gpt.cuh's ParameterHome), so it can gather and send them unit by unit:
+//   stage 0 (DDP):  every rank holds everything; each unit's gradients all-reduced as soon as its backward in the
+//                   step's last micro-batch is done, while the layers below compute (NCCL: a second stream)
+//   stage 1:        AdamW's m, v sharded; each unit's gradients reduce-scattered likewise, AdamW on this rank's
+//                   shard, parameters all-gathered
+//   stage 2:        gradients sharded too: each unit's reduce-scattered after its backward in every micro-batch
+//                   and added into the shard's accumulator; no rank ever holds the whole gradient
+//   stage 3:        parameters sharded too (FSDP): a unit all-gathered just before its forward, freed after it,
+//                   gathered again before its backward, the next layer's gather running while a layer computes
 // Rank r of N takes micro-batches r, r+N, r+2N, ... of the one-rank order (train_gpt.cu), and every rank scales
 // its loss by 1/(global tokens per step), so the summed gradient is the one-rank gradient.
 #pragma once
@@ -367,13 +370,16 @@ struct DataParallel : ParameterHome<FloatX> {
     float* param_full = nullptr;      // (padded) stages 1–2: the fp32 master weights, unit layout
     FloatX* param_full_X = nullptr;   // (padded) stages 1–2 in bf16: the copy the ops read
     float* param_shard = nullptr;     // (S) stage 3: the shard's master weights
-    // stage 3: the weights of the unit that runs now: [0] a layer (one buffer, reused), [1] the rest unit
-    // (allocated while it runs: from the step's first forward to the end of the forward, and again in the backward)
+    // stage 3: gathered weights. [0], [1]: the layers in turn (layer l runs from one while the next layer's gather
+    // fills the other: l + 1 in the forward, l − 1 in the backward); [2]: the rest unit, allocated while it runs
+    // (the whole forward, and the whole backward)
     struct Gathered {
         float* fp32 = nullptr;  // (N·s)
         FloatX* X = nullptr;    // (N·s) the bf16 copy, in bf16
-        int unit = -1;
-    } gathered[2];
+        int unit = -1;          // the unit gathered or being gathered into it, or -1
+        bool ready = false;     // the gather is finished (and converted)
+        Comm::Request request;
+    } gathered[3];
     // stages 2–3: a unit's gradients, from its backward until its reduce-scatter is summed into grad_shard. [0], [1]:
     // the layers in turn (the reduce-scatter of layer l runs during the backward of layer l − 1); [2]: the rest
     // unit (allocated while the backward runs).
@@ -442,14 +448,16 @@ struct DataParallel : ParameterHome<FloatX> {
     }
 
     // ---- ParameterHome: the model asks for unit u's weights and gradients as it runs (gpt.cuh)
-    ParameterTensors<FloatX> weights(int u) override {
+    ParameterTensors<FloatX> weights(int u, int next) override {
         if (stage == 0) return u < model.config.n_layer ? layer_view(model.params, model.config, u) : model.params;
         if (stage <= 2) {
             if constexpr (mixed) return U.view(param_full_X + U.units[u].at, u);
             else return U.view(param_full + U.units[u].at, u);
         }
-        Gathered& g = gathered[u == model.config.n_layer];
-        if (g.unit != u) gather(u, g);
+        Gathered& g = buffer(u);
+        if (g.unit != u) start_gather(u, g);
+        finish_gather(g);
+        if (next >= 0 && buffer(next).unit != next) start_gather(next, buffer(next));  // prefetch: FSDP's overlap
         if constexpr (mixed) return U.view(g.X, u);
         else return U.view(g.fp32, u);
     }
@@ -471,7 +479,7 @@ struct DataParallel : ParameterHome<FloatX> {
     void done(int u, bool backward) override {
         const Units::Unit& unit = U.units[u];
         if (stage == 3) {
-            Gathered& g = gathered[u == model.config.n_layer];
+            Gathered& g = buffer(u);
             g.unit = -1;
             if (u == model.config.n_layer) release_gathered(g);
         }
@@ -572,7 +580,7 @@ struct DataParallel : ParameterHome<FloatX> {
         const Units::Unit &layer = U.units[0], &rest = U.units.back();
         const double N = comm.size, layer_full = N * layer.s, rest_full = N * rest.s;
         m.params = stage == 0 ? (4 + x) * P : stage <= 2 ? (4 + x) * padded : 4.0 * S;
-        m.transient_params = stage == 3 ? (4 + x) * (layer_full + rest_full) : 0;
+        m.transient_params = stage == 3 ? (4 + x) * (2 * layer_full + rest_full) : 0;
         m.grads = stage <= 1 ? 4.0 * padded : 4.0 * S;
         m.transient_grads = stage >= 2 ? 4.0 * (2 * layer_full + rest_full) : 0;
         m.optimizer = stage == 0 ? 8.0 * P : 8.0 * S;
@@ -618,7 +626,7 @@ struct DataParallel : ParameterHome<FloatX> {
                         ", Ψ = " + std::to_string(P) + " fp32 parameters, shard " + std::to_string(S) + ")\n";
         s += "  parameters " + mib(m.params) +
              (m.transient_params ? " (+ at most " + mib(m.transient_params) +
-                                       " gathered while they run: one layer, and wte/wpe/lnf/lm_head)"
+                                       " gathered while they run: two layers, and wte/wpe/lnf/lm_head)"
                                  : "") +
              (mixed ? " (incl. the bf16 weight copy the ops read: the formula counts fp32 state only)" : "") + "\n";
         s += "  gradients  " + mib(m.grads) +
@@ -660,19 +668,29 @@ struct DataParallel : ParameterHome<FloatX> {
     void refresh_full_X() {
         if constexpr (mixed) convert(model.exec, param_full_X, static_cast<const float*>(param_full), padded);
     }
-    // stage 3: unit u's weights from every rank's shard into g (and its bf16 copy)
-    void gather(int u, Gathered& g) {
+    // stage 3: unit u's weights from every rank's shard into g: started, then finished (and converted to bf16)
+    Gathered& buffer(int u) { return gathered[u == model.config.n_layer ? 2 : u % 2]; }
+    void start_gather(int u, Gathered& g) {
         const Units::Unit& unit = U.units[u];
         const size_t n = comm.size * unit.s;
         if (!g.fp32) {
             g.fp32 = static_cast<float*>(Ops::alloc(n * sizeof(float)));
             if constexpr (mixed) g.X = static_cast<FloatX*>(Ops::alloc(n * sizeof(FloatX)));
         }
-        comm.all_gather(g.fp32, param_shard + unit.shard_at, unit.s, Ops::on_device);
-        if constexpr (mixed) convert(model.exec, g.X, static_cast<const float*>(g.fp32), unit.n);
+        comm.wait(g.request);  // a gather into g never consumed (none in a normal step)
+        g.request = comm.start_all_gather(g.fp32, param_shard + unit.shard_at, unit.s, Ops::on_device,
+                                          model.exec.stream);
         g.unit = u;
+        g.ready = false;
+    }
+    void finish_gather(Gathered& g) {
+        if (g.ready) return;
+        comm.wait(g.request);
+        if constexpr (mixed) convert(model.exec, g.X, static_cast<const float*>(g.fp32), U.units[g.unit].n);
+        g.ready = true;
     }
     void release_gathered(Gathered& g) {
+        comm.wait(g.request);
         for (void* p : {static_cast<void*>(g.fp32), static_cast<void*>(g.X)})
             if (p) Ops::release(p);
         g = Gathered{};
@@ -688,8 +706,8 @@ struct DataParallel : ParameterHome<FloatX> {
         k.unit = -1;
     }
     void release_slot(Slot& k) {
-        for (float* p : {k.grads, k.sum})
-            if (p) Ops::release(p);
+        if (k.grads) Ops::release(k.grads);
+        if (k.sum) Ops::release(k.sum);
         k.grads = k.sum = nullptr;
     }
 };

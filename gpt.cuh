@@ -511,7 +511,9 @@ void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors<T
 template <class FloatX>
 struct ParameterHome {
     virtual ~ParameterHome() = default;
-    virtual ParameterTensors<FloatX> weights(int unit) = 0;   // before the unit's forward, and again its backward
+    // before the unit's forward, and again before its backward; `next`: the unit the model asks for after this
+    // one (-1: none), which may be fetched meanwhile
+    virtual ParameterTensors<FloatX> weights(int unit, int next) = 0;
     virtual ParameterTensors<float> gradients(int unit) = 0;  // before its backward: where its gradients add up
     virtual void done(int unit, bool backward) = 0;           // after its forward or its backward
 };
@@ -695,11 +697,11 @@ struct GPT {
                 throw std::runtime_error("token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
                                          " is outside the vocabulary [0, " + std::to_string(V) + ")");
         Ops::to_backend(inputs, tokens, N * sizeof(int));
-        const ParameterTensors<FloatX> top = weights(L);  // wte, wpe, lnf, lm_head
+        const ParameterTensors<FloatX> top = weights(L, 0);  // wte, wpe, lnf, lm_head
         encoder_forward(exec, act(ENCODED), inputs, top[WTE], top[WPE], B, T, C);
         CausalAttention attention{c, B, T};
         for (int l = 0; l < L; l++) {
-            block_forward(exec, c, weights(l), l, layer_activations(l), N, attention);
+            block_forward(exec, c, weights(l, l + 1 < L ? l + 1 : -1), l, layer_activations(l), N, attention);
             done(l, false);
         }
         FloatX* last = act(RESIDUAL3) + static_cast<size_t>(L - 1) * N * C;
@@ -742,7 +744,7 @@ struct GPT {
         if (!home && !grads_memory) zero_grad();
         const GPTConfig& c = config;
         const int N = B * T, C = c.n_embd, L = c.n_layer, Vp = c.padded_vocab_size;
-        const ParameterTensors<FloatX> p = weights(L);  // wte, wpe, lnf, lm_head and their gradients
+        const ParameterTensors<FloatX> p = weights(L, L - 1);  // wte, wpe, lnf, lm_head and their gradients
         const ParameterTensors<float> g = gradients(L);
         // d(loss)/d(residual stream) in dresidual, carried down through the layers
         BlockGradients<FloatX> d{act(DRESIDUAL), act(DLN), act(DQKV), act(DATTY), act(DFCH), act(DFCH_ACT)};
@@ -756,7 +758,7 @@ struct GPT {
                       act<float>(LNF_RSTD), N);
         CausalAttention attention{c, B, T};
         for (int l = L - 1; l >= 0; l--) {
-            const ParameterTensors<FloatX> pl = weights(l);
+            const ParameterTensors<FloatX> pl = weights(l, l - 1);
             block_backward(exec, c, pl, gradients(l), layer_activations(l), d, N, attention);
             done(l, true);
         }
@@ -765,8 +767,8 @@ struct GPT {
     }
 
     // Unit u's weights and gradients (ParameterHome): layer u < L, or the rest (u = L); done() after it ran.
-    ParameterTensors<FloatX> weights(int u) {
-        if (home) return home->weights(u);
+    ParameterTensors<FloatX> weights(int u, int next) {
+        if (home) return home->weights(u, next);
         return u < config.n_layer ? layer_view(params, config, u) : params;
     }
     ParameterTensors<float> gradients(int u) {

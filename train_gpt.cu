@@ -589,6 +589,7 @@ static int train(const TrainOptions& o, const std::string& device_name, Comm& co
             log << json{{"step", step + 1},
                         {"comm_ms", 1000 * (comm.seconds - comm_seconds)},
                         {"comm_bytes", comm.sent.total() - comm_bytes},
+                        {"formula_bytes", dp.formula_step_bytes(micro_steps / comm.size)},
                         {"zero_stage", o.zero_stage},
                         {"ranks", comm.size}}
                        .dump()

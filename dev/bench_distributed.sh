@@ -35,15 +35,14 @@ for N in $RANKS; do
       --sample-tokens 1 --checkpoint-every 0 --zero-stage "$STAGE" --out-dir "$OUT" $EXTRA > "$OUT.txt" 2>&1 ||
       { cat "$OUT.txt" >&2; exit 1; }
     P=$(sed -nE 's/.*, ([0-9]+) parameters \(.*/\1/p' "$OUT.txt" | head -1)
-    # S = ceil(P/N) rounded up to 64 floats; A = micro-batches per rank (4 / N)
+    # the formula is train_gpt's own (DataParallel::formula_step_bytes), logged beside what Comm counted
     python3 - "$OUT/log.jsonl" "$P" "$N" "$STAGE" <<'PY'
 import json, statistics, sys
 log, P, N, stage = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 rows = [json.loads(l) for l in open(log)]
 ms = [r["ms"] for r in rows if "ms" in r][1:]
 comm = [r for r in rows if "comm_bytes" in r][1:]
-S = ((P + N - 1) // N + 63) // 64 * 64; A = 4 // N; part = (N - 1) * 4 * S
-formula = [2 * (N - 1) / N * 4 * P, 2 * part, (A + 1) * part, (A + 1) * part][stage]
+formula = statistics.median(r["formula_bytes"] for r in comm)
 sent = statistics.median(r["comm_bytes"] for r in comm)
 step, cms = statistics.median(ms), statistics.median(r["comm_ms"] for r in comm)
 print(f"{stage:<6} {N:<6} {P:<12} {sent:<16.0f} {formula:<16.0f} {step:<10.1f} {cms:<10.1f} {step - cms:<10.1f}")

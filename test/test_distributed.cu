@@ -66,8 +66,8 @@ struct Workspace {
 
 // fp32 summation order: N ranks add the same per-micro-batch gradients in another order than one rank (each rank
 // sums its own micro-batches, then the ranks are summed), and the global norm is a sum of shard norms. Over 6
-// AdamW steps the losses differ by at most 2.2e-8 relative, the parameters by 7.6e-8 and AdamW's moments by
-// 3.2e-7 (‖Δ‖/‖ref‖ over the whole tensor; measured 2026-11-29, CPU build, every case of this file): 1e-6 and
+// AdamW steps the losses differ by at most 2.2e-8 relative, the parameters by 1.1e-7 and AdamW's moments by
+// 4.9e-7 (‖Δ‖/‖ref‖ over the whole tensor; measured 2026-11-30, CPU build, every case of this file): 1e-6 and
 // 1e-5 leave room and still fail on a lost or doubled micro-batch, which moves the loss by ~1e-3.
 constexpr double loss_tolerance = 1e-6, state_tolerance = 1e-5;
 
@@ -134,12 +134,12 @@ TEST_CASE("N ranks train the model one rank trains, at every ZeRO stage; the byt
         }
 }
 
-TEST_CASE("the kernel path (--device cuda) trains on 2 ranks what it trains on one, at ZeRO stages 0 and 3") {
+TEST_CASE("the kernel path (--device cuda) trains on 2 ranks what it trains on one, at every ZeRO stage") {
     Workspace w("kernels");
     CommandResult one = train(0, w.args("one", 3, 0, "cuda"));
     INFO(one.output);
     REQUIRE(one.exit_code == 0);
-    for (int stage : {0, 3}) {
+    for (int stage = 0; stage <= 3; stage++) {
         CAPTURE(stage);
         std::string out = "stage" + std::to_string(stage);
         CommandResult r = train(2, w.args(out, 3, stage, "cuda"));
