@@ -67,7 +67,8 @@ std::vector<Run> cudarun_all(const std::vector<std::string>& runs) {
 TEST_CASE("cudarun: the example corpus (runtime API, cuBLASLt, graphs, cg, intrinsics, libcu++) pass") {
     std::vector<std::string> runs;
     for (const char* example : {"device_query", "cublaslt_bias", "graphs", "zero_copy", "occupancy", "intrinsics",
-                                "launch_forms", "cg_groups", "barrier_pipeline", "wmma_gemm", "device_heap"})
+                                "launch_forms", "cg_groups", "barrier_pipeline", "wmma_gemm", "device_heap",
+                                "graph_conditional"})
         runs.push_back(std::string("dev/examples/") + example + ".cu");
     runs.push_back("--order reverse --threads 1 dev/examples/cg_groups.cu");
     runs.push_back("--order random --threads 3 dev/examples/barrier_pipeline.cu");
