@@ -594,6 +594,9 @@ cudaError_t cudaGetDeviceFlags(unsigned* flags) {
 cudaError_t cudaDeviceSetLimit(cudaLimit limit, size_t value) {
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     if (!cudasim::g_limits.count(limit)) return fail(cudaErrorUnsupportedLimit, "cudaDeviceSetLimit: limit %d", limit);
+    if (limit == cudaLimitMallocHeapSize && !cudasim::check::set_device_heap_size(value))
+        return fail(cudaErrorInvalidValue, "cudaDeviceSetLimit(cudaLimitMallocHeapSize): a kernel has already "
+                    "allocated from the device heap (malloc or new); set its size before the first such kernel");
     // "The driver is free to modify the requested value to meet h/w requirements (this could be clamping ...)":
     // the L2 set-aside is at most persistingL2CacheMaxSize, as cudaDeviceGetLimit then says
     if (limit == cudaLimitPersistingL2CacheSize)
