@@ -418,6 +418,12 @@ static std::mutex g_heap_mutex;
 static std::map<uintptr_t, size_t>& g_device_heap = *new std::map<uintptr_t, size_t>;
 static std::atomic<size_t> g_device_heap_blocks{0};     // g_device_heap.size(), read without the lock
 static thread_local bool t_heap_busy = false;           // the table's own nodes are not device allocations
+// Nor are the checker's own while a kernel runs (race shadows, its tables, reports): host memory, uncounted.
+struct OwnAllocations {
+    bool was = t_heap_busy;
+    OwnAllocations() { t_heap_busy = true; }
+    ~OwnAllocations() { t_heap_busy = was; }
+};
 static bool g_heap_started = false;                    // a kernel has allocated: the limit is fixed
 static size_t g_heap_limit = 8 << 20, g_heap_in_use = 0;  // bytes (the limit's default is CUDA's, as g_limits')
 bool set_device_heap_size(size_t bytes) {
@@ -462,6 +468,7 @@ static inline void access(const void* p, size_t size, bool store, const void* pc
 }
 
 static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
+    OwnAllocations own;
     State& s = t_state;
     Worker& w = *this_worker;
     char* c = reinterpret_cast<char*>(a);
@@ -564,6 +571,7 @@ void atomic_access(const void* p, size_t bytes) {
 }
 
 void* shared_variable_at(void* p, size_t bytes, const char* name) {
+    OwnAllocations own;
     Worker* w = this_worker;
     if (!w || !w->config) fatal("a __shared__ variable (`%s`) was declared outside a kernel", name);
     State& s = t_state;
