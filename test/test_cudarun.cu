@@ -230,6 +230,14 @@ TEST_CASE("broken kernel: a read of a device-heap block after its free is out of
     CHECK(contains(r.output, "broken_use_after_free.cu:21"));
 }
 
+TEST_CASE("broken graph: a conditional node whose handle nothing set (and has no default) aborts") {
+    Run r = cudarun("dev/examples/broken_conditional_handle.cu");
+    INFO(r.output);
+    CHECK(r.status == 128 + 6);
+    CHECK(contains(r.output, "which has no default (cudaGraphCondAssignDefault) and which no kernel has set "
+                             "(cudaGraphSetConditional) since its graph's run began"));
+}
+
 TEST_CASE("broken kernel: static + dynamic shared memory over 48 KB without the opt-in is refused") {
     Run r = cudarun("dev/examples/broken_shared_limit.cu");
     INFO(r.output);
