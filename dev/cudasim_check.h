@@ -66,6 +66,8 @@ void on_warp_sync(unsigned warp);                      // a warp collective comp
 size_t static_shared_bytes(const void* kernel);        // static __shared__ bytes seen for this kernel so far
 void on_launch(const LaunchConfig& config);            // a grid starts; CUDASIM_LAUNCH_LOG=FILE: its block size
 void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaFreeHost
+// cudaDeviceSetLimit(cudaLimitMallocHeapSize): false once a kernel has allocated (malloc, new), as on a GPU
+bool set_device_heap_size(size_t bytes);
 
 }  // namespace check
 }  // namespace cudasim
@@ -100,6 +102,9 @@ void on_malloc_host(void* p, size_t bytes, bool add);  // cudaMallocHost / cudaF
 #include <set>
 
 extern "C" char __executable_start[], _end[];  // the program's image: code, constants, static data
+extern "C" void* __libc_malloc(size_t bytes);  // glibc's own malloc, calloc and free (ours wrap them, below)
+extern "C" void* __libc_calloc(size_t n, size_t size);
+extern "C" void __libc_free(void* p);
 
 namespace cudasim::check {
 
@@ -403,14 +408,46 @@ static bool in_allocation_table(std::map<uintptr_t, size_t>& table, uintptr_t a,
     return true;
 }
 
-// `new` in device code takes the GPU's device heap, which every later kernel may use (until `delete`); here it is
-// the C++ heap, so what a kernel thread allocates is recorded (operator new below, while the checks are on) and
-// accepted like a cudaMalloc allocation. Not cached: a kernel may delete it while the grid runs.
+// `malloc` and `new` in device code take the GPU's device heap (cudaLimitMallocHeapSize bytes, 8 MB unless set
+// before the first kernel that allocates), which every later kernel may use until `free`/`delete`; here it is the
+// C heap, so what a kernel thread allocates is recorded (malloc below, while the checks are on), counted against
+// the limit (malloc returns NULL past it, as on a GPU) and accepted like a cudaMalloc allocation. Not cached: a
+// kernel may free it while the grid runs, and from then on an access is out of bounds.
 static std::mutex g_heap_mutex;
-// start -> bytes; never destroyed: operator delete reads it while other static objects are destroyed at exit
+// start -> bytes; never destroyed: free reads it while other static objects are destroyed at exit
 static std::map<uintptr_t, size_t>& g_device_heap = *new std::map<uintptr_t, size_t>;
 static std::atomic<size_t> g_device_heap_blocks{0};     // g_device_heap.size(), read without the lock
 static thread_local bool t_heap_busy = false;           // the table's own nodes are not device allocations
+// Nor are the checker's own while a kernel runs (race shadows, its tables, reports): host memory, uncounted.
+struct OwnAllocations {
+    bool was = t_heap_busy;
+    OwnAllocations() { t_heap_busy = true; }
+    ~OwnAllocations() { t_heap_busy = was; }
+};
+static bool g_heap_started = false;                    // a kernel has allocated: the limit is fixed
+static size_t g_heap_limit = 8 << 20, g_heap_in_use = 0;  // bytes (the limit's default is CUDA's, as g_limits')
+bool set_device_heap_size(size_t bytes) {
+    std::lock_guard<std::mutex> lock(g_heap_mutex);
+    if (g_heap_started) return false;
+    g_heap_limit = bytes;
+    return true;
+}
+// A kernel's allocation: NULL once the heap is exhausted.
+[[maybe_unused]] static void* device_malloc(size_t bytes) {  // unused under AddressSanitizer
+    void* p = nullptr;
+    t_heap_busy = true;
+    {
+        std::lock_guard<std::mutex> lock(g_heap_mutex);
+        g_heap_started = true;
+        if (bytes <= g_heap_limit - g_heap_in_use && (p = __libc_malloc(bytes ? bytes : 1))) {
+            g_device_heap[reinterpret_cast<uintptr_t>(p)] = bytes;
+            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
+            g_heap_in_use += bytes;
+        }
+    }
+    t_heap_busy = false;
+    return p;
+}
 static bool in_device_heap(uintptr_t a, size_t size) {
     if (g_device_heap_blocks.load(std::memory_order_relaxed) == 0) return false;
     std::lock_guard<std::mutex> lock(g_heap_mutex);
@@ -431,6 +468,7 @@ static inline void access(const void* p, size_t size, bool store, const void* pc
 }
 
 static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
+    OwnAllocations own;
     State& s = t_state;
     Worker& w = *this_worker;
     char* c = reinterpret_cast<char*>(a);
@@ -533,6 +571,7 @@ void atomic_access(const void* p, size_t bytes) {
 }
 
 void* shared_variable_at(void* p, size_t bytes, const char* name) {
+    OwnAllocations own;
     Worker* w = this_worker;
     if (!w || !w->config) fatal("a __shared__ variable (`%s`) was declared outside a kernel", name);
     State& s = t_state;
@@ -620,38 +659,53 @@ void pointer_argument(const LaunchConfig& config, int index, const void* p) {
 
 }  // namespace cudasim::check
 
-#if !defined(__SANITIZE_ADDRESS__)  // AddressSanitizer's own new and delete check more (and no access is checked here)
-// The C++ heap's operator new and delete (the array, nothrow and sized forms call these), recording what kernel
-// threads allocate when the checks are on (t_active, the checked build's kernels): see g_device_heap. Elsewhere
-// they cost a thread-local test and an atomic load.
-void* operator new(std::size_t bytes) {
-    void* p = std::malloc(bytes ? bytes : 1);
-    if (!p) throw std::bad_alloc();
+#if !defined(__SANITIZE_ADDRESS__)  // AddressSanitizer's own malloc and free check more (and no access is checked here)
+// The C heap's malloc, calloc (g++ makes one of malloc and a memset of 0) and free: glibc's take over
+// (__libc_malloc, __libc_calloc, __libc_free; realloc and the aligned forms stay glibc's, which a kernel cannot call),
+// and what kernel threads allocate when the checks are on (t_active, the checked build's kernels) comes from the
+// device heap: see g_device_heap. Elsewhere they cost a thread-local test and an atomic load.
+extern "C" void* malloc(size_t bytes) noexcept {
     using namespace cudasim::check;
-    if (t_active && !t_heap_busy) {
-        t_heap_busy = true;
-        {
-            std::lock_guard<std::mutex> lock(g_heap_mutex);
-            g_device_heap[reinterpret_cast<uintptr_t>(p)] = bytes;
-            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
-        }
-        t_heap_busy = false;
-    }
+    return t_active && !t_heap_busy ? device_malloc(bytes) : __libc_malloc(bytes);
+}
+extern "C" void* calloc(size_t n, size_t size) noexcept {
+    using namespace cudasim::check;
+    if (!t_active || t_heap_busy) return __libc_calloc(n, size);
+    size_t bytes;
+    if (__builtin_mul_overflow(n, size, &bytes)) return nullptr;
+    void* p = device_malloc(bytes);
+    if (p) std::memset(p, 0, bytes);
     return p;
 }
-void operator delete(void* p) noexcept {
+extern "C" void free(void* p) noexcept {
     using namespace cudasim::check;
     if (p && g_device_heap_blocks.load(std::memory_order_relaxed) > 0 && !t_heap_busy) {
         t_heap_busy = true;
         {
             std::lock_guard<std::mutex> lock(g_heap_mutex);
-            g_device_heap.erase(reinterpret_cast<uintptr_t>(p));
-            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
+            auto it = g_device_heap.find(reinterpret_cast<uintptr_t>(p));
+            if (it != g_device_heap.end()) {
+                g_heap_in_use -= it->second;
+                g_device_heap.erase(it);
+                g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
+            }
         }
         t_heap_busy = false;
     }
-    std::free(p);
+    __libc_free(p);
 }
+// The C++ heap's operator new and delete (the array, nothrow and sized forms call these) go through them: `new` in
+// a kernel takes the device heap too. There an exhausted heap is a NULL on a GPU, which C++ cannot return.
+void* operator new(std::size_t bytes) {
+    void* p = std::malloc(bytes ? bytes : 1);
+    if (!p && cudasim::check::t_active)
+        cudasim::fatal("`new` of %zu bytes in kernel '%s': the device heap (cudaLimitMallocHeapSize, %zu bytes) is "
+                       "exhausted; raise the limit with cudaDeviceSetLimit before the first kernel that allocates",
+                       bytes, cudasim::this_worker->config->name, cudasim::check::g_heap_limit);
+    if (!p) throw std::bad_alloc();
+    return p;
+}
+void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { ::operator delete(p); }
 #endif
 

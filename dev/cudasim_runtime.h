@@ -58,6 +58,10 @@ int max_active_blocks_per_sm(const void* kernel, int block_size, size_t dynamic_
 
 }  // namespace cudasim
 
+// Device code's half of conditional graph nodes (<cuda_device_runtime_api.h> declares it for nvcc only): the value
+// the conditional node of `handle` reads next.
+void cudaGraphSetConditional(cudaGraphConditionalHandle handle, unsigned value);
+
 // ----------------------------------------------------------------------------
 // The C++ overloads of <cuda_runtime.h> that only nvcc sees (they sit under __CUDACC__ there).
 template <class T>
@@ -273,6 +277,29 @@ static BoundLaunch bind_kernel(const char* api, const void* kernel, dim3 grid, d
 // Graphs. A graph is a list of nodes with dependencies; instantiating it fixes one topological order
 // (creation order among independent nodes), and launching it runs the nodes one after the other,
 // which is one of the orders a GPU may choose.
+//
+// Conditional nodes (IF, IF/ELSE, WHILE, SWITCH) own body graphs, filled after the node is made; instantiating
+// fixes each body's steps too (bodies nest), and the node's step runs a body, or loops over one, by the value of
+// its handle. A handle's value starts each run of the graph it was made for at its default
+// (cudaGraphCondAssignDefault) or undefined; a kernel sets it with cudaGraphSetConditional.
+struct Conditional {
+    unsigned default_value = 0;
+    bool assign_default = false;
+    std::atomic<unsigned> value{0};
+    std::atomic<bool> defined{false};  // set since its graph's run began (by the default or a kernel)
+    void start() {
+        value = default_value;
+        defined = assign_default;
+    }
+    unsigned read() const {
+        if (!defined)
+            fatal("a conditional graph node reads handle %p, which has no default (cudaGraphCondAssignDefault) and "
+                  "which no kernel has set (cudaGraphSetConditional) since its graph's run began: on a GPU its value "
+                  "is undefined; give it a default or set it in a kernel upstream of the node",
+                  static_cast<const void*>(this));
+        return value;
+    }
+};
 struct GraphNodeData {
     cudaGraphNodeType type = cudaGraphNodeTypeEmpty;
     BoundLaunch work;  // what the node does (empty for empty nodes)
@@ -284,9 +311,15 @@ struct GraphNodeData {
 
 struct CUgraphNode_st : cudasim::GraphNodeData {
     cudaGraph_t graph = nullptr;
+    // conditional nodes: the handle, the kind, and the body graphs (bodies: what phGraph_out points to)
+    std::shared_ptr<cudasim::Conditional> condition;
+    cudaGraphConditionalNodeType condition_type = cudaGraphCondTypeIf;
+    std::vector<std::shared_ptr<CUgraph_st>> owned_bodies;
+    std::vector<cudaGraph_t> bodies;
 };
 struct CUgraph_st {
     std::vector<std::unique_ptr<CUgraphNode_st>> nodes;
+    std::vector<std::shared_ptr<cudasim::Conditional>> handles;  // made for this graph: they start when it runs
 };
 struct CUgraphExec_st {
     std::vector<cudasim::BoundLaunch> steps;
@@ -359,6 +392,81 @@ static std::vector<size_t> topological_order(cudaGraph_t graph) {
     };
     for (size_t i = 0; i < graph->nodes.size(); i++) visit(i);
     return order;
+}
+
+// The steps that run `graph` once: its handles start, then its nodes in one topological order (step_of and
+// allocations, when given, receive each node's step and the memory allocation nodes, for the executable graph).
+static BoundLaunch node_step(const CUgraphNode_st& node);
+static std::vector<BoundLaunch> graph_steps(cudaGraph_t graph, std::map<cudaGraphNode_t, size_t>* step_of = nullptr,
+                                            std::vector<void*>* allocations = nullptr) {
+    std::vector<BoundLaunch> steps;
+    if (!graph->handles.empty())
+        steps.push_back([handles = graph->handles] {
+            for (const auto& h : handles) h->start();
+        });
+    for (size_t i : topological_order(graph)) {
+        CUgraphNode_st& node = *graph->nodes[i];
+        if (step_of) (*step_of)[&node] = steps.size();
+        steps.push_back(node_step(node));
+        if (allocations && node.allocation) allocations->push_back(node.allocation);
+    }
+    return steps;
+}
+// A node's step; a conditional node's is fixed here, from its bodies as they are now.
+static BoundLaunch node_step(const CUgraphNode_st& node) {
+    if (node.type != cudaGraphNodeTypeConditional) return node.work;
+    std::vector<std::vector<BoundLaunch>> bodies;
+    for (cudaGraph_t b : node.bodies) bodies.push_back(graph_steps(b));
+    return [c = node.condition, type = node.condition_type, bodies] {
+        auto run = [](const std::vector<BoundLaunch>& steps) {
+            for (const auto& s : steps)
+                if (s) s();
+        };
+        if (type == cudaGraphCondTypeWhile) {
+            while (!sticky_error() && c->read()) run(bodies[0]);  // a trapped kernel ends the loop, as the grid
+        } else if (unsigned v = c->read(); type == cudaGraphCondTypeIf) {
+            if (v) run(bodies[0]);
+            else if (bodies.size() == 2) run(bodies[1]);  // the ELSE body
+        } else if (v < bodies.size()) {                   // SWITCH: no body for a value past the last
+            run(bodies[v]);
+        }
+    };
+}
+
+// Conditional handles by value (a handle is the address of its Conditional), for cudaGraphSetConditional.
+static std::map<cudaGraphConditionalHandle, std::weak_ptr<Conditional>> g_conditionals;
+static std::mutex g_conditionals_mutex;
+static std::shared_ptr<Conditional> find_conditional(cudaGraphConditionalHandle handle) {
+    std::lock_guard<std::mutex> lock(g_conditionals_mutex);
+    auto it = g_conditionals.find(handle);
+    return it == g_conditionals.end() ? nullptr : it->second.lock();
+}
+
+// Deep copy (cudaGraphClone), bodies of conditional nodes included; the copy's nodes keep their handles.
+static cudaGraph_t clone_graph(cudaGraph_t graph) {
+    auto* g = new CUgraph_st{};
+    g->handles = graph->handles;
+    std::map<cudaGraphNode_t, cudaGraphNode_t> copy_of;
+    for (const auto& n : graph->nodes) {
+        g->nodes.push_back(std::make_unique<CUgraphNode_st>(*n));
+        CUgraphNode_st& copy = *g->nodes.back();
+        copy.graph = g;
+        copy.owned_bodies.clear();
+        for (cudaGraph_t& b : copy.bodies) {
+            copy.owned_bodies.emplace_back(clone_graph(b));
+            b = copy.owned_bodies.back().get();
+        }
+        copy_of[n.get()] = &copy;
+    }
+    for (auto& n : g->nodes)
+        for (auto& d : n->deps) d = copy_of.at(d);
+    return g;
+}
+
+// The node that a capturing stream's next node depends on: none, the one given, or an empty node joining several.
+static cudaGraphNode_t join_nodes(cudaGraph_t graph, const std::vector<cudaGraphNode_t>& deps) {
+    if (deps.size() <= 1) return deps.empty() ? nullptr : deps[0];
+    return add_node(graph, deps.data(), deps.size(), cudaGraphNodeTypeEmpty, nullptr);
 }
 
 // ----------------------------------------------------------------------------
@@ -486,6 +594,9 @@ cudaError_t cudaGetDeviceFlags(unsigned* flags) {
 cudaError_t cudaDeviceSetLimit(cudaLimit limit, size_t value) {
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     if (!cudasim::g_limits.count(limit)) return fail(cudaErrorUnsupportedLimit, "cudaDeviceSetLimit: limit %d", limit);
+    if (limit == cudaLimitMallocHeapSize && !cudasim::check::set_device_heap_size(value))
+        return fail(cudaErrorInvalidValue, "cudaDeviceSetLimit(cudaLimitMallocHeapSize): a kernel has already "
+                    "allocated from the device heap (malloc or new); set its size before the first such kernel");
     // "The driver is free to modify the requested value to meet h/w requirements (this could be clamping ...)":
     // the L2 set-aside is at most persistingL2CacheMaxSize, as cudaDeviceGetLimit then says
     if (limit == cudaLimitPersistingL2CacheSize)
@@ -786,14 +897,96 @@ cudaError_t cudaGraphAddHostNode(cudaGraphNode_t* node, cudaGraph_t graph, const
 }
 cudaError_t cudaGraphAddChildGraphNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
                                        size_t ndeps, cudaGraph_t child) {
-    std::vector<size_t> order = cudasim::topological_order(child);
-    std::vector<cudasim::BoundLaunch> steps;
-    for (size_t i : order) steps.push_back(child->nodes[i]->work);
+    for (const auto& n : child->nodes)
+        if (n->type == cudaGraphNodeTypeConditional)
+            return fail(cudaErrorInvalidValue, "cudaGraphAddChildGraphNode: the child graph has a conditional node "
+                        "(CUDA refuses that; add the conditional node to the parent graph)");
+    std::vector<cudasim::BoundLaunch> steps = cudasim::graph_steps(child);
     *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeGraph, [steps] {
         for (const auto& s : steps)
             if (s) s();
     });
     return cudaSuccess;
+}
+// Conditional nodes (CUDA 12.3; IF/ELSE and SWITCH 12.8): handles, the node, and the device side.
+cudaError_t cudaGraphConditionalHandleCreate(cudaGraphConditionalHandle* handle, cudaGraph_t graph,
+                                             unsigned default_value, unsigned flags) {
+    if (flags & ~static_cast<unsigned>(cudaGraphCondAssignDefault))
+        return fail(cudaErrorInvalidValue, "cudaGraphConditionalHandleCreate: flags %#x (0 or "
+                    "cudaGraphCondAssignDefault)", flags);
+    auto c = std::make_shared<cudasim::Conditional>();
+    c->default_value = default_value;
+    c->assign_default = flags & cudaGraphCondAssignDefault;
+    graph->handles.push_back(c);
+    *handle = reinterpret_cast<uintptr_t>(c.get());
+    std::lock_guard<std::mutex> lock(cudasim::g_conditionals_mutex);
+    cudasim::g_conditionals[*handle] = c;
+    return cudaSuccess;
+}
+void cudaGraphSetConditional(cudaGraphConditionalHandle handle, unsigned value) {
+    std::shared_ptr<cudasim::Conditional> c = cudasim::find_conditional(handle);
+    if (!c)
+        cudasim::fatal("cudaGraphSetConditional: %#llx is not a live conditional handle "
+                       "(cudaGraphConditionalHandleCreate)", handle);
+    c->value = value;
+    c->defined = true;
+}
+// cudaGraphAddNode: any node from its parameters (the V2 structs), as the typed cudaGraphAdd*Node calls do.
+cudaError_t cudaGraphAddNode(cudaGraphNode_t* node, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                             const cudaGraphEdgeData*, size_t ndeps, cudaGraphNodeParams* p) {
+    switch (p->type) {
+    case cudaGraphNodeTypeKernel: {
+        const cudaKernelNodeParamsV2& k = p->kernel;
+        cudaKernelNodeParams v1{k.func, k.gridDim, k.blockDim, k.sharedMemBytes, k.kernelParams, k.extra};
+        return cudaGraphAddKernelNode(node, graph, deps, ndeps, &v1);
+    }
+    case cudaGraphNodeTypeMemcpy: return cudaGraphAddMemcpyNode(node, graph, deps, ndeps, &p->memcpy.copyParams);
+    case cudaGraphNodeTypeMemset: {
+        const cudaMemsetParamsV2& m = p->memset;
+        cudaMemsetParams v1{m.dst, m.pitch, m.value, m.elementSize, m.width, m.height};
+        return cudaGraphAddMemsetNode(node, graph, deps, ndeps, &v1);
+    }
+    case cudaGraphNodeTypeHost: {
+        cudaHostNodeParams v1{p->host.fn, p->host.userData};
+        return cudaGraphAddHostNode(node, graph, deps, ndeps, &v1);
+    }
+    case cudaGraphNodeTypeGraph: return cudaGraphAddChildGraphNode(node, graph, deps, ndeps, p->graph.graph);
+    case cudaGraphNodeTypeEmpty: return cudaGraphAddEmptyNode(node, graph, deps, ndeps);
+    case cudaGraphNodeTypeMemAlloc: {
+        cudaMemAllocNodeParamsV2& a = p->alloc;
+        cudaMemAllocNodeParams v1{a.poolProps, a.accessDescs, a.accessDescCount, a.bytesize, nullptr};
+        cudaError_t e = cudaGraphAddMemAllocNode(node, graph, deps, ndeps, &v1);
+        a.dptr = v1.dptr;
+        return e;
+    }
+    case cudaGraphNodeTypeMemFree: return cudaGraphAddMemFreeNode(node, graph, deps, ndeps, p->free.dptr);
+    case cudaGraphNodeTypeConditional: {
+        cudaConditionalNodeParams& c = p->conditional;
+        std::shared_ptr<cudasim::Conditional> condition = cudasim::find_conditional(c.handle);
+        if (!condition)
+            return fail(cudaErrorInvalidValue, "cudaGraphAddNode: conditional handle %#llx is not from "
+                        "cudaGraphConditionalHandleCreate", c.handle);
+        bool sized = c.type == cudaGraphCondTypeWhile ? c.size == 1
+                     : c.type == cudaGraphCondTypeIf  ? c.size == 1 || c.size == 2
+                                                      : c.type == cudaGraphCondTypeSwitch && c.size > 0;
+        if (!sized)
+            return fail(cudaErrorInvalidValue, "cudaGraphAddNode: conditional node of type %d with size %u (WHILE: 1, "
+                        "IF: 1 or 2 with an ELSE body, SWITCH: at least 1)", static_cast<int>(c.type), c.size);
+        *node = cudasim::add_node(graph, deps, ndeps, cudaGraphNodeTypeConditional, nullptr);
+        (*node)->condition = condition;
+        (*node)->condition_type = c.type;
+        for (unsigned i = 0; i < c.size; i++) {
+            (*node)->owned_bodies.push_back(std::make_shared<CUgraph_st>());
+            (*node)->bodies.push_back((*node)->owned_bodies.back().get());
+        }
+        c.phGraph_out = (*node)->bodies.data();  // valid while the node lives, as CUDA's array
+        return cudaSuccess;
+    }
+    default:
+        return fail(cudaErrorNotSupported, "cudaGraphAddNode: node type %d is not emulated on the CPU (kernel, "
+                    "memcpy, memset, host, child graph, empty, memory allocation and free, conditional are)",
+                    static_cast<int>(p->type));
+    }
 }
 cudaError_t cudaGraphAddDependencies(cudaGraph_t, const cudaGraphNode_t* from, const cudaGraphNode_t* to,
                                      const cudaGraphEdgeData*, size_t n) {
@@ -811,26 +1004,13 @@ cudaError_t cudaGraphNodeGetType(cudaGraphNode_t node, cudaGraphNodeType* type) 
     return cudaSuccess;
 }
 cudaError_t cudaGraphClone(cudaGraph_t* clone, cudaGraph_t graph) {
-    auto* g = new CUgraph_st{};
-    std::map<cudaGraphNode_t, cudaGraphNode_t> copy_of;
-    for (const auto& n : graph->nodes) {
-        g->nodes.push_back(std::make_unique<CUgraphNode_st>(*n));
-        g->nodes.back()->graph = g;
-        copy_of[n.get()] = g->nodes.back().get();
-    }
-    for (auto& n : g->nodes)
-        for (auto& d : n->deps) d = copy_of.at(d);
-    *clone = g;
+    *clone = cudasim::clone_graph(graph);
     return cudaSuccess;
 }
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags) {
     auto* e = new CUgraphExec_st{};
     e->auto_free = flags & cudaGraphInstantiateFlagAutoFreeOnLaunch;
-    for (size_t i : cudasim::topological_order(graph)) {
-        e->step_of[graph->nodes[i].get()] = e->steps.size();
-        e->steps.push_back(graph->nodes[i]->work);
-        if (graph->nodes[i]->allocation) e->allocations.push_back(graph->nodes[i]->allocation);
-    }
+    e->steps = cudasim::graph_steps(graph, &e->step_of, &e->allocations);
     *exec = e;
     return cudaSuccess;
 }
@@ -998,10 +1178,11 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
     auto it = cudasim::g_captures.find(stream);
     if (it == cudasim::g_captures.end() || it->second.origin != stream)
         return fail(cudaErrorIllegalState, "cudaStreamEndCapture: the stream did not begin a capture");
-    *graph = it->second.graph;
+    cudaGraph_t captured = it->second.graph;
+    if (graph) *graph = captured;  // may be null after cudaStreamBeginCaptureToGraph: the caller has the graph
     // The capture ends for every stream that joined it.
     for (auto c = cudasim::g_captures.begin(); c != cudasim::g_captures.end();) {
-        if (c->second.graph == *graph) {
+        if (c->second.graph == captured) {
             cudasim::g_capture_tail.erase(c->first);
             c = cudasim::g_captures.erase(c);
             cudasim::g_capturing_streams--;
@@ -1014,6 +1195,52 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
 cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
     std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
     *status = cudasim::g_captures.count(stream) ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    return cudaSuccess;
+}
+// Capture into a graph that exists (a conditional node's body, typically), after the nodes `deps`.
+cudaError_t cudaStreamBeginCaptureToGraph(cudaStream_t stream, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                                          const cudaGraphEdgeData*, size_t ndeps, cudaStreamCaptureMode) {
+    if (!stream)
+        return fail(cudaErrorStreamCaptureUnsupported,
+                    "cudaStreamBeginCaptureToGraph: the legacy default stream cannot capture");
+    std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
+    if (cudasim::g_captures.count(stream))
+        return fail(cudaErrorIllegalState, "cudaStreamBeginCaptureToGraph: the stream is already capturing");
+    cudasim::g_captures[stream] = cudasim::Capture{graph, stream};
+    cudasim::g_capture_tail[stream] = cudasim::join_nodes(graph, std::vector<cudaGraphNode_t>(deps, deps + ndeps));
+    cudasim::g_capturing_streams++;
+    return cudaSuccess;
+}
+// The graph being captured and the node the next one will depend on (one at most: several are joined by an empty
+// node). The array stays valid until the stream's next capture call, as CUDA's does.
+cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream, cudaStreamCaptureStatus* status, unsigned long long* id,
+                                     cudaGraph_t* graph, const cudaGraphNode_t** deps, const cudaGraphEdgeData** edges,
+                                     size_t* ndeps) {
+    std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
+    auto it = cudasim::g_captures.find(stream);
+    bool active = it != cudasim::g_captures.end();
+    *status = active ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusNone;
+    if (id) *id = active ? reinterpret_cast<uintptr_t>(it->second.graph) : 0;
+    if (graph) *graph = active ? it->second.graph : nullptr;
+    if (edges) *edges = nullptr;  // every edge is a default one
+    cudaGraphNode_t* tail = active ? &cudasim::g_capture_tail[stream] : nullptr;
+    if (deps) *deps = tail && *tail ? tail : nullptr;
+    if (ndeps) *ndeps = tail && *tail ? 1 : 0;
+    return cudaSuccess;
+}
+// Nodes added by hand while a stream captures (a conditional node) become what the stream's next node depends on.
+cudaError_t cudaStreamUpdateCaptureDependencies(cudaStream_t stream, cudaGraphNode_t* deps, const cudaGraphEdgeData*,
+                                                size_t ndeps, unsigned flags) {
+    std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
+    auto it = cudasim::g_captures.find(stream);
+    if (it == cudasim::g_captures.end())
+        return fail(cudaErrorIllegalState, "cudaStreamUpdateCaptureDependencies: the stream is not capturing");
+    std::vector<cudaGraphNode_t> set(deps, deps + ndeps);
+    cudaGraphNode_t& tail = cudasim::g_capture_tail[stream];
+    if (flags != cudaStreamAddCaptureDependencies && flags != cudaStreamSetCaptureDependencies)
+        return fail(cudaErrorInvalidValue, "cudaStreamUpdateCaptureDependencies: flags %u", flags);
+    if (flags == cudaStreamAddCaptureDependencies && tail) set.insert(set.begin(), tail);
+    tail = cudasim::join_nodes(it->second.graph, set);
     return cudaSuccess;
 }
 namespace cudasim {

@@ -67,10 +67,12 @@ std::vector<Run> cudarun_all(const std::vector<std::string>& runs) {
 TEST_CASE("cudarun: the example corpus (runtime API, cuBLASLt, graphs, cg, intrinsics, libcu++) pass") {
     std::vector<std::string> runs;
     for (const char* example : {"device_query", "cublaslt_bias", "graphs", "zero_copy", "occupancy", "intrinsics",
-                                "launch_forms", "cg_groups", "barrier_pipeline", "wmma_gemm", "device_heap"})
+                                "launch_forms", "cg_groups", "barrier_pipeline", "wmma_gemm", "device_heap",
+                                "graph_conditional", "device_malloc"})
         runs.push_back(std::string("dev/examples/") + example + ".cu");
     runs.push_back("--order reverse --threads 1 dev/examples/cg_groups.cu");
     runs.push_back("--order random --threads 3 dev/examples/barrier_pipeline.cu");
+    runs.push_back("--order random --threads 3 dev/examples/device_malloc.cu");  // one heap, several OS threads
     std::vector<Run> results = cudarun_all(runs);
     for (size_t i = 0; i < runs.size(); i++) {
         INFO("$ dev/cudarun " << runs[i] << "\n" << results[i].output);
@@ -218,6 +220,22 @@ TEST_CASE("broken kernel: a host pointer given to a kernel is refused at the lau
     CHECK(r.status == 128 + 6);
     CHECK(contains(r.output, "cudasim: kernel 'scale_kernel' argument 2 is 0x"));
     CHECK(contains(r.output, "a host pointer (stack, malloc or std::vector memory, not from cudaMalloc)"));
+}
+
+TEST_CASE("broken kernel: a read of a device-heap block after its free is out of bounds") {
+    Run r = cudarun("dev/examples/broken_use_after_free.cu");
+    INFO(r.output);
+    CHECK(r.status == 128 + 6);
+    CHECK(contains(r.output, "cudasim: out of bounds: kernel 'sum_kernel' block (0,0,0) thread (0,0,0) reads 4 bytes"));
+    CHECK(contains(r.output, "broken_use_after_free.cu:21"));
+}
+
+TEST_CASE("broken graph: a conditional node whose handle nothing set (and has no default) aborts") {
+    Run r = cudarun("dev/examples/broken_conditional_handle.cu");
+    INFO(r.output);
+    CHECK(r.status == 128 + 6);
+    CHECK(contains(r.output, "which has no default (cudaGraphCondAssignDefault) and which no kernel has set "
+                             "(cudaGraphSetConditional) since its graph's run began"));
 }
 
 TEST_CASE("broken kernel: static + dynamic shared memory over 48 KB without the opt-in is refused") {
