@@ -3,10 +3,13 @@
 //   elementwise  y = a·x + y, no barrier and no warp collective (each thread runs start to finish)
 //   block_sum    a shared-memory tree reduction: log2(256) = 8 __syncthreads per block
 //   warp_sum     a shuffle reduction: 5 __shfl_xor_sync per warp, no block barrier
+//   row_dot      a 64-element dot product per thread (as llm.c's attention query·key kernel): 128 loads from two
+//                buffers, no barrier; in the checked build (make CHECK=1) every one of them is checked
 // On a GPU the numbers are the GPU's; in the CPU build they are the emulator's (one fiber per CUDA thread
 // that reaches a barrier or a collective; threads that reach none run on one fiber, one after the other).
 //
 // usage: bench_cudasim [--blocks N] [--iters N]     (256 threads per block; default 4096 blocks, 5 iterations)
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -42,6 +45,17 @@ __global__ void warp_sum_kernel(float* out, const float* x, int n) {
     if (threadIdx.x % 32 == 0) out[i / 32] = v;
 }
 
+// out[i] = x[i % rows, :] · w: each thread reads dot_length elements of x (rows, dot_length) and of w (dot_length)
+constexpr int dot_length = 64;
+__global__ void row_dot_kernel(float* out, const float* x, int rows, const float* w, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float* row = x + (i % rows) * dot_length;
+    float s = 0.0f;
+    for (int k = 0; k < dot_length; k++) s += row[k] * w[k];
+    out[i] = s;
+}
+
 int main(int argc, char** argv) {
     int blocks = 4096, iters = 5;
     for (int i = 1; i < argc; i++) {
@@ -49,8 +63,9 @@ int main(int argc, char** argv) {
         if (a == "-h" || a == "--help") {
             std::printf(
                 "usage: bench_cudasim [--blocks N] [--iters N]\n"
-                "CUDA threads per second for an element-wise kernel, a shared-memory reduction and a shuffle\n"
-                "reduction, 256 threads per block (default 4096 blocks, median of 5 iterations).\n");
+                "CUDA threads per second for an element-wise kernel, a shared-memory reduction, a shuffle\n"
+                "reduction and a 64-element dot product per thread, 256 threads per block (default 4096 blocks,\n"
+                "median of 5 iterations).\n");
             return 0;
         }
         if (a == "--blocks" && i + 1 < argc)
@@ -69,11 +84,11 @@ int main(int argc, char** argv) {
         return 1;
     }
     try {
-        const int n = blocks * block_size;
+        const int n = blocks * block_size, rows = std::min(1024, n / dot_length);  // x: up to 256 KB, in cache
         Rng rng(1);
         std::vector<float> host(n);
         for (float& v : host) v = rng.uniform(-1.0f, 1.0f);
-        DeviceBuffer<float> x(host), y(host), out(n / 32);
+        DeviceBuffer<float> x(host), y(host), out(n / 32), dots(n);
         DeviceBuffer<char> no_flush;
         cudaDeviceProp prop;
         cuda_check(cudaGetDeviceProperties(&prop, 0));
@@ -87,6 +102,7 @@ int main(int argc, char** argv) {
         row("elementwise", [&] { elementwise_kernel<<<blocks, block_size>>>(y, x, 0.5f, n); });
         row("block_sum", [&] { block_sum_kernel<<<blocks, block_size>>>(out, x, n); });
         row("warp_sum", [&] { warp_sum_kernel<<<blocks, block_size>>>(out, x, n); });
+        row("row_dot", [&] { row_dot_kernel<<<blocks, block_size>>>(dots, x, rows, y, n); });
         cuda_check(cudaGetLastError());
     } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_cudasim: %s\n", e.what());

@@ -147,14 +147,20 @@ bool capture_launch(const LaunchConfig& config, F&& later) {
 }
 
 // One CUDA thread's call of the kernel. In the checked build the per-access checks are on only inside it, and the
-// parameters are copied first: `params` lives on the launching thread's stack, outside every checked region.
+// parameters are copied first: `params` lives on the launching thread's stack, outside every checked region. They
+// are copied straight into the by-value parameters of the lambda, in registers where they fit, which are then
+// passed on as lvalues (a launch by call takes its arguments as `auto&...`): a copy into a local tuple first, then
+// read back with the checks on, cost two more checked accesses per parameter in every CUDA thread.
 template <class F, class Tuple>
 void run_kernel_body(F function, const Tuple& params) {
 #if defined(CUDASIM_CHECKED)
-    auto own = params;  // passed as lvalues: a launch by call takes its arguments as `auto&...`
-    check::enter_kernel();
-    std::apply(function, own);
-    check::leave_kernel();
+    std::apply(
+        [&function](auto... own) {
+            check::enter_kernel();
+            function(own...);
+            check::leave_kernel();
+        },
+        params);
 #else
     std::apply(function, params);
 #endif
@@ -1010,13 +1016,19 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
     for (auto [p, bytes] : w.static_shared) std::memset(p, 0xff, bytes);
     // Fibers left by the previous block (only a trapped block leaves any) are released before any new
     // one is built: a fiber's record lives in a stack slot a new fiber may be built in.
-    for (unsigned i = 0; i < w.block_threads; i++) w.threads[i].fiber = boost::context::fiber();
+    if (w.trapped)
+        for (unsigned i = 0; i < w.block_threads; i++) w.threads[i].fiber = boost::context::fiber();
     check::on_block_start(n);
+    uint3 idx{0, 0, 0};  // counted up, not divided out of i: two divisions per thread were ~15% of a small kernel
     for (unsigned i = 0; i < n; i++) {
         Thread& t = w.threads[i];
-        t.idx = uint3{i % b.x, i / b.x % b.y, i / b.x / b.y};
+        t.idx = idx;
         t.linear = i;
         t.wait = Wait::not_started;  // each starts on a fiber when the scheduler (or the lane before it) gets to it
+        if (++idx.x == b.x) {
+            idx.x = 0;
+            if (++idx.y == b.y) idx.y = 0, idx.z++;
+        }
     }
     std::vector<unsigned> warp_order = make_order(w, nwarps), lane_order = make_order(w, 32);
     w.lane_order = &lane_order;

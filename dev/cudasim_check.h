@@ -182,7 +182,6 @@ struct State {
     bool initialised = false;
     char *os_stack_lo = nullptr, *os_stack_hi = nullptr;  // this OS thread's own stack
     char *tls_lo = nullptr, *tls_hi = nullptr;            // this OS thread's static TLS block
-    uintptr_t stack_lo = 0, stack_bytes = 0;              // the running fiber's stack
     struct Range {
         uintptr_t lo = 0, hi = 0;
     } cache[8];  // ranges recently found whole: allocations; shared variables too when races are not checked
@@ -195,6 +194,26 @@ struct State {
 };
 static thread_local State t_state;
 static __thread bool t_active;  // == t_state.active, read first by every instrumented access
+
+// What the fast path of every access reads (access, below), apart from State: a constant-initialised, trivially
+// destructible thread-local, so reading it costs no test that it was constructed on this OS thread (State's vectors
+// need one, and the call behind that test made every access save and restore registers).
+struct Fast {
+    uintptr_t stack_lo = 0, stack_bytes = 0;  // the worker's fiber stacks (see enter_kernel)
+    // Per access site (the instrumented instruction's return address, hashed), the cached range it hit last: an
+    // instruction mostly touches one allocation, so its check is two comparisons the CPU predicts, not a walk over
+    // State::cache whose exit varies from one access to the next (mispredicted: 56% of __tsan_read4's samples in
+    // llm.c's attention_forward, 2026-11-30). Holds only ranges of State::cache, and is emptied with it.
+    State::Range site[256];
+};
+static __thread Fast t_fast;
+static unsigned site_slot(const void* pc) {  // call instructions are 5 bytes: nearby sites get different slots
+    return static_cast<unsigned>(reinterpret_cast<uintptr_t>(pc) >> 2) % std::size(t_fast.site);
+}
+static void forget_cached_ranges(State& s) {
+    for (auto& c : s.cache) c = {};
+    for (auto& c : t_fast.site) c = {};
+}
 
 static int find_tls(struct dl_phdr_info* info, size_t, void* out) {
     for (int i = 0; i < info->dlpi_phnum; i++)
@@ -232,8 +251,8 @@ void enter_kernel() {
     Worker& w = *this_worker;
     // Any fiber stack of this worker: a thread that reaches no barrier runs on the fiber of the lane before it
     // (the scheduler's chained fibers), so its locals are in that lane's stack slot, not its own.
-    s.stack_lo = reinterpret_cast<uintptr_t>(w.stacks);
-    s.stack_bytes = w.stack_bytes * max_threads_per_block;
+    t_fast.stack_lo = reinterpret_cast<uintptr_t>(w.stacks);
+    t_fast.stack_bytes = w.stack_bytes * max_threads_per_block;
     t_active = s.active = true;
 }
 bool leave_kernel() {
@@ -250,7 +269,7 @@ void on_block_start(unsigned) {
     // Within one grid no allocation is freed (the host waits for it) and the launch's shared memory stays put; an
     // allocation may have been freed since the last grid.
     if (unsigned long long launch = g_launches.load(std::memory_order_relaxed); s.cache_launch != launch) {
-        for (auto& c : s.cache) c = {};
+        forget_cached_ranges(s);
         s.cache_launch = launch;
     }
 }
@@ -457,14 +476,24 @@ static bool in_device_heap(uintptr_t a, size_t size) {
 
 static void slow_path(uintptr_t a, size_t size, bool store, const void* pc);
 
+// Not the access site's last range: the cache (the range found becomes the site's), else the full check.
+__attribute__((noinline)) static void cached_or_slow(uintptr_t a, size_t size, bool store, const void* pc) {
+    for (const auto& c : t_state.cache)
+        if (a >= c.lo && a + size <= c.hi) {
+            t_fast.site[site_slot(pc)] = c;
+            return;
+        }
+    slow_path(a, size, store, pc);
+}
+
 static inline void access(const void* p, size_t size, bool store, const void* pc) {
     if (!t_active) return;  // host code
     uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    State& s = t_state;
-    if (a - s.stack_lo < s.stack_bytes) return;  // the thread's own locals: the most frequent case
-    for (const auto& c : s.cache)
-        if (a >= c.lo && a + size <= c.hi) return;
-    slow_path(a, size, store, pc);
+    const Fast& f = t_fast;
+    if (a - f.stack_lo < f.stack_bytes) return;  // the thread's own locals: the most frequent case
+    const State::Range& r = f.site[site_slot(pc)];
+    if (a >= r.lo && a + size <= r.hi) return;
+    cached_or_slow(a, size, store, pc);
 }
 
 static void slow_path(uintptr_t a, size_t size, bool store, const void* pc) {
@@ -580,7 +609,7 @@ void* shared_variable_at(void* p, size_t bytes, const char* name) {
         if (r.p == p) range = &r;
     if (!range) {
         shared_declared(p, bytes);  // NaN-filled now and at every later block start on this OS thread
-        for (auto& c : s.cache) c = {};  // a cached stretch of TLS may hold the new variable
+        forget_cached_ranges(s);  // a cached stretch of TLS may hold the new variable
         s.statics.push_back(SharedRange{static_cast<char*>(p), bytes, name, nullptr, {}});
         range = &s.statics.back();
     }
