@@ -2,6 +2,7 @@
 # cudarun_corpus.sh — run outside CUDA programs through dev/cudarun, unmodified, and say which pass.
 #
 #   dev/cudarun_corpus.sh [--samples DIR] [--llmc DIR] [--out DIR] [--time S] [--kernels N] [--filter REGEX]
+#                         [--cudarun "FLAGS"]
 #
 # This is how docs/cpu-execution.md's "Real programs" counts are measured. The programs are not part of
 # this repository: --samples is a checkout of NVIDIA's cuda-samples (its Samples/ and Common/), --llmc a
@@ -9,8 +10,9 @@
 # (/work/ext/cuda-samples, /work/ext/llm.c). The samples counted are those of 0_Introduction,
 # 2_Concepts_and_Techniques, 3_CUDA_Features and 6_Performance that are one source file; each llm.c file
 # runs with kernel numbers 1..N of its `switch` (default 1).
-# Each program is compiled first (`dev/cudarun --compile-only`, the checked build, at the lowest
-# priority; the compile has its own generous limit), then run from its own directory with --time seconds
+# Each program is compiled first (`dev/cudarun --compile-only` with --cudarun's flags: the checked build by
+# default, "--no-check" the plain one; at the lowest priority, with a generous limit of its own), then run
+# from its own directory with --time seconds
 # (default 120). llm.c's files validate every kernel against a CPU reference, print "All results match"
 # (two files print it per block size: there, for the last one, 1024), then benchmark it 1000 times per block
 # size: the run stops once that line is printed (output is line-buffered through stdbuf for that). A kernel
@@ -18,9 +20,9 @@
 # Writes OUT/NAME[.K].log and OUT/results.tsv: name, kernel, verdict, compile s, run s, last line.
 set -uo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
-samples=/work/ext/cuda-samples llmc=/work/ext/llm.c out=build/corpus time_limit=120 kernels=1 filter=""
+samples=/work/ext/cuda-samples llmc=/work/ext/llm.c out=build/corpus time_limit=120 kernels=1 filter="" cudarun_flags=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --samples) samples=$2; shift ;;
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --time) time_limit=$2; shift ;;
     --kernels) kernels=$2; shift ;;
     --filter) filter=$2; shift ;;
+    --cudarun) cudarun_flags=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "cudarun_corpus.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -81,7 +84,8 @@ for f in "${programs[@]}"; do
   flags=()
   [[ "$f" == "$samples"/* ]] && flags=(-I "$samples/Common")
   t0=$(date +%s.%N)
-  timeout 1200 nice "$root/dev/cudarun" --compile-only "${flags[@]}" "$f" > "$out/$name.compile.log" 2>&1
+  # shellcheck disable=SC2086  # the flags are words on purpose
+  timeout 1200 nice "$root/dev/cudarun" --compile-only $cudarun_flags "${flags[@]}" "$f" > "$out/$name.compile.log" 2>&1
   compiled=$?
   compile_s=$(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.0f')
   if [ $compiled != 0 ]; then
@@ -98,7 +102,8 @@ for f in "${programs[@]}"; do
     args=(); [[ "$f" == "$llmc"/* ]] && args=($k)
     log=$out/$name$([ ${#args[@]} = 0 ] || echo ".$k").log
     t0=$(date +%s.%N)
-    run_one "$dir" "$log" "$root/build/cudarun/$name" "${args[@]}"
+    suffix=""; [[ " $cudarun_flags " == *" --no-check "* ]] && suffix=-unchecked  # dev/cudarun's binary name
+    run_one "$dir" "$log" "$root/build/cudarun/$name$suffix" "${args[@]}"
     status=$?
     run_s=$(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.0f')
     if grep -q "Invalid kernel number" "$log"; then  # disabled in this file: try the next one
