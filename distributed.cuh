@@ -706,6 +706,7 @@ struct DataParallel : ParameterHome<FloatX> {
         k.unit = -1;
     }
     void release_slot(Slot& k) {
+        comm.wait(k.request);  // MPI may still read the buffer (only when a step was cut short)
         if (k.grads) Ops::release(k.grads);
         if (k.sum) Ops::release(k.sum);
         k.grads = k.sum = nullptr;
