@@ -421,16 +421,14 @@ void block_forward(const Exec& ex, const GPTConfig& c, const ParameterTensors<T>
                    const BlockActivations<T>& a, int N, Attention& attention) {
     const int C = c.n_embd, QKVC = c.qkv_channels(), H = c.ffn_hidden;
     // x + attn(norm_1(x))
-    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, p[LN1W],
-                 p[LN1B], N);
+    norm_forward(ex, c, a.ln1, a.ln1_mean, a.ln1_rstd, a.residual, p[LN1W], p[LN1B], N);
     matmul_forward(ex, a.qkv, a.ln1, p[QKVW], p[QKVB], N, C, QKVC);
     if (uses_rope(c)) attention.rope(ex, a.qkv);
     attention.forward(ex, a.atty, a.lse, a.qkv, l);
     matmul_forward(ex, a.attproj, a.atty, p[ATTPROJW], p[ATTPROJB], N, C, C);
     residual_forward(ex, a.residual2, a.residual, a.attproj, N * C);
     // x + mlp(norm_2(x))
-    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p[LN2W],
-                 p[LN2B], N);
+    norm_forward(ex, c, a.ln2, a.ln2_mean, a.ln2_rstd, a.residual2, p[LN2W], p[LN2B], N);
     mlp_up_forward(ex, c, a.fch_act, a.fch, a.ln2, p[FCW], p[FCB], N);
     matmul_forward(ex, a.fcproj, a.fch_act, p[FCPROJW], p[FCPROJB], N, H, C);
     residual_forward(ex, a.residual3, a.residual2, a.fcproj, N * C);
@@ -480,27 +478,21 @@ void block_backward(const Exec& ex, const GPTConfig& c, const ParameterTensors<T
     // forward was: residual3 = residual2 + fcproj(fch_act); d.dresidual holds d residual3, which is also
     // d residual2 (the skip) and d fcproj (the branch)
     zero(d.dfch_act, static_cast<size_t>(N) * H);
-    matmul_backward(ex, d.dfch_act, g[FCPROJW], g[FCPROJB], d.dresidual,
-                    a.fch_act, p[FCPROJW], N, H, C);
+    matmul_backward(ex, d.dfch_act, g[FCPROJW], g[FCPROJB], d.dresidual, a.fch_act, p[FCPROJW], N, H, C);
     zero(d.dfch, static_cast<size_t>(N) * F);
     mlp_activation_backward(ex, c, d.dfch, a.fch, d.dfch_act, N);
     zero(d.dln, static_cast<size_t>(N) * C);
-    matmul_backward(ex, d.dln, g[FCW], g[FCB], d.dfch, a.ln2,
-                    p[FCW], N, C, F);
-    norm_backward(ex, c, d.dresidual, g[LN2W], g[LN2B], d.dln, a.residual2,
-                  p[LN2W], a.ln2_mean, a.ln2_rstd, N);
+    matmul_backward(ex, d.dln, g[FCW], g[FCB], d.dfch, a.ln2, p[FCW], N, C, F);
+    norm_backward(ex, c, d.dresidual, g[LN2W], g[LN2B], d.dln, a.residual2, p[LN2W], a.ln2_mean, a.ln2_rstd, N);
     // forward was: residual2 = residual + attproj(atty); d.dresidual now holds d residual2
     zero(d.datty, static_cast<size_t>(N) * C);
-    matmul_backward(ex, d.datty, g[ATTPROJW], g[ATTPROJB], d.dresidual, a.atty,
-                    p[ATTPROJW], N, C, C);
+    matmul_backward(ex, d.datty, g[ATTPROJW], g[ATTPROJB], d.dresidual, a.atty, p[ATTPROJW], N, C, C);
     zero(d.dqkv, static_cast<size_t>(N) * QKVC);
     attention.backward(ex, d.dqkv, d.datty, a.atty, a.lse, a.qkv);
     if (uses_rope(c)) attention.rope_backward(ex, d.dqkv);
     zero(d.dln, static_cast<size_t>(N) * C);
-    matmul_backward(ex, d.dln, g[QKVW], g[QKVB], d.dqkv, a.ln1,
-                    p[QKVW], N, C, QKVC);
-    norm_backward(ex, c, d.dresidual, g[LN1W], g[LN1B], d.dln, a.residual,
-                  p[LN1W], a.ln1_mean, a.ln1_rstd, N);
+    matmul_backward(ex, d.dln, g[QKVW], g[QKVB], d.dqkv, a.ln1, p[QKVW], N, C, QKVC);
+    norm_backward(ex, c, d.dresidual, g[LN1W], g[LN1B], d.dln, a.residual, p[LN1W], a.ln1_mean, a.ln1_rstd, N);
 }
 
 // ----------------------------------------------------------------------------
