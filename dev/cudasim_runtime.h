@@ -575,6 +575,16 @@ cudaError_t cudaDeviceCanAccessPeer(int* can, int, int) {
     *can = 0;
     return cudaSuccess;
 }
+// One device, so no peer: a GPU answers a device's access to itself with the same error. Multi-GPU samples (simpleP2P,
+// streamOrderedAllocationP2P) count the devices first and waive themselves; these only have to link and refuse.
+cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned) {
+    return fail(cudaErrorInvalidDevice, "cudaDeviceEnablePeerAccess: device %d is no peer of device 0 (the virtual "
+                "device is the only one)", peer);
+}
+cudaError_t cudaDeviceDisablePeerAccess(int peer) {
+    return fail(cudaErrorInvalidDevice, "cudaDeviceDisablePeerAccess: device %d is no peer of device 0 (the virtual "
+                "device is the only one)", peer);
+}
 cudaError_t cudaDriverGetVersion(int* v) {
     *v = CUDART_VERSION;
     return cudaSuccess;
@@ -1157,6 +1167,26 @@ cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, vo
     return cudaSuccess;
 }
 cudaError_t cudaMemPoolTrimTo(cudaMemPool_t, size_t) { return cudaSuccess; }
+// A pool's own device always reads and writes it; no other device exists to be given access.
+cudaError_t cudaMemPoolSetAccess(cudaMemPool_t, const cudaMemAccessDesc* descs, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        const cudaMemLocation& l = descs[i].location;
+        if (l.type != cudaMemLocationTypeDevice || l.id != 0)
+            return fail(cudaErrorInvalidDevice, "cudaMemPoolSetAccess: location (type %d, id %d): only device 0 "
+                        "exists", static_cast<int>(l.type), l.id);
+        if (descs[i].flags != cudaMemAccessFlagsProtReadWrite)
+            return fail(cudaErrorInvalidValue, "cudaMemPoolSetAccess: the pool's own device always has read-write "
+                        "access (flags %d)", static_cast<int>(descs[i].flags));
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaMemPoolGetAccess(cudaMemAccessFlags* flags, cudaMemPool_t, cudaMemLocation* l) {
+    if (l->type != cudaMemLocationTypeDevice || l->id != 0)
+        return fail(cudaErrorInvalidDevice, "cudaMemPoolGetAccess: location (type %d, id %d): only device 0 exists",
+                    static_cast<int>(l->type), l->id);
+    *flags = cudaMemAccessFlagsProtReadWrite;
+    return cudaSuccess;
+}
 cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t, cudaStream_t s) {
     return cudaMallocAsync(p, bytes, s);
 }

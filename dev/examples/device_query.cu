@@ -1,8 +1,8 @@
 // device_query.cu — picking and describing a device the way the CUDA samples do (their helper_cuda.h's
 // findCudaDevice / gpuGetMaxGflopsDeviceId): the compute mode, compute capability, multiprocessor count
 // and clock rate from cudaDeviceGetAttribute, the cores per SM from the architecture, and the same
-// properties again from cudaGetDeviceProperties, which must agree. Self-checking: prints PASS or FAIL,
-// exits 1 on failure.
+// properties again from cudaGetDeviceProperties, which must agree; then peer access and the default memory
+// pool's access, as multi-GPU samples query them. Self-checking: prints PASS or FAIL, exits 1 on failure.
 //
 //   on the CPU:  dev/cudarun dev/examples/device_query.cu
 //   on a GPU:    nvcc -O2 -o device_query dev/examples/device_query.cu && ./device_query
@@ -99,6 +99,28 @@ int main() {
                         s.from_props);
             wrong++;
         }
+    }
+    // Peer access to itself is refused on every GPU (a multi-GPU program must pick another device); the device's
+    // own memory pool is read-write for it, and stays so.
+    if (cudaDeviceEnablePeerAccess(dev, 0) != cudaErrorInvalidDevice) {
+        std::printf("cudaDeviceEnablePeerAccess to the device itself did not fail with cudaErrorInvalidDevice\n");
+        wrong++;
+    }
+    (void)cudaGetLastError();  // the error above is expected: clear it
+    cudaMemPool_t pool;
+    CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+    cudaMemLocation own = {};
+    own.type = cudaMemLocationTypeDevice;
+    own.id = dev;
+    cudaMemAccessDesc rw = {};
+    rw.location = own;
+    rw.flags = cudaMemAccessFlagsProtReadWrite;
+    CHECK(cudaMemPoolSetAccess(pool, &rw, 1));
+    cudaMemAccessFlags flags;
+    CHECK(cudaMemPoolGetAccess(&flags, pool, &own));
+    if (flags != cudaMemAccessFlagsProtReadWrite) {
+        std::printf("the default pool is not read-write for its own device\n");
+        wrong++;
     }
     if (p.sharedMemPerBlockOptin < p.sharedMemPerBlock || p.maxThreadsPerMultiProcessor < p.maxThreadsPerBlock) {
         std::printf("inconsistent limits\n");
