@@ -115,6 +115,7 @@ struct Worker;                             // an OS thread that runs blocks (def
 extern thread_local Worker* this_worker;   // set while the OS thread runs a block
 Thread& current_thread();
 void yield_to_scheduler();                 // the running fiber waits; the scheduler decides what runs next
+void wait_for_others();                    // at a barrier or warp collective: the next lane runs (see its definition)
 void* dynamic_shared_memory();             // this worker's `extern __shared__` buffer (fixed address)
 bool shared_declared(void* p, size_t bytes); // a static __shared__ variable: NaN-fill it at every block start
 [[noreturn]] void fatal(const char* fmt, ...);
@@ -222,7 +223,7 @@ CUDASIM_UNCHECKED inline int block_barrier(BarrierKind kind, int predicate) {
     t.wait = Wait::block_barrier;
     t.barrier = kind;
     t.predicate = predicate;
-    yield_to_scheduler();
+    wait_for_others();
     return static_cast<int>(t.result);
 }
 
@@ -237,7 +238,7 @@ CUDASIM_UNCHECKED T warp_collective(WarpOp op, unsigned mask, T value, int arg, 
     std::memcpy(&t.value, &value, sizeof(T));
     t.arg = arg;
     t.width = width;
-    yield_to_scheduler();
+    wait_for_others();
     T result;
     std::memcpy(&result, &t.result, sizeof(T));
     return result;
@@ -681,8 +682,9 @@ void yield_to_scheduler() {
     void* fake = nullptr;
     bool checked = check::leave_kernel();  // the scheduler's own accesses are not the kernel's
     asan_leave_fiber(&fake);
-    w.scheduler = std::move(w.scheduler).resume();
+    boost::context::fiber back = std::move(w.scheduler).resume();
     asan_fiber_resumed(fake);
+    if (back) w.scheduler = std::move(back);  // empty: another lane switched here itself (wait_for_others)
     if (checked) check::enter_kernel();
 }
 
@@ -740,14 +742,44 @@ static const char* op_name(WarpOp op) {
 // only when its current thread waits (the fiber then belongs to that thread) or the warp has no thread
 // left to start. The order in which threads run is the same as with one fiber per thread.
 
-// The next thread of `t`'s warp, in the lane order, that has not started; nullptr if none.
-static Thread* next_unstarted(Worker& w, const Thread& t) {
+// The first lane after `t` in its warp's lane order whose state `wanted` accepts; nullptr if none.
+template <class Wanted>
+static Thread* next_lane(Worker& w, const Thread& t, Wanted wanted) {
     unsigned base = t.linear / 32 * 32;
     for (unsigned p = w.lane_position[t.linear % 32] + 1; p < 32; p++) {
         unsigned i = base + (*w.lane_order)[p];
-        if (i < w.block_threads && w.threads[i].wait == Wait::not_started) return &w.threads[i];
+        if (i < w.block_threads && wanted(w.threads[i].wait)) return &w.threads[i];
     }
     return nullptr;
+}
+
+// The running thread waits at a block barrier or a warp collective. If the lane after it in the pass was released
+// (it waits inside wait_for_others or yield_to_scheduler), this thread switches to it directly instead of going
+// back to the scheduler, whose loop would only resume that lane: one fiber switch per waiting thread, not two.
+// The order is the scheduler's; the warp's last lane of the pass (or one before a lane that has not started: it
+// needs a new fiber) returns to the scheduler, which completes collectives and releases barriers.
+// Under AddressSanitizer every switch goes through the scheduler (its stack annotations assume so).
+void wait_for_others() {
+    Worker& w = *this_worker;
+    Thread& me = *w.current;
+    // the lane run_warp's loop comes to next (it skips lanes that wait or are done)
+    Thread* next = next_lane(w, me, [](Wait s) { return s == Wait::run || s == Wait::not_started; });
+#if defined(__SANITIZE_ADDRESS__)
+    next = nullptr;
+#endif
+    if (!next || next->wait != Wait::run) return yield_to_scheduler();
+    w.progress++;  // as switch_to counts a thread that did not spin
+    bool checked = check::leave_kernel();  // as yield_to_scheduler: each lane turns checks back on as it resumes
+    threadIdx = next->idx;
+    w.current = next;
+    // resume_with: `me`'s continuation is saved on the next lane's stack, and it gets an empty fiber, not `me`'s,
+    // so it keeps the scheduler's continuation in w.scheduler.
+    boost::context::fiber back = std::move(next->fiber).resume_with([&me](boost::context::fiber&& f) {
+        me.fiber = std::move(f);
+        return boost::context::fiber();
+    });
+    if (back) w.scheduler = std::move(back);  // resumed by the scheduler, not by another lane
+    if (checked) check::enter_kernel();
 }
 
 // Switches to `fiber`, which runs thread `t` (and maybe the threads after it), until it yields or ends.
@@ -784,7 +816,7 @@ static void start_chain(Worker& w, Thread& t) {
             Thread& cur = *w.current;
             (*w.body)();
             cur.wait = Wait::done;
-            Thread* next = next_unstarted(w, cur);
+            Thread* next = next_lane(w, cur, [](Wait s) { return s == Wait::not_started; });
             if (!next) break;
             next->wait = Wait::run;
             next->stack_slot = cur.stack_slot;
