@@ -449,7 +449,7 @@ struct DataParallel : ParameterHome<FloatX> {
 
     // ---- ParameterHome: the model asks for unit u's weights and gradients as it runs (gpt.cuh)
     ParameterTensors<FloatX> weights(int u, int next) override {
-        if (stage == 0) return u < model.config.n_layer ? layer_view(model.params, model.config, u) : model.params;
+        if (stage == 0) return model.own_weights(u);
         if (stage <= 2) {
             if constexpr (mixed) return U.view(param_full_X + U.units[u].at, u);
             else return U.view(param_full + U.units[u].at, u);

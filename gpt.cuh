@@ -759,10 +759,8 @@ struct GPT {
     }
 
     // Unit u's weights and gradients (ParameterHome): layer u < L, or the rest (u = L); done() after it ran.
-    ParameterTensors<FloatX> weights(int u, int next) {
-        if (home) return home->weights(u, next);
-        return u < config.n_layer ? layer_view(params, config, u) : params;
-    }
+    ParameterTensors<FloatX> weights(int u, int next) { return home ? home->weights(u, next) : own_weights(u); }
+    ParameterTensors<FloatX> own_weights(int u) { return u < config.n_layer ? layer_view(params, config, u) : params; }
     ParameterTensors<float> gradients(int u) {
         if (home) return home->gradients(u);
         return u < config.n_layer ? layer_view(grads, config, u) : grads;

@@ -454,17 +454,14 @@ bool set_device_heap_size(size_t bytes) {
 // A kernel's allocation: NULL once the heap is exhausted.
 [[maybe_unused]] static void* device_malloc(size_t bytes) {  // unused under AddressSanitizer
     void* p = nullptr;
-    t_heap_busy = true;
-    {
-        std::lock_guard<std::mutex> lock(g_heap_mutex);
-        g_heap_started = true;
-        if (bytes <= g_heap_limit - g_heap_in_use && (p = __libc_malloc(bytes ? bytes : 1))) {
-            g_device_heap[reinterpret_cast<uintptr_t>(p)] = bytes;
-            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
-            g_heap_in_use += bytes;
-        }
+    OwnAllocations own;  // the table's node is the checker's
+    std::lock_guard<std::mutex> lock(g_heap_mutex);
+    g_heap_started = true;
+    if (bytes <= g_heap_limit - g_heap_in_use && (p = __libc_malloc(bytes ? bytes : 1))) {
+        g_device_heap[reinterpret_cast<uintptr_t>(p)] = bytes;
+        g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
+        g_heap_in_use += bytes;
     }
-    t_heap_busy = false;
     return p;
 }
 static bool in_device_heap(uintptr_t a, size_t size) {
@@ -709,17 +706,14 @@ extern "C" void* calloc(size_t n, size_t size) noexcept {
 extern "C" void free(void* p) noexcept {
     using namespace cudasim::check;
     if (p && g_device_heap_blocks.load(std::memory_order_relaxed) > 0 && !t_heap_busy) {
-        t_heap_busy = true;
-        {
-            std::lock_guard<std::mutex> lock(g_heap_mutex);
-            auto it = g_device_heap.find(reinterpret_cast<uintptr_t>(p));
-            if (it != g_device_heap.end()) {
-                g_heap_in_use -= it->second;
-                g_device_heap.erase(it);
-                g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
-            }
+        OwnAllocations own;  // erasing the table's node frees the checker's memory
+        std::lock_guard<std::mutex> lock(g_heap_mutex);
+        auto it = g_device_heap.find(reinterpret_cast<uintptr_t>(p));
+        if (it != g_device_heap.end()) {
+            g_heap_in_use -= it->second;
+            g_device_heap.erase(it);
+            g_device_heap_blocks.store(g_device_heap.size(), std::memory_order_relaxed);
         }
-        t_heap_busy = false;
     }
     __libc_free(p);
 }
