@@ -603,6 +603,7 @@ struct Worker {
     const std::vector<unsigned>* lane_order = nullptr;  // the block's order of lanes inside a warp
     unsigned lane_position[32] = {};             // lane -> its position in *lane_order
     unsigned block_threads = 0;                  // threads in the running block
+    long long clock_start = 0, clock_real_start = 0;  // the running block's device clock at its start (ns), real time
     bool trapped = false;                        // a thread of the running block stopped at a trap
     unsigned long long progress = 0;             // counts what threads did other than spin (see spin_wait)
     unsigned group_arrived[32] = {}, group_phase[32] = {};  // group_barrier: arrivals and phase, per group
@@ -1035,6 +1036,8 @@ static std::vector<unsigned> make_order(Worker& w, unsigned count) {
     return order;
 }
 
+long long clock64_impl();  // real time, ns (the steady clock)
+
 static void run_block(Worker& w, const LaunchConfig& config, unsigned long long linear_block) {
     const dim3 g = config.grid, b = config.block;
     blockIdx = uint3{static_cast<unsigned>(linear_block % g.x), static_cast<unsigned>(linear_block / g.x % g.y),
@@ -1065,6 +1068,12 @@ static void run_block(Worker& w, const LaunchConfig& config, unsigned long long 
     std::vector<unsigned> warp_order = make_order(w, nwarps), lane_order = make_order(w, 32);
     w.lane_order = &lane_order;
     for (unsigned p = 0; p < 32; p++) w.lane_position[lane_order[p]] = p;
+    // The block's device clock (clock64) runs n times as fast as real time: its n threads take turns here, where a
+    // GPU runs them side by side, so a thread that spins for C cycles (a sample's `while (clock() - start < C)`)
+    // costs the block C cycles, not n·C. It goes on from where the last block's clock on this OS thread stopped.
+    long long now = clock64_impl();
+    w.clock_start = std::max(now, w.clock_start + (now - w.clock_real_start) * w.block_threads);
+    w.clock_real_start = now;
     w.block_threads = n;
     w.trapped = false;
     std::fill(std::begin(w.group_arrived), std::end(w.group_arrived), 0u);
@@ -1305,8 +1314,13 @@ extern "C" void __asan_on_error() {
                      w->config->name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
 }
 #endif
-// cycles of the virtual device's 1410 MHz clock (cudaDevAttrClockRate), so cycles / clock rate is time
-long long clock64() { return cudasim::clock64_impl() * 141 / 100; }
+// cycles of the virtual device's 1410 MHz clock (cudaDevAttrClockRate): in a block, its own clock (run_block)
+long long clock64() {
+    const cudasim::Worker* w = cudasim::this_worker;
+    long long ns = cudasim::clock64_impl();
+    if (w && w->current) ns = w->clock_start + (ns - w->clock_real_start) * w->block_threads;
+    return ns * 141 / 100;
+}
 
 // ----------------------------------------------------------------------------
 // CUDA runtime API (declared by <cuda_runtime_api.h>).

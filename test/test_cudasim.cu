@@ -685,6 +685,36 @@ TEST_CASE("clock() in device code is the device's cycle counter, wherever <ctime
         CHECK(resolve_device_clock(kept) == kept);
 }
 
+// Each thread spins until `cycles` of its clock have passed, as the CUDA samples' clockBlock kernels do.
+__global__ void spin_kernel(long long cycles, long long* start, long long* end) {  // start, end: (threads)
+    long long t0 = clock64(), t = t0;
+    while (t - t0 < cycles) t = clock64();
+    start[threadIdx.x] = t0;
+    end[threadIdx.x] = t;
+}
+
+TEST_CASE("a block's clock runs as if its threads ran side by side: n spinning threads take the time of one") {
+    const int n = 256;
+    const long long cycles = 1410000;  // 1 ms of the virtual device's 1410 MHz clock
+    DeviceBuffer<long long> start(n), end(n);
+    spin_kernel<<<1, n>>>(cycles, start, end);  // a first launch starts the OS threads: not in the time below
+    cuda_check(cudaDeviceSynchronize());
+    auto t0 = std::chrono::steady_clock::now();
+    spin_kernel<<<1, n>>>(cycles, start, end);
+    cuda_check(cudaDeviceSynchronize());
+    double real_cycles = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() * 1.41e9;
+    std::vector<long long> s = start.download(), e = end.download();
+    for (int i = 0; i < n; i++) {
+        CHECK(e[i] - s[i] >= cycles);           // each thread spun its whole time
+        if (i > 0) CHECK(s[i] >= e[i - 1]);     // here the threads run one after another: the clock never goes back
+    }
+    // The block's clock advanced by n times the cycles, in about one thread's spin of real time: n times as fast as
+    // the host's clock (which also counts the launch, and whatever else the machine runs meanwhile: 8 times is
+    // asked here). With a real-time clock each thread would spin its own millisecond, at the host's pace.
+    CHECK(static_cast<double>(e[n - 1] - s[0]) >= n * cycles);
+    CHECK(static_cast<double>(e[n - 1] - s[0]) >= real_cycles * 8);
+}
+
 TEST_CASE("host-only function definitions are marked (not instrumented by the checked build); others are not") {
     using cudasim::mark_host_functions;
     CHECK(mark_host_functions("void ref(float* out, int B, int OC) { out[0] = 0; }") ==
