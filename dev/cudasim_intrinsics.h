@@ -189,7 +189,7 @@ T with_rounding(int mode, F f) {
 // ±inf past the largest float, to ±0 below the smallest subnormal, as the hardware rounds). Like every other
 // operation of a kernel, it assumes the thread runs in round to nearest, the default.
 template <class T>
-T round_from_nearest(int mode, T r, T err) {
+__forceinline__ T round_from_nearest(int mode, T r, T err) {
     using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
     int step = 0;  // +1 toward +inf, -1 toward -inf
     if (mode == FE_UPWARD)
@@ -222,7 +222,7 @@ struct RoundingRange<double> {
 };
 // a op b rounded as mode says (op '+', '-', '*' or '/')
 template <class T>
-T rounded_arith(char op, int mode, T a, T b) {
+__forceinline__ T rounded_arith(char op, int mode, T a, T b) {
     using R = RoundingRange<T>;
     const T r = op == '+' ? a + b : op == '-' ? a - b : op == '*' ? a * b : a / b;
     const T fa = std::fabs(a), fb = std::fabs(b), fr = std::fabs(r);
@@ -241,7 +241,7 @@ T rounded_arith(char op, int mode, T a, T b) {
     return with_rounding<T>(mode, [&] { return op == '+' ? x + y : op == '-' ? x - y : op == '*' ? x * y : x / y; });
 }
 template <class T>
-T rounded_sqrt(int mode, T a) {
+__forceinline__ T rounded_sqrt(int mode, T a) {
     const T s = std::sqrt(a);
     if (a >= RoundingRange<T>::tiny && a < RoundingRange<T>::huge)
         return round_from_nearest(mode, s, std::fma(-s, s, a));  // a - s^2 has the sign of sqrt(a) - s
