@@ -192,12 +192,9 @@ template <class T>
 __forceinline__ T round_from_nearest(int mode, T r, T err) {
     using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
     int step = 0;  // +1 toward +inf, -1 toward -inf
-    if (mode == FE_UPWARD)
-        step = err > 0;
-    else if (mode == FE_DOWNWARD)
-        step = -(err < 0);
-    else if (mode == FE_TOWARDZERO)
-        step = r > 0 ? -(err < 0) : (err > 0);
+    if (mode == FE_UPWARD) step = err > 0;
+    else if (mode == FE_DOWNWARD) step = -(err < 0);
+    else if (mode == FE_TOWARDZERO) step = r > 0 ? -(err < 0) : (err > 0);
     if (step == 0) return r;
     Bits bits;
     std::memcpy(&bits, &r, sizeof r);

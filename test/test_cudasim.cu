@@ -494,23 +494,9 @@ static void check_rounding_fast_path(uint64_t seed, int n, const std::vector<std
     const int modes[4] = {FE_TONEAREST, FE_TOWARDZERO, FE_UPWARD, FE_DOWNWARD};
     const char* mode_names[4] = {"rn", "rz", "ru", "rd"};
     const int p = L::digits, emin = L::min_exponent - 1, emax = L::max_exponent - 1;
-    const T edges[] = {T(0),
-                       -T(0),
-                       L::denorm_min(),
-                       -L::denorm_min(),
-                       L::min(),
-                       -L::min(),
-                       L::max(),
-                       -L::max(),
-                       L::infinity(),
-                       -L::infinity(),
-                       L::quiet_NaN(),
-                       T(1),
-                       T(-1),
-                       L::epsilon(),
-                       cudasim::RoundingRange<T>::tiny,
-                       cudasim::RoundingRange<T>::huge,
-                       std::ldexp(T(1), emin + p)};
+    const T edges[] = {T(0), -T(0), L::denorm_min(), -L::denorm_min(), L::min(), -L::min(), L::max(), -L::max(),
+                       L::infinity(), -L::infinity(), L::quiet_NaN(), T(1), T(-1), L::epsilon(),
+                       cudasim::RoundingRange<T>::tiny, cudasim::RoundingRange<T>::huge, std::ldexp(T(1), emin + p)};
     Rng rng(seed);
     auto from_bits = [](Bits bits) {
         T x;
@@ -530,14 +516,10 @@ static void check_rounding_fast_path(uint64_t seed, int n, const std::vector<std
     };
     auto operand = [&]() -> T {
         switch (rng.below(4)) {
-            case 0:
-                return from_bits(static_cast<Bits>(rng.next_u64()));
-            case 1:
-                return sign() * std::ldexp(mantissa(), static_cast<int>(rng.below(17)) - 8);
-            case 2:
-                return short_mantissa(static_cast<int>(rng.below(17)) - 8);
-            default:
-                return edges[rng.below(sizeof edges / sizeof edges[0])];
+            case 0: return from_bits(static_cast<Bits>(rng.next_u64()));
+            case 1: return sign() * std::ldexp(mantissa(), static_cast<int>(rng.below(17)) - 8);
+            case 2: return short_mantissa(static_cast<int>(rng.below(17)) - 8);
+            default: return edges[rng.below(sizeof edges / sizeof edges[0])];
         }
     };
     auto related = [&](T a) -> T {  // a second operand made from a
@@ -545,18 +527,12 @@ static void check_rounding_fast_path(uint64_t seed, int n, const std::vector<std
         const int targets[4] = {emax, emin + 2 * p, emin, emin - p / 2};  // overflow, tiny, subnormals
         int target = targets[rng.below(4)] + static_cast<int>(rng.below(5)) - 2;
         switch (rng.below(6)) {
-            case 0:
-                return -a;
-            case 1:
-                return -step(a, static_cast<int>(rng.below(9)) - 4);  // a - b cancels to a few ulps or 0
-            case 2:
-                return sign() * std::ldexp(static_cast<T>(2 * rng.below(4) + 1), ea - p - 1);  // ties in a + b
-            case 3:
-                return short_mantissa(target - ea);  // a * b near 2^target
-            case 4:
-                return short_mantissa(ea - target);  // a / b near 2^target
-            default:
-                return sign() * std::ldexp(mantissa(), target - ea);
+            case 0: return -a;
+            case 1: return -step(a, static_cast<int>(rng.below(9)) - 4);  // a - b cancels to a few ulps or 0
+            case 2: return sign() * std::ldexp(static_cast<T>(2 * rng.below(4) + 1), ea - p - 1);  // ties in a + b
+            case 3: return short_mantissa(target - ea);  // a * b near 2^target
+            case 4: return short_mantissa(ea - target);  // a / b near 2^target
+            default: return sign() * std::ldexp(mantissa(), target - ea);
         }
     };
     auto same = [](T x, T y) { return std::memcmp(&x, &y, sizeof x) == 0; };
@@ -591,42 +567,20 @@ static void check_rounding_fast_path(uint64_t seed, int n, const std::vector<std
 
 TEST_CASE("directed rounding's fast path equals rounding under the MXCSR mode, bit for bit") {
     const int n = 1000000;
-    check_rounding_fast_path<float, uint32_t>(11, n,
-                                              {{__fadd_rn, '+'},
-                                               {__fadd_rz, '+'},
-                                               {__fadd_ru, '+'},
-                                               {__fadd_rd, '+'},
-                                               {__fsub_rn, '-'},
-                                               {__fsub_rz, '-'},
-                                               {__fsub_ru, '-'},
-                                               {__fsub_rd, '-'},
-                                               {__fmul_rn, '*'},
-                                               {__fmul_rz, '*'},
-                                               {__fmul_ru, '*'},
-                                               {__fmul_rd, '*'},
-                                               {__fdiv_rn, '/'},
-                                               {__fdiv_rz, '/'},
-                                               {__fdiv_ru, '/'},
-                                               {__fdiv_rd, '/'}},
-                                              {__fsqrt_rz, __fsqrt_ru, __fsqrt_rd});
-    check_rounding_fast_path<double, uint64_t>(12, n,
-                                               {{__dadd_rn, '+'},
-                                                {__dadd_rz, '+'},
-                                                {__dadd_ru, '+'},
-                                                {__dadd_rd, '+'},
-                                                {__dsub_rn, '-'},
-                                                {__dsub_rz, '-'},
-                                                {__dsub_ru, '-'},
-                                                {__dsub_rd, '-'},
-                                                {__dmul_rn, '*'},
-                                                {__dmul_rz, '*'},
-                                                {__dmul_ru, '*'},
-                                                {__dmul_rd, '*'},
-                                                {__ddiv_rn, '/'},
-                                                {__ddiv_rz, '/'},
-                                                {__ddiv_ru, '/'},
-                                                {__ddiv_rd, '/'}},
-                                               {__dsqrt_rz, __dsqrt_ru, __dsqrt_rd});
+    check_rounding_fast_path<float, uint32_t>(
+        11, n,
+        {{__fadd_rn, '+'}, {__fadd_rz, '+'}, {__fadd_ru, '+'}, {__fadd_rd, '+'},
+         {__fsub_rn, '-'}, {__fsub_rz, '-'}, {__fsub_ru, '-'}, {__fsub_rd, '-'},
+         {__fmul_rn, '*'}, {__fmul_rz, '*'}, {__fmul_ru, '*'}, {__fmul_rd, '*'},
+         {__fdiv_rn, '/'}, {__fdiv_rz, '/'}, {__fdiv_ru, '/'}, {__fdiv_rd, '/'}},
+        {__fsqrt_rz, __fsqrt_ru, __fsqrt_rd});
+    check_rounding_fast_path<double, uint64_t>(
+        12, n,
+        {{__dadd_rn, '+'}, {__dadd_rz, '+'}, {__dadd_ru, '+'}, {__dadd_rd, '+'},
+         {__dsub_rn, '-'}, {__dsub_rz, '-'}, {__dsub_ru, '-'}, {__dsub_rd, '-'},
+         {__dmul_rn, '*'}, {__dmul_rz, '*'}, {__dmul_ru, '*'}, {__dmul_rd, '*'},
+         {__ddiv_rn, '/'}, {__ddiv_rz, '/'}, {__ddiv_ru, '/'}, {__ddiv_rd, '/'}},
+        {__dsqrt_rz, __dsqrt_ru, __dsqrt_rd});
 }
 
 __global__ void divergent_barrier_kernel(float* x) {
