@@ -1376,6 +1376,15 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     void* q = nullptr;  // exact size, so an address sanitizer sees the first byte past the end
     if (posix_memalign(&q, 256, bytes) != 0)
         return fail(cudaErrorMemoryAllocation, "cudaMalloc of %zu bytes failed", bytes);
+#ifdef MADV_HUGEPAGE
+    if (bytes >= (4u << 20)) {  // 2 MB pages for the whole pages inside a large allocation:
+        // one thread runs its loop to the end before the next starts, so a grid-stride loop (alignedTypes: 16,384
+        // threads, 1-byte elements) touches a new 4 KB page at every access (that sample: 89 s -> 72 s)
+        const uintptr_t page = 4096, begin = (reinterpret_cast<uintptr_t>(q) + page - 1) & ~(page - 1),
+                        end = (reinterpret_cast<uintptr_t>(q) + bytes) & ~(page - 1);
+        madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // advice: its failure changes nothing
+    }
+#endif
     std::memset(q, 0xff, bytes);  // as on a GPU, new memory holds no useful values: NaN as floats, -1 as ints
     std::lock_guard<std::mutex> lock(cudasim::g_mutex);
     cudasim::g_device_allocations[reinterpret_cast<uintptr_t>(q)] = bytes;

@@ -157,10 +157,10 @@ inline int __dp4a(int a, int b, int c) {
 }
 
 // ----------------------------------------------------------------------------
-// Float arithmetic with an explicit rounding mode: the operation runs under that mode of the CPU's FPU
-// (volatile keeps the compiler from folding it under the default mode). On x86-64, float and double arithmetic
-// is SSE/AVX, whose rounding is MXCSR's bits 13-14: two instructions to switch, where glibc's fesetround also
-// rewrites the x87 control word and took 92% of an interval-arithmetic sample's time.
+// Float arithmetic with an explicit rounding mode. The reference, with_rounding, runs the operation under that
+// mode of the CPU's FPU (volatile keeps the compiler from folding it under the default mode). On x86-64, float
+// and double arithmetic is SSE/AVX, whose rounding is MXCSR's bits 13-14: two instructions to switch, where
+// glibc's fesetround also rewrites the x87 control word and took 92% of an interval-arithmetic sample's time.
 namespace cudasim {
 template <class T, class F>
 T with_rounding(int mode, F f) {
@@ -180,81 +180,97 @@ T with_rounding(int mode, F f) {
     return r;
 #endif
 }
-}  // namespace cudasim
-#define CUDASIM_ROUNDED(T, prefix, op_name, expr)                              \
-    inline T prefix##op_name##_rn(T a, T b) {                                  \
-        volatile T x = a, y = b;                                               \
-        return cudasim::with_rounding<T>(FE_TONEAREST, [&] { return expr; });  \
-    }                                                                          \
-    inline T prefix##op_name##_rz(T a, T b) {                                  \
-        volatile T x = a, y = b;                                               \
-        return cudasim::with_rounding<T>(FE_TOWARDZERO, [&] { return expr; }); \
-    }                                                                          \
-    inline T prefix##op_name##_ru(T a, T b) {                                  \
-        volatile T x = a, y = b;                                               \
-        return cudasim::with_rounding<T>(FE_UPWARD, [&] { return expr; });     \
-    }                                                                          \
-    inline T prefix##op_name##_rd(T a, T b) {                                  \
-        volatile T x = a, y = b;                                               \
-        return cudasim::with_rounding<T>(FE_DOWNWARD, [&] { return expr; });   \
+
+// The fast path, with no mode switch (the MXCSR switch still took most of that sample's time): r = RN(x), the
+// round-to-nearest result of the exact x, and err, which has the sign of x - r (0 when r is exact). The
+// directed result is r, or r's neighbour one ulp toward +inf (up with err > 0; toward zero with r < 0 < err)
+// or toward -inf (down with err < 0; toward zero with err < 0 < r): x lies strictly between r and that
+// neighbour. r is finite and nonzero, and one ulp is one step of its bit pattern (up in magnitude or down, to
+// ±inf past the largest float, to ±0 below the smallest subnormal, as the hardware rounds). Like every other
+// operation of a kernel, it assumes the thread runs in round to nearest, the default.
+template <class T>
+__forceinline__ T round_from_nearest(int mode, T r, T err) {
+    using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    int step = 0;  // +1 toward +inf, -1 toward -inf
+    if (mode == FE_UPWARD) step = err > 0;
+    else if (mode == FE_DOWNWARD) step = -(err < 0);
+    else if (mode == FE_TOWARDZERO) step = r > 0 ? -(err < 0) : (err > 0);
+    if (step == 0) return r;
+    Bits bits;
+    std::memcpy(&bits, &r, sizeof r);
+    bits += (r > 0) == (step > 0) ? Bits(1) : ~Bits(0);  // +1: the next magnitude up, -1: the next one down
+    std::memcpy(&r, &bits, sizeof r);
+    return r;
+}
+// Where the error terms below are exact: operands and results in [tiny, huge) in magnitude, tiny = 2^(emin+2p)
+// and huge = 2^(emax-1). huge keeps TwoSum's intermediates finite; tiny keeps a product's, a quotient's
+// remainder's and a square root's remainder above the subnormals (the error of RN(ab) is exact when
+// e_a + e_b >= emin + p - 1). Outside that, and for zero sums (x + (-x) is -0 rounding down, +0 otherwise),
+// inf and NaN, the operation takes the MXCSR path.
+template <class T>
+struct RoundingRange;
+template <>
+struct RoundingRange<float> {
+    static constexpr float tiny = 0x1p-78f, huge = 0x1p126f;  // emin -126, p 24, emax 127
+};
+template <>
+struct RoundingRange<double> {
+    static constexpr double tiny = 0x1p-916, huge = 0x1p1022;  // emin -1022, p 53, emax 1023
+};
+// a op b rounded as mode says (op '+', '-', '*' or '/')
+template <class T>
+__forceinline__ T rounded_arith(char op, int mode, T a, T b) {
+    using R = RoundingRange<T>;
+    const T r = op == '+' ? a + b : op == '-' ? a - b : op == '*' ? a * b : a / b;
+    const T fa = std::fabs(a), fb = std::fabs(b), fr = std::fabs(r);
+    if (op == '+' || op == '-') {
+        if (r != 0 && fa < R::huge && fb < R::huge) {
+            const T c = op == '+' ? b : -b, v = r - a, err = (a - (r - v)) + (c - v);  // TwoSum: a + c = r + err
+            return round_from_nearest(mode, r, err);
+        }
+    } else if (op == '*') {
+        if (fr >= R::tiny && fr < R::huge) return round_from_nearest(mode, r, std::fma(a, b, -r));  // ab - r
+    } else if (fr >= R::tiny && fr < R::huge && fa >= R::tiny && fa < R::huge && fb >= R::tiny && fb < R::huge) {
+        const T rem = std::fma(-r, b, a);  // a - rb = b (a/b - r), exact for a round-to-nearest quotient
+        return round_from_nearest(mode, r, b > 0 ? rem : -rem);
     }
+    volatile T x = a, y = b;
+    return with_rounding<T>(mode, [&] { return op == '+' ? x + y : op == '-' ? x - y : op == '*' ? x * y : x / y; });
+}
+template <class T>
+__forceinline__ T rounded_sqrt(int mode, T a) {
+    const T s = std::sqrt(a);
+    if (a >= RoundingRange<T>::tiny && a < RoundingRange<T>::huge)
+        return round_from_nearest(mode, s, std::fma(-s, s, a));  // a - s^2 has the sign of sqrt(a) - s
+    volatile T x = a;
+    return with_rounding<T>(mode, [&] { return std::sqrt(static_cast<T>(x)); });
+}
+}  // namespace cudasim
+#define CUDASIM_ROUNDED_DIRECTED(T, name, op)                                                   \
+    inline T name##_rz(T a, T b) { return cudasim::rounded_arith<T>(op, FE_TOWARDZERO, a, b); } \
+    inline T name##_ru(T a, T b) { return cudasim::rounded_arith<T>(op, FE_UPWARD, a, b); }     \
+    inline T name##_rd(T a, T b) { return cudasim::rounded_arith<T>(op, FE_DOWNWARD, a, b); }
+#define CUDASIM_ROUNDED(T, name, op)                                                           \
+    inline T name##_rn(T a, T b) { return cudasim::rounded_arith<T>(op, FE_TONEAREST, a, b); } \
+    CUDASIM_ROUNDED_DIRECTED(T, name, op)
 // __fadd_rn and __fmul_rn are in dev/cudasim.h
-inline float __fadd_rz(float a, float b) {
-    volatile float x = a, y = b;
-    return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return x + y; });
-}
-inline float __fadd_ru(float a, float b) {
-    volatile float x = a, y = b;
-    return cudasim::with_rounding<float>(FE_UPWARD, [&] { return x + y; });
-}
-inline float __fadd_rd(float a, float b) {
-    volatile float x = a, y = b;
-    return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return x + y; });
-}
-inline float __fmul_rz(float a, float b) {
-    volatile float x = a, y = b;
-    return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return x * y; });
-}
-inline float __fmul_ru(float a, float b) {
-    volatile float x = a, y = b;
-    return cudasim::with_rounding<float>(FE_UPWARD, [&] { return x * y; });
-}
-inline float __fmul_rd(float a, float b) {
-    volatile float x = a, y = b;
-    return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return x * y; });
-}
-CUDASIM_ROUNDED(float, __f, sub, x - y)
-CUDASIM_ROUNDED(float, __f, div, x / y)
-CUDASIM_ROUNDED(double, __d, add, x + y)
-CUDASIM_ROUNDED(double, __d, sub, x - y)
-CUDASIM_ROUNDED(double, __d, mul, x* y)
-CUDASIM_ROUNDED(double, __d, div, x / y)
+CUDASIM_ROUNDED_DIRECTED(float, __fadd, '+')
+CUDASIM_ROUNDED_DIRECTED(float, __fmul, '*')
+CUDASIM_ROUNDED(float, __fsub, '-')
+CUDASIM_ROUNDED(float, __fdiv, '/')
+CUDASIM_ROUNDED(double, __dadd, '+')
+CUDASIM_ROUNDED(double, __dsub, '-')
+CUDASIM_ROUNDED(double, __dmul, '*')
+CUDASIM_ROUNDED(double, __ddiv, '/')
 #undef CUDASIM_ROUNDED
-inline float __fsqrt_rz(float a) {
-    volatile float x = a;
-    return cudasim::with_rounding<float>(FE_TOWARDZERO, [&] { return std::sqrt(static_cast<float>(x)); });
-}
-inline float __fsqrt_ru(float a) {
-    volatile float x = a;
-    return cudasim::with_rounding<float>(FE_UPWARD, [&] { return std::sqrt(static_cast<float>(x)); });
-}
-inline float __fsqrt_rd(float a) {
-    volatile float x = a;
-    return cudasim::with_rounding<float>(FE_DOWNWARD, [&] { return std::sqrt(static_cast<float>(x)); });
-}
+#undef CUDASIM_ROUNDED_DIRECTED
+inline float __fsqrt_rz(float a) { return cudasim::rounded_sqrt(FE_TOWARDZERO, a); }
+inline float __fsqrt_ru(float a) { return cudasim::rounded_sqrt(FE_UPWARD, a); }
+inline float __fsqrt_rd(float a) { return cudasim::rounded_sqrt(FE_DOWNWARD, a); }
 inline double __dsqrt_rn(double a) { return std::sqrt(a); }
-inline double __dsqrt_rz(double a) {
-    volatile double x = a;
-    return cudasim::with_rounding<double>(FE_TOWARDZERO, [&] { return std::sqrt(static_cast<double>(x)); });
-}
-inline double __dsqrt_ru(double a) {
-    volatile double x = a;
-    return cudasim::with_rounding<double>(FE_UPWARD, [&] { return std::sqrt(static_cast<double>(x)); });
-}
-inline double __dsqrt_rd(double a) {
-    volatile double x = a;
-    return cudasim::with_rounding<double>(FE_DOWNWARD, [&] { return std::sqrt(static_cast<double>(x)); });
-}
+inline double __dsqrt_rz(double a) { return cudasim::rounded_sqrt(FE_TOWARDZERO, a); }
+inline double __dsqrt_ru(double a) { return cudasim::rounded_sqrt(FE_UPWARD, a); }
+inline double __dsqrt_rd(double a) { return cudasim::rounded_sqrt(FE_DOWNWARD, a); }
 inline double __drcp_rz(double a) { return __ddiv_rz(1.0, a); }
 inline double __drcp_ru(double a) { return __ddiv_ru(1.0, a); }
 inline double __drcp_rd(double a) { return __ddiv_rd(1.0, a); }

@@ -468,6 +468,121 @@ TEST_CASE("cuBLAS sgemm, strided batched and GemmEx match naive column-major loo
 #if defined(CUDASIM)
 // ----------------------------------------------------------------------------
 // What only the emulator does.
+// Directed rounding without a mode switch (dev/cudasim_intrinsics.h: the round-to-nearest result stepped one ulp
+// by the sign of its exact error) against its reference, the same operation run under that MXCSR rounding mode
+// (cudasim::with_rounding), bit for bit, for every rounded intrinsic and mode. Operands: random bit patterns
+// (every exponent, subnormals, inf, NaN), mantissas of a few bits (exact results, ties), edge values (±0, the
+// subnormal and normal extremes, the fast path's bounds, ±inf, NaN), and second operands made from the first:
+// its negation and near neighbours (cancellation, zero sums), half an ulp of it (ties), and exponents that put
+// the product or quotient near overflow, the fast path's bounds or the subnormals.
+template <class T>
+static T reference_rounded(char op, int mode, T a, T b) {
+    volatile T x = a, y = b;
+    return cudasim::with_rounding<T>(mode, [&]() -> T {
+        return op == '+'   ? x + y
+               : op == '-' ? x - y
+               : op == '*' ? x * y
+               : op == '/' ? x / y
+                           : std::sqrt(static_cast<T>(x));
+    });
+}
+
+template <class T, class Bits>
+static void check_rounding_fast_path(uint64_t seed, int n, const std::vector<std::pair<T (*)(T, T), char>>& binary,
+                                     const std::vector<T (*)(T)>& sqrts) {
+    using L = std::numeric_limits<T>;
+    const int modes[4] = {FE_TONEAREST, FE_TOWARDZERO, FE_UPWARD, FE_DOWNWARD};
+    const char* mode_names[4] = {"rn", "rz", "ru", "rd"};
+    const int p = L::digits, emin = L::min_exponent - 1, emax = L::max_exponent - 1;
+    const T edges[] = {T(0), -T(0), L::denorm_min(), -L::denorm_min(), L::min(), -L::min(), L::max(), -L::max(),
+                       L::infinity(), -L::infinity(), L::quiet_NaN(), T(1), T(-1), L::epsilon(),
+                       cudasim::RoundingRange<T>::tiny, cudasim::RoundingRange<T>::huge, std::ldexp(T(1), emin + p)};
+    Rng rng(seed);
+    auto from_bits = [](Bits bits) {
+        T x;
+        std::memcpy(&x, &bits, sizeof x);
+        return x;
+    };
+    auto step = [&](T x, int k) {  // k steps of x's bit pattern
+        Bits bits;
+        std::memcpy(&bits, &x, sizeof x);
+        return from_bits(bits + static_cast<Bits>(k));
+    };
+    auto sign = [&] { return rng.below(2) ? T(1) : T(-1); };
+    auto mantissa = [&] { return T(1) + std::ldexp(static_cast<T>(rng.next_u64() >> (65 - p)), 1 - p); };  // [1, 2)
+    auto short_mantissa = [&](int e) {  // an integer of 1..p/2+1 bits, times 2^e
+        uint64_t m = (rng.next_u64() >> (63 - p / 2)) | 1;
+        return sign() * std::ldexp(static_cast<T>(m), e - p / 2);
+    };
+    auto operand = [&]() -> T {
+        switch (rng.below(4)) {
+            case 0: return from_bits(static_cast<Bits>(rng.next_u64()));
+            case 1: return sign() * std::ldexp(mantissa(), static_cast<int>(rng.below(17)) - 8);
+            case 2: return short_mantissa(static_cast<int>(rng.below(17)) - 8);
+            default: return edges[rng.below(sizeof edges / sizeof edges[0])];
+        }
+    };
+    auto related = [&](T a) -> T {  // a second operand made from a
+        int ea = std::ilogb(a) == FP_ILOGB0 || !std::isfinite(a) ? 0 : std::ilogb(a);
+        const int targets[4] = {emax, emin + 2 * p, emin, emin - p / 2};  // overflow, tiny, subnormals
+        int target = targets[rng.below(4)] + static_cast<int>(rng.below(5)) - 2;
+        switch (rng.below(6)) {
+            case 0: return -a;
+            case 1: return -step(a, static_cast<int>(rng.below(9)) - 4);  // a - b cancels to a few ulps or 0
+            case 2: return sign() * std::ldexp(static_cast<T>(2 * rng.below(4) + 1), ea - p - 1);  // ties in a + b
+            case 3: return short_mantissa(target - ea);  // a * b near 2^target
+            case 4: return short_mantissa(ea - target);  // a / b near 2^target
+            default: return sign() * std::ldexp(mantissa(), target - ea);
+        }
+    };
+    auto same = [](T x, T y) { return std::memcmp(&x, &y, sizeof x) == 0; };
+    auto hex = [](T x) {
+        std::ostringstream s;
+        s << std::hexfloat << x;
+        return s.str();
+    };
+    int wrong = 0;
+    long long directed_differs = 0;  // results not equal to round to nearest: the directions really differ
+    for (int i = 0; i < n; i++) {
+        T a = operand(), b = rng.below(2) ? operand() : related(a);
+        for (size_t f = 0; f < binary.size(); f++) {
+            int mode = modes[f % 4];
+            T got = binary[f].first(a, b), want = reference_rounded(binary[f].second, mode, a, b);
+            directed_differs += !same(want, reference_rounded(binary[f].second, FE_TONEAREST, a, b));
+            if (!same(got, want) && wrong++ < 5)
+                FAIL_CHECK(hex(a) << " " << std::string(1, binary[f].second) << " " << hex(b) << " _"
+                                  << mode_names[f % 4] << " gives " << hex(got) << ", want " << hex(want));
+        }
+        for (size_t f = 0; f < sqrts.size(); f++) {
+            T x = i % 2 ? a : std::fabs(a);
+            T got = sqrts[f](x), want = reference_rounded('s', modes[f + 1], x, x);
+            if (!same(got, want) && wrong++ < 5)
+                FAIL_CHECK("sqrt_" << mode_names[f + 1] << "(" << hex(x) << ") gives " << hex(got) << ", want "
+                                   << hex(want));
+        }
+    }
+    CHECK(wrong == 0);
+    CHECK(directed_differs > n);
+}
+
+TEST_CASE("directed rounding's fast path equals rounding under the MXCSR mode, bit for bit") {
+    const int n = 1000000;
+    check_rounding_fast_path<float, uint32_t>(
+        11, n,
+        {{__fadd_rn, '+'}, {__fadd_rz, '+'}, {__fadd_ru, '+'}, {__fadd_rd, '+'},
+         {__fsub_rn, '-'}, {__fsub_rz, '-'}, {__fsub_ru, '-'}, {__fsub_rd, '-'},
+         {__fmul_rn, '*'}, {__fmul_rz, '*'}, {__fmul_ru, '*'}, {__fmul_rd, '*'},
+         {__fdiv_rn, '/'}, {__fdiv_rz, '/'}, {__fdiv_ru, '/'}, {__fdiv_rd, '/'}},
+        {__fsqrt_rz, __fsqrt_ru, __fsqrt_rd});
+    check_rounding_fast_path<double, uint64_t>(
+        12, n,
+        {{__dadd_rn, '+'}, {__dadd_rz, '+'}, {__dadd_ru, '+'}, {__dadd_rd, '+'},
+         {__dsub_rn, '-'}, {__dsub_rz, '-'}, {__dsub_ru, '-'}, {__dsub_rd, '-'},
+         {__dmul_rn, '*'}, {__dmul_rz, '*'}, {__dmul_ru, '*'}, {__dmul_rd, '*'},
+         {__ddiv_rn, '/'}, {__ddiv_rz, '/'}, {__ddiv_ru, '/'}, {__ddiv_rd, '/'}},
+        {__dsqrt_rz, __dsqrt_ru, __dsqrt_rd});
+}
+
 __global__ void divergent_barrier_kernel(float* x) {
     if (threadIdx.x >= 40) return;  // threads 40.. never reach the barrier
     x[threadIdx.x] = 1.0f;
