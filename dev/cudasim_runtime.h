@@ -585,6 +585,26 @@ cudaError_t cudaDeviceDisablePeerAccess(int peer) {
     return fail(cudaErrorInvalidDevice, "cudaDeviceDisablePeerAccess: device %d is no peer of device 0 (the virtual "
                 "device is the only one)", peer);
 }
+// Inter-process sharing: device memory here is the process's own heap, which another process cannot map.
+static cudaError_t no_ipc(const char* call) {
+    return fail(cudaErrorNotSupported, "%s: sharing device memory or events with another process is not emulated on "
+                "the CPU (device memory is this process's heap)", call);
+}
+cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t*, void*) { return no_ipc("cudaIpcGetMemHandle"); }
+cudaError_t cudaIpcOpenMemHandle(void**, cudaIpcMemHandle_t, unsigned) { return no_ipc("cudaIpcOpenMemHandle"); }
+cudaError_t cudaIpcCloseMemHandle(void*) { return no_ipc("cudaIpcCloseMemHandle"); }
+cudaError_t cudaIpcGetEventHandle(cudaIpcEventHandle_t*, cudaEvent_t) { return no_ipc("cudaIpcGetEventHandle"); }
+cudaError_t cudaIpcOpenEventHandle(cudaEvent_t*, cudaIpcEventHandle_t) { return no_ipc("cudaIpcOpenEventHandle"); }
+cudaError_t cudaMemPoolExportToShareableHandle(void*, cudaMemPool_t, cudaMemAllocationHandleType, unsigned) {
+    return no_ipc("cudaMemPoolExportToShareableHandle");
+}
+cudaError_t cudaMemPoolImportFromShareableHandle(cudaMemPool_t*, void*, cudaMemAllocationHandleType, unsigned) {
+    return no_ipc("cudaMemPoolImportFromShareableHandle");
+}
+cudaError_t cudaMemPoolExportPointer(cudaMemPoolPtrExportData*, void*) { return no_ipc("cudaMemPoolExportPointer"); }
+cudaError_t cudaMemPoolImportPointer(void**, cudaMemPool_t, cudaMemPoolPtrExportData*) {
+    return no_ipc("cudaMemPoolImportPointer");
+}
 cudaError_t cudaDriverGetVersion(int* v) {
     *v = CUDART_VERSION;
     return cudaSuccess;

@@ -830,6 +830,21 @@ TEST_CASE("a block's clock runs as if its threads ran side by side: n spinning t
     CHECK(static_cast<double>(e[n - 1] - s[0]) >= real_cycles * 8);
 }
 
+TEST_CASE("one device: peer access and inter-process sharing are refused with the error a program can test") {
+    DeviceBuffer<float> x(4);
+    cudaIpcMemHandle_t handle;
+    CHECK(cudaIpcGetMemHandle(&handle, x.ptr) == cudaErrorNotSupported);
+    CHECK(cudaGetLastError() == cudaErrorNotSupported);  // and the last error says so, once
+    CHECK(cudaGetLastError() == cudaSuccess);
+    void* opened = nullptr;
+    CHECK(cudaIpcOpenMemHandle(&opened, handle, cudaIpcMemLazyEnablePeerAccess) == cudaErrorNotSupported);
+    CHECK(opened == nullptr);
+    cudaMemPoolPtrExportData data;
+    CHECK(cudaMemPoolExportPointer(&data, x.ptr) == cudaErrorNotSupported);
+    CHECK(cudaDeviceEnablePeerAccess(1, 0) == cudaErrorInvalidDevice);
+    (void)cudaGetLastError();
+}
+
 TEST_CASE("host-only function definitions are marked (not instrumented by the checked build); others are not") {
     using cudasim::mark_host_functions;
     CHECK(mark_host_functions("void ref(float* out, int B, int OC) { out[0] = 0; }") ==
