@@ -18,7 +18,8 @@
 // it reaches a barrier (__syncthreads, a warp collective such as __shfl_sync) or returns; when every
 // thread of the block (or warp) has arrived, the barrier is released. `__shared__` variables are
 // `static thread_local`, which is exactly "one copy per block" because an OS thread runs one block at a
-// time. Blocks are spread over CUDASIM_THREADS OS threads (default: the number of cores).
+// time. Blocks are spread over CUDASIM_THREADS OS threads (default: the number of cores). A block's clock()
+// runs n times as fast as real time (its n threads take turns), so a thread spinning on it costs one spin.
 //
 // What it checks that a GPU would only get wrong silently: a barrier that some threads never reach
 // (abort with kernel name and coordinates, never a hang), a warp collective with a missing lane, launch
