@@ -97,6 +97,14 @@ TEST_CASE("cudarun: the examples run unmodified on the CPU and pass, with the ra
         check_example(std::string("--racecheck dev/examples/") + example + ".cu");
 }
 
+TEST_CASE("cudarun: a program of several source files (kernels in a .cu, the reference in a .cpp) links and passes") {
+    check_example("dev/examples/two_files.cu dev/examples/two_files_ref.cpp");
+    Run r = cudarun("dev/examples/two_files.cu 7");  // an argument for the program, before --
+    INFO(r.output);
+    CHECK(r.status == 2);
+    CHECK(contains(r.output, "7 is not a source file"));
+}
+
 TEST_CASE("cudarun: options reach the program (--order, --threads, arguments after --)") {
     // A thread order or a thread count must not change a correct kernel's result.
     check_example("--order reverse --threads 1 dev/examples/transpose.cu");
