@@ -1212,16 +1212,22 @@ cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t, cudaS
 }
 cudaError_t cudaDeviceGraphMemTrim(int) { return cudaSuccess; }
 
-cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
-    if (!stream)
-        return fail(cudaErrorStreamCaptureUnsupported,
-                    "cudaStreamBeginCapture: the legacy default stream cannot capture");
+// `stream` starts capturing into `graph` (nullptr: a new one) after the nodes `deps`.
+static cudaError_t begin_capture(const char* api, cudaStream_t stream, cudaGraph_t graph, const cudaGraphNode_t* deps,
+                                 size_t ndeps) {
+    if (!stream) return fail(cudaErrorStreamCaptureUnsupported, "%s: the legacy default stream cannot capture", api);
     std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
     if (cudasim::g_captures.count(stream))
-        return fail(cudaErrorIllegalState, "cudaStreamBeginCapture: the stream is already capturing");
-    cudasim::g_captures[stream] = cudasim::Capture{new CUgraph_st{}, stream};
+        return fail(cudaErrorIllegalState, "%s: the stream is already capturing", api);
+    if (!graph) graph = new CUgraph_st{};
+    cudasim::g_captures[stream] = cudasim::Capture{graph, stream};
+    if (ndeps)
+        cudasim::g_capture_tail[stream] = cudasim::join_nodes(graph, std::vector<cudaGraphNode_t>(deps, deps + ndeps));
     cudasim::g_capturing_streams++;
     return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+    return begin_capture("cudaStreamBeginCapture", stream, nullptr, nullptr, 0);
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
     std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
@@ -1250,16 +1256,7 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* 
 // Capture into a graph that exists (a conditional node's body, typically), after the nodes `deps`.
 cudaError_t cudaStreamBeginCaptureToGraph(cudaStream_t stream, cudaGraph_t graph, const cudaGraphNode_t* deps,
                                           const cudaGraphEdgeData*, size_t ndeps, cudaStreamCaptureMode) {
-    if (!stream)
-        return fail(cudaErrorStreamCaptureUnsupported,
-                    "cudaStreamBeginCaptureToGraph: the legacy default stream cannot capture");
-    std::lock_guard<std::mutex> lock(cudasim::g_capture_mutex);
-    if (cudasim::g_captures.count(stream))
-        return fail(cudaErrorIllegalState, "cudaStreamBeginCaptureToGraph: the stream is already capturing");
-    cudasim::g_captures[stream] = cudasim::Capture{graph, stream};
-    cudasim::g_capture_tail[stream] = cudasim::join_nodes(graph, std::vector<cudaGraphNode_t>(deps, deps + ndeps));
-    cudasim::g_capturing_streams++;
-    return cudaSuccess;
+    return begin_capture("cudaStreamBeginCaptureToGraph", stream, graph, deps, ndeps);
 }
 // The graph being captured and the node the next one will depend on (one at most: several are joined by an empty
 // node). The array stays valid until the stream's next capture call, as CUDA's does.
